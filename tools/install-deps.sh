@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the Debian packages dam_dist builds and tests with. Idempotent; does nothing when all
+# are present. Run as root on a fresh machine (make test / make demo / .ci/run call it).
+set -euo pipefail
+pkgs=(build-essential pkg-config libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools
+      libcjson-dev libopenblas-dev libpcre2-dev libcmocka-dev)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-deps: missing packages: ${missing[*]} (run as root, or install them yourself)" >&2
+  exit 1
+fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
