@@ -6,7 +6,7 @@ HDF5_DIR  ?= /usr/lib/x86_64-linux-gnu/hdf5/openmpi
 HDF5_INC  ?= /usr/include/hdf5/openmpi
 OPT       ?= -O3 -march=x86-64-v3 -ffp-contract=off
 CFLAGS    ?= $(OPT) -g
-CFLAGS    += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -fno-strict-aliasing \
+CFLAGS    += $(CFLAGS_EXTRA) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -fno-strict-aliasing \
              -Isrc -Impi -I$(HDF5_INC) -I/usr/include/cjson
 LDLIBS    := -L$(HDF5_DIR) -Wl,-rpath,$(HDF5_DIR) -lhdf5 -lcjson -lopenblas -lpcre2-8 -lm -lpthread
 BUILD     ?= build

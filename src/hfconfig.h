@@ -33,6 +33,7 @@ typedef struct {
     int o_bias;               /* o_proj bias: Llama attention_bias also adds it */
     int mlp_bias;             /* Llama mlp_bias */
     int sliding_window;       /* 0 = none (Mistral: config value; Qwen2: only when use_sliding_window) */
+    int max_window_layers;    /* Qwen2 with a window: only layers >= this use it (0 = all layers) */
     int bos_token_id, eos_token_id, pad_token_id; /* -1 when absent (first one when a list) */
     char hidden_act[16];      /* must be "silu" */
 } ModelConfig;
@@ -50,5 +51,16 @@ void hfconfig_check_same(const ModelConfig *a, const char *a_name, const ModelCo
 void hfconfig_rope_inv_freq(const ModelConfig *c, double *inv_freq);
 /* Parameter count of the whole model. */
 int64_t hfconfig_num_params(const ModelConfig *c);
+
+/* The tensors a Hugging Face checkpoint of this architecture holds, with the shape config.json
+ * implies (ndim 1: shape[0] only). Order: embeddings, layer by layer, final norm, lm_head unless
+ * tied. Fills specs when it is not NULL; returns the count either way (call with NULL to size). */
+#define HF_TENSOR_NAME_MAX 96
+typedef struct {
+    char name[HF_TENSOR_NAME_MAX];
+    int ndim;
+    int64_t shape[2];
+} HfTensorSpec;
+int hfconfig_tensor_specs(const ModelConfig *c, HfTensorSpec *specs);
 
 #endif

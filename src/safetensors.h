@@ -38,6 +38,9 @@ typedef struct {
 
 /* Open and validate one file. */
 void st_open(StFile *f, const char *path);
+/* Validate and index a safetensors image already in memory (used by st_open after mmap, and by the
+ * fuzz harness). `buf` is borrowed: st_close does not free or unmap it. */
+void st_parse_buffer(StFile *f, const char *path, const void *buf, size_t size);
 void st_close(StFile *f);
 const StTensor *st_find(const StFile *f, const char *name); /* NULL when absent */
 
@@ -48,6 +51,8 @@ typedef struct {
     char *dir;
     int n_files;
     StFile *files;
+    int n_tensors;               /* over all files */
+    const StTensor **by_name;    /* every tensor of every file, sorted by name (st_model_find) */
 } StModel;
 
 void st_model_open(StModel *m, const char *dir);

@@ -1,5 +1,4 @@
 /* util.c — see util.h. */
-#define _GNU_SOURCE
 #include "util.h"
 
 #include <dirent.h>
@@ -94,13 +93,13 @@ size_t dam_dtype_size(dam_dtype t) {
     switch (t) {
     case DAM_F32: case DAM_I32: return 4;
     case DAM_BF16: case DAM_F16: return 2;
-    case DAM_I64: return 8;
+    case DAM_I64: case DAM_F64: return 8;
     case DAM_I8: case DAM_U8: return 1;
     }
     return 0;
 }
 
-static const char *const dtype_names[] = {"F32", "BF16", "F16", "I32", "I64", "I8", "U8"};
+static const char *const dtype_names[] = {"F32", "BF16", "F16", "I32", "I64", "I8", "U8", "F64"};
 
 const char *dam_dtype_name(dam_dtype t) {
     return (unsigned)t < sizeof dtype_names / sizeof *dtype_names ? dtype_names[t] : "?";

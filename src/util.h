@@ -41,7 +41,9 @@ char *dam_strdup(const char *s);
 char *dam_asprintf(const char *fmt, ...) DAM_PRINTF(1, 2);
 
 /* Element types of stored tensors. */
-typedef enum { DAM_F32 = 0, DAM_BF16 = 1, DAM_F16 = 2, DAM_I32 = 3, DAM_I64 = 4, DAM_I8 = 5, DAM_U8 = 6 } dam_dtype;
+typedef enum {
+    DAM_F32 = 0, DAM_BF16 = 1, DAM_F16 = 2, DAM_I32 = 3, DAM_I64 = 4, DAM_I8 = 5, DAM_U8 = 6, DAM_F64 = 7
+} dam_dtype;
 size_t dam_dtype_size(dam_dtype t);
 const char *dam_dtype_name(dam_dtype t);         /* safetensors spelling: "F32", "BF16", ... */
 int dam_dtype_parse(const char *name, dam_dtype *out); /* 0 on success, -1 when unknown */

@@ -1,0 +1,54 @@
+/* comm.h — the communication interface the driver uses: process grid (dp x pp x tp) and
+ * collectives that always name their group. MPI for host buffers here; the CUDA backend adds an
+ * NCCL implementation of the same calls for device buffers. */
+#ifndef DAM_COMM_H
+#define DAM_COMM_H
+
+#include <mpi.h>
+#include <stddef.h>
+
+#include "util.h"
+
+/* Check an MPI call; on failure print the call, the rank and MPI's message, then abort all ranks. */
+#define DAM_MPI_CHECK(call)                                                                        \
+    do {                                                                                           \
+        int dam_mpi_rc_ = (call);                                                                  \
+        if (dam_mpi_rc_ != MPI_SUCCESS) dam_mpi_fail(#call, dam_mpi_rc_, __FILE__, __LINE__);      \
+    } while (0)
+DAM_NORETURN void dam_mpi_fail(const char *call, int rc, const char *file, int line);
+
+/* Initialise MPI (also in a single process), install the abort hook that stops every rank and the
+ * rank prefix for messages. */
+void comm_init(int *argc, char ***argv);
+void comm_finalize(void);
+int comm_world_rank(void);
+int comm_world_size(void);
+
+/* One group of ranks: a communicator plus this rank's place in it. */
+typedef struct {
+    MPI_Comm comm;
+    int rank, size;
+    const char *name; /* "world", "dp", "pp", "tp": named in error messages */
+} CommGroup;
+
+/* The dp x pp x tp grid, built once. rank = ((dp_idx * pp) + pp_idx) * tp + tp_idx. */
+typedef struct {
+    int dp, pp, tp;
+    int dp_idx, pp_idx, tp_idx;
+    CommGroup world, dp_group, pp_group, tp_group;
+} ProcessGrid;
+
+/* Build the grid; fails (from rank 0, all ranks exit) when world != dp*pp*tp. */
+void grid_init(ProcessGrid *g, int dp, int pp, int tp);
+void grid_free(ProcessGrid *g);
+
+/* Collectives on host buffers. */
+void comm_allreduce_sum_f32(const CommGroup *g, float *buf, size_t n);
+void comm_allreduce_sum_f64(const CommGroup *g, double *buf, size_t n);
+void comm_allreduce_max_f32(const CommGroup *g, float *buf, size_t n);
+void comm_bcast(const CommGroup *g, void *buf, size_t bytes, int root);
+void comm_barrier(const CommGroup *g);
+/* Logical AND/OR of a flag over the group (stop requests, errors). */
+int comm_any(const CommGroup *g, int flag);
+
+#endif

@@ -1,0 +1,306 @@
+/* backend_cpu.c — the reference backend: fp32 compute with OpenBLAS sgemm; source weights read
+ * in their stored dtype straight from the mapping (never expanded wholesale). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cblas.h>
+
+#include "backend.h"
+
+static void *cpu_alloc(size_t bytes, const char *what) {
+    void *p = NULL;
+    if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0) dam_fail("out of memory: %zu bytes for %s", bytes, what);
+    return p;
+}
+
+static void cpu_free(void *p) { free(p); }
+
+static void cpu_matmul_xwt(float *y, const float *x, const float *w, int T, int in, int out, int acc) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, out, in, 1.0f, x, in, w, in, acc ? 1.0f : 0.0f, y, out);
+}
+
+static void cpu_matmul_dyw(float *dx, const float *dy, const float *w, int T, int in, int out, int acc) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, in, out, 1.0f, dy, out, w, in, acc ? 1.0f : 0.0f, dx,
+                in);
+}
+
+static void cpu_matmul_dytx(float *g, const float *dy, const float *x, int T, int in, int out, int acc) {
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, T, 1.0f, dy, out, x, in, acc ? 1.0f : 0.0f, g, in);
+}
+
+/* Row r of a stored tensor as fp32 into buf (cols entries). */
+static inline void load_row(float *buf, const SrcWeight *s, size_t r, size_t cols) {
+    size_t off = r * cols;
+    if (s->dtype == DAM_BF16) {
+        const uint16_t *p = (const uint16_t *)s->data + off;
+        for (size_t j = 0; j < cols; j++) buf[j] = dam_bf16_to_f32(p[j]);
+    } else if (s->dtype == DAM_F32) {
+        memcpy(buf, (const float *)s->data + off, cols * sizeof(float));
+    } else {
+        dam_to_f32(buf, (const uint16_t *)s->data + off, s->dtype, cols);
+    }
+}
+
+static void cpu_dam_materialize(float *merged, const SrcWeight *src, int n_src, const float *fc, size_t rows,
+                                size_t cols, int scalar_coef) {
+    float *row = malloc(cols * sizeof(float));
+    for (size_t r = 0; r < rows; r++) {
+        float *m = merged + r * cols;
+        for (int i = 0; i < n_src; i++) {
+            load_row(row, &src[i], r, cols);
+            if (scalar_coef) {
+                float a = fc[i];
+                if (i == 0)
+                    for (size_t j = 0; j < cols; j++) m[j] = a * row[j];
+                else
+                    for (size_t j = 0; j < cols; j++) m[j] += a * row[j];
+            } else {
+                const float *a = fc + (size_t)i * cols;
+                if (i == 0)
+                    for (size_t j = 0; j < cols; j++) m[j] = a[j] * row[j];
+                else
+                    for (size_t j = 0; j < cols; j++) m[j] += a[j] * row[j];
+            }
+        }
+    }
+    free(row);
+}
+
+static void cpu_dam_coef_grad(float *acc, const SrcWeight *src, int n_src, const float *g, size_t rows, size_t cols,
+                              int scalar_coef) {
+    float *row = malloc(cols * sizeof(float));
+    /* Per-source column sums in double: the sum runs over `rows` terms (up to the vocabulary). */
+    double *sum = calloc(cols, sizeof(double));
+    for (int i = 0; i < n_src; i++) {
+        memset(sum, 0, cols * sizeof(double));
+        for (size_t r = 0; r < rows; r++) {
+            load_row(row, &src[i], r, cols);
+            const float *gr = g + r * cols;
+            for (size_t j = 0; j < cols; j++) sum[j] += (double)(row[j] * gr[j]);
+        }
+        if (scalar_coef) {
+            double s = 0;
+            for (size_t j = 0; j < cols; j++) s += sum[j];
+            acc[i] += (float)s;
+        } else {
+            float *a = acc + (size_t)i * cols;
+            for (size_t j = 0; j < cols; j++) a[j] += (float)sum[j];
+        }
+    }
+    free(sum);
+    free(row);
+}
+
+static void cpu_dam_embed_gather(float *out, const SrcWeight *src, int n_src, const float *fc, const int32_t *ids,
+                                 int T, int d) {
+    float *row = malloc((size_t)d * sizeof(float));
+    for (int t = 0; t < T; t++) {
+        float *o = out + (size_t)t * d;
+        for (int i = 0; i < n_src; i++) {
+            load_row(row, &src[i], (size_t)ids[t], (size_t)d);
+            const float *a = fc + (size_t)i * d;
+            if (i == 0)
+                for (int j = 0; j < d; j++) o[j] = a[j] * row[j];
+            else
+                for (int j = 0; j < d; j++) o[j] += a[j] * row[j];
+        }
+    }
+    free(row);
+}
+
+static void cpu_dam_embed_coef_grad(float *acc, const SrcWeight *src, int n_src, const float *dh, const int32_t *ids,
+                                    int T, int d) {
+    float *row = malloc((size_t)d * sizeof(float));
+    for (int i = 0; i < n_src; i++) {
+        float *a = acc + (size_t)i * d;
+        for (int t = 0; t < T; t++) {
+            load_row(row, &src[i], (size_t)ids[t], (size_t)d);
+            const float *g = dh + (size_t)t * d;
+            for (int j = 0; j < d; j++) a[j] += row[j] * g[j];
+        }
+    }
+    free(row);
+}
+
+static void cpu_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *w, int T, int d, float eps) {
+    for (int t = 0; t < T; t++) {
+        const float *xr = x + (size_t)t * d;
+        double ss = 0;
+        for (int j = 0; j < d; j++) ss += (double)xr[j] * xr[j];
+        float r = (float)(1.0 / sqrt(ss / d + eps));
+        rstd[t] = r;
+        float *o = out + (size_t)t * d;
+        for (int j = 0; j < d; j++) o[j] = w[j] * (xr[j] * r);
+    }
+}
+
+static void cpu_rmsnorm_bwd(float *dx, float *dw, const float *dout, const float *x, const float *rstd,
+                            const float *w, int T, int d, int acc) {
+    for (int t = 0; t < T; t++) {
+        const float *xr = x + (size_t)t * d, *go = dout + (size_t)t * d;
+        float r = rstd[t];
+        double dot = 0; /* Σ_j dx̂ ⊙ x̂ */
+        for (int j = 0; j < d; j++) {
+            float xh = xr[j] * r;
+            dot += (double)(go[j] * w[j]) * xh;
+            if (dw) dw[j] += go[j] * xh;
+        }
+        float mean = (float)(dot / d);
+        float *o = dx + (size_t)t * d;
+        for (int j = 0; j < d; j++) {
+            float v = r * (go[j] * w[j] - xr[j] * r * mean);
+            o[j] = acc ? o[j] + v : v;
+        }
+    }
+}
+
+static void cpu_rope(float *x, const float *cos, const float *sin, int BT, int T, int heads, int hd, int inverse) {
+    int half = hd / 2;
+    float sgn = inverse ? -1.0f : 1.0f;
+    for (int bt = 0; bt < BT; bt++) {
+        const float *c = cos + (size_t)(bt % T) * half, *s = sin + (size_t)(bt % T) * half;
+        for (int h = 0; h < heads; h++) {
+            float *v = x + ((size_t)bt * heads + h) * hd;
+            for (int k = 0; k < half; k++) {
+                float a = v[k], b = v[k + half], sk = sgn * s[k];
+                v[k] = a * c[k] - b * sk;
+                v[k + half] = b * c[k] + a * sk;
+            }
+        }
+    }
+}
+
+/* Keys visible from query i: j in [lo, i]. */
+static inline int attn_lo(int i, int window) { return window > 0 && i - window + 1 > 0 ? i - window + 1 : 0; }
+
+static void cpu_attention_fwd(float *out, float *probs, const float *q, const float *k, const float *v,
+                              const AttnShape *s) {
+    int T = s->T, H = s->H, hd = s->hd, group = s->H / s->KV;
+    int qs = H * hd, ks = s->KV * hd;
+    for (int b = 0; b < s->B; b++) {
+        const float *qb = q + (size_t)b * T * qs, *kb = k + (size_t)b * T * ks, *vb = v + (size_t)b * T * ks;
+        float *ob = out + (size_t)b * T * qs;
+        for (int h = 0; h < H; h++) {
+            int kvh = h / group;
+            float *P = probs + ((size_t)b * H + h) * T * T;
+            /* S = Q_h K_hᵀ · scale, then causal softmax row by row */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, s->scale, qb + h * hd, qs, kb + kvh * hd, ks,
+                        0.0f, P, T);
+            for (int i = 0; i < T; i++) {
+                float *row = P + (size_t)i * T;
+                int lo = attn_lo(i, s->window);
+                float mx = -INFINITY;
+                for (int j = lo; j <= i; j++) mx = row[j] > mx ? row[j] : mx;
+                double sum = 0;
+                for (int j = lo; j <= i; j++) {
+                    row[j] = expf(row[j] - mx);
+                    sum += row[j];
+                }
+                float inv = (float)(1.0 / sum);
+                for (int j = 0; j < T; j++) row[j] = (j >= lo && j <= i) ? row[j] * inv : 0.0f;
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, P, T, vb + kvh * hd, ks, 0.0f,
+                        ob + h * hd, qs);
+        }
+    }
+}
+
+static void cpu_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const float *probs, const float *q,
+                              const float *k, const float *v, const AttnShape *s, float *dS) {
+    int T = s->T, H = s->H, hd = s->hd, group = s->H / s->KV;
+    int qs = H * hd, ks = s->KV * hd;
+    memset(dk, 0, (size_t)s->B * T * ks * sizeof(float));
+    memset(dv, 0, (size_t)s->B * T * ks * sizeof(float));
+    for (int b = 0; b < s->B; b++) {
+        size_t qo = (size_t)b * T * qs, ko = (size_t)b * T * ks;
+        for (int h = 0; h < H; h++) {
+            int kvh = h / group;
+            const float *P = probs + ((size_t)b * H + h) * T * T;
+            const float *dO = dout + qo + h * hd;
+            /* dV_h += Pᵀ dO_h ; dP = dO_h V_hᵀ */
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, 1.0f, P, T, dO, qs, 1.0f,
+                        dv + ko + kvh * hd, ks);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, 1.0f, dO, qs, v + ko + kvh * hd, ks, 0.0f,
+                        dS, T);
+            /* dS = P ⊙ (dP − rowsum(dP ⊙ P)) · scale */
+            for (int i = 0; i < T; i++) {
+                float *r = dS + (size_t)i * T;
+                const float *p = P + (size_t)i * T;
+                double dot = 0;
+                for (int j = 0; j <= i; j++) dot += (double)r[j] * p[j];
+                for (int j = 0; j < T; j++) r[j] = p[j] * (r[j] - (float)dot) * s->scale;
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, dS, T, k + ko + kvh * hd, ks, 0.0f,
+                        dq + qo + h * hd, qs);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, 1.0f, dS, T, q + qo + h * hd, qs, 1.0f,
+                        dk + ko + kvh * hd, ks);
+        }
+    }
+}
+
+static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+static void cpu_swiglu_fwd(float *act, const float *gate, const float *up, size_t n) {
+    for (size_t i = 0; i < n; i++) act[i] = gate[i] * sigmoidf(gate[i]) * up[i];
+}
+
+static void cpu_swiglu_bwd(float *dgate, float *dup, const float *dact, const float *gate, const float *up, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        float sg = sigmoidf(gate[i]), silu = gate[i] * sg;
+        dup[i] = dact[i] * silu;
+        dgate[i] = dact[i] * up[i] * (sg * (1.0f + gate[i] * (1.0f - sg)));
+    }
+}
+
+static void cpu_add_bias(float *y, const float *b, int T, int out) {
+    for (int t = 0; t < T; t++)
+        for (int o = 0; o < out; o++) y[(size_t)t * out + o] += b[o];
+}
+
+static const Backend cpu_backend = {
+    .name = "cpu",
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .matmul_xwt = cpu_matmul_xwt,
+    .matmul_dyw = cpu_matmul_dyw,
+    .matmul_dytx = cpu_matmul_dytx,
+    .dam_materialize = cpu_dam_materialize,
+    .dam_coef_grad = cpu_dam_coef_grad,
+    .dam_embed_gather = cpu_dam_embed_gather,
+    .dam_embed_coef_grad = cpu_dam_embed_coef_grad,
+    .rmsnorm_fwd = cpu_rmsnorm_fwd,
+    .rmsnorm_bwd = cpu_rmsnorm_bwd,
+    .rope = cpu_rope,
+    .attention_fwd = cpu_attention_fwd,
+    .attention_bwd = cpu_attention_bwd,
+    .swiglu_fwd = cpu_swiglu_fwd,
+    .swiglu_bwd = cpu_swiglu_bwd,
+    .add_bias = cpu_add_bias,
+};
+
+const Backend *backend_cpu(void) { return &cpu_backend; }
+
+float dam_nonlin(Nonlinearity f, float c) {
+    switch (f) {
+    case NONLIN_TANH: return tanhf(c);
+    case NONLIN_SIGMOID: return sigmoidf(c);
+    case NONLIN_RELU: return c > 0 ? c : 0;
+    default: return c;
+    }
+}
+
+float dam_nonlin_grad(Nonlinearity f, float c) {
+    switch (f) {
+    case NONLIN_TANH: {
+        float t = tanhf(c);
+        return 1.0f - t * t;
+    }
+    case NONLIN_SIGMOID: {
+        float s = sigmoidf(c);
+        return s * (1.0f - s);
+    }
+    case NONLIN_RELU: return c > 0 ? 1.0f : 0.0f;
+    default: return 1.0f;
+    }
+}

@@ -1,0 +1,53 @@
+/* checkpoint.h — restartable state in HDF5 (DESIGN.md section 4), keyed by tensor name so that a
+ * run may resume on another (dp, pp, tp) layout.
+ *
+ *   <dir>/step_00000120.h5   one file per save, written as .tmp and renamed when complete
+ *   <dir>/latest             the name of the newest complete file (replaced atomically after it)
+ *
+ *   attributes: format_version, step, total_steps, tokens_seen, n_rows, config_hash (hex string),
+ *               data_cursor (int64 [n_datasets]), rng_state (uint64), sources (string list, ";"-joined)
+ *   /coefficients/<tensor name>  float32 [n_rows, dim]
+ *   /adam_m/<tensor name>, /adam_v/<tensor name>  likewise */
+#ifndef DAM_CHECKPOINT_H
+#define DAM_CHECKPOINT_H
+
+#include <stdint.h>
+
+#include "model.h"
+
+#define CKPT_FORMAT_VERSION 1
+
+typedef struct {
+    int64_t step, total_steps, tokens_seen;
+    int n_datasets;
+    int64_t cursor[DAM_MAX_SOURCES];
+    uint64_t rng_state, config_hash;
+    char sources[1024];   /* coefficient row names joined by ';' */
+} CkptMeta;
+
+/* Writing, in pieces so that pipeline stages can add their own tensors in turn (serial HDF5 on a
+ * shared file system, no gather of the coefficients in one place):
+ *   ckpt_create(tmp, meta)            rank 0: the file, its attributes and groups
+ *   w = ckpt_append(tmp); ckpt_put(w, ...)...; ckpt_close(w)   each owner of tensors, in turn
+ *   ckpt_commit(dir, tmp, step, keep) rank 0: rename into place, update latest, prune old ones */
+typedef struct CkptFile CkptFile;
+
+char *ckpt_tmp_path(const char *dir, int64_t step);      /* heap string */
+void ckpt_create(const char *tmp_path, const CkptMeta *meta);
+CkptFile *ckpt_append(const char *tmp_path);
+void ckpt_put(CkptFile *f, const char *name, int n_rows, int dim, const float *c, const float *m, const float *v);
+void ckpt_close(CkptFile *f);
+char *ckpt_commit(const char *dir, const char *tmp_path, int64_t step, int keep); /* final path */
+
+/* Reading: any rank, any layout. ckpt_get reads columns [col0, col0 + ncols) of the stored
+ * [n_rows, dim] arrays (a tensor-parallel shard, or all of them) and fails naming the file and
+ * tensor when it is missing or shaped otherwise. */
+char *ckpt_latest(const char *dir);                      /* NULL when there is none */
+CkptFile *ckpt_open_read(const char *path, CkptMeta *meta);
+void ckpt_get(CkptFile *f, const char *name, int n_rows, int dim, int col0, int ncols, float *c, float *m, float *v);
+
+/* The whole model of one process (single-rank runs and tests). */
+char *ckpt_save(const char *dir, const DamModel *m, const CkptMeta *meta, int keep);
+void ckpt_load(const char *path, DamModel *m, CkptMeta *meta);
+
+#endif

@@ -1,0 +1,209 @@
+/* config.c — see config.h. Unknown keys are refused (a typo must not silently become a default). */
+#include "config.h"
+
+#include <cJSON.h>
+#include <ctype.h>
+#include <stdio.h>
+#include <strings.h>
+#include <libgen.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "json_util.h"
+
+static char *resolve(const char *cfg_path, const char *p) {
+    if (!p) return NULL;
+    if (p[0] == '/') return dam_strdup(p);
+    char *tmp = dam_strdup(cfg_path);
+    char *dir = dirname(tmp);
+    char *out = strcmp(dir, ".") == 0 ? dam_strdup(p) : dam_path_join(dir, p);
+    free(tmp);
+    return out;
+}
+
+static void check_keys(const cJSON *obj, const char *file, const char *section, const char *const *allowed) {
+    for (const cJSON *it = obj ? obj->child : NULL; it; it = it->next) {
+        int ok = 0;
+        for (const char *const *a = allowed; *a; a++) ok |= !strcmp(*a, it->string);
+        if (!ok) dam_fail("%s: unknown key '%s%s%s'", file, section, *section ? "." : "", it->string);
+    }
+}
+
+static int pick(const char *file, const char *field, const char *value, const char *const *names) {
+    for (int i = 0; names[i]; i++)
+        if (!strcmp(value, names[i])) return i;
+    dam_fail("%s: field '%s': unknown value '%s'", file, field, value);
+}
+
+size_t config_parse_size(const char *s) {
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || v <= 0) return 0;
+    while (*end == ' ') end++;
+    double mult = 1;
+    if (!strcasecmp(end, "KB") || !strcasecmp(end, "K")) mult = 1e3;
+    else if (!strcasecmp(end, "MB") || !strcasecmp(end, "M")) mult = 1e6;
+    else if (!strcasecmp(end, "GB") || !strcasecmp(end, "G")) mult = 1e9;
+    else if (!strcasecmp(end, "KiB")) mult = 1024.0;
+    else if (!strcasecmp(end, "MiB")) mult = 1024.0 * 1024;
+    else if (!strcasecmp(end, "GiB")) mult = 1024.0 * 1024 * 1024;
+    else if (*end) return 0;
+    return (size_t)(v * mult);
+}
+
+static void parse_models(DamConfig *c, const cJSON *root) {
+    const char *f = c->file;
+    const cJSON *models = cJSON_GetObjectItemCaseSensitive(root, "models");
+    if (!cJSON_IsArray(models) || cJSON_GetArraySize(models) < 1)
+        dam_fail("%s: field 'models': expected a non-empty array of {\"path\", \"dataset\"}", f);
+    int n = cJSON_GetArraySize(models);
+    if (n > DAM_MAX_SOURCES - 1) dam_fail("%s: field 'models': %d models; at most %d", f, n, DAM_MAX_SOURCES - 1);
+    c->n_models = n;
+    for (int i = 0; i < n; i++) {
+        const cJSON *m = cJSON_GetArrayItem(models, i);
+        char field[32];
+        snprintf(field, sizeof field, "models[%d]", i);
+        if (!cJSON_IsObject(m)) dam_fail("%s: field '%s': expected an object", f, field);
+        static const char *const keys[] = {"path", "dataset", "name", NULL};
+        check_keys(m, f, field, keys);
+        c->models[i].path = resolve(f, json_get_string(m, "path", f, NULL));
+        c->models[i].dataset = resolve(f, json_get_string(m, "dataset", f, NULL));
+        const char *nm = json_opt_string(m, "name", NULL);
+        if (!nm) {
+            char *tmp = dam_strdup(c->models[i].path);
+            c->models[i].name = dam_strdup(basename(tmp));
+            free(tmp);
+        } else c->models[i].name = dam_strdup(nm);
+    }
+}
+
+static void parse_merge(DamConfig *c, const cJSON *root) {
+    const cJSON *s = cJSON_GetObjectItemCaseSensitive(root, "merge");
+    static const char *const keys[] = {"embeddings", "norms", "include_base", "nonlinearity", "init", NULL};
+    check_keys(s, c->file, "merge", keys);
+    c->embeddings = json_opt_bool(s, "embeddings", 1);
+    c->norms = json_opt_bool(s, "norms", 1);
+    c->include_base = json_opt_bool(s, "include_base", 0);
+    static const char *const nl[] = {"none", "tanh", "sigmoid", "relu", NULL};
+    c->nonlinearity = (Nonlinearity)pick(c->file, "merge.nonlinearity", json_opt_string(s, "nonlinearity", "none"), nl);
+    const char *init = json_opt_string(s, "init", "uniform");
+    if (!strcmp(init, "uniform")) c->init = INIT_UNIFORM;
+    else if (!strcmp(init, "random")) c->init = INIT_RANDOM;
+    else {
+        c->init = INIT_FILE;
+        c->init_file = resolve(c->file, init);
+    }
+}
+
+static void parse_loss(DamConfig *c, const cJSON *root) {
+    const cJSON *s = cJSON_GetObjectItemCaseSensitive(root, "loss");
+    static const char *const keys[] = {"kl", "temperature", "similarity", "l1", "l2", "mse", "entropy", "overlap", "topk", NULL};
+    check_keys(s, c->file, "loss", keys);
+    c->loss.kl = json_opt_bool(s, "kl", 1);
+    c->loss.temperature = (float)json_opt_number(s, "temperature", 2.0);
+    c->similarity = (float)json_opt_number(s, "similarity", 0.01);
+    c->l1 = (float)json_opt_number(s, "l1", 0);
+    c->l2 = (float)json_opt_number(s, "l2", 0);
+    c->loss.mse = (float)json_opt_number(s, "mse", 0);
+    c->loss.entropy = (float)json_opt_number(s, "entropy", 0);
+    c->overlap = (float)json_opt_number(s, "overlap", 0);
+    c->loss.topk = json_opt_int(s, "topk", 0);
+    if (c->loss.temperature <= 0) dam_fail("%s: field 'loss.temperature': expected > 0", c->file);
+    if (c->loss.topk < 0) dam_fail("%s: field 'loss.topk': expected >= 0", c->file);
+    if (c->similarity < 0 || c->l1 < 0 || c->l2 < 0 || c->loss.mse < 0 || c->loss.entropy < 0 || c->overlap < 0)
+        dam_fail("%s: loss weights must be >= 0", c->file);
+}
+
+static void parse_train(DamConfig *c, const cJSON *root) {
+    const char *f = c->file;
+    const cJSON *s = cJSON_GetObjectItemCaseSensitive(root, "train");
+    static const char *const keys[] = {"optimizer", "lr", "weight_decay", "betas", "eps", "mofo_alpha", "schedule",
+                                       "warmup", "steps", "epochs", "batch_size", "micro_batches", "seq_len",
+                                       "max_grad_norm", "seed", NULL};
+    check_keys(s, f, "train", keys);
+    static const char *const opts[] = {"adamw", "mofo", NULL};
+    c->optimizer = (OptimizerKind)pick(f, "train.optimizer", json_opt_string(s, "optimizer", "adamw"), opts);
+    c->lr = (float)json_opt_number(s, "lr", 1e-3);
+    c->weight_decay = (float)json_opt_number(s, "weight_decay", 0);
+    c->beta1 = 0.9f, c->beta2 = 0.999f;
+    const cJSON *betas = s ? cJSON_GetObjectItemCaseSensitive(s, "betas") : NULL;
+    if (betas) {
+        if (!cJSON_IsArray(betas) || cJSON_GetArraySize(betas) != 2)
+            dam_fail("%s: field 'train.betas': expected [beta1, beta2]", f);
+        c->beta1 = (float)cJSON_GetArrayItem(betas, 0)->valuedouble;
+        c->beta2 = (float)cJSON_GetArrayItem(betas, 1)->valuedouble;
+    }
+    c->adam_eps = (float)json_opt_number(s, "eps", 1e-8);
+    c->mofo_alpha = (float)json_opt_number(s, "mofo_alpha", 0.3);
+    static const char *const sch[] = {"constant", "linear", "cosine", NULL};
+    c->schedule = (ScheduleKind)pick(f, "train.schedule", json_opt_string(s, "schedule", "constant"), sch);
+    c->warmup = json_opt_int(s, "warmup", 0);
+    c->steps = json_opt_int(s, "steps", 0);
+    c->epochs = json_opt_int(s, "epochs", 1);
+    c->batch_size = json_opt_int(s, "batch_size", 1);
+    c->micro_batches = json_opt_int(s, "micro_batches", 1);
+    c->seq_len = json_opt_int(s, "seq_len", 0);
+    c->max_grad_norm = (float)json_opt_number(s, "max_grad_norm", 1.0);
+    c->seed = (uint64_t)json_opt_number(s, "seed", 1);
+    if (c->lr <= 0) dam_fail("%s: field 'train.lr': expected > 0", f);
+    if (c->batch_size < 1 || c->micro_batches < 1 || c->epochs < 1 || c->steps < 0 || c->warmup < 0 || c->seq_len < 0)
+        dam_fail("%s: train: batch_size, micro_batches, epochs must be >= 1; steps, warmup, seq_len >= 0", f);
+    if (c->mofo_alpha <= 0 || c->mofo_alpha > 1) dam_fail("%s: field 'train.mofo_alpha': expected in (0, 1]", f);
+}
+
+static void parse_rest(DamConfig *c, const cJSON *root) {
+    const char *f = c->file;
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, "parallel");
+    static const char *const pk[] = {"dp", "pp", "tp", NULL};
+    check_keys(p, f, "parallel", pk);
+    c->dp = json_opt_int(p, "dp", 1), c->pp = json_opt_int(p, "pp", 0), c->tp = json_opt_int(p, "tp", 1);
+    const cJSON *k = cJSON_GetObjectItemCaseSensitive(root, "checkpoint");
+    static const char *const ck[] = {"dir", "every", "keep", NULL};
+    check_keys(k, f, "checkpoint", ck);
+    c->ckpt_dir = resolve(f, json_opt_string(k, "dir", NULL));
+    c->ckpt_every = json_opt_int(k, "every", 0);
+    c->ckpt_keep = json_opt_int(k, "keep", 2);
+    const cJSON *o = cJSON_GetObjectItemCaseSensitive(root, "output");
+    static const char *const ok[] = {"dir", "dtype", "shard_size", "metrics", NULL};
+    check_keys(o, f, "output", ok);
+    c->out_dir = resolve(f, json_opt_string(o, "dir", "out/merged"));
+    const char *dt = json_opt_string(o, "dtype", "bfloat16");
+    if (strcmp(dt, "bfloat16")) dam_fail("%s: field 'output.dtype': only \"bfloat16\" is supported", f);
+    const char *ss = json_opt_string(o, "shard_size", "5GB");
+    c->shard_bytes = config_parse_size(ss);
+    if (!c->shard_bytes) dam_fail("%s: field 'output.shard_size': expected a size like \"5GB\", got '%s'", f, ss);
+    const char *mf = json_opt_string(o, "metrics", NULL);
+    c->metrics_file = mf ? resolve(f, mf) : dam_asprintf("%s.metrics.jsonl", c->out_dir);
+}
+
+void config_load(DamConfig *c, const char *path) {
+    memset(c, 0, sizeof *c);
+    c->file = dam_strdup(path);
+    size_t n;
+    char *text = dam_read_file(path, &n);
+    c->hash = dam_hash64(text, n, 0);
+    json_set_context(path);
+    cJSON *root = json_parse_text(text, n, path);
+    if (!cJSON_IsObject(root)) dam_fail("%s: expected a JSON object at the top level", path);
+    static const char *const top[] = {"base_model", "models", "merge", "loss", "train", "parallel", "checkpoint",
+                                      "output", "comment", NULL};
+    check_keys(root, path, "", top);
+    c->base_model = resolve(path, json_opt_string(root, "base_model", NULL));
+    parse_models(c, root);
+    parse_merge(c, root);
+    parse_loss(c, root);
+    parse_train(c, root);
+    parse_rest(c, root);
+    if (c->include_base && !c->base_model)
+        dam_fail("%s: field 'merge.include_base' is true but 'base_model' is not set", path);
+    if (c->loss.topk > 0 && c->loss.mse > 0)
+        dam_fail("%s: loss.mse needs full teacher logits; it cannot be combined with loss.topk", path);
+    cJSON_Delete(root);
+    free(text);
+}
+
+void config_free(DamConfig *c) {
+    for (int i = 0; i < c->n_models; i++) free(c->models[i].path), free(c->models[i].dataset), free(c->models[i].name);
+    free(c->file), free(c->base_model), free(c->init_file), free(c->ckpt_dir), free(c->out_dir), free(c->metrics_file);
+    memset(c, 0, sizeof *c);
+}

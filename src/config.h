@@ -1,0 +1,57 @@
+/* config.h — the run configuration (one JSON file; README documents every key). */
+#ifndef DAM_CONFIG_H
+#define DAM_CONFIG_H
+
+#include <stdint.h>
+
+#include "model.h"
+
+typedef enum { OPT_ADAMW = 0, OPT_MOFO = 1 } OptimizerKind;
+typedef enum { SCHED_CONSTANT = 0, SCHED_LINEAR = 1, SCHED_COSINE = 2 } ScheduleKind;
+typedef enum { INIT_UNIFORM = 0, INIT_FILE = 1, INIT_RANDOM = 2 } InitKind;
+
+typedef struct {
+    char *path;                       /* model directory */
+    char *dataset;                    /* HDF5 token file (NULL for the base) */
+    char *name;                       /* short name for logs (directory basename) */
+} SourceSpec;
+
+typedef struct {
+    char *file;                       /* the config file itself, for messages */
+    char *base_model;                 /* may be NULL */
+    int n_models;
+    SourceSpec models[DAM_MAX_SOURCES];
+    /* merge */
+    int embeddings, norms, include_base;
+    Nonlinearity nonlinearity;
+    InitKind init;
+    char *init_file;                  /* INIT_FILE: a dam_coefficients.safetensors */
+    /* loss */
+    LossParams loss;                  /* temperature, kl, mse, entropy, topk */
+    float similarity, l1, l2, overlap;
+    /* train */
+    OptimizerKind optimizer;
+    float lr, weight_decay, beta1, beta2, adam_eps, mofo_alpha;
+    ScheduleKind schedule;
+    int warmup, steps, epochs, batch_size, micro_batches, seq_len;
+    float max_grad_norm;
+    uint64_t seed;
+    /* parallel */
+    int dp, pp, tp;
+    /* checkpoint */
+    char *ckpt_dir;
+    int ckpt_every, ckpt_keep;
+    /* output */
+    char *out_dir;
+    char *metrics_file;               /* JSON lines; default <out_dir>.metrics.jsonl */
+    size_t shard_bytes;
+    uint64_t hash;                    /* of the file's bytes, recorded in checkpoints */
+} DamConfig;
+
+/* Parse and validate; relative paths are resolved against the config file's directory. */
+void config_load(DamConfig *c, const char *path);
+void config_free(DamConfig *c);
+/* Parse a size like "5GB", "500MB", "1024" (bytes). Returns 0 when malformed. */
+size_t config_parse_size(const char *s);
+
+#endif

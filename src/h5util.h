@@ -1,0 +1,21 @@
+/* h5util.h — one macro to check every HDF5 call: on failure it names the call, the file (the
+ * `what` string in scope) and the rank, and stops every rank (dam_fail). */
+#ifndef DAM_H5UTIL_H
+#define DAM_H5UTIL_H
+
+#include <hdf5.h>
+
+#include "util.h"
+
+/* Evaluate an HDF5 call returning herr_t or hid_t; a negative result fails naming `what`. */
+#define DAM_H5_CHECK(call, what)                                                                             \
+    ({                                                                                                       \
+        __typeof__(call) dam_h5_rc_ = (call);                                                                \
+        if (dam_h5_rc_ < 0) dam_fail("%s: HDF5 call %s failed", (what), #call);                              \
+        dam_h5_rc_;                                                                                          \
+    })
+
+/* Silence HDF5's own error-stack printing so that an error is one line (ours). */
+static inline void dam_h5_quiet(void) { H5Eset_auto2(H5E_DEFAULT, NULL, NULL); }
+
+#endif

@@ -1,0 +1,138 @@
+/* inspect.c — `dam_dist inspect --model DIR [--model DIR2 ...]`: validate model directories the
+ * way a merge would read them, and summarize each.
+ *
+ * For each directory: the weights are opened (every header validated), config.json is parsed, and
+ * every tensor the architecture implies is looked up with the shape config.json implies. With
+ * several --model flags, every config must agree with the first in everything that shapes the
+ * forward pass (hfconfig_check_same), exactly as a merge of those models requires. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "commands.h"
+#include "hfconfig.h"
+#include "safetensors.h"
+#include "util.h"
+
+#define INSPECT_MAX_MODELS 64
+
+typedef struct {
+    int64_t params; /* elements of the expected tensors, as stored */
+    int n_expected, n_extra;
+    int per_dtype[DAM_F64 + 1]; /* expected tensors by dtype */
+    const char *first_extra;
+} Survey;
+
+/* 1234567 -> "1,234,567" */
+static const char *grouped(char *buf, size_t cap, unsigned long long v) {
+    char digits[32];
+    int n = snprintf(digits, sizeof digits, "%llu", v), k = 0;
+    for (int i = 0; i < n && (size_t)k + 2 < cap; i++) {
+        if (i && (n - i) % 3 == 0) buf[k++] = ',';
+        buf[k++] = digits[i];
+    }
+    buf[k] = 0;
+    return buf;
+}
+
+static int is_float_dtype(dam_dtype t) { return t == DAM_F32 || t == DAM_BF16 || t == DAM_F16; }
+
+/* Every expected tensor present with the expected shape and a float dtype. */
+static void check_tensors(const StModel *m, const ModelConfig *c, Survey *s) {
+    int n = hfconfig_tensor_specs(c, NULL);
+    HfTensorSpec *specs = dam_malloc((size_t)n * sizeof *specs, "tensor specs");
+    hfconfig_tensor_specs(c, specs);
+    for (int i = 0; i < n; i++) {
+        const StTensor *t = st_model_get(m, specs[i].name, specs[i].ndim, specs[i].shape);
+        if (!is_float_dtype(t->dtype))
+            dam_fail("%s: tensor '%s' has dtype %s; expected BF16, F16 or F32", t->file, t->name,
+                     dam_dtype_name(t->dtype));
+        s->per_dtype[t->dtype]++;
+        s->params += (int64_t)t->numel;
+    }
+    s->n_expected = n;
+    /* Extra tensors (e.g. lm_head.weight next to tied embeddings, or rotary inv_freq buffers in old
+     * exports) are not errors: transformers ignores them too. */
+    for (int i = 0; i < m->n_tensors; i++) {
+        int expected = 0;
+        for (int j = 0; j < n && !expected; j++) expected = strcmp(specs[j].name, m->by_name[i]->name) == 0;
+        if (!expected && !s->n_extra++) s->first_extra = m->by_name[i]->name;
+    }
+    free(specs);
+}
+
+static void print_dtypes(const Survey *s) {
+    printf("  dtype          ");
+    int kinds = 0;
+    for (int t = 0; t <= DAM_F64; t++)
+        if (s->per_dtype[t])
+            printf("%s%s %d", kinds++ ? ", " : "", dam_dtype_name((dam_dtype)t), s->per_dtype[t]);
+    printf(" tensor(s)\n");
+}
+
+static const char *rope_name(RopeType t) {
+    return t == ROPE_LLAMA3 ? "llama3" : t == ROPE_LINEAR ? "linear" : "default";
+}
+
+static void print_summary(const char *dir, const StModel *m, const ModelConfig *c, const Survey *s) {
+    char a[40], b[40];
+    printf("%s\n", dir);
+    printf("  architecture   %s (%s)\n", c->architecture, c->model_type[0] ? c->model_type : "?");
+    printf(
+        "  shape          layers %d, hidden %d, intermediate %d, heads %d (kv %d, head_dim %d), vocab %d\n",
+        c->num_hidden_layers, c->hidden_size, c->intermediate_size, c->num_attention_heads,
+        c->num_key_value_heads, c->head_dim, c->vocab_size);
+    printf("  rope           %s, theta %g", rope_name(c->rope_type), c->rope_theta);
+    if (c->rope_type != ROPE_DEFAULT) printf(", factor %g", c->rope_factor);
+    printf("\n  options        tied embeddings %s, qkv bias %s, sliding window %d\n",
+           c->tie_word_embeddings ? "yes" : "no", c->attention_bias ? "yes" : "no", c->sliding_window);
+    printf("  params         %s\n", grouped(a, sizeof a, (unsigned long long)s->params));
+    print_dtypes(s);
+    printf("  bytes          %s in %d file(s)\n", grouped(b, sizeof b, (unsigned long long)st_model_bytes(m)),
+           m->n_files);
+    if (s->n_extra) printf("  ignored        %d extra tensor(s), e.g. '%s'\n", s->n_extra, s->first_extra);
+}
+
+static int parse_args(int argc, char **argv, const char **dirs) {
+    int n = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--model") == 0) {
+            if (i + 1 >= argc) dam_fail("inspect: --model needs a directory");
+            if (n == INSPECT_MAX_MODELS) dam_fail("inspect: at most %d --model flags", INSPECT_MAX_MODELS);
+            dirs[n++] = argv[++i];
+        } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            printf("usage: dam_dist inspect --model DIR [--model DIR ...]\n");
+            exit(0);
+        } else {
+            dam_fail("inspect: unknown option '%s' (usage: dam_dist inspect --model DIR [--model DIR ...])",
+                     argv[i]);
+        }
+    }
+    if (n == 0) dam_fail("inspect: --model DIR is required");
+    return n;
+}
+
+int cmd_inspect(int argc, char **argv) {
+    const char *dirs[INSPECT_MAX_MODELS];
+    int n = parse_args(argc, argv, dirs);
+    ModelConfig first;
+    for (int i = 0; i < n; i++) {
+        StModel m;
+        st_model_open(&m, dirs[i]);
+        ModelConfig c;
+        char *cfg_path = dam_path_join(dirs[i], "config.json");
+        hfconfig_load(&c, cfg_path);
+        free(cfg_path);
+        Survey s;
+        memset(&s, 0, sizeof s);
+        check_tensors(&m, &c, &s);
+        if (i == 0)
+            first = c;
+        else
+            hfconfig_check_same(&first, dirs[0], &c, dirs[i]);
+        print_summary(dirs[i], &m, &c, &s);
+        st_model_close(&m);
+    }
+    if (n > 1) printf("all %d models share one architecture: they can be merged\n", n);
+    return 0;
+}

@@ -1,0 +1,510 @@
+/* model.c — the DAM model: tensor table, merged/teacher forward, loss and backward to the
+ * coefficients. One training micro-batch reads top to bottom in dam_model_microbatch. */
+#include "model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "loss.h"
+
+/* ---------------------------------------------------------------- tensor table */
+
+static DamTensor *add_tensor(DamModel *m, const char *name, DamTensorKind kind, size_t rows, size_t cols) {
+    DamTensor *t = &m->tensors[m->n_tensors++];
+    memset(t, 0, sizeof *t);
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->kind = kind;
+    t->rows = rows;
+    t->cols = cols;
+    t->dim = kind == DT_BIAS ? 1 : (int)cols;
+    t->trainable = 1;
+    int64_t shape[2] = {(int64_t)rows, (int64_t)cols};
+    int ndim = (kind == DT_NORM || kind == DT_BIAS) ? 1 : 2;
+    for (int i = 0; i < m->n_rows; i++) {
+        const StTensor *st = st_model_get(&m->files[i], name, ndim, ndim == 1 ? &shape[1] : shape);
+        if (st->dtype != DAM_F32 && st->dtype != DAM_BF16 && st->dtype != DAM_F16)
+            dam_fail("%s: tensor '%s' has dtype %s; expected BF16, F16 or F32", st->file, name,
+                     dam_dtype_name(st->dtype));
+        t->src[i] = (SrcWeight){st->data, st->dtype};
+    }
+    size_t n = (size_t)m->n_rows * t->dim;
+    t->c = dam_calloc(n, sizeof(float), name);
+    t->fc = dam_calloc(n, sizeof(float), name);
+    t->grad = dam_calloc(n, sizeof(float), name);
+    t->adam_m = dam_calloc(n, sizeof(float), name);
+    t->adam_v = dam_calloc(n, sizeof(float), name);
+    for (size_t j = 0; j < n; j++) t->c[j] = 1.0f / (float)m->n_rows;
+    return t;
+}
+
+static DamTensor *add_layer_tensor(DamModel *m, int l, const char *suffix, DamTensorKind kind, size_t rows,
+                                   size_t cols) {
+    char name[128];
+    snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix);
+    return add_tensor(m, name, kind, rows, cols);
+}
+
+static void build_tensor_table(DamModel *m) {
+    const ModelConfig *c = &m->cfg;
+    size_t d = (size_t)c->hidden_size, F = (size_t)c->intermediate_size, V = (size_t)c->vocab_size;
+    size_t qd = (size_t)c->num_attention_heads * c->head_dim, kvd = (size_t)c->num_key_value_heads * c->head_dim;
+    m->tensors = dam_calloc((size_t)c->num_hidden_layers * 13 + 3, sizeof(DamTensor), "tensor table");
+    m->layers = dam_calloc((size_t)c->num_hidden_layers, sizeof(DamLayer), "layers");
+    m->embed = add_tensor(m, "model.embed_tokens.weight", DT_EMBED, V, d);
+    for (int l = 0; l < c->num_hidden_layers; l++) {
+        DamLayer *L = &m->layers[l];
+        L->attn_norm = add_layer_tensor(m, l, "input_layernorm.weight", DT_NORM, 1, d);
+        L->q = add_layer_tensor(m, l, "self_attn.q_proj.weight", DT_LINEAR, qd, d);
+        L->k = add_layer_tensor(m, l, "self_attn.k_proj.weight", DT_LINEAR, kvd, d);
+        L->v = add_layer_tensor(m, l, "self_attn.v_proj.weight", DT_LINEAR, kvd, d);
+        if (c->attention_bias) {
+            L->q_bias = add_layer_tensor(m, l, "self_attn.q_proj.bias", DT_BIAS, 1, qd);
+            L->k_bias = add_layer_tensor(m, l, "self_attn.k_proj.bias", DT_BIAS, 1, kvd);
+            L->v_bias = add_layer_tensor(m, l, "self_attn.v_proj.bias", DT_BIAS, 1, kvd);
+        }
+        L->o = add_layer_tensor(m, l, "self_attn.o_proj.weight", DT_LINEAR, d, qd);
+        if (c->o_bias) L->o_bias = add_layer_tensor(m, l, "self_attn.o_proj.bias", DT_BIAS, 1, d);
+        L->mlp_norm = add_layer_tensor(m, l, "post_attention_layernorm.weight", DT_NORM, 1, d);
+        L->gate = add_layer_tensor(m, l, "mlp.gate_proj.weight", DT_LINEAR, F, d);
+        L->up = add_layer_tensor(m, l, "mlp.up_proj.weight", DT_LINEAR, F, d);
+        L->down = add_layer_tensor(m, l, "mlp.down_proj.weight", DT_LINEAR, d, F);
+    }
+    m->final_norm = add_tensor(m, "model.norm.weight", DT_NORM, 1, d);
+    m->lm_head = c->tie_word_embeddings ? NULL : add_tensor(m, "lm_head.weight", DT_LINEAR, V, d);
+}
+
+void dam_model_open(DamModel *m, int n, const char *const *dirs, const char *const *names, const Backend *be) {
+    memset(m, 0, sizeof *m);
+    if (n < 1 || n > DAM_MAX_SOURCES) dam_fail("%d source models given; dam_dist merges 1 to %d", n, DAM_MAX_SOURCES);
+    m->n_rows = n;
+    m->be = be;
+    for (int i = 0; i < n; i++) {
+        char *cfg_path = dam_path_join(dirs[i], "config.json");
+        ModelConfig c;
+        hfconfig_load(&c, cfg_path);
+        free(cfg_path);
+        if (i == 0) m->cfg = c;
+        else hfconfig_check_same(&m->cfg, dirs[0], &c, dirs[i]); /* directories name both sides */
+        m->row_names[i] = dam_strdup(names[i]);
+        st_model_open(&m->files[i], dirs[i]);
+    }
+    if (m->cfg.mlp_bias) dam_fail("%s: mlp_bias is not supported", dirs[0]);
+    build_tensor_table(m);
+    dam_model_refresh(m);
+}
+
+void dam_model_close(DamModel *m) {
+    for (int t = 0; t < m->n_tensors; t++) {
+        DamTensor *x = &m->tensors[t];
+        free(x->c), free(x->fc), free(x->grad), free(x->adam_m), free(x->adam_v);
+    }
+    for (int i = 0; i < m->n_rows; i++) {
+        st_model_close(&m->files[i]);
+        free(m->row_names[i]);
+    }
+    free(m->tensors);
+    free(m->layers);
+    memset(m, 0, sizeof *m);
+}
+
+DamTensor *dam_model_find(DamModel *m, const char *name) {
+    for (int t = 0; t < m->n_tensors; t++)
+        if (!strcmp(m->tensors[t].name, name)) return &m->tensors[t];
+    return NULL;
+}
+
+void dam_model_refresh(DamModel *m) {
+    for (int t = 0; t < m->n_tensors; t++) {
+        DamTensor *x = &m->tensors[t];
+        size_t n = (size_t)m->n_rows * x->dim;
+        for (size_t j = 0; j < n; j++) x->fc[j] = dam_nonlin(m->nonlin, x->c[j]);
+    }
+}
+
+void dam_model_zero_grad(DamModel *m) {
+    for (int t = 0; t < m->n_tensors; t++)
+        memset(m->tensors[t].grad, 0, (size_t)m->n_rows * m->tensors[t].dim * sizeof(float));
+}
+
+void dam_model_finish_grad(DamModel *m) {
+    for (int t = 0; t < m->n_tensors; t++) {
+        DamTensor *x = &m->tensors[t];
+        size_t n = (size_t)m->n_rows * x->dim;
+        for (size_t j = 0; j < n; j++) x->grad[j] = x->trainable ? x->grad[j] * dam_nonlin_grad(m->nonlin, x->c[j]) : 0;
+    }
+}
+
+size_t dam_model_num_coefs(const DamModel *m, int trainable_only) {
+    size_t n = 0;
+    for (int t = 0; t < m->n_tensors; t++)
+        if (!trainable_only || m->tensors[t].trainable) n += (size_t)m->n_rows * m->tensors[t].dim;
+    return n;
+}
+
+/* ---------------------------------------------------------------- run state */
+
+/* Merged (or one source's) fp32 weights of the decoder layer being computed. */
+typedef struct {
+    float *attn_norm, *q, *k, *v, *o, *qb, *kb, *vb, *ob, *mlp_norm, *gate, *up, *down;
+} LayerW;
+
+struct RunState {
+    int B, T;                     /* capacity */
+    float *layer_in;              /* [(L+1), BT, d] input of each layer; [L] = last layer's output */
+    float *xn, *rstd1, *q, *k, *v, *probs, *ao, *h1, *xn2, *rstd2, *gate, *up, *act;
+    float *hid, *rstd_f, *hid_t;  /* final-normed hidden of the merged model and of the teacher */
+    float *grad_out;              /* dL/d(output of the layer being back-propagated) */
+    float *dx, *dh1, *dxn, *dxn2, *dq, *dk, *dv, *dao, *dgate, *dup, *dact, *dS, *dnorm, *colsum;
+    LayerW w;
+    float *final_norm_w, *G, *ones;
+    float *lm_w, *lm_t, *lm_G;    /* [V, d]: merged lm_head, teacher lm_head, its gradient GEMM */
+    float *hc, *htc, *z, *zt, *dz, *dhc; /* loss chunk: [C, d] and [C, V] */
+    int32_t *topk_idx, *valid;
+    float *topk_val;
+    float *rope_cos, *rope_sin;   /* [T, hd/2] */
+};
+
+enum { LOSS_CHUNK = 64 };
+
+static float *buf(const DamModel *m, size_t n, const char *what) {
+    return m->be->alloc(n * sizeof(float), what);
+}
+
+static void rope_tables(const ModelConfig *c, RunState *rs) {
+    int half = c->head_dim / 2;
+    double *inv = dam_malloc((size_t)half * sizeof(double), "rope");
+    hfconfig_rope_inv_freq(c, inv);
+    /* transformers computes the angles and their cos/sin in float32 (autocast off): do the same */
+    for (int t = 0; t < rs->T; t++)
+        for (int k = 0; k < half; k++) {
+            float ang = (float)t * (float)inv[k];
+            rs->rope_cos[(size_t)t * half + k] = cosf(ang);
+            rs->rope_sin[(size_t)t * half + k] = sinf(ang);
+        }
+    free(inv);
+}
+
+RunState *runstate_new(const DamModel *m, int B, int T) {
+    const ModelConfig *c = &m->cfg;
+    RunState *rs = dam_calloc(1, sizeof *rs, "run state");
+    rs->B = B, rs->T = T;
+    size_t BT = (size_t)B * T, d = c->hidden_size, F = c->intermediate_size, V = c->vocab_size;
+    size_t qd = (size_t)c->num_attention_heads * c->head_dim, kvd = (size_t)c->num_key_value_heads * c->head_dim;
+    size_t L = c->num_hidden_layers, H = c->num_attention_heads;
+    rs->layer_in = buf(m, (L + 1) * BT * d, "layer inputs");
+    rs->xn = buf(m, BT * d, "xn"), rs->xn2 = buf(m, BT * d, "xn2"), rs->h1 = buf(m, BT * d, "h1");
+    rs->rstd1 = buf(m, BT, "rstd"), rs->rstd2 = buf(m, BT, "rstd"), rs->rstd_f = buf(m, BT, "rstd");
+    rs->q = buf(m, BT * qd, "q"), rs->k = buf(m, BT * kvd, "k"), rs->v = buf(m, BT * kvd, "v");
+    rs->probs = buf(m, (size_t)B * H * T * T, "attention probabilities");
+    rs->ao = buf(m, BT * qd, "attention out");
+    rs->gate = buf(m, BT * F, "gate"), rs->up = buf(m, BT * F, "up"), rs->act = buf(m, BT * F, "act");
+    rs->hid = buf(m, BT * d, "hidden"), rs->hid_t = buf(m, BT * d, "teacher hidden");
+    rs->grad_out = buf(m, BT * d, "layer gradient");
+    rs->dx = buf(m, BT * d, "dx"), rs->dh1 = buf(m, BT * d, "dh1"), rs->dxn = buf(m, BT * d, "dxn");
+    rs->dxn2 = buf(m, BT * d, "dxn2");
+    rs->dq = buf(m, BT * qd, "dq"), rs->dk = buf(m, BT * kvd, "dk"), rs->dv = buf(m, BT * kvd, "dv");
+    rs->dao = buf(m, BT * qd, "dao");
+    rs->dgate = buf(m, BT * F, "dgate"), rs->dup = buf(m, BT * F, "dup"), rs->dact = buf(m, BT * F, "dact");
+    rs->dS = buf(m, (size_t)T * T, "dS");
+    size_t maxcol = qd > F ? qd : F;
+    maxcol = maxcol > d ? maxcol : d;
+    rs->dnorm = buf(m, d, "dnorm"), rs->colsum = buf(m, maxcol, "colsum");
+    LayerW *w = &rs->w;
+    w->attn_norm = buf(m, d, "w"), w->mlp_norm = buf(m, d, "w"), rs->final_norm_w = buf(m, d, "w");
+    w->q = buf(m, qd * d, "wq"), w->k = buf(m, kvd * d, "wk"), w->v = buf(m, kvd * d, "wv");
+    w->o = buf(m, d * qd, "wo"), w->gate = buf(m, F * d, "wg"), w->up = buf(m, F * d, "wu");
+    w->down = buf(m, d * F, "wd");
+    w->qb = buf(m, qd, "b"), w->kb = buf(m, kvd, "b"), w->vb = buf(m, kvd, "b"), w->ob = buf(m, d, "b");
+    size_t gmax = (F * d > qd * d ? F * d : qd * d);
+    rs->G = buf(m, gmax, "weight gradient");
+    rs->ones = buf(m, maxcol, "ones");
+    for (size_t j = 0; j < maxcol; j++) rs->ones[j] = 1.0f;
+    rs->lm_w = buf(m, V * d, "merged lm_head"), rs->lm_t = buf(m, V * d, "teacher lm_head");
+    rs->lm_G = buf(m, V * d, "lm_head gradient");
+    rs->hc = buf(m, LOSS_CHUNK * d, "chunk"), rs->htc = buf(m, LOSS_CHUNK * d, "chunk");
+    rs->dhc = buf(m, LOSS_CHUNK * d, "chunk");
+    rs->z = buf(m, LOSS_CHUNK * V, "logits chunk"), rs->zt = buf(m, LOSS_CHUNK * V, "teacher logits chunk");
+    rs->dz = buf(m, LOSS_CHUNK * V, "logits gradient chunk");
+    rs->valid = dam_malloc(BT * sizeof(int32_t), "valid positions");
+    rs->topk_idx = dam_malloc((size_t)LOSS_CHUNK * V * sizeof(int32_t), "top-k");
+    rs->topk_val = buf(m, (size_t)LOSS_CHUNK * V, "top-k");
+    int half = c->head_dim / 2;
+    rs->rope_cos = buf(m, (size_t)T * half, "rope"), rs->rope_sin = buf(m, (size_t)T * half, "rope");
+    rope_tables(c, rs);
+    return rs;
+}
+
+void runstate_free(RunState *rs) {
+    if (!rs) return;
+    float **fl[] = {&rs->layer_in, &rs->xn, &rs->rstd1, &rs->q, &rs->k, &rs->v, &rs->probs, &rs->ao, &rs->h1,
+                    &rs->xn2, &rs->rstd2, &rs->gate, &rs->up, &rs->act, &rs->hid, &rs->rstd_f, &rs->hid_t,
+                    &rs->grad_out, &rs->dx, &rs->dh1, &rs->dxn, &rs->dxn2, &rs->dq, &rs->dk, &rs->dv, &rs->dao, &rs->dgate,
+                    &rs->dup, &rs->dact, &rs->dS, &rs->dnorm, &rs->colsum, &rs->w.attn_norm, &rs->w.q, &rs->w.k,
+                    &rs->w.v, &rs->w.o, &rs->w.qb, &rs->w.kb, &rs->w.vb, &rs->w.ob, &rs->w.mlp_norm,
+                    &rs->w.gate, &rs->w.up, &rs->w.down, &rs->final_norm_w, &rs->G, &rs->ones, &rs->lm_w,
+                    &rs->lm_t, &rs->lm_G, &rs->hc, &rs->htc, &rs->z, &rs->zt, &rs->dz, &rs->dhc, &rs->topk_val,
+                    &rs->rope_cos, &rs->rope_sin};
+    for (size_t i = 0; i < sizeof fl / sizeof *fl; i++) free(*fl[i]);
+    free(rs->valid);
+    free(rs->topk_idx);
+    free(rs);
+}
+
+/* ---------------------------------------------------------------- materialize */
+
+void dam_model_materialize(DamModel *m, const DamTensor *t, int src, float *out) {
+    static const float one = 1.0f;
+    if (src >= 0) /* one source as stored (the teacher): a single scalar coefficient 1 */
+        m->be->dam_materialize(out, &t->src[src], 1, &one, t->rows, t->cols, 1);
+    else
+        m->be->dam_materialize(out, t->src, m->n_rows, t->fc, t->rows, t->cols, t->kind == DT_BIAS);
+}
+
+static void materialize_w(DamModel *m, RunState *rs, const DamTensor *t, int src, float *out) {
+    (void)rs;
+    if (t) dam_model_materialize(m, t, src, out);
+}
+
+static void materialize_layer(DamModel *m, RunState *rs, int l, int src) {
+    const DamLayer *L = &m->layers[l];
+    LayerW *w = &rs->w;
+    materialize_w(m, rs, L->attn_norm, src, w->attn_norm);
+    materialize_w(m, rs, L->q, src, w->q), materialize_w(m, rs, L->k, src, w->k);
+    materialize_w(m, rs, L->v, src, w->v), materialize_w(m, rs, L->o, src, w->o);
+    materialize_w(m, rs, L->q_bias, src, w->qb), materialize_w(m, rs, L->k_bias, src, w->kb);
+    materialize_w(m, rs, L->v_bias, src, w->vb), materialize_w(m, rs, L->o_bias, src, w->ob);
+    materialize_w(m, rs, L->mlp_norm, src, w->mlp_norm);
+    materialize_w(m, rs, L->gate, src, w->gate), materialize_w(m, rs, L->up, src, w->up);
+    materialize_w(m, rs, L->down, src, w->down);
+}
+
+/* ---------------------------------------------------------------- forward */
+
+static AttnShape attn_shape(const ModelConfig *c, int B, int T) {
+    return (AttnShape){B, T, c->num_attention_heads, c->num_key_value_heads, c->head_dim, c->sliding_window,
+                       1.0f / sqrtf((float)c->head_dim)};
+}
+
+/* One decoder layer on the weights in rs->w: x_out = layer(x_in); activations stay in rs. */
+static void layer_forward(const DamModel *m, RunState *rs, const DamLayer *L, const float *x_in, float *x_out, int B,
+                          int T) {
+    const Backend *be = m->be;
+    const ModelConfig *c = &m->cfg;
+    int BT = B * T, d = c->hidden_size, F = c->intermediate_size;
+    int qd = c->num_attention_heads * c->head_dim, kvd = c->num_key_value_heads * c->head_dim;
+    LayerW *w = &rs->w;
+    be->rmsnorm_fwd(rs->xn, rs->rstd1, x_in, w->attn_norm, BT, d, c->rms_norm_eps);
+    be->matmul_xwt(rs->q, rs->xn, w->q, BT, d, qd, 0);
+    be->matmul_xwt(rs->k, rs->xn, w->k, BT, d, kvd, 0);
+    be->matmul_xwt(rs->v, rs->xn, w->v, BT, d, kvd, 0);
+    if (L->q_bias) {
+        be->add_bias(rs->q, w->qb, BT, qd);
+        be->add_bias(rs->k, w->kb, BT, kvd);
+        be->add_bias(rs->v, w->vb, BT, kvd);
+    }
+    be->rope(rs->q, rs->rope_cos, rs->rope_sin, BT, T, c->num_attention_heads, c->head_dim, 0);
+    be->rope(rs->k, rs->rope_cos, rs->rope_sin, BT, T, c->num_key_value_heads, c->head_dim, 0);
+    AttnShape s = attn_shape(c, B, T);
+    be->attention_fwd(rs->ao, rs->probs, rs->q, rs->k, rs->v, &s);
+    memcpy(rs->h1, x_in, (size_t)BT * d * sizeof(float));
+    be->matmul_xwt(rs->h1, rs->ao, w->o, BT, qd, d, 1);
+    if (L->o_bias) be->add_bias(rs->h1, w->ob, BT, d);
+    be->rmsnorm_fwd(rs->xn2, rs->rstd2, rs->h1, w->mlp_norm, BT, d, c->rms_norm_eps);
+    be->matmul_xwt(rs->gate, rs->xn2, w->gate, BT, d, F, 0);
+    be->matmul_xwt(rs->up, rs->xn2, w->up, BT, d, F, 0);
+    be->swiglu_fwd(rs->act, rs->gate, rs->up, (size_t)BT * F);
+    memcpy(x_out, rs->h1, (size_t)BT * d * sizeof(float));
+    be->matmul_xwt(x_out, rs->act, w->down, BT, F, d, 1);
+}
+
+/* Forward of the merged model (src = -1) or of source src: rs->layer_in[0..L] and rs->hid. */
+static void model_forward(DamModel *m, RunState *rs, const int32_t *ids, int B, int T, int src) {
+    const ModelConfig *c = &m->cfg;
+    size_t BT = (size_t)B * T, d = c->hidden_size;
+    if (B > rs->B || T > rs->T) dam_fail("batch %dx%d exceeds the run state's %dx%d", B, T, rs->B, rs->T);
+    if (src >= 0)
+        m->be->dam_embed_gather(rs->layer_in, &m->embed->src[src], 1, rs->ones, ids, (int)BT, (int)d);
+    else
+        m->be->dam_embed_gather(rs->layer_in, m->embed->src, m->n_rows, m->embed->fc, ids, (int)BT, (int)d);
+    for (int l = 0; l < c->num_hidden_layers; l++) {
+        materialize_layer(m, rs, l, src);
+        layer_forward(m, rs, &m->layers[l], rs->layer_in + l * BT * d, rs->layer_in + (l + 1) * BT * d, B, T);
+    }
+    materialize_w(m, rs, m->final_norm, src, rs->final_norm_w);
+    m->be->rmsnorm_fwd(rs->hid, rs->rstd_f, rs->layer_in + c->num_hidden_layers * BT * d, rs->final_norm_w, (int)BT,
+                       (int)d, c->rms_norm_eps);
+}
+
+static const DamTensor *lm_tensor(const DamModel *m) { return m->lm_head ? m->lm_head : m->embed; }
+
+void dam_model_logits(DamModel *m, RunState *rs, const int32_t *ids, int B, int T, int src, float *logits) {
+    model_forward(m, rs, ids, B, T, src);
+    materialize_w(m, rs, lm_tensor(m), src, rs->lm_w);
+    m->be->matmul_xwt(logits, rs->hid, rs->lm_w, B * T, m->cfg.hidden_size, m->cfg.vocab_size, 0);
+}
+
+/* ---------------------------------------------------------------- backward */
+
+/* grad accumulator += Σ_r W_i[r,:]·G[r,:] for a trainable tensor. */
+static void coef_grad(DamModel *m, DamTensor *t, const float *G) {
+    if (t && t->trainable) m->be->dam_coef_grad(t->grad, t->src, m->n_rows, G, t->rows, t->cols, t->kind == DT_BIAS);
+}
+
+/* colsum[o] = Σ_t dy[t, o]: the gradient of a bias, reduced with the bias coefficients. */
+static void bias_grad(DamModel *m, RunState *rs, DamTensor *t, const float *dy, int BT, int out) {
+    if (!t || !t->trainable) return;
+    memset(rs->colsum, 0, (size_t)out * sizeof(float));
+    for (int r = 0; r < BT; r++)
+        for (int o = 0; o < out; o++) rs->colsum[o] += dy[(size_t)r * out + o];
+    coef_grad(m, t, rs->colsum);
+}
+
+/* Linear backward: dx (+)= dy·W; coefficient gradient through G = dyᵀ·x. */
+static void linear_backward(DamModel *m, RunState *rs, DamTensor *t, const float *w, float *dx, const float *dy,
+                            const float *x, int BT, int in, int out, int accumulate) {
+    m->be->matmul_dyw(dx, dy, w, BT, in, out, accumulate);
+    if (t->trainable) {
+        m->be->matmul_dytx(rs->G, dy, x, BT, in, out, 0);
+        coef_grad(m, t, rs->G);
+    }
+}
+
+static void norm_backward(DamModel *m, RunState *rs, DamTensor *t, const float *w, float *dx, const float *dout,
+                          const float *x, const float *rstd, int BT, int d) {
+    memset(rs->dnorm, 0, (size_t)d * sizeof(float));
+    m->be->rmsnorm_bwd(dx, rs->dnorm, dout, x, rstd, w, BT, d, 1);
+    coef_grad(m, t, rs->dnorm);
+}
+
+/* Backward of one layer whose activations are in rs (just recomputed): dx_in from dout. */
+static void layer_backward(DamModel *m, RunState *rs, DamLayer *L, const float *x_in, const float *dout, float *dx_in,
+                           int B, int T) {
+    const ModelConfig *c = &m->cfg;
+    const Backend *be = m->be;
+    int BT = B * T, d = c->hidden_size, F = c->intermediate_size;
+    int qd = c->num_attention_heads * c->head_dim, kvd = c->num_key_value_heads * c->head_dim;
+    LayerW *w = &rs->w;
+    /* MLP: out = h1 + down(silu(gate(xn2)) ⊙ up(xn2)) */
+    linear_backward(m, rs, L->down, w->down, rs->dact, dout, rs->act, BT, F, d, 0);
+    be->swiglu_bwd(rs->dgate, rs->dup, rs->dact, rs->gate, rs->up, (size_t)BT * F);
+    linear_backward(m, rs, L->gate, w->gate, rs->dxn2, rs->dgate, rs->xn2, BT, d, F, 0);
+    linear_backward(m, rs, L->up, w->up, rs->dxn2, rs->dup, rs->xn2, BT, d, F, 1);
+    memcpy(rs->dh1, dout, (size_t)BT * d * sizeof(float));
+    norm_backward(m, rs, L->mlp_norm, w->mlp_norm, rs->dh1, rs->dxn2, rs->h1, rs->rstd2, BT, d);
+    /* attention: h1 = x + o(attn(rope(q(xn)), rope(k(xn)), v(xn))) */
+    bias_grad(m, rs, L->o_bias, rs->dh1, BT, d);
+    linear_backward(m, rs, L->o, w->o, rs->dao, rs->dh1, rs->ao, BT, qd, d, 0);
+    AttnShape s = attn_shape(c, B, T);
+    be->attention_bwd(rs->dq, rs->dk, rs->dv, rs->dao, rs->probs, rs->q, rs->k, rs->v, &s, rs->dS);
+    be->rope(rs->dq, rs->rope_cos, rs->rope_sin, BT, T, c->num_attention_heads, c->head_dim, 1);
+    be->rope(rs->dk, rs->rope_cos, rs->rope_sin, BT, T, c->num_key_value_heads, c->head_dim, 1);
+    bias_grad(m, rs, L->q_bias, rs->dq, BT, qd);
+    bias_grad(m, rs, L->k_bias, rs->dk, BT, kvd);
+    bias_grad(m, rs, L->v_bias, rs->dv, BT, kvd);
+    linear_backward(m, rs, L->q, w->q, rs->dxn, rs->dq, rs->xn, BT, d, qd, 0);
+    linear_backward(m, rs, L->k, w->k, rs->dxn, rs->dk, rs->xn, BT, d, kvd, 1);
+    linear_backward(m, rs, L->v, w->v, rs->dxn, rs->dv, rs->xn, BT, d, kvd, 1);
+    memcpy(dx_in, rs->dh1, (size_t)BT * d * sizeof(float));
+    norm_backward(m, rs, L->attn_norm, w->attn_norm, dx_in, rs->dxn, x_in, rs->rstd1, BT, d);
+}
+
+/* ---------------------------------------------------------------- loss */
+
+/* Losses over the valid positions of the batch, in chunks of rows; dL/dhid into rs->dx and the
+ * lm_head weight gradient into rs->lm_G. */
+static void logits_loss(DamModel *m, RunState *rs, int n_valid, const int32_t *topk_idx, const float *topk_val,
+                        int need_teacher_logits, const LossParams *lp, float weight, int backward, LossTerms *out) {
+    const Backend *be = m->be;
+    int d = m->cfg.hidden_size, V = m->cfg.vocab_size, K = lp->topk;
+    const DamTensor *lm = lm_tensor(m);
+    LossChunkParams p = {lp->temperature, lp->kl, lp->mse, lp->entropy, K, 1.0f / (float)n_valid};
+    LossSums sums = {0, 0, 0};
+    int lm_trainable = lm->trainable;
+    for (int r0 = 0; r0 < n_valid; r0 += LOSS_CHUNK) {
+        int C = n_valid - r0 < LOSS_CHUNK ? n_valid - r0 : LOSS_CHUNK;
+        for (int r = 0; r < C; r++) {
+            size_t pos = (size_t)rs->valid[r0 + r];
+            memcpy(rs->hc + (size_t)r * d, rs->hid + pos * d, (size_t)d * sizeof(float));
+            if (need_teacher_logits) memcpy(rs->htc + (size_t)r * d, rs->hid_t + pos * d, (size_t)d * sizeof(float));
+            if (K > 0 && topk_idx) { /* precomputed teacher cache */
+                memcpy(rs->topk_idx + (size_t)r * K, topk_idx + pos * K, (size_t)K * sizeof(int32_t));
+                memcpy(rs->topk_val + (size_t)r * K, topk_val + pos * K, (size_t)K * sizeof(float));
+            }
+        }
+        be->matmul_xwt(rs->z, rs->hc, rs->lm_w, C, d, V, 0);
+        if (need_teacher_logits) be->matmul_xwt(rs->zt, rs->htc, rs->lm_t, C, d, V, 0);
+        if (K > 0 && !topk_idx) loss_topk(rs->topk_idx, rs->topk_val, rs->zt, C, V, K);
+        loss_rows(rs->dz, &sums, rs->z, rs->zt, rs->topk_idx, rs->topk_val, C, V, &p);
+        if (!backward) continue;
+        if (weight != 1.0f)
+            for (size_t j = 0; j < (size_t)C * V; j++) rs->dz[j] *= weight;
+        be->matmul_dyw(rs->dhc, rs->dz, rs->lm_w, C, d, V, 0);
+        for (int r = 0; r < C; r++)
+            memcpy(rs->dx + (size_t)rs->valid[r0 + r] * d, rs->dhc + (size_t)r * d, (size_t)d * sizeof(float));
+        if (lm_trainable) be->matmul_dytx(rs->lm_G, rs->dz, rs->hc, C, d, V, r0 > 0);
+    }
+    out->kl = sums.kl, out->mse = sums.mse, out->entropy = sums.entropy;
+}
+
+static void microbatch(DamModel *m, RunState *rs, int k, const int32_t *ids, const int8_t *mask,
+                       const int32_t *topk_idx, const float *topk_val, int B, int T, const LossParams *lp, float weight,
+                       int backward, LossTerms *out) {
+    const ModelConfig *c = &m->cfg;
+    size_t BT = (size_t)B * T, d = c->hidden_size;
+    int L = c->num_hidden_layers;
+    memset(out, 0, sizeof *out);
+    int n_valid = 0;
+    for (size_t t = 0; t < BT; t++)
+        if (!mask || mask[t]) rs->valid[n_valid++] = (int32_t)t;
+    out->n_valid = n_valid;
+    if (n_valid == 0) return; /* nothing to learn from an all-padding batch */
+    int need_teacher = (lp->kl && !(lp->topk > 0 && topk_idx)) || lp->mse > 0;
+    DamTensor *lm = m->lm_head ? m->lm_head : m->embed;
+
+    /* 1. teacher: source k's forward on its own data (no gradient) */
+    if (need_teacher) {
+        model_forward(m, rs, ids, B, T, k);
+        memcpy(rs->hid_t, rs->hid, BT * d * sizeof(float));
+        materialize_w(m, rs, lm, k, rs->lm_t);
+    }
+    /* 2. merged forward, saving each layer's input */
+    model_forward(m, rs, ids, B, T, -1);
+    materialize_w(m, rs, lm, -1, rs->lm_w);
+    /* 3. losses and dL/dhid (zero at padding) */
+    memset(rs->dx, 0, BT * d * sizeof(float));
+    logits_loss(m, rs, n_valid, topk_idx, topk_val, need_teacher, lp, weight, backward, out);
+    if (!backward) return;
+    coef_grad(m, lm, rs->lm_G);
+    /* 4. backward: final norm, then each layer recomputed from its saved input */
+    float *dcur = rs->dh1, *dnext = rs->dx;
+    memset(rs->dh1, 0, BT * d * sizeof(float));
+    norm_backward(m, rs, m->final_norm, rs->final_norm_w, dcur, rs->dx, rs->layer_in + (size_t)L * BT * d, rs->rstd_f,
+                  (int)BT, (int)d);
+    /* dcur now holds dL/d(last layer output); layer_backward needs separate in/out gradient buffers */
+    float *grad_out = rs->grad_out;
+    memcpy(grad_out, dcur, BT * d * sizeof(float));
+    for (int l = L - 1; l >= 0; l--) {
+        const float *x_in = rs->layer_in + (size_t)l * BT * d;
+        materialize_layer(m, rs, l, -1);
+        layer_forward(m, rs, &m->layers[l], x_in, rs->layer_in + (size_t)(l + 1) * BT * d, B, T);
+        layer_backward(m, rs, &m->layers[l], x_in, grad_out, dnext, B, T);
+        memcpy(grad_out, dnext, BT * d * sizeof(float));
+    }
+    /* 5. embedding coefficients */
+    if (m->embed->trainable)
+        m->be->dam_embed_coef_grad(m->embed->grad, m->embed->src, m->n_rows, grad_out, ids, (int)BT, (int)d);
+}
+
+void dam_model_microbatch(DamModel *m, RunState *rs, int k, const int32_t *ids, const int8_t *mask,
+                          const int32_t *topk_idx, const float *topk_val, int B, int T, const LossParams *lp,
+                          float weight, LossTerms *out) {
+    microbatch(m, rs, k, ids, mask, topk_idx, topk_val, B, T, lp, weight, 1, out);
+}
+
+void dam_model_eval(DamModel *m, RunState *rs, int k, const int32_t *ids, const int8_t *mask,
+                    const int32_t *topk_idx, const float *topk_val, int B, int T, const LossParams *lp,
+                    LossTerms *out) {
+    microbatch(m, rs, k, ids, mask, topk_idx, topk_val, B, T, lp, 1.0f, 0, out);
+}

@@ -1,0 +1,100 @@
+/* model.h — the DAM model: every source's tensors (mapped, stored dtype), the coefficients that
+ * merge them, and the transformer forward/backward of the merged model (and of one source, for the
+ * teacher) through the backend interface.
+ *
+ * Memory: the merged weights of one decoder layer are materialized (fp32 on the CPU) when that layer
+ * runs and overwritten by the next; the backward recomputes a layer's activations from its saved
+ * input (activation checkpointing per layer), so a step holds one layer's weights and activations
+ * plus the layer inputs. */
+#ifndef DAM_MODEL_H
+#define DAM_MODEL_H
+
+#include "backend.h"
+#include "hfconfig.h"
+#include "safetensors.h"
+
+#define DAM_MAX_SOURCES 16
+
+typedef enum { DT_LINEAR = 0, DT_EMBED = 1, DT_NORM = 2, DT_BIAS = 3 } DamTensorKind;
+
+/* One mergeable tensor: its N stored versions and their coefficients [n_rows, dim]. */
+typedef struct {
+    char name[128];          /* the Hugging Face tensor name, e.g. model.layers.0.mlp.up_proj.weight */
+    DamTensorKind kind;
+    size_t rows, cols;       /* stored shape as 2-D; a norm or bias is rows = 1 */
+    int dim;                 /* coefficient length: cols, or 1 for a bias (one scalar per source) */
+    int trainable;
+    SrcWeight src[DAM_MAX_SOURCES];
+    float *c;                /* raw coefficients */
+    float *fc;               /* f(c), refreshed by dam_model_refresh */
+    float *grad;             /* accumulated Σ W·G during a step; dL/dc after dam_model_finish_grad */
+    float *adam_m, *adam_v;  /* optimizer state */
+} DamTensor;
+
+typedef struct {
+    DamTensor *attn_norm, *q, *k, *v, *o, *q_bias, *k_bias, *v_bias, *o_bias, *mlp_norm, *gate, *up, *down;
+} DamLayer;
+
+typedef struct {
+    ModelConfig cfg;
+    int n_rows;              /* coefficient rows: sources (+ base when include_base) */
+    char *row_names[DAM_MAX_SOURCES];
+    StModel files[DAM_MAX_SOURCES];
+    int n_tensors;
+    DamTensor *tensors;
+    DamLayer *layers;
+    DamTensor *embed, *final_norm, *lm_head; /* lm_head NULL when tied */
+    Nonlinearity nonlin;
+    const Backend *be;
+} DamModel;
+
+/* Open the sources (dirs[i], i < n) and build the tensor table. All sources must share the
+ * architecture (checked with names in messages). Coefficients start at 1/n. */
+void dam_model_open(DamModel *m, int n, const char *const *dirs, const char *const *names, const Backend *be);
+void dam_model_close(DamModel *m);
+DamTensor *dam_model_find(DamModel *m, const char *name);
+/* fc = f(c) for every tensor (after any change of c). */
+void dam_model_refresh(DamModel *m);
+/* Zero the gradient accumulators. */
+void dam_model_zero_grad(DamModel *m);
+/* grad *= f'(c) (turns the accumulated Σ W·G into dL/dc); untrainable tensors get 0. */
+void dam_model_finish_grad(DamModel *m);
+size_t dam_model_num_coefs(const DamModel *m, int trainable_only);
+
+/* Activations and scratch for batches of up to B sequences of up to T tokens. */
+typedef struct RunState RunState;
+RunState *runstate_new(const DamModel *m, int B, int T);
+void runstate_free(RunState *rs);
+
+/* Loss settings per dataset term. */
+typedef struct {
+    float temperature;
+    int kl;                  /* KL term on */
+    float mse, entropy;      /* λ_mse, λ_ent (0 = off) */
+    int topk;                /* 0: full vocabulary KL; K: KL over the teacher's top-K entries */
+} LossParams;
+
+typedef struct {
+    double kl, mse, entropy; /* this micro-batch's terms (already divided by n_valid) */
+    int64_t n_valid;
+} LossTerms;
+
+/* Logits of the merged model (src = -1) or of source `src` on ids [B,T]: logits [B*T, V]. */
+void dam_model_logits(DamModel *m, RunState *rs, const int32_t *ids, int B, int T, int src, float *logits);
+
+/* One micro-batch of dataset k: teacher forward with source k (or the given top-K cache), merged
+ * forward, losses, backward into every coefficient's gradient accumulator, scaled by `weight`
+ * (1/micro_batches). topk_idx/topk_val are [B*T*K] or NULL. */
+void dam_model_microbatch(DamModel *m, RunState *rs, int k, const int32_t *ids, const int8_t *mask,
+                          const int32_t *topk_idx, const float *topk_val, int B, int T, const LossParams *lp,
+                          float weight, LossTerms *out);
+
+/* The same losses without any backward (evaluation). */
+void dam_model_eval(DamModel *m, RunState *rs, int k, const int32_t *ids, const int8_t *mask,
+                    const int32_t *topk_idx, const float *topk_val, int B, int T, const LossParams *lp,
+                    LossTerms *out);
+
+/* Materialize one merged tensor (fp32, rows*cols) into out. */
+void dam_model_materialize(DamModel *m, const DamTensor *t, int src, float *out);
+
+#endif

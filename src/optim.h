@@ -1,0 +1,26 @@
+/* optim.h — what happens to the coefficients after the backward: regularizers on the raw
+ * coefficients, global grad-norm clipping, the learning-rate schedule, AdamW and MoFO-AdamW. */
+#ifndef DAM_OPTIM_H
+#define DAM_OPTIM_H
+
+#include "config.h"
+#include "model.h"
+
+typedef struct {
+    double similarity, l1, l2, overlap;
+} RegTerms;
+
+/* Add the regularizers' values to *out and their gradients to each trainable tensor's grad
+ * (call after dam_model_finish_grad). Similarity skips scalar (bias) coefficient tensors. */
+void reg_apply(DamModel *m, const DamConfig *c, RegTerms *out);
+
+/* Global L2 norm of the trainable gradients; scales them to max_norm when above (max_norm > 0). */
+double optim_clip_grad_norm(DamModel *m, float max_norm);
+
+/* Learning rate for 0-based optimizer step `step` of `total` (HF schedule semantics). */
+float optim_lr(const DamConfig *c, int step, int total);
+
+/* One AdamW or MoFO-AdamW update of every trainable tensor (t = 1-based step count), then f(c). */
+void optim_step(DamModel *m, const DamConfig *c, float lr, int t);
+
+#endif

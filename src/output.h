@@ -1,0 +1,25 @@
+/* output.h — the merged Hugging Face directory, the learned coefficients and the run report. */
+#ifndef DAM_OUTPUT_H
+#define DAM_OUTPUT_H
+
+#include "config.h"
+#include "model.h"
+
+typedef struct {
+    int steps, total_steps, n_data;
+    double wall_s, loss;
+    double kl[DAM_MAX_SOURCES];
+    const char *names[DAM_MAX_SOURCES];
+} OutputReport;
+
+/* Write cfg->out_dir: bf16 shards (+ index.json), config.json, tokenizer/generation files copied
+ * from the base (or the first source), dam_coefficients.safetensors and dam_report.json. Built in
+ * "<out_dir>.tmp" and renamed into place when complete. */
+void output_write(DamModel *m, const DamConfig *cfg, const OutputReport *rep);
+
+/* Write every coefficient tensor as F32 [n_rows, dim] under its tensor name (atomic). */
+void output_write_coefficients(const DamModel *m, const char *path);
+/* Read coefficients written by output_write_coefficients into m (names and shapes must match). */
+void output_load_coefficients(DamModel *m, const char *path);
+
+#endif

@@ -1,0 +1,323 @@
+/* train.c — the main job: config → sources → coefficients → steps over the datasets → merged
+ * model on disk. One driver for every backend; the step reads top to bottom in train_step. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "comm.h"
+#include "commands.h"
+#include "config.h"
+#include "dataset.h"
+#include "optim.h"
+#include "output.h"
+#include "safetensors.h"
+
+typedef struct {
+    DamConfig cfg;
+    DamModel model;
+    RunState *rs;
+    int n_data;                       /* datasets: one per source model (not the base) */
+    DamDataset data[DAM_MAX_SOURCES];
+    int64_t cursor[DAM_MAX_SOURCES];  /* next row of each dataset */
+    int T, B;                         /* tokens per row used, rows per micro-batch */
+    int32_t *ids, *topk_idx;
+    int8_t *mask;
+    float *topk_val;
+    int total_steps;
+    FILE *metrics;
+} Trainer;
+
+typedef struct {
+    double kl[DAM_MAX_SOURCES], mse[DAM_MAX_SOURCES], entropy[DAM_MAX_SOURCES];
+    RegTerms reg;
+    double total, grad_norm;
+    int64_t tokens;
+} StepStats;
+
+/* ---------------------------------------------------------------- setup */
+
+static void init_coefficients(Trainer *tr) {
+    DamModel *m = &tr->model;
+    const DamConfig *c = &tr->cfg;
+    if (c->init == INIT_RANDOM) { /* seeded random softmax over the sources, per column */
+        dam_rng rng;
+        dam_rng_seed(&rng, c->seed);
+        for (int t = 0; t < m->n_tensors; t++) {
+            DamTensor *x = &m->tensors[t];
+            for (int j = 0; j < x->dim; j++) {
+                double e[DAM_MAX_SOURCES], s = 0;
+                for (int i = 0; i < m->n_rows; i++) s += (e[i] = exp(dam_rng_normal(&rng)));
+                for (int i = 0; i < m->n_rows; i++) x->c[(size_t)i * x->dim + j] = (float)(e[i] / s);
+            }
+        }
+    } else if (c->init == INIT_FILE) {
+        output_load_coefficients(m, c->init_file);
+    }
+    dam_model_refresh(m);
+}
+
+static void open_model(Trainer *tr) {
+    DamConfig *c = &tr->cfg;
+    const char *dirs[DAM_MAX_SOURCES], *names[DAM_MAX_SOURCES];
+    int n = 0;
+    for (int i = 0; i < c->n_models; i++) dirs[n] = c->models[i].path, names[n++] = c->models[i].name;
+    if (c->include_base) dirs[n] = c->base_model, names[n++] = "base";
+    tr->n_data = c->n_models;
+    dam_model_open(&tr->model, n, dirs, names, backend_cpu());
+    DamModel *m = &tr->model;
+    m->nonlin = c->nonlinearity;
+    for (int t = 0; t < m->n_tensors; t++) {
+        DamTensor *x = &m->tensors[t];
+        if (x->kind == DT_EMBED) x->trainable = c->embeddings;
+        if (x->kind == DT_NORM) x->trainable = c->norms;
+    }
+    if (c->base_model && !c->include_base) { /* the base must match too, for the config it lends */
+        ModelConfig bc;
+        char *p = dam_path_join(c->base_model, "config.json");
+        hfconfig_load(&bc, p);
+        free(p);
+        hfconfig_check_same(&m->cfg, names[0], &bc, "base");
+    }
+    init_coefficients(tr);
+}
+
+static void open_data(Trainer *tr) {
+    DamConfig *c = &tr->cfg;
+    const ModelConfig *mc = &tr->model.cfg;
+    int64_t L = -1, topk = -1;
+    for (int k = 0; k < tr->n_data; k++) {
+        DamDataset *d = &tr->data[k];
+        dataset_open(d, c->models[k].dataset);
+        dataset_check_ids(d, mc->vocab_size);
+        if (L >= 0 && d->seq_len != L)
+            dam_fail("%s: rows of %lld tokens; %s has %lld (all datasets must share one length)", d->path,
+                     (long long)d->seq_len, tr->data[0].path, (long long)L);
+        L = d->seq_len;
+        int k_cache = c->loss.topk > 0 && d->topk > 0 ? d->topk : 0;
+        if (topk >= 0 && k_cache != topk) dam_fail("%s: teacher cache differs from the other datasets'", d->path);
+        topk = k_cache;
+        if (k_cache && k_cache < c->loss.topk)
+            dam_fail("%s: teacher cache holds top-%d; loss.topk asks for %d", d->path, k_cache, c->loss.topk);
+    }
+    tr->T = c->seq_len > 0 ? c->seq_len : (int)L;
+    if (tr->T > L) dam_fail("%s: train.seq_len %d is longer than the dataset rows (%lld)", c->file, tr->T, (long long)L);
+    if (tr->T > mc->max_position_embeddings)
+        dam_fail("%s: sequence length %d exceeds max_position_embeddings %d of %s", tr->data[0].path, tr->T,
+                 mc->max_position_embeddings, c->models[0].path);
+    tr->B = c->batch_size;
+    int64_t steps_per_epoch = INT64_MAX;
+    for (int k = 0; k < tr->n_data; k++) {
+        int64_t s = tr->data[k].n_rows / ((int64_t)tr->B * c->micro_batches);
+        steps_per_epoch = s < steps_per_epoch ? s : steps_per_epoch;
+    }
+    if (c->steps > 0) tr->total_steps = c->steps;
+    else {
+        if (steps_per_epoch == 0)
+            dam_fail("%s: a step needs batch_size x micro_batches = %d rows; a dataset has fewer", c->file,
+                     tr->B * c->micro_batches);
+        tr->total_steps = (int)(steps_per_epoch * c->epochs);
+    }
+    size_t rows = (size_t)tr->B * (size_t)L, K = c->loss.topk;
+    tr->ids = dam_malloc(rows * sizeof(int32_t), "ids");
+    tr->mask = dam_malloc(rows * sizeof(int8_t), "mask");
+    if (topk > 0) {
+        tr->topk_idx = dam_malloc(rows * (size_t)topk * sizeof(int32_t), "top-k ids");
+        tr->topk_val = dam_malloc(rows * (size_t)topk * sizeof(float), "top-k logits");
+    }
+    (void)K;
+}
+
+/* Read the next micro-batch of dataset k into tr->ids/mask (and the teacher cache), cut to T. */
+static void next_batch(Trainer *tr, int k) {
+    DamDataset *d = &tr->data[k];
+    int64_t L = d->seq_len, T = tr->T;
+    for (int b = 0; b < tr->B; b++) {
+        int64_t row = tr->cursor[k]++ % d->n_rows;
+        dataset_read_rows(d, row, 1, tr->ids + b * L, tr->mask + b * L);
+        if (tr->topk_idx) dataset_read_topk(d, row, 1, tr->topk_idx + b * L * d->topk, tr->topk_val + b * L * d->topk);
+    }
+    if (T < L) /* compact rows of L to rows of T */
+        for (int b = 1; b < tr->B; b++) {
+            memmove(tr->ids + b * T, tr->ids + b * L, (size_t)T * sizeof(int32_t));
+            memmove(tr->mask + b * T, tr->mask + b * L, (size_t)T);
+        }
+    if (tr->topk_idx) { /* keep only the first loss.topk entries of each position */
+        int Kc = d->topk, K = tr->cfg.loss.topk;
+        for (int64_t r = 0; r < (int64_t)tr->B * T; r++) {
+            int64_t src = (r / T) * L + r % T;
+            memmove(tr->topk_idx + r * K, tr->topk_idx + src * Kc, (size_t)K * sizeof(int32_t));
+            memmove(tr->topk_val + r * K, tr->topk_val + src * Kc, (size_t)K * sizeof(float));
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- one step */
+
+static void train_step(Trainer *tr, int step, StepStats *st) {
+    DamModel *m = &tr->model;
+    const DamConfig *c = &tr->cfg;
+    memset(st, 0, sizeof *st);
+    dam_model_zero_grad(m);
+    float weight = 1.0f / (float)c->micro_batches;
+    for (int mb = 0; mb < c->micro_batches; mb++)
+        for (int k = 0; k < tr->n_data; k++) {
+            next_batch(tr, k);
+            LossTerms lt;
+            dam_model_microbatch(m, tr->rs, k, tr->ids, tr->mask, tr->topk_idx, tr->topk_val, tr->B, tr->T, &c->loss,
+                                 weight, &lt);
+            st->kl[k] += lt.kl * weight, st->mse[k] += lt.mse * weight, st->entropy[k] += lt.entropy * weight;
+            st->tokens += lt.n_valid;
+        }
+    dam_model_finish_grad(m);
+    reg_apply(m, c, &st->reg);
+    st->grad_norm = optim_clip_grad_norm(m, c->max_grad_norm);
+    optim_step(m, c, optim_lr(c, step, tr->total_steps), step + 1);
+    st->total = st->reg.similarity + st->reg.l1 + st->reg.l2 + st->reg.overlap;
+    for (int k = 0; k < tr->n_data; k++) st->total += st->kl[k] + st->mse[k] + st->entropy[k];
+}
+
+/* ---------------------------------------------------------------- logging */
+
+static void fmt_eta(char *out, size_t n, double s) {
+    int h = (int)(s / 3600), mi = (int)(fmod(s, 3600) / 60), se = (int)fmod(s, 60);
+    snprintf(out, n, "%02d:%02d:%02d", h, mi, se);
+}
+
+static void log_step(Trainer *tr, int step, const StepStats *st, float lr, double dt, double elapsed) {
+    int done = step + 1;
+    char eta[32];
+    fmt_eta(eta, sizeof eta, elapsed / done * (tr->total_steps - done));
+    printf("step %4d/%d | loss %.5f | kl", done, tr->total_steps, st->total);
+    for (int k = 0; k < tr->n_data; k++) printf(" %.5f", st->kl[k]);
+    if (tr->cfg.loss.mse > 0) printf(" | mse %.4g", st->mse[0]);
+    if (tr->cfg.loss.entropy > 0) printf(" | ent %.4g", st->entropy[0]);
+    printf(" | sim %.5f", st->reg.similarity);
+    if (tr->cfg.l1 > 0 || tr->cfg.l2 > 0) printf(" | l1 %.3g l2 %.3g", st->reg.l1, st->reg.l2);
+    printf(" | gnorm %.3g | lr %.2e | %.0f tok/s | ETA %s\n", st->grad_norm, lr, st->tokens / dt, eta);
+    fflush(stdout);
+    if (!tr->metrics) return;
+    FILE *f = tr->metrics;
+    fprintf(f, "{\"step\":%d,\"total_steps\":%d,\"loss\":%.9g,\"kl\":[", done, tr->total_steps, st->total);
+    for (int k = 0; k < tr->n_data; k++) fprintf(f, "%s%.9g", k ? "," : "", st->kl[k]);
+    fprintf(f, "],\"mse\":[");
+    for (int k = 0; k < tr->n_data; k++) fprintf(f, "%s%.9g", k ? "," : "", st->mse[k]);
+    fprintf(f, "],\"entropy\":[");
+    for (int k = 0; k < tr->n_data; k++) fprintf(f, "%s%.9g", k ? "," : "", st->entropy[k]);
+    fprintf(f,
+            "],\"similarity\":%.9g,\"l1\":%.9g,\"l2\":%.9g,\"overlap\":%.9g,\"grad_norm\":%.9g,\"lr\":%.9g,"
+            "\"tokens\":%lld,\"tokens_per_s\":%.3f,\"elapsed_s\":%.3f}\n",
+            st->reg.similarity, st->reg.l1, st->reg.l2, st->reg.overlap, st->grad_norm, lr, (long long)st->tokens,
+            st->tokens / dt, elapsed);
+    fflush(f);
+}
+
+/* ---------------------------------------------------------------- evaluation */
+
+/* Mean KL of the merged model to source k over the last n_eval rows of dataset k. */
+static double eval_kl(Trainer *tr, int k, int n_eval) {
+    DamDataset *d = &tr->data[k];
+    int64_t first = d->n_rows - n_eval, saved = tr->cursor[k];
+    double kl = 0;
+    int64_t tokens = 0;
+    LossParams lp = tr->cfg.loss;
+    lp.mse = 0, lp.entropy = 0, lp.kl = 1;
+    tr->cursor[k] = first;
+    for (int64_t r = 0; r + tr->B <= n_eval; r += tr->B) {
+        next_batch(tr, k);
+        LossTerms lt;
+        dam_model_eval(&tr->model, tr->rs, k, tr->ids, tr->mask, tr->topk_idx, tr->topk_val, tr->B, tr->T, &lp, &lt);
+        kl += lt.kl * (double)lt.n_valid, tokens += lt.n_valid;
+    }
+    tr->cursor[k] = saved;
+    return tokens ? kl / (double)tokens : NAN;
+}
+
+/* f(c) = 1/N on every source row (0 on the base row): the plain average of the sources. */
+static void set_plain_average(DamModel *m, int n_sources) {
+    for (int t = 0; t < m->n_tensors; t++) {
+        DamTensor *x = &m->tensors[t];
+        for (int i = 0; i < m->n_rows; i++)
+            for (int j = 0; j < x->dim; j++) x->fc[(size_t)i * x->dim + j] = i < n_sources ? 1.0f / n_sources : 0.0f;
+    }
+}
+
+static void eval_table(Trainer *tr, int n_eval) {
+    for (int k = 0; k < tr->n_data; k++)
+        if (n_eval < tr->B || n_eval > tr->data[k].n_rows)
+            dam_fail("--eval-rows %d: needs at least batch_size (%d) and at most %lld rows of %s", n_eval, tr->B,
+                     (long long)tr->data[k].n_rows, tr->data[k].path);
+    double dam[DAM_MAX_SOURCES], avg[DAM_MAX_SOURCES];
+    for (int k = 0; k < tr->n_data; k++) dam[k] = eval_kl(tr, k, n_eval);
+    set_plain_average(&tr->model, tr->n_data);
+    for (int k = 0; k < tr->n_data; k++) avg[k] = eval_kl(tr, k, n_eval);
+    dam_model_refresh(&tr->model);
+    printf("\nKL(source || merged) per token at temperature %.1f on the last %d rows of each dataset\n",
+           tr->cfg.loss.temperature, n_eval);
+    printf("%-16s %14s %14s %10s\n", "dataset", "DAM", "plain average", "DAM/avg");
+    for (int k = 0; k < tr->n_data; k++)
+        printf("%-16s %14.6f %14.6f %10.3f\n", tr->cfg.models[k].name, dam[k], avg[k], dam[k] / avg[k]);
+}
+
+/* ---------------------------------------------------------------- command */
+
+static void usage_fail(const char *msg) {
+    dam_fail("%s (usage: dam_dist --config FILE [--max-steps N] [--out DIR] [--eval-rows N])", msg);
+}
+
+int cmd_train(int argc, char **argv) {
+    const char *config = NULL, *out_override = NULL;
+    int max_steps = -1, eval_rows = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--config") && i + 1 < argc) config = argv[++i];
+        else if (!strcmp(argv[i], "--max-steps") && i + 1 < argc) max_steps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--out") && i + 1 < argc) out_override = argv[++i];
+        else if (!strcmp(argv[i], "--eval-rows") && i + 1 < argc) eval_rows = atoi(argv[++i]);
+        else usage_fail(dam_asprintf("unknown argument '%s'", argv[i]));
+    }
+    if (!config) usage_fail("--config is required");
+    if (comm_world_size() > 1)
+        dam_fail("this build trains in one process; the distributed layouts (pp/tp/dp) are not implemented yet");
+    Trainer tr;
+    memset(&tr, 0, sizeof tr);
+    config_load(&tr.cfg, config);
+    if (out_override) {
+        free(tr.cfg.out_dir), free(tr.cfg.metrics_file);
+        tr.cfg.out_dir = dam_strdup(out_override);
+        tr.cfg.metrics_file = dam_asprintf("%s.metrics.jsonl", out_override);
+    }
+    open_model(&tr);
+    open_data(&tr);
+    tr.rs = runstate_new(&tr.model, tr.B, tr.T);
+    tr.metrics = fopen(tr.cfg.metrics_file, "w");
+    if (!tr.metrics) dam_warn("%s: cannot write metrics; continuing without", tr.cfg.metrics_file);
+    int last = max_steps >= 0 && max_steps < tr.total_steps ? max_steps : tr.total_steps;
+    printf("dam_dist: %d sources (%s, %lld parameters per source), %zu trainable coefficients, %d steps of %d x %d "
+           "tokens x %d datasets\n",
+           tr.model.n_rows, tr.model.cfg.architecture, (long long)hfconfig_num_params(&tr.model.cfg),
+           dam_model_num_coefs(&tr.model, 1), tr.total_steps, tr.B, tr.T, tr.n_data);
+    double t0 = dam_now();
+    StepStats st;
+    memset(&st, 0, sizeof st);
+    for (int step = 0; step < last; step++) {
+        double ts = dam_now();
+        train_step(&tr, step, &st);
+        log_step(&tr, step, &st, optim_lr(&tr.cfg, step, tr.total_steps), dam_now() - ts, dam_now() - t0);
+    }
+    if (eval_rows > 0) eval_table(&tr, eval_rows);
+    OutputReport rep = {.steps = last, .total_steps = tr.total_steps, .wall_s = dam_now() - t0, .n_data = tr.n_data};
+    for (int k = 0; k < tr.n_data; k++) rep.kl[k] = st.kl[k], rep.names[k] = tr.cfg.models[k].name;
+    rep.loss = st.total;
+    output_write(&tr.model, &tr.cfg, &rep);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    printf("dam_dist: wrote %s (%d steps, %.1f s, peak RSS %ld KiB)\n", tr.cfg.out_dir, last, rep.wall_s, ru.ru_maxrss);
+    if (tr.metrics) fclose(tr.metrics);
+    runstate_free(tr.rs);
+    for (int k = 0; k < tr.n_data; k++) dataset_close(&tr.data[k]);
+    free(tr.ids), free(tr.mask), free(tr.topk_idx), free(tr.topk_val);
+    dam_model_close(&tr.model);
+    config_free(&tr.cfg);
+    return 0;
+}

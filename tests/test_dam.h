@@ -1,0 +1,122 @@
+/* test_dam.h — loading the DAM fixtures of tests/fixtures/dam/<case> and computing the full loss
+ * and coefficient gradients the way a training step does (without the optimizer). Header-only. */
+#ifndef DAM_TEST_DAM_H
+#define DAM_TEST_DAM_H
+
+#include <cJSON.h>
+
+#include "config.h"
+#include "json_util.h"
+#include "model.h"
+#include "optim.h"
+#include "output.h"
+#include "safetensors.h"
+
+typedef struct {
+    DamModel m;
+    RunState *rs;
+    DamConfig cfg;        /* only the loss/merge fields are used */
+    StFile inputs;
+    int n_data, B, T;
+    const int32_t *ids[DAM_MAX_SOURCES];
+    const int8_t *mask[DAM_MAX_SOURCES];
+} DamCase;
+
+/* Open tests/fixtures/dam/<name> with settings_<variant>.json and coef_init.safetensors. */
+static inline void dam_case_open(DamCase *dc, const char *name, const char *variant) {
+    memset(dc, 0, sizeof *dc);
+    char *dir = test_fixture("dam");
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s/settings_%s.json", dir, name, variant);
+    cJSON *s = json_parse_file(path);
+    DamConfig *c = &dc->cfg;
+    c->loss.temperature = (float)json_opt_number(s, "temperature", 2.0);
+    c->loss.kl = 1;
+    c->loss.mse = (float)json_opt_number(s, "mse", 0);
+    c->loss.entropy = (float)json_opt_number(s, "entropy", 0);
+    c->loss.topk = json_opt_int(s, "topk", 0);
+    c->similarity = (float)json_opt_number(s, "similarity", 0);
+    c->l1 = (float)json_opt_number(s, "l1", 0);
+    c->l2 = (float)json_opt_number(s, "l2", 0);
+    c->overlap = (float)json_opt_number(s, "overlap", 0);
+    c->include_base = json_opt_bool(s, "include_base", 0);
+    c->embeddings = json_opt_bool(s, "embeddings", 1);
+    c->norms = json_opt_bool(s, "norms", 1);
+    const char *nl = json_opt_string(s, "nonlinearity", "none");
+    c->nonlinearity = !strcmp(nl, "tanh") ? NONLIN_TANH : !strcmp(nl, "sigmoid") ? NONLIN_SIGMOID
+                      : !strcmp(nl, "relu") ? NONLIN_RELU : NONLIN_NONE;
+    const cJSON *srcs = cJSON_GetObjectItemCaseSensitive(s, "sources");
+    char *dirs[DAM_MAX_SOURCES];
+    const char *names[DAM_MAX_SOURCES];
+    int n = 0;
+    for (int i = 0; i < cJSON_GetArraySize(srcs); i++) {
+        names[n] = cJSON_GetArrayItem(srcs, i)->valuestring;
+        dirs[n] = malloc(600);
+        snprintf(dirs[n], 600, "%s/%s/%s", dir, name, names[n]);
+        n++;
+    }
+    dc->n_data = n;
+    if (c->include_base) {
+        names[n] = json_opt_string(s, "base", "base");
+        dirs[n] = malloc(600);
+        snprintf(dirs[n], 600, "%s/%s/%s", dir, name, names[n]);
+        n++;
+    }
+    dam_model_open(&dc->m, n, (const char *const *)dirs, names, backend_cpu());
+    for (int i = 0; i < n; i++) free(dirs[i]);
+    cJSON_Delete(s);
+    dc->m.nonlin = c->nonlinearity;
+    for (int t = 0; t < dc->m.n_tensors; t++) {
+        DamTensor *x = &dc->m.tensors[t];
+        if (x->kind == DT_EMBED) x->trainable = c->embeddings;
+        if (x->kind == DT_NORM) x->trainable = c->norms;
+    }
+    snprintf(path, sizeof path, "%s/%s/coef_init.safetensors", dir, name);
+    output_load_coefficients(&dc->m, path);
+    snprintf(path, sizeof path, "%s/%s/inputs.safetensors", dir, name);
+    st_open(&dc->inputs, path);
+    for (int k = 0; k < dc->n_data; k++) {
+        char key[32];
+        snprintf(key, sizeof key, "ids/%d", k);
+        const StTensor *t = st_find(&dc->inputs, key);
+        dc->ids[k] = t->data;
+        dc->B = (int)t->shape[0], dc->T = (int)t->shape[1];
+        snprintf(key, sizeof key, "mask/%d", k);
+        dc->mask[k] = st_find(&dc->inputs, key)->data;
+    }
+    dc->rs = runstate_new(&dc->m, dc->B, dc->T);
+    free(dir);
+}
+
+static inline void dam_case_close(DamCase *dc) {
+    runstate_free(dc->rs);
+    st_close(&dc->inputs);
+    dam_model_close(&dc->m);
+}
+
+typedef struct {
+    double total, kl[DAM_MAX_SOURCES], mse[DAM_MAX_SOURCES], entropy[DAM_MAX_SOURCES];
+    RegTerms reg;
+} DamLosses;
+
+/* The total loss at the current coefficients, gradients left in each tensor's grad. */
+static inline double dam_case_loss(DamCase *dc, DamLosses *out) {
+    DamLosses l;
+    memset(&l, 0, sizeof l);
+    dam_model_refresh(&dc->m);
+    dam_model_zero_grad(&dc->m);
+    for (int k = 0; k < dc->n_data; k++) {
+        LossTerms lt;
+        dam_model_microbatch(&dc->m, dc->rs, k, dc->ids[k], dc->mask[k], NULL, NULL, dc->B, dc->T, &dc->cfg.loss, 1.0f,
+                             &lt);
+        l.kl[k] = lt.kl, l.mse[k] = lt.mse, l.entropy[k] = lt.entropy;
+        l.total += lt.kl + lt.mse + lt.entropy;
+    }
+    dam_model_finish_grad(&dc->m);
+    reg_apply(&dc->m, &dc->cfg, &l.reg);
+    l.total += l.reg.similarity + l.reg.l1 + l.reg.l2 + l.reg.overlap;
+    if (out) *out = l;
+    return l.total;
+}
+
+#endif

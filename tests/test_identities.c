@@ -1,0 +1,139 @@
+/* test_identities.c — exact identities of the merge:
+ *   - coefficients one-hot on source k reproduce source k bit for bit (fp32);
+ *   - N copies of one source with any coefficients summing to 1 per column reproduce it;
+ *   - the merged model written to disk (bf16 shards + index.json) reloads and reproduces the
+ *     in-memory merged logits: bit for bit when the merged weights are exactly representable
+ *     (one-hot on a bf16 source), within bf16 rounding otherwise;
+ *   - coefficients written and read back are identical. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+
+#include <cmocka.h>
+
+#include "test_util.h"
+#include "test_dam.h"
+
+static void set_one_hot(DamModel *m, int k) {
+    for (int t = 0; t < m->n_tensors; t++) {
+        DamTensor *x = &m->tensors[t];
+        for (int i = 0; i < m->n_rows; i++)
+            for (int j = 0; j < x->dim; j++) x->c[(size_t)i * x->dim + j] = i == k ? 1.0f : 0.0f;
+    }
+    m->nonlin = NONLIN_NONE;
+    dam_model_refresh(m);
+}
+
+static void test_one_hot_reproduces_source(void **s) {
+    (void)s;
+    DamCase dc;
+    dam_case_open(&dc, "llama3src", "kl");
+    size_t n = (size_t)dc.B * dc.T * dc.m.cfg.vocab_size;
+    float *merged = malloc(n * sizeof(float)), *source = malloc(n * sizeof(float));
+    for (int k = 0; k < dc.m.n_rows; k++) {
+        set_one_hot(&dc.m, k);
+        dam_model_logits(&dc.m, dc.rs, dc.ids[0], dc.B, dc.T, -1, merged);
+        dam_model_logits(&dc.m, dc.rs, dc.ids[0], dc.B, dc.T, k, source);
+        printf("one-hot on source %d: %s\n", k, memcmp(merged, source, n * sizeof(float)) ? "NOT OK" : "OK (bitwise)");
+        assert_memory_equal(merged, source, n * sizeof(float));
+    }
+    free(merged), free(source);
+    dam_case_close(&dc);
+}
+
+static void test_identical_sources(void **s) {
+    (void)s;
+    char *dir = test_fixture("dam/llama3src/m1");
+    const char *dirs[3] = {dir, dir, dir}, *names[3] = {"a", "b", "c"};
+    DamModel m;
+    dam_model_open(&m, 3, dirs, names, backend_cpu());
+    dam_rng rng;
+    dam_rng_seed(&rng, 7);
+    for (int t = 0; t < m.n_tensors; t++) { /* random positive coefficients summing to 1 per column */
+        DamTensor *x = &m.tensors[t];
+        for (int j = 0; j < x->dim; j++) {
+            float a = dam_rng_uniform(&rng), b = dam_rng_uniform(&rng) * (1 - a);
+            x->c[j] = a, x->c[x->dim + j] = b, x->c[2 * (size_t)x->dim + j] = 1 - a - b;
+        }
+    }
+    dam_model_refresh(&m);
+    int B = 2, T = 16;
+    int32_t ids[32];
+    for (int i = 0; i < B * T; i++) ids[i] = (i * 37 + 5) % m.cfg.vocab_size;
+    RunState *rs = runstate_new(&m, B, T);
+    size_t n = (size_t)B * T * m.cfg.vocab_size;
+    float *merged = malloc(n * sizeof(float)), *source = malloc(n * sizeof(float));
+    dam_model_logits(&m, rs, ids, B, T, -1, merged);
+    dam_model_logits(&m, rs, ids, B, T, 0, source);
+    /* Σ c_i·w differs from w only by fp32 rounding of the sum (a few ulps) */
+    assert_true(test_report("identical sources, Σc = 1", test_max_rel_diff(merged, source, n, 1e-6), 1e-5));
+    free(merged), free(source);
+    runstate_free(rs);
+    dam_model_close(&m);
+    free(dir);
+}
+
+/* Write the merged model of dc, reload it as a single source, compare logits with the in-memory ones. */
+static double written_vs_memory(DamCase *dc, const char *out_dir, int bitwise) {
+    DamConfig cfg;
+    memset(&cfg, 0, sizeof cfg);
+    char *src_dir = test_fixture("dam/llama3src/m0");
+    cfg.models[0].path = src_dir;
+    cfg.n_models = 1;
+    cfg.out_dir = (char *)out_dir;
+    cfg.shard_bytes = 64 * 1024; /* several shards + index.json */
+    OutputReport rep = {.steps = 0, .n_data = 0};
+    output_write(&dc->m, &cfg, &rep);
+    char *idx = dam_path_join(out_dir, "model.safetensors.index.json");
+    assert_true(dam_file_exists(idx));
+    free(idx);
+    size_t n = (size_t)dc->B * dc->T * dc->m.cfg.vocab_size;
+    float *mem = malloc(n * sizeof(float)), *disk = malloc(n * sizeof(float));
+    dam_model_logits(&dc->m, dc->rs, dc->ids[0], dc->B, dc->T, -1, mem);
+    DamModel w;
+    const char *dirs[1] = {out_dir}, *names[1] = {"written"};
+    dam_model_open(&w, 1, dirs, names, backend_cpu());
+    RunState *rs = runstate_new(&w, dc->B, dc->T);
+    dam_model_logits(&w, rs, dc->ids[0], dc->B, dc->T, 0, disk);
+    double rel = test_max_rel_diff(disk, mem, n, 1e-6);
+    if (bitwise) assert_memory_equal(disk, mem, n * sizeof(float));
+    runstate_free(rs);
+    dam_model_close(&w);
+    free(mem), free(disk), free(src_dir);
+    return rel;
+}
+
+static void test_written_model_reproduces_logits(void **s) {
+    (void)s;
+    DamCase dc;
+    dam_case_open(&dc, "llama3src", "kl");
+    char *tmp = test_tmpdir();
+    char *out = dam_path_join(tmp, "merged");
+    set_one_hot(&dc.m, 2);
+    assert_true(test_report("written one-hot merge (bitwise)", written_vs_memory(&dc, out, 1), 0));
+    /* generic coefficients: the merged weights are rounded to bf16 on disk; logits of these tiny
+     * models move by ~1e-2 of their scale under that rounding */
+    char *init = test_fixture("dam/llama3src/coef_init.safetensors");
+    output_load_coefficients(&dc.m, init);
+    assert_true(test_report("written merge (bf16 storage)", written_vs_memory(&dc, out, 0), 3e-2));
+    /* the coefficients file round-trips exactly */
+    char *coef = dam_path_join(out, "dam_coefficients.safetensors");
+    DamCase again;
+    dam_case_open(&again, "llama3src", "kl");
+    output_load_coefficients(&again.m, coef);
+    for (int t = 0; t < dc.m.n_tensors; t++)
+        assert_memory_equal(again.m.tensors[t].c, dc.m.tensors[t].c, (size_t)dc.m.n_rows * dc.m.tensors[t].dim * 4);
+    dam_case_close(&again);
+    dam_rm_rf(tmp);
+    free(coef), free(init), free(out), free(tmp);
+    dam_case_close(&dc);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_one_hot_reproduces_source),
+        cmocka_unit_test(test_identical_sources),
+        cmocka_unit_test(test_written_model_reproduces_logits),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
