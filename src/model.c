@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "loss.h"
 
@@ -141,6 +143,17 @@ size_t dam_model_num_coefs(const DamModel *m, int trainable_only) {
     for (int t = 0; t < m->n_tensors; t++)
         if (!trainable_only || m->tensors[t].trainable) n += (size_t)m->n_rows * m->tensors[t].dim;
     return n;
+}
+
+void dam_model_release(const DamModel *m, const DamTensor *t) {
+    static long page = 0;
+    if (!page) page = sysconf(_SC_PAGESIZE);
+    for (int i = 0; i < m->n_rows; i++) {
+        uintptr_t lo = (uintptr_t)t->src[i].data, hi = lo + t->rows * t->cols * dam_dtype_size(t->src[i].dtype);
+        lo = (lo + (uintptr_t)page - 1) & ~((uintptr_t)page - 1); /* whole pages inside the tensor only */
+        hi &= ~((uintptr_t)page - 1);
+        if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
+    }
 }
 
 /* ---------------------------------------------------------------- run state */
@@ -414,8 +427,9 @@ static void layer_backward(DamModel *m, RunState *rs, DamLayer *L, const float *
 
 /* Losses over the valid positions of the batch, in chunks of rows; dL/dhid into rs->dx and the
  * lm_head weight gradient into rs->lm_G. */
-static void logits_loss(DamModel *m, RunState *rs, int n_valid, const int32_t *topk_idx, const float *topk_val,
-                        int need_teacher_logits, const LossParams *lp, float weight, int backward, LossTerms *out) {
+static void logits_loss(DamModel *m, RunState *rs, const int32_t *valid, int n_valid, const int32_t *topk_idx,
+                        const float *topk_val, int need_teacher_logits, const LossParams *lp, float weight,
+                        int backward, int accumulate_G, LossTerms *out) {
     const Backend *be = m->be;
     int d = m->cfg.hidden_size, V = m->cfg.vocab_size, K = lp->topk;
     const DamTensor *lm = lm_tensor(m);
@@ -425,7 +439,7 @@ static void logits_loss(DamModel *m, RunState *rs, int n_valid, const int32_t *t
     for (int r0 = 0; r0 < n_valid; r0 += LOSS_CHUNK) {
         int C = n_valid - r0 < LOSS_CHUNK ? n_valid - r0 : LOSS_CHUNK;
         for (int r = 0; r < C; r++) {
-            size_t pos = (size_t)rs->valid[r0 + r];
+            size_t pos = (size_t)valid[r0 + r];
             memcpy(rs->hc + (size_t)r * d, rs->hid + pos * d, (size_t)d * sizeof(float));
             if (need_teacher_logits) memcpy(rs->htc + (size_t)r * d, rs->hid_t + pos * d, (size_t)d * sizeof(float));
             if (K > 0 && topk_idx) { /* precomputed teacher cache */
@@ -442,69 +456,90 @@ static void logits_loss(DamModel *m, RunState *rs, int n_valid, const int32_t *t
             for (size_t j = 0; j < (size_t)C * V; j++) rs->dz[j] *= weight;
         be->matmul_dyw(rs->dhc, rs->dz, rs->lm_w, C, d, V, 0);
         for (int r = 0; r < C; r++)
-            memcpy(rs->dx + (size_t)rs->valid[r0 + r] * d, rs->dhc + (size_t)r * d, (size_t)d * sizeof(float));
-        if (lm_trainable) be->matmul_dytx(rs->lm_G, rs->dz, rs->hc, C, d, V, r0 > 0);
+            memcpy(rs->dx + (size_t)valid[r0 + r] * d, rs->dhc + (size_t)r * d, (size_t)d * sizeof(float));
+        if (lm_trainable) be->matmul_dytx(rs->lm_G, rs->dz, rs->hc, C, d, V, accumulate_G || r0 > 0);
     }
     out->kl = sums.kl, out->mse = sums.mse, out->entropy = sums.entropy;
 }
 
-static void microbatch(DamModel *m, RunState *rs, int k, const int32_t *ids, const int8_t *mask,
-                       const int32_t *topk_idx, const float *topk_val, int B, int T, const LossParams *lp, float weight,
-                       int backward, LossTerms *out) {
+/* Backward of the merged model from dL/dhid in rs->dx: final norm, then each layer recomputed from
+ * its saved input (the merged weights materialized once per layer), then the embedding. */
+static void merged_backward(DamModel *m, RunState *rs, const int32_t *ids, int B, int T) {
     const ModelConfig *c = &m->cfg;
     size_t BT = (size_t)B * T, d = c->hidden_size;
     int L = c->num_hidden_layers;
-    memset(out, 0, sizeof *out);
-    int n_valid = 0;
-    for (size_t t = 0; t < BT; t++)
-        if (!mask || mask[t]) rs->valid[n_valid++] = (int32_t)t;
-    out->n_valid = n_valid;
-    if (n_valid == 0) return; /* nothing to learn from an all-padding batch */
-    int need_teacher = (lp->kl && !(lp->topk > 0 && topk_idx)) || lp->mse > 0;
-    DamTensor *lm = m->lm_head ? m->lm_head : m->embed;
-
-    /* 1. teacher: source k's forward on its own data (no gradient) */
-    if (need_teacher) {
-        model_forward(m, rs, ids, B, T, k);
-        memcpy(rs->hid_t, rs->hid, BT * d * sizeof(float));
-        materialize_w(m, rs, lm, k, rs->lm_t);
-    }
-    /* 2. merged forward, saving each layer's input */
-    model_forward(m, rs, ids, B, T, -1);
-    materialize_w(m, rs, lm, -1, rs->lm_w);
-    /* 3. losses and dL/dhid (zero at padding) */
-    memset(rs->dx, 0, BT * d * sizeof(float));
-    logits_loss(m, rs, n_valid, topk_idx, topk_val, need_teacher, lp, weight, backward, out);
-    if (!backward) return;
-    coef_grad(m, lm, rs->lm_G);
-    /* 4. backward: final norm, then each layer recomputed from its saved input */
-    float *dcur = rs->dh1, *dnext = rs->dx;
-    memset(rs->dh1, 0, BT * d * sizeof(float));
-    norm_backward(m, rs, m->final_norm, rs->final_norm_w, dcur, rs->dx, rs->layer_in + (size_t)L * BT * d, rs->rstd_f,
-                  (int)BT, (int)d);
-    /* dcur now holds dL/d(last layer output); layer_backward needs separate in/out gradient buffers */
     float *grad_out = rs->grad_out;
-    memcpy(grad_out, dcur, BT * d * sizeof(float));
+    memset(grad_out, 0, BT * d * sizeof(float));
+    norm_backward(m, rs, m->final_norm, rs->final_norm_w, grad_out, rs->dx, rs->layer_in + (size_t)L * BT * d,
+                  rs->rstd_f, (int)BT, (int)d);
     for (int l = L - 1; l >= 0; l--) {
         const float *x_in = rs->layer_in + (size_t)l * BT * d;
         materialize_layer(m, rs, l, -1);
         layer_forward(m, rs, &m->layers[l], x_in, rs->layer_in + (size_t)(l + 1) * BT * d, B, T);
-        layer_backward(m, rs, &m->layers[l], x_in, grad_out, dnext, B, T);
-        memcpy(grad_out, dnext, BT * d * sizeof(float));
+        layer_backward(m, rs, &m->layers[l], x_in, grad_out, rs->dx, B, T);
+        memcpy(grad_out, rs->dx, BT * d * sizeof(float));
     }
-    /* 5. embedding coefficients */
     if (m->embed->trainable)
         m->be->dam_embed_coef_grad(m->embed->grad, m->embed->src, m->n_rows, grad_out, ids, (int)BT, (int)d);
+}
+
+/* Segments s = 0..n_seg-1 of B sequences each (rows s*B*T ... of ids/mask/top-k), segment s taught
+ * by source teacher[s]: the teachers' forwards, ONE merged forward and backward over all segments
+ * (the merged weights are the same for every dataset of a step: materialize once, larger GEMMs),
+ * each segment's losses normalised by its own valid-token count. */
+static void step_segments(DamModel *m, RunState *rs, int n_seg, const int *teacher, const int32_t *ids,
+                          const int8_t *mask, const int32_t *topk_idx, const float *topk_val, int B, int T,
+                          const LossParams *lp, float weight, int backward, LossTerms *out) {
+    size_t segT = (size_t)B * T, d = m->cfg.hidden_size;
+    int Bt = n_seg * B;
+    if (Bt > rs->B || T > rs->T) dam_fail("batch %dx%d exceeds the run state's %dx%d", Bt, T, rs->B, rs->T);
+    int n_valid[DAM_MAX_SOURCES], total_valid = 0;
+    for (int s = 0; s < n_seg; s++) {
+        n_valid[s] = 0;
+        for (size_t t = s * segT; t < (s + 1) * segT; t++)
+            if (!mask || mask[t]) rs->valid[total_valid + n_valid[s]++] = (int32_t)t;
+        memset(&out[s], 0, sizeof out[s]);
+        out[s].n_valid = n_valid[s];
+        total_valid += n_valid[s];
+    }
+    if (total_valid == 0) return; /* nothing to learn from all-padding batches */
+    int need_teacher = (lp->kl && !(lp->topk > 0 && topk_idx)) || lp->mse > 0;
+    const DamTensor *lm = lm_tensor(m);
+    /* 1. teachers: source teacher[s] on segment s (no gradient); their final hidden states kept */
+    for (int s = 0; need_teacher && s < n_seg; s++) {
+        model_forward(m, rs, ids + s * segT, B, T, teacher[s]);
+        memcpy(rs->hid_t + s * segT * d, rs->hid, segT * d * sizeof(float));
+    }
+    /* 2. merged forward over every segment, saving each layer's input */
+    model_forward(m, rs, ids, Bt, T, -1);
+    materialize_w(m, rs, lm, -1, rs->lm_w);
+    /* 3. each segment's losses against its teacher; dL/dhid (zero at padding) */
+    memset(rs->dx, 0, (size_t)Bt * T * d * sizeof(float));
+    for (int s = 0, first = 0; s < n_seg; first += n_valid[s], s++) {
+        if (!n_valid[s]) continue;
+        if (need_teacher) materialize_w(m, rs, lm, teacher[s], rs->lm_t);
+        logits_loss(m, rs, rs->valid + first, n_valid[s], topk_idx, topk_val, need_teacher, lp, weight, backward,
+                    first > 0, &out[s]);
+    }
+    if (!backward) return;
+    coef_grad(m, (DamTensor *)lm, rs->lm_G);
+    merged_backward(m, rs, ids, Bt, T);
+}
+
+void dam_model_step(DamModel *m, RunState *rs, int n_seg, const int *teacher, const int32_t *ids, const int8_t *mask,
+                    const int32_t *topk_idx, const float *topk_val, int B, int T, const LossParams *lp, float weight,
+                    LossTerms *out) {
+    step_segments(m, rs, n_seg, teacher, ids, mask, topk_idx, topk_val, B, T, lp, weight, 1, out);
 }
 
 void dam_model_microbatch(DamModel *m, RunState *rs, int k, const int32_t *ids, const int8_t *mask,
                           const int32_t *topk_idx, const float *topk_val, int B, int T, const LossParams *lp,
                           float weight, LossTerms *out) {
-    microbatch(m, rs, k, ids, mask, topk_idx, topk_val, B, T, lp, weight, 1, out);
+    step_segments(m, rs, 1, &k, ids, mask, topk_idx, topk_val, B, T, lp, weight, 1, out);
 }
 
 void dam_model_eval(DamModel *m, RunState *rs, int k, const int32_t *ids, const int8_t *mask,
                     const int32_t *topk_idx, const float *topk_val, int B, int T, const LossParams *lp,
                     LossTerms *out) {
-    microbatch(m, rs, k, ids, mask, topk_idx, topk_val, B, T, lp, 1.0f, 0, out);
+    step_segments(m, rs, 1, &k, ids, mask, topk_idx, topk_val, B, T, lp, 1.0f, 0, out);
 }

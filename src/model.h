@@ -89,10 +89,22 @@ void dam_model_microbatch(DamModel *m, RunState *rs, int k, const int32_t *ids, 
                           const int32_t *topk_idx, const float *topk_val, int B, int T, const LossParams *lp,
                           float weight, LossTerms *out);
 
+/* One step's worth of every dataset at once: n_seg segments of B sequences (ids/mask/top-k rows of
+ * segment s start at s*B*T), segment s taught by source teacher[s] and normalised by its own
+ * valid tokens; one merged forward/backward over all segments (RunState built for n_seg*B rows).
+ * out[s] receives segment s's terms. Equivalent to dam_model_microbatch per segment. */
+void dam_model_step(DamModel *m, RunState *rs, int n_seg, const int *teacher, const int32_t *ids, const int8_t *mask,
+                    const int32_t *topk_idx, const float *topk_val, int B, int T, const LossParams *lp, float weight,
+                    LossTerms *out);
+
 /* The same losses without any backward (evaluation). */
 void dam_model_eval(DamModel *m, RunState *rs, int k, const int32_t *ids, const int8_t *mask,
                     const int32_t *topk_idx, const float *topk_val, int B, int T, const LossParams *lp,
                     LossTerms *out);
+
+/* Drop the resident pages of t's source tensors (they are mapped read-only from the files, so
+ * the kernel reads them again if needed): keeps RSS to what is being worked on. */
+void dam_model_release(const DamModel *m, const DamTensor *t);
 
 /* Materialize one merged tensor (fp32, rows*cols) into out. */
 void dam_model_materialize(DamModel *m, const DamTensor *t, int src, float *out);

@@ -99,6 +99,7 @@ void output_write(DamModel *m, const DamConfig *cfg, const OutputReport *rep) {
     for (int t = 0; t < m->n_tensors; t++) { /* each merged tensor materialized once */
         const DamTensor *x = &m->tensors[t];
         dam_model_materialize(m, x, -1, buf);
+        dam_model_release(m, x);
         int64_t shape[2] = {(int64_t)x->rows, (int64_t)x->cols};
         int one_d = x->kind == DT_NORM || x->kind == DT_BIAS;
         st_writer_add_f32(w, x->name, DAM_BF16, one_d ? 1 : 2, one_d ? &shape[1] : shape, buf);

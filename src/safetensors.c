@@ -453,8 +453,22 @@ static char *build_header(const WEntry *e, int n, const char *format, size_t *le
     return out;
 }
 
-/* Write one safetensors file to exactly `path` (the caller handles tmp + rename). */
-static void write_entries(const char *path, const WEntry *e, int n, const char *format) {
+/* Copy the rest of `from` (rewound) to `to` in bounded chunks. */
+static int copy_stream(FILE *to, FILE *from) {
+    enum { CHUNK = 1 << 22 };
+    char *buf = dam_malloc(CHUNK, "copy buffer");
+    rewind(from);
+    size_t got;
+    int ok = 1;
+    while (ok && (got = fread(buf, 1, CHUNK, from)) > 0) ok = fwrite(buf, 1, got, to) == got;
+    ok = ok && !ferror(from);
+    free(buf);
+    return ok;
+}
+
+/* Write one safetensors file to exactly `path` (the caller handles tmp + rename): the data comes
+ * from each entry's buffer, or, when `spill` is given, from that file (all entries in order). */
+static void write_entries(const char *path, const WEntry *e, int n, const char *format, FILE *spill) {
     size_t hlen;
     char *header = build_header(e, n, format, &hlen);
     FILE *f = fopen(path, "wb");
@@ -462,7 +476,8 @@ static void write_entries(const char *path, const WEntry *e, int n, const char *
     uint8_t len8[8];
     write_u64_le(len8, (uint64_t)hlen);
     int ok = fwrite(len8, 1, 8, f) == 8 && fwrite(header, 1, hlen, f) == hlen;
-    for (int i = 0; ok && i < n; i++)
+    if (spill) ok = ok && copy_stream(f, spill);
+    for (int i = 0; ok && !spill && i < n; i++)
         ok = e[i].nbytes == 0 || fwrite(e[i].data, 1, e[i].nbytes, f) == e[i].nbytes;
     ok = (fclose(f) == 0) && ok;
     free(header);
@@ -505,16 +520,18 @@ void st_write_file(const char *path, int n, const char *const *names, const dam_
         e[i].data = (void *)datas[i]; /* borrowed: written straight from the caller's buffer */
     }
     char *tmp = dam_asprintf("%s.tmp", path);
-    write_entries(tmp, e, n, "pt");
+    write_entries(tmp, e, n, "pt", NULL);
     rename_into_place(tmp, path);
     free(tmp);
     for (int i = 0; i < n; i++) free(e[i].name);
     free(e);
 }
 
-/* The writer keeps only the shard being filled in memory: a full shard is written at once to a
+/* The writer keeps no tensor data in memory: the data of the shard being filled goes to an
+ * unlinked spill file in the output directory; it is copied once more when the shard is closed,
+ * header first. A full shard is written at once to a
  * numbered temporary file, and the final names (which need the shard count) are given in
- * st_writer_finish by renaming. Memory stays near shard_bytes even for a 70B model. */
+ * st_writer_finish by renaming. Memory stays at a few MB even for a 70B model. */
 typedef struct {
     char *name;
     size_t nbytes;
@@ -531,6 +548,7 @@ struct StWriter {
     WIndex *index; /* every tensor added, for the weight map */
     int n_index, cap_index;
     const char *format;
+    FILE *spill;   /* data of the shard being filled */
 };
 
 StWriter *st_writer_new(const char *dir, size_t shard_bytes) {
@@ -542,6 +560,18 @@ StWriter *st_writer_new(const char *dir, size_t shard_bytes) {
     return w;
 }
 
+/* An unlinked scratch file beside the output (same file system, so no /tmp size limit). */
+static FILE *open_spill(const char *dir) {
+    char *tmpl = dam_path_join(dir, ".spill-XXXXXX");
+    int fd = mkstemp(tmpl);
+    if (fd < 0) dam_fail("%s: cannot create a scratch file (%s)", dir, strerror(errno));
+    unlink(tmpl);
+    free(tmpl);
+    FILE *f = fdopen(fd, "w+b");
+    if (!f) dam_fail("%s: cannot open a scratch file (%s)", dir, strerror(errno));
+    return f;
+}
+
 static char *shard_tmp_path(const StWriter *w, int shard) {
     char name[64];
     snprintf(name, sizeof name, "model-%05d.safetensors.tmp", shard + 1);
@@ -551,12 +581,11 @@ static char *shard_tmp_path(const StWriter *w, int shard) {
 static void flush_shard(StWriter *w) {
     if (w->n_cur == 0) return;
     char *tmp = shard_tmp_path(w, w->n_shards);
-    write_entries(tmp, w->cur, w->n_cur, w->format);
+    write_entries(tmp, w->cur, w->n_cur, w->format, w->spill);
     free(tmp);
-    for (int i = 0; i < w->n_cur; i++) {
-        free(w->cur[i].name);
-        free(w->cur[i].data);
-    }
+    fclose(w->spill);
+    w->spill = NULL;
+    for (int i = 0; i < w->n_cur; i++) free(w->cur[i].name);
     w->n_cur = 0;
     w->cur_bytes = 0;
     w->n_shards++;
@@ -568,8 +597,9 @@ void st_writer_add(StWriter *w, const char *name, dam_dtype dtype, int ndim, con
     WEntry e = make_entry(name, dtype, ndim, shape);
     /* a tensor that does not fit closes the shard; one larger than shard_bytes gets a shard alone */
     if (w->n_cur > 0 && w->cur_bytes + e.nbytes > w->shard_bytes) flush_shard(w);
-    e.data = dam_malloc(e.nbytes, name);
-    if (e.nbytes) memcpy(e.data, data, e.nbytes);
+    if (!w->spill) w->spill = open_spill(w->dir);
+    if (e.nbytes && fwrite(data, 1, e.nbytes, w->spill) != e.nbytes)
+        dam_fail("%s: writing tensor '%s' failed (%s)", w->dir, name, strerror(errno));
     if (w->n_cur == w->cap_cur) {
         w->cap_cur = w->cap_cur ? 2 * w->cap_cur : 64;
         w->cur = dam_realloc(w->cur, (size_t)w->cap_cur * sizeof(WEntry), "writer shard");

@@ -18,6 +18,7 @@ typedef struct {
     DamConfig cfg;        /* only the loss/merge fields are used */
     StFile inputs;
     int n_data, B, T;
+    int batched;          /* 1: all datasets in one dam_model_step; 0: one dam_model_microbatch each */
     const int32_t *ids[DAM_MAX_SOURCES];
     const int8_t *mask[DAM_MAX_SOURCES];
 } DamCase;
@@ -84,7 +85,7 @@ static inline void dam_case_open(DamCase *dc, const char *name, const char *vari
         snprintf(key, sizeof key, "mask/%d", k);
         dc->mask[k] = st_find(&dc->inputs, key)->data;
     }
-    dc->rs = runstate_new(&dc->m, dc->B, dc->T);
+    dc->rs = runstate_new(&dc->m, dc->n_data * dc->B, dc->T); /* room for every dataset in one batch */
     free(dir);
 }
 
@@ -105,12 +106,27 @@ static inline double dam_case_loss(DamCase *dc, DamLosses *out) {
     memset(&l, 0, sizeof l);
     dam_model_refresh(&dc->m);
     dam_model_zero_grad(&dc->m);
+    LossTerms lt[DAM_MAX_SOURCES];
+    if (dc->batched) {
+        size_t seg = (size_t)dc->B * dc->T;
+        int32_t *ids = malloc(dc->n_data * seg * sizeof(int32_t));
+        int8_t *mask = malloc(dc->n_data * seg);
+        int teacher[DAM_MAX_SOURCES];
+        for (int k = 0; k < dc->n_data; k++) {
+            memcpy(ids + k * seg, dc->ids[k], seg * sizeof(int32_t));
+            memcpy(mask + k * seg, dc->mask[k], seg);
+            teacher[k] = k;
+        }
+        dam_model_step(&dc->m, dc->rs, dc->n_data, teacher, ids, mask, NULL, NULL, dc->B, dc->T, &dc->cfg.loss, 1.0f, lt);
+        free(ids), free(mask);
+    } else {
+        for (int k = 0; k < dc->n_data; k++)
+            dam_model_microbatch(&dc->m, dc->rs, k, dc->ids[k], dc->mask[k], NULL, NULL, dc->B, dc->T, &dc->cfg.loss,
+                                 1.0f, &lt[k]);
+    }
     for (int k = 0; k < dc->n_data; k++) {
-        LossTerms lt;
-        dam_model_microbatch(&dc->m, dc->rs, k, dc->ids[k], dc->mask[k], NULL, NULL, dc->B, dc->T, &dc->cfg.loss, 1.0f,
-                             &lt);
-        l.kl[k] = lt.kl, l.mse[k] = lt.mse, l.entropy[k] = lt.entropy;
-        l.total += lt.kl + lt.mse + lt.entropy;
+        l.kl[k] = lt[k].kl, l.mse[k] = lt[k].mse, l.entropy[k] = lt[k].entropy;
+        l.total += lt[k].kl + lt[k].mse + lt[k].entropy;
     }
     dam_model_finish_grad(&dc->m);
     reg_apply(&dc->m, &dc->cfg, &l.reg);

@@ -118,6 +118,7 @@ static void only_term(DamConfig *c, Term t) {
 static void run_case(const char *name, const char *variant, int expect_kinds) {
     DamCase dc;
     dam_case_open(&dc, name, variant);
+    dc.batched = 1; /* the path training uses */
     for (int t = 0; t < dc.m.n_tensors; t++) dc.m.tensors[t].trainable = 1; /* cover every kind */
     int ok = 1, kinds_seen = 0;
     for (int term = 0; term < T_COUNT; term++) {
