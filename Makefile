@@ -80,7 +80,9 @@ test-asan:
 # Open MPI's plugins, whose leaks at exit LeakSanitizer cannot attribute to a library to suppress,
 # so those run with detect_leaks=0 (ASan and UBSan errors still abort them).
 test-asan-run: $(DEPS) $(BUILD)/dam_dist $(TEST_BIN)
-	@BUILD=$(BUILD) DAM_BIN="env ASAN_OPTIONS=detect_leaks=0 $(BUILD)/dam_dist" ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
+	@printf '#!/bin/sh\nASAN_OPTIONS=detect_leaks=0 exec $(CURDIR)/$(BUILD)/dam_dist "$$@"\n' > $(BUILD)/dam_dist_asan
+	@chmod +x $(BUILD)/dam_dist_asan
+	@BUILD=$(BUILD) DAM_BIN=$(BUILD)/dam_dist_asan ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
 	  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0 bash tests/run_tests.sh
 
 $(BUILD)/dam_dist: $(BUILD)/src/main.o $(BUILD)/libdam.a

@@ -103,7 +103,7 @@ static void prune(const char *dir, int keep) {
         names[n++] = dam_strdup(e->d_name);
     }
     closedir(d);
-    qsort(names, (size_t)n, sizeof *names, (int (*)(const void *, const void *))strcmp);
+    if (n > 0) qsort(names, (size_t)n, sizeof *names, (int (*)(const void *, const void *))strcmp);
     for (int i = 0; i < n; i++) { /* zero-padded step numbers sort by name */
         if (i < n - keep) {
             char *p = dam_path_join(dir, names[i]);

@@ -248,7 +248,7 @@ static void eval_table(Trainer *tr, int n_eval) {
         if (n_eval < tr->B || n_eval > tr->data[k].n_rows)
             dam_fail("--eval-rows %d: needs at least batch_size (%d) and at most %lld rows of %s", n_eval, tr->B,
                      (long long)tr->data[k].n_rows, tr->data[k].path);
-    double dam[DAM_MAX_SOURCES], avg[DAM_MAX_SOURCES];
+    double dam[DAM_MAX_SOURCES] = {0}, avg[DAM_MAX_SOURCES] = {0};
     for (int k = 0; k < tr->n_data; k++) dam[k] = eval_kl(tr, k, n_eval);
     set_plain_average(&tr->model, tr->n_data);
     for (int k = 0; k < tr->n_data; k++) avg[k] = eval_kl(tr, k, n_eval);
