@@ -295,8 +295,10 @@ static void materialize_layer(DamModel *m, RunState *rs, int l, int src) {
 
 /* ---------------------------------------------------------------- forward */
 
-static AttnShape attn_shape(const ModelConfig *c, int B, int T) {
-    return (AttnShape){B, T, c->num_attention_heads, c->num_key_value_heads, c->head_dim, c->sliding_window,
+/* Layer `layer`'s attention; a sliding window applies from max_window_layers on (Qwen2; 0 elsewhere). */
+static AttnShape attn_shape(const ModelConfig *c, int B, int T, int layer) {
+    int window = layer >= c->max_window_layers ? c->sliding_window : 0;
+    return (AttnShape){B, T, c->num_attention_heads, c->num_key_value_heads, c->head_dim, window,
                        1.0f / sqrtf((float)c->head_dim)};
 }
 
@@ -319,7 +321,7 @@ static void layer_forward(const DamModel *m, RunState *rs, const DamLayer *L, co
     }
     be->rope(rs->q, rs->rope_cos, rs->rope_sin, BT, T, c->num_attention_heads, c->head_dim, 0);
     be->rope(rs->k, rs->rope_cos, rs->rope_sin, BT, T, c->num_key_value_heads, c->head_dim, 0);
-    AttnShape s = attn_shape(c, B, T);
+    AttnShape s = attn_shape(c, B, T, (int)(L - m->layers));
     be->attention_fwd(rs->ao, rs->probs, rs->q, rs->k, rs->v, &s);
     memcpy(rs->h1, x_in, (size_t)BT * d * sizeof(float));
     be->matmul_xwt(rs->h1, rs->ao, w->o, BT, qd, d, 1);
@@ -409,7 +411,7 @@ static void layer_backward(DamModel *m, RunState *rs, DamLayer *L, const float *
     /* attention: h1 = x + o(attn(rope(q(xn)), rope(k(xn)), v(xn))) */
     bias_grad(m, rs, L->o_bias, rs->dh1, BT, d);
     linear_backward(m, rs, L->o, w->o, rs->dao, rs->dh1, rs->ao, BT, qd, d, 0);
-    AttnShape s = attn_shape(c, B, T);
+    AttnShape s = attn_shape(c, B, T, (int)(L - m->layers));
     be->attention_bwd(rs->dq, rs->dk, rs->dv, rs->dao, rs->probs, rs->q, rs->k, rs->v, &s, rs->dS);
     be->rope(rs->dq, rs->rope_cos, rs->rope_sin, BT, T, c->num_attention_heads, c->head_dim, 1);
     be->rope(rs->dk, rs->rope_cos, rs->rope_sin, BT, T, c->num_key_value_heads, c->head_dim, 1);
