@@ -119,37 +119,37 @@ static void open_data(Trainer *tr) {
                      tr->B * c->micro_batches);
         tr->total_steps = (int)(steps_per_epoch * c->epochs);
     }
-    size_t rows = (size_t)tr->B * (size_t)L, K = c->loss.topk;
+    size_t rows = (size_t)tr->n_data * tr->B * (size_t)L; /* one segment per dataset */
     tr->ids = dam_malloc(rows * sizeof(int32_t), "ids");
     tr->mask = dam_malloc(rows * sizeof(int8_t), "mask");
     if (topk > 0) {
         tr->topk_idx = dam_malloc(rows * (size_t)topk * sizeof(int32_t), "top-k ids");
         tr->topk_val = dam_malloc(rows * (size_t)topk * sizeof(float), "top-k logits");
     }
-    (void)K;
 }
 
-/* Read the next micro-batch of dataset k into tr->ids/mask (and the teacher cache), cut to T. */
-static void next_batch(Trainer *tr, int k) {
+/* Read the next micro-batch of dataset k into segment `seg` of tr->ids/mask (and the teacher
+ * cache): rows are read at stride L and compacted in place to stride T (segments at B*T), moving
+ * data only downwards, so earlier segments are never overwritten. */
+static void next_batch(Trainer *tr, int k, int seg) {
     DamDataset *d = &tr->data[k];
-    int64_t L = d->seq_len, T = tr->T;
-    for (int b = 0; b < tr->B; b++) {
+    int64_t L = d->seq_len, T = tr->T, B = tr->B, Kc = d->topk, K = tr->cfg.loss.topk;
+    int32_t *ids = tr->ids + seg * B * L;
+    int8_t *mask = tr->mask + seg * B * L;
+    for (int64_t b = 0; b < B; b++) {
         int64_t row = tr->cursor[k]++ % d->n_rows;
-        dataset_read_rows(d, row, 1, tr->ids + b * L, tr->mask + b * L);
-        if (tr->topk_idx) dataset_read_topk(d, row, 1, tr->topk_idx + b * L * d->topk, tr->topk_val + b * L * d->topk);
+        dataset_read_rows(d, row, 1, ids + b * L, mask + b * L);
+        if (tr->topk_idx)
+            dataset_read_topk(d, row, 1, tr->topk_idx + (seg * B + b) * L * Kc, tr->topk_val + (seg * B + b) * L * Kc);
     }
-    if (T < L) /* compact rows of L to rows of T */
-        for (int b = 1; b < tr->B; b++) {
-            memmove(tr->ids + b * T, tr->ids + b * L, (size_t)T * sizeof(int32_t));
-            memmove(tr->mask + b * T, tr->mask + b * L, (size_t)T);
-        }
-    if (tr->topk_idx) { /* keep only the first loss.topk entries of each position */
-        int Kc = d->topk, K = tr->cfg.loss.topk;
-        for (int64_t r = 0; r < (int64_t)tr->B * T; r++) {
-            int64_t src = (r / T) * L + r % T;
-            memmove(tr->topk_idx + r * K, tr->topk_idx + src * Kc, (size_t)K * sizeof(int32_t));
-            memmove(tr->topk_val + r * K, tr->topk_val + src * Kc, (size_t)K * sizeof(float));
-        }
+    for (int64_t b = 0; b < B; b++) {
+        memmove(tr->ids + (seg * B + b) * T, ids + b * L, (size_t)T * sizeof(int32_t));
+        memmove(tr->mask + (seg * B + b) * T, mask + b * L, (size_t)T);
+    }
+    for (int64_t r = 0; tr->topk_idx && r < B * T; r++) { /* first loss.topk entries of each position */
+        int64_t dst = (seg * B * T + r) * K, src = (seg * B * L + (r / T) * L + r % T) * Kc;
+        memmove(tr->topk_idx + dst, tr->topk_idx + src, (size_t)K * sizeof(int32_t));
+        memmove(tr->topk_val + dst, tr->topk_val + src, (size_t)K * sizeof(float));
     }
 }
 
@@ -161,15 +161,18 @@ static void train_step(Trainer *tr, int step, StepStats *st) {
     memset(st, 0, sizeof *st);
     dam_model_zero_grad(m);
     float weight = 1.0f / (float)c->micro_batches;
-    for (int mb = 0; mb < c->micro_batches; mb++)
+    int teacher[DAM_MAX_SOURCES];
+    for (int k = 0; k < tr->n_data; k++) teacher[k] = k; /* dataset k is taught by source k */
+    for (int mb = 0; mb < c->micro_batches; mb++) {
+        for (int k = 0; k < tr->n_data; k++) next_batch(tr, k, k);
+        LossTerms lt[DAM_MAX_SOURCES];
+        dam_model_step(m, tr->rs, tr->n_data, teacher, tr->ids, tr->mask, tr->topk_idx, tr->topk_val, tr->B, tr->T,
+                       &c->loss, weight, lt);
         for (int k = 0; k < tr->n_data; k++) {
-            next_batch(tr, k);
-            LossTerms lt;
-            dam_model_microbatch(m, tr->rs, k, tr->ids, tr->mask, tr->topk_idx, tr->topk_val, tr->B, tr->T, &c->loss,
-                                 weight, &lt);
-            st->kl[k] += lt.kl * weight, st->mse[k] += lt.mse * weight, st->entropy[k] += lt.entropy * weight;
-            st->tokens += lt.n_valid;
+            st->kl[k] += lt[k].kl * weight, st->mse[k] += lt[k].mse * weight, st->entropy[k] += lt[k].entropy * weight;
+            st->tokens += lt[k].n_valid;
         }
+    }
     dam_model_finish_grad(m);
     reg_apply(m, c, &st->reg);
     st->grad_norm = optim_clip_grad_norm(m, c->max_grad_norm);
@@ -225,7 +228,7 @@ static double eval_kl(Trainer *tr, int k, int n_eval) {
     lp.mse = 0, lp.entropy = 0, lp.kl = 1;
     tr->cursor[k] = first;
     for (int64_t r = 0; r + tr->B <= n_eval; r += tr->B) {
-        next_batch(tr, k);
+        next_batch(tr, k, 0);
         LossTerms lt;
         dam_model_eval(&tr->model, tr->rs, k, tr->ids, tr->mask, tr->topk_idx, tr->topk_val, tr->B, tr->T, &lp, &lt);
         kl += lt.kl * (double)lt.n_valid, tokens += lt.n_valid;
@@ -289,7 +292,7 @@ int cmd_train(int argc, char **argv) {
     }
     open_model(&tr);
     open_data(&tr);
-    tr.rs = runstate_new(&tr.model, tr.B, tr.T);
+    tr.rs = runstate_new(&tr.model, tr.n_data * tr.B, tr.T);
     tr.metrics = fopen(tr.cfg.metrics_file, "w");
     if (!tr.metrics) dam_warn("%s: cannot write metrics; continuing without", tr.cfg.metrics_file);
     int last = max_steps >= 0 && max_steps < tr.total_steps ? max_steps : tr.total_steps;
