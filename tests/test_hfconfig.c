@@ -19,42 +19,6 @@
 #include "test_util.h"
 #include "util.h"
 
-/* ---------------------------------------------------------------- failing in a child */
-
-static int g_err_fd = -1;
-
-static void report_and_exit(int status) {
-    const char *m = dam_last_error();
-    ssize_t ignored = write(g_err_fd, m, strlen(m));
-    (void)ignored;
-    _exit(status ? status : 1);
-}
-
-/* Run fn(arg) in a child (its abort hook reports through a pipe); 1 when it failed via dam_fail. */
-static int fails(void (*fn)(const void *), const void *arg, char *msg, size_t cap) {
-    int p[2];
-    if (pipe(p) != 0) abort();
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid == 0) {
-        close(p[0]);
-        g_err_fd = p[1];
-        int devnull = open("/dev/null", O_WRONLY);
-        dup2(devnull, 2);
-        dam_set_abort_hook(report_and_exit);
-        fn(arg);
-        _exit(0);
-    }
-    close(p[1]);
-    size_t n = 0;
-    ssize_t got;
-    while (n + 1 < cap && (got = read(p[0], msg + n, cap - 1 - n)) > 0) n += (size_t)got;
-    msg[n] = 0;
-    close(p[0]);
-    int st;
-    waitpid(pid, &st, 0);
-    return WIFEXITED(st) && WEXITSTATUS(st) == 1;
-}
 
 static void parse_text(const void *json) {
     ModelConfig c;
@@ -63,7 +27,7 @@ static void parse_text(const void *json) {
 
 static void assert_refused(const char *json, const char *want1, const char *want2) {
     char msg[1024];
-    int failed = fails(parse_text, json, msg, sizeof msg);
+    int failed = test_fails_in_child(parse_text, json, msg, sizeof msg);
     printf("  refused: %s\n", msg);
     assert_true(failed);
     assert_non_null(strstr(msg, "cfg.json"));
@@ -377,7 +341,7 @@ static void load_missing(const void *path) {
 static void test_missing_file(void **state) {
     (void)state;
     char msg[1024];
-    assert_true(fails(load_missing, "/nonexistent/config.json", msg, sizeof msg));
+    assert_true(test_fails_in_child(load_missing, "/nonexistent/config.json", msg, sizeof msg));
     assert_non_null(strstr(msg, "/nonexistent/config.json"));
 }
 
@@ -398,20 +362,20 @@ static void test_check_same(void **state) {
     char msg[1024];
     g_pair[0] = LLAMA_HEAD MIN_FIELDS "}";
     g_pair[1] = LLAMA_HEAD MIN_FIELDS ",\"bos_token_id\":5,\"max_position_embeddings\":4096}";
-    assert_false(fails(check_pair, NULL, msg, sizeof msg)); /* token ids and context length may differ */
+    assert_false(test_fails_in_child(check_pair, NULL, msg, sizeof msg)); /* token ids and context length may differ */
     g_pair[1] = LLAMA_HEAD "\"vocab_size\":100,\"hidden_size\":128,\"intermediate_size\":96,"
                            "\"num_hidden_layers\":2,\"num_attention_heads\":8}";
-    assert_true(fails(check_pair, NULL, msg, sizeof msg));
+    assert_true(test_fails_in_child(check_pair, NULL, msg, sizeof msg));
     printf("  refused: %s\n", msg);
     assert_non_null(strstr(msg, "models/a and models/b differ in config field 'hidden_size': 64 vs 128"));
     g_pair[1] = "{\"architectures\":[\"MistralForCausalLM\"]," MIN_FIELDS "}";
-    assert_true(fails(check_pair, NULL, msg, sizeof msg));
+    assert_true(test_fails_in_child(check_pair, NULL, msg, sizeof msg));
     assert_non_null(strstr(msg, "LlamaForCausalLM vs MistralForCausalLM"));
     g_pair[1] = LLAMA_HEAD MIN_FIELDS ",\"rope_theta\":500000}";
-    assert_true(fails(check_pair, NULL, msg, sizeof msg));
+    assert_true(test_fails_in_child(check_pair, NULL, msg, sizeof msg));
     assert_non_null(strstr(msg, "'rope_theta': 10000 vs 500000"));
     g_pair[1] = LLAMA_HEAD MIN_FIELDS ",\"tie_word_embeddings\":true}";
-    assert_true(fails(check_pair, NULL, msg, sizeof msg));
+    assert_true(test_fails_in_child(check_pair, NULL, msg, sizeof msg));
     assert_non_null(strstr(msg, "'tie_word_embeddings'"));
 }
 

@@ -22,47 +22,11 @@
 #include "test_util.h"
 #include "util.h"
 
-/* ---------------------------------------------------------------- failing in a child */
-
-static int g_err_fd = -1;
-
-static void report_and_exit(int status) {
-    const char *m = dam_last_error();
-    ssize_t ignored = write(g_err_fd, m, strlen(m));
-    (void)ignored;
-    _exit(status ? status : 1);
-}
-
-/* Run fn(arg) in a child; returns 1 when it failed through dam_fail (message in msg). */
-static int fails(void (*fn)(const void *), const void *arg, char *msg, size_t cap) {
-    int p[2];
-    if (pipe(p) != 0) abort();
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid == 0) {
-        close(p[0]);
-        g_err_fd = p[1];
-        int devnull = open("/dev/null", O_WRONLY);
-        dup2(devnull, 2);
-        dam_set_abort_hook(report_and_exit);
-        fn(arg);
-        _exit(0);
-    }
-    close(p[1]);
-    size_t n = 0;
-    ssize_t got;
-    while (n + 1 < cap && (got = read(p[0], msg + n, cap - 1 - n)) > 0) n += (size_t)got;
-    msg[n] = 0;
-    close(p[0]);
-    int st;
-    waitpid(pid, &st, 0);
-    return WIFEXITED(st) && WEXITSTATUS(st) == 1;
-}
 
 static void assert_fails_with(void (*fn)(const void *), const void *arg, const char *want1,
                               const char *want2) {
     char msg[1024];
-    int failed = fails(fn, arg, msg, sizeof msg);
+    int failed = test_fails_in_child(fn, arg, msg, sizeof msg);
     printf("  refused: %s\n", msg);
     assert_true(failed);
     assert_non_null(strstr(msg, want1));

@@ -8,7 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <fcntl.h>
 #include <unistd.h>
+
+#include "util.h"
 
 /* The dam_dist binary under test ($DAM_BIN, default ./dam_dist). */
 static inline const char *test_dam_bin(void) {
@@ -91,6 +94,43 @@ static inline char *test_fixture(const char *rel) {
     char *p = malloc(n);
     snprintf(p, n, "%s/%s", d, rel);
     return p;
+}
+
+/* Failing in a child: run fn(arg) in a forked child whose abort hook writes the dam_fail message to
+ * a pipe and _exits (no exit handlers, so LeakSanitizer does not count what an error abandons). */
+static int g_test_err_fd = -1; /* the child's pipe to its parent */
+
+static inline void test_report_and_exit(int status) {
+    const char *m = dam_last_error();
+    ssize_t ignored = write(g_test_err_fd, m, strlen(m));
+    (void)ignored;
+    _exit(status ? status : 1);
+}
+
+/* Run fn(arg) in a child; returns 1 when it failed through dam_fail (message in msg). */
+static inline int test_fails_in_child(void (*fn)(const void *), const void *arg, char *msg, size_t cap) {
+    int p[2];
+    if (pipe(p) != 0) abort();
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(p[0]);
+        g_test_err_fd = p[1];
+        int devnull = open("/dev/null", O_WRONLY);
+        dup2(devnull, 2);
+        dam_set_abort_hook(test_report_and_exit);
+        fn(arg);
+        _exit(0);
+    }
+    close(p[1]);
+    size_t n = 0;
+    ssize_t got;
+    while (n + 1 < cap && (got = read(p[0], msg + n, cap - 1 - n)) > 0) n += (size_t)got;
+    msg[n] = 0;
+    close(p[0]);
+    int st;
+    waitpid(pid, &st, 0);
+    return WIFEXITED(st) && WEXITSTATUS(st) == 1;
 }
 
 #endif
