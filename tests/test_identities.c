@@ -13,6 +13,7 @@
 
 #include "test_util.h"
 #include "test_dam.h"
+#include "loss.h"
 
 static void set_one_hot(DamModel *m, int k) {
     for (int t = 0; t < m->n_tensors; t++) {
@@ -129,11 +130,55 @@ static void test_written_model_reproduces_logits(void **s) {
     dam_case_close(&dc);
 }
 
+/* A teacher cache (top-K indices and logits, as `precompute` stores them) gives the same losses and
+ * gradients as picking the teacher's top-K on the fly. */
+static void test_topk_cache_equals_on_the_fly(void **s) {
+    (void)s;
+    DamCase dc;
+    dam_case_open(&dc, "qwen2base", "topk");
+    int K = dc.cfg.loss.topk, V = dc.m.cfg.vocab_size, n = dc.n_data;
+    size_t seg = (size_t)dc.B * dc.T;
+    int32_t *ids = malloc(n * seg * sizeof(int32_t)), *idx = malloc(n * seg * K * sizeof(int32_t));
+    int8_t *mask = malloc(n * seg);
+    float *val = malloc(n * seg * K * sizeof(float)), *logits = malloc(seg * V * sizeof(float));
+    int teacher[DAM_MAX_SOURCES];
+    for (int k = 0; k < n; k++) {
+        memcpy(ids + k * seg, dc.ids[k], seg * sizeof(int32_t));
+        memcpy(mask + k * seg, dc.mask[k], seg);
+        teacher[k] = k;
+        dam_model_logits(&dc.m, dc.rs, dc.ids[k], dc.B, dc.T, k, logits);
+        loss_topk(idx + k * seg * K, val + k * seg * K, logits, (int)seg, V, K);
+    }
+    LossTerms fly[DAM_MAX_SOURCES], cache[DAM_MAX_SOURCES];
+    size_t total = dam_model_num_coefs(&dc.m, 0);
+    float *g_fly = malloc(total * sizeof(float)), *g_cache = malloc(total * sizeof(float));
+    for (int pass = 0; pass < 2; pass++) {
+        dam_model_zero_grad(&dc.m);
+        dam_model_step(&dc.m, dc.rs, n, teacher, ids, mask, pass ? idx : NULL, pass ? val : NULL, dc.B, dc.T,
+                       &dc.cfg.loss, 1.0f, pass ? cache : fly);
+        float *g = pass ? g_cache : g_fly;
+        for (int t = 0; t < dc.m.n_tensors; t++) {
+            size_t nt = (size_t)dc.m.n_rows * dc.m.tensors[t].dim;
+            memcpy(g, dc.m.tensors[t].grad, nt * sizeof(float));
+            g += nt;
+        }
+    }
+    for (int k = 0; k < n; k++) assert_float_equal(cache[k].kl, fly[k].kl, 1e-6 * fabs(fly[k].kl));
+    assert_true(test_report("top-K cache vs on the fly: gradients", test_max_rel_diff(g_cache, g_fly, total, 1e-8), 1e-5));
+    /* and the cache is what is read: a flat teacher cache changes the loss */
+    for (size_t j = 0; j < n * seg * K; j++) val[j] = 0;
+    dam_model_step(&dc.m, dc.rs, n, teacher, ids, mask, idx, val, dc.B, dc.T, &dc.cfg.loss, 1.0f, cache);
+    assert_true(fabs(cache[0].kl - fly[0].kl) > 1e-3 * fabs(fly[0].kl));
+    free(ids), free(idx), free(mask), free(val), free(logits), free(g_fly), free(g_cache);
+    dam_case_close(&dc);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_one_hot_reproduces_source),
         cmocka_unit_test(test_identical_sources),
         cmocka_unit_test(test_written_model_reproduces_logits),
+        cmocka_unit_test(test_topk_cache_equals_on_the_fly),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
