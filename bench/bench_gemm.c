@@ -13,7 +13,8 @@ int main(int argc, char **argv) {
         return 2;
     }
     int M = atoi(argv[1]), N = atoi(argv[2]), K = atoi(argv[3]), reps = argc > 4 ? atoi(argv[4]) : 20;
-    float *a = dam_malloc((size_t)M * K * sizeof(float), "A"), *b = dam_malloc((size_t)N * K * sizeof(float), "B");
+    float *a = dam_malloc((size_t)M * K * sizeof(float), "A"),
+          *b = dam_malloc((size_t)N * K * sizeof(float), "B");
     float *c = dam_malloc((size_t)M * N * sizeof(float), "C");
     dam_rng r;
     dam_rng_seed(&r, 1);

@@ -24,8 +24,8 @@ typedef enum { NONLIN_NONE = 0, NONLIN_TANH = 1, NONLIN_SIGMOID = 2, NONLIN_RELU
 /* Attention shape of one call: B sequences of T tokens, H query heads, KV key/value heads. */
 typedef struct {
     int B, T, H, KV, hd;
-    int window;       /* sliding window (keys j with i - j < window), 0 = full causal */
-    float scale;      /* 1/sqrt(hd) */
+    int window;  /* sliding window (keys j with i - j < window), 0 = full causal */
+    float scale; /* 1/sqrt(hd) */
 } AttnShape;
 
 typedef struct Backend {
@@ -46,20 +46,20 @@ typedef struct Backend {
                             size_t cols, int scalar_coef);
     /* acc[i*cols + j] += Σ_r W_i[r, j] · G[r, j]  (scalar_coef: acc[i] += Σ_{r,j} W_i[r,j]·G[r,j]).
      * The caller multiplies by f'(c) once per step. One memory-bound pass per source. */
-    void (*dam_coef_grad)(float *acc, const SrcWeight *src, int n_src, const float *g, size_t rows, size_t cols,
-                          int scalar_coef);
+    void (*dam_coef_grad)(float *acc, const SrcWeight *src, int n_src, const float *g, size_t rows,
+                          size_t cols, int scalar_coef);
     /* Rows ids[t] of the merged embedding: out[t, j] = Σ_i fc[i, j] · E_i[ids[t], j]. */
     void (*dam_embed_gather)(float *out, const SrcWeight *src, int n_src, const float *fc, const int32_t *ids,
                              int T, int d);
     /* acc[i, j] += Σ_t E_i[ids[t], j] · dh[t, j] */
-    void (*dam_embed_coef_grad)(float *acc, const SrcWeight *src, int n_src, const float *dh, const int32_t *ids,
-                                int T, int d);
+    void (*dam_embed_coef_grad)(float *acc, const SrcWeight *src, int n_src, const float *dh,
+                                const int32_t *ids, int T, int d);
 
     /* out = x̂ ⊙ w with x̂ = x·rstd, rstd[t] = 1/sqrt(mean(x[t]²) + eps) (rstd is saved). */
     void (*rmsnorm_fwd)(float *out, float *rstd, const float *x, const float *w, int T, int d, float eps);
     /* dx (+)= rstd·(dx̂ − x̂·mean(dx̂ ⊙ x̂)), dx̂ = dout ⊙ w; dw[j] += Σ_t dout[t,j]·x̂[t,j]. */
-    void (*rmsnorm_bwd)(float *dx, float *dw, const float *dout, const float *x, const float *rstd, const float *w,
-                        int T, int d, int accumulate_dx);
+    void (*rmsnorm_bwd)(float *dx, float *dw, const float *dout, const float *x, const float *rstd,
+                        const float *w, int T, int d, int accumulate_dx);
     /* Rotate heads in place (HF rotate_half layout): x[t, h*hd + k] for positions t mod T;
      * inverse applies the transpose (the backward). cos/sin are [T, hd/2]. */
     void (*rope)(float *x, const float *cos, const float *sin, int BT, int T, int heads, int hd, int inverse);
@@ -67,12 +67,13 @@ typedef struct Backend {
     void (*attention_fwd)(float *out, float *probs, const float *q, const float *k, const float *v,
                           const AttnShape *s);
     /* dq, dk, dv are overwritten; scratch holds T*T floats. */
-    void (*attention_bwd)(float *dq, float *dk, float *dv, const float *dout, const float *probs, const float *q,
-                          const float *k, const float *v, const AttnShape *s, float *scratch);
+    void (*attention_bwd)(float *dq, float *dk, float *dv, const float *dout, const float *probs,
+                          const float *q, const float *k, const float *v, const AttnShape *s, float *scratch);
     /* act = silu(gate) ⊙ up */
     void (*swiglu_fwd)(float *act, const float *gate, const float *up, size_t n);
     /* dgate, dup from dact */
-    void (*swiglu_bwd)(float *dgate, float *dup, const float *dact, const float *gate, const float *up, size_t n);
+    void (*swiglu_bwd)(float *dgate, float *dup, const float *dact, const float *gate, const float *up,
+                       size_t n);
     /* y[t, o] += b[o] */
     void (*add_bias)(float *y, const float *b, int T, int out);
 } Backend;

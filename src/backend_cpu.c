@@ -10,23 +10,26 @@
 
 static void *cpu_alloc(size_t bytes, const char *what) {
     void *p = NULL;
-    if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0) dam_fail("out of memory: %zu bytes for %s", bytes, what);
+    if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0)
+        dam_fail("out of memory: %zu bytes for %s", bytes, what);
     return p;
 }
 
 static void cpu_free(void *p) { free(p); }
 
 static void cpu_matmul_xwt(float *y, const float *x, const float *w, int T, int in, int out, int acc) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, out, in, 1.0f, x, in, w, in, acc ? 1.0f : 0.0f, y, out);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, out, in, 1.0f, x, in, w, in, acc ? 1.0f : 0.0f, y,
+                out);
 }
 
 static void cpu_matmul_dyw(float *dx, const float *dy, const float *w, int T, int in, int out, int acc) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, in, out, 1.0f, dy, out, w, in, acc ? 1.0f : 0.0f, dx,
-                in);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, in, out, 1.0f, dy, out, w, in,
+                acc ? 1.0f : 0.0f, dx, in);
 }
 
 static void cpu_matmul_dytx(float *g, const float *dy, const float *x, int T, int in, int out, int acc) {
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, T, 1.0f, dy, out, x, in, acc ? 1.0f : 0.0f, g, in);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, T, 1.0f, dy, out, x, in, acc ? 1.0f : 0.0f,
+                g, in);
 }
 
 /* Row r of a stored tensor as fp32 into buf (cols entries). */
@@ -67,8 +70,8 @@ static void cpu_dam_materialize(float *merged, const SrcWeight *src, int n_src, 
     free(row);
 }
 
-static void cpu_dam_coef_grad(float *acc, const SrcWeight *src, int n_src, const float *g, size_t rows, size_t cols,
-                              int scalar_coef) {
+static void cpu_dam_coef_grad(float *acc, const SrcWeight *src, int n_src, const float *g, size_t rows,
+                              size_t cols, int scalar_coef) {
     float *row = malloc(cols * sizeof(float));
     /* Per-source column sums in double: the sum runs over `rows` terms (up to the vocabulary). */
     double *sum = calloc(cols, sizeof(double));
@@ -92,8 +95,8 @@ static void cpu_dam_coef_grad(float *acc, const SrcWeight *src, int n_src, const
     free(row);
 }
 
-static void cpu_dam_embed_gather(float *out, const SrcWeight *src, int n_src, const float *fc, const int32_t *ids,
-                                 int T, int d) {
+static void cpu_dam_embed_gather(float *out, const SrcWeight *src, int n_src, const float *fc,
+                                 const int32_t *ids, int T, int d) {
     float *row = malloc((size_t)d * sizeof(float));
     for (int t = 0; t < T; t++) {
         float *o = out + (size_t)t * d;
@@ -109,8 +112,8 @@ static void cpu_dam_embed_gather(float *out, const SrcWeight *src, int n_src, co
     free(row);
 }
 
-static void cpu_dam_embed_coef_grad(float *acc, const SrcWeight *src, int n_src, const float *dh, const int32_t *ids,
-                                    int T, int d) {
+static void cpu_dam_embed_coef_grad(float *acc, const SrcWeight *src, int n_src, const float *dh,
+                                    const int32_t *ids, int T, int d) {
     float *row = malloc((size_t)d * sizeof(float));
     for (int i = 0; i < n_src; i++) {
         float *a = acc + (size_t)i * d;
@@ -123,7 +126,8 @@ static void cpu_dam_embed_coef_grad(float *acc, const SrcWeight *src, int n_src,
     free(row);
 }
 
-static void cpu_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *w, int T, int d, float eps) {
+static void cpu_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *w, int T, int d,
+                            float eps) {
     for (int t = 0; t < T; t++) {
         const float *xr = x + (size_t)t * d;
         double ss = 0;
@@ -155,7 +159,8 @@ static void cpu_rmsnorm_bwd(float *dx, float *dw, const float *dout, const float
     }
 }
 
-static void cpu_rope(float *x, const float *cos, const float *sin, int BT, int T, int heads, int hd, int inverse) {
+static void cpu_rope(float *x, const float *cos, const float *sin, int BT, int T, int heads, int hd,
+                     int inverse) {
     int half = hd / 2;
     float sgn = inverse ? -1.0f : 1.0f;
     for (int bt = 0; bt < BT; bt++) {
@@ -185,8 +190,8 @@ static void cpu_attention_fwd(float *out, float *probs, const float *q, const fl
             int kvh = h / group;
             float *P = probs + ((size_t)b * H + h) * T * T;
             /* S = Q_h K_hᵀ · scale, then causal softmax row by row */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, s->scale, qb + h * hd, qs, kb + kvh * hd, ks,
-                        0.0f, P, T);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, s->scale, qb + h * hd, qs,
+                        kb + kvh * hd, ks, 0.0f, P, T);
             for (int i = 0; i < T; i++) {
                 float *row = P + (size_t)i * T;
                 int lo = attn_lo(i, s->window);
@@ -200,14 +205,14 @@ static void cpu_attention_fwd(float *out, float *probs, const float *q, const fl
                 float inv = (float)(1.0 / sum);
                 for (int j = 0; j < T; j++) row[j] = (j >= lo && j <= i) ? row[j] * inv : 0.0f;
             }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, P, T, vb + kvh * hd, ks, 0.0f,
-                        ob + h * hd, qs);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, P, T, vb + kvh * hd, ks,
+                        0.0f, ob + h * hd, qs);
         }
     }
 }
 
-static void cpu_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const float *probs, const float *q,
-                              const float *k, const float *v, const AttnShape *s, float *dS) {
+static void cpu_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const float *probs,
+                              const float *q, const float *k, const float *v, const AttnShape *s, float *dS) {
     int T = s->T, H = s->H, hd = s->hd, group = s->H / s->KV;
     int qs = H * hd, ks = s->KV * hd;
     memset(dk, 0, (size_t)s->B * T * ks * sizeof(float));
@@ -221,8 +226,8 @@ static void cpu_attention_bwd(float *dq, float *dk, float *dv, const float *dout
             /* dV_h += Pᵀ dO_h ; dP = dO_h V_hᵀ */
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, 1.0f, P, T, dO, qs, 1.0f,
                         dv + ko + kvh * hd, ks);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, 1.0f, dO, qs, v + ko + kvh * hd, ks, 0.0f,
-                        dS, T);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, 1.0f, dO, qs, v + ko + kvh * hd,
+                        ks, 0.0f, dS, T);
             /* dS = P ⊙ (dP − rowsum(dP ⊙ P)) · scale */
             for (int i = 0; i < T; i++) {
                 float *r = dS + (size_t)i * T;
@@ -231,10 +236,10 @@ static void cpu_attention_bwd(float *dq, float *dk, float *dv, const float *dout
                 for (int j = 0; j <= i; j++) dot += (double)r[j] * p[j];
                 for (int j = 0; j < T; j++) r[j] = p[j] * (r[j] - (float)dot) * s->scale;
             }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, dS, T, k + ko + kvh * hd, ks, 0.0f,
-                        dq + qo + h * hd, qs);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, 1.0f, dS, T, q + qo + h * hd, qs, 1.0f,
-                        dk + ko + kvh * hd, ks);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, dS, T, k + ko + kvh * hd,
+                        ks, 0.0f, dq + qo + h * hd, qs);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, 1.0f, dS, T, q + qo + h * hd, qs,
+                        1.0f, dk + ko + kvh * hd, ks);
         }
     }
 }
@@ -245,7 +250,8 @@ static void cpu_swiglu_fwd(float *act, const float *gate, const float *up, size_
     for (size_t i = 0; i < n; i++) act[i] = gate[i] * sigmoidf(gate[i]) * up[i];
 }
 
-static void cpu_swiglu_bwd(float *dgate, float *dup, const float *dact, const float *gate, const float *up, size_t n) {
+static void cpu_swiglu_bwd(float *dgate, float *dup, const float *dact, const float *gate, const float *up,
+                           size_t n) {
     for (size_t i = 0; i < n; i++) {
         float sg = sigmoidf(gate[i]), silu = gate[i] * sg;
         dup[i] = dact[i] * silu;

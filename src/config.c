@@ -41,13 +41,20 @@ size_t config_parse_size(const char *s) {
     if (end == s || v <= 0) return 0;
     while (*end == ' ') end++;
     double mult = 1;
-    if (!strcasecmp(end, "KB") || !strcasecmp(end, "K")) mult = 1e3;
-    else if (!strcasecmp(end, "MB") || !strcasecmp(end, "M")) mult = 1e6;
-    else if (!strcasecmp(end, "GB") || !strcasecmp(end, "G")) mult = 1e9;
-    else if (!strcasecmp(end, "KiB")) mult = 1024.0;
-    else if (!strcasecmp(end, "MiB")) mult = 1024.0 * 1024;
-    else if (!strcasecmp(end, "GiB")) mult = 1024.0 * 1024 * 1024;
-    else if (*end) return 0;
+    if (!strcasecmp(end, "KB") || !strcasecmp(end, "K"))
+        mult = 1e3;
+    else if (!strcasecmp(end, "MB") || !strcasecmp(end, "M"))
+        mult = 1e6;
+    else if (!strcasecmp(end, "GB") || !strcasecmp(end, "G"))
+        mult = 1e9;
+    else if (!strcasecmp(end, "KiB"))
+        mult = 1024.0;
+    else if (!strcasecmp(end, "MiB"))
+        mult = 1024.0 * 1024;
+    else if (!strcasecmp(end, "GiB"))
+        mult = 1024.0 * 1024 * 1024;
+    else if (*end)
+        return 0;
     return (size_t)(v * mult);
 }
 
@@ -57,7 +64,8 @@ static void parse_models(DamConfig *c, const cJSON *root) {
     if (!cJSON_IsArray(models) || cJSON_GetArraySize(models) < 1)
         dam_fail("%s: field 'models': expected a non-empty array of {\"path\", \"dataset\"}", f);
     int n = cJSON_GetArraySize(models);
-    if (n > DAM_MAX_SOURCES - 1) dam_fail("%s: field 'models': %d models; at most %d", f, n, DAM_MAX_SOURCES - 1);
+    if (n > DAM_MAX_SOURCES - 1)
+        dam_fail("%s: field 'models': %d models; at most %d", f, n, DAM_MAX_SOURCES - 1);
     c->n_models = n;
     for (int i = 0; i < n; i++) {
         const cJSON *m = cJSON_GetArrayItem(models, i);
@@ -73,7 +81,8 @@ static void parse_models(DamConfig *c, const cJSON *root) {
             char *tmp = dam_strdup(c->models[i].path);
             c->models[i].name = dam_strdup(basename(tmp));
             free(tmp);
-        } else c->models[i].name = dam_strdup(nm);
+        } else
+            c->models[i].name = dam_strdup(nm);
     }
 }
 
@@ -85,10 +94,13 @@ static void parse_merge(DamConfig *c, const cJSON *root) {
     c->norms = json_opt_bool(s, "norms", 1);
     c->include_base = json_opt_bool(s, "include_base", 0);
     static const char *const nl[] = {"none", "tanh", "sigmoid", "relu", NULL};
-    c->nonlinearity = (Nonlinearity)pick(c->file, "merge.nonlinearity", json_opt_string(s, "nonlinearity", "none"), nl);
+    c->nonlinearity =
+        (Nonlinearity)pick(c->file, "merge.nonlinearity", json_opt_string(s, "nonlinearity", "none"), nl);
     const char *init = json_opt_string(s, "init", "uniform");
-    if (!strcmp(init, "uniform")) c->init = INIT_UNIFORM;
-    else if (!strcmp(init, "random")) c->init = INIT_RANDOM;
+    if (!strcmp(init, "uniform"))
+        c->init = INIT_UNIFORM;
+    else if (!strcmp(init, "random"))
+        c->init = INIT_RANDOM;
     else {
         c->init = INIT_FILE;
         c->init_file = resolve(c->file, init);
@@ -97,7 +109,8 @@ static void parse_merge(DamConfig *c, const cJSON *root) {
 
 static void parse_loss(DamConfig *c, const cJSON *root) {
     const cJSON *s = cJSON_GetObjectItemCaseSensitive(root, "loss");
-    static const char *const keys[] = {"kl", "temperature", "similarity", "l1", "l2", "mse", "entropy", "overlap", "topk", NULL};
+    static const char *const keys[] = {"kl",  "temperature", "similarity", "l1",   "l2",
+                                       "mse", "entropy",     "overlap",    "topk", NULL};
     check_keys(s, c->file, "loss", keys);
     c->loss.kl = json_opt_bool(s, "kl", 1);
     c->loss.temperature = (float)json_opt_number(s, "temperature", 2.0);
@@ -110,16 +123,18 @@ static void parse_loss(DamConfig *c, const cJSON *root) {
     c->loss.topk = json_opt_int(s, "topk", 0);
     if (c->loss.temperature <= 0) dam_fail("%s: field 'loss.temperature': expected > 0", c->file);
     if (c->loss.topk < 0) dam_fail("%s: field 'loss.topk': expected >= 0", c->file);
-    if (c->similarity < 0 || c->l1 < 0 || c->l2 < 0 || c->loss.mse < 0 || c->loss.entropy < 0 || c->overlap < 0)
+    if (c->similarity < 0 || c->l1 < 0 || c->l2 < 0 || c->loss.mse < 0 || c->loss.entropy < 0 ||
+        c->overlap < 0)
         dam_fail("%s: loss weights must be >= 0", c->file);
 }
 
 static void parse_train(DamConfig *c, const cJSON *root) {
     const char *f = c->file;
     const cJSON *s = cJSON_GetObjectItemCaseSensitive(root, "train");
-    static const char *const keys[] = {"optimizer", "lr", "weight_decay", "betas", "eps", "mofo_alpha", "schedule",
-                                       "warmup", "steps", "epochs", "batch_size", "micro_batches", "seq_len",
-                                       "max_grad_norm", "seed", NULL};
+    static const char *const keys[] = {
+        "optimizer", "lr",    "weight_decay", "betas",      "eps",           "mofo_alpha", "schedule",
+        "warmup",    "steps", "epochs",       "batch_size", "micro_batches", "seq_len",    "max_grad_norm",
+        "seed",      NULL};
     check_keys(s, f, "train", keys);
     static const char *const opts[] = {"adamw", "mofo", NULL};
     c->optimizer = (OptimizerKind)pick(f, "train.optimizer", json_opt_string(s, "optimizer", "adamw"), opts);
@@ -146,9 +161,11 @@ static void parse_train(DamConfig *c, const cJSON *root) {
     c->max_grad_norm = (float)json_opt_number(s, "max_grad_norm", 1.0);
     c->seed = (uint64_t)json_opt_number(s, "seed", 1);
     if (c->lr <= 0) dam_fail("%s: field 'train.lr': expected > 0", f);
-    if (c->batch_size < 1 || c->micro_batches < 1 || c->epochs < 1 || c->steps < 0 || c->warmup < 0 || c->seq_len < 0)
+    if (c->batch_size < 1 || c->micro_batches < 1 || c->epochs < 1 || c->steps < 0 || c->warmup < 0 ||
+        c->seq_len < 0)
         dam_fail("%s: train: batch_size, micro_batches, epochs must be >= 1; steps, warmup, seq_len >= 0", f);
-    if (c->mofo_alpha <= 0 || c->mofo_alpha > 1) dam_fail("%s: field 'train.mofo_alpha': expected in (0, 1]", f);
+    if (c->mofo_alpha <= 0 || c->mofo_alpha > 1)
+        dam_fail("%s: field 'train.mofo_alpha': expected in (0, 1]", f);
 }
 
 static void parse_rest(DamConfig *c, const cJSON *root) {
@@ -171,7 +188,8 @@ static void parse_rest(DamConfig *c, const cJSON *root) {
     if (strcmp(dt, "bfloat16")) dam_fail("%s: field 'output.dtype': only \"bfloat16\" is supported", f);
     const char *ss = json_opt_string(o, "shard_size", "5GB");
     c->shard_bytes = config_parse_size(ss);
-    if (!c->shard_bytes) dam_fail("%s: field 'output.shard_size': expected a size like \"5GB\", got '%s'", f, ss);
+    if (!c->shard_bytes)
+        dam_fail("%s: field 'output.shard_size': expected a size like \"5GB\", got '%s'", f, ss);
     const char *mf = json_opt_string(o, "metrics", NULL);
     c->metrics_file = mf ? resolve(f, mf) : dam_asprintf("%s.metrics.jsonl", c->out_dir);
 }
@@ -185,8 +203,8 @@ void config_load(DamConfig *c, const char *path) {
     json_set_context(path);
     cJSON *root = json_parse_text(text, n, path);
     if (!cJSON_IsObject(root)) dam_fail("%s: expected a JSON object at the top level", path);
-    static const char *const top[] = {"base_model", "models", "merge", "loss", "train", "parallel", "checkpoint",
-                                      "output", "comment", NULL};
+    static const char *const top[] = {"base_model", "models",     "merge",  "loss",    "train",
+                                      "parallel",   "checkpoint", "output", "comment", NULL};
     check_keys(root, path, "", top);
     c->base_model = resolve(path, json_opt_string(root, "base_model", NULL));
     parse_models(c, root);
@@ -203,7 +221,9 @@ void config_load(DamConfig *c, const char *path) {
 }
 
 void config_free(DamConfig *c) {
-    for (int i = 0; i < c->n_models; i++) free(c->models[i].path), free(c->models[i].dataset), free(c->models[i].name);
-    free(c->file), free(c->base_model), free(c->init_file), free(c->ckpt_dir), free(c->out_dir), free(c->metrics_file);
+    for (int i = 0; i < c->n_models; i++)
+        free(c->models[i].path), free(c->models[i].dataset), free(c->models[i].name);
+    free(c->file), free(c->base_model), free(c->init_file), free(c->ckpt_dir), free(c->out_dir),
+        free(c->metrics_file);
     memset(c, 0, sizeof *c);
 }

@@ -11,23 +11,23 @@ typedef enum { SCHED_CONSTANT = 0, SCHED_LINEAR = 1, SCHED_COSINE = 2 } Schedule
 typedef enum { INIT_UNIFORM = 0, INIT_FILE = 1, INIT_RANDOM = 2 } InitKind;
 
 typedef struct {
-    char *path;                       /* model directory */
-    char *dataset;                    /* HDF5 token file (NULL for the base) */
-    char *name;                       /* short name for logs (directory basename) */
+    char *path;    /* model directory */
+    char *dataset; /* HDF5 token file (NULL for the base) */
+    char *name;    /* short name for logs (directory basename) */
 } SourceSpec;
 
 typedef struct {
-    char *file;                       /* the config file itself, for messages */
-    char *base_model;                 /* may be NULL */
+    char *file;       /* the config file itself, for messages */
+    char *base_model; /* may be NULL */
     int n_models;
     SourceSpec models[DAM_MAX_SOURCES];
     /* merge */
     int embeddings, norms, include_base;
     Nonlinearity nonlinearity;
     InitKind init;
-    char *init_file;                  /* INIT_FILE: a dam_coefficients.safetensors */
+    char *init_file; /* INIT_FILE: a dam_coefficients.safetensors */
     /* loss */
-    LossParams loss;                  /* temperature, kl, mse, entropy, topk */
+    LossParams loss; /* temperature, kl, mse, entropy, topk */
     float similarity, l1, l2, overlap;
     /* train */
     OptimizerKind optimizer;
@@ -43,9 +43,9 @@ typedef struct {
     int ckpt_every, ckpt_keep;
     /* output */
     char *out_dir;
-    char *metrics_file;               /* JSON lines; default <out_dir>.metrics.jsonl */
+    char *metrics_file; /* JSON lines; default <out_dir>.metrics.jsonl */
     size_t shard_bytes;
-    uint64_t hash;                    /* of the file's bytes, recorded in checkpoints */
+    uint64_t hash; /* of the file's bytes, recorded in checkpoints */
 } DamConfig;
 
 /* Parse and validate; relative paths are resolved against the config file's directory. */

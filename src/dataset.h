@@ -15,13 +15,13 @@
 
 typedef struct {
     char *path;
-    int64_t hid;          /* hid_t of the open file (kept as int64 so this header needs no hdf5.h) */
-    int64_t n_rows;       /* n */
-    int64_t seq_len;      /* L */
+    int64_t hid;     /* hid_t of the open file (kept as int64 so this header needs no hdf5.h) */
+    int64_t n_rows;  /* n */
+    int64_t seq_len; /* L */
     int has_mask;
-    int topk;             /* K, 0 when no teacher cache */
-    int topk_f16;         /* 1 when /topk_logits is float16 */
-    int64_t vocab_size;   /* from the attribute, -1 when absent */
+    int topk;           /* K, 0 when no teacher cache */
+    int topk_f16;       /* 1 when /topk_logits is float16 */
+    int64_t vocab_size; /* from the attribute, -1 when absent */
 } DamDataset;
 
 /* Open and validate shapes and types; fails naming the file and dataset. An empty file
@@ -37,13 +37,13 @@ void dataset_check_ids(const DamDataset *d, int64_t vocab);
 
 typedef struct {
     const char *key;
-    const char *str;      /* string attribute when non-NULL */
-    int64_t num;          /* else an int64 attribute */
+    const char *str; /* string attribute when non-NULL */
+    int64_t num;     /* else an int64 attribute */
 } DatasetAttr;
 
 /* Write a complete token file atomically. mask may be NULL (no /attention_mask written). */
-void dataset_write(const char *path, int64_t n_rows, int64_t seq_len, const int32_t *ids,
-                   const int8_t *mask, int n_attrs, const DatasetAttr *attrs);
+void dataset_write(const char *path, int64_t n_rows, int64_t seq_len, const int32_t *ids, const int8_t *mask,
+                   int n_attrs, const DatasetAttr *attrs);
 /* Add (or replace) the teacher cache of a whole file: copies the file to "<path>.tmp", writes
  * /topk_indices and /topk_logits (float32) there, and renames it into place. */
 void dataset_write_topk(const char *path, int k, const int32_t *idx, const float *logits);

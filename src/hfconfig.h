@@ -12,30 +12,30 @@ typedef enum { ROPE_DEFAULT = 0, ROPE_LLAMA3 = 1, ROPE_LINEAR = 2 } RopeType;
 
 typedef struct {
     ModelArch arch;
-    char architecture[64];   /* as written, e.g. "LlamaForCausalLM" */
+    char architecture[64]; /* as written, e.g. "LlamaForCausalLM" */
     char model_type[32];
     int vocab_size;
-    int hidden_size;          /* d */
-    int intermediate_size;    /* F */
-    int num_hidden_layers;    /* L */
-    int num_attention_heads;  /* H */
-    int num_key_value_heads;  /* KV (== H when absent) */
-    int head_dim;             /* hd (hidden_size / H when absent or null) */
+    int hidden_size;         /* d */
+    int intermediate_size;   /* F */
+    int num_hidden_layers;   /* L */
+    int num_attention_heads; /* H */
+    int num_key_value_heads; /* KV (== H when absent) */
+    int head_dim;            /* hd (hidden_size / H when absent or null) */
     int max_position_embeddings;
     float rms_norm_eps;
-    double rope_theta;        /* default 10000 */
+    double rope_theta; /* default 10000 */
     RopeType rope_type;
-    double rope_factor;       /* llama3 / linear */
+    double rope_factor;                                 /* llama3 / linear */
     double rope_low_freq_factor, rope_high_freq_factor; /* llama3 */
     int rope_original_max_position_embeddings;          /* llama3 */
-    int tie_word_embeddings;  /* default false for Llama/Mistral/Qwen2 as in transformers */
-    int attention_bias;       /* q,k,v biases: Qwen2 always; Llama when attention_bias is true */
-    int o_bias;               /* o_proj bias: Llama attention_bias also adds it */
-    int mlp_bias;             /* Llama mlp_bias */
-    int sliding_window;       /* 0 = none (Mistral: config value; Qwen2: only when use_sliding_window) */
-    int max_window_layers;    /* Qwen2 with a window: only layers >= this use it (0 = all layers) */
+    int tie_word_embeddings; /* default false for Llama/Mistral/Qwen2 as in transformers */
+    int attention_bias;      /* q,k,v biases: Qwen2 always; Llama when attention_bias is true */
+    int o_bias;              /* o_proj bias: Llama attention_bias also adds it */
+    int mlp_bias;            /* Llama mlp_bias */
+    int sliding_window;      /* 0 = none (Mistral: config value; Qwen2: only when use_sliding_window) */
+    int max_window_layers;   /* Qwen2 with a window: only layers >= this use it (0 = all layers) */
     int bos_token_id, eos_token_id, pad_token_id; /* -1 when absent (first one when a list) */
-    char hidden_act[16];      /* must be "silu" */
+    char hidden_act[16];                          /* must be "silu" */
 } ModelConfig;
 
 /* Parse and validate `path` (a config.json). Fails with one line naming the file and field. */
@@ -44,8 +44,7 @@ void hfconfig_load(ModelConfig *c, const char *path);
 void hfconfig_parse(ModelConfig *c, const char *json, const char *what);
 /* Fail when two configs differ in anything that changes tensor shapes or the forward pass,
  * naming the field and both values with the two names given. */
-void hfconfig_check_same(const ModelConfig *a, const char *a_name, const ModelConfig *b,
-                         const char *b_name);
+void hfconfig_check_same(const ModelConfig *a, const char *a_name, const ModelConfig *b, const char *b_name);
 /* Inverse frequencies of the rotary embedding (head_dim/2 entries), with rope scaling applied
  * exactly as transformers' rope init functions do. */
 void hfconfig_rope_inv_freq(const ModelConfig *c, double *inv_freq);

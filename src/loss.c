@@ -76,22 +76,24 @@ static double entropy_row(float *dz, const float *z, int V, float tau, float lam
     return H;
 }
 
-void loss_rows(float *dz, LossSums *sums, const float *z, const float *zt, const int32_t *idx, const float *val,
-               int C, int V, const LossChunkParams *p) {
+void loss_rows(float *dz, LossSums *sums, const float *z, const float *zt, const int32_t *idx,
+               const float *val, int C, int V, const LossChunkParams *p) {
     memset(dz, 0, (size_t)C * V * sizeof(float));
     double tau2 = (double)p->tau * p->tau;
     for (int r = 0; r < C; r++) {
         const float *zr = z + (size_t)r * V;
         float *dzr = dz + (size_t)r * V;
         if (p->kl) {
-            double kl = p->K > 0 ? kl_topk_row(dzr, zr, idx + (size_t)r * p->K, val + (size_t)r * p->K, p->K, p->tau,
-                                               p->inv_n)
+            double kl = p->K > 0 ? kl_topk_row(dzr, zr, idx + (size_t)r * p->K, val + (size_t)r * p->K, p->K,
+                                               p->tau, p->inv_n)
                                  : kl_full_row(dzr, zr, zt + (size_t)r * V, V, p->tau, p->inv_n);
             sums->kl += tau2 * kl * p->inv_n;
         }
-        if (p->mse > 0) sums->mse += p->mse * mse_row(dzr, zr, zt + (size_t)r * V, V, p->mse, p->inv_n) * p->inv_n;
+        if (p->mse > 0)
+            sums->mse += p->mse * mse_row(dzr, zr, zt + (size_t)r * V, V, p->mse, p->inv_n) * p->inv_n;
         if (p->entropy > 0)
-            sums->entropy += p->entropy * tau2 * entropy_row(dzr, zr, V, p->tau, p->entropy, p->inv_n) * p->inv_n;
+            sums->entropy +=
+                p->entropy * tau2 * entropy_row(dzr, zr, V, p->tau, p->entropy, p->inv_n) * p->inv_n;
     }
 }
 

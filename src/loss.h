@@ -10,8 +10,8 @@ typedef struct {
     float tau;
     int kl;
     float mse, entropy;
-    int K;               /* 0: full vocabulary; else top-K entries given in idx/val */
-    float inv_n;         /* 1 / number of valid positions of this dataset's micro-batch */
+    int K;       /* 0: full vocabulary; else top-K entries given in idx/val */
+    float inv_n; /* 1 / number of valid positions of this dataset's micro-batch */
 } LossChunkParams;
 
 typedef struct {
@@ -20,8 +20,8 @@ typedef struct {
 
 /* z [C,V] merged logits; zt [C,V] teacher logits (needed unless only top-K KL is on);
  * idx/val [C,K] teacher top-K (when K > 0). dz [C,V] is overwritten with dL/dz. */
-void loss_rows(float *dz, LossSums *sums, const float *z, const float *zt, const int32_t *idx, const float *val,
-               int C, int V, const LossChunkParams *p);
+void loss_rows(float *dz, LossSums *sums, const float *z, const float *zt, const int32_t *idx,
+               const float *val, int C, int V, const LossChunkParams *p);
 
 /* The K largest entries of each row of zt [C,V] (descending; ties by lower index). */
 void loss_topk(int32_t *idx, float *val, const float *zt, int C, int V, int K);

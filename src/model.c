@@ -51,7 +51,8 @@ static DamTensor *add_layer_tensor(DamModel *m, int l, const char *suffix, DamTe
 static void build_tensor_table(DamModel *m) {
     const ModelConfig *c = &m->cfg;
     size_t d = (size_t)c->hidden_size, F = (size_t)c->intermediate_size, V = (size_t)c->vocab_size;
-    size_t qd = (size_t)c->num_attention_heads * c->head_dim, kvd = (size_t)c->num_key_value_heads * c->head_dim;
+    size_t qd = (size_t)c->num_attention_heads * c->head_dim,
+           kvd = (size_t)c->num_key_value_heads * c->head_dim;
     m->tensors = dam_calloc((size_t)c->num_hidden_layers * 13 + 3, sizeof(DamTensor), "tensor table");
     m->layers = dam_calloc((size_t)c->num_hidden_layers, sizeof(DamLayer), "layers");
     m->embed = add_tensor(m, "model.embed_tokens.weight", DT_EMBED, V, d);
@@ -77,9 +78,11 @@ static void build_tensor_table(DamModel *m) {
     m->lm_head = c->tie_word_embeddings ? NULL : add_tensor(m, "lm_head.weight", DT_LINEAR, V, d);
 }
 
-void dam_model_open(DamModel *m, int n, const char *const *dirs, const char *const *names, const Backend *be) {
+void dam_model_open(DamModel *m, int n, const char *const *dirs, const char *const *names,
+                    const Backend *be) {
     memset(m, 0, sizeof *m);
-    if (n < 1 || n > DAM_MAX_SOURCES) dam_fail("%d source models given; dam_dist merges 1 to %d", n, DAM_MAX_SOURCES);
+    if (n < 1 || n > DAM_MAX_SOURCES)
+        dam_fail("%d source models given; dam_dist merges 1 to %d", n, DAM_MAX_SOURCES);
     m->n_rows = n;
     m->be = be;
     for (int i = 0; i < n; i++) {
@@ -87,8 +90,10 @@ void dam_model_open(DamModel *m, int n, const char *const *dirs, const char *con
         ModelConfig c;
         hfconfig_load(&c, cfg_path);
         free(cfg_path);
-        if (i == 0) m->cfg = c;
-        else hfconfig_check_same(&m->cfg, dirs[0], &c, dirs[i]); /* directories name both sides */
+        if (i == 0)
+            m->cfg = c;
+        else
+            hfconfig_check_same(&m->cfg, dirs[0], &c, dirs[i]); /* directories name both sides */
         m->row_names[i] = dam_strdup(names[i]);
         st_model_open(&m->files[i], dirs[i]);
     }
@@ -134,7 +139,8 @@ void dam_model_finish_grad(DamModel *m) {
     for (int t = 0; t < m->n_tensors; t++) {
         DamTensor *x = &m->tensors[t];
         size_t n = (size_t)m->n_rows * x->dim;
-        for (size_t j = 0; j < n; j++) x->grad[j] = x->trainable ? x->grad[j] * dam_nonlin_grad(m->nonlin, x->c[j]) : 0;
+        for (size_t j = 0; j < n; j++)
+            x->grad[j] = x->trainable ? x->grad[j] * dam_nonlin_grad(m->nonlin, x->c[j]) : 0;
     }
 }
 
@@ -149,7 +155,8 @@ void dam_model_release(const DamModel *m, const DamTensor *t) {
     static long page = 0;
     if (!page) page = sysconf(_SC_PAGESIZE);
     for (int i = 0; i < m->n_rows; i++) {
-        uintptr_t lo = (uintptr_t)t->src[i].data, hi = lo + t->rows * t->cols * dam_dtype_size(t->src[i].dtype);
+        uintptr_t lo = (uintptr_t)t->src[i].data,
+                  hi = lo + t->rows * t->cols * dam_dtype_size(t->src[i].dtype);
         lo = (lo + (uintptr_t)page - 1) & ~((uintptr_t)page - 1); /* whole pages inside the tensor only */
         hi &= ~((uintptr_t)page - 1);
         if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
@@ -164,19 +171,19 @@ typedef struct {
 } LayerW;
 
 struct RunState {
-    int B, T;                     /* capacity */
-    float *layer_in;              /* [(L+1), BT, d] input of each layer; [L] = last layer's output */
+    int B, T;        /* capacity */
+    float *layer_in; /* [(L+1), BT, d] input of each layer; [L] = last layer's output */
     float *xn, *rstd1, *q, *k, *v, *probs, *ao, *h1, *xn2, *rstd2, *gate, *up, *act;
-    float *hid, *rstd_f, *hid_t;  /* final-normed hidden of the merged model and of the teacher */
-    float *grad_out;              /* dL/d(output of the layer being back-propagated) */
+    float *hid, *rstd_f, *hid_t; /* final-normed hidden of the merged model and of the teacher */
+    float *grad_out;             /* dL/d(output of the layer being back-propagated) */
     float *dx, *dh1, *dxn, *dxn2, *dq, *dk, *dv, *dao, *dgate, *dup, *dact, *dS, *dnorm, *colsum;
     LayerW w;
     float *final_norm_w, *G, *ones;
-    float *lm_w, *lm_t, *lm_G;    /* [V, d]: merged lm_head, teacher lm_head, its gradient GEMM */
+    float *lm_w, *lm_t, *lm_G;           /* [V, d]: merged lm_head, teacher lm_head, its gradient GEMM */
     float *hc, *htc, *z, *zt, *dz, *dhc; /* loss chunk: [C, d] and [C, V] */
     int32_t *topk_idx, *valid;
     float *topk_val;
-    float *rope_cos, *rope_sin;   /* [T, hd/2] */
+    float *rope_cos, *rope_sin; /* [T, hd/2] */
 };
 
 enum { LOSS_CHUNK = 64 };
@@ -204,7 +211,8 @@ RunState *runstate_new(const DamModel *m, int B, int T) {
     RunState *rs = dam_calloc(1, sizeof *rs, "run state");
     rs->B = B, rs->T = T;
     size_t BT = (size_t)B * T, d = c->hidden_size, F = c->intermediate_size, V = c->vocab_size;
-    size_t qd = (size_t)c->num_attention_heads * c->head_dim, kvd = (size_t)c->num_key_value_heads * c->head_dim;
+    size_t qd = (size_t)c->num_attention_heads * c->head_dim,
+           kvd = (size_t)c->num_key_value_heads * c->head_dim;
     size_t L = c->num_hidden_layers, H = c->num_attention_heads;
     rs->layer_in = buf(m, (L + 1) * BT * d, "layer inputs");
     rs->xn = buf(m, BT * d, "xn"), rs->xn2 = buf(m, BT * d, "xn2"), rs->h1 = buf(m, BT * d, "h1");
@@ -251,14 +259,36 @@ RunState *runstate_new(const DamModel *m, int B, int T) {
 
 void runstate_free(RunState *rs) {
     if (!rs) return;
-    float **fl[] = {&rs->layer_in, &rs->xn, &rs->rstd1, &rs->q, &rs->k, &rs->v, &rs->probs, &rs->ao, &rs->h1,
-                    &rs->xn2, &rs->rstd2, &rs->gate, &rs->up, &rs->act, &rs->hid, &rs->rstd_f, &rs->hid_t,
-                    &rs->grad_out, &rs->dx, &rs->dh1, &rs->dxn, &rs->dxn2, &rs->dq, &rs->dk, &rs->dv, &rs->dao, &rs->dgate,
-                    &rs->dup, &rs->dact, &rs->dS, &rs->dnorm, &rs->colsum, &rs->w.attn_norm, &rs->w.q, &rs->w.k,
-                    &rs->w.v, &rs->w.o, &rs->w.qb, &rs->w.kb, &rs->w.vb, &rs->w.ob, &rs->w.mlp_norm,
-                    &rs->w.gate, &rs->w.up, &rs->w.down, &rs->final_norm_w, &rs->G, &rs->ones, &rs->lm_w,
-                    &rs->lm_t, &rs->lm_G, &rs->hc, &rs->htc, &rs->z, &rs->zt, &rs->dz, &rs->dhc, &rs->topk_val,
-                    &rs->rope_cos, &rs->rope_sin};
+    float **fl[] = {&rs->layer_in,    &rs->xn,
+                    &rs->rstd1,       &rs->q,
+                    &rs->k,           &rs->v,
+                    &rs->probs,       &rs->ao,
+                    &rs->h1,          &rs->xn2,
+                    &rs->rstd2,       &rs->gate,
+                    &rs->up,          &rs->act,
+                    &rs->hid,         &rs->rstd_f,
+                    &rs->hid_t,       &rs->grad_out,
+                    &rs->dx,          &rs->dh1,
+                    &rs->dxn,         &rs->dxn2,
+                    &rs->dq,          &rs->dk,
+                    &rs->dv,          &rs->dao,
+                    &rs->dgate,       &rs->dup,
+                    &rs->dact,        &rs->dS,
+                    &rs->dnorm,       &rs->colsum,
+                    &rs->w.attn_norm, &rs->w.q,
+                    &rs->w.k,         &rs->w.v,
+                    &rs->w.o,         &rs->w.qb,
+                    &rs->w.kb,        &rs->w.vb,
+                    &rs->w.ob,        &rs->w.mlp_norm,
+                    &rs->w.gate,      &rs->w.up,
+                    &rs->w.down,      &rs->final_norm_w,
+                    &rs->G,           &rs->ones,
+                    &rs->lm_w,        &rs->lm_t,
+                    &rs->lm_G,        &rs->hc,
+                    &rs->htc,         &rs->z,
+                    &rs->zt,          &rs->dz,
+                    &rs->dhc,         &rs->topk_val,
+                    &rs->rope_cos,    &rs->rope_sin};
     for (size_t i = 0; i < sizeof fl / sizeof *fl; i++) free(*fl[i]);
     free(rs->valid);
     free(rs->topk_idx);
@@ -298,13 +328,13 @@ static void materialize_layer(DamModel *m, RunState *rs, int l, int src) {
 /* Layer `layer`'s attention; a sliding window applies from max_window_layers on (Qwen2; 0 elsewhere). */
 static AttnShape attn_shape(const ModelConfig *c, int B, int T, int layer) {
     int window = layer >= c->max_window_layers ? c->sliding_window : 0;
-    return (AttnShape){B, T, c->num_attention_heads, c->num_key_value_heads, c->head_dim, window,
-                       1.0f / sqrtf((float)c->head_dim)};
+    return (AttnShape){B,           T,      c->num_attention_heads,          c->num_key_value_heads,
+                       c->head_dim, window, 1.0f / sqrtf((float)c->head_dim)};
 }
 
 /* One decoder layer on the weights in rs->w: x_out = layer(x_in); activations stay in rs. */
-static void layer_forward(const DamModel *m, RunState *rs, const DamLayer *L, const float *x_in, float *x_out, int B,
-                          int T) {
+static void layer_forward(const DamModel *m, RunState *rs, const DamLayer *L, const float *x_in, float *x_out,
+                          int B, int T) {
     const Backend *be = m->be;
     const ModelConfig *c = &m->cfg;
     int BT = B * T, d = c->hidden_size, F = c->intermediate_size;
@@ -348,8 +378,8 @@ static void model_forward(DamModel *m, RunState *rs, const int32_t *ids, int B, 
         layer_forward(m, rs, &m->layers[l], rs->layer_in + l * BT * d, rs->layer_in + (l + 1) * BT * d, B, T);
     }
     materialize_w(m, rs, m->final_norm, src, rs->final_norm_w);
-    m->be->rmsnorm_fwd(rs->hid, rs->rstd_f, rs->layer_in + c->num_hidden_layers * BT * d, rs->final_norm_w, (int)BT,
-                       (int)d, c->rms_norm_eps);
+    m->be->rmsnorm_fwd(rs->hid, rs->rstd_f, rs->layer_in + c->num_hidden_layers * BT * d, rs->final_norm_w,
+                       (int)BT, (int)d, c->rms_norm_eps);
 }
 
 static const DamTensor *lm_tensor(const DamModel *m) { return m->lm_head ? m->lm_head : m->embed; }
@@ -364,7 +394,8 @@ void dam_model_logits(DamModel *m, RunState *rs, const int32_t *ids, int B, int 
 
 /* grad accumulator += Σ_r W_i[r,:]·G[r,:] for a trainable tensor. */
 static void coef_grad(DamModel *m, DamTensor *t, const float *G) {
-    if (t && t->trainable) m->be->dam_coef_grad(t->grad, t->src, m->n_rows, G, t->rows, t->cols, t->kind == DT_BIAS);
+    if (t && t->trainable)
+        m->be->dam_coef_grad(t->grad, t->src, m->n_rows, G, t->rows, t->cols, t->kind == DT_BIAS);
 }
 
 /* colsum[o] = Σ_t dy[t, o]: the gradient of a bias, reduced with the bias coefficients. */
@@ -377,8 +408,8 @@ static void bias_grad(DamModel *m, RunState *rs, DamTensor *t, const float *dy, 
 }
 
 /* Linear backward: dx (+)= dy·W; coefficient gradient through G = dyᵀ·x. */
-static void linear_backward(DamModel *m, RunState *rs, DamTensor *t, const float *w, float *dx, const float *dy,
-                            const float *x, int BT, int in, int out, int accumulate) {
+static void linear_backward(DamModel *m, RunState *rs, DamTensor *t, const float *w, float *dx,
+                            const float *dy, const float *x, int BT, int in, int out, int accumulate) {
     m->be->matmul_dyw(dx, dy, w, BT, in, out, accumulate);
     if (t->trainable) {
         m->be->matmul_dytx(rs->G, dy, x, BT, in, out, 0);
@@ -386,16 +417,16 @@ static void linear_backward(DamModel *m, RunState *rs, DamTensor *t, const float
     }
 }
 
-static void norm_backward(DamModel *m, RunState *rs, DamTensor *t, const float *w, float *dx, const float *dout,
-                          const float *x, const float *rstd, int BT, int d) {
+static void norm_backward(DamModel *m, RunState *rs, DamTensor *t, const float *w, float *dx,
+                          const float *dout, const float *x, const float *rstd, int BT, int d) {
     memset(rs->dnorm, 0, (size_t)d * sizeof(float));
     m->be->rmsnorm_bwd(dx, rs->dnorm, dout, x, rstd, w, BT, d, 1);
     coef_grad(m, t, rs->dnorm);
 }
 
 /* Backward of one layer whose activations are in rs (just recomputed): dx_in from dout. */
-static void layer_backward(DamModel *m, RunState *rs, DamLayer *L, const float *x_in, const float *dout, float *dx_in,
-                           int B, int T) {
+static void layer_backward(DamModel *m, RunState *rs, DamLayer *L, const float *x_in, const float *dout,
+                           float *dx_in, int B, int T) {
     const ModelConfig *c = &m->cfg;
     const Backend *be = m->be;
     int BT = B * T, d = c->hidden_size, F = c->intermediate_size;
@@ -443,7 +474,8 @@ static void logits_loss(DamModel *m, RunState *rs, const int32_t *valid, int n_v
         for (int r = 0; r < C; r++) {
             size_t pos = (size_t)valid[r0 + r];
             memcpy(rs->hc + (size_t)r * d, rs->hid + pos * d, (size_t)d * sizeof(float));
-            if (need_teacher_logits) memcpy(rs->htc + (size_t)r * d, rs->hid_t + pos * d, (size_t)d * sizeof(float));
+            if (need_teacher_logits)
+                memcpy(rs->htc + (size_t)r * d, rs->hid_t + pos * d, (size_t)d * sizeof(float));
             if (K > 0 && topk_idx) { /* precomputed teacher cache */
                 memcpy(rs->topk_idx + (size_t)r * K, topk_idx + pos * K, (size_t)K * sizeof(int32_t));
                 memcpy(rs->topk_val + (size_t)r * K, topk_val + pos * K, (size_t)K * sizeof(float));
@@ -520,17 +552,17 @@ static void step_segments(DamModel *m, RunState *rs, int n_seg, const int *teach
     for (int s = 0, first = 0; s < n_seg; first += n_valid[s], s++) {
         if (!n_valid[s]) continue;
         if (need_teacher) materialize_w(m, rs, lm, teacher[s], rs->lm_t);
-        logits_loss(m, rs, rs->valid + first, n_valid[s], topk_idx, topk_val, need_teacher, lp, weight, backward,
-                    first > 0, &out[s]);
+        logits_loss(m, rs, rs->valid + first, n_valid[s], topk_idx, topk_val, need_teacher, lp, weight,
+                    backward, first > 0, &out[s]);
     }
     if (!backward) return;
     coef_grad(m, (DamTensor *)lm, rs->lm_G);
     merged_backward(m, rs, ids, Bt, T);
 }
 
-void dam_model_step(DamModel *m, RunState *rs, int n_seg, const int *teacher, const int32_t *ids, const int8_t *mask,
-                    const int32_t *topk_idx, const float *topk_val, int B, int T, const LossParams *lp, float weight,
-                    LossTerms *out) {
+void dam_model_step(DamModel *m, RunState *rs, int n_seg, const int *teacher, const int32_t *ids,
+                    const int8_t *mask, const int32_t *topk_idx, const float *topk_val, int B, int T,
+                    const LossParams *lp, float weight, LossTerms *out) {
     step_segments(m, rs, n_seg, teacher, ids, mask, topk_idx, topk_val, B, T, lp, weight, 1, out);
 }
 

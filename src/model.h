@@ -19,16 +19,16 @@ typedef enum { DT_LINEAR = 0, DT_EMBED = 1, DT_NORM = 2, DT_BIAS = 3 } DamTensor
 
 /* One mergeable tensor: its N stored versions and their coefficients [n_rows, dim]. */
 typedef struct {
-    char name[128];          /* the Hugging Face tensor name, e.g. model.layers.0.mlp.up_proj.weight */
+    char name[128]; /* the Hugging Face tensor name, e.g. model.layers.0.mlp.up_proj.weight */
     DamTensorKind kind;
-    size_t rows, cols;       /* stored shape as 2-D; a norm or bias is rows = 1 */
-    int dim;                 /* coefficient length: cols, or 1 for a bias (one scalar per source) */
+    size_t rows, cols; /* stored shape as 2-D; a norm or bias is rows = 1 */
+    int dim;           /* coefficient length: cols, or 1 for a bias (one scalar per source) */
     int trainable;
     SrcWeight src[DAM_MAX_SOURCES];
-    float *c;                /* raw coefficients */
-    float *fc;               /* f(c), refreshed by dam_model_refresh */
-    float *grad;             /* accumulated Σ W·G during a step; dL/dc after dam_model_finish_grad */
-    float *adam_m, *adam_v;  /* optimizer state */
+    float *c;               /* raw coefficients */
+    float *fc;              /* f(c), refreshed by dam_model_refresh */
+    float *grad;            /* accumulated Σ W·G during a step; dL/dc after dam_model_finish_grad */
+    float *adam_m, *adam_v; /* optimizer state */
 } DamTensor;
 
 typedef struct {
@@ -37,7 +37,7 @@ typedef struct {
 
 typedef struct {
     ModelConfig cfg;
-    int n_rows;              /* coefficient rows: sources (+ base when include_base) */
+    int n_rows; /* coefficient rows: sources (+ base when include_base) */
     char *row_names[DAM_MAX_SOURCES];
     StModel files[DAM_MAX_SOURCES];
     int n_tensors;
@@ -69,9 +69,9 @@ void runstate_free(RunState *rs);
 /* Loss settings per dataset term. */
 typedef struct {
     float temperature;
-    int kl;                  /* KL term on */
-    float mse, entropy;      /* λ_mse, λ_ent (0 = off) */
-    int topk;                /* 0: full vocabulary KL; K: KL over the teacher's top-K entries */
+    int kl;             /* KL term on */
+    float mse, entropy; /* λ_mse, λ_ent (0 = off) */
+    int topk;           /* 0: full vocabulary KL; K: KL over the teacher's top-K entries */
 } LossParams;
 
 typedef struct {
@@ -93,9 +93,9 @@ void dam_model_microbatch(DamModel *m, RunState *rs, int k, const int32_t *ids, 
  * segment s start at s*B*T), segment s taught by source teacher[s] and normalised by its own
  * valid tokens; one merged forward/backward over all segments (RunState built for n_seg*B rows).
  * out[s] receives segment s's terms. Equivalent to dam_model_microbatch per segment. */
-void dam_model_step(DamModel *m, RunState *rs, int n_seg, const int *teacher, const int32_t *ids, const int8_t *mask,
-                    const int32_t *topk_idx, const float *topk_val, int B, int T, const LossParams *lp, float weight,
-                    LossTerms *out);
+void dam_model_step(DamModel *m, RunState *rs, int n_seg, const int *teacher, const int32_t *ids,
+                    const int8_t *mask, const int32_t *topk_idx, const float *topk_val, int B, int T,
+                    const LossParams *lp, float weight, LossTerms *out);
 
 /* The same losses without any backward (evaluation). */
 void dam_model_eval(DamModel *m, RunState *rs, int k, const int32_t *ids, const int8_t *mask,

@@ -10,9 +10,15 @@
 #include "json_util.h"
 #include "safetensors.h"
 
-static const char *const copied_files[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                                           "tokenizer.model", "vocab.json", "merges.txt", "generation_config.json",
-                                           "added_tokens.json", NULL};
+static const char *const copied_files[] = {"tokenizer.json",
+                                           "tokenizer_config.json",
+                                           "special_tokens_map.json",
+                                           "tokenizer.model",
+                                           "vocab.json",
+                                           "merges.txt",
+                                           "generation_config.json",
+                                           "added_tokens.json",
+                                           NULL};
 
 static void copy_file(const char *from, const char *to) {
     size_t n;
@@ -113,14 +119,16 @@ void output_write(DamModel *m, const DamConfig *cfg, const OutputReport *rep) {
         if (dam_file_exists(src)) copy_file(src, dst);
         free(src), free(dst);
     }
-    char *coef = dam_path_join(tmp, "dam_coefficients.safetensors"), *report = dam_path_join(tmp, "dam_report.json");
+    char *coef = dam_path_join(tmp, "dam_coefficients.safetensors"),
+         *report = dam_path_join(tmp, "dam_report.json");
     output_write_coefficients(m, coef);
     write_report(m, rep, report);
     free(coef), free(report);
     /* replace any previous output only now that the new one is complete */
     char *old = dam_asprintf("%s.old", cfg->out_dir);
     dam_rm_rf(old);
-    if (dam_is_dir(cfg->out_dir) && rename(cfg->out_dir, old) != 0) dam_fail("%s: cannot move aside", cfg->out_dir);
+    if (dam_is_dir(cfg->out_dir) && rename(cfg->out_dir, old) != 0)
+        dam_fail("%s: cannot move aside", cfg->out_dir);
     if (rename(tmp, cfg->out_dir) != 0) dam_fail("%s: cannot rename %s into place", cfg->out_dir, tmp);
     dam_rm_rf(old);
     free(old), free(tmp);

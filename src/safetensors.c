@@ -548,7 +548,7 @@ struct StWriter {
     WIndex *index; /* every tensor added, for the weight map */
     int n_index, cap_index;
     const char *format;
-    FILE *spill;   /* data of the shard being filled */
+    FILE *spill; /* data of the shard being filled */
 };
 
 StWriter *st_writer_new(const char *dir, size_t shard_bytes) {

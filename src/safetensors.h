@@ -23,17 +23,17 @@ typedef struct {
     int64_t shape[ST_MAX_DIMS];
     size_t numel;
     size_t nbytes;
-    const void *data;     /* into the mapping */
-    const char *file;     /* path of the file holding it (owned by the StFile) */
+    const void *data; /* into the mapping */
+    const char *file; /* path of the file holding it (owned by the StFile) */
 } StTensor;
 
 typedef struct {
     char *path;
     int fd;
-    void *map;            /* whole file, PROT_READ, MAP_SHARED */
+    void *map; /* whole file, PROT_READ, MAP_SHARED */
     size_t map_size;
     int n_tensors;
-    StTensor *tensors;    /* sorted by name */
+    StTensor *tensors; /* sorted by name */
 } StFile;
 
 /* Open and validate one file. */
@@ -51,8 +51,8 @@ typedef struct {
     char *dir;
     int n_files;
     StFile *files;
-    int n_tensors;               /* over all files */
-    const StTensor **by_name;    /* every tensor of every file, sorted by name (st_model_find) */
+    int n_tensors;            /* over all files */
+    const StTensor **by_name; /* every tensor of every file, sorted by name (st_model_find) */
 } StModel;
 
 void st_model_open(StModel *m, const char *dir);

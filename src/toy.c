@@ -42,7 +42,8 @@ static void write_config_json(const Toy *t, const char *dir) {
         "  \"num_hidden_layers\": %d,\n  \"num_attention_heads\": %d,\n  \"num_key_value_heads\": %d,\n"
         "  \"head_dim\": %d,\n  \"max_position_embeddings\": %d,\n  \"rms_norm_eps\": 1e-05,\n"
         "  \"rope_theta\": 10000.0,\n  \"hidden_act\": \"silu\",\n  \"tie_word_embeddings\": false,\n"
-        "  \"attention_bias\": false,\n  \"mlp_bias\": false,\n  \"bos_token_id\": 1,\n  \"eos_token_id\": 2,\n"
+        "  \"attention_bias\": false,\n  \"mlp_bias\": false,\n  \"bos_token_id\": 1,\n  \"eos_token_id\": "
+        "2,\n"
         "  \"torch_dtype\": \"bfloat16\"\n}\n",
         s->vocab, s->d, s->ffn, s->layers, s->heads, s->kv, s->d / s->heads, 4 * s->seq);
     char *p = dam_path_join(dir, "config.json");
@@ -76,11 +77,11 @@ static void write_model(const Toy *t, int k, const char *dir) {
     float *buf = dam_malloc((V * d > F * d ? V * d : F * d) * sizeof(float), "toy tensor");
     int idx = 0;
     int64_t shape[2];
-#define TOY_ADD(name, r, c, std, center, nd)                                                                   \
-    do {                                                                                                       \
-        toy_tensor(t, idx++, k, (r), (c), (std), (center), buf);                                               \
-        shape[0] = (int64_t)(r), shape[1] = (int64_t)(c);                                                      \
-        st_writer_add_f32(w, (name), DAM_BF16, (nd), (nd) == 1 ? &shape[1] : shape, buf);                      \
+#define TOY_ADD(name, r, c, std, center, nd)                                                                 \
+    do {                                                                                                     \
+        toy_tensor(t, idx++, k, (r), (c), (std), (center), buf);                                             \
+        shape[0] = (int64_t)(r), shape[1] = (int64_t)(c);                                                    \
+        st_writer_add_f32(w, (name), DAM_BF16, (nd), (nd) == 1 ? &shape[1] : shape, buf);                    \
     } while (0)
     TOY_ADD("model.embed_tokens.weight", V, d, 1.0f, 0.0f, 2);
     char name[128];
@@ -113,8 +114,10 @@ static void write_dataset(const Toy *t, int k, const char *path) {
     dam_rng_seed(&r, t->rng.s ^ (0xDA7Au + (uint64_t)k));
     int slice = s->vocab / t->n_models, lo = k * slice;
     for (size_t i = 0; i < n; i++) {
-        if (dam_rng_uniform(&r) < 0.2f) ids[i] = (int32_t)(dam_rng_u64(&r) % (uint64_t)s->vocab);
-        else ids[i] = lo + (int32_t)(powf(dam_rng_uniform(&r), 2.5f) * (float)slice) % slice;
+        if (dam_rng_uniform(&r) < 0.2f)
+            ids[i] = (int32_t)(dam_rng_u64(&r) % (uint64_t)s->vocab);
+        else
+            ids[i] = lo + (int32_t)(powf(dam_rng_uniform(&r), 2.5f) * (float)slice) % slice;
     }
     DatasetAttr attrs[] = {{"source_file", "dam_dist toy", 0}, {"vocab_size", NULL, s->vocab}};
     dataset_write(path, s->rows, s->seq, ids, NULL, 2, attrs);
@@ -126,12 +129,14 @@ static void write_run_config(const Toy *t) {
     char models[2048] = "";
     for (int k = 0; k < t->n_models; k++) {
         char one[128];
-        snprintf(one, sizeof one, "%s    {\"path\": \"m%d\", \"dataset\": \"data/m%d.h5\"}", k ? ",\n" : "", k, k);
+        snprintf(one, sizeof one, "%s    {\"path\": \"m%d\", \"dataset\": \"data/m%d.h5\"}", k ? ",\n" : "",
+                 k, k);
         strncat(models, one, sizeof models - strlen(models) - 1);
     }
     char *json = dam_asprintf(
         "{\n  \"base_model\": \"base\",\n  \"models\": [\n%s\n  ],\n"
-        "  \"merge\": {\"embeddings\": true, \"norms\": true, \"include_base\": false, \"nonlinearity\": \"none\", "
+        "  \"merge\": {\"embeddings\": true, \"norms\": true, \"include_base\": false, \"nonlinearity\": "
+        "\"none\", "
         "\"init\": \"uniform\"},\n"
         "  \"loss\": {\"kl\": true, \"temperature\": 2.0, \"similarity\": 0.01},\n"
         "  \"train\": {\"optimizer\": \"adamw\", \"lr\": 0.02, \"schedule\": \"constant\", \"steps\": %d, "
@@ -147,17 +152,22 @@ int cmd_toy(int argc, char **argv) {
     Toy t = {.sz = &toy_sizes[0], .n_models = 3, .out = NULL};
     uint64_t seed = 1;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--out") && i + 1 < argc) t.out = argv[++i];
-        else if (!strcmp(argv[i], "--models") && i + 1 < argc) t.n_models = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--seed") && i + 1 < argc) seed = strtoull(argv[++i], NULL, 10);
+        if (!strcmp(argv[i], "--out") && i + 1 < argc)
+            t.out = argv[++i];
+        else if (!strcmp(argv[i], "--models") && i + 1 < argc)
+            t.n_models = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--seed") && i + 1 < argc)
+            seed = strtoull(argv[++i], NULL, 10);
         else if (!strcmp(argv[i], "--size") && i + 1 < argc) {
             const char *want = argv[++i];
             t.sz = NULL;
             for (size_t k = 0; k < sizeof toy_sizes / sizeof *toy_sizes; k++)
                 if (!strcmp(want, toy_sizes[k].name)) t.sz = &toy_sizes[k];
             if (!t.sz) dam_fail("toy: unknown --size '%s' (small, tiny, bench)", want);
-        } else dam_fail("toy: unknown argument '%s' (usage: dam_dist toy --out DIR [--models N] [--seed S] "
-                        "[--size small|tiny|bench])", argv[i]);
+        } else
+            dam_fail("toy: unknown argument '%s' (usage: dam_dist toy --out DIR [--models N] [--seed S] "
+                     "[--size small|tiny|bench])",
+                     argv[i]);
     }
     if (!t.out) dam_fail("toy: --out DIR is required");
     if (t.n_models < 2 || t.n_models > 8) dam_fail("toy: --models must be 2..8, got %d", t.n_models);
@@ -185,8 +195,9 @@ int cmd_toy(int argc, char **argv) {
     char *cfgp = dam_asprintf("%s/base/config.json", t.out);
     hfconfig_load(&mc, cfgp);
     free(cfgp);
-    printf("toy: wrote %s: base + %d specialists (%s, %.2fM parameters each, bf16), datasets of %d x %d tokens, "
-           "config.json\n",
-           t.out, t.n_models, t.sz->name, hfconfig_num_params(&mc) / 1e6, t.sz->rows, t.sz->seq);
+    printf(
+        "toy: wrote %s: base + %d specialists (%s, %.2fM parameters each, bf16), datasets of %d x %d tokens, "
+        "config.json\n",
+        t.out, t.n_models, t.sz->name, hfconfig_num_params(&mc) / 1e6, t.sz->rows, t.sz->seq);
     return 0;
 }

@@ -91,10 +91,14 @@ char *dam_asprintf(const char *fmt, ...) {
 
 size_t dam_dtype_size(dam_dtype t) {
     switch (t) {
-    case DAM_F32: case DAM_I32: return 4;
-    case DAM_BF16: case DAM_F16: return 2;
-    case DAM_I64: case DAM_F64: return 8;
-    case DAM_I8: case DAM_U8: return 1;
+    case DAM_F32:
+    case DAM_I32: return 4;
+    case DAM_BF16:
+    case DAM_F16: return 2;
+    case DAM_I64:
+    case DAM_F64: return 8;
+    case DAM_I8:
+    case DAM_U8: return 1;
     }
     return 0;
 }
@@ -116,18 +120,26 @@ int dam_dtype_parse(const char *name, dam_dtype *out) {
 
 float dam_f16_to_f32(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu;
-    union { uint32_t u; float f; } v;
+    union {
+        uint32_t u;
+        float f;
+    } v;
     if (exp == 0) {
         float f = ldexpf((float)mant, -24); /* zero or subnormal */
         return sign ? -f : f;
     }
-    if (exp == 31) v.u = sign | 0x7f800000u | (mant << 13);
-    else v.u = sign | ((exp + 112u) << 23) | (mant << 13);
+    if (exp == 31)
+        v.u = sign | 0x7f800000u | (mant << 13);
+    else
+        v.u = sign | ((exp + 112u) << 23) | (mant << 13);
     return v.f;
 }
 
 uint16_t dam_f32_to_f16(float f) {
-    union { uint32_t u; float f; } v;
+    union {
+        uint32_t u;
+        float f;
+    } v;
     v.f = f;
     uint32_t sign = (v.u >> 16) & 0x8000u;
     float a = fabsf(f);
@@ -215,10 +227,12 @@ void dam_mkdir_p(const char *path) {
     for (char *s = p + 1; *s; s++) {
         if (*s != '/') continue;
         *s = 0;
-        if (mkdir(p, 0755) != 0 && errno != EEXIST) dam_fail("%s: cannot create directory (%s)", p, strerror(errno));
+        if (mkdir(p, 0755) != 0 && errno != EEXIST)
+            dam_fail("%s: cannot create directory (%s)", p, strerror(errno));
         *s = '/';
     }
-    if (mkdir(p, 0755) != 0 && errno != EEXIST) dam_fail("%s: cannot create directory (%s)", p, strerror(errno));
+    if (mkdir(p, 0755) != 0 && errno != EEXIST)
+        dam_fail("%s: cannot create directory (%s)", p, strerror(errno));
     free(p);
 }
 

@@ -42,20 +42,33 @@ char *dam_asprintf(const char *fmt, ...) DAM_PRINTF(1, 2);
 
 /* Element types of stored tensors. */
 typedef enum {
-    DAM_F32 = 0, DAM_BF16 = 1, DAM_F16 = 2, DAM_I32 = 3, DAM_I64 = 4, DAM_I8 = 5, DAM_U8 = 6, DAM_F64 = 7
+    DAM_F32 = 0,
+    DAM_BF16 = 1,
+    DAM_F16 = 2,
+    DAM_I32 = 3,
+    DAM_I64 = 4,
+    DAM_I8 = 5,
+    DAM_U8 = 6,
+    DAM_F64 = 7
 } dam_dtype;
 size_t dam_dtype_size(dam_dtype t);
-const char *dam_dtype_name(dam_dtype t);         /* safetensors spelling: "F32", "BF16", ... */
+const char *dam_dtype_name(dam_dtype t);               /* safetensors spelling: "F32", "BF16", ... */
 int dam_dtype_parse(const char *name, dam_dtype *out); /* 0 on success, -1 when unknown */
 
 static inline float dam_bf16_to_f32(uint16_t h) {
-    union { uint32_t u; float f; } v;
+    union {
+        uint32_t u;
+        float f;
+    } v;
     v.u = (uint32_t)h << 16;
     return v.f;
 }
 /* Round to nearest even; NaN stays NaN. */
 static inline uint16_t dam_f32_to_bf16(float f) {
-    union { uint32_t u; float f; } v;
+    union {
+        uint32_t u;
+        float f;
+    } v;
     v.f = f;
     if ((v.u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((v.u >> 16) | 0x40u);
     uint32_t rounding = 0x7fffu + ((v.u >> 16) & 1u);

@@ -15,10 +15,10 @@
 typedef struct {
     DamModel m;
     RunState *rs;
-    DamConfig cfg;        /* only the loss/merge fields are used */
+    DamConfig cfg; /* only the loss/merge fields are used */
     StFile inputs;
     int n_data, B, T;
-    int batched;          /* 1: all datasets in one dam_model_step; 0: one dam_model_microbatch each */
+    int batched; /* 1: all datasets in one dam_model_step; 0: one dam_model_microbatch each */
     const int32_t *ids[DAM_MAX_SOURCES];
     const int8_t *mask[DAM_MAX_SOURCES];
 } DamCase;
@@ -44,8 +44,10 @@ static inline void dam_case_open(DamCase *dc, const char *name, const char *vari
     c->embeddings = json_opt_bool(s, "embeddings", 1);
     c->norms = json_opt_bool(s, "norms", 1);
     const char *nl = json_opt_string(s, "nonlinearity", "none");
-    c->nonlinearity = !strcmp(nl, "tanh") ? NONLIN_TANH : !strcmp(nl, "sigmoid") ? NONLIN_SIGMOID
-                      : !strcmp(nl, "relu") ? NONLIN_RELU : NONLIN_NONE;
+    c->nonlinearity = !strcmp(nl, "tanh")      ? NONLIN_TANH
+                      : !strcmp(nl, "sigmoid") ? NONLIN_SIGMOID
+                      : !strcmp(nl, "relu")    ? NONLIN_RELU
+                                               : NONLIN_NONE;
     const cJSON *srcs = cJSON_GetObjectItemCaseSensitive(s, "sources");
     char *dirs[DAM_MAX_SOURCES];
     const char *names[DAM_MAX_SOURCES];
@@ -117,12 +119,13 @@ static inline double dam_case_loss(DamCase *dc, DamLosses *out) {
             memcpy(mask + k * seg, dc->mask[k], seg);
             teacher[k] = k;
         }
-        dam_model_step(&dc->m, dc->rs, dc->n_data, teacher, ids, mask, NULL, NULL, dc->B, dc->T, &dc->cfg.loss, 1.0f, lt);
+        dam_model_step(&dc->m, dc->rs, dc->n_data, teacher, ids, mask, NULL, NULL, dc->B, dc->T,
+                       &dc->cfg.loss, 1.0f, lt);
         free(ids), free(mask);
     } else {
         for (int k = 0; k < dc->n_data; k++)
-            dam_model_microbatch(&dc->m, dc->rs, k, dc->ids[k], dc->mask[k], NULL, NULL, dc->B, dc->T, &dc->cfg.loss,
-                                 1.0f, &lt[k]);
+            dam_model_microbatch(&dc->m, dc->rs, k, dc->ids[k], dc->mask[k], NULL, NULL, dc->B, dc->T,
+                                 &dc->cfg.loss, 1.0f, &lt[k]);
     }
     for (int k = 0; k < dc->n_data; k++) {
         l.kl[k] = lt[k].kl, l.mse[k] = lt[k].mse, l.entropy[k] = lt[k].entropy;

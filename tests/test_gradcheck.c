@@ -16,7 +16,9 @@
 #include "test_util.h"
 #include "test_dam.h"
 
-static size_t ncoef(const DamModel *m, int t) { return (size_t)m->n_rows * (size_t)(unsigned)m->tensors[t].dim; }
+static size_t ncoef(const DamModel *m, int t) {
+    return (size_t)m->n_rows * (size_t)(unsigned)m->tensors[t].dim;
+}
 
 typedef enum { K_LINEAR, K_LM_HEAD, K_EMBED, K_NORM, K_BIAS } Kind;
 static const char *const kind_names[] = {"linear", "lm_head", "embedding", "rmsnorm", "bias"};
@@ -45,7 +47,8 @@ static int fd_check(DamCase *dc, Kind kind, const char *term) {
         if (!in_kind(m, x, kind) || !x->trainable) continue;
         size_t n = ncoef(m, t);
         dir[t] = malloc(n * sizeof(float));
-        for (size_t j = 0; j < n; j++) dir[t][j] = dam_rng_normal(&rng), norm += (double)dir[t][j] * dir[t][j];
+        for (size_t j = 0; j < n; j++)
+            dir[t][j] = dam_rng_normal(&rng), norm += (double)dir[t][j] * dir[t][j];
     }
     if (norm == 0) {
         free(dir);
@@ -61,8 +64,9 @@ static int fd_check(DamCase *dc, Kind kind, const char *term) {
     /* perturb, evaluate, restore */
     float **saved = dam_calloc((size_t)(unsigned)m->n_tensors, sizeof(float *), "saved");
     for (int t = 0; t < m->n_tensors; t++)
-        if (dir[t]) saved[t] = malloc(ncoef(m, t) * sizeof(float)),
-                    memcpy(saved[t], m->tensors[t].c, ncoef(m, t) * sizeof(float));
+        if (dir[t])
+            saved[t] = malloc(ncoef(m, t) * sizeof(float)),
+            memcpy(saved[t], m->tensors[t].c, ncoef(m, t) * sizeof(float));
     for (int sgn = 1; sgn >= -1; sgn -= 2) {
         for (int t = 0; t < m->n_tensors; t++)
             if (dir[t])
@@ -71,15 +75,18 @@ static int fd_check(DamCase *dc, Kind kind, const char *term) {
                 }
         DamLosses parts;
         double l = dam_case_loss(dc, &parts);
-        for (int k = 0; k < dc->n_data; k++) /* the logits terms are fp32 computations; regularizers are double */
+        for (int k = 0; k < dc->n_data;
+             k++) /* the logits terms are fp32 computations; regularizers are double */
             fp32_part = fmax(fp32_part, fabs(parts.kl[k]) + fabs(parts.mse[k]) + fabs(parts.entropy[k]));
-        if (sgn == 1) lp = l;
-        else lm = l;
+        if (sgn == 1)
+            lp = l;
+        else
+            lm = l;
         for (int t = 0; t < m->n_tensors; t++)
             if (dir[t]) memcpy(m->tensors[t].c, saved[t], ncoef(m, t) * sizeof(float));
     }
     dam_case_loss(dc, NULL); /* gradients at the centre again */
-    double gu_step = 0;       /* g · (c₊ − c₋) / 2h with c± as rounded to fp32 */
+    double gu_step = 0;      /* g · (c₊ − c₋) / 2h with c± as rounded to fp32 */
     for (int t = 0; t < m->n_tensors; t++)
         if (dir[t])
             for (size_t j = 0; j < ncoef(m, t); j++) {
@@ -102,7 +109,8 @@ static int fd_check(DamCase *dc, Kind kind, const char *term) {
 }
 
 typedef enum { T_KL, T_TOPK, T_MSE, T_ENTROPY, T_SIM, T_L1, T_L2, T_OVERLAP, T_COUNT } Term;
-static const char *const term_names[] = {"kl", "topk-kl", "mse", "entropy", "similarity", "l1", "l2", "overlap"};
+static const char *const term_names[] = {"kl",         "topk-kl", "mse", "entropy",
+                                         "similarity", "l1",      "l2",  "overlap"};
 
 static void only_term(DamConfig *c, Term t) {
     c->loss.kl = t == T_KL || t == T_TOPK;
@@ -118,7 +126,7 @@ static void only_term(DamConfig *c, Term t) {
 static void run_case(const char *name, const char *variant, int expect_kinds) {
     DamCase dc;
     dam_case_open(&dc, name, variant);
-    dc.batched = 1; /* the path training uses */
+    dc.batched = 1;                                                         /* the path training uses */
     for (int t = 0; t < dc.m.n_tensors; t++) dc.m.tensors[t].trainable = 1; /* cover every kind */
     int ok = 1, kinds_seen = 0;
     for (int term = 0; term < T_COUNT; term++) {

@@ -19,7 +19,6 @@
 #include "test_util.h"
 #include "util.h"
 
-
 static void parse_text(const void *json) {
     ModelConfig c;
     hfconfig_parse(&c, json, "cfg.json");
@@ -362,7 +361,8 @@ static void test_check_same(void **state) {
     char msg[1024];
     g_pair[0] = LLAMA_HEAD MIN_FIELDS "}";
     g_pair[1] = LLAMA_HEAD MIN_FIELDS ",\"bos_token_id\":5,\"max_position_embeddings\":4096}";
-    assert_false(test_fails_in_child(check_pair, NULL, msg, sizeof msg)); /* token ids and context length may differ */
+    assert_false(
+        test_fails_in_child(check_pair, NULL, msg, sizeof msg)); /* token ids and context length may differ */
     g_pair[1] = LLAMA_HEAD "\"vocab_size\":100,\"hidden_size\":128,\"intermediate_size\":96,"
                            "\"num_hidden_layers\":2,\"num_attention_heads\":8}";
     assert_true(test_fails_in_child(check_pair, NULL, msg, sizeof msg));

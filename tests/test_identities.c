@@ -35,7 +35,8 @@ static void test_one_hot_reproduces_source(void **s) {
         set_one_hot(&dc.m, k);
         dam_model_logits(&dc.m, dc.rs, dc.ids[0], dc.B, dc.T, -1, merged);
         dam_model_logits(&dc.m, dc.rs, dc.ids[0], dc.B, dc.T, k, source);
-        printf("one-hot on source %d: %s\n", k, memcmp(merged, source, n * sizeof(float)) ? "NOT OK" : "OK (bitwise)");
+        printf("one-hot on source %d: %s\n", k,
+               memcmp(merged, source, n * sizeof(float)) ? "NOT OK" : "OK (bitwise)");
         assert_memory_equal(merged, source, n * sizeof(float));
     }
     free(merged), free(source);
@@ -123,7 +124,8 @@ static void test_written_model_reproduces_logits(void **s) {
     dam_case_open(&again, "llama3src", "kl");
     output_load_coefficients(&again.m, coef);
     for (int t = 0; t < dc.m.n_tensors; t++)
-        assert_memory_equal(again.m.tensors[t].c, dc.m.tensors[t].c, (size_t)dc.m.n_rows * dc.m.tensors[t].dim * 4);
+        assert_memory_equal(again.m.tensors[t].c, dc.m.tensors[t].c,
+                            (size_t)dc.m.n_rows * dc.m.tensors[t].dim * 4);
     dam_case_close(&again);
     dam_rm_rf(tmp);
     free(coef), free(init), free(out), free(tmp);
@@ -164,7 +166,8 @@ static void test_topk_cache_equals_on_the_fly(void **s) {
         }
     }
     for (int k = 0; k < n; k++) assert_float_equal(cache[k].kl, fly[k].kl, 1e-6 * fabs(fly[k].kl));
-    assert_true(test_report("top-K cache vs on the fly: gradients", test_max_rel_diff(g_cache, g_fly, total, 1e-8), 1e-5));
+    assert_true(test_report("top-K cache vs on the fly: gradients",
+                            test_max_rel_diff(g_cache, g_fly, total, 1e-8), 1e-5));
     /* and the cache is what is read: a flat teacher cache changes the loss */
     for (size_t j = 0; j < n * seg * K; j++) val[j] = 0;
     dam_model_step(&dc.m, dc.rs, n, teacher, ids, mask, idx, val, dc.B, dc.T, &dc.cfg.loss, 1.0f, cache);

@@ -31,7 +31,8 @@ static void test_schedules(void **s) {
         c.schedule = SCHED_LINEAR;
         assert_float_equal(optim_lr(&c, step, total), step < 10 ? 0.1 * warm : 0.1 * (1 - p), 1e-7);
         c.schedule = SCHED_COSINE;
-        assert_float_equal(optim_lr(&c, step, total), step < 10 ? 0.1 * warm : 0.1 * 0.5 * (1 + cos(M_PI * p)), 1e-7);
+        assert_float_equal(optim_lr(&c, step, total),
+                           step < 10 ? 0.1 * warm : 0.1 * 0.5 * (1 + cos(M_PI * p)), 1e-7);
     }
 }
 
@@ -46,7 +47,8 @@ static void test_adamw_two_steps(void **s) {
         DamConfig c = base_cfg();
         c.weight_decay = wd ? 0.01f : 0.0f;
         DamTensor *x = m->lm_head;
-        memset(x->adam_m, 0, (size_t)m->n_rows * x->dim * 4), memset(x->adam_v, 0, (size_t)m->n_rows * x->dim * 4);
+        memset(x->adam_m, 0, (size_t)m->n_rows * x->dim * 4),
+            memset(x->adam_v, 0, (size_t)m->n_rows * x->dim * 4);
         x->c[0] = 0.5f;
         double p = 0.5, mm = 0, vv = 0;
         const float g[2] = {0.3f, -0.2f};

@@ -57,8 +57,10 @@ static int check_scalar(const StFile *exp, const char *key, double got, double t
     snprintf(k64, sizeof k64, "loss64/%s", key + 5); /* "loss/x" -> "loss64/x" */
     const StTensor *t = st_find(exp, k64);
     double want;
-    if (t && t->dtype == DAM_F32) want = *(const float *)t->data;
-    else if (t) want = *(const double *)t->data;
+    if (t && t->dtype == DAM_F32)
+        want = *(const float *)t->data;
+    else if (t)
+        want = *(const double *)t->data;
     else {
         t = st_find(exp, key);
         assert_non_null(t);
@@ -82,13 +84,16 @@ static void check_dam_path(const char *name, const char *variant, int batched) {
     st_open(&exp, path);
     int ok = 1;
     char key[192];
-    printf("-- %s / %s (%s)\n", name, variant, batched ? "all datasets in one step" : "one micro-batch per dataset");
+    printf("-- %s / %s (%s)\n", name, variant,
+           batched ? "all datasets in one step" : "one micro-batch per dataset");
     for (int k = 0; k < dc.n_data; k++) {
         snprintf(key, sizeof key, "loss/kl/%d", k);
         ok &= check_scalar(&exp, key, l.kl[k], 1e-4);
-        if (dc.cfg.loss.mse > 0) snprintf(key, sizeof key, "loss/mse/%d", k), ok &= check_scalar(&exp, key, l.mse[k], 1e-4);
+        if (dc.cfg.loss.mse > 0)
+            snprintf(key, sizeof key, "loss/mse/%d", k), ok &= check_scalar(&exp, key, l.mse[k], 1e-4);
         if (dc.cfg.loss.entropy > 0)
-            snprintf(key, sizeof key, "loss/entropy/%d", k), ok &= check_scalar(&exp, key, l.entropy[k], 1e-4);
+            snprintf(key, sizeof key, "loss/entropy/%d", k),
+                ok &= check_scalar(&exp, key, l.entropy[k], 1e-4);
     }
     if (dc.cfg.similarity > 0) ok &= check_scalar(&exp, "loss/similarity", l.reg.similarity, 1e-4);
     if (dc.cfg.l1 > 0) ok &= check_scalar(&exp, "loss/l1", l.reg.l1, 1e-4);

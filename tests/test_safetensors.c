@@ -22,7 +22,6 @@
 #include "test_util.h"
 #include "util.h"
 
-
 static void assert_fails_with(void (*fn)(const void *), const void *arg, const char *want1,
                               const char *want2) {
     char msg[1024];

@@ -22,13 +22,16 @@ static inline const char *test_dam_bin(void) {
 /* A fresh temporary directory (heap string). */
 static inline char *test_tmpdir(void) {
     char *t = strdup("/tmp/dam_test_XXXXXX");
-    if (!mkdtemp(t)) { perror("mkdtemp"); abort(); }
+    if (!mkdtemp(t)) {
+        perror("mkdtemp");
+        abort();
+    }
     return t;
 }
 
 typedef struct {
-    int exited;      /* 1 when the process exited normally (no signal) */
-    int status;      /* exit status when exited, else the signal number */
+    int exited; /* 1 when the process exited normally (no signal) */
+    int status; /* exit status when exited, else the signal number */
     char out[65536];
     char err[65536];
 } TestRun;
@@ -46,8 +49,8 @@ static inline void test_run(TestRun *r, const char *cmdline) {
     free(full);
     /* system() runs /bin/sh -c; a signal in the child shows up as 128+sig from the shell */
     r->exited = WIFEXITED(st) && WEXITSTATUS(st) < 128;
-    r->status = WIFEXITED(st) ? (WEXITSTATUS(st) < 128 ? WEXITSTATUS(st) : WEXITSTATUS(st) - 128)
-                              : WTERMSIG(st);
+    r->status =
+        WIFEXITED(st) ? (WEXITSTATUS(st) < 128 ? WEXITSTATUS(st) : WEXITSTATUS(st) - 128) : WTERMSIG(st);
     FILE *f = fopen(outp, "rb");
     size_t k = f ? fread(r->out, 1, sizeof r->out - 1, f) : 0;
     r->out[k] = 0;
