@@ -6,39 +6,50 @@
 #include "comm.h"
 #include "commands.h"
 
-static void usage(FILE *f) {
-    fprintf(
-        f,
-        "usage:\n"
-        "  dam_dist [--config FILE] [--resume] [--max-steps N]   train DAM coefficients, write the merged "
-        "model\n"
-        "  dam_dist toy --out DIR [--models N] [--seed S]        tiny sources, datasets and a config\n"
-        "  dam_dist prepare --tokenizer DIR --input F --out F.h5 --seq-len L [options]\n"
-        "  dam_dist tokenize --tokenizer DIR [--decode]          ids for stdin text (or text for ids)\n"
-        "  dam_dist inspect --model DIR                           validate a model directory, summarize it\n"
-        "  dam_dist help                                          this text\n");
-}
+static const char usage_text[] =
+    "usage:\n"
+    "  dam_dist --config FILE [--max-steps N] [--out DIR] [--eval-rows N]\n"
+    "                                  train DAM coefficients, write the merged model\n"
+    "  dam_dist toy --out DIR [--models N] [--seed S] [--size small|tiny|bench]\n"
+    "                                  a base, specialists, their datasets and a config\n"
+    "  dam_dist prepare --tokenizer DIR --input F --out F.h5 --seq-len L [options]\n"
+    "                                  text to an HDF5 token file (docs/data.md)\n"
+    "  dam_dist tokenize --tokenizer DIR [--decode]\n"
+    "                                  ids for stdin text (or text for ids)\n"
+    "  dam_dist precompute --config F [--topk K]\n"
+    "                                  teacher top-K logits into the dataset files\n"
+    "  dam_dist inspect --model DIR [--model DIR ...]\n"
+    "                                  validate model directories, summarize them\n"
+    "  dam_dist help                   this text\n";
+
+typedef struct {
+    const char *name;
+    int (*run)(int argc, char **argv);
+} Subcommand;
+
+static const Subcommand subcommands[] = {
+    {"toy", cmd_toy},           {"prepare", cmd_prepare},
+    {"tokenize", cmd_tokenize}, {"precompute", cmd_precompute},
+    {"inspect", cmd_inspect},
+};
 
 int main(int argc, char **argv) {
     comm_init(&argc, &argv);
-    int rc;
     const char *sub = argc > 1 ? argv[1] : "";
-    if (!strcmp(sub, "toy"))
-        rc = cmd_toy(argc - 1, argv + 1);
-    else if (!strcmp(sub, "prepare"))
-        rc = cmd_prepare(argc - 1, argv + 1);
-    else if (!strcmp(sub, "tokenize"))
-        rc = cmd_tokenize(argc - 1, argv + 1);
-    else if (!strcmp(sub, "inspect"))
-        rc = cmd_inspect(argc - 1, argv + 1);
-    else if (!strcmp(sub, "help") || !strcmp(sub, "--help") || !strcmp(sub, "-h")) {
-        usage(stdout);
-        rc = 0;
-    } else if (argc == 1) {
-        usage(stderr);
-        rc = 2;
-    } else
-        rc = cmd_train(argc, argv);
+    int rc = -1;
+    for (size_t i = 0; i < sizeof subcommands / sizeof *subcommands; i++)
+        if (!strcmp(sub, subcommands[i].name)) rc = subcommands[i].run(argc - 1, argv + 1);
+    if (rc < 0) {
+        if (!strcmp(sub, "help") || !strcmp(sub, "--help") || !strcmp(sub, "-h")) {
+            fputs(usage_text, stdout);
+            rc = 0;
+        } else if (argc == 1) {
+            fputs(usage_text, stderr);
+            rc = 2;
+        } else {
+            rc = cmd_train(argc, argv); /* the main job takes flags only */
+        }
+    }
     comm_finalize();
     return rc;
 }

@@ -79,5 +79,17 @@ expect_error "pickle-only model directory" "pickle" "$T/tiny/pickle.json"
 mk nodata 's|data/m1.h5|data/none.h5|'
 expect_error "missing dataset" "none.h5" "$T/tiny/nodata.json"
 
+# precompute: a run on the teacher cache matches the on-the-fly top-K run; a second precompute skips
+cp -r "$T/tiny" "$T/topk"
+sed -i 's/"similarity": 0.01}/"similarity": 0.01, "topk": 8}/' "$T/topk/config.json"
+$BIN --config "$T/topk/config.json" --out "$T/fly" > "$T/fly.log" 2>&1 || bad "on-the-fly top-K run"
+$BIN precompute --config "$T/topk/config.json" > "$T/pre.log" 2>&1 && h5ls "$T/topk/data/m0.h5" | grep -q "topk_logits.*{48, 32, 8}" \
+  && ok "precompute wrote /topk_indices and /topk_logits [48, 32, 8]" || bad "precompute: $(cat "$T/pre.log")"
+$BIN --config "$T/topk/config.json" --out "$T/cached" > "$T/cached.log" 2>&1 || bad "cached top-K run"
+a=$(grep '"final_loss"' "$T/fly/dam_report.json" | tr -dc '0-9.e-'); b=$(grep '"final_loss"' "$T/cached/dam_report.json" | tr -dc '0-9.e-')
+awk -v a="$a" -v b="$b" 'BEGIN {d = a - b; if (d < 0) d = -d; exit !(a > 0 && d <= 1e-5 * a)}' \
+  && ok "cached top-K run equals the on-the-fly one (final loss $a vs $b)" || bad "cached vs on-the-fly: $a vs $b"
+$BIN precompute --config "$T/topk/config.json" 2>&1 | grep -q "skipped" && ok "precompute again: skipped (resumable)" || bad "precompute rerun"
+
 echo "cli_train: $fails failure(s)"
 [ $fails -eq 0 ]
