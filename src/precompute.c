@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "comm.h"
 #include "commands.h"
 #include "config.h"
 #include "dataset.h"
@@ -58,6 +59,7 @@ int cmd_precompute(int argc, char **argv) {
                      argv[i]);
     }
     if (!config) dam_fail("precompute: --config is required");
+    if (comm_world_size() > 1) dam_fail("precompute runs in one process in this version (start it without mpirun -n)");
     DamConfig c;
     config_load(&c, config);
     if (K <= 0) K = c.loss.topk;
