@@ -51,6 +51,8 @@ static void test_logits_llama_gqa_tied(void **s) { (void)s, check_logits("llama_
 static void test_logits_llama_untied_bf16(void **s) { (void)s, check_logits("llama_untied_bf16"); }
 static void test_logits_mistral_sw(void **s) { (void)s, check_logits("mistral_sw"); }
 static void test_logits_qwen2_bias(void **s) { (void)s, check_logits("qwen2_bias"); }
+/* Qwen2 with use_sliding_window: the window applies from max_window_layers on only */
+static void test_logits_qwen2_sw(void **s) { (void)s, check_logits("qwen2_sw"); }
 
 static int check_scalar(const StFile *exp, const char *key, double got, double tol) {
     char k64[128];
@@ -136,8 +138,9 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_logits_llama_gqa_tied), cmocka_unit_test(test_logits_llama_untied_bf16),
         cmocka_unit_test(test_logits_mistral_sw),     cmocka_unit_test(test_logits_qwen2_bias),
-        cmocka_unit_test(test_dam_llama_kl),          cmocka_unit_test(test_dam_llama_all_terms),
-        cmocka_unit_test(test_dam_qwen2_topk),        cmocka_unit_test(test_dam_qwen2_relu),
+        cmocka_unit_test(test_logits_qwen2_sw),       cmocka_unit_test(test_dam_llama_kl),
+        cmocka_unit_test(test_dam_llama_all_terms),   cmocka_unit_test(test_dam_qwen2_topk),
+        cmocka_unit_test(test_dam_qwen2_relu),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
