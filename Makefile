@@ -22,6 +22,7 @@ LIB_SRC   := $(filter-out src/main.c,$(wildcard src/*.c)) $(wildcard mpi/*.c)
 LIB_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(LIB_SRC))
 TEST_SRC  := $(wildcard tests/test_*.c)
 TEST_BIN  := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
+MPI_TEST_BIN := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/mpi_*.c))
 BENCH_SRC := $(wildcard bench/bench_*.c)
 BENCH_BIN := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 DEPS      := $(BUILD)/.deps-ok
@@ -69,7 +70,7 @@ $(BUILD)/bench/%: bench/%.c $(BUILD)/libdam.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libdam.a $(LDLIBS)
 
-test: $(DEPS) dam_dist $(TEST_BIN)
+test: $(DEPS) dam_dist $(TEST_BIN) $(MPI_TEST_BIN)
 	@BUILD=$(BUILD) bash tests/run_tests.sh
 
 test-asan:
@@ -79,7 +80,7 @@ test-asan:
 # Leak checking covers the test binaries (our code); the dam_dist processes they start also load
 # Open MPI's plugins, whose leaks at exit LeakSanitizer cannot attribute to a library to suppress,
 # so those run with detect_leaks=0 (ASan and UBSan errors still abort them).
-test-asan-run: $(DEPS) $(BUILD)/dam_dist $(TEST_BIN)
+test-asan-run: $(DEPS) $(BUILD)/dam_dist $(TEST_BIN) $(MPI_TEST_BIN)
 	@printf '#!/bin/sh\nASAN_OPTIONS=detect_leaks=0 exec $(CURDIR)/$(BUILD)/dam_dist "$$@"\n' > $(BUILD)/dam_dist_asan
 	@chmod +x $(BUILD)/dam_dist_asan
 	@BUILD=$(BUILD) DAM_BIN=$(BUILD)/dam_dist_asan ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \

@@ -3,6 +3,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 static void abort_all_ranks(int status) {
     int inited = 0, finalized = 0;
@@ -89,6 +90,19 @@ void comm_allreduce_sum_f64(const CommGroup *g, double *buf, size_t n) {
 }
 void comm_allreduce_max_f32(const CommGroup *g, float *buf, size_t n) {
     allreduce(g, buf, n, sizeof(float), MPI_FLOAT, MPI_MAX);
+}
+
+void comm_allreduce_max_f64(const CommGroup *g, double *buf, size_t n) {
+    allreduce(g, buf, n, sizeof(double), MPI_DOUBLE, MPI_MAX);
+}
+
+void comm_allgather(const CommGroup *g, const void *in, size_t bytes, void *out) {
+    if (g->size == 1) {
+        memcpy(out, in, bytes);
+        return;
+    }
+    if (bytes > (size_t)1 << 30) dam_fail("comm_allgather on group %s: %zu bytes per rank is too many", g->name, bytes);
+    DAM_MPI_CHECK(MPI_Allgather(in, (int)bytes, MPI_BYTE, out, (int)bytes, MPI_BYTE, g->comm));
 }
 
 void comm_bcast(const CommGroup *g, void *buf, size_t bytes, int root) {

@@ -46,6 +46,9 @@ void grid_free(ProcessGrid *g);
 void comm_allreduce_sum_f32(const CommGroup *g, float *buf, size_t n);
 void comm_allreduce_sum_f64(const CommGroup *g, double *buf, size_t n);
 void comm_allreduce_max_f32(const CommGroup *g, float *buf, size_t n);
+void comm_allreduce_max_f64(const CommGroup *g, double *buf, size_t n);
+/* Every rank's `bytes` bytes, concatenated in rank order into out (size * bytes). */
+void comm_allgather(const CommGroup *g, const void *in, size_t bytes, void *out);
 void comm_bcast(const CommGroup *g, void *buf, size_t bytes, int root);
 void comm_barrier(const CommGroup *g);
 /* Logical AND/OR of a flag over the group (stop requests, errors). */

@@ -13,10 +13,12 @@
 
 #include "util.h"
 
-/* One source's stored tensor. */
+/* One source's stored tensor (or a tensor-parallel slice of it): row r starts at data + r*ld
+ * elements (ld = 0: rows are contiguous, ld = cols). */
 typedef struct {
     const void *data;
     dam_dtype dtype;
+    size_t ld;
 } SrcWeight;
 
 typedef enum { NONLIN_NONE = 0, NONLIN_TANH = 1, NONLIN_SIGMOID = 2, NONLIN_RELU = 3 } Nonlinearity;
@@ -48,10 +50,11 @@ typedef struct Backend {
      * The caller multiplies by f'(c) once per step. One memory-bound pass per source. */
     void (*dam_coef_grad)(float *acc, const SrcWeight *src, int n_src, const float *g, size_t rows,
                           size_t cols, int scalar_coef);
-    /* Rows ids[t] of the merged embedding: out[t, j] = Σ_i fc[i, j] · E_i[ids[t], j]. */
+    /* Rows ids[t] of the merged embedding: out[t, j] = Σ_i fc[i, j] · E_i[ids[t], j]; a negative id
+     * (a token of another tensor-parallel rank's vocabulary slice) gives a zero row. */
     void (*dam_embed_gather)(float *out, const SrcWeight *src, int n_src, const float *fc, const int32_t *ids,
                              int T, int d);
-    /* acc[i, j] += Σ_t E_i[ids[t], j] · dh[t, j] */
+    /* acc[i, j] += Σ_t E_i[ids[t], j] · dh[t, j] (negative ids skipped) */
     void (*dam_embed_coef_grad)(float *acc, const SrcWeight *src, int n_src, const float *dh,
                                 const int32_t *ids, int T, int d);
 

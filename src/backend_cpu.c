@@ -34,7 +34,7 @@ static void cpu_matmul_dytx(float *g, const float *dy, const float *x, int T, in
 
 /* Row r of a stored tensor as fp32 into buf (cols entries). */
 static inline void load_row(float *buf, const SrcWeight *s, size_t r, size_t cols) {
-    size_t off = r * cols;
+    size_t off = r * (s->ld ? s->ld : cols);
     if (s->dtype == DAM_BF16) {
         const uint16_t *p = (const uint16_t *)s->data + off;
         for (size_t j = 0; j < cols; j++) buf[j] = dam_bf16_to_f32(p[j]);
@@ -100,6 +100,10 @@ static void cpu_dam_embed_gather(float *out, const SrcWeight *src, int n_src, co
     float *row = malloc((size_t)d * sizeof(float));
     for (int t = 0; t < T; t++) {
         float *o = out + (size_t)t * d;
+        if (ids[t] < 0) {
+            memset(o, 0, (size_t)d * sizeof(float));
+            continue;
+        }
         for (int i = 0; i < n_src; i++) {
             load_row(row, &src[i], (size_t)ids[t], (size_t)d);
             const float *a = fc + (size_t)i * d;
@@ -118,6 +122,7 @@ static void cpu_dam_embed_coef_grad(float *acc, const SrcWeight *src, int n_src,
     for (int i = 0; i < n_src; i++) {
         float *a = acc + (size_t)i * d;
         for (int t = 0; t < T; t++) {
+            if (ids[t] < 0) continue;
             load_row(row, &src[i], (size_t)ids[t], (size_t)d);
             const float *g = dh + (size_t)t * d;
             for (int j = 0; j < d; j++) a[j] += row[j] * g[j];

@@ -13,23 +13,36 @@
 
 /* ---------------------------------------------------------------- tensor table */
 
-static DamTensor *add_tensor(DamModel *m, const char *name, DamTensorKind kind, size_t rows, size_t cols) {
+/* How a tensor is divided over the tensor-parallel group (Megatron): column-parallel layers split
+ * their output rows (coefficients over the input stay whole, their gradients are partial sums),
+ * row-parallel layers split their input columns (coefficients split with them). */
+typedef enum { SPLIT_NONE, SPLIT_ROWS, SPLIT_COLS } TpSplit;
+
+static DamTensor *add_tensor(DamModel *m, const char *name, DamTensorKind kind, size_t rows, size_t cols,
+                             TpSplit split) {
     DamTensor *t = &m->tensors[m->n_tensors++];
     memset(t, 0, sizeof *t);
     snprintf(t->name, sizeof t->name, "%s", name);
-    t->kind = kind;
-    t->rows = rows;
-    t->cols = cols;
-    t->dim = kind == DT_BIAS ? 1 : (int)cols;
-    t->trainable = 1;
     int64_t shape[2] = {(int64_t)rows, (int64_t)cols};
     int ndim = (kind == DT_NORM || kind == DT_BIAS) ? 1 : 2;
+    /* a bias [out] of a column-parallel layer is split along its only axis (stored as cols) */
+    int tp = m->tp_size, r = m->tp_rank;
+    size_t rows_l = split == SPLIT_ROWS && kind != DT_BIAS ? rows / tp : rows;
+    size_t cols_l = split == SPLIT_COLS || (split == SPLIT_ROWS && kind == DT_BIAS) ? cols / tp : cols;
+    t->kind = kind;
+    t->rows = rows_l, t->cols = cols_l;
+    t->dim = kind == DT_BIAS ? 1 : (int)cols_l;
+    t->coef_full = kind == DT_BIAS ? 1 : (int)cols;
+    t->coef_off = kind != DT_BIAS && cols_l != cols ? (int)(r * cols_l) : 0;
+    t->grad_partial = tp > 1 && split == SPLIT_ROWS;
+    t->trainable = 1;
+    size_t first = (rows_l != rows ? r * rows_l * cols : 0) + (cols_l != cols ? r * cols_l : 0);
     for (int i = 0; i < m->n_rows; i++) {
         const StTensor *st = st_model_get(&m->files[i], name, ndim, ndim == 1 ? &shape[1] : shape);
         if (st->dtype != DAM_F32 && st->dtype != DAM_BF16 && st->dtype != DAM_F16)
             dam_fail("%s: tensor '%s' has dtype %s; expected BF16, F16 or F32", st->file, name,
                      dam_dtype_name(st->dtype));
-        t->src[i] = (SrcWeight){st->data, st->dtype};
+        t->src[i] = (SrcWeight){(const char *)st->data + first * dam_dtype_size(st->dtype), st->dtype, cols};
     }
     size_t n = (size_t)m->n_rows * t->dim;
     t->c = dam_calloc(n, sizeof(float), name);
@@ -42,64 +55,89 @@ static DamTensor *add_tensor(DamModel *m, const char *name, DamTensorKind kind, 
 }
 
 static DamTensor *add_layer_tensor(DamModel *m, int l, const char *suffix, DamTensorKind kind, size_t rows,
-                                   size_t cols) {
+                                   size_t cols, TpSplit split) {
     char name[128];
     snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix);
-    return add_tensor(m, name, kind, rows, cols);
+    return add_tensor(m, name, kind, rows, cols, split);
 }
 
 static void build_tensor_table(DamModel *m) {
-    const ModelConfig *c = &m->cfg;
+    const ModelConfig *c = &m->full_cfg;
     size_t d = (size_t)c->hidden_size, F = (size_t)c->intermediate_size, V = (size_t)c->vocab_size;
     size_t qd = (size_t)c->num_attention_heads * c->head_dim,
            kvd = (size_t)c->num_key_value_heads * c->head_dim;
     m->tensors = dam_calloc((size_t)c->num_hidden_layers * 13 + 3, sizeof(DamTensor), "tensor table");
     m->layers = dam_calloc((size_t)c->num_hidden_layers, sizeof(DamLayer), "layers");
-    m->embed = add_tensor(m, "model.embed_tokens.weight", DT_EMBED, V, d);
+    m->embed = add_tensor(m, "model.embed_tokens.weight", DT_EMBED, V, d, SPLIT_ROWS);
     for (int l = 0; l < c->num_hidden_layers; l++) {
         DamLayer *L = &m->layers[l];
-        L->attn_norm = add_layer_tensor(m, l, "input_layernorm.weight", DT_NORM, 1, d);
-        L->q = add_layer_tensor(m, l, "self_attn.q_proj.weight", DT_LINEAR, qd, d);
-        L->k = add_layer_tensor(m, l, "self_attn.k_proj.weight", DT_LINEAR, kvd, d);
-        L->v = add_layer_tensor(m, l, "self_attn.v_proj.weight", DT_LINEAR, kvd, d);
+        L->attn_norm = add_layer_tensor(m, l, "input_layernorm.weight", DT_NORM, 1, d, SPLIT_NONE);
+        L->q = add_layer_tensor(m, l, "self_attn.q_proj.weight", DT_LINEAR, qd, d, SPLIT_ROWS);
+        L->k = add_layer_tensor(m, l, "self_attn.k_proj.weight", DT_LINEAR, kvd, d, SPLIT_ROWS);
+        L->v = add_layer_tensor(m, l, "self_attn.v_proj.weight", DT_LINEAR, kvd, d, SPLIT_ROWS);
         if (c->attention_bias) {
-            L->q_bias = add_layer_tensor(m, l, "self_attn.q_proj.bias", DT_BIAS, 1, qd);
-            L->k_bias = add_layer_tensor(m, l, "self_attn.k_proj.bias", DT_BIAS, 1, kvd);
-            L->v_bias = add_layer_tensor(m, l, "self_attn.v_proj.bias", DT_BIAS, 1, kvd);
+            L->q_bias = add_layer_tensor(m, l, "self_attn.q_proj.bias", DT_BIAS, 1, qd, SPLIT_ROWS);
+            L->k_bias = add_layer_tensor(m, l, "self_attn.k_proj.bias", DT_BIAS, 1, kvd, SPLIT_ROWS);
+            L->v_bias = add_layer_tensor(m, l, "self_attn.v_proj.bias", DT_BIAS, 1, kvd, SPLIT_ROWS);
         }
-        L->o = add_layer_tensor(m, l, "self_attn.o_proj.weight", DT_LINEAR, d, qd);
-        if (c->o_bias) L->o_bias = add_layer_tensor(m, l, "self_attn.o_proj.bias", DT_BIAS, 1, d);
-        L->mlp_norm = add_layer_tensor(m, l, "post_attention_layernorm.weight", DT_NORM, 1, d);
-        L->gate = add_layer_tensor(m, l, "mlp.gate_proj.weight", DT_LINEAR, F, d);
-        L->up = add_layer_tensor(m, l, "mlp.up_proj.weight", DT_LINEAR, F, d);
-        L->down = add_layer_tensor(m, l, "mlp.down_proj.weight", DT_LINEAR, d, F);
+        L->o = add_layer_tensor(m, l, "self_attn.o_proj.weight", DT_LINEAR, d, qd, SPLIT_COLS);
+        if (c->o_bias) L->o_bias = add_layer_tensor(m, l, "self_attn.o_proj.bias", DT_BIAS, 1, d, SPLIT_NONE);
+        L->mlp_norm = add_layer_tensor(m, l, "post_attention_layernorm.weight", DT_NORM, 1, d, SPLIT_NONE);
+        L->gate = add_layer_tensor(m, l, "mlp.gate_proj.weight", DT_LINEAR, F, d, SPLIT_ROWS);
+        L->up = add_layer_tensor(m, l, "mlp.up_proj.weight", DT_LINEAR, F, d, SPLIT_ROWS);
+        L->down = add_layer_tensor(m, l, "mlp.down_proj.weight", DT_LINEAR, d, F, SPLIT_COLS);
     }
-    m->final_norm = add_tensor(m, "model.norm.weight", DT_NORM, 1, d);
-    m->lm_head = c->tie_word_embeddings ? NULL : add_tensor(m, "lm_head.weight", DT_LINEAR, V, d);
+    m->final_norm = add_tensor(m, "model.norm.weight", DT_NORM, 1, d, SPLIT_NONE);
+    m->lm_head = c->tie_word_embeddings ? NULL : add_tensor(m, "lm_head.weight", DT_LINEAR, V, d, SPLIT_ROWS);
 }
 
-void dam_model_open(DamModel *m, int n, const char *const *dirs, const char *const *names,
-                    const Backend *be) {
+/* The layer math runs on m->cfg holding this rank's share of heads, KV heads, FFN width and
+ * vocabulary; m->full_cfg keeps the model's own numbers. */
+static void shard_config(DamModel *m, const char *dir) {
+    ModelConfig *c = &m->cfg;
+    int tp = m->tp_size;
+    const char *what[] = {"num_attention_heads", "num_key_value_heads", "intermediate_size", "vocab_size"};
+    int *val[] = {&c->num_attention_heads, &c->num_key_value_heads, &c->intermediate_size, &c->vocab_size};
+    for (int i = 0; i < 4; i++) {
+        if (*val[i] % tp)
+            dam_fail("tensor parallel size %d does not divide %s = %d of %s", tp, what[i], *val[i], dir);
+        *val[i] /= tp;
+    }
+    m->vocab_offset = m->tp_rank * c->vocab_size;
+}
+
+void dam_model_open_tp(DamModel *m, int n, const char *const *dirs, const char *const *names,
+                       const Backend *be, const CommGroup *tp) {
     memset(m, 0, sizeof *m);
     if (n < 1 || n > DAM_MAX_SOURCES)
         dam_fail("%d source models given; dam_dist merges 1 to %d", n, DAM_MAX_SOURCES);
     m->n_rows = n;
     m->be = be;
+    m->tp = tp && tp->size > 1 ? tp : NULL;
+    m->tp_size = m->tp ? tp->size : 1;
+    m->tp_rank = m->tp ? tp->rank : 0;
     for (int i = 0; i < n; i++) {
         char *cfg_path = dam_path_join(dirs[i], "config.json");
         ModelConfig c;
         hfconfig_load(&c, cfg_path);
         free(cfg_path);
         if (i == 0)
-            m->cfg = c;
+            m->full_cfg = c;
         else
-            hfconfig_check_same(&m->cfg, dirs[0], &c, dirs[i]); /* directories name both sides */
+            hfconfig_check_same(&m->full_cfg, dirs[0], &c, dirs[i]); /* directories name both sides */
         m->row_names[i] = dam_strdup(names[i]);
         st_model_open(&m->files[i], dirs[i]);
     }
-    if (m->cfg.mlp_bias) dam_fail("%s: mlp_bias is not supported", dirs[0]);
+    if (m->full_cfg.mlp_bias) dam_fail("%s: mlp_bias is not supported", dirs[0]);
+    m->cfg = m->full_cfg;
+    shard_config(m, dirs[0]);
     build_tensor_table(m);
     dam_model_refresh(m);
+}
+
+void dam_model_open(DamModel *m, int n, const char *const *dirs, const char *const *names,
+                    const Backend *be) {
+    dam_model_open_tp(m, n, dirs, names, be, NULL);
 }
 
 void dam_model_close(DamModel *m) {
@@ -138,6 +176,8 @@ void dam_model_zero_grad(DamModel *m) {
 void dam_model_finish_grad(DamModel *m) {
     for (int t = 0; t < m->n_tensors; t++) {
         DamTensor *x = &m->tensors[t];
+        /* column-parallel and vocabulary-parallel tensors: each rank summed over its own rows */
+        if (m->tp && x->grad_partial) comm_allreduce_sum_f32(m->tp, x->grad, (size_t)m->n_rows * x->dim);
         size_t n = (size_t)m->n_rows * x->dim;
         for (size_t j = 0; j < n; j++)
             x->grad[j] = x->trainable ? x->grad[j] * dam_nonlin_grad(m->nonlin, x->c[j]) : 0;
@@ -181,7 +221,7 @@ struct RunState {
     float *final_norm_w, *G, *ones;
     float *lm_w, *lm_t, *lm_G;           /* [V, d]: merged lm_head, teacher lm_head, its gradient GEMM */
     float *hc, *htc, *z, *zt, *dz, *dhc; /* loss chunk: [C, d] and [C, V] */
-    int32_t *topk_idx, *valid;
+    int32_t *topk_idx, *valid, *ids_local;
     float *topk_val;
     float *rope_cos, *rope_sin; /* [T, hd/2] */
 };
@@ -249,6 +289,7 @@ RunState *runstate_new(const DamModel *m, int B, int T) {
     rs->z = buf(m, LOSS_CHUNK * V, "logits chunk"), rs->zt = buf(m, LOSS_CHUNK * V, "teacher logits chunk");
     rs->dz = buf(m, LOSS_CHUNK * V, "logits gradient chunk");
     rs->valid = dam_malloc(BT * sizeof(int32_t), "valid positions");
+    rs->ids_local = dam_malloc(BT * sizeof(int32_t), "local ids");
     rs->topk_idx = dam_malloc((size_t)LOSS_CHUNK * V * sizeof(int32_t), "top-k");
     rs->topk_val = buf(m, (size_t)LOSS_CHUNK * V, "top-k");
     int half = c->head_dim / 2;
@@ -291,6 +332,7 @@ void runstate_free(RunState *rs) {
                     &rs->rope_cos,    &rs->rope_sin};
     for (size_t i = 0; i < sizeof fl / sizeof *fl; i++) free(*fl[i]);
     free(rs->valid);
+    free(rs->ids_local);
     free(rs->topk_idx);
     free(rs);
 }
@@ -323,6 +365,44 @@ static void materialize_layer(DamModel *m, RunState *rs, int l, int src) {
     materialize_w(m, rs, L->down, src, w->down);
 }
 
+/* ---------------------------------------------------------------- tensor parallel */
+
+/* Sum a partial result over the tp group (row-parallel outputs, column-parallel input gradients). */
+static void tp_sum(const DamModel *m, float *buf, size_t n) {
+    if (m->tp) comm_allreduce_sum_f32(m->tp, buf, n);
+}
+
+/* y (+)= the row-parallel product x·Wᵀ summed over the tp group (plus `residual` when given). */
+static void row_parallel(const DamModel *m, float *y, const float *x, const float *w, const float *residual,
+                         int BT, int in, int out) {
+    if (!m->tp) { /* one rank: accumulate straight onto the residual */
+        memcpy(y, residual, (size_t)BT * out * sizeof(float));
+        m->be->matmul_xwt(y, x, w, BT, in, out, 1);
+        return;
+    }
+    m->be->matmul_xwt(y, x, w, BT, in, out, 0);
+    tp_sum(m, y, (size_t)BT * out);
+    for (size_t i = 0; i < (size_t)BT * out; i++) y[i] += residual[i];
+}
+
+/* Token ids as rows of this rank's vocabulary slice (-1: another rank's). */
+static const int32_t *local_ids(const DamModel *m, RunState *rs, const int32_t *ids, size_t n) {
+    if (!m->tp) return ids;
+    for (size_t t = 0; t < n; t++) {
+        int32_t v = ids[t] - m->vocab_offset;
+        rs->ids_local[t] = v >= 0 && v < m->cfg.vocab_size ? v : -1;
+    }
+    return rs->ids_local;
+}
+
+static void reduce_sum_f64(void *ctx, double *buf, int n) { comm_allreduce_sum_f64(ctx, buf, (size_t)n); }
+static void reduce_max_f64(void *ctx, double *buf, int n) { comm_allreduce_max_f64(ctx, buf, (size_t)n); }
+static void reduce_gather(void *ctx, const int32_t *ids, const float *vals, int n, int32_t *all_ids,
+                          float *all_vals) {
+    comm_allgather(ctx, ids, (size_t)n * sizeof(int32_t), all_ids);
+    comm_allgather(ctx, vals, (size_t)n * sizeof(float), all_vals);
+}
+
 /* ---------------------------------------------------------------- forward */
 
 /* Layer `layer`'s attention; a sliding window applies from max_window_layers on (Qwen2; 0 elsewhere). */
@@ -353,15 +433,13 @@ static void layer_forward(const DamModel *m, RunState *rs, const DamLayer *L, co
     be->rope(rs->k, rs->rope_cos, rs->rope_sin, BT, T, c->num_key_value_heads, c->head_dim, 0);
     AttnShape s = attn_shape(c, B, T, (int)(L - m->layers));
     be->attention_fwd(rs->ao, rs->probs, rs->q, rs->k, rs->v, &s);
-    memcpy(rs->h1, x_in, (size_t)BT * d * sizeof(float));
-    be->matmul_xwt(rs->h1, rs->ao, w->o, BT, qd, d, 1);
+    row_parallel(m, rs->h1, rs->ao, w->o, x_in, BT, qd, d);
     if (L->o_bias) be->add_bias(rs->h1, w->ob, BT, d);
     be->rmsnorm_fwd(rs->xn2, rs->rstd2, rs->h1, w->mlp_norm, BT, d, c->rms_norm_eps);
     be->matmul_xwt(rs->gate, rs->xn2, w->gate, BT, d, F, 0);
     be->matmul_xwt(rs->up, rs->xn2, w->up, BT, d, F, 0);
     be->swiglu_fwd(rs->act, rs->gate, rs->up, (size_t)BT * F);
-    memcpy(x_out, rs->h1, (size_t)BT * d * sizeof(float));
-    be->matmul_xwt(x_out, rs->act, w->down, BT, F, d, 1);
+    row_parallel(m, x_out, rs->act, w->down, rs->h1, BT, F, d);
 }
 
 /* Forward of the merged model (src = -1) or of source src: rs->layer_in[0..L] and rs->hid. */
@@ -369,10 +447,12 @@ static void model_forward(DamModel *m, RunState *rs, const int32_t *ids, int B, 
     const ModelConfig *c = &m->cfg;
     size_t BT = (size_t)B * T, d = c->hidden_size;
     if (B > rs->B || T > rs->T) dam_fail("batch %dx%d exceeds the run state's %dx%d", B, T, rs->B, rs->T);
+    const int32_t *lids = local_ids(m, rs, ids, BT);
     if (src >= 0)
-        m->be->dam_embed_gather(rs->layer_in, &m->embed->src[src], 1, rs->ones, ids, (int)BT, (int)d);
+        m->be->dam_embed_gather(rs->layer_in, &m->embed->src[src], 1, rs->ones, lids, (int)BT, (int)d);
     else
-        m->be->dam_embed_gather(rs->layer_in, m->embed->src, m->n_rows, m->embed->fc, ids, (int)BT, (int)d);
+        m->be->dam_embed_gather(rs->layer_in, m->embed->src, m->n_rows, m->embed->fc, lids, (int)BT, (int)d);
+    tp_sum(m, rs->layer_in, BT * d); /* vocabulary-parallel embedding */
     for (int l = 0; l < c->num_hidden_layers; l++) {
         materialize_layer(m, rs, l, src);
         layer_forward(m, rs, &m->layers[l], rs->layer_in + l * BT * d, rs->layer_in + (l + 1) * BT * d, B, T);
@@ -437,6 +517,7 @@ static void layer_backward(DamModel *m, RunState *rs, DamLayer *L, const float *
     be->swiglu_bwd(rs->dgate, rs->dup, rs->dact, rs->gate, rs->up, (size_t)BT * F);
     linear_backward(m, rs, L->gate, w->gate, rs->dxn2, rs->dgate, rs->xn2, BT, d, F, 0);
     linear_backward(m, rs, L->up, w->up, rs->dxn2, rs->dup, rs->xn2, BT, d, F, 1);
+    tp_sum(m, rs->dxn2, (size_t)BT * d); /* column-parallel gate/up: input gradient summed */
     memcpy(rs->dh1, dout, (size_t)BT * d * sizeof(float));
     norm_backward(m, rs, L->mlp_norm, w->mlp_norm, rs->dh1, rs->dxn2, rs->h1, rs->rstd2, BT, d);
     /* attention: h1 = x + o(attn(rope(q(xn)), rope(k(xn)), v(xn))) */
@@ -452,6 +533,7 @@ static void layer_backward(DamModel *m, RunState *rs, DamLayer *L, const float *
     linear_backward(m, rs, L->q, w->q, rs->dxn, rs->dq, rs->xn, BT, d, qd, 0);
     linear_backward(m, rs, L->k, w->k, rs->dxn, rs->dk, rs->xn, BT, d, kvd, 1);
     linear_backward(m, rs, L->v, w->v, rs->dxn, rs->dv, rs->xn, BT, d, kvd, 1);
+    tp_sum(m, rs->dxn, (size_t)BT * d); /* column-parallel q/k/v */
     memcpy(dx_in, rs->dh1, (size_t)BT * d * sizeof(float));
     norm_backward(m, rs, L->attn_norm, w->attn_norm, dx_in, rs->dxn, x_in, rs->rstd1, BT, d);
 }
@@ -466,7 +548,16 @@ static void logits_loss(DamModel *m, RunState *rs, const int32_t *valid, int n_v
     const Backend *be = m->be;
     int d = m->cfg.hidden_size, V = m->cfg.vocab_size, K = lp->topk;
     const DamTensor *lm = lm_tensor(m);
-    LossChunkParams p = {lp->temperature, lp->kl, lp->mse, lp->entropy, K, 1.0f / (float)n_valid};
+    LossReduce red = {(void *)m->tp, m->tp_size, reduce_sum_f64, reduce_max_f64, reduce_gather};
+    LossChunkParams p = {lp->temperature,
+                         lp->kl,
+                         lp->mse,
+                         lp->entropy,
+                         K,
+                         1.0f / (float)n_valid,
+                         m->full_cfg.vocab_size,
+                         m->vocab_offset,
+                         m->tp ? &red : NULL};
     LossSums sums = {0, 0, 0};
     int lm_trainable = lm->trainable;
     for (int r0 = 0; r0 < n_valid; r0 += LOSS_CHUNK) {
@@ -483,12 +574,14 @@ static void logits_loss(DamModel *m, RunState *rs, const int32_t *valid, int n_v
         }
         be->matmul_xwt(rs->z, rs->hc, rs->lm_w, C, d, V, 0);
         if (need_teacher_logits) be->matmul_xwt(rs->zt, rs->htc, rs->lm_t, C, d, V, 0);
-        if (K > 0 && !topk_idx) loss_topk(rs->topk_idx, rs->topk_val, rs->zt, C, V, K);
+        if (K > 0 && !topk_idx)
+            loss_topk_sharded(rs->topk_idx, rs->topk_val, rs->zt, C, V, K, m->vocab_offset, p.reduce);
         loss_rows(rs->dz, &sums, rs->z, rs->zt, rs->topk_idx, rs->topk_val, C, V, &p);
         if (!backward) continue;
         if (weight != 1.0f)
             for (size_t j = 0; j < (size_t)C * V; j++) rs->dz[j] *= weight;
         be->matmul_dyw(rs->dhc, rs->dz, rs->lm_w, C, d, V, 0);
+        tp_sum(m, rs->dhc, (size_t)C * d); /* vocabulary-parallel lm_head */
         for (int r = 0; r < C; r++)
             memcpy(rs->dx + (size_t)valid[r0 + r] * d, rs->dhc + (size_t)r * d, (size_t)d * sizeof(float));
         if (lm_trainable) be->matmul_dytx(rs->lm_G, rs->dz, rs->hc, C, d, V, accumulate_G || r0 > 0);
@@ -514,7 +607,8 @@ static void merged_backward(DamModel *m, RunState *rs, const int32_t *ids, int B
         memcpy(grad_out, rs->dx, BT * d * sizeof(float));
     }
     if (m->embed->trainable)
-        m->be->dam_embed_coef_grad(m->embed->grad, m->embed->src, m->n_rows, grad_out, ids, (int)BT, (int)d);
+        m->be->dam_embed_coef_grad(m->embed->grad, m->embed->src, m->n_rows, grad_out,
+                                   local_ids(m, rs, ids, BT), (int)BT, (int)d);
 }
 
 /* Segments s = 0..n_seg-1 of B sequences each (rows s*B*T ... of ids/mask/top-k), segment s taught

@@ -10,6 +10,7 @@
 #define DAM_MODEL_H
 
 #include "backend.h"
+#include "comm.h"
 #include "hfconfig.h"
 #include "safetensors.h"
 
@@ -29,6 +30,10 @@ typedef struct {
     float *fc;              /* f(c), refreshed by dam_model_refresh */
     float *grad;            /* accumulated Σ W·G during a step; dL/dc after dam_model_finish_grad */
     float *adam_m, *adam_v; /* optimizer state */
+    /* tensor parallel: this rank holds coefficient columns [coef_off, coef_off + dim) of coef_full
+     * (row-parallel layers), and grad_partial marks gradients that are partial sums over the tp
+     * group (column-parallel layers, vocabulary-parallel embedding and lm_head) */
+    int coef_off, coef_full, grad_partial;
 } DamTensor;
 
 typedef struct {
@@ -36,8 +41,12 @@ typedef struct {
 } DamLayer;
 
 typedef struct {
-    ModelConfig cfg;
-    int n_rows; /* coefficient rows: sources (+ base when include_base) */
+    ModelConfig cfg;      /* this rank's share: heads, KV heads, FFN width, vocabulary / tp */
+    ModelConfig full_cfg; /* the model as its config.json describes it */
+    int tp_rank, tp_size;
+    const CommGroup *tp; /* NULL without tensor parallelism */
+    int vocab_offset;    /* first vocabulary row of this rank's slice */
+    int n_rows;          /* coefficient rows: sources (+ base when include_base) */
     char *row_names[DAM_MAX_SOURCES];
     StModel files[DAM_MAX_SOURCES];
     int n_tensors;
@@ -51,6 +60,9 @@ typedef struct {
 /* Open the sources (dirs[i], i < n) and build the tensor table. All sources must share the
  * architecture (checked with names in messages). Coefficients start at 1/n. */
 void dam_model_open(DamModel *m, int n, const char *const *dirs, const char *const *names, const Backend *be);
+/* The same, holding this rank's tensor-parallel share over the group tp (NULL or size 1: whole). */
+void dam_model_open_tp(DamModel *m, int n, const char *const *dirs, const char *const *names,
+                       const Backend *be, const CommGroup *tp);
 void dam_model_close(DamModel *m);
 DamTensor *dam_model_find(DamModel *m, const char *name);
 /* fc = f(c) for every tensor (after any change of c). */

@@ -13,15 +13,25 @@ static double dot(const float *a, const float *b, int n) {
     return s;
 }
 
+/* Gram matrix G[i*n + j] = c_i · c_j over the coefficient columns; a tensor split over the tp
+ * group (`shard` non-NULL) adds up every rank's columns. */
+static void gram(const float *c, int n, int dim, const CommGroup *shard, double *G) {
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < n; j++) G[i * n + j] = dot(c + (size_t)i * dim, c + (size_t)j * dim, dim);
+    if (shard) comm_allreduce_sum_f64(shard, G, (size_t)n * n);
+}
+
 /* λ·mean_{i<j} cos(c_i, c_j), cos = a·b / max(|a||b|, 1e-8); gradient into g. */
-static double similarity(const float *c, float *g, int n, int dim, double lambda) {
+static double similarity(const float *c, float *g, int n, int dim, double lambda, const CommGroup *shard) {
     int pairs = n * (n - 1) / 2;
     if (pairs == 0) return 0;
+    double G[DAM_MAX_SOURCES * DAM_MAX_SOURCES];
+    gram(c, n, dim, shard, G);
     double total = 0, w = lambda / pairs;
     for (int i = 0; i < n; i++)
         for (int j = i + 1; j < n; j++) {
             const float *a = c + (size_t)i * dim, *b = c + (size_t)j * dim;
-            double na = sqrt(dot(a, a, dim)), nb = sqrt(dot(b, b, dim)), ab = dot(a, b, dim);
+            double na = sqrt(G[i * n + i]), nb = sqrt(G[j * n + j]), ab = G[i * n + j];
             double den = na * nb > 1e-8 ? na * nb : 1e-8, cs = ab / den;
             total += cs;
             for (int k = 0; k < dim; k++) {
@@ -44,11 +54,12 @@ static double l1(const float *c, float *g, size_t n, double lambda) {
 }
 
 /* λ·Σ_i ‖c_i‖₂ (the norm, not its square). */
-static double l2(const float *c, float *g, int n, int dim, double lambda) {
-    double s = 0;
+static double l2(const float *c, float *g, int n, int dim, double lambda, const CommGroup *shard) {
+    double G[DAM_MAX_SOURCES * DAM_MAX_SOURCES], s = 0;
+    gram(c, n, dim, shard, G);
     for (int i = 0; i < n; i++) {
         const float *a = c + (size_t)i * dim;
-        double nrm = sqrt(dot(a, a, dim));
+        double nrm = sqrt(G[i * n + i]);
         s += nrm;
         if (nrm > 0)
             for (int k = 0; k < dim; k++) g[(size_t)i * dim + k] += (float)(lambda * a[k] / nrm);
@@ -74,28 +85,48 @@ static double overlap(const float *c, float *g, int n, int dim, double lambda) {
     return w * s;
 }
 
+/* A tensor whose coefficient columns are split over the tp group (else NULL: whole on every rank). */
+static const CommGroup *shard_group(const DamModel *m, const DamTensor *x) {
+    return m->tp && x->coef_full != x->dim ? m->tp : NULL;
+}
+
 void reg_apply(DamModel *m, const DamConfig *c, RegTerms *out) {
     memset(out, 0, sizeof *out);
+    double split_sums[2] = {0, 0}; /* l1 and overlap of split tensors: this rank's columns only */
     for (int t = 0; t < m->n_tensors; t++) {
         DamTensor *x = &m->tensors[t];
         if (!x->trainable) continue;
         int n = m->n_rows, dim = x->dim;
-        if (c->similarity > 0 && dim > 1) out->similarity += similarity(x->c, x->grad, n, dim, c->similarity);
-        if (c->l1 > 0) out->l1 += l1(x->c, x->grad, (size_t)n * dim, c->l1);
-        if (c->l2 > 0) out->l2 += l2(x->c, x->grad, n, dim, c->l2);
-        if (c->overlap > 0) out->overlap += overlap(x->c, x->grad, n, dim, c->overlap);
+        const CommGroup *shard = shard_group(m, x);
+        if (c->similarity > 0 && x->coef_full > 1)
+            out->similarity += similarity(x->c, x->grad, n, dim, c->similarity, shard);
+        if (c->l2 > 0) out->l2 += l2(x->c, x->grad, n, dim, c->l2, shard);
+        double v1 = c->l1 > 0 ? l1(x->c, x->grad, (size_t)n * dim, c->l1) : 0;
+        double vo = c->overlap > 0 ? overlap(x->c, x->grad, n, dim, c->overlap) : 0;
+        if (shard)
+            split_sums[0] += v1, split_sums[1] += vo;
+        else
+            out->l1 += v1, out->overlap += vo;
     }
+    if (m->tp) comm_allreduce_sum_f64(m->tp, split_sums, 2);
+    out->l1 += split_sums[0], out->overlap += split_sums[1];
 }
 
 /* ---------------------------------------------------------------- clipping and schedule */
 
 double optim_clip_grad_norm(DamModel *m, float max_norm) {
-    double ss = 0;
+    double whole = 0, split = 0; /* split tensors: each rank's columns, summed over tp; whole ones once */
     for (int t = 0; t < m->n_tensors; t++) {
         DamTensor *x = &m->tensors[t];
-        if (x->trainable) ss += dot(x->grad, x->grad, m->n_rows * x->dim);
+        if (!x->trainable) continue;
+        double v = dot(x->grad, x->grad, m->n_rows * x->dim);
+        if (shard_group(m, x))
+            split += v;
+        else
+            whole += v;
     }
-    double norm = sqrt(ss);
+    if (m->tp) comm_allreduce_sum_f64(m->tp, &split, 1);
+    double norm = sqrt(whole + split);
     if (max_norm > 0 && norm > max_norm) {
         float scale = (float)(max_norm / (norm + 1e-6)); /* as torch.nn.utils.clip_grad_norm_ */
         for (int t = 0; t < m->n_tensors; t++) {

@@ -68,9 +68,12 @@ void output_load_coefficients(DamModel *m, const char *path) {
         DamTensor *x = &m->tensors[t];
         const StTensor *s = st_find(&f, x->name);
         if (!s) dam_fail("%s: no coefficients for tensor '%s'", path, x->name);
-        if (s->dtype != DAM_F32 || s->ndim != 2 || s->shape[0] != m->n_rows || s->shape[1] != x->dim)
-            dam_fail("%s: tensor '%s': expected F32 [%d, %d]", path, x->name, m->n_rows, x->dim);
-        memcpy(x->c, s->data, (size_t)m->n_rows * x->dim * sizeof(float));
+        int full = x->coef_full ? x->coef_full : x->dim;
+        if (s->dtype != DAM_F32 || s->ndim != 2 || s->shape[0] != m->n_rows || s->shape[1] != full)
+            dam_fail("%s: tensor '%s': expected F32 [%d, %d]", path, x->name, m->n_rows, full);
+        for (int i = 0; i < m->n_rows; i++) /* this rank's columns of a tensor-parallel split */
+            memcpy(x->c + (size_t)i * x->dim, (const float *)s->data + (size_t)i * full + x->coef_off,
+                   (size_t)x->dim * sizeof(float));
     }
     st_close(&f);
     dam_model_refresh(m);

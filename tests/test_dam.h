@@ -23,8 +23,9 @@ typedef struct {
     const int8_t *mask[DAM_MAX_SOURCES];
 } DamCase;
 
-/* Open tests/fixtures/dam/<name> with settings_<variant>.json and coef_init.safetensors. */
-static inline void dam_case_open(DamCase *dc, const char *name, const char *variant) {
+/* Open tests/fixtures/dam/<name> with settings_<variant>.json and coef_init.safetensors, holding
+ * this rank's tensor-parallel share over tp (NULL: the whole model). */
+static inline void dam_case_open_tp(DamCase *dc, const char *name, const char *variant, const CommGroup *tp) {
     memset(dc, 0, sizeof *dc);
     char *dir = test_fixture("dam");
     char path[512];
@@ -65,7 +66,7 @@ static inline void dam_case_open(DamCase *dc, const char *name, const char *vari
         snprintf(dirs[n], 600, "%s/%s/%s", dir, name, names[n]);
         n++;
     }
-    dam_model_open(&dc->m, n, (const char *const *)dirs, names, backend_cpu());
+    dam_model_open_tp(&dc->m, n, (const char *const *)dirs, names, backend_cpu(), tp);
     for (int i = 0; i < n; i++) free(dirs[i]);
     cJSON_Delete(s);
     dc->m.nonlin = c->nonlinearity;
@@ -89,6 +90,10 @@ static inline void dam_case_open(DamCase *dc, const char *name, const char *vari
     }
     dc->rs = runstate_new(&dc->m, dc->n_data * dc->B, dc->T); /* room for every dataset in one batch */
     free(dir);
+}
+
+static inline void dam_case_open(DamCase *dc, const char *name, const char *variant) {
+    dam_case_open_tp(dc, name, variant, NULL);
 }
 
 static inline void dam_case_close(DamCase *dc) {
