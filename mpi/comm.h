@@ -49,6 +49,9 @@ void comm_allreduce_max_f32(const CommGroup *g, float *buf, size_t n);
 void comm_allreduce_max_f64(const CommGroup *g, double *buf, size_t n);
 /* Every rank's `bytes` bytes, concatenated in rank order into out (size * bytes). */
 void comm_allgather(const CommGroup *g, const void *in, size_t bytes, void *out);
+/* Point to point inside a group (pipeline activations and their gradients). */
+void comm_send_f32(const CommGroup *g, const float *buf, size_t n, int dest);
+void comm_recv_f32(const CommGroup *g, float *buf, size_t n, int src);
 void comm_bcast(const CommGroup *g, void *buf, size_t bytes, int root);
 void comm_barrier(const CommGroup *g);
 /* Logical AND/OR of a flag over the group (stop requests, errors). */

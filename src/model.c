@@ -68,8 +68,10 @@ static void build_tensor_table(DamModel *m) {
            kvd = (size_t)c->num_key_value_heads * c->head_dim;
     m->tensors = dam_calloc((size_t)c->num_hidden_layers * 13 + 3, sizeof(DamTensor), "tensor table");
     m->layers = dam_calloc((size_t)c->num_hidden_layers, sizeof(DamLayer), "layers");
-    m->embed = add_tensor(m, "model.embed_tokens.weight", DT_EMBED, V, d, SPLIT_ROWS);
-    for (int l = 0; l < c->num_hidden_layers; l++) {
+    /* tied embeddings: the last stage needs the embedding too, as its lm_head */
+    if (m->first || (m->last && c->tie_word_embeddings))
+        m->embed = add_tensor(m, "model.embed_tokens.weight", DT_EMBED, V, d, SPLIT_ROWS);
+    for (int l = m->layer0; l < m->layer1; l++) {
         DamLayer *L = &m->layers[l];
         L->attn_norm = add_layer_tensor(m, l, "input_layernorm.weight", DT_NORM, 1, d, SPLIT_NONE);
         L->q = add_layer_tensor(m, l, "self_attn.q_proj.weight", DT_LINEAR, qd, d, SPLIT_ROWS);
@@ -87,6 +89,7 @@ static void build_tensor_table(DamModel *m) {
         L->up = add_layer_tensor(m, l, "mlp.up_proj.weight", DT_LINEAR, F, d, SPLIT_ROWS);
         L->down = add_layer_tensor(m, l, "mlp.down_proj.weight", DT_LINEAR, d, F, SPLIT_COLS);
     }
+    if (!m->last) return;
     m->final_norm = add_tensor(m, "model.norm.weight", DT_NORM, 1, d, SPLIT_NONE);
     m->lm_head = c->tie_word_embeddings ? NULL : add_tensor(m, "lm_head.weight", DT_LINEAR, V, d, SPLIT_ROWS);
 }
@@ -106,9 +109,24 @@ static void shard_config(DamModel *m, const char *dir) {
     m->vocab_offset = m->tp_rank * c->vocab_size;
 }
 
+/* Stage s of pp owns decoder layers [s*L/pp, (s+1)*L/pp); the first also the embedding, the last
+ * the final norm and lm_head. */
+static void stage_layers(DamModel *m, const char *dir) {
+    int L = m->full_cfg.num_hidden_layers, pp = m->pp ? m->pp->size : 1, s = m->pp ? m->pp->rank : 0;
+    if (pp > L) dam_fail("pipeline size %d exceeds the %d layers of %s", pp, L, dir);
+    m->layer0 = (int)((int64_t)s * L / pp), m->layer1 = (int)((int64_t)(s + 1) * L / pp);
+    m->first = s == 0, m->last = s == pp - 1;
+}
+
 void dam_model_open_tp(DamModel *m, int n, const char *const *dirs, const char *const *names,
                        const Backend *be, const CommGroup *tp) {
+    dam_model_open_parallel(m, n, dirs, names, be, tp, NULL);
+}
+
+void dam_model_open_parallel(DamModel *m, int n, const char *const *dirs, const char *const *names,
+                             const Backend *be, const CommGroup *tp, const CommGroup *pp) {
     memset(m, 0, sizeof *m);
+    m->pp = pp && pp->size > 1 ? pp : NULL;
     if (n < 1 || n > DAM_MAX_SOURCES)
         dam_fail("%d source models given; dam_dist merges 1 to %d", n, DAM_MAX_SOURCES);
     m->n_rows = n;
@@ -131,6 +149,7 @@ void dam_model_open_tp(DamModel *m, int n, const char *const *dirs, const char *
     if (m->full_cfg.mlp_bias) dam_fail("%s: mlp_bias is not supported", dirs[0]);
     m->cfg = m->full_cfg;
     shard_config(m, dirs[0]);
+    stage_layers(m, dirs[0]);
     build_tensor_table(m);
     dam_model_refresh(m);
 }
@@ -173,7 +192,18 @@ void dam_model_zero_grad(DamModel *m) {
         memset(m->tensors[t].grad, 0, (size_t)m->n_rows * m->tensors[t].dim * sizeof(float));
 }
 
+/* Tied embeddings over pipeline stages: the first stage's input-side and the last stage's
+ * lm_head-side gradients of the one embedding coefficient are summed (stages between add zeros). */
+static void sum_tied_embedding_grad(DamModel *m) {
+    if (!m->pp || !m->full_cfg.tie_word_embeddings) return;
+    size_t n = (size_t)m->n_rows * m->cfg.hidden_size;
+    float *zeros = m->embed ? NULL : dam_calloc(n, sizeof(float), "tied embedding gradient");
+    comm_allreduce_sum_f32(m->pp, m->embed ? m->embed->grad : zeros, n);
+    free(zeros);
+}
+
 void dam_model_finish_grad(DamModel *m) {
+    sum_tied_embedding_grad(m);
     for (int t = 0; t < m->n_tensors; t++) {
         DamTensor *x = &m->tensors[t];
         /* column-parallel and vocabulary-parallel tensors: each rank summed over its own rows */
@@ -253,7 +283,7 @@ RunState *runstate_new(const DamModel *m, int B, int T) {
     size_t BT = (size_t)B * T, d = c->hidden_size, F = c->intermediate_size, V = c->vocab_size;
     size_t qd = (size_t)c->num_attention_heads * c->head_dim,
            kvd = (size_t)c->num_key_value_heads * c->head_dim;
-    size_t L = c->num_hidden_layers, H = c->num_attention_heads;
+    size_t L = (size_t)(m->layer1 - m->layer0), H = c->num_attention_heads; /* this stage's layers */
     rs->layer_in = buf(m, (L + 1) * BT * d, "layer inputs");
     rs->xn = buf(m, BT * d, "xn"), rs->xn2 = buf(m, BT * d, "xn2"), rs->h1 = buf(m, BT * d, "h1");
     rs->rstd1 = buf(m, BT, "rstd"), rs->rstd2 = buf(m, BT, "rstd"), rs->rstd_f = buf(m, BT, "rstd");
@@ -442,30 +472,45 @@ static void layer_forward(const DamModel *m, RunState *rs, const DamLayer *L, co
     row_parallel(m, x_out, rs->act, w->down, rs->h1, BT, F, d);
 }
 
-/* Forward of the merged model (src = -1) or of source src: rs->layer_in[0..L] and rs->hid. */
+/* Forward of the merged model (src = -1) or of source src through this stage's layers: the input
+ * comes from the embedding (first stage) or the previous stage, the output goes to the next stage
+ * or (last stage) through the final norm into rs->hid. rs->layer_in[i] is the input of layer
+ * layer0 + i. */
 static void model_forward(DamModel *m, RunState *rs, const int32_t *ids, int B, int T, int src) {
     const ModelConfig *c = &m->cfg;
     size_t BT = (size_t)B * T, d = c->hidden_size;
+    int nl = m->layer1 - m->layer0;
     if (B > rs->B || T > rs->T) dam_fail("batch %dx%d exceeds the run state's %dx%d", B, T, rs->B, rs->T);
-    const int32_t *lids = local_ids(m, rs, ids, BT);
-    if (src >= 0)
-        m->be->dam_embed_gather(rs->layer_in, &m->embed->src[src], 1, rs->ones, lids, (int)BT, (int)d);
-    else
-        m->be->dam_embed_gather(rs->layer_in, m->embed->src, m->n_rows, m->embed->fc, lids, (int)BT, (int)d);
-    tp_sum(m, rs->layer_in, BT * d); /* vocabulary-parallel embedding */
-    for (int l = 0; l < c->num_hidden_layers; l++) {
-        materialize_layer(m, rs, l, src);
-        layer_forward(m, rs, &m->layers[l], rs->layer_in + l * BT * d, rs->layer_in + (l + 1) * BT * d, B, T);
+    if (m->first) {
+        const int32_t *lids = local_ids(m, rs, ids, BT);
+        if (src >= 0)
+            m->be->dam_embed_gather(rs->layer_in, &m->embed->src[src], 1, rs->ones, lids, (int)BT, (int)d);
+        else
+            m->be->dam_embed_gather(rs->layer_in, m->embed->src, m->n_rows, m->embed->fc, lids, (int)BT,
+                                    (int)d);
+        tp_sum(m, rs->layer_in, BT * d); /* vocabulary-parallel embedding */
+    } else {
+        comm_recv_f32(m->pp, rs->layer_in, BT * d, m->pp->rank - 1);
+    }
+    for (int i = 0; i < nl; i++) {
+        materialize_layer(m, rs, m->layer0 + i, src);
+        layer_forward(m, rs, &m->layers[m->layer0 + i], rs->layer_in + i * BT * d,
+                      rs->layer_in + (i + 1) * BT * d, B, T);
+    }
+    if (!m->last) {
+        comm_send_f32(m->pp, rs->layer_in + nl * BT * d, BT * d, m->pp->rank + 1);
+        return;
     }
     materialize_w(m, rs, m->final_norm, src, rs->final_norm_w);
-    m->be->rmsnorm_fwd(rs->hid, rs->rstd_f, rs->layer_in + c->num_hidden_layers * BT * d, rs->final_norm_w,
-                       (int)BT, (int)d, c->rms_norm_eps);
+    m->be->rmsnorm_fwd(rs->hid, rs->rstd_f, rs->layer_in + nl * BT * d, rs->final_norm_w, (int)BT, (int)d,
+                       c->rms_norm_eps);
 }
 
 static const DamTensor *lm_tensor(const DamModel *m) { return m->lm_head ? m->lm_head : m->embed; }
 
 void dam_model_logits(DamModel *m, RunState *rs, const int32_t *ids, int B, int T, int src, float *logits) {
     model_forward(m, rs, ids, B, T, src);
+    if (!m->last) return; /* logits live on the last pipeline stage */
     materialize_w(m, rs, lm_tensor(m), src, rs->lm_w);
     m->be->matmul_xwt(logits, rs->hid, rs->lm_w, B * T, m->cfg.hidden_size, m->cfg.vocab_size, 0);
 }
@@ -589,26 +634,45 @@ static void logits_loss(DamModel *m, RunState *rs, const int32_t *valid, int n_v
     out->kl = sums.kl, out->mse = sums.mse, out->entropy = sums.entropy;
 }
 
-/* Backward of the merged model from dL/dhid in rs->dx: final norm, then each layer recomputed from
- * its saved input (the merged weights materialized once per layer), then the embedding. */
+/* Backward of the merged model through this stage: from dL/dhid in rs->dx (last stage) or the next
+ * stage's input gradient, each layer recomputed from its saved input (the merged weights
+ * materialized once per layer), then to the previous stage or into the embedding coefficients. */
 static void merged_backward(DamModel *m, RunState *rs, const int32_t *ids, int B, int T) {
     const ModelConfig *c = &m->cfg;
     size_t BT = (size_t)B * T, d = c->hidden_size;
-    int L = c->num_hidden_layers;
+    int nl = m->layer1 - m->layer0;
     float *grad_out = rs->grad_out;
-    memset(grad_out, 0, BT * d * sizeof(float));
-    norm_backward(m, rs, m->final_norm, rs->final_norm_w, grad_out, rs->dx, rs->layer_in + (size_t)L * BT * d,
-                  rs->rstd_f, (int)BT, (int)d);
-    for (int l = L - 1; l >= 0; l--) {
-        const float *x_in = rs->layer_in + (size_t)l * BT * d;
-        materialize_layer(m, rs, l, -1);
-        layer_forward(m, rs, &m->layers[l], x_in, rs->layer_in + (size_t)(l + 1) * BT * d, B, T);
-        layer_backward(m, rs, &m->layers[l], x_in, grad_out, rs->dx, B, T);
+    if (m->last) {
+        memset(grad_out, 0, BT * d * sizeof(float));
+        norm_backward(m, rs, m->final_norm, rs->final_norm_w, grad_out, rs->dx,
+                      rs->layer_in + (size_t)nl * BT * d, rs->rstd_f, (int)BT, (int)d);
+    } else {
+        comm_recv_f32(m->pp, grad_out, BT * d, m->pp->rank + 1);
+    }
+    for (int i = nl - 1; i >= 0; i--) {
+        const float *x_in = rs->layer_in + (size_t)i * BT * d;
+        DamLayer *L = &m->layers[m->layer0 + i];
+        materialize_layer(m, rs, m->layer0 + i, -1);
+        layer_forward(m, rs, L, x_in, rs->layer_in + (size_t)(i + 1) * BT * d, B, T);
+        layer_backward(m, rs, L, x_in, grad_out, rs->dx, B, T);
         memcpy(grad_out, rs->dx, BT * d * sizeof(float));
     }
-    if (m->embed->trainable)
+    if (!m->first)
+        comm_send_f32(m->pp, grad_out, BT * d, m->pp->rank - 1);
+    else if (m->embed->trainable)
         m->be->dam_embed_coef_grad(m->embed->grad, m->embed->src, m->n_rows, grad_out,
                                    local_ids(m, rs, ids, BT), (int)BT, (int)d);
+}
+
+/* The last stage's loss terms to every stage. */
+static void share_losses(const DamModel *m, int n_seg, LossTerms *out) {
+    if (!m->pp) return;
+    double buf[3 * DAM_MAX_SOURCES];
+    for (int s = 0; s < n_seg; s++)
+        buf[3 * s] = out[s].kl, buf[3 * s + 1] = out[s].mse, buf[3 * s + 2] = out[s].entropy;
+    comm_bcast(m->pp, buf, (size_t)n_seg * 3 * sizeof(double), m->pp->size - 1);
+    for (int s = 0; s < n_seg; s++)
+        out[s].kl = buf[3 * s], out[s].mse = buf[3 * s + 1], out[s].entropy = buf[3 * s + 2];
 }
 
 /* Segments s = 0..n_seg-1 of B sequences each (rows s*B*T ... of ids/mask/top-k), segment s taught
@@ -632,26 +696,29 @@ static void step_segments(DamModel *m, RunState *rs, int n_seg, const int *teach
     }
     if (total_valid == 0) return; /* nothing to learn from all-padding batches */
     int need_teacher = (lp->kl && !(lp->topk > 0 && topk_idx)) || lp->mse > 0;
-    const DamTensor *lm = lm_tensor(m);
+    const DamTensor *lm = m->last ? lm_tensor(m) : NULL;
     /* 1. teachers: source teacher[s] on segment s (no gradient); their final hidden states kept */
     for (int s = 0; need_teacher && s < n_seg; s++) {
         model_forward(m, rs, ids + s * segT, B, T, teacher[s]);
-        memcpy(rs->hid_t + s * segT * d, rs->hid, segT * d * sizeof(float));
+        if (m->last) memcpy(rs->hid_t + s * segT * d, rs->hid, segT * d * sizeof(float));
     }
     /* 2. merged forward over every segment, saving each layer's input */
     model_forward(m, rs, ids, Bt, T, -1);
-    materialize_w(m, rs, lm, -1, rs->lm_w);
-    /* 3. each segment's losses against its teacher; dL/dhid (zero at padding) */
-    memset(rs->dx, 0, (size_t)Bt * T * d * sizeof(float));
-    for (int s = 0, first = 0; s < n_seg; first += n_valid[s], s++) {
-        if (!n_valid[s]) continue;
-        if (need_teacher) materialize_w(m, rs, lm, teacher[s], rs->lm_t);
-        logits_loss(m, rs, rs->valid + first, n_valid[s], topk_idx, topk_val, need_teacher, lp, weight,
-                    backward, first > 0, &out[s]);
+    /* 3. (last stage) each segment's losses against its teacher; dL/dhid (zero at padding) */
+    if (m->last) {
+        materialize_w(m, rs, lm, -1, rs->lm_w);
+        memset(rs->dx, 0, (size_t)Bt * T * d * sizeof(float));
+        for (int s = 0, first = 0; s < n_seg; first += n_valid[s], s++) {
+            if (!n_valid[s]) continue;
+            if (need_teacher) materialize_w(m, rs, lm, teacher[s], rs->lm_t);
+            logits_loss(m, rs, rs->valid + first, n_valid[s], topk_idx, topk_val, need_teacher, lp, weight,
+                        backward, first > 0, &out[s]);
+        }
+        if (backward) coef_grad(m, (DamTensor *)lm, rs->lm_G);
     }
-    if (!backward) return;
-    coef_grad(m, (DamTensor *)lm, rs->lm_G);
-    merged_backward(m, rs, ids, Bt, T);
+    share_losses(m, n_seg, out);
+    /* 4. backward through the stages */
+    if (backward) merged_backward(m, rs, ids, Bt, T);
 }
 
 void dam_model_step(DamModel *m, RunState *rs, int n_seg, const int *teacher, const int32_t *ids,

@@ -46,6 +46,9 @@ typedef struct {
     int tp_rank, tp_size;
     const CommGroup *tp; /* NULL without tensor parallelism */
     int vocab_offset;    /* first vocabulary row of this rank's slice */
+    const CommGroup *pp; /* NULL without pipeline stages */
+    int layer0, layer1;  /* decoder layers of this pipeline stage */
+    int first, last;     /* this stage holds the embedding / the final norm and lm_head */
     int n_rows;          /* coefficient rows: sources (+ base when include_base) */
     char *row_names[DAM_MAX_SOURCES];
     StModel files[DAM_MAX_SOURCES];
@@ -60,6 +63,11 @@ typedef struct {
 /* Open the sources (dirs[i], i < n) and build the tensor table. All sources must share the
  * architecture (checked with names in messages). Coefficients start at 1/n. */
 void dam_model_open(DamModel *m, int n, const char *const *dirs, const char *const *names, const Backend *be);
+/* The same, holding this rank's tensor-parallel share over tp and its pipeline stage's layers over pp
+ * (NULL or size 1: whole). Activations cross stages by send/recv inside the step functions; the
+ * losses are computed on the last stage and broadcast over pp. */
+void dam_model_open_parallel(DamModel *m, int n, const char *const *dirs, const char *const *names,
+                             const Backend *be, const CommGroup *tp, const CommGroup *pp);
 /* The same, holding this rank's tensor-parallel share over the group tp (NULL or size 1: whole). */
 void dam_model_open_tp(DamModel *m, int n, const char *const *dirs, const char *const *names,
                        const Backend *be, const CommGroup *tp);

@@ -90,6 +90,12 @@ static const CommGroup *shard_group(const DamModel *m, const DamTensor *x) {
     return m->tp && x->coef_full != x->dim ? m->tp : NULL;
 }
 
+/* Over pipeline stages every tensor lives on one stage, except a tied embedding, which the first
+ * and the last stage both hold: it is counted on the first only. */
+static int counted_here(const DamModel *m, const DamTensor *x) {
+    return !(m->pp && !m->first && x->kind == DT_EMBED);
+}
+
 void reg_apply(DamModel *m, const DamConfig *c, RegTerms *out) {
     memset(out, 0, sizeof *out);
     double split_sums[2] = {0, 0}; /* l1 and overlap of split tensors: this rank's columns only */
@@ -98,11 +104,14 @@ void reg_apply(DamModel *m, const DamConfig *c, RegTerms *out) {
         if (!x->trainable) continue;
         int n = m->n_rows, dim = x->dim;
         const CommGroup *shard = shard_group(m, x);
-        if (c->similarity > 0 && x->coef_full > 1)
-            out->similarity += similarity(x->c, x->grad, n, dim, c->similarity, shard);
-        if (c->l2 > 0) out->l2 += l2(x->c, x->grad, n, dim, c->l2, shard);
+        double vs = c->similarity > 0 && x->coef_full > 1
+                        ? similarity(x->c, x->grad, n, dim, c->similarity, shard)
+                        : 0;
+        double v2 = c->l2 > 0 ? l2(x->c, x->grad, n, dim, c->l2, shard) : 0;
         double v1 = c->l1 > 0 ? l1(x->c, x->grad, (size_t)n * dim, c->l1) : 0;
         double vo = c->overlap > 0 ? overlap(x->c, x->grad, n, dim, c->overlap) : 0;
+        if (!counted_here(m, x)) continue; /* gradient applied, value counted on the first stage */
+        out->similarity += vs, out->l2 += v2;
         if (shard)
             split_sums[0] += v1, split_sums[1] += vo;
         else
@@ -110,6 +119,7 @@ void reg_apply(DamModel *m, const DamConfig *c, RegTerms *out) {
     }
     if (m->tp) comm_allreduce_sum_f64(m->tp, split_sums, 2);
     out->l1 += split_sums[0], out->overlap += split_sums[1];
+    if (m->pp) comm_allreduce_sum_f64(m->pp, (double *)out, 4); /* each stage's own tensors */
 }
 
 /* ---------------------------------------------------------------- clipping and schedule */
@@ -119,14 +129,16 @@ double optim_clip_grad_norm(DamModel *m, float max_norm) {
     for (int t = 0; t < m->n_tensors; t++) {
         DamTensor *x = &m->tensors[t];
         if (!x->trainable) continue;
-        double v = dot(x->grad, x->grad, m->n_rows * x->dim);
+        double v = counted_here(m, x) ? dot(x->grad, x->grad, m->n_rows * x->dim) : 0;
         if (shard_group(m, x))
             split += v;
         else
             whole += v;
     }
     if (m->tp) comm_allreduce_sum_f64(m->tp, &split, 1);
-    double norm = sqrt(whole + split);
+    double total = whole + split;
+    if (m->pp) comm_allreduce_sum_f64(m->pp, &total, 1);
+    double norm = sqrt(total);
     if (max_norm > 0 && norm > max_norm) {
         float scale = (float)(max_norm / (norm + 1e-6)); /* as torch.nn.utils.clip_grad_norm_ */
         for (int t = 0; t < m->n_tensors; t++) {

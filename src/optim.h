@@ -6,7 +6,7 @@
 #include "config.h"
 #include "model.h"
 
-typedef struct {
+typedef struct { /* four doubles in this order: reduced as an array over pipeline stages */
     double similarity, l1, l2, overlap;
 } RegTerms;
 

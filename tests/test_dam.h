@@ -24,8 +24,9 @@ typedef struct {
 } DamCase;
 
 /* Open tests/fixtures/dam/<name> with settings_<variant>.json and coef_init.safetensors, holding
- * this rank's tensor-parallel share over tp (NULL: the whole model). */
-static inline void dam_case_open_tp(DamCase *dc, const char *name, const char *variant, const CommGroup *tp) {
+ * this rank's tensor-parallel share over tp and its pipeline stage over pp (NULL: the whole model). */
+static inline void dam_case_open_parallel(DamCase *dc, const char *name, const char *variant,
+                                          const CommGroup *tp, const CommGroup *pp) {
     memset(dc, 0, sizeof *dc);
     char *dir = test_fixture("dam");
     char path[512];
@@ -66,7 +67,7 @@ static inline void dam_case_open_tp(DamCase *dc, const char *name, const char *v
         snprintf(dirs[n], 600, "%s/%s/%s", dir, name, names[n]);
         n++;
     }
-    dam_model_open_tp(&dc->m, n, (const char *const *)dirs, names, backend_cpu(), tp);
+    dam_model_open_parallel(&dc->m, n, (const char *const *)dirs, names, backend_cpu(), tp, pp);
     for (int i = 0; i < n; i++) free(dirs[i]);
     cJSON_Delete(s);
     dc->m.nonlin = c->nonlinearity;
@@ -93,7 +94,7 @@ static inline void dam_case_open_tp(DamCase *dc, const char *name, const char *v
 }
 
 static inline void dam_case_open(DamCase *dc, const char *name, const char *variant) {
-    dam_case_open_tp(dc, name, variant, NULL);
+    dam_case_open_parallel(dc, name, variant, NULL, NULL);
 }
 
 static inline void dam_case_close(DamCase *dc) {
