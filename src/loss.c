@@ -97,7 +97,8 @@ static void topk_rows(float *dz, LossSums *sums, const float *z, const int32_t *
         double mz = -INFINITY, mt = -INFINITY, sz = 0, st = 0;
         for (int k = 0; k < K; k++) mz = fmax(mz, a_[k] * s), mt = fmax(mt, b_[k] * s);
         for (int k = 0; k < K; k++) sz += exp(a_[k] * s - mz), st += exp(b_[k] * s - mt);
-        double lse_a = mz + log(sz), lse_b = mt + log(st), kl = 0; /* sz, st >= 1 */
+        /* sz, st >= 1 (K >= 1: each maximum contributes exp(0)) */
+        double lse_a = mz + log(sz), lse_b = mt + log(st), kl = 0; // cppcheck-suppress invalidFunctionArg
         for (int k = 0; k < K; k++) {
             double a = a_[k] * s - lse_a, b = b_[k] * s - lse_b, pt = exp(b), q = exp(a);
             kl += pt * (b - a);
