@@ -96,25 +96,175 @@ static void write_report(const DamModel *m, const OutputReport *rep, const char 
     cJSON_Delete(r);
 }
 
-void output_write(DamModel *m, const DamConfig *cfg, const OutputReport *rep) {
-    char *tmp = dam_asprintf("%s.tmp", cfg->out_dir);
-    dam_rm_rf(tmp);
-    dam_mkdir_p(tmp);
-    StWriter *w = st_writer_new(tmp, cfg->shard_bytes);
+/* ---------------------------------------------------------------- tensor-parallel gathers */
+
+/* The whole of a tensor-parallel split array: `local` is this rank's rows x cols piece; rows-split
+ * pieces (and biases split along their only axis) are concatenated, column-split ones interleaved.
+ * Returns a heap buffer of tp * rows * cols floats (or a copy of local without tp). */
+static float *gather_split(const DamModel *m, const float *local, size_t rows, size_t cols, int cols_split) {
+    size_t n = rows * cols;
+    int tp = m->tp_size;
+    float *all = dam_malloc(n * (size_t)tp * sizeof(float), "gathered tensor");
+    if (!m->tp) {
+        memcpy(all, local, n * sizeof(float));
+        return all;
+    }
+    comm_allgather(m->tp, local, n * sizeof(float), all);
+    if (!cols_split) return all;
+    float *full = dam_malloc(n * (size_t)tp * sizeof(float), "gathered tensor");
+    for (int k = 0; k < tp; k++)
+        for (size_t r = 0; r < rows; r++)
+            memcpy(full + r * cols * tp + k * cols, all + k * n + r * cols, cols * sizeof(float));
+    free(all);
+    return full;
+}
+
+/* Is tensor x split over tp, and how: 0 whole, 1 rows (or a bias's only axis), 2 columns. */
+static int split_kind(const DamModel *m, const DamTensor *x) {
+    if (!m->tp) return 0;
+    if (x->kind != DT_BIAS && x->coef_full != x->dim) return 2;
+    return x->grad_partial ? 1 : 0;
+}
+
+/* Whether this pipeline stage writes x (a tied embedding is written by the first stage only). */
+static int stage_writes(const DamModel *m, const DamTensor *x) {
+    return !(m->pp && !m->first && x->kind == DT_EMBED);
+}
+
+/* Merged tensors of this rank's stage, gathered over tp and written by tp rank 0 into dir; with
+ * `coef_path`, their coefficients too. Every tp rank takes part. */
+static void write_stage_tensors(DamModel *m, const char *dir, size_t shard_bytes, const char *coef_path) {
+    int writer = m->tp_rank == 0;
+    StWriter *w = writer ? st_writer_new(dir, shard_bytes) : NULL;
     size_t maxn = 0;
     for (int t = 0; t < m->n_tensors; t++)
         if (m->tensors[t].rows * m->tensors[t].cols > maxn) maxn = m->tensors[t].rows * m->tensors[t].cols;
     float *buf = dam_malloc(maxn * sizeof(float), "merged tensor");
+    int n_out = 0;
+    const char **names = dam_calloc((size_t)m->n_tensors, sizeof(char *), "names");
+    float **coefs = dam_calloc((size_t)m->n_tensors, sizeof(float *), "coefficients");
+    int64_t *cshape = dam_calloc((size_t)m->n_tensors * 2, sizeof(int64_t), "shapes");
     for (int t = 0; t < m->n_tensors; t++) { /* each merged tensor materialized once */
         const DamTensor *x = &m->tensors[t];
+        if (!stage_writes(m, x)) continue;
         dam_model_materialize(m, x, -1, buf);
         dam_model_release(m, x);
-        int64_t shape[2] = {(int64_t)x->rows, (int64_t)x->cols};
+        int split = split_kind(m, x), tp = split ? m->tp_size : 1;
+        float *full = gather_split(m, buf, x->rows, x->cols, split == 2);
+        int64_t shape[2] = {(int64_t)(x->rows * (split == 1 && x->kind != DT_BIAS ? tp : 1)),
+                            (int64_t)(x->cols * (split == 2 || (split == 1 && x->kind == DT_BIAS) ? tp : 1))};
         int one_d = x->kind == DT_NORM || x->kind == DT_BIAS;
-        st_writer_add_f32(w, x->name, DAM_BF16, one_d ? 1 : 2, one_d ? &shape[1] : shape, buf);
+        if (writer) st_writer_add_f32(w, x->name, DAM_BF16, one_d ? 1 : 2, one_d ? &shape[1] : shape, full);
+        free(full);
+        /* coefficients: whole on every tp rank unless their columns are split with the weight */
+        coefs[n_out] = gather_split(m, x->c, (size_t)m->n_rows, (size_t)x->dim, split == 2);
+        names[n_out] = x->name;
+        cshape[2 * n_out] = m->n_rows, cshape[2 * n_out + 1] = split == 2 ? x->coef_full : x->dim;
+        n_out++;
     }
     free(buf);
-    st_writer_finish(w, "pt");
+    if (writer) st_writer_finish(w, "pt");
+    if (writer && coef_path) {
+        dam_dtype *dt = dam_malloc((size_t)n_out * sizeof(dam_dtype), "dtypes");
+        int *nd = dam_malloc((size_t)n_out * sizeof(int), "ndims");
+        const int64_t **shapes = dam_malloc((size_t)n_out * sizeof(int64_t *), "shapes");
+        for (int i = 0; i < n_out; i++) dt[i] = DAM_F32, nd[i] = 2, shapes[i] = &cshape[2 * i];
+        st_write_file(coef_path, n_out, names, dt, nd, shapes, (const void *const *)coefs);
+        free(dt), free(nd), free(shapes);
+    }
+    for (int i = 0; i < n_out; i++) free(coefs[i]);
+    free(coefs), free(names), free(cshape);
+}
+
+/* Rank 0: the stages' shards renamed into one model-XXXXX-of-YYYYY series (or model.safetensors)
+ * with an index, and their coefficient files merged, in stage order. */
+static void merge_stage_outputs(const char *tmp, int n_stages) {
+    char **files = NULL;
+    int n_files = 0;
+    for (int s = 0; s < n_stages; s++) {
+        char *dir = dam_asprintf("%s/stage-%03d", tmp, s);
+        char *single = dam_path_join(dir, "model.safetensors");
+        if (dam_file_exists(single)) {
+            files = dam_realloc(files, (size_t)(n_files + 1) * sizeof(char *), "files");
+            files[n_files++] = single;
+        } else {
+            free(single);
+            for (int k = 1;; k++) { /* model-00001-of-0000N.safetensors */
+                char *name = NULL;
+                for (int of = k; of < 100000 && !name; of++) {
+                    char *p = dam_asprintf("%s/model-%05d-of-%05d.safetensors", dir, k, of);
+                    if (dam_file_exists(p))
+                        name = p;
+                    else
+                        free(p);
+                }
+                if (!name) break;
+                files = dam_realloc(files, (size_t)(n_files + 1) * sizeof(char *), "files");
+                files[n_files++] = name;
+            }
+        }
+        free(dir);
+    }
+    cJSON *index = cJSON_CreateObject(), *map = cJSON_CreateObject();
+    double total = 0;
+    for (int i = 0; i < n_files; i++) {
+        char *final = n_files == 1 ? dam_strdup("model.safetensors")
+                                   : dam_asprintf("model-%05d-of-%05d.safetensors", i + 1, n_files);
+        StFile f;
+        st_open(&f, files[i]);
+        for (int t = 0; t < f.n_tensors; t++) {
+            cJSON_AddStringToObject(map, f.tensors[t].name, final);
+            total += (double)f.tensors[t].nbytes;
+        }
+        st_close(&f);
+        char *dst = dam_path_join(tmp, final);
+        if (rename(files[i], dst) != 0) dam_fail("%s: cannot move %s into place", dst, files[i]);
+        free(dst), free(final), free(files[i]);
+    }
+    free(files);
+    cJSON *meta = cJSON_AddObjectToObject(index, "metadata");
+    cJSON_AddNumberToObject(meta, "total_size", total);
+    cJSON_AddItemToObject(index, "weight_map", map);
+    if (n_files > 1) {
+        char *text = cJSON_Print(index), *p = dam_path_join(tmp, "model.safetensors.index.json");
+        dam_write_file_atomic(p, text, strlen(text));
+        free(text), free(p);
+    }
+    cJSON_Delete(index);
+    /* one coefficients file, tensors in stage order */
+    StFile *cf = dam_calloc((size_t)n_stages, sizeof(StFile), "stage coefficients");
+    int n = 0;
+    for (int s = 0; s < n_stages; s++) {
+        char *p = dam_asprintf("%s/stage-%03d/coefficients.safetensors", tmp, s);
+        st_open(&cf[s], p);
+        n += cf[s].n_tensors;
+        free(p);
+    }
+    const char **names = dam_malloc((size_t)n * sizeof(char *), "names");
+    dam_dtype *dt = dam_malloc((size_t)n * sizeof(dam_dtype), "dtypes");
+    int *nd = dam_malloc((size_t)n * sizeof(int), "ndims");
+    const int64_t **shapes = dam_malloc((size_t)n * sizeof(int64_t *), "shapes");
+    const void **data = dam_malloc((size_t)n * sizeof(void *), "data");
+    int i = 0;
+    for (int s = 0; s < n_stages; s++)
+        for (int t = 0; t < cf[s].n_tensors; t++, i++) {
+            const StTensor *x = &cf[s].tensors[t];
+            names[i] = x->name, dt[i] = DAM_F32, nd[i] = 2, shapes[i] = x->shape, data[i] = x->data;
+        }
+    char *coef = dam_path_join(tmp, "dam_coefficients.safetensors");
+    st_write_file(coef, n, names, dt, nd, shapes, data);
+    free(coef), free(names), free(dt), free(nd), free(shapes), free(data);
+    for (int s = 0; s < n_stages; s++) st_close(&cf[s]);
+    free(cf);
+    for (int s = 0; s < n_stages; s++) {
+        char *dir = dam_asprintf("%s/stage-%03d", tmp, s);
+        dam_rm_rf(dir);
+        free(dir);
+    }
+}
+
+/* Everything but the tensors, by rank 0, then the directory renamed into place. */
+static void finish_output(const DamModel *m, const DamConfig *cfg, const OutputReport *rep, const char *tmp) {
     const char *donor = cfg->base_model ? cfg->base_model : cfg->models[0].path;
     write_config(donor, tmp);
     for (const char *const *f = copied_files; *f; f++) {
@@ -122,11 +272,9 @@ void output_write(DamModel *m, const DamConfig *cfg, const OutputReport *rep) {
         if (dam_file_exists(src)) copy_file(src, dst);
         free(src), free(dst);
     }
-    char *coef = dam_path_join(tmp, "dam_coefficients.safetensors"),
-         *report = dam_path_join(tmp, "dam_report.json");
-    output_write_coefficients(m, coef);
+    char *report = dam_path_join(tmp, "dam_report.json");
     write_report(m, rep, report);
-    free(coef), free(report);
+    free(report);
     /* replace any previous output only now that the new one is complete */
     char *old = dam_asprintf("%s.old", cfg->out_dir);
     dam_rm_rf(old);
@@ -134,5 +282,31 @@ void output_write(DamModel *m, const DamConfig *cfg, const OutputReport *rep) {
         dam_fail("%s: cannot move aside", cfg->out_dir);
     if (rename(tmp, cfg->out_dir) != 0) dam_fail("%s: cannot rename %s into place", cfg->out_dir, tmp);
     dam_rm_rf(old);
-    free(old), free(tmp);
+    free(old);
+}
+
+void output_write(DamModel *m, const DamConfig *cfg, const OutputReport *rep) {
+    output_write_parallel(m, cfg, rep, NULL);
+}
+
+void output_write_parallel(DamModel *m, const DamConfig *cfg, const OutputReport *rep,
+                           const CommGroup *writers) {
+    int root = !writers || writers->rank == 0, n_stages = m->pp ? m->pp->size : 1;
+    char *tmp = dam_asprintf("%s.tmp", cfg->out_dir);
+    if (root) {
+        dam_rm_rf(tmp);
+        dam_mkdir_p(tmp);
+    }
+    if (writers) comm_barrier(writers);
+    char *stage = dam_asprintf("%s/stage-%03d", tmp, m->pp ? m->pp->rank : 0);
+    char *coef = dam_path_join(stage, "coefficients.safetensors");
+    if (m->tp_rank == 0) dam_mkdir_p(stage);
+    write_stage_tensors(m, stage, cfg->shard_bytes, coef);
+    if (writers) comm_barrier(writers);
+    if (root) {
+        merge_stage_outputs(tmp, n_stages);
+        finish_output(m, cfg, rep, tmp);
+    }
+    if (writers) comm_barrier(writers);
+    free(stage), free(coef), free(tmp);
 }

@@ -17,6 +17,12 @@ typedef struct {
  * "<out_dir>.tmp" and renamed into place when complete. */
 void output_write(DamModel *m, const DamConfig *cfg, const OutputReport *rep);
 
+/* The same over pipeline stages and tensor-parallel ranks: every rank of `writers` (the pp x tp
+ * ranks of one data-parallel replica) calls it; each stage writes its own tensors, gathered over
+ * tp, and rank 0 of writers merges the stages' shards into one index and writes the rest. */
+void output_write_parallel(DamModel *m, const DamConfig *cfg, const OutputReport *rep,
+                           const CommGroup *writers);
+
 /* Write every coefficient tensor as F32 [n_rows, dim] under its tensor name (atomic). */
 void output_write_coefficients(const DamModel *m, const char *path);
 /* Read coefficients written by output_write_coefficients into m (names and shapes must match). */

@@ -9,9 +9,11 @@ BUILD=${BUILD:-build}
 export ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
 fails=0
+T=$(mktemp -d /tmp/dam_cli_parallel.XXXXXX)
+trap 'rm -rf "$T"' EXIT
 for layout in "1 1" "1 2" "2 1" "2 2"; do
   set -- $layout
-  if timeout 300 mpirun -n $(($1 * $2)) --oversubscribe "$BUILD/tests/mpi_parallel_check" $1 $2; then
+  if timeout 300 mpirun -n $(($1 * $2)) --oversubscribe "$BUILD/tests/mpi_parallel_check" $1 $2 "$T/out-$1-$2" "$T/out-1-1"; then
     echo "OK      pp=$1 tp=$2"
   else
     echo "NOT OK  pp=$1 tp=$2"; fails=$((fails + 1))

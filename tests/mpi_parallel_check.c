@@ -82,6 +82,57 @@ static int check_case(const ProcessGrid *g, const char *name, const char *varian
     return ok;
 }
 
+/* Write the merged model of a case from this layout into out/<name>, and (rank 0) compare every
+ * tensor byte for byte with the one written by the single-process layout in ref/<name>. */
+static int write_and_compare(const ProcessGrid *g, const char *name, const char *variant, const char *out,
+                             const char *ref) {
+    DamCase dc;
+    dam_case_open_parallel(&dc, name, variant, &g->tp_group, &g->pp_group);
+    DamConfig cfg;
+    memset(&cfg, 0, sizeof cfg);
+    char donor[512], out_dir[512], ref_dir[512];
+    char *dir = test_fixture("dam");
+    snprintf(donor, sizeof donor, "%s/%s/m0", dir, name);
+    free(dir);
+    snprintf(out_dir, sizeof out_dir, "%s/%s", out, name);
+    snprintf(ref_dir, sizeof ref_dir, "%s/%s", ref, name);
+    cfg.models[0].path = donor;
+    cfg.n_models = 1;
+    cfg.out_dir = out_dir;
+    cfg.shard_bytes = 96 * 1024; /* several shards per stage */
+    OutputReport rep = {.steps = 0};
+    output_write_parallel(&dc.m, &cfg, &rep, &g->world);
+    int ok = 1;
+    if (g->world.rank == 0 && strcmp(out, ref) != 0) {
+        StModel a, b;
+        st_model_open(&a, out_dir);
+        st_model_open(&b, ref_dir);
+        ok = a.n_tensors == b.n_tensors;
+        for (int f = 0; ok && f < b.n_files; f++)
+            for (int t = 0; ok && t < b.files[f].n_tensors; t++) {
+                const StTensor *y = &b.files[f].tensors[t], *x = st_model_find(&a, y->name);
+                ok = x && x->nbytes == y->nbytes && !memcmp(x->data, y->data, y->nbytes);
+            }
+        st_model_close(&a), st_model_close(&b);
+        char pa[600], pb[600];
+        snprintf(pa, sizeof pa, "%s/dam_coefficients.safetensors", out_dir);
+        snprintf(pb, sizeof pb, "%s/dam_coefficients.safetensors", ref_dir);
+        StFile ca, cb;
+        st_open(&ca, pa), st_open(&cb, pb);
+        ok &= ca.n_tensors == cb.n_tensors;
+        for (int t = 0; ok && t < cb.n_tensors; t++) {
+            const StTensor *x = st_find(&ca, cb.tensors[t].name);
+            ok = x && x->nbytes == cb.tensors[t].nbytes && !memcmp(x->data, cb.tensors[t].data, x->nbytes);
+        }
+        st_close(&ca), st_close(&cb);
+        printf("pp=%d tp=%d %-10s written model and coefficients equal the single-process output: %s\n",
+               g->pp, g->tp, name, ok ? "OK" : "NOT OK");
+    }
+    ok = !comm_any(&g->world, !ok);
+    dam_case_close(&dc);
+    return ok;
+}
+
 int main(int argc, char **argv) {
     comm_init(&argc, &argv);
     ProcessGrid g;
@@ -92,6 +143,10 @@ int main(int argc, char **argv) {
     ok &= check_case(&g, "llama3src", "all");
     ok &= check_case(&g, "qwen2base", "topk");
     ok &= check_case(&g, "qwen2base", "relu");
+    if (argc > 4) { /* argv[3]: where to write, argv[4]: the single-process output to compare with */
+        ok &= write_and_compare(&g, "llama3src", "all", argv[3], argv[4]);
+        ok &= write_and_compare(&g, "qwen2base", "topk", argv[3], argv[4]);
+    }
     grid_free(&g);
     comm_finalize();
     return ok ? 0 : 1;
