@@ -1,6 +1,7 @@
 /* comm.c — MPI implementation of comm.h. */
 #include "comm.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,11 +51,23 @@ static void group_split(CommGroup *g, int color, int key, const char *name) {
     g->name = name;
 }
 
+void comm_fail_on_root(int bad, const char *fmt, ...) {
+    if (!bad) return;
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (comm_world_rank() == 0) dam_fail("%s", msg);
+    MPI_Barrier(MPI_COMM_WORLD); /* never completes: rank 0 aborts the job */
+    exit(1);
+}
+
 void grid_init(ProcessGrid *g, int dp, int pp, int tp) {
     int world = comm_world_size(), rank = comm_world_rank();
-    if (dp < 1 || pp < 1 || tp < 1 || dp * pp * tp != world)
-        dam_fail("parallel layout dp=%d x pp=%d x tp=%d = %d ranks does not match the %d ranks started", dp, pp,
-                 tp, dp * pp * tp, world);
+    comm_fail_on_root(dp < 1 || pp < 1 || tp < 1 || dp * pp * tp != world,
+                      "parallel layout dp=%d x pp=%d x tp=%d = %d ranks does not match the %d ranks started", dp, pp,
+                      tp, dp * pp * tp, world);
     g->dp = dp, g->pp = pp, g->tp = tp;
     g->tp_idx = rank % tp;
     g->pp_idx = (rank / tp) % pp;
@@ -63,12 +76,14 @@ void grid_init(ProcessGrid *g, int dp, int pp, int tp) {
     group_split(&g->tp_group, g->dp_idx * pp + g->pp_idx, g->tp_idx, "tp");
     group_split(&g->pp_group, g->dp_idx * tp + g->tp_idx, g->pp_idx, "pp");
     group_split(&g->dp_group, g->pp_idx * tp + g->tp_idx, g->dp_idx, "dp");
+    group_split(&g->replica, g->dp_idx, g->pp_idx * tp + g->tp_idx, "replica");
 }
 
 void grid_free(ProcessGrid *g) {
     MPI_Comm_free(&g->tp_group.comm);
     MPI_Comm_free(&g->pp_group.comm);
     MPI_Comm_free(&g->dp_group.comm);
+    MPI_Comm_free(&g->replica.comm);
 }
 
 /* MPI counts are int: split long buffers. */

@@ -36,9 +36,10 @@ typedef struct {
     int dp, pp, tp;
     int dp_idx, pp_idx, tp_idx;
     CommGroup world, dp_group, pp_group, tp_group;
+    CommGroup replica; /* the pp x tp ranks of this data-parallel replica (writers of outputs) */
 } ProcessGrid;
 
-/* Build the grid; fails (from rank 0, all ranks exit) when world != dp*pp*tp. */
+/* Build the grid; fails (one line from rank 0, all ranks exit) when world != dp*pp*tp. */
 void grid_init(ProcessGrid *g, int dp, int pp, int tp);
 void grid_free(ProcessGrid *g);
 
@@ -54,6 +55,9 @@ void comm_send_f32(const CommGroup *g, const float *buf, size_t n, int dest);
 void comm_recv_f32(const CommGroup *g, float *buf, size_t n, int src);
 void comm_bcast(const CommGroup *g, void *buf, size_t bytes, int root);
 void comm_barrier(const CommGroup *g);
+/* Fail with one line printed by world rank 0 only, when `bad` (which every rank computes alike):
+ * the other ranks wait to be ended by rank 0's abort. */
+void comm_fail_on_root(int bad, const char *fmt, ...) DAM_PRINTF(2, 3);
 /* Logical AND/OR of a flag over the group (stop requests, errors). */
 int comm_any(const CommGroup *g, int flag);
 

@@ -738,3 +738,35 @@ void dam_model_eval(DamModel *m, RunState *rs, int k, const int32_t *ids, const 
                     LossTerms *out) {
     step_segments(m, rs, 1, &k, ids, mask, topk_idx, topk_val, B, T, lp, 1.0f, 0, out);
 }
+
+/* ---------------------------------------------------------------- gathering splits */
+
+/* The whole of a tensor-parallel split array: `local` is this rank's rows x cols piece; rows-split
+ * pieces (and biases split along their only axis) are concatenated, column-split ones interleaved.
+ * Returns a heap buffer of tp * rows * cols floats (or a copy of local without tp). */
+float *dam_model_gather_split(const DamModel *m, const float *local, size_t rows, size_t cols, int cols_split) {
+    size_t n = rows * cols;
+    int tp = m->tp_size;
+    float *all = dam_malloc(n * (size_t)tp * sizeof(float), "gathered tensor");
+    if (!m->tp) {
+        memcpy(all, local, n * sizeof(float));
+        return all;
+    }
+    comm_allgather(m->tp, local, n * sizeof(float), all);
+    if (!cols_split) return all;
+    float *full = dam_malloc(n * (size_t)tp * sizeof(float), "gathered tensor");
+    for (int k = 0; k < tp; k++)
+        for (size_t r = 0; r < rows; r++)
+            memcpy(full + r * cols * tp + k * cols, all + k * n + r * cols, cols * sizeof(float));
+    free(all);
+    return full;
+}
+
+/* Is tensor x split over tp, and how: 0 whole, 1 rows (or a bias's only axis), 2 columns. */
+int dam_model_split_kind(const DamModel *m, const DamTensor *x) {
+    if (!m->tp) return 0;
+    if (x->kind != DT_BIAS && x->coef_full != x->dim) return 2;
+    return x->grad_partial ? 1 : 0;
+}
+
+int dam_model_owns(const DamModel *m, const DamTensor *x) { return !(m->pp && !m->first && x->kind == DT_EMBED); }

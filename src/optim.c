@@ -90,11 +90,6 @@ static const CommGroup *shard_group(const DamModel *m, const DamTensor *x) {
     return m->tp && x->coef_full != x->dim ? m->tp : NULL;
 }
 
-/* Over pipeline stages every tensor lives on one stage, except a tied embedding, which the first
- * and the last stage both hold: it is counted on the first only. */
-static int counted_here(const DamModel *m, const DamTensor *x) {
-    return !(m->pp && !m->first && x->kind == DT_EMBED);
-}
 
 void reg_apply(DamModel *m, const DamConfig *c, RegTerms *out) {
     memset(out, 0, sizeof *out);
@@ -110,7 +105,7 @@ void reg_apply(DamModel *m, const DamConfig *c, RegTerms *out) {
         double v2 = c->l2 > 0 ? l2(x->c, x->grad, n, dim, c->l2, shard) : 0;
         double v1 = c->l1 > 0 ? l1(x->c, x->grad, (size_t)n * dim, c->l1) : 0;
         double vo = c->overlap > 0 ? overlap(x->c, x->grad, n, dim, c->overlap) : 0;
-        if (!counted_here(m, x)) continue; /* gradient applied, value counted on the first stage */
+        if (!dam_model_owns(m, x)) continue; /* gradient applied, value counted on the first stage */
         out->similarity += vs, out->l2 += v2;
         if (shard)
             split_sums[0] += v1, split_sums[1] += vo;
@@ -129,7 +124,7 @@ double optim_clip_grad_norm(DamModel *m, float max_norm) {
     for (int t = 0; t < m->n_tensors; t++) {
         DamTensor *x = &m->tensors[t];
         if (!x->trainable) continue;
-        double v = counted_here(m, x) ? dot(x->grad, x->grad, m->n_rows * x->dim) : 0;
+        double v = dam_model_owns(m, x) ? dot(x->grad, x->grad, m->n_rows * x->dim) : 0;
         if (shard_group(m, x))
             split += v;
         else

@@ -96,40 +96,7 @@ static void write_report(const DamModel *m, const OutputReport *rep, const char 
     cJSON_Delete(r);
 }
 
-/* ---------------------------------------------------------------- tensor-parallel gathers */
-
-/* The whole of a tensor-parallel split array: `local` is this rank's rows x cols piece; rows-split
- * pieces (and biases split along their only axis) are concatenated, column-split ones interleaved.
- * Returns a heap buffer of tp * rows * cols floats (or a copy of local without tp). */
-static float *gather_split(const DamModel *m, const float *local, size_t rows, size_t cols, int cols_split) {
-    size_t n = rows * cols;
-    int tp = m->tp_size;
-    float *all = dam_malloc(n * (size_t)tp * sizeof(float), "gathered tensor");
-    if (!m->tp) {
-        memcpy(all, local, n * sizeof(float));
-        return all;
-    }
-    comm_allgather(m->tp, local, n * sizeof(float), all);
-    if (!cols_split) return all;
-    float *full = dam_malloc(n * (size_t)tp * sizeof(float), "gathered tensor");
-    for (int k = 0; k < tp; k++)
-        for (size_t r = 0; r < rows; r++)
-            memcpy(full + r * cols * tp + k * cols, all + k * n + r * cols, cols * sizeof(float));
-    free(all);
-    return full;
-}
-
-/* Is tensor x split over tp, and how: 0 whole, 1 rows (or a bias's only axis), 2 columns. */
-static int split_kind(const DamModel *m, const DamTensor *x) {
-    if (!m->tp) return 0;
-    if (x->kind != DT_BIAS && x->coef_full != x->dim) return 2;
-    return x->grad_partial ? 1 : 0;
-}
-
-/* Whether this pipeline stage writes x (a tied embedding is written by the first stage only). */
-static int stage_writes(const DamModel *m, const DamTensor *x) {
-    return !(m->pp && !m->first && x->kind == DT_EMBED);
-}
+/* ---------------------------------------------------------------- over stages and tp ranks */
 
 /* Merged tensors of this rank's stage, gathered over tp and written by tp rank 0 into dir; with
  * `coef_path`, their coefficients too. Every tp rank takes part. */
@@ -146,18 +113,18 @@ static void write_stage_tensors(DamModel *m, const char *dir, size_t shard_bytes
     int64_t *cshape = dam_calloc((size_t)m->n_tensors * 2, sizeof(int64_t), "shapes");
     for (int t = 0; t < m->n_tensors; t++) { /* each merged tensor materialized once */
         const DamTensor *x = &m->tensors[t];
-        if (!stage_writes(m, x)) continue;
+        if (!dam_model_owns(m, x)) continue;
         dam_model_materialize(m, x, -1, buf);
         dam_model_release(m, x);
-        int split = split_kind(m, x), tp = split ? m->tp_size : 1;
-        float *full = gather_split(m, buf, x->rows, x->cols, split == 2);
+        int split = dam_model_split_kind(m, x), tp = split ? m->tp_size : 1;
+        float *full = dam_model_gather_split(m, buf, x->rows, x->cols, split == 2);
         int64_t shape[2] = {(int64_t)(x->rows * (split == 1 && x->kind != DT_BIAS ? tp : 1)),
                             (int64_t)(x->cols * (split == 2 || (split == 1 && x->kind == DT_BIAS) ? tp : 1))};
         int one_d = x->kind == DT_NORM || x->kind == DT_BIAS;
         if (writer) st_writer_add_f32(w, x->name, DAM_BF16, one_d ? 1 : 2, one_d ? &shape[1] : shape, full);
         free(full);
         /* coefficients: whole on every tp rank unless their columns are split with the weight */
-        coefs[n_out] = gather_split(m, x->c, (size_t)m->n_rows, (size_t)x->dim, split == 2);
+        coefs[n_out] = dam_model_gather_split(m, x->c, (size_t)m->n_rows, (size_t)x->dim, split == 2);
         names[n_out] = x->name;
         cshape[2 * n_out] = m->n_rows, cshape[2 * n_out + 1] = split == 2 ? x->coef_full : x->dim;
         n_out++;
