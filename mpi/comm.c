@@ -66,8 +66,8 @@ void comm_fail_on_root(int bad, const char *fmt, ...) {
 void grid_init(ProcessGrid *g, int dp, int pp, int tp) {
     int world = comm_world_size(), rank = comm_world_rank();
     comm_fail_on_root(dp < 1 || pp < 1 || tp < 1 || dp * pp * tp != world,
-                      "parallel layout dp=%d x pp=%d x tp=%d = %d ranks does not match the %d ranks started", dp, pp,
-                      tp, dp * pp * tp, world);
+                      "parallel layout dp=%d x pp=%d x tp=%d = %d ranks does not match the %d ranks started",
+                      dp, pp, tp, dp * pp * tp, world);
     g->dp = dp, g->pp = pp, g->tp = tp;
     g->tp_idx = rank % tp;
     g->pp_idx = (rank / tp) % pp;
@@ -116,7 +116,8 @@ void comm_allgather(const CommGroup *g, const void *in, size_t bytes, void *out)
         memcpy(out, in, bytes);
         return;
     }
-    if (bytes > (size_t)1 << 30) dam_fail("comm_allgather on group %s: %zu bytes per rank is too many", g->name, bytes);
+    if (bytes > (size_t)1 << 30)
+        dam_fail("comm_allgather on group %s: %zu bytes per rank is too many", g->name, bytes);
     DAM_MPI_CHECK(MPI_Allgather(in, (int)bytes, MPI_BYTE, out, (int)bytes, MPI_BYTE, g->comm));
 }
 

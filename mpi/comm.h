@@ -10,10 +10,10 @@
 #include "util.h"
 
 /* Check an MPI call; on failure print the call, the rank and MPI's message, then abort all ranks. */
-#define DAM_MPI_CHECK(call)                                                                        \
-    do {                                                                                           \
-        int dam_mpi_rc_ = (call);                                                                  \
-        if (dam_mpi_rc_ != MPI_SUCCESS) dam_mpi_fail(#call, dam_mpi_rc_, __FILE__, __LINE__);      \
+#define DAM_MPI_CHECK(call)                                                                                  \
+    do {                                                                                                     \
+        int dam_mpi_rc_ = (call);                                                                            \
+        if (dam_mpi_rc_ != MPI_SUCCESS) dam_mpi_fail(#call, dam_mpi_rc_, __FILE__, __LINE__);                \
     } while (0)
 DAM_NORETURN void dam_mpi_fail(const char *call, int rc, const char *file, int line);
 

@@ -53,7 +53,8 @@ void ckpt_create(const char *tmp, const CkptMeta *meta) {
     attr_str(f, "config_hash", hash, tmp);
     attr_str(f, "sources", meta->sources, tmp);
     const char *groups[] = {"coefficients", "adam_m", "adam_v"};
-    for (int i = 0; i < 3; i++) H5Gclose(DAM_H5_CHECK(H5Gcreate2(f, groups[i], H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), tmp));
+    for (int i = 0; i < 3; i++)
+        H5Gclose(DAM_H5_CHECK(H5Gcreate2(f, groups[i], H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), tmp));
     DAM_H5_CHECK(H5Fclose(f), tmp);
 }
 
@@ -65,17 +66,20 @@ CkptFile *ckpt_append(const char *tmp) {
     return f;
 }
 
-static void put_one(CkptFile *f, const char *group, const char *name, int n_rows, int dim, const float *data) {
+static void put_one(CkptFile *f, const char *group, const char *name, int n_rows, int dim,
+                    const float *data) {
     char *path = dam_asprintf("/%s/%s", group, name);
     hsize_t dims[2] = {(hsize_t)n_rows, (hsize_t)dim};
     hid_t sp = DAM_H5_CHECK(H5Screate_simple(2, dims, NULL), f->path);
-    hid_t d = DAM_H5_CHECK(H5Dcreate2(f->file, path, H5T_IEEE_F32LE, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), path);
+    hid_t d = DAM_H5_CHECK(
+        H5Dcreate2(f->file, path, H5T_IEEE_F32LE, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), path);
     DAM_H5_CHECK(H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data), path);
     H5Dclose(d), H5Sclose(sp);
     free(path);
 }
 
-void ckpt_put(CkptFile *f, const char *name, int n_rows, int dim, const float *c, const float *m, const float *v) {
+void ckpt_put(CkptFile *f, const char *name, int n_rows, int dim, const float *c, const float *m,
+              const float *v) {
     put_one(f, "coefficients", name, n_rows, dim, c);
     put_one(f, "adam_m", name, n_rows, dim, m);
     put_one(f, "adam_v", name, n_rows, dim, v);
@@ -171,7 +175,8 @@ CkptFile *ckpt_open_read(const char *path, CkptMeta *meta) {
     if (f->file < 0) dam_fail("%s: cannot open as HDF5", path);
     int64_t ver = read_i64(f->file, "format_version", path);
     if (ver != CKPT_FORMAT_VERSION)
-        dam_fail("%s: checkpoint format_version %lld; this dam_dist reads %d", path, (long long)ver, CKPT_FORMAT_VERSION);
+        dam_fail("%s: checkpoint format_version %lld; this dam_dist reads %d", path, (long long)ver,
+                 CKPT_FORMAT_VERSION);
     memset(meta, 0, sizeof *meta);
     meta->step = read_i64(f->file, "step", path);
     meta->total_steps = read_i64(f->file, "total_steps", path);
@@ -191,11 +196,12 @@ CkptFile *ckpt_open_read(const char *path, CkptMeta *meta) {
     return f;
 }
 
-static void get_one(CkptFile *f, const char *group, const char *name, int n_rows, int dim, int col0, int ncols,
-                    float *out) {
+static void get_one(CkptFile *f, const char *group, const char *name, int n_rows, int dim, int col0,
+                    int ncols, float *out) {
     char *path = dam_asprintf("/%s/%s", group, name);
     hid_t d = H5Dopen2(f->file, path, H5P_DEFAULT);
-    if (d < 0) dam_fail("%s: checkpoint has no tensor '%s' (made for other sources or shapes?)", f->path, path);
+    if (d < 0)
+        dam_fail("%s: checkpoint has no tensor '%s' (made for other sources or shapes?)", f->path, path);
     hid_t sp = DAM_H5_CHECK(H5Dget_space(d), path);
     hsize_t dims[2] = {0, 0};
     if (H5Sget_simple_extent_ndims(sp) != 2 || H5Sget_simple_extent_dims(sp, dims, NULL) != 2 ||
@@ -210,7 +216,8 @@ static void get_one(CkptFile *f, const char *group, const char *name, int n_rows
     free(path);
 }
 
-void ckpt_get(CkptFile *f, const char *name, int n_rows, int dim, int col0, int ncols, float *c, float *m, float *v) {
+void ckpt_get(CkptFile *f, const char *name, int n_rows, int dim, int col0, int ncols, float *c, float *m,
+              float *v) {
     get_one(f, "coefficients", name, n_rows, dim, col0, ncols, c);
     get_one(f, "adam_m", name, n_rows, dim, col0, ncols, m);
     get_one(f, "adam_v", name, n_rows, dim, col0, ncols, v);

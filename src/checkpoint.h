@@ -22,7 +22,7 @@ typedef struct {
     int n_datasets;
     int64_t cursor[DAM_MAX_SOURCES];
     uint64_t rng_state, config_hash;
-    char sources[1024];   /* coefficient row names joined by ';' */
+    char sources[1024]; /* coefficient row names joined by ';' */
 } CkptMeta;
 
 /* Writing, in pieces so that pipeline stages can add their own tensors in turn (serial HDF5 on a
@@ -32,19 +32,21 @@ typedef struct {
  *   ckpt_commit(dir, tmp, step, keep) rank 0: rename into place, update latest, prune old ones */
 typedef struct CkptFile CkptFile;
 
-char *ckpt_tmp_path(const char *dir, int64_t step);      /* heap string */
+char *ckpt_tmp_path(const char *dir, int64_t step); /* heap string */
 void ckpt_create(const char *tmp_path, const CkptMeta *meta);
 CkptFile *ckpt_append(const char *tmp_path);
-void ckpt_put(CkptFile *f, const char *name, int n_rows, int dim, const float *c, const float *m, const float *v);
+void ckpt_put(CkptFile *f, const char *name, int n_rows, int dim, const float *c, const float *m,
+              const float *v);
 void ckpt_close(CkptFile *f);
 char *ckpt_commit(const char *dir, const char *tmp_path, int64_t step, int keep); /* final path */
 
 /* Reading: any rank, any layout. ckpt_get reads columns [col0, col0 + ncols) of the stored
  * [n_rows, dim] arrays (a tensor-parallel shard, or all of them) and fails naming the file and
  * tensor when it is missing or shaped otherwise. */
-char *ckpt_latest(const char *dir);                      /* NULL when there is none */
+char *ckpt_latest(const char *dir); /* NULL when there is none */
 CkptFile *ckpt_open_read(const char *path, CkptMeta *meta);
-void ckpt_get(CkptFile *f, const char *name, int n_rows, int dim, int col0, int ncols, float *c, float *m, float *v);
+void ckpt_get(CkptFile *f, const char *name, int n_rows, int dim, int col0, int ncols, float *c, float *m,
+              float *v);
 
 /* The whole model of one process (single-rank runs and tests). */
 char *ckpt_save(const char *dir, const DamModel *m, const CkptMeta *meta, int keep);

@@ -89,7 +89,7 @@ static void write_report(const DamModel *m, const OutputReport *rep, const char 
     for (int k = 0; k < rep->n_data; k++) cJSON_AddNumberToObject(kl, rep->names[k], rep->kl[k]);
     cJSON *rows = cJSON_AddArrayToObject(r, "coefficient_rows");
     for (int i = 0; i < m->n_rows; i++) cJSON_AddItemToArray(rows, cJSON_CreateString(m->row_names[i]));
-    cJSON_AddStringToObject(r, "architecture", m->cfg.architecture);
+    cJSON_AddStringToObject(r, "architecture", m->full_cfg.architecture);
     char *text = cJSON_Print(r);
     dam_write_file_atomic(path, text, strlen(text));
     free(text);

@@ -1,11 +1,13 @@
 /* train.c — the main job: config → sources → coefficients → steps over the datasets → merged
  * model on disk. One driver for every backend; the step reads top to bottom in train_step. */
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 
+#include "checkpoint.h"
 #include "comm.h"
 #include "commands.h"
 #include "config.h"
@@ -16,12 +18,17 @@
 
 typedef struct {
     DamConfig cfg;
+    ProcessGrid grid; /* dp x pp x tp, built once */
+    int root;         /* world rank 0: prints, writes metrics */
+    char *ckpt_dir;
+    int start_step;
+    int64_t tokens_seen;
     DamModel model;
     RunState *rs;
-    int n_data;                       /* datasets: one per source model (not the base) */
+    int n_data; /* datasets: one per source model (not the base) */
     DamDataset data[DAM_MAX_SOURCES];
-    int64_t cursor[DAM_MAX_SOURCES];  /* next row of each dataset */
-    int T, B;                         /* tokens per row used, rows per micro-batch */
+    int64_t cursor[DAM_MAX_SOURCES]; /* next row of each dataset */
+    int T, B;                        /* tokens per row used, rows per micro-batch */
     int32_t *ids, *topk_idx;
     int8_t *mask;
     float *topk_val;
@@ -65,7 +72,8 @@ static void open_model(Trainer *tr) {
     for (int i = 0; i < c->n_models; i++) dirs[n] = c->models[i].path, names[n++] = c->models[i].name;
     if (c->include_base) dirs[n] = c->base_model, names[n++] = "base";
     tr->n_data = c->n_models;
-    dam_model_open(&tr->model, n, dirs, names, backend_cpu());
+    dam_model_open_parallel(&tr->model, n, dirs, names, backend_cpu(), &tr->grid.tp_group,
+                            &tr->grid.pp_group);
     DamModel *m = &tr->model;
     m->nonlin = c->nonlinearity;
     for (int t = 0; t < m->n_tensors; t++) {
@@ -78,14 +86,14 @@ static void open_model(Trainer *tr) {
         char *p = dam_path_join(c->base_model, "config.json");
         hfconfig_load(&bc, p);
         free(p);
-        hfconfig_check_same(&m->cfg, names[0], &bc, "base");
+        hfconfig_check_same(&m->full_cfg, names[0], &bc, "base");
     }
     init_coefficients(tr);
 }
 
 static void open_data(Trainer *tr) {
     DamConfig *c = &tr->cfg;
-    const ModelConfig *mc = &tr->model.cfg;
+    const ModelConfig *mc = &tr->model.full_cfg;
     int64_t L = -1, topk = -1;
     for (int k = 0; k < tr->n_data; k++) {
         DamDataset *d = &tr->data[k];
@@ -96,13 +104,15 @@ static void open_data(Trainer *tr) {
                      (long long)d->seq_len, tr->data[0].path, (long long)L);
         L = d->seq_len;
         int k_cache = c->loss.topk > 0 && d->topk > 0 ? d->topk : 0;
-        if (topk >= 0 && k_cache != topk) dam_fail("%s: teacher cache differs from the other datasets'", d->path);
+        if (topk >= 0 && k_cache != topk)
+            dam_fail("%s: teacher cache differs from the other datasets'", d->path);
         topk = k_cache;
         if (k_cache && k_cache < c->loss.topk)
             dam_fail("%s: teacher cache holds top-%d; loss.topk asks for %d", d->path, k_cache, c->loss.topk);
     }
     tr->T = c->seq_len > 0 ? c->seq_len : (int)L;
-    if (tr->T > L) dam_fail("%s: train.seq_len %d is longer than the dataset rows (%lld)", c->file, tr->T, (long long)L);
+    if (tr->T > L)
+        dam_fail("%s: train.seq_len %d is longer than the dataset rows (%lld)", c->file, tr->T, (long long)L);
     if (tr->T > mc->max_position_embeddings)
         dam_fail("%s: sequence length %d exceeds max_position_embeddings %d of %s", tr->data[0].path, tr->T,
                  mc->max_position_embeddings, c->models[0].path);
@@ -112,7 +122,8 @@ static void open_data(Trainer *tr) {
         int64_t s = tr->data[k].n_rows / ((int64_t)tr->B * c->micro_batches);
         steps_per_epoch = s < steps_per_epoch ? s : steps_per_epoch;
     }
-    if (c->steps > 0) tr->total_steps = c->steps;
+    if (c->steps > 0)
+        tr->total_steps = c->steps;
     else {
         if (steps_per_epoch == 0)
             dam_fail("%s: a step needs batch_size x micro_batches = %d rows; a dataset has fewer", c->file,
@@ -140,7 +151,8 @@ static void next_batch(Trainer *tr, int k, int seg) {
         int64_t row = tr->cursor[k]++ % d->n_rows;
         dataset_read_rows(d, row, 1, ids + b * L, mask + b * L);
         if (tr->topk_idx)
-            dataset_read_topk(d, row, 1, tr->topk_idx + (seg * B + b) * L * Kc, tr->topk_val + (seg * B + b) * L * Kc);
+            dataset_read_topk(d, row, 1, tr->topk_idx + (seg * B + b) * L * Kc,
+                              tr->topk_val + (seg * B + b) * L * Kc);
     }
     for (int64_t b = 0; b < B; b++) {
         memmove(tr->ids + (seg * B + b) * T, ids + b * L, (size_t)T * sizeof(int32_t));
@@ -155,6 +167,23 @@ static void next_batch(Trainer *tr, int k, int seg) {
 
 /* ---------------------------------------------------------------- one step */
 
+/* Data parallel: the replicas' gradients and loss terms summed over dp (each replica ran its own
+ * micro-batches, each weighted by 1/micro_batches, so the sum is the single-process step). */
+static void reduce_over_dp(Trainer *tr, StepStats *st) {
+    const CommGroup *dp = &tr->grid.dp_group;
+    if (dp->size == 1) return;
+    DamModel *m = &tr->model;
+    for (int t = 0; t < m->n_tensors; t++)
+        comm_allreduce_sum_f32(dp, m->tensors[t].grad, (size_t)m->n_rows * m->tensors[t].dim);
+    int n = tr->n_data;
+    double buf[3 * DAM_MAX_SOURCES + 1];
+    for (int k = 0; k < n; k++) buf[k] = st->kl[k], buf[n + k] = st->mse[k], buf[2 * n + k] = st->entropy[k];
+    buf[3 * n] = (double)st->tokens;
+    comm_allreduce_sum_f64(dp, buf, (size_t)(3 * n + 1));
+    for (int k = 0; k < n; k++) st->kl[k] = buf[k], st->mse[k] = buf[n + k], st->entropy[k] = buf[2 * n + k];
+    st->tokens = (int64_t)buf[3 * n];
+}
+
 static void train_step(Trainer *tr, int step, StepStats *st) {
     DamModel *m = &tr->model;
     const DamConfig *c = &tr->cfg;
@@ -164,15 +193,21 @@ static void train_step(Trainer *tr, int step, StepStats *st) {
     int teacher[DAM_MAX_SOURCES];
     for (int k = 0; k < tr->n_data; k++) teacher[k] = k; /* dataset k is taught by source k */
     for (int mb = 0; mb < c->micro_batches; mb++) {
+        if (mb % tr->grid.dp != tr->grid.dp_idx) { /* another replica's micro-batch: skip its rows */
+            for (int k = 0; k < tr->n_data; k++) tr->cursor[k] += tr->B;
+            continue;
+        }
         for (int k = 0; k < tr->n_data; k++) next_batch(tr, k, k);
         LossTerms lt[DAM_MAX_SOURCES];
-        dam_model_step(m, tr->rs, tr->n_data, teacher, tr->ids, tr->mask, tr->topk_idx, tr->topk_val, tr->B, tr->T,
-                       &c->loss, weight, lt);
+        dam_model_step(m, tr->rs, tr->n_data, teacher, tr->ids, tr->mask, tr->topk_idx, tr->topk_val, tr->B,
+                       tr->T, &c->loss, weight, lt);
         for (int k = 0; k < tr->n_data; k++) {
-            st->kl[k] += lt[k].kl * weight, st->mse[k] += lt[k].mse * weight, st->entropy[k] += lt[k].entropy * weight;
+            st->kl[k] += lt[k].kl * weight, st->mse[k] += lt[k].mse * weight,
+                st->entropy[k] += lt[k].entropy * weight;
             st->tokens += lt[k].n_valid;
         }
     }
+    reduce_over_dp(tr, st);
     dam_model_finish_grad(m);
     reg_apply(m, c, &st->reg);
     st->grad_norm = optim_clip_grad_norm(m, c->max_grad_norm);
@@ -189,9 +224,10 @@ static void fmt_eta(char *out, size_t n, double s) {
 }
 
 static void log_step(Trainer *tr, int step, const StepStats *st, float lr, double dt, double elapsed) {
+    if (!tr->root) return;
     int done = step + 1;
     char eta[32];
-    fmt_eta(eta, sizeof eta, elapsed / done * (tr->total_steps - done));
+    fmt_eta(eta, sizeof eta, elapsed / (done - tr->start_step) * (tr->total_steps - done));
     printf("step %4d/%d | loss %.5f | kl", done, tr->total_steps, st->total);
     for (int k = 0; k < tr->n_data; k++) printf(" %.5f", st->kl[k]);
     if (tr->cfg.loss.mse > 0) printf(" | mse %.4g", st->mse[0]);
@@ -211,8 +247,8 @@ static void log_step(Trainer *tr, int step, const StepStats *st, float lr, doubl
     fprintf(f,
             "],\"similarity\":%.9g,\"l1\":%.9g,\"l2\":%.9g,\"overlap\":%.9g,\"grad_norm\":%.9g,\"lr\":%.9g,"
             "\"tokens\":%lld,\"tokens_per_s\":%.3f,\"elapsed_s\":%.3f}\n",
-            st->reg.similarity, st->reg.l1, st->reg.l2, st->reg.overlap, st->grad_norm, lr, (long long)st->tokens,
-            st->tokens / dt, elapsed);
+            st->reg.similarity, st->reg.l1, st->reg.l2, st->reg.overlap, st->grad_norm, lr,
+            (long long)st->tokens, st->tokens / dt, elapsed);
     fflush(f);
 }
 
@@ -230,7 +266,8 @@ static double eval_kl(Trainer *tr, int k, int n_eval) {
     for (int64_t r = 0; r + tr->B <= n_eval; r += tr->B) {
         next_batch(tr, k, 0);
         LossTerms lt;
-        dam_model_eval(&tr->model, tr->rs, k, tr->ids, tr->mask, tr->topk_idx, tr->topk_val, tr->B, tr->T, &lp, &lt);
+        dam_model_eval(&tr->model, tr->rs, k, tr->ids, tr->mask, tr->topk_idx, tr->topk_val, tr->B, tr->T,
+                       &lp, &lt);
         kl += lt.kl * (double)lt.n_valid, tokens += lt.n_valid;
     }
     tr->cursor[k] = saved;
@@ -242,20 +279,22 @@ static void set_plain_average(DamModel *m, int n_sources) {
     for (int t = 0; t < m->n_tensors; t++) {
         DamTensor *x = &m->tensors[t];
         for (int i = 0; i < m->n_rows; i++)
-            for (int j = 0; j < x->dim; j++) x->fc[(size_t)i * x->dim + j] = i < n_sources ? 1.0f / n_sources : 0.0f;
+            for (int j = 0; j < x->dim; j++)
+                x->fc[(size_t)i * x->dim + j] = i < n_sources ? 1.0f / n_sources : 0.0f;
     }
 }
 
 static void eval_table(Trainer *tr, int n_eval) {
     for (int k = 0; k < tr->n_data; k++)
         if (n_eval < tr->B || n_eval > tr->data[k].n_rows)
-            dam_fail("--eval-rows %d: needs at least batch_size (%d) and at most %lld rows of %s", n_eval, tr->B,
-                     (long long)tr->data[k].n_rows, tr->data[k].path);
+            dam_fail("--eval-rows %d: needs at least batch_size (%d) and at most %lld rows of %s", n_eval,
+                     tr->B, (long long)tr->data[k].n_rows, tr->data[k].path);
     double dam[DAM_MAX_SOURCES] = {0}, avg[DAM_MAX_SOURCES] = {0};
     for (int k = 0; k < tr->n_data; k++) dam[k] = eval_kl(tr, k, n_eval);
     set_plain_average(&tr->model, tr->n_data);
     for (int k = 0; k < tr->n_data; k++) avg[k] = eval_kl(tr, k, n_eval);
     dam_model_refresh(&tr->model);
+    if (!tr->root) return;
     printf("\nKL(source || merged) per token at temperature %.1f on the last %d rows of each dataset\n",
            tr->cfg.loss.temperature, n_eval);
     printf("%-16s %14s %14s %10s\n", "dataset", "DAM", "plain average", "DAM/avg");
@@ -263,25 +302,163 @@ static void eval_table(Trainer *tr, int n_eval) {
         printf("%-16s %14.6f %14.6f %10.3f\n", tr->cfg.models[k].name, dam[k], avg[k], dam[k] / avg[k]);
 }
 
-/* ---------------------------------------------------------------- command */
+/* ---------------------------------------------------------------- checkpoints */
+
+static void ckpt_meta(const Trainer *tr, int step, CkptMeta *meta) {
+    memset(meta, 0, sizeof *meta);
+    meta->step = step, meta->total_steps = tr->total_steps, meta->tokens_seen = tr->tokens_seen;
+    meta->n_datasets = tr->n_data;
+    memcpy(meta->cursor, tr->cursor, sizeof tr->cursor);
+    meta->config_hash = tr->cfg.hash;
+    for (int i = 0; i < tr->model.n_rows; i++) {
+        if (i) strncat(meta->sources, ";", sizeof meta->sources - strlen(meta->sources) - 1);
+        strncat(meta->sources, tr->model.row_names[i], sizeof meta->sources - strlen(meta->sources) - 1);
+    }
+}
+
+/* Every rank: rank 0 creates the file, the stages of replica 0 add their tensors in turn (each
+ * gathered over tp, written by tp rank 0), rank 0 renames it into place and updates `latest`. */
+static void save_checkpoint(Trainer *tr, int step) {
+    const ProcessGrid *g = &tr->grid;
+    DamModel *m = &tr->model;
+    char *tmp = ckpt_tmp_path(tr->ckpt_dir, step);
+    if (tr->root) {
+        dam_mkdir_p(tr->ckpt_dir);
+        CkptMeta meta;
+        ckpt_meta(tr, step, &meta);
+        ckpt_create(tmp, &meta);
+    }
+    for (int s = 0; s < g->pp; s++) {
+        comm_barrier(&g->world);
+        if (g->dp_idx != 0 || g->pp_idx != s) continue;
+        CkptFile *f = g->tp_idx == 0 ? ckpt_append(tmp) : NULL;
+        for (int t = 0; t < m->n_tensors; t++) {
+            DamTensor *x = &m->tensors[t];
+            if (!dam_model_owns(m, x)) continue;
+            int split = dam_model_split_kind(m, x) == 2, full = split ? x->coef_full : x->dim;
+            float *v[3], *local[3] = {x->c, x->adam_m, x->adam_v};
+            for (int i = 0; i < 3; i++)
+                v[i] = dam_model_gather_split(m, local[i], (size_t)m->n_rows, (size_t)x->dim, split);
+            if (f) ckpt_put(f, x->name, m->n_rows, full, v[0], v[1], v[2]);
+            for (int i = 0; i < 3; i++) free(v[i]);
+        }
+        ckpt_close(f);
+    }
+    comm_barrier(&g->world);
+    if (tr->root) free(ckpt_commit(tr->ckpt_dir, tmp, step, tr->cfg.ckpt_keep));
+    comm_barrier(&g->world);
+    free(tmp);
+}
+
+/* Every rank reads its own tensors (its tp columns) from the newest checkpoint: any layout. */
+static void resume_checkpoint(Trainer *tr) {
+    char *path = ckpt_latest(tr->ckpt_dir);
+    if (!path) dam_fail("--resume: no checkpoint in %s (no 'latest' file)", tr->ckpt_dir);
+    DamModel *m = &tr->model;
+    CkptMeta meta;
+    CkptFile *f = ckpt_open_read(path, &meta);
+    char want[1024];
+    CkptMeta mine;
+    ckpt_meta(tr, 0, &mine);
+    snprintf(want, sizeof want, "%s", mine.sources);
+    if (strcmp(want, meta.sources))
+        dam_fail("%s: checkpoint was made for sources '%s'; this run has '%s'", path, meta.sources, want);
+    if (meta.total_steps != tr->total_steps || meta.n_datasets != tr->n_data)
+        dam_fail("%s: checkpoint was made for a run of %lld steps over %d datasets; this one has %d over %d",
+                 path, (long long)meta.total_steps, meta.n_datasets, tr->total_steps, tr->n_data);
+    for (int t = 0; t < m->n_tensors; t++) {
+        DamTensor *x = &m->tensors[t];
+        int split = dam_model_split_kind(m, x) == 2;
+        ckpt_get(f, x->name, m->n_rows, split ? x->coef_full : x->dim, split ? x->coef_off : 0, x->dim, x->c,
+                 x->adam_m, x->adam_v);
+    }
+    ckpt_close(f);
+    dam_model_refresh(m);
+    tr->start_step = (int)meta.step;
+    tr->tokens_seen = meta.tokens_seen;
+    memcpy(tr->cursor, meta.cursor, sizeof tr->cursor);
+    if (tr->root) printf("dam_dist: resumed from %s at step %d/%d\n", path, tr->start_step, tr->total_steps);
+    free(path);
+}
+
+/* ---------------------------------------------------------------- layout and signals */
+
+static volatile sig_atomic_t g_stop_signal = 0;
+
+static void on_stop_signal(int sig) { g_stop_signal = sig; }
+
+static void install_stop_handlers(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
+}
+
+/* dp x pp x tp from the config (pp = 0: what the world size leaves), checked against the world size
+ * and the model before anything is loaded: one error line from rank 0, every rank ends. */
+static void setup_grid(Trainer *tr) {
+    const DamConfig *c = &tr->cfg;
+    int world = comm_world_size(), dp = c->dp, tp = c->tp;
+    comm_fail_on_root(dp < 1 || tp < 1, "%s: parallel.dp and parallel.tp must be >= 1", c->file);
+    comm_fail_on_root(c->pp == 0 && world % (dp * tp) != 0, "%s: %d ranks are not divisible by dp=%d x tp=%d",
+                      c->file, world, dp, tp);
+    int pp = c->pp > 0 ? c->pp : world / (dp * tp);
+    ModelConfig mc;
+    char *p = dam_path_join(c->models[0].path, "config.json");
+    hfconfig_load(&mc, p);
+    free(p);
+    const char *names[] = {"num_attention_heads", "num_key_value_heads", "intermediate_size", "vocab_size"};
+    int vals[] = {mc.num_attention_heads, mc.num_key_value_heads, mc.intermediate_size, mc.vocab_size};
+    for (int i = 0; i < 4; i++)
+        comm_fail_on_root(vals[i] % tp != 0, "%s: parallel.tp=%d does not divide %s = %d of %s", c->file, tp,
+                          names[i], vals[i], c->models[0].path);
+    comm_fail_on_root(pp > mc.num_hidden_layers, "%s: parallel.pp=%d exceeds the %d layers of %s", c->file,
+                      pp, mc.num_hidden_layers, c->models[0].path);
+    comm_fail_on_root(c->micro_batches % dp != 0,
+                      "%s: train.micro_batches=%d is not divisible by parallel.dp=%d", c->file,
+                      c->micro_batches, dp);
+    grid_init(&tr->grid, dp, pp, tp);
+    tr->root = tr->grid.world.rank == 0;
+}
+
+/* ---------------------------------------------------------------- command */ /* ----------------------------------------------------------------
+                                                                                  command */
 
 static void usage_fail(const char *msg) {
     dam_fail("%s (usage: dam_dist --config FILE [--max-steps N] [--out DIR] [--eval-rows N])", msg);
 }
 
+static void trainer_free(Trainer *tr) {
+    if (tr->metrics) fclose(tr->metrics);
+    runstate_free(tr->rs);
+    for (int k = 0; k < tr->n_data; k++) dataset_close(&tr->data[k]);
+    free(tr->ids), free(tr->mask), free(tr->topk_idx), free(tr->topk_val), free(tr->ckpt_dir);
+    dam_model_close(&tr->model);
+    grid_free(&tr->grid);
+    config_free(&tr->cfg);
+}
+
 int cmd_train(int argc, char **argv) {
     const char *config = NULL, *out_override = NULL;
-    int max_steps = -1, eval_rows = 0;
+    int max_steps = -1, eval_rows = 0, resume = 0;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--config") && i + 1 < argc) config = argv[++i];
-        else if (!strcmp(argv[i], "--max-steps") && i + 1 < argc) max_steps = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--out") && i + 1 < argc) out_override = argv[++i];
-        else if (!strcmp(argv[i], "--eval-rows") && i + 1 < argc) eval_rows = atoi(argv[++i]);
-        else usage_fail(dam_asprintf("unknown argument '%s'", argv[i]));
+        if (!strcmp(argv[i], "--config") && i + 1 < argc)
+            config = argv[++i];
+        else if (!strcmp(argv[i], "--max-steps") && i + 1 < argc)
+            max_steps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--out") && i + 1 < argc)
+            out_override = argv[++i];
+        else if (!strcmp(argv[i], "--eval-rows") && i + 1 < argc)
+            eval_rows = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--resume"))
+            resume = 1;
+        else
+            usage_fail(dam_asprintf("unknown argument '%s'", argv[i]));
     }
     if (!config) usage_fail("--config is required");
-    if (comm_world_size() > 1)
-        dam_fail("this build trains in one process; the distributed layouts (pp/tp/dp) are not implemented yet");
+    install_stop_handlers();
     Trainer tr;
     memset(&tr, 0, sizeof tr);
     config_load(&tr.cfg, config);
@@ -290,37 +467,59 @@ int cmd_train(int argc, char **argv) {
         tr.cfg.out_dir = dam_strdup(out_override);
         tr.cfg.metrics_file = dam_asprintf("%s.metrics.jsonl", out_override);
     }
+    /* preemption must always be able to save: without checkpoint.dir, beside the output */
+    tr.ckpt_dir = tr.cfg.ckpt_dir ? dam_strdup(tr.cfg.ckpt_dir) : dam_asprintf("%s.ckpt", tr.cfg.out_dir);
+    setup_grid(&tr);
     open_model(&tr);
     open_data(&tr);
     tr.rs = runstate_new(&tr.model, tr.n_data * tr.B, tr.T);
-    tr.metrics = fopen(tr.cfg.metrics_file, "w");
-    if (!tr.metrics) dam_warn("%s: cannot write metrics; continuing without", tr.cfg.metrics_file);
+    if (resume) resume_checkpoint(&tr);
+    if (tr.root) {
+        tr.metrics = fopen(tr.cfg.metrics_file, resume ? "a" : "w");
+        if (!tr.metrics) dam_warn("%s: cannot write metrics; continuing without", tr.cfg.metrics_file);
+        printf("dam_dist: %d sources (%s, %lld parameters per source), %d steps of %d x %d tokens x %d "
+               "datasets, "
+               "layout dp=%d x pp=%d x tp=%d\n",
+               tr.model.n_rows, tr.model.full_cfg.architecture,
+               (long long)hfconfig_num_params(&tr.model.full_cfg), tr.total_steps, tr.B, tr.T, tr.n_data,
+               tr.grid.dp, tr.grid.pp, tr.grid.tp);
+    }
     int last = max_steps >= 0 && max_steps < tr.total_steps ? max_steps : tr.total_steps;
-    printf("dam_dist: %d sources (%s, %lld parameters per source), %zu trainable coefficients, %d steps of %d x %d "
-           "tokens x %d datasets\n",
-           tr.model.n_rows, tr.model.cfg.architecture, (long long)hfconfig_num_params(&tr.model.cfg),
-           dam_model_num_coefs(&tr.model, 1), tr.total_steps, tr.B, tr.T, tr.n_data);
     double t0 = dam_now();
     StepStats st;
     memset(&st, 0, sizeof st);
-    for (int step = 0; step < last; step++) {
+    int step = tr.start_step, stopped = 0;
+    for (; step < last && !stopped; step++) {
         double ts = dam_now();
         train_step(&tr, step, &st);
+        tr.tokens_seen += st.tokens;
         log_step(&tr, step, &st, optim_lr(&tr.cfg, step, tr.total_steps), dam_now() - ts, dam_now() - t0);
+        stopped = comm_any(&tr.grid.world, g_stop_signal != 0); /* every rank agrees at the step boundary */
+        if (!stopped && tr.cfg.ckpt_every > 0 && (step + 1) % tr.cfg.ckpt_every == 0 && step + 1 < last)
+            save_checkpoint(&tr, step + 1);
+    }
+    save_checkpoint(&tr, step); /* the end, a --max-steps stop or a signal: resumable from here */
+    if (stopped) {
+        if (tr.root)
+            printf("dam_dist: stopped by a signal after step %d/%d; checkpoint in %s; resume with: dam_dist "
+                   "--config %s "
+                   "--resume\n",
+                   step, tr.total_steps, tr.ckpt_dir, config);
+        trainer_free(&tr);
+        return 0;
     }
     if (eval_rows > 0) eval_table(&tr, eval_rows);
-    OutputReport rep = {.steps = last, .total_steps = tr.total_steps, .wall_s = dam_now() - t0, .n_data = tr.n_data};
+    OutputReport rep = {
+        .steps = step, .total_steps = tr.total_steps, .wall_s = dam_now() - t0, .n_data = tr.n_data};
     for (int k = 0; k < tr.n_data; k++) rep.kl[k] = st.kl[k], rep.names[k] = tr.cfg.models[k].name;
     rep.loss = st.total;
-    output_write(&tr.model, &tr.cfg, &rep);
+    if (tr.grid.dp_idx == 0) output_write_parallel(&tr.model, &tr.cfg, &rep, &tr.grid.replica);
+    comm_barrier(&tr.grid.world);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
-    printf("dam_dist: wrote %s (%d steps, %.1f s, peak RSS %ld KiB)\n", tr.cfg.out_dir, last, rep.wall_s, ru.ru_maxrss);
-    if (tr.metrics) fclose(tr.metrics);
-    runstate_free(tr.rs);
-    for (int k = 0; k < tr.n_data; k++) dataset_close(&tr.data[k]);
-    free(tr.ids), free(tr.mask), free(tr.topk_idx), free(tr.topk_val);
-    dam_model_close(&tr.model);
-    config_free(&tr.cfg);
+    if (tr.root)
+        printf("dam_dist: wrote %s (%d steps, %.1f s, peak RSS %ld KiB)\n", tr.cfg.out_dir, step, rep.wall_s,
+               ru.ru_maxrss);
+    trainer_free(&tr);
     return 0;
 }
