@@ -517,9 +517,18 @@ int cmd_train(int argc, char **argv) {
     comm_barrier(&tr.grid.world);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
-    if (tr.root)
+    double rss = (double)ru.ru_maxrss, all_rss[1024];
+    int world = tr.grid.world.size;
+    if (world <= 1024) comm_allgather(&tr.grid.world, &rss, sizeof rss, all_rss);
+    if (tr.root) {
         printf("dam_dist: wrote %s (%d steps, %.1f s, peak RSS %ld KiB)\n", tr.cfg.out_dir, step, rep.wall_s,
                ru.ru_maxrss);
+        if (world > 1 && world <= 1024) {
+            printf("dam_dist: peak RSS per rank (KiB):");
+            for (int r = 0; r < world; r++) printf(" %.0f", all_rss[r]);
+            printf("\n");
+        }
+    }
     trainer_free(&tr);
     return 0;
 }
