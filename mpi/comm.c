@@ -107,6 +107,10 @@ void comm_allreduce_max_f32(const CommGroup *g, float *buf, size_t n) {
     allreduce(g, buf, n, sizeof(float), MPI_FLOAT, MPI_MAX);
 }
 
+void comm_allreduce_sum_i32(const CommGroup *g, int32_t *buf, size_t n) {
+    allreduce(g, buf, n, sizeof(int32_t), MPI_INT32_T, MPI_SUM);
+}
+
 void comm_allreduce_max_f64(const CommGroup *g, double *buf, size_t n) {
     allreduce(g, buf, n, sizeof(double), MPI_DOUBLE, MPI_MAX);
 }

@@ -6,6 +6,7 @@
 
 #include <mpi.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "util.h"
 
@@ -47,6 +48,7 @@ void grid_free(ProcessGrid *g);
 void comm_allreduce_sum_f32(const CommGroup *g, float *buf, size_t n);
 void comm_allreduce_sum_f64(const CommGroup *g, double *buf, size_t n);
 void comm_allreduce_max_f32(const CommGroup *g, float *buf, size_t n);
+void comm_allreduce_sum_i32(const CommGroup *g, int32_t *buf, size_t n);
 void comm_allreduce_max_f64(const CommGroup *g, double *buf, size_t n);
 /* Every rank's `bytes` bytes, concatenated in rank order into out (size * bytes). */
 void comm_allgather(const CommGroup *g, const void *in, size_t bytes, void *out);

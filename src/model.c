@@ -744,7 +744,8 @@ void dam_model_eval(DamModel *m, RunState *rs, int k, const int32_t *ids, const 
 /* The whole of a tensor-parallel split array: `local` is this rank's rows x cols piece; rows-split
  * pieces (and biases split along their only axis) are concatenated, column-split ones interleaved.
  * Returns a heap buffer of tp * rows * cols floats (or a copy of local without tp). */
-float *dam_model_gather_split(const DamModel *m, const float *local, size_t rows, size_t cols, int cols_split) {
+float *dam_model_gather_split(const DamModel *m, const float *local, size_t rows, size_t cols,
+                              int cols_split) {
     size_t n = rows * cols;
     int tp = m->tp_size;
     float *all = dam_malloc(n * (size_t)tp * sizeof(float), "gathered tensor");
@@ -769,4 +770,11 @@ int dam_model_split_kind(const DamModel *m, const DamTensor *x) {
     return x->grad_partial ? 1 : 0;
 }
 
-int dam_model_owns(const DamModel *m, const DamTensor *x) { return !(m->pp && !m->first && x->kind == DT_EMBED); }
+int dam_model_owns(const DamModel *m, const DamTensor *x) {
+    return !(m->pp && !m->first && x->kind == DT_EMBED);
+}
+
+void dam_model_topk(const DamModel *m, const float *logits, int rows, int K, int32_t *idx, float *val) {
+    LossReduce red = {(void *)m->tp, m->tp_size, reduce_sum_f64, reduce_max_f64, reduce_gather};
+    loss_topk_sharded(idx, val, logits, rows, m->cfg.vocab_size, K, m->vocab_offset, m->tp ? &red : NULL);
+}

@@ -129,10 +129,15 @@ void dam_model_release(const DamModel *m, const DamTensor *t);
 /* Materialize one merged tensor (fp32, rows*cols) into out. */
 void dam_model_materialize(DamModel *m, const DamTensor *t, int src, float *out);
 
+/* The K largest logits of each of `rows` rows (global vocabulary ids), from this rank's vocabulary
+ * slice of them (as dam_model_logits returns it on the last stage), chosen over the tp group. */
+void dam_model_topk(const DamModel *m, const float *logits, int rows, int K, int32_t *idx, float *val);
+
 /* Tensor-parallel splits: 0 whole, 1 rows (or a bias's only axis), 2 columns (with coefficients). */
 int dam_model_split_kind(const DamModel *m, const DamTensor *x);
 /* The whole of a split array from every tp rank's rows x cols piece (heap; a copy without tp). */
-float *dam_model_gather_split(const DamModel *m, const float *local, size_t rows, size_t cols, int cols_split);
+float *dam_model_gather_split(const DamModel *m, const float *local, size_t rows, size_t cols,
+                              int cols_split);
 /* Whether this rank's stage is the owner of x for output and checkpoints (a tied embedding is held
  * by the first and the last stage and owned by the first). */
 int dam_model_owns(const DamModel *m, const DamTensor *x);

@@ -88,6 +88,20 @@ else
   bad "SIGKILL: rc=$(cat "$T/kill.rc" 2>/dev/null)"
 fi
 
+# precompute distributed: dp=2 and pp=2 x tp=2 write the same teacher cache as one process
+for l in "one 1 1 1 1" "dp2 2 2 1 1" "pp2tp2 4 1 2 2"; do
+  set -- $l
+  rm -rf "$T/pc-$1" && cp -r "$T/toy" "$T/pc-$1"
+  sed "s/\"seed\": 1}/\"seed\": 1}, \"parallel\": {\"dp\": $3, \"pp\": $4, \"tp\": $5}/" "$T/toy/config.json" > "$T/pc-$1/config.json"
+  $MPI -n "$2" $BIN precompute --config "$T/pc-$1/config.json" --topk 6 > "$T/pc-$1.log" 2>&1 || bad "precompute $1: $(tail -2 "$T/pc-$1.log")"
+done
+for l in dp2 pp2tp2; do
+  if h5diff "$T/pc-one/data/m0.h5" "$T/pc-$l/data/m0.h5" /topk_indices && h5diff "$T/pc-one/data/m1.h5" "$T/pc-$l/data/m1.h5" /topk_indices \
+     && h5diff -p 1e-5 "$T/pc-one/data/m0.h5" "$T/pc-$l/data/m0.h5" /topk_logits; then
+    ok "precompute $l: the same /topk_indices and /topk_logits as one process"
+  else bad "precompute $l differs"; fi
+done
+
 # bad layouts: one error line (from rank 0), every rank gone, nonzero
 expect_layout_error() { # NAME RANKS DP PP TP WANT
   layout bad "$3" "$4" "$5"
