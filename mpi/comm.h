@@ -55,6 +55,10 @@ void comm_allgather(const CommGroup *g, const void *in, size_t bytes, void *out)
 /* Point to point inside a group (pipeline activations and their gradients). */
 void comm_send_f32(const CommGroup *g, const float *buf, size_t n, int dest);
 void comm_recv_f32(const CommGroup *g, float *buf, size_t n, int src);
+/* Non-blocking send (pipeline activations / gradients: no send ever waits for the partner's
+ * schedule); comm_wait completes it (a no-op for MPI_REQUEST_NULL). */
+void comm_isend_f32(const CommGroup *g, const float *buf, size_t n, int dest, MPI_Request *req);
+void comm_wait(MPI_Request *req);
 void comm_bcast(const CommGroup *g, void *buf, size_t bytes, int root);
 void comm_barrier(const CommGroup *g);
 /* Fail with one line printed by world rank 0 only, when `bad` (which every rank computes alike):

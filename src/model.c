@@ -252,6 +252,8 @@ struct RunState {
     float *lm_w, *lm_t, *lm_G;           /* [V, d]: merged lm_head, teacher lm_head, its gradient GEMM */
     float *hc, *htc, *z, *zt, *dz, *dhc; /* loss chunk: [C, d] and [C, V] */
     int32_t *topk_idx, *valid, *ids_local;
+    MPI_Request send_req;               /* the pending pipeline send out of this run state's buffers */
+    int n_valid[DAM_MAX_SOURCES], skip; /* per segment; skip: an all-padding micro-batch */
     float *topk_val;
     float *rope_cos, *rope_sin; /* [T, hd/2] */
 };
@@ -320,6 +322,7 @@ RunState *runstate_new(const DamModel *m, int B, int T) {
     rs->dz = buf(m, LOSS_CHUNK * V, "logits gradient chunk");
     rs->valid = dam_malloc(BT * sizeof(int32_t), "valid positions");
     rs->ids_local = dam_malloc(BT * sizeof(int32_t), "local ids");
+    rs->send_req = MPI_REQUEST_NULL;
     rs->topk_idx = dam_malloc((size_t)LOSS_CHUNK * V * sizeof(int32_t), "top-k");
     rs->topk_val = buf(m, (size_t)LOSS_CHUNK * V, "top-k");
     int half = c->head_dim / 2;
@@ -481,6 +484,7 @@ static void model_forward(DamModel *m, RunState *rs, const int32_t *ids, int B, 
     size_t BT = (size_t)B * T, d = c->hidden_size;
     int nl = m->layer1 - m->layer0;
     if (B > rs->B || T > rs->T) dam_fail("batch %dx%d exceeds the run state's %dx%d", B, T, rs->B, rs->T);
+    comm_wait(&rs->send_req); /* the last send out of layer_in must be done before it is overwritten */
     if (m->first) {
         const int32_t *lids = local_ids(m, rs, ids, BT);
         if (src >= 0)
@@ -498,7 +502,7 @@ static void model_forward(DamModel *m, RunState *rs, const int32_t *ids, int B, 
                       rs->layer_in + (i + 1) * BT * d, B, T);
     }
     if (!m->last) {
-        comm_send_f32(m->pp, rs->layer_in + nl * BT * d, BT * d, m->pp->rank + 1);
+        comm_isend_f32(m->pp, rs->layer_in + nl * BT * d, BT * d, m->pp->rank + 1, &rs->send_req);
         return;
     }
     materialize_w(m, rs, m->final_norm, src, rs->final_norm_w);
@@ -642,6 +646,7 @@ static void merged_backward(DamModel *m, RunState *rs, const int32_t *ids, int B
     size_t BT = (size_t)B * T, d = c->hidden_size;
     int nl = m->layer1 - m->layer0;
     float *grad_out = rs->grad_out;
+    comm_wait(&rs->send_req);
     if (m->last) {
         memset(grad_out, 0, BT * d * sizeof(float));
         norm_backward(m, rs, m->final_norm, rs->final_norm_w, grad_out, rs->dx,
@@ -658,7 +663,7 @@ static void merged_backward(DamModel *m, RunState *rs, const int32_t *ids, int B
         memcpy(grad_out, rs->dx, BT * d * sizeof(float));
     }
     if (!m->first)
-        comm_send_f32(m->pp, grad_out, BT * d, m->pp->rank - 1);
+        comm_isend_f32(m->pp, grad_out, BT * d, m->pp->rank - 1, &rs->send_req);
     else if (m->embed->trainable)
         m->be->dam_embed_coef_grad(m->embed->grad, m->embed->src, m->n_rows, grad_out,
                                    local_ids(m, rs, ids, BT), (int)BT, (int)d);
@@ -667,7 +672,7 @@ static void merged_backward(DamModel *m, RunState *rs, const int32_t *ids, int B
 /* The last stage's loss terms to every stage. */
 static void share_losses(const DamModel *m, int n_seg, LossTerms *out) {
     if (!m->pp) return;
-    double buf[3 * DAM_MAX_SOURCES];
+    double *buf = dam_malloc((size_t)n_seg * 3 * sizeof(double), "losses");
     for (int s = 0; s < n_seg; s++)
         buf[3 * s] = out[s].kl, buf[3 * s + 1] = out[s].mse, buf[3 * s + 2] = out[s].entropy;
     comm_bcast(m->pp, buf, (size_t)n_seg * 3 * sizeof(double), m->pp->size - 1);
@@ -679,13 +684,15 @@ static void share_losses(const DamModel *m, int n_seg, LossTerms *out) {
  * by source teacher[s]: the teachers' forwards, ONE merged forward and backward over all segments
  * (the merged weights are the same for every dataset of a step: materialize once, larger GEMMs),
  * each segment's losses normalised by its own valid-token count. */
-static void step_segments(DamModel *m, RunState *rs, int n_seg, const int *teacher, const int32_t *ids,
-                          const int8_t *mask, const int32_t *topk_idx, const float *topk_val, int B, int T,
-                          const LossParams *lp, float weight, int backward, LossTerms *out) {
+/* The forward half of a micro-batch: teachers, merged forward, and on the last stage the losses
+ * and the lm_head coefficient gradient. rs->skip marks an all-padding micro-batch. */
+static void mb_forward(DamModel *m, RunState *rs, int n_seg, const int *teacher, const int32_t *ids,
+                       const int8_t *mask, const int32_t *topk_idx, const float *topk_val, int B, int T,
+                       const LossParams *lp, float weight, int backward, LossTerms *out) {
     size_t segT = (size_t)B * T, d = m->cfg.hidden_size;
     int Bt = n_seg * B;
     if (Bt > rs->B || T > rs->T) dam_fail("batch %dx%d exceeds the run state's %dx%d", Bt, T, rs->B, rs->T);
-    int n_valid[DAM_MAX_SOURCES], total_valid = 0;
+    int *n_valid = rs->n_valid, total_valid = 0;
     for (int s = 0; s < n_seg; s++) {
         n_valid[s] = 0;
         for (size_t t = s * segT; t < (s + 1) * segT; t++)
@@ -694,7 +701,8 @@ static void step_segments(DamModel *m, RunState *rs, int n_seg, const int *teach
         out[s].n_valid = n_valid[s];
         total_valid += n_valid[s];
     }
-    if (total_valid == 0) return; /* nothing to learn from all-padding batches */
+    rs->skip = total_valid == 0; /* nothing to learn from all-padding batches (every stage sees it) */
+    if (rs->skip) return;
     int need_teacher = (lp->kl && !(lp->topk > 0 && topk_idx)) || lp->mse > 0;
     const DamTensor *lm = m->last ? lm_tensor(m) : NULL;
     /* 1. teachers: source teacher[s] on segment s (no gradient); their final hidden states kept */
@@ -705,20 +713,54 @@ static void step_segments(DamModel *m, RunState *rs, int n_seg, const int *teach
     /* 2. merged forward over every segment, saving each layer's input */
     model_forward(m, rs, ids, Bt, T, -1);
     /* 3. (last stage) each segment's losses against its teacher; dL/dhid (zero at padding) */
-    if (m->last) {
-        materialize_w(m, rs, lm, -1, rs->lm_w);
-        memset(rs->dx, 0, (size_t)Bt * T * d * sizeof(float));
-        for (int s = 0, first = 0; s < n_seg; first += n_valid[s], s++) {
-            if (!n_valid[s]) continue;
-            if (need_teacher) materialize_w(m, rs, lm, teacher[s], rs->lm_t);
-            logits_loss(m, rs, rs->valid + first, n_valid[s], topk_idx, topk_val, need_teacher, lp, weight,
-                        backward, first > 0, &out[s]);
-        }
-        if (backward) coef_grad(m, (DamTensor *)lm, rs->lm_G);
+    if (!m->last) return;
+    materialize_w(m, rs, lm, -1, rs->lm_w);
+    memset(rs->dx, 0, (size_t)Bt * T * d * sizeof(float));
+    for (int s = 0, first = 0; s < n_seg; first += n_valid[s], s++) {
+        if (!n_valid[s]) continue;
+        if (need_teacher) materialize_w(m, rs, lm, teacher[s], rs->lm_t);
+        logits_loss(m, rs, rs->valid + first, n_valid[s], topk_idx, topk_val, need_teacher, lp, weight,
+                    backward, first > 0, &out[s]);
     }
+    if (backward) coef_grad(m, (DamTensor *)lm, rs->lm_G);
+}
+
+static void mb_backward(DamModel *m, RunState *rs, int n_seg, const int32_t *ids, int B, int T) {
+    if (!rs->skip) merged_backward(m, rs, ids, n_seg * B, T);
+}
+
+/* One micro-batch through every stage, forward then backward. */
+static void step_segments(DamModel *m, RunState *rs, int n_seg, const int *teacher, const int32_t *ids,
+                          const int8_t *mask, const int32_t *topk_idx, const float *topk_val, int B, int T,
+                          const LossParams *lp, float weight, int backward, LossTerms *out) {
+    mb_forward(m, rs, n_seg, teacher, ids, mask, topk_idx, topk_val, B, T, lp, weight, backward, out);
     share_losses(m, n_seg, out);
-    /* 4. backward through the stages */
-    if (backward) merged_backward(m, rs, ids, Bt, T);
+    if (backward) mb_backward(m, rs, n_seg, ids, B, T);
+    comm_wait(&rs->send_req);
+}
+
+void dam_model_step_1f1b(DamModel *m, RunState *const *slots, int n_slots, int M, int n_seg,
+                         const int *teacher, const int32_t *const *ids, const int8_t *const *mask,
+                         const int32_t *const *topk_idx, const float *const *topk_val, int B, int T,
+                         const LossParams *lp, float weight, LossTerms *out) {
+    int pp = m->pp ? m->pp->size : 1, stage = m->pp ? m->pp->rank : 0;
+    int warmup = pp - stage - 1 < M ? pp - stage - 1 : M; /* forwards in flight before the first backward */
+    if (n_slots < (M < pp ? M : pp)) dam_fail("1F1B needs %d run states, got %d", M < pp ? M : pp, n_slots);
+#define FWD(i)                                                                                               \
+    mb_forward(m, slots[(i) % n_slots], n_seg, teacher, ids[i], mask[i], topk_idx ? topk_idx[i] : NULL,      \
+               topk_val ? topk_val[i] : NULL, B, T, lp, weight, 1, out + (size_t)(i)*n_seg)
+#define BWD(j) mb_backward(m, slots[(j) % n_slots], n_seg, ids[j], B, T)
+    int f = 0, b = 0;
+    for (; f < warmup; f++) FWD(f);
+    for (; f < M; f++, b++) { /* steady state: one forward, one backward */
+        FWD(f);
+        BWD(b);
+    }
+    for (; b < M; b++) BWD(b);
+#undef FWD
+#undef BWD
+    for (int i = 0; i < n_slots; i++) comm_wait(&((RunState *)slots[i])->send_req);
+    share_losses(m, M * n_seg, out); /* once, after the schedule: no collective inside it */
 }
 
 void dam_model_step(DamModel *m, RunState *rs, int n_seg, const int *teacher, const int32_t *ids,

@@ -117,6 +117,16 @@ void dam_model_step(DamModel *m, RunState *rs, int n_seg, const int *teacher, co
                     const int8_t *mask, const int32_t *topk_idx, const float *topk_val, int B, int T,
                     const LossParams *lp, float weight, LossTerms *out);
 
+/* M micro-batches of a step through the pipeline stages with the 1F1B schedule (stage s runs
+ * pp-s-1 forwards, then alternates one forward and one backward, then the remaining backwards).
+ * Micro-batch i's inputs are ids[i], mask[i] (and topk_idx[i], topk_val[i] or NULL); each uses
+ * run state slots[i % n_slots] (n_slots >= min(M, pp)); out[i*n_seg + s] gets its terms, on every
+ * stage. Without pipeline stages it is M dam_model_step calls in order. */
+void dam_model_step_1f1b(DamModel *m, RunState *const *slots, int n_slots, int M, int n_seg,
+                         const int *teacher, const int32_t *const *ids, const int8_t *const *mask,
+                         const int32_t *const *topk_idx, const float *const *topk_val, int B, int T,
+                         const LossParams *lp, float weight, LossTerms *out);
+
 /* The same losses without any backward (evaluation). */
 void dam_model_eval(DamModel *m, RunState *rs, int k, const int32_t *ids, const int8_t *mask,
                     const int32_t *topk_idx, const float *topk_val, int B, int T, const LossParams *lp,

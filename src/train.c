@@ -25,7 +25,12 @@ typedef struct {
     int start_step;
     int64_t tokens_seen;
     DamModel model;
-    RunState *rs;
+    RunState *rs;                    /* = slots[0] */
+    RunState *slots[64];             /* pipeline: one run state per micro-batch in flight */
+    int n_slots, local_mb;           /* this replica's micro-batches per step */
+    int32_t **mb_ids, **mb_topk_idx; /* pipeline: every local micro-batch's inputs, read up front */
+    int8_t **mb_mask;
+    float **mb_topk_val;
     int n_data; /* datasets: one per source model (not the base) */
     DamDataset data[DAM_MAX_SOURCES];
     int64_t cursor[DAM_MAX_SOURCES]; /* next row of each dataset */
@@ -185,6 +190,40 @@ static void reduce_over_dp(Trainer *tr, StepStats *st) {
     st->tokens = (int64_t)buf[3 * n];
 }
 
+/* This replica's micro-batches of the step (mb ≡ dp_idx mod dp), every dataset in one segment
+ * each; other replicas' rows are skipped so that every layout reads what one process reads. With
+ * pipeline stages they are read up front and run with the 1F1B schedule. */
+static void run_micro_batches(Trainer *tr, float weight, const int *teacher, LossTerms *lt) {
+    DamModel *m = &tr->model;
+    const DamConfig *c = &tr->cfg;
+    size_t seg = (size_t)tr->n_data * tr->B * tr->T, K = (size_t)c->loss.topk;
+    int i = 0;
+    for (int mb = 0; mb < c->micro_batches; mb++) {
+        if (mb % tr->grid.dp != tr->grid.dp_idx) { /* another replica's micro-batch: skip its rows */
+            for (int k = 0; k < tr->n_data; k++) tr->cursor[k] += tr->B;
+            continue;
+        }
+        for (int k = 0; k < tr->n_data; k++) next_batch(tr, k, k);
+        if (tr->grid.pp == 1) {
+            dam_model_step(m, tr->rs, tr->n_data, teacher, tr->ids, tr->mask, tr->topk_idx, tr->topk_val,
+                           tr->B, tr->T, &c->loss, weight, lt + (size_t)i * tr->n_data);
+        } else {
+            memcpy(tr->mb_ids[i], tr->ids, seg * sizeof(int32_t));
+            memcpy(tr->mb_mask[i], tr->mask, seg);
+            if (tr->topk_idx) {
+                memcpy(tr->mb_topk_idx[i], tr->topk_idx, seg * K * sizeof(int32_t));
+                memcpy(tr->mb_topk_val[i], tr->topk_val, seg * K * sizeof(float));
+            }
+        }
+        i++;
+    }
+    if (tr->grid.pp > 1)
+        dam_model_step_1f1b(
+            m, tr->slots, tr->n_slots, tr->local_mb, tr->n_data, teacher, (const int32_t *const *)tr->mb_ids,
+            (const int8_t *const *)tr->mb_mask, tr->topk_idx ? (const int32_t *const *)tr->mb_topk_idx : NULL,
+            tr->topk_idx ? (const float *const *)tr->mb_topk_val : NULL, tr->B, tr->T, &c->loss, weight, lt);
+}
+
 static void train_step(Trainer *tr, int step, StepStats *st) {
     DamModel *m = &tr->model;
     const DamConfig *c = &tr->cfg;
@@ -193,21 +232,15 @@ static void train_step(Trainer *tr, int step, StepStats *st) {
     float weight = 1.0f / (float)c->micro_batches;
     int teacher[DAM_MAX_SOURCES];
     for (int k = 0; k < tr->n_data; k++) teacher[k] = k; /* dataset k is taught by source k */
-    for (int mb = 0; mb < c->micro_batches; mb++) {
-        if (mb % tr->grid.dp != tr->grid.dp_idx) { /* another replica's micro-batch: skip its rows */
-            for (int k = 0; k < tr->n_data; k++) tr->cursor[k] += tr->B;
-            continue;
-        }
-        for (int k = 0; k < tr->n_data; k++) next_batch(tr, k, k);
-        LossTerms lt[DAM_MAX_SOURCES];
-        dam_model_step(m, tr->rs, tr->n_data, teacher, tr->ids, tr->mask, tr->topk_idx, tr->topk_val, tr->B,
-                       tr->T, &c->loss, weight, lt);
+    LossTerms *lt = dam_calloc((size_t)tr->local_mb * tr->n_data, sizeof(LossTerms), "loss terms");
+    run_micro_batches(tr, weight, teacher, lt);
+    for (int i = 0; i < tr->local_mb; i++)
         for (int k = 0; k < tr->n_data; k++) {
-            st->kl[k] += lt[k].kl * weight, st->mse[k] += lt[k].mse * weight,
-                st->entropy[k] += lt[k].entropy * weight;
-            st->tokens += lt[k].n_valid;
+            const LossTerms *x = &lt[(size_t)i * tr->n_data + k];
+            st->kl[k] += x->kl * weight, st->mse[k] += x->mse * weight, st->entropy[k] += x->entropy * weight;
+            st->tokens += x->n_valid;
         }
-    }
+    free(lt);
     reduce_over_dp(tr, st);
     dam_model_finish_grad(m);
     reg_apply(m, c, &st->reg);
@@ -409,9 +442,36 @@ static void usage_fail(const char *msg) {
     dam_fail("%s (usage: dam_dist --config FILE [--max-steps N] [--out DIR] [--eval-rows N])", msg);
 }
 
+/* Run states (one per pipeline micro-batch in flight) and the pipeline's per-micro-batch inputs. */
+static void alloc_step_buffers(Trainer *tr) {
+    tr->local_mb = tr->cfg.micro_batches / tr->grid.dp;
+    tr->n_slots = tr->grid.pp > 1 ? (tr->local_mb < tr->grid.pp ? tr->local_mb : tr->grid.pp) : 1;
+    if (tr->n_slots > 64) tr->n_slots = 64;
+    for (int i = 0; i < tr->n_slots; i++) tr->slots[i] = runstate_new(&tr->model, tr->n_data * tr->B, tr->T);
+    tr->rs = tr->slots[0];
+    if (tr->grid.pp == 1) return;
+    size_t seg = (size_t)tr->n_data * tr->B * tr->T, K = (size_t)tr->cfg.loss.topk;
+    int M = tr->local_mb;
+    tr->mb_ids = dam_calloc((size_t)M, sizeof(int32_t *), "micro-batches");
+    tr->mb_mask = dam_calloc((size_t)M, sizeof(int8_t *), "micro-batches");
+    tr->mb_topk_idx = dam_calloc((size_t)M, sizeof(int32_t *), "micro-batches");
+    tr->mb_topk_val = dam_calloc((size_t)M, sizeof(float *), "micro-batches");
+    for (int i = 0; i < M; i++) {
+        tr->mb_ids[i] = dam_malloc(seg * sizeof(int32_t), "micro-batch ids");
+        tr->mb_mask[i] = dam_malloc(seg, "micro-batch mask");
+        if (tr->topk_idx) {
+            tr->mb_topk_idx[i] = dam_malloc(seg * K * sizeof(int32_t), "micro-batch top-k");
+            tr->mb_topk_val[i] = dam_malloc(seg * K * sizeof(float), "micro-batch top-k");
+        }
+    }
+}
+
 static void trainer_free(Trainer *tr) {
     if (tr->metrics) fclose(tr->metrics);
-    runstate_free(tr->rs);
+    for (int i = 0; i < tr->n_slots; i++) runstate_free(tr->slots[i]);
+    for (int i = 0; tr->mb_ids && i < tr->local_mb; i++)
+        free(tr->mb_ids[i]), free(tr->mb_mask[i]), free(tr->mb_topk_idx[i]), free(tr->mb_topk_val[i]);
+    free(tr->mb_ids), free(tr->mb_mask), free(tr->mb_topk_idx), free(tr->mb_topk_val);
     for (int k = 0; k < tr->n_data; k++) dataset_close(&tr->data[k]);
     free(tr->ids), free(tr->mask), free(tr->topk_idx), free(tr->topk_val), free(tr->ckpt_dir);
     dam_model_close(&tr->model);
@@ -451,7 +511,7 @@ int cmd_train(int argc, char **argv) {
     setup_grid(&tr);
     open_model(&tr);
     open_data(&tr);
-    tr.rs = runstate_new(&tr.model, tr.n_data * tr.B, tr.T);
+    alloc_step_buffers(&tr);
     if (resume) resume_checkpoint(&tr);
     if (tr.root) {
         tr.metrics = fopen(tr.cfg.metrics_file, resume ? "a" : "w");

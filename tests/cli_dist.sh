@@ -39,6 +39,17 @@ for l in "dp2 2 1 1" "pp2 1 2 1" "tp2 1 1 2" "pp2dp2 2 2 1" "pp2tp2 1 2 2"; do
   fi
 done
 
+# 1F1B with 4 micro-batches on 2 stages (warm-up, steady state, cool-down) against one process
+# running the same 4 micro-batches
+sed 's/"micro_batches": 2/"micro_batches": 4/' "$T/toy/config.json" > "$T/toy/m4.json"
+sed "s/\"seed\": 1}/\"seed\": 1}, \"parallel\": {\"dp\": 1, \"pp\": 2, \"tp\": 1}/" "$T/toy/m4.json" > "$T/toy/m4pp2.json"
+$BIN --config "$T/toy/m4.json" --out "$T/m4" > "$T/m4.log" 2>&1
+if $MPI -n 2 $BIN --config "$T/toy/m4pp2.json" --out "$T/m4pp2" > "$T/m4pp2.log" 2>&1 \
+   && "$CMP" "$T/m4pp2/dam_coefficients.safetensors" "$T/m4/dam_coefficients.safetensors" 1e-5 > /dev/null \
+   && [ "$(losses "$T/m4pp2.log")" = "$(losses "$T/m4.log")" ]; then
+  ok "1F1B, pp=2 with 4 micro-batches: same coefficients and loss curve as one process"
+else bad "1F1B pp=2 m=4: $(tail -2 "$T/m4pp2.log")"; fi
+
 # checkpoints under the documented names
 h5ls -r "$T/ref.ckpt/step_00000012.h5" | grep -q "^/coefficients/model.layers.0.mlp.down_proj.weight Dataset {2, 96}" \
   && h5dump -a step "$T/ref.ckpt/step_00000012.h5" | grep -q "(0): 12" && [ "$(cat "$T/ref.ckpt/latest")" = "step_00000012.h5" ] \
