@@ -1,0 +1,163 @@
+/* test_checkpoint.c — HDF5 checkpoints (src/checkpoint.c) on the llama3src fixture:
+ *   - ckpt_save then ckpt_load restores coefficients, Adam moments and the meta bit for bit;
+ *   - keep: only the newest `keep` files stay, and <dir>/latest names the newest;
+ *   - a checkpoint made for other sources is refused with a message naming both lists. */
+#include <dirent.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+
+#include <cmocka.h>
+
+#include "checkpoint.h"
+#include "test_util.h"
+#include "test_dam.h"
+
+/* Fill coefficients and moments with distinct values derived from (tensor, index, salt). */
+static void fill_state(DamModel *m, float salt) {
+    for (int t = 0; t < m->n_tensors; t++) {
+        DamTensor *x = &m->tensors[t];
+        size_t n = (size_t)m->n_rows * x->dim;
+        for (size_t j = 0; j < n; j++) {
+            x->c[j] = salt + 0.001f * (float)t + 1e-6f * (float)j;
+            x->adam_m[j] = -salt * 1e-3f * (float)(j % 97);
+            x->adam_v[j] = salt * 1e-5f * (float)(t + 1);
+        }
+    }
+    dam_model_refresh(m);
+}
+
+static void sample_meta(const DamModel *m, CkptMeta *meta, int64_t step) {
+    memset(meta, 0, sizeof *meta);
+    meta->step = step, meta->total_steps = 40, meta->tokens_seen = 1234567;
+    meta->n_datasets = 2, meta->cursor[0] = 17, meta->cursor[1] = 5;
+    meta->rng_state = 0x123456789abcdef0ull, meta->config_hash = 0xfeedfacecafebeefull;
+    for (int i = 0; i < m->n_rows; i++) {
+        if (i) strcat(meta->sources, ";");
+        strcat(meta->sources, m->row_names[i]);
+    }
+}
+
+static int same_floats(const float *a, const float *b, size_t n) {
+    return memcmp(a, b, n * sizeof(float)) == 0;
+}
+
+static void test_round_trip(void **s) {
+    (void)s;
+    DamCase dc;
+    dam_case_open(&dc, "llama3src", "kl");
+    DamModel *m = &dc.m;
+    char *dir = test_tmpdir();
+    CkptMeta meta, got;
+    fill_state(m, 0.25f);
+    sample_meta(m, &meta, 7);
+    char *path = ckpt_save(dir, m, &meta, 2);
+    /* keep copies of what was saved, then scribble over the model and load */
+    float *saved[3 * 64];
+    assert_true(m->n_tensors <= 64);
+    for (int t = 0; t < m->n_tensors; t++) {
+        DamTensor *x = &m->tensors[t];
+        size_t bytes = (size_t)m->n_rows * x->dim * sizeof(float);
+        saved[3 * t] = malloc(bytes), memcpy(saved[3 * t], x->c, bytes);
+        saved[3 * t + 1] = malloc(bytes), memcpy(saved[3 * t + 1], x->adam_m, bytes);
+        saved[3 * t + 2] = malloc(bytes), memcpy(saved[3 * t + 2], x->adam_v, bytes);
+    }
+    fill_state(m, 9.0f);
+    ckpt_load(path, m, &got);
+    for (int t = 0; t < m->n_tensors; t++) {
+        DamTensor *x = &m->tensors[t];
+        size_t n = (size_t)m->n_rows * x->dim;
+        assert_true(same_floats(x->c, saved[3 * t], n));
+        assert_true(same_floats(x->adam_m, saved[3 * t + 1], n));
+        assert_true(same_floats(x->adam_v, saved[3 * t + 2], n));
+        for (int k = 0; k < 3; k++) free(saved[3 * t + k]);
+    }
+    assert_int_equal(got.step, 7);
+    assert_int_equal(got.total_steps, 40);
+    assert_int_equal(got.tokens_seen, 1234567);
+    assert_int_equal(got.n_datasets, 2);
+    assert_int_equal(got.cursor[0], 17);
+    assert_int_equal(got.cursor[1], 5);
+    assert_true(got.rng_state == meta.rng_state);
+    assert_true(got.config_hash == meta.config_hash);
+    assert_string_equal(got.sources, meta.sources);
+    char *latest = ckpt_latest(dir);
+    assert_non_null(latest);
+    assert_string_equal(latest, path);
+    free(latest), free(path);
+    dam_case_close(&dc);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+    free(dir);
+}
+
+static int count_files(const char *dir, const char *prefix) {
+    DIR *d = opendir(dir);
+    int n = 0;
+    for (struct dirent *e; d && (e = readdir(d));) n += !strncmp(e->d_name, prefix, strlen(prefix));
+    if (d) closedir(d);
+    return n;
+}
+
+static void test_keep_newest(void **s) {
+    (void)s;
+    DamCase dc;
+    dam_case_open(&dc, "llama3src", "kl");
+    char *dir = test_tmpdir();
+    CkptMeta meta;
+    for (int step = 1; step <= 4; step++) {
+        fill_state(&dc.m, (float)step);
+        sample_meta(&dc.m, &meta, step);
+        free(ckpt_save(dir, &dc.m, &meta, 2));
+    }
+    assert_int_equal(count_files(dir, "step_"), 2);
+    char *latest = ckpt_latest(dir);
+    assert_non_null(strstr(latest, "step_00000004.h5"));
+    free(latest);
+    dam_case_close(&dc);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+    free(dir);
+}
+
+/* A checkpoint whose sources list differs from the model's: loaded in a child, which must fail. */
+static void load_into_fixture(const void *arg) {
+    DamCase dc;
+    dam_case_open(&dc, "llama3src", "kl");
+    CkptMeta meta;
+    ckpt_load((const char *)arg, &dc.m, &meta);
+}
+
+static void test_wrong_sources_refused(void **s) {
+    (void)s;
+    DamCase dc;
+    dam_case_open(&dc, "llama3src", "kl");
+    char *dir = test_tmpdir();
+    CkptMeta meta;
+    fill_state(&dc.m, 0.5f);
+    sample_meta(&dc.m, &meta, 3);
+    snprintf(meta.sources, sizeof meta.sources, "other_a;other_b");
+    char *path = ckpt_save(dir, &dc.m, &meta, 1);
+    dam_case_close(&dc);
+    char msg[2048];
+    assert_true(test_fails_in_child(load_into_fixture, path, msg, sizeof msg));
+    printf("refusal: %s\n", msg);
+    assert_non_null(strstr(msg, "other_a;other_b"));
+    assert_non_null(strstr(msg, "sources"));
+    free(path);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+    free(dir);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_round_trip),
+        cmocka_unit_test(test_keep_newest),
+        cmocka_unit_test(test_wrong_sources_refused),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
