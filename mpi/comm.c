@@ -125,13 +125,6 @@ void comm_allgather(const CommGroup *g, const void *in, size_t bytes, void *out)
     DAM_MPI_CHECK(MPI_Allgather(in, (int)bytes, MPI_BYTE, out, (int)bytes, MPI_BYTE, g->comm));
 }
 
-void comm_send_f32(const CommGroup *g, const float *buf, size_t n, int dest) {
-    for (size_t off = 0; off < n; off += CHUNK) {
-        size_t k = n - off < CHUNK ? n - off : CHUNK;
-        DAM_MPI_CHECK(MPI_Send(buf + off, (int)k, MPI_FLOAT, dest, 0, g->comm));
-    }
-}
-
 void comm_recv_f32(const CommGroup *g, float *buf, size_t n, int src) {
     for (size_t off = 0; off < n; off += CHUNK) {
         size_t k = n - off < CHUNK ? n - off : CHUNK;

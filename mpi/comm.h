@@ -53,7 +53,6 @@ void comm_allreduce_max_f64(const CommGroup *g, double *buf, size_t n);
 /* Every rank's `bytes` bytes, concatenated in rank order into out (size * bytes). */
 void comm_allgather(const CommGroup *g, const void *in, size_t bytes, void *out);
 /* Point to point inside a group (pipeline activations and their gradients). */
-void comm_send_f32(const CommGroup *g, const float *buf, size_t n, int dest);
 void comm_recv_f32(const CommGroup *g, float *buf, size_t n, int src);
 /* Non-blocking send (pipeline activations / gradients: no send ever waits for the partner's
  * schedule); comm_wait completes it (a no-op for MPI_REQUEST_NULL). */

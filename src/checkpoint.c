@@ -247,9 +247,11 @@ void ckpt_load(const char *path, DamModel *m, CkptMeta *meta) {
     }
     if (strcmp(want, meta->sources))
         dam_fail("%s: checkpoint was made for sources '%s'; this run has '%s'", path, meta->sources, want);
-    for (int t = 0; t < m->n_tensors; t++) {
+    for (int t = 0; t < m->n_tensors; t++) { /* this rank's columns of tensor-parallel splits */
         DamTensor *x = &m->tensors[t];
-        ckpt_get(f, x->name, m->n_rows, x->dim, 0, x->dim, x->c, x->adam_m, x->adam_v);
+        int split = dam_model_split_kind(m, x) == 2;
+        ckpt_get(f, x->name, m->n_rows, split ? x->coef_full : x->dim, split ? x->coef_off : 0, x->dim, x->c,
+                 x->adam_m, x->adam_v);
     }
     ckpt_close(f);
     dam_model_refresh(m);

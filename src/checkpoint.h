@@ -50,6 +50,8 @@ void ckpt_get(CkptFile *f, const char *name, int n_rows, int dim, int col0, int 
 
 /* The whole model of one process (single-rank runs and tests). */
 char *ckpt_save(const char *dir, const DamModel *m, const CkptMeta *meta, int keep);
+/* Any layout: each rank reads the tensors it holds (its columns of tensor-parallel splits); the
+ * checkpoint's source names must equal m's row names. */
 void ckpt_load(const char *path, DamModel *m, CkptMeta *meta);
 
 #endif

@@ -44,23 +44,6 @@ static void write_config(const char *donor_dir, const char *out_dir) {
     free(src), free(dst);
 }
 
-void output_write_coefficients(const DamModel *m, const char *path) {
-    int n = m->n_tensors;
-    const char **names = dam_malloc(n * sizeof(char *), "names");
-    dam_dtype *dt = dam_malloc(n * sizeof(dam_dtype), "dtypes");
-    int *nd = dam_malloc(n * sizeof(int), "ndims");
-    int64_t *shp = dam_malloc(2 * n * sizeof(int64_t), "shapes");
-    const int64_t **shapes = dam_malloc(n * sizeof(int64_t *), "shapes");
-    const void **data = dam_malloc(n * sizeof(void *), "data");
-    for (int t = 0; t < n; t++) {
-        names[t] = m->tensors[t].name, dt[t] = DAM_F32, nd[t] = 2;
-        shp[2 * t] = m->n_rows, shp[2 * t + 1] = m->tensors[t].dim;
-        shapes[t] = &shp[2 * t], data[t] = m->tensors[t].c;
-    }
-    st_write_file(path, n, names, dt, nd, shapes, data);
-    free(names), free(dt), free(nd), free(shp), free(shapes), free(data);
-}
-
 void output_load_coefficients(DamModel *m, const char *path) {
     StFile f;
     st_open(&f, path);

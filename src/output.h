@@ -23,9 +23,7 @@ void output_write(DamModel *m, const DamConfig *cfg, const OutputReport *rep);
 void output_write_parallel(DamModel *m, const DamConfig *cfg, const OutputReport *rep,
                            const CommGroup *writers);
 
-/* Write every coefficient tensor as F32 [n_rows, dim] under its tensor name (atomic). */
-void output_write_coefficients(const DamModel *m, const char *path);
-/* Read coefficients written by output_write_coefficients into m (names and shapes must match). */
+/* Read a dam_coefficients.safetensors into m (names and shapes must match). */
 void output_load_coefficients(DamModel *m, const char *path);
 
 #endif

@@ -388,26 +388,11 @@ static void save_checkpoint(Trainer *tr, int step) {
 static void resume_checkpoint(Trainer *tr) {
     char *path = ckpt_latest(tr->ckpt_dir);
     if (!path) dam_fail("--resume: no checkpoint in %s (no 'latest' file)", tr->ckpt_dir);
-    DamModel *m = &tr->model;
     CkptMeta meta;
-    CkptFile *f = ckpt_open_read(path, &meta);
-    char want[1024];
-    CkptMeta mine;
-    ckpt_meta(tr, 0, &mine);
-    snprintf(want, sizeof want, "%s", mine.sources);
-    if (strcmp(want, meta.sources))
-        dam_fail("%s: checkpoint was made for sources '%s'; this run has '%s'", path, meta.sources, want);
+    ckpt_load(path, &tr->model, &meta);
     if (meta.total_steps != tr->total_steps || meta.n_datasets != tr->n_data)
         dam_fail("%s: checkpoint was made for a run of %lld steps over %d datasets; this one has %d over %d",
                  path, (long long)meta.total_steps, meta.n_datasets, tr->total_steps, tr->n_data);
-    for (int t = 0; t < m->n_tensors; t++) {
-        DamTensor *x = &m->tensors[t];
-        int split = dam_model_split_kind(m, x) == 2;
-        ckpt_get(f, x->name, m->n_rows, split ? x->coef_full : x->dim, split ? x->coef_off : 0, x->dim, x->c,
-                 x->adam_m, x->adam_v);
-    }
-    ckpt_close(f);
-    dam_model_refresh(m);
     tr->start_step = (int)meta.step;
     tr->tokens_seen = meta.tokens_seen;
     memcpy(tr->cursor, meta.cursor, sizeof tr->cursor);
