@@ -13,6 +13,7 @@
 struct CkptFile {
     hid_t file;
     char *path;
+    char *config; /* the `config` attribute, when read */
 };
 
 char *ckpt_tmp_path(const char *dir, int64_t step) {
@@ -46,11 +47,10 @@ void ckpt_create(const char *tmp, const CkptMeta *meta) {
     int64_t nd = meta->n_datasets;
     attr_i64(f, "n_datasets", &nd, 1, tmp);
     attr_i64(f, "data_cursor", meta->cursor, meta->n_datasets > 0 ? (hsize_t)meta->n_datasets : 1, tmp);
-    int64_t rng = (int64_t)meta->rng_state;
-    attr_i64(f, "rng_state", &rng, 1, tmp);
     char hash[32];
     snprintf(hash, sizeof hash, "%016" PRIx64, meta->config_hash);
     attr_str(f, "config_hash", hash, tmp);
+    attr_str(f, "config", meta->config ? meta->config : "{}", tmp);
     attr_str(f, "sources", meta->sources, tmp);
     const char *groups[] = {"coefficients", "adam_m", "adam_v"};
     for (int i = 0; i < 3; i++)
@@ -88,35 +88,70 @@ void ckpt_put(CkptFile *f, const char *name, int n_rows, int dim, const float *c
 void ckpt_close(CkptFile *f) {
     if (!f) return;
     DAM_H5_CHECK(H5Fclose(f->file), f->path);
-    free(f->path);
+    free(f->path), free(f->config);
     free(f);
 }
 
-/* Keep the `keep` newest step_*.h5 files of dir. */
-static void prune(const char *dir, int keep) {
-    if (keep <= 0) return;
+/* step_<digits>.h5 (or, with tmp, step_<digits>.h5.tmp): its step, else -1. */
+static int64_t step_of_name(const char *name, int tmp) {
+    const char *ext = tmp ? ".h5.tmp" : ".h5";
+    size_t len = strlen(name), el = strlen(ext);
+    if (strncmp(name, "step_", 5) || len <= 5 + el || strcmp(name + len - el, ext)) return -1;
+    int64_t v = 0;
+    for (const char *p = name + 5; p < name + len - el; p++) {
+        if (*p < '0' || *p > '9' || v > (INT64_MAX - 9) / 10) return -1;
+        v = v * 10 + (*p - '0');
+    }
+    return v;
+}
+
+static int cmp_i64(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+int ckpt_list_steps(const char *dir, int64_t **steps) {
+    *steps = NULL;
     DIR *d = opendir(dir);
-    if (!d) return;
-    char **names = NULL;
+    if (!d) return 0;
     int n = 0;
     struct dirent *e;
     while ((e = readdir(d))) {
-        size_t len = strlen(e->d_name);
-        if (strncmp(e->d_name, "step_", 5) || len < 8 || strcmp(e->d_name + len - 3, ".h5")) continue;
-        names = dam_realloc(names, (size_t)(n + 1) * sizeof *names, "names");
-        names[n++] = dam_strdup(e->d_name);
+        int64_t s = step_of_name(e->d_name, 0);
+        if (s < 0) continue;
+        *steps = dam_realloc(*steps, (size_t)(n + 1) * sizeof **steps, "checkpoint steps");
+        (*steps)[n++] = s;
     }
     closedir(d);
-    if (n > 0) qsort(names, (size_t)n, sizeof *names, (int (*)(const void *, const void *))strcmp);
-    for (int i = 0; i < n; i++) { /* zero-padded step numbers sort by name */
-        if (i < n - keep) {
-            char *p = dam_path_join(dir, names[i]);
-            unlink(p);
-            free(p);
-        }
-        free(names[i]);
+    if (n > 1) qsort(*steps, (size_t)n, sizeof **steps, cmp_i64); /* by number, not by name */
+    return n;
+}
+
+static void unlink_in(const char *dir, const char *name) {
+    char *p = dam_path_join(dir, name);
+    unlink(p);
+    free(p);
+}
+
+void ckpt_prune(const char *dir, int keep) {
+    if (keep <= 0) return;
+    char *latest = ckpt_latest(dir);
+    int64_t *steps, keep_step = -1;
+    if (latest) keep_step = step_of_name(strrchr(latest, '/') + 1, 0);
+    free(latest);
+    int n = ckpt_list_steps(dir, &steps);
+    for (int i = 0; i < n - keep; i++) {
+        if (steps[i] == keep_step) continue;
+        char name[64];
+        snprintf(name, sizeof name, "step_%08" PRId64 ".h5", steps[i]);
+        unlink_in(dir, name);
     }
-    free(names);
+    free(steps);
+    DIR *d = opendir(dir); /* saves that never completed */
+    struct dirent *e;
+    while (d && (e = readdir(d)))
+        if (step_of_name(e->d_name, 1) >= 0) unlink_in(dir, e->d_name);
+    if (d) closedir(d);
 }
 
 char *ckpt_commit(const char *dir, const char *tmp, int64_t step, int keep) {
@@ -127,7 +162,7 @@ char *ckpt_commit(const char *dir, const char *tmp, int64_t step, int keep) {
     int n = snprintf(line, sizeof line, "step_%08" PRId64 ".h5\n", step);
     dam_write_file_atomic(latest, line, (size_t)n);
     free(latest);
-    prune(dir, keep);
+    ckpt_prune(dir, keep);
     return final;
 }
 
@@ -155,16 +190,16 @@ static int64_t read_i64(hid_t f, const char *name, const char *path) {
     return v;
 }
 
-static void read_str(hid_t f, const char *name, char *out, size_t cap, const char *path) {
+/* A string attribute as a fresh heap string. */
+static char *read_str(hid_t f, const char *name, const char *path) {
     hid_t a = H5Aopen(f, name, H5P_DEFAULT);
     if (a < 0) dam_fail("%s: not a dam_dist checkpoint (attribute '%s' missing)", path, name);
     hid_t t = DAM_H5_CHECK(H5Aget_type(a), path);
     size_t n = H5Tget_size(t);
     char *buf = dam_calloc(n + 1, 1, "attribute");
     DAM_H5_CHECK(H5Aread(a, t, buf), path);
-    snprintf(out, cap, "%s", buf);
-    free(buf);
     H5Tclose(t), H5Aclose(a);
+    return buf;
 }
 
 CkptFile *ckpt_open_read(const char *path, CkptMeta *meta) {
@@ -174,10 +209,11 @@ CkptFile *ckpt_open_read(const char *path, CkptMeta *meta) {
     f->file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (f->file < 0) dam_fail("%s: cannot open as HDF5", path);
     int64_t ver = read_i64(f->file, "format_version", path);
-    if (ver != CKPT_FORMAT_VERSION)
-        dam_fail("%s: checkpoint format_version %lld; this dam_dist reads %d", path, (long long)ver,
+    if (ver < 1 || ver > CKPT_FORMAT_VERSION)
+        dam_fail("%s: checkpoint format_version %lld; this dam_dist reads 1 to %d", path, (long long)ver,
                  CKPT_FORMAT_VERSION);
     memset(meta, 0, sizeof *meta);
+    meta->format_version = ver;
     meta->step = read_i64(f->file, "step", path);
     meta->total_steps = read_i64(f->file, "total_steps", path);
     meta->tokens_seen = read_i64(f->file, "tokens_seen", path);
@@ -188,11 +224,13 @@ CkptFile *ckpt_open_read(const char *path, CkptMeta *meta) {
     DAM_H5_CHECK(H5Aread(a, H5T_NATIVE_INT64, cur), path);
     H5Aclose(a);
     memcpy(meta->cursor, cur, (size_t)meta->n_datasets * sizeof(int64_t));
-    meta->rng_state = (uint64_t)read_i64(f->file, "rng_state", path);
-    char hash[32];
-    read_str(f->file, "config_hash", hash, sizeof hash, path);
+    char *hash = read_str(f->file, "config_hash", path);
     meta->config_hash = strtoull(hash, NULL, 16);
-    read_str(f->file, "sources", meta->sources, sizeof meta->sources, path);
+    free(hash);
+    if (ver >= 2) meta->config = f->config = read_str(f->file, "config", path);
+    char *sources = read_str(f->file, "sources", path);
+    snprintf(meta->sources, sizeof meta->sources, "%s", sources);
+    free(sources);
     return f;
 }
 
@@ -238,21 +276,27 @@ char *ckpt_save(const char *dir, const DamModel *m, const CkptMeta *meta, int ke
     return final;
 }
 
-void ckpt_load(const char *path, DamModel *m, CkptMeta *meta) {
-    CkptFile *f = ckpt_open_read(path, meta);
-    char want[1024] = "";
+void ckpt_read_model(CkptFile *f, DamModel *m) {
+    char want[1024] = "", *have = read_str(f->file, "sources", f->path);
     for (int i = 0; i < m->n_rows; i++) {
         if (i) strncat(want, ";", sizeof want - strlen(want) - 1);
         strncat(want, m->row_names[i], sizeof want - strlen(want) - 1);
     }
-    if (strcmp(want, meta->sources))
-        dam_fail("%s: checkpoint was made for sources '%s'; this run has '%s'", path, meta->sources, want);
+    if (strcmp(want, have))
+        dam_fail("%s: checkpoint was made for sources '%s'; this run has '%s'", f->path, have, want);
+    free(have);
     for (int t = 0; t < m->n_tensors; t++) { /* this rank's columns of tensor-parallel splits */
         DamTensor *x = &m->tensors[t];
         int split = dam_model_split_kind(m, x) == 2;
         ckpt_get(f, x->name, m->n_rows, split ? x->coef_full : x->dim, split ? x->coef_off : 0, x->dim, x->c,
                  x->adam_m, x->adam_v);
     }
-    ckpt_close(f);
     dam_model_refresh(m);
+}
+
+void ckpt_load(const char *path, DamModel *m, CkptMeta *meta) {
+    CkptFile *f = ckpt_open_read(path, meta);
+    ckpt_read_model(f, m);
+    meta->config = NULL; /* owned by f */
+    ckpt_close(f);
 }

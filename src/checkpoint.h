@@ -4,8 +4,11 @@
  *   <dir>/step_00000120.h5   one file per save, written as .tmp and renamed when complete
  *   <dir>/latest             the name of the newest complete file (replaced atomically after it)
  *
- *   attributes: format_version, step, total_steps, tokens_seen, n_rows, config_hash (hex string),
- *               data_cursor (int64 [n_datasets]), rng_state (uint64), sources (string list, ";"-joined)
+ *   attributes: format_version, step, total_steps, tokens_seen, n_datasets, data_cursor (int64
+ *               [n_datasets]), config_hash (hex string), config (the effective settings that shape
+ *               the coefficients, JSON: compared key by key on --resume), sources (";"-joined)
+ *   No RNG state: nothing random evolves during training (a random init derives from train.seed,
+ *   which is in `config`). Format 1 files (with a raw-file config_hash) are still read.
  *   /coefficients/<tensor name>  float32 [n_rows, dim]
  *   /adam_m/<tensor name>, /adam_v/<tensor name>  likewise */
 #ifndef DAM_CHECKPOINT_H
@@ -15,13 +18,14 @@
 
 #include "model.h"
 
-#define CKPT_FORMAT_VERSION 1
+#define CKPT_FORMAT_VERSION 2
 
 typedef struct {
-    int64_t step, total_steps, tokens_seen;
+    int64_t step, total_steps, tokens_seen, format_version;
     int n_datasets;
     int64_t cursor[DAM_MAX_SOURCES];
-    uint64_t rng_state, config_hash;
+    uint64_t config_hash;
+    const char *config; /* writing: the caller's; reading: owned by the CkptFile (NULL in format 1) */
     char sources[1024]; /* coefficient row names joined by ';' */
 } CkptMeta;
 
@@ -40,6 +44,13 @@ void ckpt_put(CkptFile *f, const char *name, int n_rows, int dim, const float *c
 void ckpt_close(CkptFile *f);
 char *ckpt_commit(const char *dir, const char *tmp_path, int64_t step, int keep); /* final path */
 
+/* The steps of the complete checkpoints in dir (files step_<digits>.h5), ascending by number, in a
+ * fresh array (*steps; NULL when none); returns their count. */
+int ckpt_list_steps(const char *dir, int64_t **steps);
+/* Remove all but the `keep` newest complete checkpoints (never the one `latest` names) and the
+ * .tmp files of saves that never completed. keep <= 0 keeps everything. */
+void ckpt_prune(const char *dir, int keep);
+
 /* Reading: any rank, any layout. ckpt_get reads columns [col0, col0 + ncols) of the stored
  * [n_rows, dim] arrays (a tensor-parallel shard, or all of them) and fails naming the file and
  * tensor when it is missing or shaped otherwise. */
@@ -48,10 +59,13 @@ CkptFile *ckpt_open_read(const char *path, CkptMeta *meta);
 void ckpt_get(CkptFile *f, const char *name, int n_rows, int dim, int col0, int ncols, float *c, float *m,
               float *v);
 
+/* Every tensor this rank holds (its columns of tensor-parallel splits), from any layout's file; the
+ * checkpoint's source names must equal m's row names. */
+void ckpt_read_model(CkptFile *f, DamModel *m);
+
 /* The whole model of one process (single-rank runs and tests). */
 char *ckpt_save(const char *dir, const DamModel *m, const CkptMeta *meta, int keep);
-/* Any layout: each rank reads the tensors it holds (its columns of tensor-parallel splits); the
- * checkpoint's source names must equal m's row names. */
+/* ckpt_open_read + ckpt_read_model + ckpt_close (meta->config is not kept). */
 void ckpt_load(const char *path, DamModel *m, CkptMeta *meta);
 
 #endif

@@ -1,6 +1,8 @@
 /* test_checkpoint.c — HDF5 checkpoints (src/checkpoint.c) on the llama3src fixture:
  *   - ckpt_save then ckpt_load restores coefficients, Adam moments and the meta bit for bit;
- *   - keep: only the newest `keep` files stay, and <dir>/latest names the newest;
+ *   - listing orders steps by number whatever the directory order, skipping other names;
+ *   - keep: 6 saves with keep 2 leave exactly steps 5 and 6, and <dir>/latest names step 6; pruning
+ *     never removes the file `latest` names and clears .tmp files of saves that never completed;
  *   - a checkpoint made for other sources is refused with a message naming both lists. */
 #include <dirent.h>
 #include <setjmp.h>
@@ -31,7 +33,8 @@ static void sample_meta(const DamModel *m, CkptMeta *meta, int64_t step) {
     memset(meta, 0, sizeof *meta);
     meta->step = step, meta->total_steps = 40, meta->tokens_seen = 1234567;
     meta->n_datasets = 2, meta->cursor[0] = 17, meta->cursor[1] = 5;
-    meta->rng_state = 0x123456789abcdef0ull, meta->config_hash = 0xfeedfacecafebeefull;
+    meta->config_hash = 0xfeedfacecafebeefull;
+    meta->config = "{\"train\":{\"lr\":0.001}}";
     for (int i = 0; i < m->n_rows; i++) {
         if (i) strcat(meta->sources, ";");
         strcat(meta->sources, m->row_names[i]);
@@ -63,7 +66,11 @@ static void test_round_trip(void **s) {
         saved[3 * t + 2] = malloc(bytes), memcpy(saved[3 * t + 2], x->adam_v, bytes);
     }
     fill_state(m, 9.0f);
-    ckpt_load(path, m, &got);
+    CkptFile *f = ckpt_open_read(path, &got);
+    assert_int_equal(got.format_version, CKPT_FORMAT_VERSION);
+    assert_string_equal(got.config, meta.config);
+    ckpt_read_model(f, m);
+    ckpt_close(f);
     for (int t = 0; t < m->n_tensors; t++) {
         DamTensor *x = &m->tensors[t];
         size_t n = (size_t)m->n_rows * x->dim;
@@ -78,7 +85,6 @@ static void test_round_trip(void **s) {
     assert_int_equal(got.n_datasets, 2);
     assert_int_equal(got.cursor[0], 17);
     assert_int_equal(got.cursor[1], 5);
-    assert_true(got.rng_state == meta.rng_state);
     assert_true(got.config_hash == meta.config_hash);
     assert_string_equal(got.sources, meta.sources);
     char *latest = ckpt_latest(dir);
@@ -100,26 +106,78 @@ static int count_files(const char *dir, const char *prefix) {
     return n;
 }
 
+static void touch(const char *dir, const char *name) {
+    char *p = dam_path_join(dir, name);
+    FILE *f = fopen(p, "w");
+    assert_non_null(f);
+    fclose(f);
+    free(p);
+}
+
+static void rm_tree(char *dir) {
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+    free(dir);
+}
+
+/* Created out of order, with names that are not complete checkpoints mixed in. */
+static void test_list_orders_by_step(void **s) {
+    (void)s;
+    char *dir = test_tmpdir();
+    const char *names[] = {"step_00000010.h5",  "step_00000002.h5",     "step_123456789.h5", "latest",
+                           "step_00000001.h5",  "step_00000007.h5.tmp", "step_ab.h5",        "step_.h5",
+                           "step_00000003.h5x", "step_00000009.h5",     "xstep_00000004.h5"};
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) touch(dir, names[i]);
+    int64_t *steps;
+    int n = ckpt_list_steps(dir, &steps);
+    const int64_t want[] = {1, 2, 9, 10, 123456789};
+    assert_int_equal(n, 5);
+    for (int i = 0; i < n; i++) assert_int_equal(steps[i], want[i]);
+    free(steps);
+    char *empty = test_tmpdir();
+    assert_int_equal(ckpt_list_steps(empty, &steps), 0);
+    assert_null(steps);
+    assert_int_equal(ckpt_list_steps("/nonexistent/dam_dist", &steps), 0);
+    rm_tree(empty), rm_tree(dir);
+}
+
+static int file_in(const char *dir, const char *name) {
+    char *p = dam_path_join(dir, name);
+    int ok = dam_file_exists(p);
+    free(p);
+    return ok;
+}
+
 static void test_keep_newest(void **s) {
     (void)s;
     DamCase dc;
     dam_case_open(&dc, "llama3src", "kl");
     char *dir = test_tmpdir();
+    touch(dir, "step_00000003.h5.tmp"); /* a save that never completed */
     CkptMeta meta;
-    for (int step = 1; step <= 4; step++) {
+    for (int step = 1; step <= 6; step++) {
         fill_state(&dc.m, (float)step);
         sample_meta(&dc.m, &meta, step);
         free(ckpt_save(dir, &dc.m, &meta, 2));
     }
-    assert_int_equal(count_files(dir, "step_"), 2);
+    int64_t *steps;
+    assert_int_equal(ckpt_list_steps(dir, &steps), 2);
+    assert_int_equal(steps[0], 5);
+    assert_int_equal(steps[1], 6);
+    free(steps);
+    assert_int_equal(count_files(dir, "step_"), 2); /* the stale .tmp is gone too */
     char *latest = ckpt_latest(dir);
-    assert_non_null(strstr(latest, "step_00000004.h5"));
+    assert_non_null(strstr(latest, "step_00000006.h5"));
     free(latest);
+    /* latest pointing at an older file (a user's rollback): pruning keeps it */
+    char *lp = dam_path_join(dir, "latest");
+    dam_write_file_atomic(lp, "step_00000005.h5\n", 17);
+    free(lp);
+    ckpt_prune(dir, 1);
+    assert_true(file_in(dir, "step_00000005.h5") && file_in(dir, "step_00000006.h5"));
     dam_case_close(&dc);
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    assert_int_equal(system(cmd), 0);
-    free(dir);
+    rm_tree(dir);
 }
 
 /* A checkpoint whose sources list differs from the model's: loaded in a child, which must fail. */
@@ -156,6 +214,7 @@ static void test_wrong_sources_refused(void **s) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip),
+        cmocka_unit_test(test_list_orders_by_step),
         cmocka_unit_test(test_keep_newest),
         cmocka_unit_test(test_wrong_sources_refused),
     };
