@@ -62,6 +62,30 @@ static int64_t read_int_attr(hid_t file, const char *key, const char *path, int6
     return v;
 }
 
+int dataset_attr_string(const DamDataset *d, const char *key, char *out, size_t cap) {
+    hid_t f = (hid_t)d->hid;
+    if (DAM_H5_CHECK(H5Aexists(f, key), d->path) <= 0) return -1;
+    hid_t a = DAM_H5_CHECK(H5Aopen(f, key, H5P_DEFAULT), d->path);
+    hid_t t = DAM_H5_CHECK(H5Aget_type(a), d->path);
+    int rc = -1;
+    if (H5Tget_class(t) == H5T_STRING && !H5Tis_variable_str(t)) {
+        size_t n = H5Tget_size(t);
+        char *buf = dam_calloc(n + 1, 1, key);
+        DAM_H5_CHECK(H5Aread(a, t, buf), d->path);
+        snprintf(out, cap, "%s", buf);
+        free(buf);
+        rc = 0;
+    } else if (H5Tget_class(t) == H5T_STRING) {
+        char *v = NULL;
+        DAM_H5_CHECK(H5Aread(a, t, &v), d->path);
+        snprintf(out, cap, "%s", v ? v : "");
+        H5free_memory(v);
+        rc = 0;
+    }
+    H5Tclose(t), H5Aclose(a);
+    return rc;
+}
+
 /* ---------------------------------------------------------------- open / close */
 
 void dataset_open(DamDataset *d, const char *path) {

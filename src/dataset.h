@@ -4,13 +4,16 @@
  *   /attention_mask  int8  [n, L]        optional; all ones when absent
  *   /topk_indices    int32 [n, L, K]     optional teacher cache
  *   /topk_logits     float16|float32 [n, L, K]
- *   attributes on the root group (optional, informative): tokenizer_hash (string),
- *   vocab_size (int64), source_file (string), n_examples, n_tokens, n_truncated (int64), ...
+ *   attributes on the root group (optional, informative): tokenizer_hash (string, 16 hex digits),
+ *   tokenizer_hash_kind (string: "canonical-v1" = tokenizer_canonical_hash of tokenizer.h; absent
+ *   in older files, whose tokenizer_hash is FNV-1a of the raw tokenizer.json bytes), vocab_size
+ *   (int64), source_file (string), n_examples, n_tokens, n_truncated (int64), ...
  *
  * Files are opened read-only; writers write "<path>.tmp" and rename it into place. */
 #ifndef DAM_DATASET_H
 #define DAM_DATASET_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct {
@@ -32,6 +35,8 @@ void dataset_close(DamDataset *d);
 void dataset_read_rows(const DamDataset *d, int64_t row0, int64_t nrows, int32_t *ids, int8_t *mask);
 /* Read the teacher cache of rows [row0, row0 + nrows): idx and logits [nrows*L*K] (logits as fp32). */
 void dataset_read_topk(const DamDataset *d, int64_t row0, int64_t nrows, int32_t *idx, float *logits);
+/* A string attribute of the file into out; -1 when it is absent or not a string. */
+int dataset_attr_string(const DamDataset *d, const char *key, char *out, size_t cap);
 /* Check every id of the file in [0, vocab); fails naming file, row and column of the first bad one. */
 void dataset_check_ids(const DamDataset *d, int64_t vocab);
 

@@ -422,7 +422,8 @@ int cmd_prepare(int argc, char **argv) {
     char hash[32];
     snprintf(hash, sizeof hash, "%016llx", (unsigned long long)tok.hash);
     DatasetAttr attrs[] = {
-        {"tokenizer_hash", hash, 0},
+        {"tokenizer_hash", hash, 0}, /* canonical (tokenizer_canonical_hash), not of the file bytes */
+        {"tokenizer_hash_kind", TOKENIZER_HASH_KIND, 0},
         {"vocab_size", NULL, tok.vocab_size},
         {"source_file", o.input, 0},
         {"n_examples", NULL, n_sel - rows.n_skipped},

@@ -427,7 +427,6 @@ void tokenizer_load(Tokenizer *t, const char *path) {
     if (!dam_file_exists(t->path)) dam_fail("%s: tokenizer.json not found", t->path);
     size_t n;
     char *bytes = dam_read_file(t->path, &n);
-    t->hash = dam_hash64(bytes, n, 0);
     cJSON *root = json_parse_text(bytes, n, t->path);
     free(bytes);
     const char *prev = json_set_context(t->path);
@@ -438,6 +437,7 @@ void tokenizer_load(Tokenizer *t, const char *path) {
     load_pre_tokenizer(t, cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer"), t->path);
     load_decoder(t, cJSON_GetObjectItemCaseSensitive(root, "decoder"), t->path);
     load_post_processor(t, cJSON_GetObjectItemCaseSensitive(root, "post_processor"), t->path);
+    t->hash = tok_canonical_hash_json(root); /* from this parse: the file is read once */
     cJSON_Delete(root);
 
     /* ids: the vocabulary and the added tokens together */

@@ -142,7 +142,7 @@ typedef struct {
 
 typedef struct {
     char *path;         /* tokenizer.json */
-    uint64_t hash;      /* dam_hash64 of the tokenizer.json bytes */
+    uint64_t hash;      /* canonical fingerprint (tokenizer_canonical_hash), not of the raw bytes */
     int64_t vocab_size; /* max id + 1 over the model vocabulary and the added tokens */
 
     /* model (BPE) */
@@ -204,6 +204,17 @@ char *tokenizer_decode(const Tokenizer *t, const int32_t *ids, size_t n, size_t 
 /* The id of a token string (added token or vocabulary entry), -1 when absent. */
 int32_t tokenizer_token_id(const Tokenizer *t, const char *s);
 
+/* Canonical fingerprint of a tokenizer.json (tok_hash.c): dam_hash64 over a canonical form of its
+ * model, added_tokens, normalizer and pre_tokenizer, the same when the file was only re-saved
+ * (whitespace, key order, 1 vs 1.0, string escapes, merges as "a b" or ["a", "b"], null vs missing
+ * fields) and different when a vocab id, merge, added token, normalizer or pre-tokenizer changes;
+ * post_processor, decoder, truncation, padding and version are left out. path is the file or a
+ * directory holding tokenizer.json. Returns 0 and sets *out, or -1 (no message) when there is no
+ * such file; malformed JSON fails (dam_fail) naming the file. Works for any model type. */
+int tokenizer_canonical_hash(const char *path, uint64_t *out);
+/* Name of the canonical form, written next to the hash (dataset attribute tokenizer_hash_kind). */
+#define TOKENIZER_HASH_KIND "canonical-v1"
+
 /* ---------------------------------------------------------------- internals shared by tok_*.c */
 
 /* tok_unicode.c */
@@ -219,6 +230,10 @@ int tok_is_whitespace(uint32_t cp); /* Unicode White_Space */
 /* Offset of the first code point NFC could change (a combining mark, a composition's second
  * character, a singleton decomposition), or n when the text is certainly already NFC. */
 size_t tok_nfc_unsafe_offset(const char *s, size_t n);
+
+/* tok_hash.c: the canonical fingerprint of an already parsed tokenizer.json. */
+struct cJSON;
+uint64_t tok_canonical_hash_json(const struct cJSON *root);
 
 /* tok_bpe.c */
 void tok_vocab_build(Tokenizer *t);
