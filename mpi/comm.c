@@ -5,13 +5,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static void abort_all_ranks(int status) {
     int inited = 0, finalized = 0;
     MPI_Initialized(&inited);
     MPI_Finalized(&finalized);
+    fflush(NULL);
     if (inited && !finalized && comm_world_size() > 1) MPI_Abort(MPI_COMM_WORLD, status);
-    exit(status);
+    _exit(status); /* no exit handlers after an error (see util.c) */
 }
 
 void dam_mpi_fail(const char *call, int rc, const char *file, int line) {
@@ -154,5 +156,10 @@ void comm_barrier(const CommGroup *g) { DAM_MPI_CHECK(MPI_Barrier(g->comm)); }
 int comm_any(const CommGroup *g, int flag) {
     int v = flag != 0;
     if (g->size > 1) DAM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_INT, MPI_LOR, g->comm));
+    return v;
+}
+
+int comm_max_int(const CommGroup *g, int v) {
+    if (g->size > 1) DAM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_INT, MPI_MAX, g->comm));
     return v;
 }

@@ -63,7 +63,9 @@ void comm_barrier(const CommGroup *g);
 /* Fail with one line printed by world rank 0 only, when `bad` (which every rank computes alike):
  * the other ranks wait to be ended by rank 0's abort. */
 void comm_fail_on_root(int bad, const char *fmt, ...) DAM_PRINTF(2, 3);
-/* Logical AND/OR of a flag over the group (stop requests, errors). */
+/* Logical OR of a flag over the group (errors). */
 int comm_any(const CommGroup *g, int flag);
+/* The largest of the ranks' values (stop requests: the signal number one of them received). */
+int comm_max_int(const CommGroup *g, int v);
 
 #endif

@@ -3,11 +3,11 @@
 #ifndef DAM_COMMANDS_H
 #define DAM_COMMANDS_H
 
-int cmd_train(int argc, char **argv);    /* dam_dist [--config F] ... : the main job */
-int cmd_toy(int argc, char **argv);      /* dam_dist toy --out DIR [--models N] [--seed S] */
-int cmd_prepare(int argc, char **argv);  /* dam_dist prepare --tokenizer DIR --input F --out F.h5 ... */
-int cmd_tokenize(int argc, char **argv); /* dam_dist tokenize --tokenizer DIR [--decode] */
-int cmd_inspect(int argc, char **argv);
-int cmd_precompute(int argc, char **argv); /* dam_dist precompute --config F [--topk K] */  /* dam_dist inspect --model DIR : validate and summarize */
+int cmd_train(int argc, char **argv);      /* dam_dist [--config F] ... : the main job */
+int cmd_toy(int argc, char **argv);        /* dam_dist toy --out DIR [--models N] [--seed S] */
+int cmd_prepare(int argc, char **argv);    /* dam_dist prepare --tokenizer DIR --input F --out F.h5 ... */
+int cmd_tokenize(int argc, char **argv);   /* dam_dist tokenize --tokenizer DIR [--decode] */
+int cmd_inspect(int argc, char **argv);    /* dam_dist inspect --model DIR : validate and summarize */
+int cmd_precompute(int argc, char **argv); /* dam_dist precompute --config F [--topk K] */
 
 #endif

@@ -194,12 +194,128 @@ static void parse_rest(DamConfig *c, const cJSON *root) {
     c->metrics_file = mf ? resolve(f, mf) : dam_asprintf("%s.metrics.jsonl", c->out_dir);
 }
 
+/* A float setting as the shortest decimal that reads back as the same float ("0.01", not
+ * 0.00999999977648258), so that settings compare and print as the user wrote them. */
+static double float_setting(float f) {
+    char b[32];
+    for (int digits = 6; digits <= 9; digits++) {
+        snprintf(b, sizeof b, "%.*g", digits, (double)f);
+        if ((float)strtod(b, NULL) == f) break;
+    }
+    return strtod(b, NULL);
+}
+
+static void add_float(cJSON *o, const char *key, float f) {
+    cJSON_AddNumberToObject(o, key, float_setting(f));
+}
+
+static void add_real_path(cJSON *o, const char *key, const char *path) {
+    if (!path) {
+        cJSON_AddNullToObject(o, key);
+        return;
+    }
+    char *real = dam_realpath_lenient(path);
+    cJSON_AddStringToObject(o, key, real);
+    free(real);
+}
+
+cJSON *config_effective(const DamConfig *c) {
+    static const char *const nl[] = {"none", "tanh", "sigmoid", "relu"};
+    static const char *const opt[] = {"adamw", "mofo"}, *const sch[] = {"constant", "linear", "cosine"};
+    cJSON *r = cJSON_CreateObject();
+    add_real_path(r, "base_model", c->base_model);
+    cJSON *models = cJSON_AddArrayToObject(r, "models");
+    for (int i = 0; i < c->n_models; i++) {
+        cJSON *m = cJSON_CreateObject();
+        add_real_path(m, "path", c->models[i].path);
+        add_real_path(m, "dataset", c->models[i].dataset);
+        cJSON_AddStringToObject(m, "name", c->models[i].name);
+        cJSON_AddItemToArray(models, m);
+    }
+    cJSON *mg = cJSON_AddObjectToObject(r, "merge");
+    cJSON_AddBoolToObject(mg, "embeddings", c->embeddings);
+    cJSON_AddBoolToObject(mg, "norms", c->norms);
+    cJSON_AddBoolToObject(mg, "include_base", c->include_base);
+    cJSON_AddStringToObject(mg, "nonlinearity", nl[c->nonlinearity]);
+    if (c->init == INIT_FILE)
+        add_real_path(mg, "init", c->init_file);
+    else
+        cJSON_AddStringToObject(mg, "init", c->init == INIT_RANDOM ? "random" : "uniform");
+    cJSON *l = cJSON_AddObjectToObject(r, "loss");
+    cJSON_AddBoolToObject(l, "kl", c->loss.kl);
+    add_float(l, "temperature", c->loss.temperature);
+    add_float(l, "similarity", c->similarity);
+    add_float(l, "l1", c->l1);
+    add_float(l, "l2", c->l2);
+    add_float(l, "mse", c->loss.mse);
+    add_float(l, "entropy", c->loss.entropy);
+    add_float(l, "overlap", c->overlap);
+    cJSON_AddNumberToObject(l, "topk", c->loss.topk);
+    cJSON *t = cJSON_AddObjectToObject(r, "train");
+    cJSON_AddStringToObject(t, "optimizer", opt[c->optimizer]);
+    add_float(t, "lr", c->lr);
+    add_float(t, "weight_decay", c->weight_decay);
+    cJSON_AddItemToObject(
+        t, "betas",
+        cJSON_CreateDoubleArray((const double[]){float_setting(c->beta1), float_setting(c->beta2)}, 2));
+    add_float(t, "eps", c->adam_eps);
+    add_float(t, "mofo_alpha", c->mofo_alpha);
+    cJSON_AddStringToObject(t, "schedule", sch[c->schedule]);
+    cJSON_AddNumberToObject(t, "warmup", c->warmup);
+    cJSON_AddNumberToObject(t, "steps", c->steps);
+    cJSON_AddNumberToObject(t, "epochs", c->epochs);
+    cJSON_AddNumberToObject(t, "batch_size", c->batch_size);
+    cJSON_AddNumberToObject(t, "micro_batches", c->micro_batches);
+    cJSON_AddNumberToObject(t, "seq_len", c->seq_len);
+    add_float(t, "max_grad_norm", c->max_grad_norm);
+    cJSON_AddNumberToObject(t, "seed", (double)c->seed);
+    return r;
+}
+
+/* Leaves of a JSON value as "path=value" lines, in document order. */
+static void flatten(const cJSON *v, const char *path, cJSON *out) {
+    if (cJSON_IsObject(v) || cJSON_IsArray(v)) {
+        int i = 0;
+        for (const cJSON *it = v->child; it; it = it->next, i++) {
+            char sub[512];
+            if (cJSON_IsObject(v))
+                snprintf(sub, sizeof sub, "%s%s%s", path, *path ? "." : "", it->string);
+            else
+                snprintf(sub, sizeof sub, "%s[%d]", path, i);
+            flatten(it, sub, out);
+        }
+        return;
+    }
+    char *text = cJSON_PrintUnformatted(v);
+    cJSON_AddStringToObject(out, path, text);
+    free(text);
+}
+
+int config_diff(const char *a, const char *b, char *out, size_t cap) {
+    cJSON *ja = cJSON_Parse(a), *jb = cJSON_Parse(b), *fa = cJSON_CreateObject(), *fb = cJSON_CreateObject();
+    flatten(ja, "", fa), flatten(jb, "", fb);
+    int n = 0;
+    out[0] = 0;
+    for (int pass = 0; pass < 2; pass++) /* keys of a (changed or gone), then keys only b has */
+        for (const cJSON *it = (pass ? fb : fa)->child; it; it = it->next) {
+            const cJSON *other = cJSON_GetObjectItemCaseSensitive(pass ? fa : fb, it->string);
+            if (pass && other) continue;
+            if (other && !strcmp(other->valuestring, it->valuestring)) continue;
+            const char *va = pass ? "absent" : it->valuestring, *vb = pass ? it->valuestring : "absent";
+            if (other) vb = other->valuestring;
+            size_t len = strlen(out);
+            snprintf(out + len, cap - len, "%s%s (%s -> %s)", n ? ", " : "", it->string, va, vb);
+            n++;
+        }
+    cJSON_Delete(ja), cJSON_Delete(jb), cJSON_Delete(fa), cJSON_Delete(fb);
+    return n;
+}
+
 void config_load(DamConfig *c, const char *path) {
     memset(c, 0, sizeof *c);
     c->file = dam_strdup(path);
     size_t n;
     char *text = dam_read_file(path, &n);
-    c->hash = dam_hash64(text, n, 0);
     json_set_context(path);
     cJSON *root = json_parse_text(text, n, path);
     if (!cJSON_IsObject(root)) dam_fail("%s: expected a JSON object at the top level", path);
@@ -216,6 +332,10 @@ void config_load(DamConfig *c, const char *path) {
         dam_fail("%s: field 'merge.include_base' is true but 'base_model' is not set", path);
     if (c->loss.topk > 0 && c->loss.mse > 0)
         dam_fail("%s: loss.mse needs full teacher logits; it cannot be combined with loss.topk", path);
+    cJSON *eff = config_effective(c);
+    c->effective = cJSON_PrintUnformatted(eff);
+    c->hash = dam_hash64(c->effective, strlen(c->effective), 0);
+    cJSON_Delete(eff);
     cJSON_Delete(root);
     free(text);
 }
@@ -224,6 +344,6 @@ void config_free(DamConfig *c) {
     for (int i = 0; i < c->n_models; i++)
         free(c->models[i].path), free(c->models[i].dataset), free(c->models[i].name);
     free(c->file), free(c->base_model), free(c->init_file), free(c->ckpt_dir), free(c->out_dir),
-        free(c->metrics_file);
+        free(c->metrics_file), free(c->effective);
     memset(c, 0, sizeof *c);
 }

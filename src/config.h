@@ -4,6 +4,8 @@
 
 #include <stdint.h>
 
+#include <cJSON.h>
+
 #include "model.h"
 
 typedef enum { OPT_ADAMW = 0, OPT_MOFO = 1 } OptimizerKind;
@@ -45,12 +47,21 @@ typedef struct {
     char *out_dir;
     char *metrics_file; /* JSON lines; default <out_dir>.metrics.jsonl */
     size_t shard_bytes;
-    uint64_t hash; /* of the file's bytes, recorded in checkpoints */
+    int force;       /* command line --force: replace an output.dir that is not a dam_dist output */
+    char *effective; /* the settings that shape the coefficients, as compact JSON (config_effective) */
+    uint64_t hash;   /* of `effective`, recorded in checkpoints */
 } DamConfig;
 
 /* Parse and validate; relative paths are resolved against the config file's directory. */
 void config_load(DamConfig *c, const char *path);
 void config_free(DamConfig *c);
+/* The settings that shape the learned coefficients, with every default filled in and paths made
+ * real: base_model, models (path, dataset, name), merge, loss, train. Not parallel, checkpoint or
+ * output: a run may resume on another layout or write elsewhere. A fresh cJSON object. */
+cJSON *config_effective(const DamConfig *c);
+/* The keys (dotted paths) whose values differ between two effective configs in JSON text, as
+ * "key (a -> b)" joined by ", " into out; returns how many differ. */
+int config_diff(const char *a, const char *b, char *out, size_t cap);
 /* Parse a size like "5GB", "500MB", "1024" (bytes). Returns 0 when malformed. */
 size_t config_parse_size(const char *s);
 

@@ -3,15 +3,21 @@
 #ifndef DAM_H5UTIL_H
 #define DAM_H5UTIL_H
 
+#include <errno.h>
 #include <hdf5.h>
+#include <string.h>
 
 #include "util.h"
 
-/* Evaluate an HDF5 call returning herr_t or hid_t; a negative result fails naming `what`. */
+/* Evaluate an HDF5 call returning herr_t or hid_t; a negative result fails naming `what` and the
+ * system's reason when the call set errno (a full disk: "No space left on device"). */
 #define DAM_H5_CHECK(call, what)                                                                             \
     ({                                                                                                       \
+        errno = 0;                                                                                           \
         __typeof__(call) dam_h5_rc_ = (call);                                                                \
-        if (dam_h5_rc_ < 0) dam_fail("%s: HDF5 call %s failed", (what), #call);                              \
+        if (dam_h5_rc_ < 0)                                                                                  \
+            dam_fail("%s: HDF5 call %s failed%s%s%s", (what), #call, errno ? " (" : "",                      \
+                     errno ? strerror(errno) : "", errno ? ")" : "");                                        \
         dam_h5_rc_;                                                                                          \
     })
 

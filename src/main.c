@@ -8,8 +8,10 @@
 
 static const char usage_text[] =
     "usage:\n"
-    "  dam_dist --config FILE [--max-steps N] [--out DIR] [--eval-rows N]\n"
-    "                                  train DAM coefficients, write the merged model\n"
+    "  dam_dist --config FILE [--out DIR] [--max-steps N] [--eval-rows N] [--resume | --resume auto]\n"
+    "           [--force] [--allow-config-change] [--allow-tokenizer-mismatch]\n"
+    "                                  train DAM coefficients, write the merged model; exit status 0\n"
+    "                                  finished, 75 stopped by a signal after a checkpoint (resume me)\n"
     "  dam_dist toy --out DIR [--models N] [--seed S] [--size small|tiny|bench]\n"
     "                                  a base, specialists, their datasets and a config\n"
     "  dam_dist prepare --tokenizer DIR --input F --out F.h5 --seq-len L [options]\n"

@@ -90,7 +90,6 @@ static const CommGroup *shard_group(const DamModel *m, const DamTensor *x) {
     return m->tp && x->coef_full != x->dim ? m->tp : NULL;
 }
 
-
 void reg_apply(DamModel *m, const DamConfig *c, RegTerms *out) {
     memset(out, 0, sizeof *out);
     double split_sums[2] = {0, 0}; /* l1 and overlap of split tensors: this rank's columns only */

@@ -62,7 +62,7 @@ void output_load_coefficients(DamModel *m, const char *path) {
     dam_model_refresh(m);
 }
 
-static void write_report(const DamModel *m, const OutputReport *rep, const char *path) {
+static void write_report(const DamModel *m, const DamConfig *cfg, const OutputReport *rep, const char *path) {
     cJSON *r = cJSON_CreateObject();
     cJSON_AddNumberToObject(r, "steps", rep->steps);
     cJSON_AddNumberToObject(r, "total_steps", rep->total_steps);
@@ -73,6 +73,9 @@ static void write_report(const DamModel *m, const OutputReport *rep, const char 
     cJSON *rows = cJSON_AddArrayToObject(r, "coefficient_rows");
     for (int i = 0; i < m->n_rows; i++) cJSON_AddItemToArray(rows, cJSON_CreateString(m->row_names[i]));
     cJSON_AddStringToObject(r, "architecture", m->full_cfg.architecture);
+    cJSON_AddItemToObject(r, "config", cJSON_Parse(cfg->effective));
+    cJSON_AddStringToObject(r, "written_by", "dam_dist");
+    cJSON_AddBoolToObject(r, "complete", 1); /* what lets a later run replace this directory */
     char *text = cJSON_Print(r);
     dam_write_file_atomic(path, text, strlen(text));
     free(text);
@@ -223,16 +226,34 @@ static void finish_output(const DamModel *m, const DamConfig *cfg, const OutputR
         free(src), free(dst);
     }
     char *report = dam_path_join(tmp, "dam_report.json");
-    write_report(m, rep, report);
+    write_report(m, cfg, rep, report);
     free(report);
-    /* replace any previous output only now that the new one is complete */
-    char *old = dam_asprintf("%s.old", cfg->out_dir);
-    dam_rm_rf(old);
-    if (dam_is_dir(cfg->out_dir) && rename(cfg->out_dir, old) != 0)
-        dam_fail("%s: cannot move aside", cfg->out_dir);
-    if (rename(tmp, cfg->out_dir) != 0) dam_fail("%s: cannot rename %s into place", cfg->out_dir, tmp);
-    dam_rm_rf(old);
-    free(old);
+    OutputTarget t; /* replace any previous output only now that the new one is complete */
+    output_target(&t, cfg);
+    outdir_commit(&t.od, tmp);
+}
+
+void output_target(OutputTarget *t, const DamConfig *cfg) {
+    memset(t, 0, sizeof *t);
+    int n = 0;
+    t->inputs[n++] = cfg->base_model;
+    t->inputs[n++] = cfg->init_file;
+    for (int i = 0; i < cfg->n_models; i++)
+        t->inputs[n++] = cfg->models[i].path, t->inputs[n++] = cfg->models[i].dataset;
+    t->od = (OutDir){.dir = cfg->out_dir,
+                     .what = "output.dir",
+                     .marker = "dam_report.json",
+                     .inputs = t->inputs,
+                     .n_inputs = n,
+                     .force = cfg->force};
+}
+
+void output_check(const DamConfig *cfg, const char *ckpt_dir) {
+    OutputTarget t;
+    output_target(&t, cfg);
+    outdir_check(&t.od);
+    outdir_check_path(&t.od, ckpt_dir, "checkpoint.dir");
+    outdir_check_path(&t.od, cfg->metrics_file, "output.metrics");
 }
 
 void output_write(DamModel *m, const DamConfig *cfg, const OutputReport *rep) {
@@ -244,8 +265,9 @@ void output_write_parallel(DamModel *m, const DamConfig *cfg, const OutputReport
     int root = !writers || writers->rank == 0, n_stages = m->pp ? m->pp->size : 1;
     char *tmp = dam_asprintf("%s.tmp", cfg->out_dir);
     if (root) {
-        dam_rm_rf(tmp);
-        dam_mkdir_p(tmp);
+        OutputTarget t;
+        output_target(&t, cfg);
+        free(outdir_begin(&t.od));
     }
     if (writers) comm_barrier(writers);
     char *stage = dam_asprintf("%s/stage-%03d", tmp, m->pp ? m->pp->rank : 0);

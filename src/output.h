@@ -4,6 +4,7 @@
 
 #include "config.h"
 #include "model.h"
+#include "outdir.h"
 
 typedef struct {
     int steps, total_steps, n_data;
@@ -11,6 +12,17 @@ typedef struct {
     double kl[DAM_MAX_SOURCES];
     const char *names[DAM_MAX_SOURCES];
 } OutputReport;
+
+/* The rule for replacing cfg->out_dir (outdir.h): inputs are the sources, the base, the datasets
+ * and an init coefficients file; marker dam_report.json; cfg->force. */
+typedef struct {
+    OutDir od;
+    const char *inputs[2 * DAM_MAX_SOURCES + 2];
+} OutputTarget;
+void output_target(OutputTarget *t, const DamConfig *cfg);
+/* Before any work: may cfg->out_dir be replaced, and are the checkpoint dir and metrics file clear
+ * of every input? Fails with one line. */
+void output_check(const DamConfig *cfg, const char *ckpt_dir);
 
 /* Write cfg->out_dir: bf16 shards (+ index.json), config.json, tokenizer/generation files copied
  * from the base (or the first source), dam_coefficients.safetensors and dam_report.json. Built in

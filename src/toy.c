@@ -13,6 +13,7 @@
 #include "commands.h"
 #include "dataset.h"
 #include "hfconfig.h"
+#include "outdir.h"
 #include "safetensors.h"
 
 typedef struct {
@@ -148,16 +149,29 @@ static void write_run_config(const Toy *t) {
     free(p), free(json);
 }
 
+/* What lets a later `toy --out` replace this directory without --force. */
+static void write_marker(const Toy *t, uint64_t seed) {
+    char *json = dam_asprintf("{\"written_by\": \"dam_dist toy\", \"complete\": true, \"size\": \"%s\", "
+                              "\"models\": %d, \"seed\": %llu}\n",
+                              t->sz->name, t->n_models, (unsigned long long)seed);
+    char *p = dam_path_join(t->out, "dam_toy.json");
+    dam_write_file_atomic(p, json, strlen(json));
+    free(p), free(json);
+}
+
 int cmd_toy(int argc, char **argv) {
     Toy t = {.sz = &toy_sizes[0], .n_models = 3, .out = NULL};
     uint64_t seed = 1;
+    int force = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--out") && i + 1 < argc)
             t.out = argv[++i];
+        else if (!strcmp(argv[i], "--force"))
+            force = 1;
         else if (!strcmp(argv[i], "--models") && i + 1 < argc)
-            t.n_models = atoi(argv[++i]);
+            t.n_models = (int)dam_parse_int(argv[++i], 2, 8, "toy --models");
         else if (!strcmp(argv[i], "--seed") && i + 1 < argc)
-            seed = strtoull(argv[++i], NULL, 10);
+            seed = (uint64_t)dam_parse_int(argv[++i], 0, INT64_MAX, "toy --seed");
         else if (!strcmp(argv[i], "--size") && i + 1 < argc) {
             const char *want = argv[++i];
             t.sz = NULL;
@@ -166,13 +180,15 @@ int cmd_toy(int argc, char **argv) {
             if (!t.sz) dam_fail("toy: unknown --size '%s' (small, tiny, bench)", want);
         } else
             dam_fail("toy: unknown argument '%s' (usage: dam_dist toy --out DIR [--models N] [--seed S] "
-                     "[--size small|tiny|bench])",
+                     "[--size small|tiny|bench] [--force])",
                      argv[i]);
     }
     if (!t.out) dam_fail("toy: --out DIR is required");
-    if (t.n_models < 2 || t.n_models > 8) dam_fail("toy: --models must be 2..8, got %d", t.n_models);
+    const char *final = t.out;
+    OutDir od = {.dir = final, .what = "toy --out", .marker = "dam_toy.json", .force = force};
+    char *tmp = outdir_begin(&od); /* built aside, swapped into place when complete */
+    t.out = tmp;
     dam_rng_seed(&t.rng, seed);
-    dam_mkdir_p(t.out);
     char *sub = dam_path_join(t.out, "base");
     write_model(&t, -1, sub);
     free(sub);
@@ -195,6 +211,10 @@ int cmd_toy(int argc, char **argv) {
     char *cfgp = dam_asprintf("%s/base/config.json", t.out);
     hfconfig_load(&mc, cfgp);
     free(cfgp);
+    write_marker(&t, seed);
+    outdir_commit(&od, tmp);
+    free(tmp);
+    t.out = final;
     printf(
         "toy: wrote %s: base + %d specialists (%s, %.2fM parameters each, bf16), datasets of %d x %d tokens, "
         "config.json\n",

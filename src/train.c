@@ -15,7 +15,9 @@
 #include "optim.h"
 #include "output.h"
 #include "layout.h"
+#include "runctl.h"
 #include "safetensors.h"
+#include "tokenizer.h"
 
 typedef struct {
     DamConfig cfg;
@@ -318,11 +320,8 @@ static void set_plain_average(DamModel *m, int n_sources) {
     }
 }
 
+/* n_eval was checked before the first step (check_before_first_step). */
 static void eval_table(Trainer *tr, int n_eval) {
-    for (int k = 0; k < tr->n_data; k++)
-        if (n_eval < tr->B || n_eval > tr->data[k].n_rows)
-            dam_fail("--eval-rows %d: needs at least batch_size (%d) and at most %lld rows of %s", n_eval,
-                     tr->B, (long long)tr->data[k].n_rows, tr->data[k].path);
     double dam[DAM_MAX_SOURCES] = {0}, avg[DAM_MAX_SOURCES] = {0};
     for (int k = 0; k < tr->n_data; k++) dam[k] = eval_kl(tr, k, n_eval);
     set_plain_average(&tr->model, tr->n_data);
@@ -344,6 +343,7 @@ static void ckpt_meta(const Trainer *tr, int step, CkptMeta *meta) {
     meta->n_datasets = tr->n_data;
     memcpy(meta->cursor, tr->cursor, sizeof tr->cursor);
     meta->config_hash = tr->cfg.hash;
+    meta->config = tr->cfg.effective;
     for (int i = 0; i < tr->model.n_rows; i++) {
         if (i) strncat(meta->sources, ";", sizeof meta->sources - strlen(meta->sources) - 1);
         strncat(meta->sources, tr->model.row_names[i], sizeof meta->sources - strlen(meta->sources) - 1);
@@ -351,11 +351,16 @@ static void ckpt_meta(const Trainer *tr, int step, CkptMeta *meta) {
 }
 
 /* Every rank: rank 0 creates the file, the stages of replica 0 add their tensors in turn (each
- * gathered over tp, written by tp rank 0), rank 0 renames it into place and updates `latest`. */
+ * gathered over tp, written by tp rank 0), rank 0 renames it into place and updates `latest`. A
+ * failure (a full disk) ends the job before `latest` moves, so the previous checkpoint stays usable. */
 static void save_checkpoint(Trainer *tr, int step) {
     const ProcessGrid *g = &tr->grid;
     DamModel *m = &tr->model;
-    char *tmp = ckpt_tmp_path(tr->ckpt_dir, step);
+    char *tmp = ckpt_tmp_path(tr->ckpt_dir, step), *prev = ckpt_latest(tr->ckpt_dir);
+    char *note = prev ? dam_asprintf("the previous checkpoint %s and 'latest' are intact", prev)
+                      : dam_strdup("no earlier checkpoint exists");
+    dam_set_error_note(note);
+    free(note), free(prev);
     if (tr->root) {
         dam_mkdir_p(tr->ckpt_dir);
         CkptMeta meta;
@@ -381,38 +386,112 @@ static void save_checkpoint(Trainer *tr, int step) {
     comm_barrier(&g->world);
     if (tr->root) free(ckpt_commit(tr->ckpt_dir, tmp, step, tr->cfg.ckpt_keep));
     comm_barrier(&g->world);
+    dam_set_error_note(NULL);
     free(tmp);
 }
 
-/* Every rank reads its own tensors (its tp columns) from the newest checkpoint: any layout. */
-static void resume_checkpoint(Trainer *tr) {
+/* The checkpoint's settings against this run's: one line naming the keys that differ. */
+static void check_resumed_config(Trainer *tr, const CkptMeta *meta, const char *path, int allow) {
+    if (meta->format_version < 2) {
+        if (tr->root) printf("dam_dist: note: %s predates recorded settings; they are not compared\n", path);
+        return;
+    }
+    char diff[2048];
+    int n = config_diff(meta->config, tr->cfg.effective, diff, sizeof diff);
+    if (n == 0) return;
+    comm_fail_on_root(
+        !allow,
+        "%s: checkpoint was made with other settings: %s; resume with the same settings, or pass "
+        "--allow-config-change to go on with these",
+        path, diff);
+    if (tr->root)
+        printf("dam_dist: note: resuming with changed settings (--allow-config-change): %s\n", diff);
+}
+
+/* Every rank reads its own tensors (its tp columns) from the newest checkpoint: any layout. Returns
+ * 0 when --resume auto finds none (a fresh start). */
+static int resume_checkpoint(Trainer *tr, const TrainArgs *a) {
     char *path = ckpt_latest(tr->ckpt_dir);
-    if (!path) dam_fail("--resume: no checkpoint in %s (no 'latest' file)", tr->ckpt_dir);
+    if (!path && a->resume == RESUME_AUTO) {
+        if (tr->root) printf("dam_dist: --resume auto: no checkpoint in %s; starting fresh\n", tr->ckpt_dir);
+        return 0;
+    }
+    comm_fail_on_root(!path, "--resume: no checkpoint in %s (no 'latest' file)", tr->ckpt_dir);
     CkptMeta meta;
-    ckpt_load(path, &tr->model, &meta);
-    if (meta.total_steps != tr->total_steps || meta.n_datasets != tr->n_data)
-        dam_fail("%s: checkpoint was made for a run of %lld steps over %d datasets; this one has %d over %d",
-                 path, (long long)meta.total_steps, meta.n_datasets, tr->total_steps, tr->n_data);
+    CkptFile *f = ckpt_open_read(path, &meta);
+    comm_fail_on_root(
+        meta.total_steps != tr->total_steps || meta.n_datasets != tr->n_data,
+        "%s: checkpoint was made for a run of %lld steps over %d datasets; this one has %d over %d", path,
+        (long long)meta.total_steps, meta.n_datasets, tr->total_steps, tr->n_data);
+    check_resumed_config(tr, &meta, path, a->allow_config_change);
+    ckpt_read_model(f, &tr->model);
+    ckpt_close(f);
     tr->start_step = (int)meta.step;
     tr->tokens_seen = meta.tokens_seen;
     memcpy(tr->cursor, meta.cursor, sizeof tr->cursor);
     if (tr->root) printf("dam_dist: resumed from %s at step %d/%d\n", path, tr->start_step, tr->total_steps);
     free(path);
+    return 1;
 }
 
-/* ---------------------------------------------------------------- layout and signals */
+/* ---------------------------------------------------------------- checks before the first step */
 
-static volatile sig_atomic_t g_stop_signal = 0;
+/* Dataset k against source k's tokenizer, on the canonical hash that `prepare` records. */
+static void check_tokenizers(Trainer *tr, int allow) {
+    char skipped[512] = "";
+    for (int k = 0; k < tr->n_data; k++) {
+        const char *src = tr->cfg.models[k].path;
+        char have[64] = "", kind[64] = "";
+        uint64_t want;
+        int got = dataset_attr_string(&tr->data[k], "tokenizer_hash", have, sizeof have) == 0 &&
+                  dataset_attr_string(&tr->data[k], "tokenizer_hash_kind", kind, sizeof kind) == 0 &&
+                  !strcmp(kind, TOKENIZER_HASH_KIND);
+        if (!got || tokenizer_canonical_hash(src, &want) != 0) {
+            size_t n = strlen(skipped);
+            snprintf(skipped + n, sizeof skipped - n, "%s%s", n ? ", " : "", tr->cfg.models[k].name);
+            continue;
+        }
+        char want_hex[32];
+        snprintf(want_hex, sizeof want_hex, "%016llx", (unsigned long long)want);
+        if (!strcmp(have, want_hex)) continue;
+        if (!allow)
+            dam_fail("%s was prepared with another tokenizer (hash %s) than source %s (%s/tokenizer.json, "
+                     "hash %s); "
+                     "prepare it with that tokenizer, or pass --allow-tokenizer-mismatch",
+                     tr->data[k].path, have, tr->cfg.models[k].name, src, want_hex);
+        printf("dam_dist: note: %s: tokenizer differs from %s's (--allow-tokenizer-mismatch)\n",
+               tr->data[k].path, tr->cfg.models[k].name);
+    }
+    if (*skipped)
+        printf(
+            "dam_dist: note: tokenizers not compared for %s (no tokenizer.json in the source, or a dataset "
+            "without a recorded tokenizer hash)\n",
+            skipped);
+}
 
-static void on_stop_signal(int sig) { g_stop_signal = sig; }
-
-static void install_stop_handlers(void) {
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_stop_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGUSR1, &sa, NULL);
+/* Everything that could fail after training, checked before the first step (rank 0 decides and
+ * prints; the others wait at the barrier and are ended with it). */
+static void check_before_first_step(Trainer *tr, const TrainArgs *a) {
+    if (tr->root) {
+        output_check(&tr->cfg, tr->ckpt_dir);
+        if (a->eval_rows > 0)
+            for (int k = 0; k < tr->n_data; k++)
+                if (a->eval_rows < tr->B || a->eval_rows > tr->data[k].n_rows)
+                    dam_fail("--eval-rows %d: needs at least batch_size (%d) and at most the %lld rows of %s",
+                             a->eval_rows, tr->B, (long long)tr->data[k].n_rows, tr->data[k].path);
+        check_tokenizers(tr, a->allow_tokenizer_mismatch);
+        int steps = a->max_steps >= 0 && a->max_steps < tr->total_steps ? a->max_steps : tr->total_steps;
+        int64_t used = (int64_t)steps * tr->B * tr->cfg.micro_batches;
+        for (int k = 0; a->eval_rows > 0 && k < tr->n_data; k++)
+            if (used > tr->data[k].n_rows - a->eval_rows)
+                dam_warn("training reads %lld rows of %s (steps %d x batch_size %d x micro_batches %d) but "
+                         "only %lld "
+                         "precede its last %d, the evaluation rows: the evaluation overlaps training",
+                         (long long)used, tr->data[k].path, steps, tr->B, tr->cfg.micro_batches,
+                         (long long)(tr->data[k].n_rows - a->eval_rows), a->eval_rows);
+        fflush(stdout);
+    }
+    comm_barrier(&tr->grid.world);
 }
 
 static void setup_grid(Trainer *tr) {
@@ -420,12 +499,7 @@ static void setup_grid(Trainer *tr) {
     tr->root = tr->grid.world.rank == 0;
 }
 
-/* ---------------------------------------------------------------- command */ /* ----------------------------------------------------------------
-                                                                                  command */
-
-static void usage_fail(const char *msg) {
-    dam_fail("%s (usage: dam_dist --config FILE [--max-steps N] [--out DIR] [--eval-rows N])", msg);
-}
+/* ---------------------------------------------------------------- command */
 
 /* Run states (one per pipeline micro-batch in flight) and the pipeline's per-micro-batch inputs. */
 static void alloc_step_buffers(Trainer *tr) {
@@ -464,81 +538,82 @@ static void trainer_free(Trainer *tr) {
     config_free(&tr->cfg);
 }
 
-int cmd_train(int argc, char **argv) {
-    const char *config = NULL, *out_override = NULL;
-    int max_steps = -1, eval_rows = 0, resume = 0;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--config") && i + 1 < argc)
-            config = argv[++i];
-        else if (!strcmp(argv[i], "--max-steps") && i + 1 < argc)
-            max_steps = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--out") && i + 1 < argc)
-            out_override = argv[++i];
-        else if (!strcmp(argv[i], "--eval-rows") && i + 1 < argc)
-            eval_rows = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--resume"))
-            resume = 1;
-        else
-            usage_fail(dam_asprintf("unknown argument '%s'", argv[i]));
+/* The checkpoint is written; say so and how to go on. */
+static int report_stop(Trainer *tr, const TrainArgs *a, int step, int sig) {
+    if (tr->root) {
+        char *cmd = resume_command(a, tr->grid.world.size);
+        printf("dam_dist: stopped by SIG%s after step %d/%d; checkpoint in %s; resume with: %s\n",
+               sig ? sigabbrev_np(sig) : "?", step, tr->total_steps, tr->ckpt_dir, cmd);
+        free(cmd);
+        fflush(stdout);
     }
-    if (!config) usage_fail("--config is required");
-    install_stop_handlers();
+    trainer_free(tr);
+    return DAM_EXIT_STOPPED;
+}
+
+static void print_run_header(const Trainer *tr) {
+    if (!tr->root) return;
+    printf("dam_dist: %d sources (%s, %lld parameters per source), %d steps of %d x %d tokens x %d datasets, "
+           "layout dp=%d x pp=%d x tp=%d\n",
+           tr->model.n_rows, tr->model.full_cfg.architecture,
+           (long long)hfconfig_num_params(&tr->model.full_cfg), tr->total_steps, tr->B, tr->T, tr->n_data,
+           tr->grid.dp, tr->grid.pp, tr->grid.tp);
+    fflush(stdout);
+}
+
+int cmd_train(int argc, char **argv) {
+    TrainArgs a;
+    train_args_parse(&a, argc, argv);
+    stop_signals_install();
     Trainer tr;
     memset(&tr, 0, sizeof tr);
-    config_load(&tr.cfg, config);
-    if (out_override) {
+    config_load(&tr.cfg, a.config);
+    tr.cfg.force = a.force;
+    if (a.out) {
         free(tr.cfg.out_dir), free(tr.cfg.metrics_file);
-        tr.cfg.out_dir = dam_strdup(out_override);
-        tr.cfg.metrics_file = dam_asprintf("%s.metrics.jsonl", out_override);
+        tr.cfg.out_dir = dam_strdup(a.out);
+        tr.cfg.metrics_file = dam_asprintf("%s.metrics.jsonl", a.out);
     }
     /* preemption must always be able to save: without checkpoint.dir, beside the output */
     tr.ckpt_dir = tr.cfg.ckpt_dir ? dam_strdup(tr.cfg.ckpt_dir) : dam_asprintf("%s.ckpt", tr.cfg.out_dir);
     setup_grid(&tr);
     open_model(&tr);
     open_data(&tr);
+    check_before_first_step(&tr, &a);
     alloc_step_buffers(&tr);
-    if (resume) resume_checkpoint(&tr);
-    if (tr.root) {
-        tr.metrics = fopen(tr.cfg.metrics_file, resume ? "a" : "w");
-        if (!tr.metrics) dam_warn("%s: cannot write metrics; continuing without", tr.cfg.metrics_file);
-        printf("dam_dist: %d sources (%s, %lld parameters per source), %d steps of %d x %d tokens x %d "
-               "datasets, "
-               "layout dp=%d x pp=%d x tp=%d\n",
-               tr.model.n_rows, tr.model.full_cfg.architecture,
-               (long long)hfconfig_num_params(&tr.model.full_cfg), tr.total_steps, tr.B, tr.T, tr.n_data,
-               tr.grid.dp, tr.grid.pp, tr.grid.tp);
-    }
-    int last = max_steps >= 0 && max_steps < tr.total_steps ? max_steps : tr.total_steps;
+    int resumed = a.resume != RESUME_NO && resume_checkpoint(&tr, &a);
+    if (tr.root) tr.metrics = metrics_open(tr.cfg.metrics_file, resumed, tr.start_step);
+    print_run_header(&tr);
+    int last = a.max_steps >= 0 && a.max_steps < tr.total_steps ? a.max_steps : tr.total_steps;
     double t0 = dam_now();
     StepStats st;
     memset(&st, 0, sizeof st);
     int step = tr.start_step, stopped = 0;
-    for (; step < last && !stopped; step++) {
+    for (;;) { /* every rank agrees on a stop at the step boundary, whichever got the signal */
+        stopped = comm_max_int(&tr.grid.world, stop_signal_pending());
+        if (stopped || step >= last) break;
         double ts = dam_now();
         train_step(&tr, step, &st);
         tr.tokens_seen += st.tokens;
         log_step(&tr, step, &st, optim_lr(&tr.cfg, step, tr.total_steps), dam_now() - ts, dam_now() - t0);
-        stopped = comm_any(&tr.grid.world, g_stop_signal != 0); /* every rank agrees at the step boundary */
-        if (!stopped && tr.cfg.ckpt_every > 0 && (step + 1) % tr.cfg.ckpt_every == 0 && step + 1 < last)
-            save_checkpoint(&tr, step + 1);
+        step++;
+        if (tr.cfg.ckpt_every > 0 && step % tr.cfg.ckpt_every == 0 && step < last) save_checkpoint(&tr, step);
     }
     save_checkpoint(&tr, step); /* the end, a --max-steps stop or a signal: resumable from here */
-    if (stopped) {
-        if (tr.root)
-            printf("dam_dist: stopped by a signal after step %d/%d; checkpoint in %s; resume with: dam_dist "
-                   "--config %s "
-                   "--resume\n",
-                   step, tr.total_steps, tr.ckpt_dir, config);
-        trainer_free(&tr);
-        return 0;
-    }
-    if (eval_rows > 0) eval_table(&tr, eval_rows);
+    if (stopped) return report_stop(&tr, &a, step, stopped);
+    char *note =
+        dam_asprintf("the checkpoint of step %d in %s is complete: rerun with --resume to write the output",
+                     step, tr.ckpt_dir);
+    dam_set_error_note(note);
+    free(note);
+    if (a.eval_rows > 0) eval_table(&tr, a.eval_rows);
     OutputReport rep = {
         .steps = step, .total_steps = tr.total_steps, .wall_s = dam_now() - t0, .n_data = tr.n_data};
     for (int k = 0; k < tr.n_data; k++) rep.kl[k] = st.kl[k], rep.names[k] = tr.cfg.models[k].name;
     rep.loss = st.total;
     if (tr.grid.dp_idx == 0) output_write_parallel(&tr.model, &tr.cfg, &rep, &tr.grid.replica);
     comm_barrier(&tr.grid.world);
+    dam_set_error_note(NULL);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     double rss = (double)ru.ru_maxrss, all_rss[1024];

@@ -13,11 +13,17 @@
 #include <time.h>
 #include <unistd.h>
 
-static void default_abort_hook(int status) { exit(status); }
+/* _exit, not exit: library exit handlers (HDF5 closing a file whose writes just failed on a full
+ * disk) must not run after an error; they crashed there. Our own output is flushed first. */
+static void default_abort_hook(int status) {
+    fflush(NULL);
+    _exit(status);
+}
 
 static dam_abort_hook g_abort_hook = default_abort_hook;
 static int g_log_rank = -1;
 static char g_last_error[1024];
+static char g_error_note[512];
 
 void dam_set_abort_hook(dam_abort_hook hook) { g_abort_hook = hook ? hook : default_abort_hook; }
 
@@ -25,14 +31,19 @@ void dam_set_log_rank(int rank, int world) { g_log_rank = world > 1 ? rank : -1;
 
 const char *dam_last_error(void) { return g_last_error; }
 
+void dam_set_error_note(const char *note) {
+    snprintf(g_error_note, sizeof g_error_note, "%s", note ? note : "");
+}
+
 static void print_line(const char *kind, const char *fmt, va_list ap) {
     char msg[1024];
     vsnprintf(msg, sizeof msg, fmt, ap);
+    const char *note = kind[0] == 'e' && g_error_note[0] ? g_error_note : "";
     if (kind[0] == 'e') snprintf(g_last_error, sizeof g_last_error, "%s", msg);
     if (g_log_rank >= 0)
-        fprintf(stderr, "dam_dist[rank %d]: %s: %s\n", g_log_rank, kind, msg);
+        fprintf(stderr, "dam_dist[rank %d]: %s: %s%s%s\n", g_log_rank, kind, msg, *note ? "; " : "", note);
     else
-        fprintf(stderr, "dam_dist: %s: %s\n", kind, msg);
+        fprintf(stderr, "dam_dist: %s: %s%s%s\n", kind, msg, *note ? "; " : "", note);
     fflush(stderr);
 }
 
@@ -258,6 +269,65 @@ char *dam_path_join(const char *a, const char *b) {
     size_t n = strlen(a);
     if (n && a[n - 1] == '/') return dam_asprintf("%s%s", a, b);
     return dam_asprintf("%s/%s", a, b);
+}
+
+/* Fold "." and ".." of an absolute path in place. */
+static void fold_dots(char *p) {
+    char *out = p, *in = p;
+    while (*in) {
+        while (*in == '/') in++;
+        char *seg = in;
+        while (*in && *in != '/') in++;
+        size_t n = (size_t)(in - seg);
+        if (n == 0 || (n == 1 && seg[0] == '.')) continue;
+        if (n == 2 && seg[0] == '.' && seg[1] == '.') {
+            while (out > p && *--out != '/') {
+            }
+            continue;
+        }
+        *out++ = '/';
+        memmove(out, seg, n);
+        out += n;
+    }
+    if (out == p) *out++ = '/';
+    *out = 0;
+}
+
+char *dam_realpath_lenient(const char *path) {
+    char *real = realpath(path, NULL);
+    if (real) return real;
+    char *abs;
+    if (path[0] == '/') {
+        abs = dam_strdup(path);
+    } else {
+        char *cwd = getcwd(NULL, 0);
+        if (!cwd) dam_fail("cannot read the current directory (%s)", strerror(errno));
+        abs = dam_path_join(cwd, path);
+        free(cwd);
+    }
+    fold_dots(abs);
+    char *slash = strrchr(abs, '/');
+    if (slash == abs) return abs; /* "/x" that does not exist */
+    *slash = 0;
+    char *head = dam_realpath_lenient(abs);
+    char *out = dam_path_join(head, slash + 1);
+    free(head), free(abs);
+    return out;
+}
+
+int dam_path_within(const char *inner, const char *outer) {
+    size_t n = strlen(outer);
+    if (n == 1 && outer[0] == '/') return 1;
+    return !strncmp(inner, outer, n) && (inner[n] == 0 || inner[n] == '/');
+}
+
+long long dam_parse_int(const char *s, long long lo, long long hi, const char *what) {
+    char *end = NULL;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (!*s || *end || errno || v < lo || v > hi)
+        dam_fail("%s: expected a whole number from %lld to %lld, got '%s'", what, lo, hi, s);
+    return v;
 }
 
 void dam_rng_seed(dam_rng *r, uint64_t seed) {

@@ -31,6 +31,9 @@ void dam_set_abort_hook(dam_abort_hook hook);
 void dam_set_log_rank(int rank, int world);
 /* Last message passed to dam_fail, for tests that check the wording. */
 const char *dam_last_error(void);
+/* A note appended to any error line until cleared (NULL): what a failure leaves intact, e.g. "the
+ * previous checkpoint ... is intact". The string is copied. */
+void dam_set_error_note(const char *note);
 
 /* Allocation that never returns NULL (fails with the size and the purpose). */
 void *dam_malloc(size_t bytes, const char *what);
@@ -92,6 +95,13 @@ void dam_mkdir_p(const char *path);
 int dam_rm_rf(const char *path);
 /* Join two path parts with one '/' (fresh heap string). */
 char *dam_path_join(const char *a, const char *b);
+/* Absolute, symlink-free form of a path that may not exist yet: the real path of its longest
+ * existing prefix, then the rest with "." and ".." folded (fresh heap string). */
+char *dam_realpath_lenient(const char *path);
+/* 1 when real path `inner` is `outer` or lies below it (both from dam_realpath_lenient). */
+int dam_path_within(const char *inner, const char *outer);
+/* Parse a whole decimal integer in [lo, hi]; fails naming `what` otherwise. */
+long long dam_parse_int(const char *s, long long lo, long long hi, const char *what);
 
 /* Deterministic RNG (xorshift64*), state kept by the caller: no hidden globals. */
 typedef struct {

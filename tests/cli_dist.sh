@@ -68,15 +68,16 @@ $MPI -n 4 $BIN --config "$T/toy/relayout.json" --out "$T/lay" --resume > "$T/lay
   && "$CMP" "$T/lay/dam_coefficients.safetensors" "$T/ref/dam_coefficients.safetensors" 1e-5 > /dev/null \
   && ok "1-rank checkpoint resumed under pp=2 x tp=2: coefficients within 1e-5" || bad "relayout resume: $(tail -3 "$T/lay.log")"
 
-# SIGTERM: a longer run, stopped after its second step, exits 0, says how to resume; resume equals
+# SIGTERM: a longer run, stopped after its second step, exits 75 (stopped, resume me), says how to
+# resume; resume equals
 $BIN toy --out "$T/sm" --size small --models 2 --seed 5 >/dev/null
 $BIN --config "$T/sm/config.json" --out "$T/smref" --max-steps 8 > /dev/null 2>&1
 $BIN --config "$T/sm/config.json" --out "$T/smsig" --max-steps 8 > "$T/sig.log" 2>&1 &
 pid=$!
 for _ in $(seq 1 200); do grep -q '^step    2/' "$T/sig.log" && break; sleep 0.1; done
 kill -TERM $pid; wait $pid; rc=$?
-if [ $rc -eq 0 ] && grep -q "resume with: dam_dist --config" "$T/sig.log"; then
-  ok "SIGTERM: exit 0 after step $(grep -c '^step' "$T/sig.log"), '$(grep -o 'resume with.*' "$T/sig.log")'"
+if [ $rc -eq 75 ] && grep -q "resume with: .*dam_dist --config .* --out .*--resume" "$T/sig.log"; then
+  ok "SIGTERM: exit 75 after step $(grep -c '^step' "$T/sig.log"), '$(grep -o 'resume with.*' "$T/sig.log")'"
   $BIN --config "$T/sm/config.json" --out "$T/smsig" --max-steps 8 --resume > /dev/null 2>&1 \
     && cmp -s "$T/smsig/dam_coefficients.safetensors" "$T/smref/dam_coefficients.safetensors" \
     && ok "SIGTERM then --resume: coefficients identical to the uninterrupted run" || bad "SIGTERM resume"

@@ -1,0 +1,141 @@
+/* outdir.c — see outdir.h. */
+#include "outdir.h"
+
+#include <cJSON.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "util.h"
+
+/* Inside <dir>.tmp while it is being built: what made it, so that a stale one may be removed. */
+#define PARTIAL_MARKER ".dam_dist_partial"
+
+int outdir_is_complete(const char *dir, const char *marker) {
+    char *p = dam_path_join(dir, marker);
+    int ok = 0;
+    if (dam_file_exists(p)) {
+        char *text = dam_read_file(p, NULL);
+        cJSON *j = cJSON_Parse(text);
+        const cJSON *by = cJSON_GetObjectItemCaseSensitive(j, "written_by");
+        ok = cJSON_IsString(by) && !strncmp(by->valuestring, "dam_dist", 8) &&
+             cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "complete"));
+        cJSON_Delete(j);
+        free(text);
+    }
+    free(p);
+    return ok;
+}
+
+static int is_partial(const char *dir) {
+    char *p = dam_path_join(dir, PARTIAL_MARKER);
+    int ok = dam_file_exists(p);
+    free(p);
+    return ok;
+}
+
+static int is_empty_dir(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));) n += strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
+    closedir(d);
+    return n == 0;
+}
+
+void outdir_check_path(const OutDir *o, const char *path, const char *what) {
+    char *real = dam_realpath_lenient(path);
+    for (int i = 0; i < o->n_inputs; i++) {
+        if (!o->inputs[i]) continue;
+        char *in = dam_realpath_lenient(o->inputs[i]);
+        if (dam_path_within(in, real))
+            dam_fail(
+                "%s %s %s the input %s; dam_dist never writes into or over its inputs (choose another %s)",
+                what, path, strcmp(in, real) ? "contains" : "is", o->inputs[i], what);
+        if (dam_path_within(real, in))
+            dam_fail(
+                "%s %s lies inside the input %s; dam_dist never writes into its inputs (choose another %s)",
+                what, path, o->inputs[i], what);
+        free(in);
+    }
+    free(real);
+}
+
+/* <dir>.tmp or <dir>.old left by an earlier run: removable when dam_dist made it. */
+static void check_leftover(const OutDir *o, const char *suffix) {
+    char *p = dam_asprintf("%s%s", o->dir, suffix);
+    struct stat st;
+    if (lstat(p, &st) == 0 && !o->force &&
+        !(S_ISDIR(st.st_mode) && (is_partial(p) || outdir_is_complete(p, o->marker))))
+        dam_fail("%s exists and was not made by dam_dist; it would be removed: move it away or pass --force",
+                 p);
+    free(p);
+}
+
+void outdir_check(const OutDir *o) {
+    const char *suffixes[] = {"", ".tmp", ".old"};
+    for (int i = 0; i < 3; i++) {
+        char *p = dam_asprintf("%s%s", o->dir, suffixes[i]);
+        outdir_check_path(o, p, o->what);
+        free(p);
+    }
+    struct stat st;
+    if (lstat(o->dir, &st) == 0 && !o->force) {
+        if (!S_ISDIR(st.st_mode))
+            dam_fail("%s %s exists and is not a directory; choose another %s or pass --force to replace it",
+                     o->what, o->dir, o->what);
+        if (!is_empty_dir(o->dir) && !outdir_is_complete(o->dir, o->marker))
+            dam_fail(
+                "%s %s exists and is not a complete dam_dist output (no %s saying so); choose another %s or "
+                "pass --force to replace it",
+                o->what, o->dir, o->marker, o->what);
+    }
+    check_leftover(o, ".tmp");
+    check_leftover(o, ".old");
+}
+
+char *outdir_begin(const OutDir *o) {
+    outdir_check(o);
+    char *tmp = dam_asprintf("%s.tmp", o->dir);
+    if (dam_rm_rf(tmp) != 0) dam_fail("%s: cannot remove a stale partial output (%s)", tmp, strerror(errno));
+    dam_mkdir_p(tmp);
+    char *marker = dam_path_join(tmp, PARTIAL_MARKER);
+    char *text =
+        dam_asprintf("{\"written_by\": \"dam_dist\", \"for\": \"%s\", \"complete\": false}\n", o->what);
+    dam_write_file_atomic(marker, text, strlen(text));
+    free(marker), free(text);
+    return tmp;
+}
+
+void outdir_commit(const OutDir *o, const char *tmp) {
+    outdir_check(o);
+    char *marker = dam_path_join(tmp, PARTIAL_MARKER);
+    unlink(marker);
+    free(marker);
+    struct stat st;
+    if (lstat(o->dir, &st) != 0) {
+        if (rename(tmp, o->dir) != 0)
+            dam_fail("%s: cannot rename %s into place (%s)", o->dir, tmp, strerror(errno));
+        return;
+    }
+    if (!S_ISDIR(st.st_mode) && unlink(o->dir) != 0) /* --force over a file */
+        dam_fail("%s: cannot remove (%s)", o->dir, strerror(errno));
+    if (S_ISDIR(st.st_mode) && renameat2(AT_FDCWD, tmp, AT_FDCWD, o->dir, RENAME_EXCHANGE) == 0) {
+        dam_rm_rf(tmp); /* now the previous output */
+        return;
+    }
+    char *old = dam_asprintf("%s.old", o->dir); /* no exchange here: move aside, then in */
+    dam_rm_rf(old);
+    if (S_ISDIR(st.st_mode) && rename(o->dir, old) != 0)
+        dam_fail("%s: cannot move the previous output aside to %s (%s)", o->dir, old, strerror(errno));
+    if (rename(tmp, o->dir) != 0)
+        dam_fail("%s: cannot rename %s into place (%s); the previous output is %s", o->dir, tmp,
+                 strerror(errno), old);
+    dam_rm_rf(old);
+    free(old);
+}

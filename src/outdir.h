@@ -1,0 +1,39 @@
+/* outdir.h — directories that a command replaces as a whole (the merged model, the toy), so that
+ * nothing of a user's is lost:
+ *   - an existing directory is replaced only when it is empty, a complete earlier output of the same
+ *     command (its marker file says so), or --force was given;
+ *   - no input (source or base model directory, dataset, coefficients file) is ever written into or
+ *     over, whatever the flags: real paths are compared, both ways (out inside an input, an input
+ *     inside out), for <out> and for the <out>.tmp and <out>.old that the swap uses;
+ *   - the new directory is built in <out>.tmp (holding a marker that says it is partial) and swapped
+ *     into place in one rename when complete: a failure leaves no directory that looks complete.
+ * Refusals are one line naming the path and what to do. */
+#ifndef DAM_OUTDIR_H
+#define DAM_OUTDIR_H
+
+typedef struct {
+    const char *dir;  /* the directory the command writes */
+    const char *what; /* how the user named it: "output.dir", "toy --out" */
+    const char
+        *marker; /* a JSON file in a complete output: {"written_by": "dam_dist ...", "complete": true} */
+    const char *const *inputs; /* paths never written into or over */
+    int n_inputs;
+    int force; /* --force: replace what is not ours (never an input) */
+} OutDir;
+
+/* Fail (one line) unless the command may replace o->dir. Cheap; call it before any work, and again
+ * before writing. */
+void outdir_check(const OutDir *o);
+/* A path the command writes beside the directory (checkpoints, metrics) must not be or hold an
+ * input, nor lie inside one. */
+void outdir_check_path(const OutDir *o, const char *path, const char *what);
+/* outdir_check, then a fresh <dir>.tmp (a stale partial one removed) with the partial marker; the
+ * returned path (heap) is where to build. */
+char *outdir_begin(const OutDir *o);
+/* Swap the complete <dir>.tmp into place (atomically where the file system can exchange two
+ * names), then remove what was there before. */
+void outdir_commit(const OutDir *o, const char *tmp);
+/* 1 when dir holds o->marker with written_by starting with "dam_dist" and complete true. */
+int outdir_is_complete(const char *dir, const char *marker);
+
+#endif

@@ -1,0 +1,166 @@
+/* runctl.c — see runctl.h. */
+#include "runctl.h"
+
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "util.h"
+
+const char train_usage[] = "dam_dist --config FILE [--out DIR] [--max-steps N] [--eval-rows N] "
+                           "[--resume | --resume auto] [--force] [--allow-config-change] "
+                           "[--allow-tokenizer-mismatch]";
+
+/* ---------------------------------------------------------------- command line */
+
+static void usage_fail(const char *msg) { dam_fail("%s (usage: %s)", msg, train_usage); }
+
+void train_args_parse(TrainArgs *a, int argc, char **argv) {
+    memset(a, 0, sizeof *a);
+    a->max_steps = -1, a->argc = argc, a->argv = argv;
+    for (int i = 1; i < argc; i++) {
+        const char *s = argv[i], *next = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(s, "--config") && next)
+            a->config = argv[++i];
+        else if (!strcmp(s, "--out") && next)
+            a->out = argv[++i];
+        else if (!strcmp(s, "--max-steps") && next)
+            a->max_steps = (int)dam_parse_int(argv[++i], 0, 1000000000, "--max-steps");
+        else if (!strcmp(s, "--eval-rows") && next)
+            a->eval_rows = (int)dam_parse_int(argv[++i], 1, 1000000000, "--eval-rows");
+        else if (!strcmp(s, "--resume"))
+            a->resume = next && !strcmp(next, "auto") ? (i++, RESUME_AUTO) : RESUME_REQUIRED;
+        else if (!strcmp(s, "--force"))
+            a->force = 1;
+        else if (!strcmp(s, "--allow-config-change"))
+            a->allow_config_change = 1;
+        else if (!strcmp(s, "--allow-tokenizer-mismatch"))
+            a->allow_tokenizer_mismatch = 1;
+        else {
+            char msg[300];
+            snprintf(msg, sizeof msg, "unknown or incomplete argument '%s'", s);
+            usage_fail(msg);
+        }
+    }
+    if (!a->config) usage_fail("--config is required");
+}
+
+/* ---------------------------------------------------------------- signals */
+
+static volatile sig_atomic_t g_stop_signal = 0;
+
+/* Only async-signal-safe calls here: a flag, and for a second SIGINT write + _exit. */
+static void on_stop_signal(int sig) {
+    if (sig == SIGINT && g_stop_signal) {
+        static const char msg[] = "dam_dist: second SIGINT: ending now, without a checkpoint\n";
+        ssize_t rc = write(STDERR_FILENO, msg, sizeof msg - 1);
+        (void)rc;
+        _exit(128 + SIGINT);
+    }
+    if (!g_stop_signal) g_stop_signal = sig;
+}
+
+void stop_signals_install(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART; /* a signal must not turn a file or MPI call into an error */
+    const int sigs[] = {SIGTERM, SIGINT, SIGUSR1, SIGUSR2};
+    for (int i = 0; i < 4; i++) sigaction(sigs[i], &sa, NULL);
+}
+
+int stop_signal_pending(void) { return g_stop_signal; }
+
+/* ---------------------------------------------------------------- the resume line */
+
+/* s quoted for a POSIX shell when it needs it. */
+static char *shell_quote(const char *s) {
+    if (*s &&
+        strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-./=:,+@%") == strlen(s))
+        return dam_strdup(s);
+    size_t n = 3;
+    for (const char *p = s; *p; p++) n += *p == '\'' ? 4 : 1;
+    char *q = dam_malloc(n, "quoted argument"), *o = q;
+    *o++ = '\'';
+    for (const char *p = s; *p; p++) {
+        if (*p == '\'')
+            memcpy(o, "'\\''", 4), o += 4;
+        else
+            *o++ = *p;
+    }
+    *o++ = '\'', *o = 0;
+    return q;
+}
+
+static void append(char **line, const char *word, int quote) {
+    char *w = quote ? shell_quote(word) : dam_strdup(word);
+    char *next = *line ? dam_asprintf("%s %s", *line, w) : dam_strdup(w);
+    free(*line), free(w);
+    *line = next;
+}
+
+/* "mpirun -n 4" and the like, from the launcher's environment; NULL for a single process. srun
+ * passes its --mpi plugin to the tasks as SLURM_MPI_TYPE: without it srun would start singletons. */
+static char *launcher(int world_size) {
+    if (world_size <= 1) return NULL;
+    if (getenv("OMPI_COMM_WORLD_SIZE")) /* set by mpirun's daemons, also inside a Slurm job */
+        return dam_asprintf("mpirun -n %d", world_size);
+    if (getenv("SLURM_STEP_ID")) {
+        const char *mpi = getenv("SLURM_MPI_TYPE");
+        return mpi && *mpi && strcmp(mpi, "none") ? dam_asprintf("srun -n %d --mpi=%s", world_size, mpi)
+                                                  : dam_asprintf("srun -n %d", world_size);
+    }
+    return dam_asprintf("mpiexec -n %d", world_size);
+}
+
+char *resume_command(const TrainArgs *a, int world_size) {
+    char *line = NULL, *cwd = getcwd(NULL, 0), *l = launcher(world_size);
+    append(&line, "cd", 0);
+    append(&line, cwd ? cwd : ".", 1);
+    append(&line, "&&", 0);
+    if (l) append(&line, l, 0);
+    int has_resume = 0;
+    for (int i = 0; i < a->argc; i++) {
+        has_resume |= !strcmp(a->argv[i], "--resume");
+        append(&line, a->argv[i], 1);
+    }
+    if (!has_resume) append(&line, "--resume", 0);
+    free(cwd), free(l);
+    return line;
+}
+
+/* ---------------------------------------------------------------- metrics */
+
+/* The "step" of a metrics line, -1 when it has none. */
+static long line_step(const char *line) {
+    const char *p = strstr(line, "\"step\":");
+    return p ? strtol(p + 7, NULL, 10) : -1;
+}
+
+/* Keep the lines of steps <= step (a resumed run writes the later ones again). */
+static void metrics_truncate(const char *path, int64_t step) {
+    if (!dam_file_exists(path)) return;
+    size_t n;
+    char *text = dam_read_file(path, &n), *out = dam_malloc(n + 1, "metrics"), *o = out;
+    for (char *line = text; *line;) {
+        char *end = strchr(line, '\n');
+        size_t len = end ? (size_t)(end - line) + 1 : strlen(line);
+        long s = line_step(line);
+        if (s >= 0 && s <= step) memcpy(o, line, len), o += len;
+        line += len;
+    }
+    dam_write_file_atomic(path, out, (size_t)(o - out));
+    free(text), free(out);
+}
+
+FILE *metrics_open(const char *path, int resumed, int64_t step) {
+    char *dir = dam_strdup(path), *slash = strrchr(dir, '/');
+    if (slash && slash != dir) *slash = 0, dam_mkdir_p(dir);
+    free(dir);
+    if (resumed) metrics_truncate(path, step);
+    FILE *f = fopen(path, resumed ? "a" : "w");
+    if (!f) dam_warn("%s: cannot write metrics; continuing without", path);
+    return f;
+}
