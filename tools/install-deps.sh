@@ -3,7 +3,8 @@
 # are present. Run as root on a fresh machine (make test / make demo / .ci/run call it).
 set -euo pipefail
 pkgs=(build-essential pkg-config libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools
-      libcjson-dev libopenblas-dev libpcre2-dev libcmocka-dev)
+      libcjson-dev libopenblas-dev libpcre2-dev libcmocka-dev
+      slurm-wlm munge)   # the one-node Slurm of slurm/local.sh (tests/cli_slurm.sh)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
