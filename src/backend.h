@@ -30,6 +30,11 @@ typedef struct {
     float scale; /* 1/sqrt(hd) */
 } AttnShape;
 
+/* Attention tiles: queries and keys in blocks of DAM_ATTN_TILE; the scratch an attention call
+ * needs, in floats, whatever the sequence length. */
+#define DAM_ATTN_TILE 128
+#define DAM_ATTN_SCRATCH (2 * DAM_ATTN_TILE * DAM_ATTN_TILE + 2 * DAM_ATTN_TILE)
+
 typedef struct Backend {
     const char *name;
     void *(*alloc)(size_t bytes, const char *what);
@@ -66,12 +71,16 @@ typedef struct Backend {
     /* Rotate heads in place (HF rotate_half layout): x[t, h*hd + k] for positions t mod T;
      * inverse applies the transpose (the backward). cos/sin are [T, hd/2]. */
     void (*rope)(float *x, const float *cos, const float *sin, int BT, int T, int heads, int hd, int inverse);
-    /* Causal (optionally sliding-window) attention. probs [B,H,T,T] is saved for the backward. */
-    void (*attention_fwd)(float *out, float *probs, const float *q, const float *k, const float *v,
-                          const AttnShape *s);
-    /* dq, dk, dv are overwritten; scratch holds T*T floats. */
-    void (*attention_bwd)(float *dq, float *dk, float *dv, const float *dout, const float *probs,
-                          const float *q, const float *k, const float *v, const AttnShape *s, float *scratch);
+    /* Causal (optionally sliding-window) attention, tiled (flash-style): only the log-sum-exp of each
+     * query row, lse [B,H,T], is saved for the backward, so memory is linear in T. scratch holds
+     * DAM_ATTN_SCRATCH floats whatever T is. */
+    void (*attention_fwd)(float *out, float *lse, const float *q, const float *k, const float *v,
+                          const AttnShape *s, float *scratch);
+    /* dq, dk, dv are overwritten; the probabilities are recomputed from q, k and lse, and
+     * out (the forward's) gives the softmax's row correction Σ dout·out. */
+    void (*attention_bwd)(float *dq, float *dk, float *dv, const float *dout, const float *out,
+                          const float *lse, const float *q, const float *k, const float *v,
+                          const AttnShape *s, float *scratch);
     /* act = silu(gate) ⊙ up */
     void (*swiglu_fwd)(float *act, const float *gate, const float *up, size_t n);
     /* dgate, dup from dact */

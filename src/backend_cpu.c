@@ -184,69 +184,135 @@ static void cpu_rope(float *x, const float *cos, const float *sin, int BT, int T
 /* Keys visible from query i: j in [lo, i]. */
 static inline int attn_lo(int i, int window) { return window > 0 && i - window + 1 > 0 ? i - window + 1 : 0; }
 
-static void cpu_attention_fwd(float *out, float *probs, const float *q, const float *k, const float *v,
-                              const AttnShape *s) {
-    int T = s->T, H = s->H, hd = s->hd, group = s->H / s->KV;
-    int qs = H * hd, ks = s->KV * hd;
-    for (int b = 0; b < s->B; b++) {
-        const float *qb = q + (size_t)b * T * qs, *kb = k + (size_t)b * T * ks, *vb = v + (size_t)b * T * ks;
-        float *ob = out + (size_t)b * T * qs;
-        for (int h = 0; h < H; h++) {
-            int kvh = h / group;
-            float *P = probs + ((size_t)b * H + h) * T * T;
-            /* S = Q_h K_hᵀ · scale, then causal softmax row by row */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, s->scale, qb + h * hd, qs,
-                        kb + kvh * hd, ks, 0.0f, P, T);
-            for (int i = 0; i < T; i++) {
-                float *row = P + (size_t)i * T;
-                int lo = attn_lo(i, s->window);
-                float mx = -INFINITY;
-                for (int j = lo; j <= i; j++) mx = row[j] > mx ? row[j] : mx;
-                double sum = 0;
-                for (int j = lo; j <= i; j++) {
-                    row[j] = expf(row[j] - mx);
-                    sum += row[j];
+/* Flash-style attention: query tiles of ATTN_TILE rows against key tiles of ATTN_TILE keys, with
+ * an online softmax; only the per-row log-sum-exp is kept for the backward, which recomputes each
+ * probability tile. Memory is linear in T (the lse) plus a constant scratch; a sequence of up to
+ * ATTN_TILE tokens is one tile, so short sequences cost what plain GEMM attention costs. */
+enum { ATTN_TILE = DAM_ATTN_TILE };
+
+typedef struct {
+    const float *q, *k, *v; /* this (sequence, head)'s rows, strides qs and ks */
+    int qs, ks, hd, T, window;
+    float scale;
+} AttnHead;
+
+/* S[nq, nk] = scale · Q[i0..] K[j0..]ᵀ, with the keys a row may not see set to -inf. */
+static void attn_scores(float *S, const AttnHead *a, int i0, int nq, int j0, int nk) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, a->hd, a->scale, a->q + (size_t)i0 * a->qs,
+                a->qs, a->k + (size_t)j0 * a->ks, a->ks, 0.0f, S, nk);
+    for (int r = 0; r < nq; r++) {
+        int i = i0 + r, lo = attn_lo(i, a->window);
+        for (int c = 0; c < nk; c++)
+            if (j0 + c < lo || j0 + c > i) S[(size_t)r * nk + c] = -INFINITY;
+    }
+}
+
+/* One (sequence, head): out rows and lse for every query. scratch: ATTN_TILE² + 2·ATTN_TILE. */
+static void attn_head_fwd(float *out, int os, float *lse, const AttnHead *a, float *scratch) {
+    float *S = scratch, *mx = S + ATTN_TILE * ATTN_TILE, *sum = mx + ATTN_TILE;
+    for (int i0 = 0; i0 < a->T; i0 += ATTN_TILE) {
+        int nq = a->T - i0 < ATTN_TILE ? a->T - i0 : ATTN_TILE, klo = attn_lo(i0, a->window), khi = i0 + nq;
+        for (int r = 0; r < nq; r++) {
+            mx[r] = -INFINITY, sum[r] = 0;
+            memset(out + (size_t)(i0 + r) * os, 0, (size_t)a->hd * sizeof(float));
+        }
+        for (int j0 = klo; j0 < khi; j0 += ATTN_TILE) {
+            int nk = khi - j0 < ATTN_TILE ? khi - j0 : ATTN_TILE;
+            attn_scores(S, a, i0, nq, j0, nk);
+            for (int r = 0; r < nq; r++) { /* online softmax: rescale what was accumulated */
+                float *row = S + (size_t)r * nk, m = mx[r];
+                for (int c = 0; c < nk; c++) m = row[c] > m ? row[c] : m;
+                if (m == -INFINITY) { /* no visible key in this tile: it adds nothing */
+                    memset(row, 0, (size_t)nk * sizeof(float));
+                    continue;
                 }
-                float inv = (float)(1.0 / sum);
-                for (int j = 0; j < T; j++) row[j] = (j >= lo && j <= i) ? row[j] * inv : 0.0f;
+                float corr = expf(mx[r] - m), part = 0;
+                for (int c = 0; c < nk; c++) part += (row[c] = expf(row[c] - m));
+                sum[r] = sum[r] * corr + part, mx[r] = m;
+                float *o = out + (size_t)(i0 + r) * os;
+                for (int e = 0; e < a->hd; e++) o[e] *= corr;
             }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, P, T, vb + kvh * hd, ks,
-                        0.0f, ob + h * hd, qs);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, a->hd, nk, 1.0f, S, nk,
+                        a->v + (size_t)j0 * a->ks, a->ks, 1.0f, out + (size_t)i0 * os, os);
+        }
+        for (int r = 0; r < nq; r++) {
+            float *o = out + (size_t)(i0 + r) * os, inv = 1.0f / sum[r];
+            for (int e = 0; e < a->hd; e++) o[e] *= inv;
+            lse[i0 + r] = mx[r] + logf(sum[r]);
         }
     }
 }
 
-static void cpu_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const float *probs,
-                              const float *q, const float *k, const float *v, const AttnShape *s, float *dS) {
-    int T = s->T, H = s->H, hd = s->hd, group = s->H / s->KV;
-    int qs = H * hd, ks = s->KV * hd;
-    memset(dk, 0, (size_t)s->B * T * ks * sizeof(float));
-    memset(dv, 0, (size_t)s->B * T * ks * sizeof(float));
-    for (int b = 0; b < s->B; b++) {
-        size_t qo = (size_t)b * T * qs, ko = (size_t)b * T * ks;
-        for (int h = 0; h < H; h++) {
-            int kvh = h / group;
-            const float *P = probs + ((size_t)b * H + h) * T * T;
-            const float *dO = dout + qo + h * hd;
-            /* dV_h += Pᵀ dO_h ; dP = dO_h V_hᵀ */
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, 1.0f, P, T, dO, qs, 1.0f,
-                        dv + ko + kvh * hd, ks);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, 1.0f, dO, qs, v + ko + kvh * hd,
-                        ks, 0.0f, dS, T);
-            /* dS = P ⊙ (dP − rowsum(dP ⊙ P)) · scale */
-            for (int i = 0; i < T; i++) {
-                float *r = dS + (size_t)i * T;
-                const float *p = P + (size_t)i * T;
-                double dot = 0;
-                for (int j = 0; j <= i; j++) dot += (double)r[j] * p[j];
-                for (int j = 0; j < T; j++) r[j] = p[j] * (r[j] - (float)dot) * s->scale;
-            }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, dS, T, k + ko + kvh * hd,
-                        ks, 0.0f, dq + qo + h * hd, qs);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, 1.0f, dS, T, q + qo + h * hd, qs,
-                        1.0f, dk + ko + kvh * hd, ks);
+static AttnHead attn_head(const float *q, const float *k, const float *v, const AttnShape *s, int b, int h) {
+    int qs = s->H * s->hd, ks = s->KV * s->hd, kvh = h / (s->H / s->KV);
+    size_t qo = (size_t)b * s->T * qs + (size_t)h * s->hd, ko = (size_t)b * s->T * ks + (size_t)kvh * s->hd;
+    return (AttnHead){q + qo, k + ko, v + ko, qs, ks, s->hd, s->T, s->window, s->scale};
+}
+
+static void cpu_attention_fwd(float *out, float *lse, const float *q, const float *k, const float *v,
+                              const AttnShape *s, float *scratch) {
+    int qs = s->H * s->hd;
+    for (int b = 0; b < s->B; b++)
+        for (int h = 0; h < s->H; h++) {
+            AttnHead a = attn_head(q, k, v, s, b, h);
+            attn_head_fwd(out + (size_t)b * s->T * qs + (size_t)h * s->hd, qs,
+                          lse + ((size_t)b * s->H + h) * s->T, &a, scratch);
+        }
+}
+
+/* One (sequence, head): dq (overwritten), dk and dv (accumulated: GQA heads share them), each
+ * probability tile recomputed from the lse. D_i = dO_i · O_i is the softmax's row correction. */
+static void attn_head_bwd(float *dq, float *dk, float *dv, const float *dout, const float *out,
+                          const float *lse, const AttnHead *a, float *scratch) {
+    float *P = scratch, *dS = P + ATTN_TILE * ATTN_TILE, *D = dS + ATTN_TILE * ATTN_TILE;
+    int qs = a->qs, ks = a->ks;
+    for (int i0 = 0; i0 < a->T; i0 += ATTN_TILE) {
+        int nq = a->T - i0 < ATTN_TILE ? a->T - i0 : ATTN_TILE, klo = attn_lo(i0, a->window), khi = i0 + nq;
+        for (int r = 0; r < nq; r++) {
+            const float *o = out + (size_t)(i0 + r) * qs, *g = dout + (size_t)(i0 + r) * qs;
+            double dot = 0;
+            for (int e = 0; e < a->hd; e++) dot += (double)o[e] * g[e];
+            D[r] = (float)dot;
+            memset(dq + (size_t)(i0 + r) * qs, 0, (size_t)a->hd * sizeof(float));
+        }
+        for (int j0 = klo; j0 < khi; j0 += ATTN_TILE) {
+            int nk = khi - j0 < ATTN_TILE ? khi - j0 : ATTN_TILE;
+            attn_scores(P, a, i0, nq, j0, nk);
+            for (int r = 0; r < nq; r++)
+                for (int c = 0; c < nk; c++)
+                    P[(size_t)r * nk + c] = expf(P[(size_t)r * nk + c] - lse[i0 + r]);
+            const float *dO = dout + (size_t)i0 * qs;
+            /* dV += Pᵀ dO ; dP = dO Vᵀ ; dS = P ⊙ (dP − D) · scale ; dQ += dS K ; dK += dSᵀ Q */
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, a->hd, nq, 1.0f, P, nk, dO, qs, 1.0f,
+                        dv + (size_t)j0 * ks, ks);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, a->hd, 1.0f, dO, qs,
+                        a->v + (size_t)j0 * ks, ks, 0.0f, dS, nk);
+            for (int r = 0; r < nq; r++)
+                for (int c = 0; c < nk; c++) {
+                    size_t x = (size_t)r * nk + c;
+                    dS[x] = P[x] * (dS[x] - D[r]) * a->scale;
+                }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, a->hd, nk, 1.0f, dS, nk,
+                        a->k + (size_t)j0 * ks, ks, 1.0f, dq + (size_t)i0 * qs, qs);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, a->hd, nq, 1.0f, dS, nk,
+                        a->q + (size_t)i0 * qs, qs, 1.0f, dk + (size_t)j0 * ks, ks);
         }
     }
+}
+
+static void cpu_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const float *out,
+                              const float *lse, const float *q, const float *k, const float *v,
+                              const AttnShape *s, float *scratch) {
+    int qs = s->H * s->hd, ks = s->KV * s->hd;
+    memset(dk, 0, (size_t)s->B * s->T * ks * sizeof(float));
+    memset(dv, 0, (size_t)s->B * s->T * ks * sizeof(float));
+    for (int b = 0; b < s->B; b++)
+        for (int h = 0; h < s->H; h++) {
+            AttnHead a = attn_head(q, k, v, s, b, h);
+            size_t qo = (size_t)b * s->T * qs + (size_t)h * s->hd, ko = a.k - k;
+            attn_head_bwd(dq + qo, dk + ko, dv + ko, dout + qo, out + qo, lse + ((size_t)b * s->H + h) * s->T,
+                          &a, scratch);
+        }
 }
 
 static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }

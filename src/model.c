@@ -44,14 +44,25 @@ static DamTensor *add_tensor(DamModel *m, const char *name, DamTensorKind kind, 
                      dam_dtype_name(st->dtype));
         t->src[i] = (SrcWeight){(const char *)st->data + first * dam_dtype_size(st->dtype), st->dtype, cols};
     }
-    size_t n = (size_t)m->n_rows * t->dim;
-    t->c = dam_calloc(n, sizeof(float), name);
-    t->fc = dam_calloc(n, sizeof(float), name);
-    t->grad = dam_calloc(n, sizeof(float), name);
-    t->adam_m = dam_calloc(n, sizeof(float), name);
-    t->adam_v = dam_calloc(n, sizeof(float), name);
-    for (size_t j = 0; j < n; j++) t->c[j] = 1.0f / (float)m->n_rows;
-    return t;
+    return t; /* its coefficient arrays are placed in the model's blocks by place_coefficients */
+}
+
+/* The coefficients, f(c), gradients and both Adam moments each in one contiguous block (tensor
+ * after tensor): one collective or one copy moves all of them. Coefficients start at 1/n. */
+static void place_coefficients(DamModel *m) {
+    size_t total = 0;
+    for (int t = 0; t < m->n_tensors; t++) total += (size_t)m->n_rows * m->tensors[t].dim;
+    float **blocks[5] = {&m->coef.c, &m->coef.fc, &m->coef.grad, &m->coef.adam_m, &m->coef.adam_v};
+    for (int b = 0; b < 5; b++) *blocks[b] = dam_calloc(total, sizeof(float), "coefficient block");
+    m->coef.n = total;
+    for (size_t j = 0; j < total; j++) m->coef.c[j] = 1.0f / (float)m->n_rows;
+    size_t off = 0;
+    for (int t = 0; t < m->n_tensors; t++) {
+        DamTensor *x = &m->tensors[t];
+        x->c = m->coef.c + off, x->fc = m->coef.fc + off, x->grad = m->coef.grad + off;
+        x->adam_m = m->coef.adam_m + off, x->adam_v = m->coef.adam_v + off;
+        off += (size_t)m->n_rows * x->dim;
+    }
 }
 
 static DamTensor *add_layer_tensor(DamModel *m, int l, const char *suffix, DamTensorKind kind, size_t rows,
@@ -109,12 +120,55 @@ static void shard_config(DamModel *m, const char *dir) {
     m->vocab_offset = m->tp_rank * c->vocab_size;
 }
 
-/* Stage s of pp owns decoder layers [s*L/pp, (s+1)*L/pp); the first also the embedding, the last
- * the final norm and lm_head. */
+double dam_layer_cost(const ModelConfig *c) {
+    double d = c->hidden_size, F = c->intermediate_size, qd = (double)c->num_attention_heads * c->head_dim,
+           kvd = (double)c->num_key_value_heads * c->head_dim;
+    /* q, o, k, v, gate, up, down, each 2 flops per weight per token in the merged forward, its
+     * recompute, the backward (twice) and the teachers' forward; attention itself is a few % at
+     * real shapes and left out, so that the split does not depend on the sequence length */
+    return 10 * (d * (2 * qd + 2 * kvd) + 3 * d * F);
+}
+
+double dam_head_cost(const ModelConfig *c) {
+    return 8.0 * c->vocab_size * c->hidden_size; /* merged and teachers' logits, dx and weight GEMMs */
+}
+
+/* Contiguous stages minimising the largest stage cost (linear partition by dynamic programming):
+ * layers cost `layer` each, the last stage adds `head`. cut[s] = first layer of stage s. */
+static void balance_stages(int L, int pp, double layer, double head, int *cut) {
+    double *best = dam_malloc((size_t)(pp + 1) * (L + 1) * sizeof(double), "stage split");
+    int *from = dam_malloc((size_t)(pp + 1) * (L + 1) * sizeof(int), "stage split");
+#define AT(a, s, l) a[(size_t)(s) * (L + 1) + (l)]
+    for (int l = 0; l <= L; l++) AT(best, 1, l) = l * layer, AT(from, 1, l) = 0;
+    for (int s = 2; s <= pp; s++)
+        for (int l = s; l <= L; l++) {
+            AT(best, s, l) = INFINITY;
+            for (int k = s - 1; k < l; k++) { /* stage s holds layers [k, l) */
+                double cost = (l - k) * layer + (s == pp ? head : 0);
+                double worst = AT(best, s - 1, k) > cost ? AT(best, s - 1, k) : cost;
+                if (worst < AT(best, s, l)) AT(best, s, l) = worst, AT(from, s, l) = k;
+            }
+        }
+    if (pp == 1) cut[0] = 0;
+    for (int s = pp, l = L; s >= 1; s--) cut[s - 1] = s == 1 ? 0 : (l = AT(from, s, l));
+#undef AT
+    free(best), free(from);
+}
+
+void dam_stage_layers(const ModelConfig *c, int pp, int stage, int *layer0, int *layer1) {
+    int L = c->num_hidden_layers, *cut = dam_malloc((size_t)(pp + 1) * sizeof(int), "stage split");
+    balance_stages(L, pp, dam_layer_cost(c), dam_head_cost(c), cut);
+    cut[pp] = L;
+    *layer0 = cut[stage], *layer1 = cut[stage + 1];
+    free(cut);
+}
+
+/* This rank's stage of the decoder layers, balanced by cost (dam_stage_layers); the first stage
+ * also holds the embedding, the last the final norm, the lm_head and the losses. */
 static void stage_layers(DamModel *m, const char *dir) {
     int L = m->full_cfg.num_hidden_layers, pp = m->pp ? m->pp->size : 1, s = m->pp ? m->pp->rank : 0;
     if (pp > L) dam_fail("pipeline size %d exceeds the %d layers of %s", pp, L, dir);
-    m->layer0 = (int)((int64_t)s * L / pp), m->layer1 = (int)((int64_t)(s + 1) * L / pp);
+    dam_stage_layers(&m->full_cfg, pp, s, &m->layer0, &m->layer1);
     m->first = s == 0, m->last = s == pp - 1;
 }
 
@@ -151,6 +205,7 @@ void dam_model_open_parallel(DamModel *m, int n, const char *const *dirs, const 
     shard_config(m, dirs[0]);
     stage_layers(m, dirs[0]);
     build_tensor_table(m);
+    place_coefficients(m);
     dam_model_refresh(m);
 }
 
@@ -159,11 +214,11 @@ void dam_model_open(DamModel *m, int n, const char *const *dirs, const char *con
     dam_model_open_tp(m, n, dirs, names, be, NULL);
 }
 
+static void workspace_free(DamModel *m);
+
 void dam_model_close(DamModel *m) {
-    for (int t = 0; t < m->n_tensors; t++) {
-        DamTensor *x = &m->tensors[t];
-        free(x->c), free(x->fc), free(x->grad), free(x->adam_m), free(x->adam_v);
-    }
+    workspace_free(m);
+    free(m->coef.c), free(m->coef.fc), free(m->coef.grad), free(m->coef.adam_m), free(m->coef.adam_v);
     for (int i = 0; i < m->n_rows; i++) {
         st_model_close(&m->files[i]);
         free(m->row_names[i]);
@@ -187,10 +242,7 @@ void dam_model_refresh(DamModel *m) {
     }
 }
 
-void dam_model_zero_grad(DamModel *m) {
-    for (int t = 0; t < m->n_tensors; t++)
-        memset(m->tensors[t].grad, 0, (size_t)m->n_rows * m->tensors[t].dim * sizeof(float));
-}
+void dam_model_zero_grad(DamModel *m) { memset(m->coef.grad, 0, m->coef.n * sizeof(float)); }
 
 /* Tied embeddings over pipeline stages: the first stage's input-side and the last stage's
  * lm_head-side gradients of the one embedding coefficient are summed (stages between add zeros). */
@@ -240,133 +292,178 @@ typedef struct {
     float *attn_norm, *q, *k, *v, *o, *qb, *kb, *vb, *ob, *mlp_norm, *gate, *up, *down;
 } LayerW;
 
-struct RunState {
-    int B, T;        /* capacity */
-    float *layer_in; /* [(L+1), BT, d] input of each layer; [L] = last layer's output */
-    float *xn, *rstd1, *q, *k, *v, *probs, *ao, *h1, *xn2, *rstd2, *gate, *up, *act;
-    float *hid, *rstd_f, *hid_t; /* final-normed hidden of the merged model and of the teacher */
-    float *grad_out;             /* dL/d(output of the layer being back-propagated) */
-    float *dx, *dh1, *dxn, *dxn2, *dq, *dk, *dv, *dao, *dgate, *dup, *dact, *dS, *dnorm, *colsum;
+/* Once per rank (owned by the DamModel), shared by every run state: the buffers that one forward
+ * or one backward call works in. Nothing in it is needed after the call by another micro-batch,
+ * so 1F1B with any number of micro-batches in flight needs one. Sized for the largest run state. */
+struct Workspace {
+    size_t BT; /* capacity in rows (sequences x tokens) */
+    int T;
     LayerW w;
-    float *final_norm_w, *G, *ones;
-    float *lm_w, *lm_t, *lm_G;           /* [V, d]: merged lm_head, teacher lm_head, its gradient GEMM */
-    float *hc, *htc, *z, *zt, *dz, *dhc; /* loss chunk: [C, d] and [C, V] */
-    int32_t *topk_idx, *valid, *ids_local;
-    MPI_Request send_req;               /* the pending pipeline send out of this run state's buffers */
-    int n_valid[DAM_MAX_SOURCES], skip; /* per segment; skip: an all-padding micro-batch */
+    float *xn, *rstd1, *q, *k, *v, *lse, *ao, *h1, *xn2, *rstd2, *gate, *up, *act;
+    float *dx, *dh1, *dxn, *dxn2, *dq, *dk, *dv, *dao, *dgate, *dup, *dact, *attn_scratch, *dnorm, *colsum;
+    float *G, *ones, *final_norm_w, *rope_cos, *rope_sin;
+    float *hid, *hid_t;        /* last stage: final-normed hidden of the merged model, of the teachers */
+    float *lm_w, *lm_t, *lm_G; /* last stage: [V, d] merged lm_head, teacher lm_head, gradient GEMM */
+    float *hc, *htc, *z, *zt, *dz, *dhc; /* last stage: loss chunk, [C, d] and [C, V] */
     float *topk_val;
-    float *rope_cos, *rope_sin; /* [T, hd/2] */
+    int32_t *topk_idx, *valid, *ids_local;
+};
+
+/* Per micro-batch in flight: what 1F1B keeps between a micro-batch's forward and its backward. */
+struct RunState {
+    const DamModel *m;
+    int B, T;             /* capacity */
+    float *layer_in;      /* [(L+1), BT, d] input of each of this stage's layers; [L] = the last output */
+    float *grad_out;      /* [BT, d] the gradient flowing back; also the backward's send buffer */
+    float *dhid;          /* last stage: dL/d(final hidden), from the losses */
+    float *rstd_f;        /* last stage: the final norm's rstd of the merged forward */
+    MPI_Request send_req; /* the pending pipeline send out of layer_in or grad_out */
+    int n_valid[DAM_MAX_SOURCES], skip; /* per segment; skip: an all-padding micro-batch */
 };
 
 enum { LOSS_CHUNK = 64 };
 
-static float *buf(const DamModel *m, size_t n, const char *what) {
-    return m->be->alloc(n * sizeof(float), what);
+/* One buffer of a list: where its pointer goes, how many 4-byte elements. The allocator and the
+ * memory estimate (dam_model_activation_bytes, used by `plan`) walk the same lists. */
+typedef struct {
+    void *ptr;
+    size_t n;
+} BufSpec;
+
+#define SPEC(field, count) (specs[n++] = (BufSpec){(void *)&(field), (count)})
+
+/* The workspace's buffers for this rank's share c (last stage or not), BT rows of T tokens. */
+static int workspace_specs(const ModelConfig *c, int last, size_t BT, int T, struct Workspace *ws,
+                           BufSpec *specs) {
+    size_t d = c->hidden_size, F = c->intermediate_size, V = c->vocab_size, H = c->num_attention_heads;
+    size_t qd = H * c->head_dim, kvd = (size_t)c->num_key_value_heads * c->head_dim;
+    size_t maxcol = qd > F ? qd : F, half = (size_t)c->head_dim / 2;
+    maxcol = maxcol > d ? maxcol : d;
+    int n = 0;
+    LayerW *w = &ws->w;
+    SPEC(w->attn_norm, d), SPEC(w->mlp_norm, d), SPEC(ws->final_norm_w, d);
+    SPEC(w->q, qd * d), SPEC(w->k, kvd * d), SPEC(w->v, kvd * d), SPEC(w->o, d * qd);
+    SPEC(w->gate, F * d), SPEC(w->up, F * d), SPEC(w->down, d * F);
+    SPEC(w->qb, qd), SPEC(w->kb, kvd), SPEC(w->vb, kvd), SPEC(w->ob, d);
+    SPEC(ws->G, F * d > qd * d ? F * d : qd * d), SPEC(ws->ones, maxcol), SPEC(ws->colsum, maxcol);
+    SPEC(ws->dnorm, d);
+    SPEC(ws->xn, BT * d), SPEC(ws->xn2, BT * d), SPEC(ws->h1, BT * d), SPEC(ws->rstd1, BT),
+        SPEC(ws->rstd2, BT);
+    SPEC(ws->q, BT * qd), SPEC(ws->k, BT * kvd), SPEC(ws->v, BT * kvd), SPEC(ws->ao, BT * qd);
+    SPEC(ws->lse, BT * H), SPEC(ws->attn_scratch, DAM_ATTN_SCRATCH);
+    SPEC(ws->gate, BT * F), SPEC(ws->up, BT * F), SPEC(ws->act, BT * F);
+    SPEC(ws->dx, BT * d), SPEC(ws->dh1, BT * d), SPEC(ws->dxn, BT * d), SPEC(ws->dxn2, BT * d);
+    SPEC(ws->dq, BT * qd), SPEC(ws->dk, BT * kvd), SPEC(ws->dv, BT * kvd), SPEC(ws->dao, BT * qd);
+    SPEC(ws->dgate, BT * F), SPEC(ws->dup, BT * F), SPEC(ws->dact, BT * F);
+    SPEC(ws->rope_cos, (size_t)T * half), SPEC(ws->rope_sin, (size_t)T * half);
+    SPEC(ws->ids_local, BT), SPEC(ws->valid, BT);
+    if (!last) return n;
+    SPEC(ws->hid, BT * d), SPEC(ws->hid_t, BT * d);
+    SPEC(ws->lm_w, V * d), SPEC(ws->lm_t, V * d), SPEC(ws->lm_G, V * d);
+    SPEC(ws->hc, LOSS_CHUNK * d), SPEC(ws->htc, LOSS_CHUNK * d), SPEC(ws->dhc, LOSS_CHUNK * d);
+    SPEC(ws->z, LOSS_CHUNK * V), SPEC(ws->zt, LOSS_CHUNK * V), SPEC(ws->dz, LOSS_CHUNK * V);
+    SPEC(ws->topk_idx, LOSS_CHUNK * V), SPEC(ws->topk_val, LOSS_CHUNK * V);
+    return n;
 }
 
-static void rope_tables(const ModelConfig *c, RunState *rs) {
+/* A run state's buffers: n_layers layers of this stage, BT rows. */
+static int runstate_specs(const ModelConfig *c, int n_layers, int last, size_t BT, RunState *rs,
+                          BufSpec *specs) {
+    size_t d = c->hidden_size;
+    int n = 0;
+    SPEC(rs->layer_in, (size_t)(n_layers + 1) * BT * d), SPEC(rs->grad_out, BT * d);
+    if (last) SPEC(rs->dhid, BT * d), SPEC(rs->rstd_f, BT);
+    return n;
+}
+#undef SPEC
+
+enum { MAX_SPECS = 96 };
+
+static size_t specs_bytes(const BufSpec *specs, int n) {
+    size_t b = 0;
+    for (int i = 0; i < n; i++) b += specs[i].n * 4;
+    return b;
+}
+
+void dam_model_activation_bytes(const ModelConfig *c, int n_layers, int last, int B, int T, size_t *workspace,
+                                size_t *run_state) {
+    struct Workspace ws;
+    RunState rs;
+    BufSpec specs[MAX_SPECS];
+    size_t BT = (size_t)B * T;
+    *workspace = specs_bytes(specs, workspace_specs(c, last, BT, T, &ws, specs));
+    *run_state = specs_bytes(specs, runstate_specs(c, n_layers, last, BT, &rs, specs));
+}
+
+static void specs_alloc(const DamModel *m, const BufSpec *specs, int n, const char *what) {
+    for (int i = 0; i < n; i++) *(void **)specs[i].ptr = m->be->alloc(specs[i].n * 4, what);
+}
+
+static void specs_free(const DamModel *m, const BufSpec *specs, int n) {
+    for (int i = 0; i < n; i++) {
+        m->be->free(*(void **)specs[i].ptr);
+        *(void **)specs[i].ptr = NULL;
+    }
+}
+
+static void rope_tables(const ModelConfig *c, struct Workspace *ws) {
     int half = c->head_dim / 2;
     double *inv = dam_malloc((size_t)half * sizeof(double), "rope");
     hfconfig_rope_inv_freq(c, inv);
     /* transformers computes the angles and their cos/sin in float32 (autocast off): do the same */
-    for (int t = 0; t < rs->T; t++)
+    for (int t = 0; t < ws->T; t++)
         for (int k = 0; k < half; k++) {
             float ang = (float)t * (float)inv[k];
-            rs->rope_cos[(size_t)t * half + k] = cosf(ang);
-            rs->rope_sin[(size_t)t * half + k] = sinf(ang);
+            ws->rope_cos[(size_t)t * half + k] = cosf(ang);
+            ws->rope_sin[(size_t)t * half + k] = sinf(ang);
         }
     free(inv);
 }
 
-RunState *runstate_new(const DamModel *m, int B, int T) {
-    const ModelConfig *c = &m->cfg;
+static void workspace_free(DamModel *m) {
+    if (!m->work) return;
+    BufSpec specs[MAX_SPECS];
+    specs_free(m, specs, workspace_specs(&m->cfg, m->last, m->work->BT, m->work->T, m->work, specs));
+    free(m->work);
+    m->work = NULL;
+}
+
+/* The model's workspace, grown (never while a call runs: only when a run state is made) to hold
+ * BT rows of T tokens. */
+static void workspace_reserve(DamModel *m, size_t BT, int T) {
+    struct Workspace *ws = m->work;
+    if (ws && ws->BT >= BT && ws->T >= T) return;
+    if (ws) BT = BT > ws->BT ? BT : ws->BT, T = T > ws->T ? T : ws->T;
+    workspace_free(m);
+    ws = m->work = dam_calloc(1, sizeof *ws, "workspace");
+    ws->BT = BT, ws->T = T;
+    BufSpec specs[MAX_SPECS];
+    specs_alloc(m, specs, workspace_specs(&m->cfg, m->last, BT, T, ws, specs), "workspace");
+    size_t maxcol = (size_t)m->cfg.hidden_size; /* ones: as long as the colsum buffer */
+    size_t F = m->cfg.intermediate_size, qd = (size_t)m->cfg.num_attention_heads * m->cfg.head_dim;
+    maxcol = maxcol > F ? maxcol : F, maxcol = maxcol > qd ? maxcol : qd;
+    for (size_t j = 0; j < maxcol; j++) ws->ones[j] = 1.0f;
+    rope_tables(&m->cfg, ws);
+}
+
+RunState *runstate_new(DamModel *m, int B, int T) {
     RunState *rs = dam_calloc(1, sizeof *rs, "run state");
     rs->B = B, rs->T = T;
-    size_t BT = (size_t)B * T, d = c->hidden_size, F = c->intermediate_size, V = c->vocab_size;
-    size_t qd = (size_t)c->num_attention_heads * c->head_dim,
-           kvd = (size_t)c->num_key_value_heads * c->head_dim;
-    size_t L = (size_t)(m->layer1 - m->layer0), H = c->num_attention_heads; /* this stage's layers */
-    rs->layer_in = buf(m, (L + 1) * BT * d, "layer inputs");
-    rs->xn = buf(m, BT * d, "xn"), rs->xn2 = buf(m, BT * d, "xn2"), rs->h1 = buf(m, BT * d, "h1");
-    rs->rstd1 = buf(m, BT, "rstd"), rs->rstd2 = buf(m, BT, "rstd"), rs->rstd_f = buf(m, BT, "rstd");
-    rs->q = buf(m, BT * qd, "q"), rs->k = buf(m, BT * kvd, "k"), rs->v = buf(m, BT * kvd, "v");
-    rs->probs = buf(m, (size_t)B * H * T * T, "attention probabilities");
-    rs->ao = buf(m, BT * qd, "attention out");
-    rs->gate = buf(m, BT * F, "gate"), rs->up = buf(m, BT * F, "up"), rs->act = buf(m, BT * F, "act");
-    rs->hid = buf(m, BT * d, "hidden"), rs->hid_t = buf(m, BT * d, "teacher hidden");
-    rs->grad_out = buf(m, BT * d, "layer gradient");
-    rs->dx = buf(m, BT * d, "dx"), rs->dh1 = buf(m, BT * d, "dh1"), rs->dxn = buf(m, BT * d, "dxn");
-    rs->dxn2 = buf(m, BT * d, "dxn2");
-    rs->dq = buf(m, BT * qd, "dq"), rs->dk = buf(m, BT * kvd, "dk"), rs->dv = buf(m, BT * kvd, "dv");
-    rs->dao = buf(m, BT * qd, "dao");
-    rs->dgate = buf(m, BT * F, "dgate"), rs->dup = buf(m, BT * F, "dup"), rs->dact = buf(m, BT * F, "dact");
-    rs->dS = buf(m, (size_t)T * T, "dS");
-    size_t maxcol = qd > F ? qd : F;
-    maxcol = maxcol > d ? maxcol : d;
-    rs->dnorm = buf(m, d, "dnorm"), rs->colsum = buf(m, maxcol, "colsum");
-    LayerW *w = &rs->w;
-    w->attn_norm = buf(m, d, "w"), w->mlp_norm = buf(m, d, "w"), rs->final_norm_w = buf(m, d, "w");
-    w->q = buf(m, qd * d, "wq"), w->k = buf(m, kvd * d, "wk"), w->v = buf(m, kvd * d, "wv");
-    w->o = buf(m, d * qd, "wo"), w->gate = buf(m, F * d, "wg"), w->up = buf(m, F * d, "wu");
-    w->down = buf(m, d * F, "wd");
-    w->qb = buf(m, qd, "b"), w->kb = buf(m, kvd, "b"), w->vb = buf(m, kvd, "b"), w->ob = buf(m, d, "b");
-    size_t gmax = (F * d > qd * d ? F * d : qd * d);
-    rs->G = buf(m, gmax, "weight gradient");
-    rs->ones = buf(m, maxcol, "ones");
-    for (size_t j = 0; j < maxcol; j++) rs->ones[j] = 1.0f;
-    rs->lm_w = buf(m, V * d, "merged lm_head"), rs->lm_t = buf(m, V * d, "teacher lm_head");
-    rs->lm_G = buf(m, V * d, "lm_head gradient");
-    rs->hc = buf(m, LOSS_CHUNK * d, "chunk"), rs->htc = buf(m, LOSS_CHUNK * d, "chunk");
-    rs->dhc = buf(m, LOSS_CHUNK * d, "chunk");
-    rs->z = buf(m, LOSS_CHUNK * V, "logits chunk"), rs->zt = buf(m, LOSS_CHUNK * V, "teacher logits chunk");
-    rs->dz = buf(m, LOSS_CHUNK * V, "logits gradient chunk");
-    rs->valid = dam_malloc(BT * sizeof(int32_t), "valid positions");
-    rs->ids_local = dam_malloc(BT * sizeof(int32_t), "local ids");
     rs->send_req = MPI_REQUEST_NULL;
-    rs->topk_idx = dam_malloc((size_t)LOSS_CHUNK * V * sizeof(int32_t), "top-k");
-    rs->topk_val = buf(m, (size_t)LOSS_CHUNK * V, "top-k");
-    int half = c->head_dim / 2;
-    rs->rope_cos = buf(m, (size_t)T * half, "rope"), rs->rope_sin = buf(m, (size_t)T * half, "rope");
-    rope_tables(c, rs);
+    BufSpec specs[MAX_SPECS];
+    specs_alloc(m, specs, runstate_specs(&m->cfg, m->layer1 - m->layer0, m->last, (size_t)B * T, rs, specs),
+                "run state");
+    workspace_reserve(m, (size_t)B * T, T);
+    rs->m = m;
     return rs;
 }
 
 void runstate_free(RunState *rs) {
     if (!rs) return;
-    float **fl[] = {&rs->layer_in,    &rs->xn,
-                    &rs->rstd1,       &rs->q,
-                    &rs->k,           &rs->v,
-                    &rs->probs,       &rs->ao,
-                    &rs->h1,          &rs->xn2,
-                    &rs->rstd2,       &rs->gate,
-                    &rs->up,          &rs->act,
-                    &rs->hid,         &rs->rstd_f,
-                    &rs->hid_t,       &rs->grad_out,
-                    &rs->dx,          &rs->dh1,
-                    &rs->dxn,         &rs->dxn2,
-                    &rs->dq,          &rs->dk,
-                    &rs->dv,          &rs->dao,
-                    &rs->dgate,       &rs->dup,
-                    &rs->dact,        &rs->dS,
-                    &rs->dnorm,       &rs->colsum,
-                    &rs->w.attn_norm, &rs->w.q,
-                    &rs->w.k,         &rs->w.v,
-                    &rs->w.o,         &rs->w.qb,
-                    &rs->w.kb,        &rs->w.vb,
-                    &rs->w.ob,        &rs->w.mlp_norm,
-                    &rs->w.gate,      &rs->w.up,
-                    &rs->w.down,      &rs->final_norm_w,
-                    &rs->G,           &rs->ones,
-                    &rs->lm_w,        &rs->lm_t,
-                    &rs->lm_G,        &rs->hc,
-                    &rs->htc,         &rs->z,
-                    &rs->zt,          &rs->dz,
-                    &rs->dhc,         &rs->topk_val,
-                    &rs->rope_cos,    &rs->rope_sin};
-    for (size_t i = 0; i < sizeof fl / sizeof *fl; i++) free(*fl[i]);
-    free(rs->valid);
-    free(rs->ids_local);
-    free(rs->topk_idx);
+    const DamModel *m = rs->m;
+    BufSpec specs[MAX_SPECS];
+    specs_free(m, specs,
+               runstate_specs(&m->cfg, m->layer1 - m->layer0, m->last, (size_t)rs->B * rs->T, rs, specs));
     free(rs);
 }
 
@@ -386,8 +483,9 @@ static void materialize_w(DamModel *m, RunState *rs, const DamTensor *t, int src
 }
 
 static void materialize_layer(DamModel *m, RunState *rs, int l, int src) {
+    struct Workspace *ws = m->work;
     const DamLayer *L = &m->layers[l];
-    LayerW *w = &rs->w;
+    LayerW *w = &ws->w;
     materialize_w(m, rs, L->attn_norm, src, w->attn_norm);
     materialize_w(m, rs, L->q, src, w->q), materialize_w(m, rs, L->k, src, w->k);
     materialize_w(m, rs, L->v, src, w->v), materialize_w(m, rs, L->o, src, w->o);
@@ -420,12 +518,13 @@ static void row_parallel(const DamModel *m, float *y, const float *x, const floa
 
 /* Token ids as rows of this rank's vocabulary slice (-1: another rank's). */
 static const int32_t *local_ids(const DamModel *m, RunState *rs, const int32_t *ids, size_t n) {
+    struct Workspace *ws = m->work;
     if (!m->tp) return ids;
     for (size_t t = 0; t < n; t++) {
         int32_t v = ids[t] - m->vocab_offset;
-        rs->ids_local[t] = v >= 0 && v < m->cfg.vocab_size ? v : -1;
+        ws->ids_local[t] = v >= 0 && v < m->cfg.vocab_size ? v : -1;
     }
-    return rs->ids_local;
+    return ws->ids_local;
 }
 
 static void reduce_sum_f64(void *ctx, double *buf, int n) { comm_allreduce_sum_f64(ctx, buf, (size_t)n); }
@@ -445,41 +544,43 @@ static AttnShape attn_shape(const ModelConfig *c, int B, int T, int layer) {
                        c->head_dim, window, 1.0f / sqrtf((float)c->head_dim)};
 }
 
-/* One decoder layer on the weights in rs->w: x_out = layer(x_in); activations stay in rs. */
+/* One decoder layer on the weights in ws->w: x_out = layer(x_in); activations stay in rs. */
 static void layer_forward(const DamModel *m, RunState *rs, const DamLayer *L, const float *x_in, float *x_out,
                           int B, int T) {
+    struct Workspace *ws = m->work;
     const Backend *be = m->be;
     const ModelConfig *c = &m->cfg;
     int BT = B * T, d = c->hidden_size, F = c->intermediate_size;
     int qd = c->num_attention_heads * c->head_dim, kvd = c->num_key_value_heads * c->head_dim;
-    LayerW *w = &rs->w;
-    be->rmsnorm_fwd(rs->xn, rs->rstd1, x_in, w->attn_norm, BT, d, c->rms_norm_eps);
-    be->matmul_xwt(rs->q, rs->xn, w->q, BT, d, qd, 0);
-    be->matmul_xwt(rs->k, rs->xn, w->k, BT, d, kvd, 0);
-    be->matmul_xwt(rs->v, rs->xn, w->v, BT, d, kvd, 0);
+    LayerW *w = &ws->w;
+    be->rmsnorm_fwd(ws->xn, ws->rstd1, x_in, w->attn_norm, BT, d, c->rms_norm_eps);
+    be->matmul_xwt(ws->q, ws->xn, w->q, BT, d, qd, 0);
+    be->matmul_xwt(ws->k, ws->xn, w->k, BT, d, kvd, 0);
+    be->matmul_xwt(ws->v, ws->xn, w->v, BT, d, kvd, 0);
     if (L->q_bias) {
-        be->add_bias(rs->q, w->qb, BT, qd);
-        be->add_bias(rs->k, w->kb, BT, kvd);
-        be->add_bias(rs->v, w->vb, BT, kvd);
+        be->add_bias(ws->q, w->qb, BT, qd);
+        be->add_bias(ws->k, w->kb, BT, kvd);
+        be->add_bias(ws->v, w->vb, BT, kvd);
     }
-    be->rope(rs->q, rs->rope_cos, rs->rope_sin, BT, T, c->num_attention_heads, c->head_dim, 0);
-    be->rope(rs->k, rs->rope_cos, rs->rope_sin, BT, T, c->num_key_value_heads, c->head_dim, 0);
+    be->rope(ws->q, ws->rope_cos, ws->rope_sin, BT, T, c->num_attention_heads, c->head_dim, 0);
+    be->rope(ws->k, ws->rope_cos, ws->rope_sin, BT, T, c->num_key_value_heads, c->head_dim, 0);
     AttnShape s = attn_shape(c, B, T, (int)(L - m->layers));
-    be->attention_fwd(rs->ao, rs->probs, rs->q, rs->k, rs->v, &s);
-    row_parallel(m, rs->h1, rs->ao, w->o, x_in, BT, qd, d);
-    if (L->o_bias) be->add_bias(rs->h1, w->ob, BT, d);
-    be->rmsnorm_fwd(rs->xn2, rs->rstd2, rs->h1, w->mlp_norm, BT, d, c->rms_norm_eps);
-    be->matmul_xwt(rs->gate, rs->xn2, w->gate, BT, d, F, 0);
-    be->matmul_xwt(rs->up, rs->xn2, w->up, BT, d, F, 0);
-    be->swiglu_fwd(rs->act, rs->gate, rs->up, (size_t)BT * F);
-    row_parallel(m, x_out, rs->act, w->down, rs->h1, BT, F, d);
+    be->attention_fwd(ws->ao, ws->lse, ws->q, ws->k, ws->v, &s, ws->attn_scratch);
+    row_parallel(m, ws->h1, ws->ao, w->o, x_in, BT, qd, d);
+    if (L->o_bias) be->add_bias(ws->h1, w->ob, BT, d);
+    be->rmsnorm_fwd(ws->xn2, ws->rstd2, ws->h1, w->mlp_norm, BT, d, c->rms_norm_eps);
+    be->matmul_xwt(ws->gate, ws->xn2, w->gate, BT, d, F, 0);
+    be->matmul_xwt(ws->up, ws->xn2, w->up, BT, d, F, 0);
+    be->swiglu_fwd(ws->act, ws->gate, ws->up, (size_t)BT * F);
+    row_parallel(m, x_out, ws->act, w->down, ws->h1, BT, F, d);
 }
 
 /* Forward of the merged model (src = -1) or of source src through this stage's layers: the input
  * comes from the embedding (first stage) or the previous stage, the output goes to the next stage
- * or (last stage) through the final norm into rs->hid. rs->layer_in[i] is the input of layer
+ * or (last stage) through the final norm into ws->hid. rs->layer_in[i] is the input of layer
  * layer0 + i. */
 static void model_forward(DamModel *m, RunState *rs, const int32_t *ids, int B, int T, int src) {
+    struct Workspace *ws = m->work;
     const ModelConfig *c = &m->cfg;
     size_t BT = (size_t)B * T, d = c->hidden_size;
     int nl = m->layer1 - m->layer0;
@@ -488,7 +589,7 @@ static void model_forward(DamModel *m, RunState *rs, const int32_t *ids, int B, 
     if (m->first) {
         const int32_t *lids = local_ids(m, rs, ids, BT);
         if (src >= 0)
-            m->be->dam_embed_gather(rs->layer_in, &m->embed->src[src], 1, rs->ones, lids, (int)BT, (int)d);
+            m->be->dam_embed_gather(rs->layer_in, &m->embed->src[src], 1, ws->ones, lids, (int)BT, (int)d);
         else
             m->be->dam_embed_gather(rs->layer_in, m->embed->src, m->n_rows, m->embed->fc, lids, (int)BT,
                                     (int)d);
@@ -505,18 +606,19 @@ static void model_forward(DamModel *m, RunState *rs, const int32_t *ids, int B, 
         comm_isend_f32(m->pp, rs->layer_in + nl * BT * d, BT * d, m->pp->rank + 1, &rs->send_req);
         return;
     }
-    materialize_w(m, rs, m->final_norm, src, rs->final_norm_w);
-    m->be->rmsnorm_fwd(rs->hid, rs->rstd_f, rs->layer_in + nl * BT * d, rs->final_norm_w, (int)BT, (int)d,
+    materialize_w(m, rs, m->final_norm, src, ws->final_norm_w);
+    m->be->rmsnorm_fwd(ws->hid, rs->rstd_f, rs->layer_in + nl * BT * d, ws->final_norm_w, (int)BT, (int)d,
                        c->rms_norm_eps);
 }
 
 static const DamTensor *lm_tensor(const DamModel *m) { return m->lm_head ? m->lm_head : m->embed; }
 
 void dam_model_logits(DamModel *m, RunState *rs, const int32_t *ids, int B, int T, int src, float *logits) {
+    struct Workspace *ws = m->work;
     model_forward(m, rs, ids, B, T, src);
     if (!m->last) return; /* logits live on the last pipeline stage */
-    materialize_w(m, rs, lm_tensor(m), src, rs->lm_w);
-    m->be->matmul_xwt(logits, rs->hid, rs->lm_w, B * T, m->cfg.hidden_size, m->cfg.vocab_size, 0);
+    materialize_w(m, rs, lm_tensor(m), src, ws->lm_w);
+    m->be->matmul_xwt(logits, ws->hid, ws->lm_w, B * T, m->cfg.hidden_size, m->cfg.vocab_size, 0);
 }
 
 /* ---------------------------------------------------------------- backward */
@@ -529,71 +631,77 @@ static void coef_grad(DamModel *m, DamTensor *t, const float *G) {
 
 /* colsum[o] = Σ_t dy[t, o]: the gradient of a bias, reduced with the bias coefficients. */
 static void bias_grad(DamModel *m, RunState *rs, DamTensor *t, const float *dy, int BT, int out) {
+    struct Workspace *ws = m->work;
     if (!t || !t->trainable) return;
-    memset(rs->colsum, 0, (size_t)out * sizeof(float));
+    memset(ws->colsum, 0, (size_t)out * sizeof(float));
     for (int r = 0; r < BT; r++)
-        for (int o = 0; o < out; o++) rs->colsum[o] += dy[(size_t)r * out + o];
-    coef_grad(m, t, rs->colsum);
+        for (int o = 0; o < out; o++) ws->colsum[o] += dy[(size_t)r * out + o];
+    coef_grad(m, t, ws->colsum);
 }
 
 /* Linear backward: dx (+)= dy·W; coefficient gradient through G = dyᵀ·x. */
 static void linear_backward(DamModel *m, RunState *rs, DamTensor *t, const float *w, float *dx,
                             const float *dy, const float *x, int BT, int in, int out, int accumulate) {
+    struct Workspace *ws = m->work;
     m->be->matmul_dyw(dx, dy, w, BT, in, out, accumulate);
     if (t->trainable) {
-        m->be->matmul_dytx(rs->G, dy, x, BT, in, out, 0);
-        coef_grad(m, t, rs->G);
+        m->be->matmul_dytx(ws->G, dy, x, BT, in, out, 0);
+        coef_grad(m, t, ws->G);
     }
 }
 
 static void norm_backward(DamModel *m, RunState *rs, DamTensor *t, const float *w, float *dx,
                           const float *dout, const float *x, const float *rstd, int BT, int d) {
-    memset(rs->dnorm, 0, (size_t)d * sizeof(float));
-    m->be->rmsnorm_bwd(dx, rs->dnorm, dout, x, rstd, w, BT, d, 1);
-    coef_grad(m, t, rs->dnorm);
+    struct Workspace *ws = m->work;
+    memset(ws->dnorm, 0, (size_t)d * sizeof(float));
+    m->be->rmsnorm_bwd(dx, ws->dnorm, dout, x, rstd, w, BT, d, 1);
+    coef_grad(m, t, ws->dnorm);
 }
 
 /* Backward of one layer whose activations are in rs (just recomputed): dx_in from dout. */
 static void layer_backward(DamModel *m, RunState *rs, DamLayer *L, const float *x_in, const float *dout,
                            float *dx_in, int B, int T) {
+    struct Workspace *ws = m->work;
     const ModelConfig *c = &m->cfg;
     const Backend *be = m->be;
     int BT = B * T, d = c->hidden_size, F = c->intermediate_size;
     int qd = c->num_attention_heads * c->head_dim, kvd = c->num_key_value_heads * c->head_dim;
-    LayerW *w = &rs->w;
+    LayerW *w = &ws->w;
     /* MLP: out = h1 + down(silu(gate(xn2)) ⊙ up(xn2)) */
-    linear_backward(m, rs, L->down, w->down, rs->dact, dout, rs->act, BT, F, d, 0);
-    be->swiglu_bwd(rs->dgate, rs->dup, rs->dact, rs->gate, rs->up, (size_t)BT * F);
-    linear_backward(m, rs, L->gate, w->gate, rs->dxn2, rs->dgate, rs->xn2, BT, d, F, 0);
-    linear_backward(m, rs, L->up, w->up, rs->dxn2, rs->dup, rs->xn2, BT, d, F, 1);
-    tp_sum(m, rs->dxn2, (size_t)BT * d); /* column-parallel gate/up: input gradient summed */
-    memcpy(rs->dh1, dout, (size_t)BT * d * sizeof(float));
-    norm_backward(m, rs, L->mlp_norm, w->mlp_norm, rs->dh1, rs->dxn2, rs->h1, rs->rstd2, BT, d);
+    linear_backward(m, rs, L->down, w->down, ws->dact, dout, ws->act, BT, F, d, 0);
+    be->swiglu_bwd(ws->dgate, ws->dup, ws->dact, ws->gate, ws->up, (size_t)BT * F);
+    linear_backward(m, rs, L->gate, w->gate, ws->dxn2, ws->dgate, ws->xn2, BT, d, F, 0);
+    linear_backward(m, rs, L->up, w->up, ws->dxn2, ws->dup, ws->xn2, BT, d, F, 1);
+    tp_sum(m, ws->dxn2, (size_t)BT * d); /* column-parallel gate/up: input gradient summed */
+    memcpy(ws->dh1, dout, (size_t)BT * d * sizeof(float));
+    norm_backward(m, rs, L->mlp_norm, w->mlp_norm, ws->dh1, ws->dxn2, ws->h1, ws->rstd2, BT, d);
     /* attention: h1 = x + o(attn(rope(q(xn)), rope(k(xn)), v(xn))) */
-    bias_grad(m, rs, L->o_bias, rs->dh1, BT, d);
-    linear_backward(m, rs, L->o, w->o, rs->dao, rs->dh1, rs->ao, BT, qd, d, 0);
+    bias_grad(m, rs, L->o_bias, ws->dh1, BT, d);
+    linear_backward(m, rs, L->o, w->o, ws->dao, ws->dh1, ws->ao, BT, qd, d, 0);
     AttnShape s = attn_shape(c, B, T, (int)(L - m->layers));
-    be->attention_bwd(rs->dq, rs->dk, rs->dv, rs->dao, rs->probs, rs->q, rs->k, rs->v, &s, rs->dS);
-    be->rope(rs->dq, rs->rope_cos, rs->rope_sin, BT, T, c->num_attention_heads, c->head_dim, 1);
-    be->rope(rs->dk, rs->rope_cos, rs->rope_sin, BT, T, c->num_key_value_heads, c->head_dim, 1);
-    bias_grad(m, rs, L->q_bias, rs->dq, BT, qd);
-    bias_grad(m, rs, L->k_bias, rs->dk, BT, kvd);
-    bias_grad(m, rs, L->v_bias, rs->dv, BT, kvd);
-    linear_backward(m, rs, L->q, w->q, rs->dxn, rs->dq, rs->xn, BT, d, qd, 0);
-    linear_backward(m, rs, L->k, w->k, rs->dxn, rs->dk, rs->xn, BT, d, kvd, 1);
-    linear_backward(m, rs, L->v, w->v, rs->dxn, rs->dv, rs->xn, BT, d, kvd, 1);
-    tp_sum(m, rs->dxn, (size_t)BT * d); /* column-parallel q/k/v */
-    memcpy(dx_in, rs->dh1, (size_t)BT * d * sizeof(float));
-    norm_backward(m, rs, L->attn_norm, w->attn_norm, dx_in, rs->dxn, x_in, rs->rstd1, BT, d);
+    be->attention_bwd(ws->dq, ws->dk, ws->dv, ws->dao, ws->ao, ws->lse, ws->q, ws->k, ws->v, &s,
+                      ws->attn_scratch);
+    be->rope(ws->dq, ws->rope_cos, ws->rope_sin, BT, T, c->num_attention_heads, c->head_dim, 1);
+    be->rope(ws->dk, ws->rope_cos, ws->rope_sin, BT, T, c->num_key_value_heads, c->head_dim, 1);
+    bias_grad(m, rs, L->q_bias, ws->dq, BT, qd);
+    bias_grad(m, rs, L->k_bias, ws->dk, BT, kvd);
+    bias_grad(m, rs, L->v_bias, ws->dv, BT, kvd);
+    linear_backward(m, rs, L->q, w->q, ws->dxn, ws->dq, ws->xn, BT, d, qd, 0);
+    linear_backward(m, rs, L->k, w->k, ws->dxn, ws->dk, ws->xn, BT, d, kvd, 1);
+    linear_backward(m, rs, L->v, w->v, ws->dxn, ws->dv, ws->xn, BT, d, kvd, 1);
+    tp_sum(m, ws->dxn, (size_t)BT * d); /* column-parallel q/k/v */
+    memcpy(dx_in, ws->dh1, (size_t)BT * d * sizeof(float));
+    norm_backward(m, rs, L->attn_norm, w->attn_norm, dx_in, ws->dxn, x_in, ws->rstd1, BT, d);
 }
 
 /* ---------------------------------------------------------------- loss */
 
-/* Losses over the valid positions of the batch, in chunks of rows; dL/dhid into rs->dx and the
- * lm_head weight gradient into rs->lm_G. */
+/* Losses over the valid positions of the batch, in chunks of rows; dL/dhid into ws->dx and the
+ * lm_head weight gradient into ws->lm_G. */
 static void logits_loss(DamModel *m, RunState *rs, const int32_t *valid, int n_valid, const int32_t *topk_idx,
                         const float *topk_val, int need_teacher_logits, const LossParams *lp, float weight,
                         int backward, int accumulate_G, LossTerms *out) {
+    struct Workspace *ws = m->work;
     const Backend *be = m->be;
     int d = m->cfg.hidden_size, V = m->cfg.vocab_size, K = lp->topk;
     const DamTensor *lm = lm_tensor(m);
@@ -613,35 +721,36 @@ static void logits_loss(DamModel *m, RunState *rs, const int32_t *valid, int n_v
         int C = n_valid - r0 < LOSS_CHUNK ? n_valid - r0 : LOSS_CHUNK;
         for (int r = 0; r < C; r++) {
             size_t pos = (size_t)valid[r0 + r];
-            memcpy(rs->hc + (size_t)r * d, rs->hid + pos * d, (size_t)d * sizeof(float));
+            memcpy(ws->hc + (size_t)r * d, ws->hid + pos * d, (size_t)d * sizeof(float));
             if (need_teacher_logits)
-                memcpy(rs->htc + (size_t)r * d, rs->hid_t + pos * d, (size_t)d * sizeof(float));
+                memcpy(ws->htc + (size_t)r * d, ws->hid_t + pos * d, (size_t)d * sizeof(float));
             if (K > 0 && topk_idx) { /* precomputed teacher cache */
-                memcpy(rs->topk_idx + (size_t)r * K, topk_idx + pos * K, (size_t)K * sizeof(int32_t));
-                memcpy(rs->topk_val + (size_t)r * K, topk_val + pos * K, (size_t)K * sizeof(float));
+                memcpy(ws->topk_idx + (size_t)r * K, topk_idx + pos * K, (size_t)K * sizeof(int32_t));
+                memcpy(ws->topk_val + (size_t)r * K, topk_val + pos * K, (size_t)K * sizeof(float));
             }
         }
-        be->matmul_xwt(rs->z, rs->hc, rs->lm_w, C, d, V, 0);
-        if (need_teacher_logits) be->matmul_xwt(rs->zt, rs->htc, rs->lm_t, C, d, V, 0);
+        be->matmul_xwt(ws->z, ws->hc, ws->lm_w, C, d, V, 0);
+        if (need_teacher_logits) be->matmul_xwt(ws->zt, ws->htc, ws->lm_t, C, d, V, 0);
         if (K > 0 && !topk_idx)
-            loss_topk_sharded(rs->topk_idx, rs->topk_val, rs->zt, C, V, K, m->vocab_offset, p.reduce);
-        loss_rows(rs->dz, &sums, rs->z, rs->zt, rs->topk_idx, rs->topk_val, C, V, &p);
+            loss_topk_sharded(ws->topk_idx, ws->topk_val, ws->zt, C, V, K, m->vocab_offset, p.reduce);
+        loss_rows(ws->dz, &sums, ws->z, ws->zt, ws->topk_idx, ws->topk_val, C, V, &p);
         if (!backward) continue;
         if (weight != 1.0f)
-            for (size_t j = 0; j < (size_t)C * V; j++) rs->dz[j] *= weight;
-        be->matmul_dyw(rs->dhc, rs->dz, rs->lm_w, C, d, V, 0);
-        tp_sum(m, rs->dhc, (size_t)C * d); /* vocabulary-parallel lm_head */
+            for (size_t j = 0; j < (size_t)C * V; j++) ws->dz[j] *= weight;
+        be->matmul_dyw(ws->dhc, ws->dz, ws->lm_w, C, d, V, 0);
+        tp_sum(m, ws->dhc, (size_t)C * d); /* vocabulary-parallel lm_head */
         for (int r = 0; r < C; r++)
-            memcpy(rs->dx + (size_t)valid[r0 + r] * d, rs->dhc + (size_t)r * d, (size_t)d * sizeof(float));
-        if (lm_trainable) be->matmul_dytx(rs->lm_G, rs->dz, rs->hc, C, d, V, accumulate_G || r0 > 0);
+            memcpy(rs->dhid + (size_t)valid[r0 + r] * d, ws->dhc + (size_t)r * d, (size_t)d * sizeof(float));
+        if (lm_trainable) be->matmul_dytx(ws->lm_G, ws->dz, ws->hc, C, d, V, accumulate_G || r0 > 0);
     }
     out->kl = sums.kl, out->mse = sums.mse, out->entropy = sums.entropy;
 }
 
-/* Backward of the merged model through this stage: from dL/dhid in rs->dx (last stage) or the next
+/* Backward of the merged model through this stage: from dL/dhid in ws->dx (last stage) or the next
  * stage's input gradient, each layer recomputed from its saved input (the merged weights
  * materialized once per layer), then to the previous stage or into the embedding coefficients. */
 static void merged_backward(DamModel *m, RunState *rs, const int32_t *ids, int B, int T) {
+    struct Workspace *ws = m->work;
     const ModelConfig *c = &m->cfg;
     size_t BT = (size_t)B * T, d = c->hidden_size;
     int nl = m->layer1 - m->layer0;
@@ -649,7 +758,8 @@ static void merged_backward(DamModel *m, RunState *rs, const int32_t *ids, int B
     comm_wait(&rs->send_req);
     if (m->last) {
         memset(grad_out, 0, BT * d * sizeof(float));
-        norm_backward(m, rs, m->final_norm, rs->final_norm_w, grad_out, rs->dx,
+        materialize_w(m, rs, m->final_norm, -1, ws->final_norm_w); /* a teacher's may be there */
+        norm_backward(m, rs, m->final_norm, ws->final_norm_w, grad_out, rs->dhid,
                       rs->layer_in + (size_t)nl * BT * d, rs->rstd_f, (int)BT, (int)d);
     } else {
         comm_recv_f32(m->pp, grad_out, BT * d, m->pp->rank + 1);
@@ -659,8 +769,8 @@ static void merged_backward(DamModel *m, RunState *rs, const int32_t *ids, int B
         DamLayer *L = &m->layers[m->layer0 + i];
         materialize_layer(m, rs, m->layer0 + i, -1);
         layer_forward(m, rs, L, x_in, rs->layer_in + (size_t)(i + 1) * BT * d, B, T);
-        layer_backward(m, rs, L, x_in, grad_out, rs->dx, B, T);
-        memcpy(grad_out, rs->dx, BT * d * sizeof(float));
+        layer_backward(m, rs, L, x_in, grad_out, ws->dx, B, T);
+        memcpy(grad_out, ws->dx, BT * d * sizeof(float));
     }
     if (!m->first)
         comm_isend_f32(m->pp, grad_out, BT * d, m->pp->rank - 1, &rs->send_req);
@@ -689,6 +799,7 @@ static void share_losses(const DamModel *m, int n_seg, LossTerms *out) {
 static void mb_forward(DamModel *m, RunState *rs, int n_seg, const int *teacher, const int32_t *ids,
                        const int8_t *mask, const int32_t *topk_idx, const float *topk_val, int B, int T,
                        const LossParams *lp, float weight, int backward, LossTerms *out) {
+    struct Workspace *ws = m->work;
     size_t segT = (size_t)B * T, d = m->cfg.hidden_size;
     int Bt = n_seg * B;
     if (Bt > rs->B || T > rs->T) dam_fail("batch %dx%d exceeds the run state's %dx%d", Bt, T, rs->B, rs->T);
@@ -696,7 +807,7 @@ static void mb_forward(DamModel *m, RunState *rs, int n_seg, const int *teacher,
     for (int s = 0; s < n_seg; s++) {
         n_valid[s] = 0;
         for (size_t t = s * segT; t < (s + 1) * segT; t++)
-            if (!mask || mask[t]) rs->valid[total_valid + n_valid[s]++] = (int32_t)t;
+            if (!mask || mask[t]) ws->valid[total_valid + n_valid[s]++] = (int32_t)t;
         memset(&out[s], 0, sizeof out[s]);
         out[s].n_valid = n_valid[s];
         total_valid += n_valid[s];
@@ -708,21 +819,21 @@ static void mb_forward(DamModel *m, RunState *rs, int n_seg, const int *teacher,
     /* 1. teachers: source teacher[s] on segment s (no gradient); their final hidden states kept */
     for (int s = 0; need_teacher && s < n_seg; s++) {
         model_forward(m, rs, ids + s * segT, B, T, teacher[s]);
-        if (m->last) memcpy(rs->hid_t + s * segT * d, rs->hid, segT * d * sizeof(float));
+        if (m->last) memcpy(ws->hid_t + s * segT * d, ws->hid, segT * d * sizeof(float));
     }
     /* 2. merged forward over every segment, saving each layer's input */
     model_forward(m, rs, ids, Bt, T, -1);
     /* 3. (last stage) each segment's losses against its teacher; dL/dhid (zero at padding) */
     if (!m->last) return;
-    materialize_w(m, rs, lm, -1, rs->lm_w);
-    memset(rs->dx, 0, (size_t)Bt * T * d * sizeof(float));
+    materialize_w(m, rs, lm, -1, ws->lm_w);
+    memset(rs->dhid, 0, (size_t)Bt * T * d * sizeof(float));
     for (int s = 0, first = 0; s < n_seg; first += n_valid[s], s++) {
         if (!n_valid[s]) continue;
-        if (need_teacher) materialize_w(m, rs, lm, teacher[s], rs->lm_t);
-        logits_loss(m, rs, rs->valid + first, n_valid[s], topk_idx, topk_val, need_teacher, lp, weight,
+        if (need_teacher) materialize_w(m, rs, lm, teacher[s], ws->lm_t);
+        logits_loss(m, rs, ws->valid + first, n_valid[s], topk_idx, topk_val, need_teacher, lp, weight,
                     backward, first > 0, &out[s]);
     }
-    if (backward) coef_grad(m, (DamTensor *)lm, rs->lm_G);
+    if (backward) coef_grad(m, (DamTensor *)lm, ws->lm_G);
 }
 
 static void mb_backward(DamModel *m, RunState *rs, int n_seg, const int32_t *ids, int B, int T) {

@@ -2,10 +2,12 @@
  * merge them, and the transformer forward/backward of the merged model (and of one source, for the
  * teacher) through the backend interface.
  *
- * Memory: the merged weights of one decoder layer are materialized (fp32 on the CPU) when that layer
- * runs and overwritten by the next; the backward recomputes a layer's activations from its saved
- * input (activation checkpointing per layer), so a step holds one layer's weights and activations
- * plus the layer inputs. */
+ * Memory per rank (docs/memory.md): the stage's source shards (mapped); the coefficients with their
+ * gradient and optimizer state; one workspace (the merged weights of the one decoder layer being
+ * computed, its activations, tiled attention that keeps only a log-sum-exp per query row, and on
+ * the last stage the lm_head and loss-chunk buffers), shared by every micro-batch in flight; per
+ * micro-batch in flight a run state holding only what 1F1B keeps between its forward and backward:
+ * the input of each of the stage's layers (the backward recomputes a layer from its input). */
 #ifndef DAM_MODEL_H
 #define DAM_MODEL_H
 
@@ -40,6 +42,12 @@ typedef struct {
     DamTensor *attn_norm, *q, *k, *v, *o, *q_bias, *k_bias, *v_bias, *o_bias, *mlp_norm, *gate, *up, *down;
 } DamLayer;
 
+/* Every tensor's arrays of one kind, tensor after tensor (DamTensor.c etc. point into them). */
+typedef struct {
+    float *c, *fc, *grad, *adam_m, *adam_v;
+    size_t n; /* floats in each block */
+} CoefBlocks;
+
 typedef struct {
     ModelConfig cfg;      /* this rank's share: heads, KV heads, FFN width, vocabulary / tp */
     ModelConfig full_cfg; /* the model as its config.json describes it */
@@ -54,11 +62,21 @@ typedef struct {
     StModel files[DAM_MAX_SOURCES];
     int n_tensors;
     DamTensor *tensors;
+    CoefBlocks coef;
     DamLayer *layers;
     DamTensor *embed, *final_norm, *lm_head; /* lm_head NULL when tied */
     Nonlinearity nonlin;
     const Backend *be;
+    struct Workspace *work; /* buffers of one forward or backward call, once per rank (model.c) */
 } DamModel;
+
+/* Pipeline stages: contiguous ranges of decoder layers that minimise the largest stage's cost, the
+ * last stage's lm_head and losses counted (dam_head_cost, in the units of dam_layer_cost: flops
+ * per token of a step). Stage `stage` of pp holds layers [*layer0, *layer1). Used by the model and
+ * by `plan`, so that both split alike. */
+void dam_stage_layers(const ModelConfig *c, int pp, int stage, int *layer0, int *layer1);
+double dam_layer_cost(const ModelConfig *c);
+double dam_head_cost(const ModelConfig *c);
 
 /* Open the sources (dirs[i], i < n) and build the tensor table. All sources must share the
  * architecture (checked with names in messages). Coefficients start at 1/n. */
@@ -81,10 +99,18 @@ void dam_model_zero_grad(DamModel *m);
 void dam_model_finish_grad(DamModel *m);
 size_t dam_model_num_coefs(const DamModel *m, int trainable_only);
 
-/* Activations and scratch for batches of up to B sequences of up to T tokens. */
+/* What one micro-batch in flight keeps between its forward and backward (the input of each of
+ * this stage's layers, its gradient buffer), for batches of up to B sequences of up to T tokens.
+ * The model's workspace (the buffers of one forward or backward call, once per rank) grows to the
+ * largest run state made. Free run states before the model. */
 typedef struct RunState RunState;
-RunState *runstate_new(const DamModel *m, int B, int T);
+RunState *runstate_new(DamModel *m, int B, int T);
 void runstate_free(RunState *rs);
+/* Bytes of the workspace and of one run state, from the config alone: c is this rank's share
+ * (heads, FFN width, vocabulary / tp), n_layers its stage's layers, last whether it holds the
+ * lm_head and the losses; batches of B sequences (all datasets of a step) of T tokens. */
+void dam_model_activation_bytes(const ModelConfig *c, int n_layers, int last, int B, int T, size_t *workspace,
+                                size_t *run_state);
 
 /* Loss settings per dataset term. */
 typedef struct {

@@ -181,8 +181,7 @@ static void reduce_over_dp(Trainer *tr, StepStats *st) {
     const CommGroup *dp = &tr->grid.dp_group;
     if (dp->size == 1) return;
     DamModel *m = &tr->model;
-    for (int t = 0; t < m->n_tensors; t++)
-        comm_allreduce_sum_f32(dp, m->tensors[t].grad, (size_t)m->n_rows * m->tensors[t].dim);
+    comm_allreduce_sum_f32(dp, m->coef.grad, m->coef.n); /* one block: one collective */
     int n = tr->n_data;
     double buf[3 * DAM_MAX_SOURCES + 1];
     for (int k = 0; k < n; k++) buf[k] = st->kl[k], buf[n + k] = st->mse[k], buf[2 * n + k] = st->entropy[k];
