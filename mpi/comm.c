@@ -53,6 +53,21 @@ static void group_split(CommGroup *g, int color, int key, const char *name) {
     g->name = name;
 }
 
+void comm_split(const CommGroup *parent, int color, int key, const char *name, CommGroup *out) {
+    memset(out, 0, sizeof *out);
+    DAM_MPI_CHECK(MPI_Comm_split(parent->comm, color < 0 ? MPI_UNDEFINED : color, key, &out->comm));
+    out->name = name;
+    if (out->comm == MPI_COMM_NULL) return; /* size 0: not a member */
+    MPI_Comm_set_errhandler(out->comm, MPI_ERRORS_RETURN);
+    DAM_MPI_CHECK(MPI_Comm_rank(out->comm, &out->rank));
+    DAM_MPI_CHECK(MPI_Comm_size(out->comm, &out->size));
+}
+
+void comm_group_free(CommGroup *g) {
+    if (g->size > 0 && g->comm != MPI_COMM_NULL && g->comm != MPI_COMM_WORLD) MPI_Comm_free(&g->comm);
+    memset(g, 0, sizeof *g);
+}
+
 void comm_fail_on_root(int bad, const char *fmt, ...) {
     if (!bad) return;
     char msg[1024];

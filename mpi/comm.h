@@ -40,6 +40,11 @@ typedef struct {
     CommGroup replica; /* the pp x tp ranks of this data-parallel replica (writers of outputs) */
 } ProcessGrid;
 
+/* A sub-group of parent: ranks with the same color, ordered by key; color < 0 leaves this rank out
+ * (out->comm = MPI_COMM_NULL, size 0). Collective over parent. */
+void comm_split(const CommGroup *parent, int color, int key, const char *name, CommGroup *out);
+void comm_group_free(CommGroup *g); /* a no-op for a zeroed group or a non-member's */
+
 /* Build the grid; fails (one line from rank 0, all ranks exit) when world != dp*pp*tp. */
 void grid_init(ProcessGrid *g, int dp, int pp, int tp);
 void grid_free(ProcessGrid *g);

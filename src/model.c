@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "loss.h"
+#include "pipeline.h"
 
 /* ---------------------------------------------------------------- tensor table */
 
@@ -206,6 +207,8 @@ void dam_model_open_parallel(DamModel *m, int n, const char *const *dirs, const 
     stage_layers(m, dirs[0]);
     build_tensor_table(m);
     place_coefficients(m);
+    if (m->pp && m->full_cfg.tie_word_embeddings) /* the group of the two stages holding the embedding */
+        comm_split(m->pp, m->first || m->last ? 0 : -1, m->pp->rank, "tied", &m->tied);
     dam_model_refresh(m);
 }
 
@@ -218,6 +221,7 @@ static void workspace_free(DamModel *m);
 
 void dam_model_close(DamModel *m) {
     workspace_free(m);
+    comm_group_free(&m->tied);
     free(m->coef.c), free(m->coef.fc), free(m->coef.grad), free(m->coef.adam_m), free(m->coef.adam_v);
     for (int i = 0; i < m->n_rows; i++) {
         st_model_close(&m->files[i]);
@@ -244,22 +248,20 @@ void dam_model_refresh(DamModel *m) {
 
 void dam_model_zero_grad(DamModel *m) { memset(m->coef.grad, 0, m->coef.n * sizeof(float)); }
 
-/* Tied embeddings over pipeline stages: the first stage's input-side and the last stage's
- * lm_head-side gradients of the one embedding coefficient are summed (stages between add zeros). */
-static void sum_tied_embedding_grad(DamModel *m) {
-    if (!m->pp || !m->full_cfg.tie_word_embeddings) return;
-    size_t n = (size_t)m->n_rows * m->cfg.hidden_size;
-    float *zeros = m->embed ? NULL : dam_calloc(n, sizeof(float), "tied embedding gradient");
-    comm_allreduce_sum_f32(m->pp, m->embed ? m->embed->grad : zeros, n);
-    free(zeros);
+void dam_model_reduce_grad(DamModel *m, const CommGroup *dp) {
+    if (dp && dp->size > 1) comm_allreduce_sum_f32(dp, m->coef.grad, m->coef.n);
+    /* tied embeddings over stages: the first stage's input-side and the last stage's lm_head-side
+     * gradients of the one embedding coefficient */
+    if (m->tied.size > 1) comm_allreduce_sum_f32(&m->tied, m->embed->grad, (size_t)m->n_rows * m->embed->dim);
+    for (int t = 0; t < m->n_tensors; t++) { /* column/vocabulary-parallel: each rank summed its rows */
+        DamTensor *x = &m->tensors[t];
+        if (m->tp && x->grad_partial) comm_allreduce_sum_f32(m->tp, x->grad, (size_t)m->n_rows * x->dim);
+    }
 }
 
 void dam_model_finish_grad(DamModel *m) {
-    sum_tied_embedding_grad(m);
     for (int t = 0; t < m->n_tensors; t++) {
         DamTensor *x = &m->tensors[t];
-        /* column-parallel and vocabulary-parallel tensors: each rank summed over its own rows */
-        if (m->tp && x->grad_partial) comm_allreduce_sum_f32(m->tp, x->grad, (size_t)m->n_rows * x->dim);
         size_t n = (size_t)m->n_rows * x->dim;
         for (size_t j = 0; j < n; j++)
             x->grad[j] = x->trainable ? x->grad[j] * dam_nonlin_grad(m->nonlin, x->c[j]) : 0;
@@ -312,12 +314,11 @@ struct Workspace {
 /* Per micro-batch in flight: what 1F1B keeps between a micro-batch's forward and its backward. */
 struct RunState {
     const DamModel *m;
-    int B, T;             /* capacity */
-    float *layer_in;      /* [(L+1), BT, d] input of each of this stage's layers; [L] = the last output */
-    float *grad_out;      /* [BT, d] the gradient flowing back; also the backward's send buffer */
-    float *dhid;          /* last stage: dL/d(final hidden), from the losses */
-    float *rstd_f;        /* last stage: the final norm's rstd of the merged forward */
-    MPI_Request send_req; /* the pending pipeline send out of layer_in or grad_out */
+    int B, T;        /* capacity */
+    float *layer_in; /* [(L+1), BT, d] input of each of this stage's layers; [L] = the last output */
+    float *grad_out; /* [BT, d] the gradient flowing back; also the backward's send buffer */
+    float *dhid;     /* last stage: dL/d(final hidden), from the losses */
+    float *rstd_f;   /* last stage: the final norm's rstd of the merged forward */
     int n_valid[DAM_MAX_SOURCES], skip; /* per segment; skip: an all-padding micro-batch */
 };
 
@@ -449,7 +450,6 @@ static void workspace_reserve(DamModel *m, size_t BT, int T) {
 RunState *runstate_new(DamModel *m, int B, int T) {
     RunState *rs = dam_calloc(1, sizeof *rs, "run state");
     rs->B = B, rs->T = T;
-    rs->send_req = MPI_REQUEST_NULL;
     BufSpec specs[MAX_SPECS];
     specs_alloc(m, specs, runstate_specs(&m->cfg, m->layer1 - m->layer0, m->last, (size_t)B * T, rs, specs),
                 "run state");
@@ -585,7 +585,6 @@ static void model_forward(DamModel *m, RunState *rs, const int32_t *ids, int B, 
     size_t BT = (size_t)B * T, d = c->hidden_size;
     int nl = m->layer1 - m->layer0;
     if (B > rs->B || T > rs->T) dam_fail("batch %dx%d exceeds the run state's %dx%d", B, T, rs->B, rs->T);
-    comm_wait(&rs->send_req); /* the last send out of layer_in must be done before it is overwritten */
     if (m->first) {
         const int32_t *lids = local_ids(m, rs, ids, BT);
         if (src >= 0)
@@ -594,18 +593,13 @@ static void model_forward(DamModel *m, RunState *rs, const int32_t *ids, int B, 
             m->be->dam_embed_gather(rs->layer_in, m->embed->src, m->n_rows, m->embed->fc, lids, (int)BT,
                                     (int)d);
         tp_sum(m, rs->layer_in, BT * d); /* vocabulary-parallel embedding */
-    } else {
-        comm_recv_f32(m->pp, rs->layer_in, BT * d, m->pp->rank - 1);
-    }
+    } /* else the pipeline received the previous stage's output into layer_in */
     for (int i = 0; i < nl; i++) {
         materialize_layer(m, rs, m->layer0 + i, src);
         layer_forward(m, rs, &m->layers[m->layer0 + i], rs->layer_in + i * BT * d,
                       rs->layer_in + (i + 1) * BT * d, B, T);
     }
-    if (!m->last) {
-        comm_isend_f32(m->pp, rs->layer_in + nl * BT * d, BT * d, m->pp->rank + 1, &rs->send_req);
-        return;
-    }
+    if (!m->last) return; /* the pipeline sends layer_in[nl] on */
     materialize_w(m, rs, m->final_norm, src, ws->final_norm_w);
     m->be->rmsnorm_fwd(ws->hid, rs->rstd_f, rs->layer_in + nl * BT * d, ws->final_norm_w, (int)BT, (int)d,
                        c->rms_norm_eps);
@@ -613,10 +607,32 @@ static void model_forward(DamModel *m, RunState *rs, const int32_t *ids, int B, 
 
 static const DamTensor *lm_tensor(const DamModel *m) { return m->lm_head ? m->lm_head : m->embed; }
 
+typedef struct {
+    DamModel *m;
+    RunState *rs;
+    const int32_t *ids;
+    int B, T, src;
+} LogitsPass;
+
+static int lp_n_passes(void *ctx, int mb) { return (void)ctx, (void)mb, 1; }
+static float *lp_pass_input(void *ctx, int mb, int pass, size_t *n) {
+    LogitsPass *l = ctx;
+    *n = (size_t)l->B * l->T * l->m->cfg.hidden_size;
+    return l->rs->layer_in;
+}
+static const float *lp_pass_run(void *ctx, int mb, int pass, size_t *n) {
+    LogitsPass *l = ctx;
+    model_forward(l->m, l->rs, l->ids, l->B, l->T, l->src);
+    *n = (size_t)l->B * l->T * l->m->cfg.hidden_size;
+    return l->rs->layer_in + (size_t)(l->m->layer1 - l->m->layer0) * *n;
+}
+
 void dam_model_logits(DamModel *m, RunState *rs, const int32_t *ids, int B, int T, int src, float *logits) {
     struct Workspace *ws = m->work;
-    model_forward(m, rs, ids, B, T, src);
-    if (!m->last) return; /* logits live on the last pipeline stage */
+    LogitsPass l = {m, rs, ids, B, T, src};
+    PipelineStage st = {&l, lp_n_passes, lp_pass_input, lp_pass_run, NULL, NULL};
+    pipeline_run(m->pp, 1, 1, 0, &st); /* forward only, through every stage */
+    if (!m->last) return;              /* logits live on the last pipeline stage */
     materialize_w(m, rs, lm_tensor(m), src, ws->lm_w);
     m->be->matmul_xwt(logits, ws->hid, ws->lm_w, B * T, m->cfg.hidden_size, m->cfg.vocab_size, 0);
 }
@@ -755,15 +771,12 @@ static void merged_backward(DamModel *m, RunState *rs, const int32_t *ids, int B
     size_t BT = (size_t)B * T, d = c->hidden_size;
     int nl = m->layer1 - m->layer0;
     float *grad_out = rs->grad_out;
-    comm_wait(&rs->send_req);
     if (m->last) {
         memset(grad_out, 0, BT * d * sizeof(float));
         materialize_w(m, rs, m->final_norm, -1, ws->final_norm_w); /* a teacher's may be there */
         norm_backward(m, rs, m->final_norm, ws->final_norm_w, grad_out, rs->dhid,
                       rs->layer_in + (size_t)nl * BT * d, rs->rstd_f, (int)BT, (int)d);
-    } else {
-        comm_recv_f32(m->pp, grad_out, BT * d, m->pp->rank + 1);
-    }
+    } /* else the pipeline received the next stage's gradient into grad_out */
     for (int i = nl - 1; i >= 0; i--) {
         const float *x_in = rs->layer_in + (size_t)i * BT * d;
         DamLayer *L = &m->layers[m->layer0 + i];
@@ -772,9 +785,7 @@ static void merged_backward(DamModel *m, RunState *rs, const int32_t *ids, int B
         layer_backward(m, rs, L, x_in, grad_out, ws->dx, B, T);
         memcpy(grad_out, ws->dx, BT * d * sizeof(float));
     }
-    if (!m->first)
-        comm_isend_f32(m->pp, grad_out, BT * d, m->pp->rank - 1, &rs->send_req);
-    else if (m->embed->trainable)
+    if (m->first && m->embed->trainable) /* else the pipeline sends grad_out back */
         m->be->dam_embed_coef_grad(m->embed->grad, m->embed->src, m->n_rows, grad_out,
                                    local_ids(m, rs, ids, BT), (int)BT, (int)d);
 }
@@ -785,111 +796,178 @@ static void share_losses(const DamModel *m, int n_seg, LossTerms *out) {
     double *buf = dam_malloc((size_t)n_seg * 3 * sizeof(double), "losses");
     for (int s = 0; s < n_seg; s++)
         buf[3 * s] = out[s].kl, buf[3 * s + 1] = out[s].mse, buf[3 * s + 2] = out[s].entropy;
-    comm_bcast(m->pp, buf, (size_t)n_seg * 3 * sizeof(double), m->pp->size - 1);
+    pipeline_share_from_last(m->pp, buf, (size_t)n_seg * 3 * sizeof(double));
     for (int s = 0; s < n_seg; s++)
         out[s].kl = buf[3 * s], out[s].mse = buf[3 * s + 1], out[s].entropy = buf[3 * s + 2];
 }
 
-/* Segments s = 0..n_seg-1 of B sequences each (rows s*B*T ... of ids/mask/top-k), segment s taught
- * by source teacher[s]: the teachers' forwards, ONE merged forward and backward over all segments
- * (the merged weights are the same for every dataset of a step: materialize once, larger GEMMs),
- * each segment's losses normalised by its own valid-token count. */
-/* The forward half of a micro-batch: teachers, merged forward, and on the last stage the losses
- * and the lm_head coefficient gradient. rs->skip marks an all-padding micro-batch. */
-static void mb_forward(DamModel *m, RunState *rs, int n_seg, const int *teacher, const int32_t *ids,
-                       const int8_t *mask, const int32_t *topk_idx, const float *topk_val, int B, int T,
-                       const LossParams *lp, float weight, int backward, LossTerms *out) {
-    struct Workspace *ws = m->work;
-    size_t segT = (size_t)B * T, d = m->cfg.hidden_size;
-    int Bt = n_seg * B;
-    if (Bt > rs->B || T > rs->T) dam_fail("batch %dx%d exceeds the run state's %dx%d", Bt, T, rs->B, rs->T);
-    int *n_valid = rs->n_valid, total_valid = 0;
-    for (int s = 0; s < n_seg; s++) {
-        n_valid[s] = 0;
+/* ---------------------------------------------------------------- a step's micro-batches as a pipeline stage
+ */
+
+/* One call's micro-batches: micro-batch i has n_seg segments of B sequences (rows s*B*T ... of
+ * ids[i]/mask[i]/top-k), segment s taught by source teacher[s]; it uses run state slots[i % n_slots]
+ * and its terms go to out[i*n_seg + s]. */
+typedef struct {
+    DamModel *m;
+    RunState *const *slots;
+    int n_slots, n_seg, B, T, backward;
+    const int *teacher;
+    const int32_t *const *ids;
+    const int8_t *const *mask;
+    const int32_t *const *topk_idx;
+    const float *const *topk_val;
+    const LossParams *lp;
+    float weight;
+    LossTerms *out;
+} StepBatch;
+
+static RunState *slot_of(const StepBatch *sb, int mb) { return sb->slots[mb % sb->n_slots]; }
+static const int32_t *topk_idx_of(const StepBatch *sb, int mb) {
+    return sb->topk_idx ? sb->topk_idx[mb] : NULL;
+}
+static int need_teacher(const StepBatch *sb, int mb) {
+    return (sb->lp->kl && !(sb->lp->topk > 0 && topk_idx_of(sb, mb))) || sb->lp->mse > 0;
+}
+
+/* Valid positions per segment (every stage sees the mask, so all agree); 0 passes for an
+ * all-padding micro-batch, else the teachers' (when their logits are needed) and the merged one. */
+static int sb_n_passes(void *ctx, int mb) {
+    StepBatch *sb = ctx;
+    RunState *rs = slot_of(sb, mb);
+    struct Workspace *ws = sb->m->work;
+    size_t segT = (size_t)sb->B * sb->T;
+    int Bt = sb->n_seg * sb->B, total = 0;
+    if (Bt > rs->B || sb->T > rs->T)
+        dam_fail("batch %dx%d exceeds the run state's %dx%d", Bt, sb->T, rs->B, rs->T);
+    for (int s = 0; s < sb->n_seg; s++) {
+        LossTerms *o = &sb->out[(size_t)mb * sb->n_seg + s];
+        rs->n_valid[s] = 0;
         for (size_t t = s * segT; t < (s + 1) * segT; t++)
-            if (!mask || mask[t]) ws->valid[total_valid + n_valid[s]++] = (int32_t)t;
-        memset(&out[s], 0, sizeof out[s]);
-        out[s].n_valid = n_valid[s];
-        total_valid += n_valid[s];
+            if (!sb->mask[mb] || sb->mask[mb][t]) ws->valid[total + rs->n_valid[s]++] = (int32_t)t;
+        memset(o, 0, sizeof *o);
+        o->n_valid = rs->n_valid[s];
+        total += rs->n_valid[s];
     }
-    rs->skip = total_valid == 0; /* nothing to learn from all-padding batches (every stage sees it) */
-    if (rs->skip) return;
-    int need_teacher = (lp->kl && !(lp->topk > 0 && topk_idx)) || lp->mse > 0;
-    const DamTensor *lm = m->last ? lm_tensor(m) : NULL;
-    /* 1. teachers: source teacher[s] on segment s (no gradient); their final hidden states kept */
-    for (int s = 0; need_teacher && s < n_seg; s++) {
-        model_forward(m, rs, ids + s * segT, B, T, teacher[s]);
-        if (m->last) memcpy(ws->hid_t + s * segT * d, ws->hid, segT * d * sizeof(float));
-    }
-    /* 2. merged forward over every segment, saving each layer's input */
-    model_forward(m, rs, ids, Bt, T, -1);
-    /* 3. (last stage) each segment's losses against its teacher; dL/dhid (zero at padding) */
-    if (!m->last) return;
+    rs->skip = total == 0;
+    return rs->skip ? 0 : (need_teacher(sb, mb) ? sb->n_seg : 0) + 1;
+}
+
+static int is_merged_pass(const StepBatch *sb, int mb, int pass) {
+    return pass == (need_teacher(sb, mb) ? sb->n_seg : 0);
+}
+
+static float *sb_pass_input(void *ctx, int mb, int pass, size_t *n) {
+    StepBatch *sb = ctx;
+    int rows = is_merged_pass(sb, mb, pass) ? sb->n_seg * sb->B : sb->B;
+    *n = (size_t)rows * sb->T * sb->m->cfg.hidden_size;
+    return slot_of(sb, mb)->layer_in;
+}
+
+/* The last stage: each segment's losses against its teacher, dL/dhid (zero at padding) and the
+ * lm_head coefficient gradient. */
+static void sb_losses(StepBatch *sb, int mb) {
+    DamModel *m = sb->m;
+    struct Workspace *ws = m->work;
+    RunState *rs = slot_of(sb, mb);
+    const DamTensor *lm = lm_tensor(m);
+    int nt = need_teacher(sb, mb);
     materialize_w(m, rs, lm, -1, ws->lm_w);
-    memset(rs->dhid, 0, (size_t)Bt * T * d * sizeof(float));
-    for (int s = 0, first = 0; s < n_seg; first += n_valid[s], s++) {
-        if (!n_valid[s]) continue;
-        if (need_teacher) materialize_w(m, rs, lm, teacher[s], ws->lm_t);
-        logits_loss(m, rs, ws->valid + first, n_valid[s], topk_idx, topk_val, need_teacher, lp, weight,
-                    backward, first > 0, &out[s]);
+    memset(rs->dhid, 0, (size_t)sb->n_seg * sb->B * sb->T * m->cfg.hidden_size * sizeof(float));
+    for (int s = 0, first = 0; s < sb->n_seg; first += rs->n_valid[s], s++) {
+        if (!rs->n_valid[s]) continue;
+        if (nt) materialize_w(m, rs, lm, sb->teacher[s], ws->lm_t);
+        logits_loss(m, rs, ws->valid + first, rs->n_valid[s], topk_idx_of(sb, mb),
+                    sb->topk_val ? sb->topk_val[mb] : NULL, nt, sb->lp, sb->weight, sb->backward, first > 0,
+                    &sb->out[(size_t)mb * sb->n_seg + s]);
     }
-    if (backward) coef_grad(m, (DamTensor *)lm, ws->lm_G);
+    if (sb->backward) coef_grad(m, (DamTensor *)lm, ws->lm_G);
 }
 
-static void mb_backward(DamModel *m, RunState *rs, int n_seg, const int32_t *ids, int B, int T) {
-    if (!rs->skip) merged_backward(m, rs, ids, n_seg * B, T);
+/* Pass p < n_seg: teacher p on segment p (its final hidden kept on the last stage); the last pass:
+ * the merged model over every segment (one forward for all datasets: the merged weights are the
+ * same, materialized once per layer, larger GEMMs), then the losses. */
+static const float *sb_pass_run(void *ctx, int mb, int pass, size_t *n) {
+    StepBatch *sb = ctx;
+    DamModel *m = sb->m;
+    RunState *rs = slot_of(sb, mb);
+    size_t segT = (size_t)sb->B * sb->T, d = m->cfg.hidden_size;
+    int merged = is_merged_pass(sb, mb, pass), rows = merged ? sb->n_seg * sb->B : sb->B;
+    const int32_t *ids = sb->ids[mb] + (merged ? 0 : pass * segT);
+    model_forward(m, rs, ids, rows, sb->T, merged ? -1 : sb->teacher[pass]);
+    if (m->last && !merged) memcpy(m->work->hid_t + pass * segT * d, m->work->hid, segT * d * sizeof(float));
+    if (m->last && merged) sb_losses(sb, mb);
+    *n = (size_t)rows * sb->T * d;
+    return rs->layer_in + (size_t)(m->layer1 - m->layer0) * *n;
 }
 
-/* One micro-batch through every stage, forward then backward. */
-static void step_segments(DamModel *m, RunState *rs, int n_seg, const int *teacher, const int32_t *ids,
-                          const int8_t *mask, const int32_t *topk_idx, const float *topk_val, int B, int T,
-                          const LossParams *lp, float weight, int backward, LossTerms *out) {
-    mb_forward(m, rs, n_seg, teacher, ids, mask, topk_idx, topk_val, B, T, lp, weight, backward, out);
-    share_losses(m, n_seg, out);
-    if (backward) mb_backward(m, rs, n_seg, ids, B, T);
-    comm_wait(&rs->send_req);
+static float *sb_grad_input(void *ctx, int mb, size_t *n) {
+    StepBatch *sb = ctx;
+    *n = (size_t)sb->n_seg * sb->B * sb->T * sb->m->cfg.hidden_size;
+    return slot_of(sb, mb)->grad_out;
+}
+
+static const float *sb_backward_run(void *ctx, int mb, size_t *n) {
+    StepBatch *sb = ctx;
+    RunState *rs = slot_of(sb, mb);
+    merged_backward(sb->m, rs, sb->ids[mb], sb->n_seg * sb->B, sb->T);
+    *n = (size_t)sb->n_seg * sb->B * sb->T * sb->m->cfg.hidden_size;
+    return rs->grad_out;
+}
+
+/* Every micro-batch through the pipeline (mpi/pipeline.c), then the loss terms to every stage. */
+static void run_batch(StepBatch *sb, int M) {
+    PipelineStage st = {sb, sb_n_passes, sb_pass_input, sb_pass_run, sb_grad_input, sb_backward_run};
+    pipeline_run(sb->m->pp, M, sb->n_slots, sb->backward, &st);
+    share_losses(sb->m, M * sb->n_seg, sb->out); /* once, after the schedule: no collective inside it */
 }
 
 void dam_model_step_1f1b(DamModel *m, RunState *const *slots, int n_slots, int M, int n_seg,
                          const int *teacher, const int32_t *const *ids, const int8_t *const *mask,
                          const int32_t *const *topk_idx, const float *const *topk_val, int B, int T,
                          const LossParams *lp, float weight, LossTerms *out) {
-    int pp = m->pp ? m->pp->size : 1, stage = m->pp ? m->pp->rank : 0;
-    int warmup = pp - stage - 1 < M ? pp - stage - 1 : M; /* forwards in flight before the first backward */
-    if (n_slots < (M < pp ? M : pp)) dam_fail("1F1B needs %d run states, got %d", M < pp ? M : pp, n_slots);
-#define FWD(i)                                                                                               \
-    mb_forward(m, slots[(i) % n_slots], n_seg, teacher, ids[i], mask[i], topk_idx ? topk_idx[i] : NULL,      \
-               topk_val ? topk_val[i] : NULL, B, T, lp, weight, 1, out + (size_t)(i)*n_seg)
-#define BWD(j) mb_backward(m, slots[(j) % n_slots], n_seg, ids[j], B, T)
-    int f = 0, b = 0;
-    for (; f < warmup; f++) FWD(f);
-    for (; f < M; f++, b++) { /* steady state: one forward, one backward */
-        FWD(f);
-        BWD(b);
-    }
-    for (; b < M; b++) BWD(b);
-#undef FWD
-#undef BWD
-    for (int i = 0; i < n_slots; i++) comm_wait(&((RunState *)slots[i])->send_req);
-    share_losses(m, M * n_seg, out); /* once, after the schedule: no collective inside it */
+    StepBatch sb = {m,   slots, n_slots,  n_seg,    B,  T,      1,  teacher,
+                    ids, mask,  topk_idx, topk_val, lp, weight, out};
+    run_batch(&sb, M);
+}
+
+/* One micro-batch (forward and, with backward, backward) through every stage. */
+static void one_micro_batch(DamModel *m, RunState *rs, int n_seg, const int *teacher, const int32_t *ids,
+                            const int8_t *mask, const int32_t *topk_idx, const float *topk_val, int B, int T,
+                            const LossParams *lp, float weight, int backward, LossTerms *out) {
+    StepBatch sb = {m,
+                    &rs,
+                    1,
+                    n_seg,
+                    B,
+                    T,
+                    backward,
+                    teacher,
+                    &ids,
+                    &mask,
+                    topk_idx ? &topk_idx : NULL,
+                    topk_val ? &topk_val : NULL,
+                    lp,
+                    weight,
+                    out};
+    run_batch(&sb, 1);
 }
 
 void dam_model_step(DamModel *m, RunState *rs, int n_seg, const int *teacher, const int32_t *ids,
                     const int8_t *mask, const int32_t *topk_idx, const float *topk_val, int B, int T,
                     const LossParams *lp, float weight, LossTerms *out) {
-    step_segments(m, rs, n_seg, teacher, ids, mask, topk_idx, topk_val, B, T, lp, weight, 1, out);
+    one_micro_batch(m, rs, n_seg, teacher, ids, mask, topk_idx, topk_val, B, T, lp, weight, 1, out);
 }
 
 void dam_model_microbatch(DamModel *m, RunState *rs, int k, const int32_t *ids, const int8_t *mask,
                           const int32_t *topk_idx, const float *topk_val, int B, int T, const LossParams *lp,
                           float weight, LossTerms *out) {
-    step_segments(m, rs, 1, &k, ids, mask, topk_idx, topk_val, B, T, lp, weight, 1, out);
+    one_micro_batch(m, rs, 1, &k, ids, mask, topk_idx, topk_val, B, T, lp, weight, 1, out);
 }
 
 void dam_model_eval(DamModel *m, RunState *rs, int k, const int32_t *ids, const int8_t *mask,
                     const int32_t *topk_idx, const float *topk_val, int B, int T, const LossParams *lp,
                     LossTerms *out) {
-    step_segments(m, rs, 1, &k, ids, mask, topk_idx, topk_val, B, T, lp, 1.0f, 0, out);
+    one_micro_batch(m, rs, 1, &k, ids, mask, topk_idx, topk_val, B, T, lp, 1.0f, 0, out);
 }
 
 /* ---------------------------------------------------------------- gathering splits */

@@ -55,6 +55,7 @@ typedef struct {
     const CommGroup *tp; /* NULL without tensor parallelism */
     int vocab_offset;    /* first vocabulary row of this rank's slice */
     const CommGroup *pp; /* NULL without pipeline stages */
+    CommGroup tied;      /* the first and the last stage, for a tied embedding over stages (else size 0) */
     int layer0, layer1;  /* decoder layers of this pipeline stage */
     int first, last;     /* this stage holds the embedding / the final norm and lm_head */
     int n_rows;          /* coefficient rows: sources (+ base when include_base) */
@@ -95,7 +96,11 @@ DamTensor *dam_model_find(DamModel *m, const char *name);
 void dam_model_refresh(DamModel *m);
 /* Zero the gradient accumulators. */
 void dam_model_zero_grad(DamModel *m);
-/* grad *= f'(c) (turns the accumulated Σ W·G into dL/dc); untrainable tensors get 0. */
+/* Every gradient reduction of a step, in one place: the whole gradient block summed over the
+ * data-parallel group dp (NULL: none; one collective), the tied embedding's two halves over the
+ * first and last stage, and the partial sums of column- and vocabulary-parallel tensors over tp. */
+void dam_model_reduce_grad(DamModel *m, const CommGroup *dp);
+/* grad *= f'(c) (turns the reduced Σ W·G into dL/dc); untrainable tensors get 0. */
 void dam_model_finish_grad(DamModel *m);
 size_t dam_model_num_coefs(const DamModel *m, int trainable_only);
 

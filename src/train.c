@@ -17,6 +17,7 @@
 #include "layout.h"
 #include "runctl.h"
 #include "safetensors.h"
+#include "step.h"
 #include "tokenizer.h"
 
 typedef struct {
@@ -43,13 +44,6 @@ typedef struct {
     int total_steps;
     FILE *metrics;
 } Trainer;
-
-typedef struct {
-    double kl[DAM_MAX_SOURCES], mse[DAM_MAX_SOURCES], entropy[DAM_MAX_SOURCES];
-    RegTerms reg;
-    double total, grad_norm;
-    int64_t tokens;
-} StepStats;
 
 /* ---------------------------------------------------------------- setup */
 
@@ -175,80 +169,44 @@ static void next_batch(Trainer *tr, int k, int seg) {
 
 /* ---------------------------------------------------------------- one step */
 
-/* Data parallel: the replicas' gradients and loss terms summed over dp (each replica ran its own
- * micro-batches, each weighted by 1/micro_batches, so the sum is the single-process step). */
-static void reduce_over_dp(Trainer *tr, StepStats *st) {
-    const CommGroup *dp = &tr->grid.dp_group;
-    if (dp->size == 1) return;
-    DamModel *m = &tr->model;
-    comm_allreduce_sum_f32(dp, m->coef.grad, m->coef.n); /* one block: one collective */
-    int n = tr->n_data;
-    double buf[3 * DAM_MAX_SOURCES + 1];
-    for (int k = 0; k < n; k++) buf[k] = st->kl[k], buf[n + k] = st->mse[k], buf[2 * n + k] = st->entropy[k];
-    buf[3 * n] = (double)st->tokens;
-    comm_allreduce_sum_f64(dp, buf, (size_t)(3 * n + 1));
-    for (int k = 0; k < n; k++) st->kl[k] = buf[k], st->mse[k] = buf[n + k], st->entropy[k] = buf[2 * n + k];
-    st->tokens = (int64_t)buf[3 * n];
-}
-
 /* This replica's micro-batches of the step (mb ≡ dp_idx mod dp), every dataset in one segment
- * each; other replicas' rows are skipped so that every layout reads what one process reads. With
- * pipeline stages they are read up front and run with the 1F1B schedule. */
-static void run_micro_batches(Trainer *tr, float weight, const int *teacher, LossTerms *lt) {
-    DamModel *m = &tr->model;
-    const DamConfig *c = &tr->cfg;
-    size_t seg = (size_t)tr->n_data * tr->B * tr->T, K = (size_t)c->loss.topk;
-    int i = 0;
-    for (int mb = 0; mb < c->micro_batches; mb++) {
+ * each, read into the per-micro-batch buffers; other replicas' rows are skipped so that every layout
+ * reads what one process reads. */
+static void read_micro_batches(Trainer *tr) {
+    size_t seg = (size_t)tr->n_data * tr->B * tr->T, K = (size_t)tr->cfg.loss.topk;
+    for (int mb = 0, i = 0; mb < tr->cfg.micro_batches; mb++) {
         if (mb % tr->grid.dp != tr->grid.dp_idx) { /* another replica's micro-batch: skip its rows */
             for (int k = 0; k < tr->n_data; k++) tr->cursor[k] += tr->B;
             continue;
         }
         for (int k = 0; k < tr->n_data; k++) next_batch(tr, k, k);
-        if (tr->grid.pp == 1) {
-            dam_model_step(m, tr->rs, tr->n_data, teacher, tr->ids, tr->mask, tr->topk_idx, tr->topk_val,
-                           tr->B, tr->T, &c->loss, weight, lt + (size_t)i * tr->n_data);
-        } else {
-            memcpy(tr->mb_ids[i], tr->ids, seg * sizeof(int32_t));
-            memcpy(tr->mb_mask[i], tr->mask, seg);
-            if (tr->topk_idx) {
-                memcpy(tr->mb_topk_idx[i], tr->topk_idx, seg * K * sizeof(int32_t));
-                memcpy(tr->mb_topk_val[i], tr->topk_val, seg * K * sizeof(float));
-            }
+        memcpy(tr->mb_ids[i], tr->ids, seg * sizeof(int32_t));
+        memcpy(tr->mb_mask[i], tr->mask, seg);
+        if (tr->topk_idx) {
+            memcpy(tr->mb_topk_idx[i], tr->topk_idx, seg * K * sizeof(int32_t));
+            memcpy(tr->mb_topk_val[i], tr->topk_val, seg * K * sizeof(float));
         }
         i++;
     }
-    if (tr->grid.pp > 1)
-        dam_model_step_1f1b(
-            m, tr->slots, tr->n_slots, tr->local_mb, tr->n_data, teacher, (const int32_t *const *)tr->mb_ids,
-            (const int8_t *const *)tr->mb_mask, tr->topk_idx ? (const int32_t *const *)tr->mb_topk_idx : NULL,
-            tr->topk_idx ? (const float *const *)tr->mb_topk_val : NULL, tr->B, tr->T, &c->loss, weight, lt);
 }
 
+/* One step (src/step.c): the same code the tests run. */
 static void train_step(Trainer *tr, int step, StepStats *st) {
-    DamModel *m = &tr->model;
-    const DamConfig *c = &tr->cfg;
-    memset(st, 0, sizeof *st);
-    dam_model_zero_grad(m);
-    float weight = 1.0f / (float)c->micro_batches;
     int teacher[DAM_MAX_SOURCES];
     for (int k = 0; k < tr->n_data; k++) teacher[k] = k; /* dataset k is taught by source k */
-    LossTerms *lt = dam_calloc((size_t)tr->local_mb * tr->n_data, sizeof(LossTerms), "loss terms");
-    run_micro_batches(tr, weight, teacher, lt);
-    for (int i = 0; i < tr->local_mb; i++)
-        for (int k = 0; k < tr->n_data; k++) {
-            const LossTerms *x = &lt[(size_t)i * tr->n_data + k];
-            st->kl[k] += x->kl * weight, st->mse[k] += x->mse * weight, st->entropy[k] += x->entropy * weight;
-            st->tokens += x->n_valid;
-        }
-    free(lt);
-    reduce_over_dp(tr, st);
-    dam_model_finish_grad(m);
-    reg_apply(m, c, &st->reg);
-    st->grad_norm = optim_clip_grad_norm(m, c->max_grad_norm);
-    optim_step(m, c, optim_lr(c, step, tr->total_steps), step + 1);
-    st->total = st->reg.similarity + st->reg.l1 + st->reg.l2 + st->reg.overlap;
-    for (int k = 0; k < tr->n_data; k++) st->total += st->kl[k] + st->mse[k] + st->entropy[k];
+    read_micro_batches(tr);
+    StepInputs in = {tr->local_mb,
+                     tr->n_data,
+                     tr->B,
+                     tr->T,
+                     tr->cfg.micro_batches,
+                     teacher,
+                     (const int32_t *const *)tr->mb_ids,
+                     (const int8_t *const *)tr->mb_mask,
+                     tr->topk_idx ? (const int32_t *const *)tr->mb_topk_idx : NULL,
+                     tr->topk_idx ? (const float *const *)tr->mb_topk_val : NULL};
+    dam_step(&tr->model, tr->slots, tr->n_slots, &in, &tr->cfg, &tr->grid.dp_group, step, tr->total_steps,
+             st);
 }
 
 /* ---------------------------------------------------------------- logging */
@@ -507,7 +465,6 @@ static void alloc_step_buffers(Trainer *tr) {
     if (tr->n_slots > 64) tr->n_slots = 64;
     for (int i = 0; i < tr->n_slots; i++) tr->slots[i] = runstate_new(&tr->model, tr->n_data * tr->B, tr->T);
     tr->rs = tr->slots[0];
-    if (tr->grid.pp == 1) return;
     size_t seg = (size_t)tr->n_data * tr->B * tr->T, K = (size_t)tr->cfg.loss.topk;
     int M = tr->local_mb;
     tr->mb_ids = dam_calloc((size_t)M, sizeof(int32_t *), "micro-batches");

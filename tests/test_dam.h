@@ -9,6 +9,7 @@
 #include "json_util.h"
 #include "model.h"
 #include "optim.h"
+#include "step.h"
 #include "output.h"
 #include "safetensors.h"
 
@@ -108,13 +109,13 @@ typedef struct {
     RegTerms reg;
 } DamLosses;
 
-/* The total loss at the current coefficients, gradients left in each tensor's grad. */
+/* The total loss at the current coefficients, gradients left in each tensor's grad. The batched
+ * path is the trainer's own step (dam_step_grad: every dataset in one merged forward/backward);
+ * the other runs each dataset's micro-batch alone and must agree with it. */
 static inline double dam_case_loss(DamCase *dc, DamLosses *out) {
     DamLosses l;
     memset(&l, 0, sizeof l);
     dam_model_refresh(&dc->m);
-    dam_model_zero_grad(&dc->m);
-    LossTerms lt[DAM_MAX_SOURCES];
     if (dc->batched) {
         size_t seg = (size_t)dc->B * dc->T;
         int32_t *ids = malloc(dc->n_data * seg * sizeof(int32_t));
@@ -125,21 +126,29 @@ static inline double dam_case_loss(DamCase *dc, DamLosses *out) {
             memcpy(mask + k * seg, dc->mask[k], seg);
             teacher[k] = k;
         }
-        dam_model_step(&dc->m, dc->rs, dc->n_data, teacher, ids, mask, NULL, NULL, dc->B, dc->T,
-                       &dc->cfg.loss, 1.0f, lt);
+        const int32_t *ids_p = ids;
+        const int8_t *mask_p = mask;
+        StepInputs in = {1, dc->n_data, dc->B, dc->T, 1, teacher, &ids_p, &mask_p, NULL, NULL};
+        StepStats st;
+        dam_step_grad(&dc->m, &dc->rs, 1, &in, &dc->cfg, NULL, &st);
         free(ids), free(mask);
-    } else {
         for (int k = 0; k < dc->n_data; k++)
+            l.kl[k] = st.kl[k], l.mse[k] = st.mse[k], l.entropy[k] = st.entropy[k];
+        l.reg = st.reg, l.total = st.total;
+    } else {
+        LossTerms lt[DAM_MAX_SOURCES];
+        dam_model_zero_grad(&dc->m);
+        for (int k = 0; k < dc->n_data; k++) {
             dam_model_microbatch(&dc->m, dc->rs, k, dc->ids[k], dc->mask[k], NULL, NULL, dc->B, dc->T,
                                  &dc->cfg.loss, 1.0f, &lt[k]);
+            l.kl[k] = lt[k].kl, l.mse[k] = lt[k].mse, l.entropy[k] = lt[k].entropy;
+            l.total += lt[k].kl + lt[k].mse + lt[k].entropy;
+        }
+        dam_model_reduce_grad(&dc->m, NULL);
+        dam_model_finish_grad(&dc->m);
+        reg_apply(&dc->m, &dc->cfg, &l.reg);
+        l.total += l.reg.similarity + l.reg.l1 + l.reg.l2 + l.reg.overlap;
     }
-    for (int k = 0; k < dc->n_data; k++) {
-        l.kl[k] = lt[k].kl, l.mse[k] = lt[k].mse, l.entropy[k] = lt[k].entropy;
-        l.total += lt[k].kl + lt[k].mse + lt[k].entropy;
-    }
-    dam_model_finish_grad(&dc->m);
-    reg_apply(&dc->m, &dc->cfg, &l.reg);
-    l.total += l.reg.similarity + l.reg.l1 + l.reg.l2 + l.reg.overlap;
     if (out) *out = l;
     return l.total;
 }

@@ -1,0 +1,41 @@
+/* pipeline.h — pipeline parallelism for any stage computation: the 1F1B schedule of a step's
+ * micro-batches over the stages of a pp group and the transfers between neighbouring stages
+ * (blocking receives, non-blocking sends, so that no stage waits on another's schedule). The model
+ * supplies its stage as callbacks and never communicates point to point itself.
+ *
+ * A micro-batch's forward is a sequence of passes (the teachers', then the merged model's), each
+ * received from the previous stage and sent to the next; its backward is one pass the other way.
+ * Buffers the callbacks hand out belong to the micro-batch's slot (mb % n_slots) and must stay
+ * valid until the next call for the same slot: the pipeline completes a slot's pending send before
+ * calling for that slot again. */
+#ifndef DAM_PIPELINE_H
+#define DAM_PIPELINE_H
+
+#include <stddef.h>
+
+#include "comm.h"
+
+typedef struct {
+    void *ctx;
+    /* Forward passes of micro-batch mb (0: nothing to do, and no backward either). Called once per
+     * forward, before its passes. */
+    int (*n_passes)(void *ctx, int mb);
+    /* Where pass `pass`'s activation from the previous stage goes, *n floats (not on the first stage). */
+    float *(*pass_input)(void *ctx, int mb, int pass, size_t *n);
+    /* Run the pass; returns the activation for the next stage, *n floats (ignored on the last). */
+    const float *(*pass_run)(void *ctx, int mb, int pass, size_t *n);
+    /* Where the next stage's gradient goes, *n floats (not on the last stage). */
+    float *(*grad_input)(void *ctx, int mb, size_t *n);
+    /* Run the backward; returns the gradient for the previous stage, *n floats (ignored on the first). */
+    const float *(*backward_run)(void *ctx, int mb, size_t *n);
+} PipelineStage;
+
+/* M micro-batches through this rank's stage (pp NULL or of size 1: one stage, forward then
+ * backward in turn). With backward, the 1F1B schedule: stage s runs min(pp-s-1, M) forwards, then
+ * alternates one forward and one backward, then the remaining backwards; n_slots >= min(M, pp). */
+void pipeline_run(const CommGroup *pp, int M, int n_slots, int backward, const PipelineStage *st);
+
+/* bytes of buf from the last stage to every stage (results known only where the losses are). */
+void pipeline_share_from_last(const CommGroup *pp, void *buf, size_t bytes);
+
+#endif
