@@ -517,6 +517,37 @@ static void print_run_header(const Trainer *tr) {
     fflush(stdout);
 }
 
+/* After the last step (its checkpoint written): the evaluation table, the merged model, the peak
+ * RSS of every rank. A failure here says that the checkpoint is complete. */
+static void finish_run(Trainer *tr, const TrainArgs *a, int step, const StepStats *st, double t0) {
+    char *note =
+        dam_asprintf("the checkpoint of step %d in %s is complete: rerun with --resume to write the output",
+                     step, tr->ckpt_dir);
+    dam_set_error_note(note);
+    free(note);
+    if (a->eval_rows > 0) eval_table(tr, a->eval_rows);
+    OutputReport rep = {
+        .steps = step, .total_steps = tr->total_steps, .wall_s = dam_now() - t0, .n_data = tr->n_data};
+    for (int k = 0; k < tr->n_data; k++) rep.kl[k] = st->kl[k], rep.names[k] = tr->cfg.models[k].name;
+    rep.loss = st->total;
+    if (tr->grid.dp_idx == 0) output_write_parallel(&tr->model, &tr->cfg, &rep, &tr->grid.replica);
+    comm_barrier(&tr->grid.world);
+    dam_set_error_note(NULL);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    double rss = (double)ru.ru_maxrss, all_rss[1024];
+    int world = tr->grid.world.size;
+    if (world <= 1024) comm_allgather(&tr->grid.world, &rss, sizeof rss, all_rss);
+    if (!tr->root) return;
+    printf("dam_dist: wrote %s (%d steps, %.1f s, peak RSS %ld KiB)\n", tr->cfg.out_dir, step, rep.wall_s,
+           ru.ru_maxrss);
+    if (world > 1 && world <= 1024) {
+        printf("dam_dist: peak RSS per rank (KiB):");
+        for (int r = 0; r < world; r++) printf(" %.0f", all_rss[r]);
+        printf("\n");
+    }
+}
+
 int cmd_train(int argc, char **argv) {
     TrainArgs a;
     train_args_parse(&a, argc, argv);
@@ -557,33 +588,7 @@ int cmd_train(int argc, char **argv) {
     }
     save_checkpoint(&tr, step); /* the end, a --max-steps stop or a signal: resumable from here */
     if (stopped) return report_stop(&tr, &a, step, stopped);
-    char *note =
-        dam_asprintf("the checkpoint of step %d in %s is complete: rerun with --resume to write the output",
-                     step, tr.ckpt_dir);
-    dam_set_error_note(note);
-    free(note);
-    if (a.eval_rows > 0) eval_table(&tr, a.eval_rows);
-    OutputReport rep = {
-        .steps = step, .total_steps = tr.total_steps, .wall_s = dam_now() - t0, .n_data = tr.n_data};
-    for (int k = 0; k < tr.n_data; k++) rep.kl[k] = st.kl[k], rep.names[k] = tr.cfg.models[k].name;
-    rep.loss = st.total;
-    if (tr.grid.dp_idx == 0) output_write_parallel(&tr.model, &tr.cfg, &rep, &tr.grid.replica);
-    comm_barrier(&tr.grid.world);
-    dam_set_error_note(NULL);
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    double rss = (double)ru.ru_maxrss, all_rss[1024];
-    int world = tr.grid.world.size;
-    if (world <= 1024) comm_allgather(&tr.grid.world, &rss, sizeof rss, all_rss);
-    if (tr.root) {
-        printf("dam_dist: wrote %s (%d steps, %.1f s, peak RSS %ld KiB)\n", tr.cfg.out_dir, step, rep.wall_s,
-               ru.ru_maxrss);
-        if (world > 1 && world <= 1024) {
-            printf("dam_dist: peak RSS per rank (KiB):");
-            for (int r = 0; r < world; r++) printf(" %.0f", all_rss[r]);
-            printf("\n");
-        }
-    }
+    finish_run(&tr, &a, step, &st, t0);
     trainer_free(&tr);
     return 0;
 }
