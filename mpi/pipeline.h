@@ -6,8 +6,10 @@
  * A micro-batch's forward is a sequence of passes (the teachers', then the merged model's), each
  * received from the previous stage and sent to the next; its backward is one pass the other way.
  * Buffers the callbacks hand out belong to the micro-batch's slot (mb % n_slots) and must stay
- * valid until the next call for the same slot: the pipeline completes a slot's pending send before
- * calling for that slot again. */
+ * valid until the next call for the same slot: the pipeline completes a slot's pending forward send
+ * before a forward pass for that slot writes again, and its pending backward send before a backward
+ * does (a forward never waits on a gradient still on its way back: that would deadlock 1F1B when
+ * a stage holds only the pp - s slots it needs). */
 #ifndef DAM_PIPELINE_H
 #define DAM_PIPELINE_H
 
@@ -34,6 +36,10 @@ typedef struct {
  * backward in turn). With backward, the 1F1B schedule: stage s runs min(pp-s-1, M) forwards, then
  * alternates one forward and one backward, then the remaining backwards; n_slots >= min(M, pp). */
 void pipeline_run(const CommGroup *pp, int M, int n_slots, int backward, const PipelineStage *st);
+
+/* Micro-batches in flight on stage `stage` of pp under 1F1B with M micro-batches, the run states it
+ * needs: min(M, pp - stage) (the last stage runs each backward right after its forward). */
+int pipeline_slots(int M, int pp, int stage);
 
 /* bytes of buf from the last stage to every stage (results known only where the losses are). */
 void pipeline_share_from_last(const CommGroup *pp, void *buf, size_t bytes);

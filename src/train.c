@@ -14,6 +14,7 @@
 #include "dataset.h"
 #include "optim.h"
 #include "output.h"
+#include "pipeline.h"
 #include "layout.h"
 #include "runctl.h"
 #include "safetensors.h"
@@ -461,7 +462,7 @@ static void setup_grid(Trainer *tr) {
 /* Run states (one per pipeline micro-batch in flight) and the pipeline's per-micro-batch inputs. */
 static void alloc_step_buffers(Trainer *tr) {
     tr->local_mb = tr->cfg.micro_batches / tr->grid.dp;
-    tr->n_slots = tr->grid.pp > 1 ? (tr->local_mb < tr->grid.pp ? tr->local_mb : tr->grid.pp) : 1;
+    tr->n_slots = pipeline_slots(tr->local_mb, tr->grid.pp, tr->grid.pp_idx); /* 1F1B's in flight here */
     if (tr->n_slots > 64) tr->n_slots = 64;
     for (int i = 0; i < tr->n_slots; i++) tr->slots[i] = runstate_new(&tr->model, tr->n_data * tr->B, tr->T);
     tr->rs = tr->slots[0];

@@ -50,6 +50,18 @@ if $MPI -n 2 $BIN --config "$T/toy/m4pp2.json" --out "$T/m4pp2" > "$T/m4pp2.log"
   ok "1F1B, pp=2 with 4 micro-batches: same coefficients and loss curve as one process"
 else bad "1F1B pp=2 m=4: $(tail -2 "$T/m4pp2.log")"; fi
 
+# 1F1B on 4 stages with 8 micro-batches: stage s holds only the pp - s run states it needs, and the
+# result is one process's
+$BIN toy --out "$T/p4" --size small --models 2 --seed 2 > /dev/null
+sed 's/"micro_batches": 1/"micro_batches": 8/; s/"batch_size": 2/"batch_size": 1/; s/"steps": 40/"steps": 3/' "$T/p4/config.json" > "$T/p4/m8.json"
+sed 's/"seed": 1}/"seed": 1}, "parallel": {"dp": 1, "pp": 4, "tp": 1}/' "$T/p4/m8.json" > "$T/p4/m8pp4.json"
+$BIN --config "$T/p4/m8.json" --out "$T/p4one" > "$T/p4one.log" 2>&1
+if $MPI -n 4 $BIN --config "$T/p4/m8pp4.json" --out "$T/p4pp4" > "$T/p4pp4.log" 2>&1 \
+   && "$CMP" "$T/p4pp4/dam_coefficients.safetensors" "$T/p4one/dam_coefficients.safetensors" 1e-5 > /dev/null \
+   && [ "$(losses "$T/p4pp4.log")" = "$(losses "$T/p4one.log")" ]; then
+  ok "1F1B, pp=4 with 8 micro-batches (pp - s run states on stage s): same coefficients and loss curve as one process"
+else bad "1F1B pp=4 m=8: $(tail -2 "$T/p4pp4.log")"; fi
+
 # checkpoints under the documented names
 h5ls -r "$T/ref.ckpt/step_00000012.h5" | grep -q "^/coefficients/model.layers.0.mlp.down_proj.weight Dataset {2, 96}" \
   && h5dump -a step "$T/ref.ckpt/step_00000012.h5" | grep -q "(0): 12" && [ "$(cat "$T/ref.ckpt/latest")" = "step_00000012.h5" ] \
