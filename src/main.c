@@ -22,6 +22,8 @@ static const char usage_text[] =
     "                                  teacher top-K logits into the dataset files\n"
     "  dam_dist inspect --model DIR [--model DIR ...]\n"
     "                                  validate model directories, summarize them\n"
+    "  dam_dist plan --config F --ranks N [--device cpu|cuda] [--gpu-mem GiB] [--json] [options]\n"
+    "                                  memory per rank before a job is submitted (docs/memory.md)\n"
     "  dam_dist help                   this text\n";
 
 typedef struct {
@@ -32,7 +34,7 @@ typedef struct {
 static const Subcommand subcommands[] = {
     {"toy", cmd_toy},           {"prepare", cmd_prepare},
     {"tokenize", cmd_tokenize}, {"precompute", cmd_precompute},
-    {"inspect", cmd_inspect},
+    {"inspect", cmd_inspect},   {"plan", cmd_plan},
 };
 
 int main(int argc, char **argv) {

@@ -1,0 +1,800 @@
+/* plan.c — `dam_dist plan`: the memory each rank of a run needs, known before the job is submitted,
+ * from the run config and the sources' config.json alone (no weights are read; a model directory
+ * may hold only its config.json). docs/memory.md gives the formula term by term, with the code that
+ * allocates each term.
+ *
+ *   dam_dist plan --config F --ranks N [--device cpu|cuda] [--gpu-mem GiB] [--mem-per-rank GiB]
+ *                 [--json] [--read-gbps X] [--write-gbps X] [--tflops X] [--baseline-mib M]
+ *                 [--seq-len T]
+ *
+ * Per rank (stage s, tp rank r): the sources' shards of the stage in their stored dtype, the
+ * coefficients with their optimizer state, the workspace and the run states
+ * (dam_model_activation_bytes, the allocator's own lists), the trainer's input buffers, the output
+ * phase and a measured per-process baseline. The layout is checked as layout.c checks it, without
+ * MPI; a layout that does not fit gets the smallest one that does. */
+#include <cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "commands.h"
+#include "config.h"
+#include "dataset.h"
+#include "hfconfig.h"
+#include "json_util.h"
+#include "model.h"
+#include "pipeline.h"
+#include "util.h"
+
+/* Peak RSS of a dam_dist process beyond what the terms below count: the binary and its shared
+ * libraries (Open MPI, HDF5, OpenBLAS: about 18 MiB of mapped file pages), Open MPI's buffers,
+ * OpenBLAS's GEMM buffer, the C library's heap. Measured on the development machine (Debian 12, Open
+ * MPI 4.1.4, OpenBLAS 0.3.21 with OPENBLAS_NUM_THREADS=1) as the peak RSS of `dam_dist toy --size
+ * tiny --models 3` trained for 2 steps, less this plan's terms for it: 24.9 MiB for 1 rank; under
+ * mpirun -n 2, 25.5 and 25.7 MiB per rank with pp=2, 25.8 and 24.7 MiB with tp=2. The largest,
+ * rounded up (docs/memory.md). --baseline-mib overrides it. */
+#define PLAN_BASELINE_MIB 26.0
+/* --device cuda: the CUDA context, cuBLAS workspace and NCCL buffers per GPU: an estimate until the
+ * CUDA backend exists (docs/memory.md). */
+#define PLAN_CUDA_OVERHEAD_GIB 1.0
+/* Assumed sustained throughput per rank for the step-time estimate (TFLOP/s, as dam_layer_cost
+ * counts flops): 0.1 on the CPU, about what bench/RESULTS.md measures for a DAM step on 2 cores
+ * (109 GFLOP/s); 300 for a GPU of the H100 class (about 30 % of its dense bf16 peak). Both are
+ * assumptions (--tflops overrides them). */
+#define PLAN_CPU_TFLOPS 0.1
+#define PLAN_CUDA_TFLOPS 300.0
+/* The granule a fault on a mapped file makes resident (KiB): 2 MiB, the largest page-cache folio
+ * on x86-64, which Linux 6 with ext4 or xfs maps whole (measured here); 64 on kernels that map 4 KiB
+ * pages with 64 KiB fault-around. Only small tensors under tp notice (docs/memory.md); --folio-kib
+ * sets it and --probe-folio DIR measures it. */
+#define PLAN_FOLIO_KIB 2048.0
+/* Slurm checks signal times about once a minute: a lead time needs this much on top. */
+#define PLAN_SLURM_SLACK_S 60.0
+
+#define GIB (1024.0 * 1024.0 * 1024.0)
+#define MIB (1024.0 * 1024.0)
+
+typedef enum { PLAN_CPU = 0, PLAN_CUDA = 1 } PlanDevice;
+typedef enum { SPLIT_NONE = 0, SPLIT_ROWS = 1, SPLIT_COLS = 2 } PlanSplit;
+
+/* Everything the estimate needs, from the run config and config.json. */
+typedef struct {
+    ModelConfig cfg;            /* the sources' architecture (models[0], checked against the others) */
+    int n_rows, n_data;         /* coefficient rows (sources, + base); datasets */
+    double es_sum;              /* Σ over coefficient rows of the stored element size (bytes) */
+    const char *dtype_note;     /* stored dtype, as config.json names it ("mixed" when they differ) */
+    int B, T, micro_batches, K; /* batch_size, seq_len, micro_batches, loss.topk */
+    PlanDevice dev;
+    double baseline; /* bytes per process (cpu) */
+    double folio;    /* bytes a fault on a mapped file page makes resident around it (cpu) */
+} PlanModel;
+
+typedef struct {
+    int dp, pp, tp;
+} PlanLayout;
+
+/* One rank's estimate (bytes). For cuda the seven terms are GPU memory and `host` is the host's. */
+typedef struct {
+    int rank, stage, tp_rank, layer0, layer1, first, last;
+    double sources, coefficients, workspace, run_states, inputs, output_phase, baseline, total;
+    double host;       /* cuda: host memory of the process */
+    double load_bytes; /* source bytes this rank reads (its shards) */
+    double flops_mb;   /* flops of one micro-batch on this rank */
+    int fits;
+} PlanRank;
+
+/* ---------------------------------------------------------------- the tensors of a stage */
+
+/* Sums over the tensors a rank holds (model.c build_tensor_table, add_tensor). */
+typedef struct {
+    double src_split;   /* stored bytes of this rank's shards, every coefficient row */
+    double src_rss;     /* the same as resident pages on the CPU (see plan_stage_tensors) */
+    double src_largest; /* stored bytes of the largest tensor's shards, every row */
+    size_t coefs;       /* coefficients: Σ n_rows × dim */
+    double out_cpu;     /* output phase on top of training, with the sources' pages released as written */
+    double out_host;    /* the same without any release (cuda: the sources are not resident) */
+} StageTensors;
+
+/* The kind, tensor-parallel split and layer of a Hugging Face tensor name (hfconfig_tensor_specs). */
+static int classify(const char *name, DamTensorKind *kind, PlanSplit *split, int *layer) {
+    *layer = -1;
+    if (!strcmp(name, "model.embed_tokens.weight")) return *kind = DT_EMBED, *split = SPLIT_ROWS, 1;
+    if (!strcmp(name, "model.norm.weight")) return *kind = DT_NORM, *split = SPLIT_NONE, 1;
+    if (!strcmp(name, "lm_head.weight")) return *kind = DT_LINEAR, *split = SPLIT_ROWS, 1;
+    int n = 0;
+    if (sscanf(name, "model.layers.%d.%n", layer, &n) != 1 || n == 0) return 0;
+    static const struct {
+        const char *suffix;
+        DamTensorKind kind;
+        PlanSplit split;
+    } table[] = {
+        {"input_layernorm.weight", DT_NORM, SPLIT_NONE},
+        {"post_attention_layernorm.weight", DT_NORM, SPLIT_NONE},
+        {"self_attn.q_proj.weight", DT_LINEAR, SPLIT_ROWS},
+        {"self_attn.k_proj.weight", DT_LINEAR, SPLIT_ROWS},
+        {"self_attn.v_proj.weight", DT_LINEAR, SPLIT_ROWS},
+        {"self_attn.q_proj.bias", DT_BIAS, SPLIT_ROWS},
+        {"self_attn.k_proj.bias", DT_BIAS, SPLIT_ROWS},
+        {"self_attn.v_proj.bias", DT_BIAS, SPLIT_ROWS},
+        {"self_attn.o_proj.weight", DT_LINEAR, SPLIT_COLS},
+        {"self_attn.o_proj.bias", DT_BIAS, SPLIT_NONE},
+        {"mlp.gate_proj.weight", DT_LINEAR, SPLIT_ROWS},
+        {"mlp.up_proj.weight", DT_LINEAR, SPLIT_ROWS},
+        {"mlp.down_proj.weight", DT_LINEAR, SPLIT_COLS},
+    };
+    for (size_t i = 0; i < sizeof table / sizeof *table; i++)
+        if (!strcmp(name + n, table[i].suffix)) return *kind = table[i].kind, *split = table[i].split, 1;
+    return 0;
+}
+
+/* The tensors of stage [l0, l1) (first / last) on a tp rank, in model.c's table order: the
+ * embedding on the first stage (and on the last with tied embeddings, as its lm_head), the layers'
+ * tensors, the final norm and lm_head on the last. `writer`: tp rank 0, which converts to bf16 for
+ * output; `root`: world rank 0, which then merges the stages' coefficient files.
+ *
+ * Resident source pages on the CPU: a fault on a mapped file maps what the page cache holds around
+ * the address: the whole folio (up to 2 MiB on Linux 6 with ext4/xfs large folios: measured here),
+ * or the 4 KiB page and its cached neighbours within 64 KiB (fault-around) on kernels without large
+ * folios. With that granule G (--folio-kib; --probe-folio measures it): a shard that is a contiguous
+ * row range (q, k, v, gate, up, embedding, lm_head under tp) costs up to G more per source; a
+ * row-parallel tensor (o_proj, down_proj: input columns split) is a slice of every row, and each
+ * row costs its slice + G, at most the row: whole, at real shapes, in every tp rank.
+ *
+ * The output phase (output.c write_stage_tensors) walks the owned tensors in this order: `buf`
+ * (malloc'd for the largest local tensor, fp32) is touched as far as the largest tensor so far;
+ * dam_model_gather_split returns local × tp floats (an allgather; a copy without tp), a second such
+ * buffer while a column split is reordered; the writer adds a bf16 copy (st_writer_add_f32); the
+ * coefficient copies, gathered alike, are kept until the stage's coefficients file is written; and
+ * after each tensor its source pages are released (dam_model_release). The phase adds to training's
+ * peak the largest of these sums less what was released before; world rank 0 then maps every
+ * stage's coefficients file (all coefficients of the model, fp32) while merging them. */
+static void plan_stage_tensors(const PlanModel *pm, int tp, int l0, int l1, int first, int last, int pp,
+                               int writer, int root, StageTensors *st) {
+    const ModelConfig *c = &pm->cfg;
+    memset(st, 0, sizeof *st);
+    int n = hfconfig_tensor_specs(c, NULL);
+    HfTensorSpec *specs = dam_malloc((size_t)n * sizeof *specs, "tensor specs");
+    hfconfig_tensor_specs(c, specs);
+    int tied = c->tie_word_embeddings;
+    double buf_hw = 0, coefs_kept = 0, released = 0, coefs_all = 0;
+    for (int i = 0; i < n; i++) {
+        DamTensorKind kind;
+        PlanSplit split;
+        int layer;
+        if (!classify(specs[i].name, &kind, &split, &layer))
+            dam_fail("plan: tensor '%s' is not one dam_dist merges", specs[i].name);
+        /* stored shape as 2-D: a norm or bias is rows = 1 (model.c add_tensor) */
+        size_t rows = specs[i].ndim == 2 ? (size_t)specs[i].shape[0] : 1;
+        size_t cols = specs[i].ndim == 2 ? (size_t)specs[i].shape[1] : (size_t)specs[i].shape[0];
+        coefs_all += (double)pm->n_rows * (kind == DT_BIAS ? 1 : cols);
+        int held = layer >= 0 ? layer >= l0 && layer < l1 : kind == DT_EMBED ? first || (last && tied) : last;
+        if (!held) continue;
+        size_t rows_l = split == SPLIT_ROWS && kind != DT_BIAS ? rows / tp : rows;
+        size_t cols_l = split == SPLIT_COLS || (split == SPLIT_ROWS && kind == DT_BIAS) ? cols / tp : cols;
+        size_t local = rows_l * cols_l, dim = kind == DT_BIAS ? 1 : cols_l;
+        double whole = (double)rows * cols * pm->es_sum, shard = (double)local * pm->es_sum;
+        double resident = shard, G = pm->n_rows * pm->folio; /* a granule per source */
+        if (shard < whole && split == SPLIT_COLS)            /* a slice of every row */
+            resident = (double)rows * fmin((double)cols * pm->es_sum, (double)cols_l * pm->es_sum + G);
+        else if (shard < whole) /* a row range */
+            resident = fmin(whole, shard + G);
+        st->src_split += shard;
+        st->src_rss += resident;
+        st->src_largest = fmax(st->src_largest, shard);
+        st->coefs += (size_t)pm->n_rows * dim;
+        if (pp > 1 && !first && kind == DT_EMBED) continue; /* a tied embedding is the first stage's */
+        buf_hw = fmax(buf_hw, (double)local * 4);
+        double full = (double)local * tp * 4;
+        double gather = split == SPLIT_COLS && kind != DT_BIAS && tp > 1 ? 2 * full : full;
+        double transient = fmax(gather, full + (writer ? full / 2 : 0));
+        st->out_cpu = fmax(st->out_cpu, buf_hw + coefs_kept + transient - released);
+        st->out_host = fmax(st->out_host, buf_hw + coefs_kept + transient);
+        released += shard;
+        coefs_kept += (double)pm->n_rows * dim * tp * 4;
+    }
+    if (root) { /* merge_stage_outputs: buf and the copies are freed by then */
+        st->out_cpu = fmax(st->out_cpu, coefs_all * 4 - released);
+        st->out_host = fmax(st->out_host, coefs_all * 4);
+    }
+    free(specs);
+}
+
+/* Coefficients of the whole model, each tensor once (the merged coefficients file, the checkpoint):
+ * Σ n_rows × full dim. */
+static double model_coefs(const PlanModel *pm) {
+    StageTensors st;
+    plan_stage_tensors(pm, 1, 0, pm->cfg.num_hidden_layers, 1, 1, 1, 0, 0, &st);
+    return (double)st.coefs;
+}
+
+/* For tests (tests/test_plan.c declares them): the coefficient count (what dam_model_num_coefs
+ * returns for a model opened with that share) and the stored bytes of the shards, stage `stage` of
+ * pp on a tp rank, with n_rows sources of elem_bytes per element. */
+size_t plan_num_coefs(const ModelConfig *c, int n_rows, int tp, int pp, int stage);
+double plan_source_bytes(const ModelConfig *c, int n_rows, double elem_bytes, int tp, int pp, int stage);
+
+static void plan_stage_of(const ModelConfig *c, int n_rows, double elem_bytes, int tp, int pp, int stage,
+                          StageTensors *st) {
+    PlanModel pm;
+    memset(&pm, 0, sizeof pm);
+    pm.cfg = *c, pm.n_rows = n_rows, pm.es_sum = n_rows * elem_bytes;
+    int l0, l1;
+    dam_stage_layers(c, pp, stage, &l0, &l1);
+    plan_stage_tensors(&pm, tp, l0, l1, stage == 0, stage == pp - 1, pp, 0, 0, st);
+}
+
+size_t plan_num_coefs(const ModelConfig *c, int n_rows, int tp, int pp, int stage) {
+    StageTensors st;
+    plan_stage_of(c, n_rows, 2, tp, pp, stage, &st);
+    return st.coefs;
+}
+
+double plan_source_bytes(const ModelConfig *c, int n_rows, double elem_bytes, int tp, int pp, int stage) {
+    StageTensors st;
+    plan_stage_of(c, n_rows, elem_bytes, tp, pp, stage, &st);
+    return st.src_split;
+}
+
+/* ---------------------------------------------------------------- one rank */
+
+/* This rank's share of the model (model.c shard_config): heads, KV heads, FFN width, vocabulary / tp. */
+static ModelConfig share_config(const ModelConfig *c, int tp) {
+    ModelConfig s = *c;
+    s.num_attention_heads /= tp, s.num_key_value_heads /= tp, s.intermediate_size /= tp, s.vocab_size /= tp;
+    return s;
+}
+
+static void plan_rank(const PlanModel *pm, const PlanLayout *L, int rank, PlanRank *r) {
+    memset(r, 0, sizeof *r);
+    int tp = L->tp, pp = L->pp;
+    r->rank = rank, r->tp_rank = rank % tp, r->stage = (rank / tp) % pp;
+    dam_stage_layers(&pm->cfg, pp, r->stage, &r->layer0, &r->layer1);
+    r->first = r->stage == 0, r->last = r->stage == pp - 1;
+    StageTensors st;
+    plan_stage_tensors(pm, tp, r->layer0, r->layer1, r->first, r->last, pp, r->tp_rank == 0, rank == 0, &st);
+    if (rank >= pp * tp) st.out_cpu = st.out_host = 0; /* only data-parallel replica 0 writes the output */
+    int local_mb = pm->micro_batches / L->dp;
+    int n_slots = pipeline_slots(local_mb, pp, r->stage); /* as train.c allocates them */
+    if (n_slots > 64) n_slots = 64;
+    /* activations: model.c's own lists (dam_model_activation_bytes) for this rank's share */
+    ModelConfig share = share_config(&pm->cfg, tp);
+    size_t ws, rs;
+    int Bt = pm->n_data * pm->B;
+    dam_model_activation_bytes(&share, r->layer1 - r->layer0, r->last, Bt, pm->T, &ws, &rs);
+    /* the trainer's inputs (train.c open_data, alloc_step_buffers): ids int32 + mask int8 per token
+     * of every dataset's micro-batch, once more per local micro-batch under pp; top-K caches */
+    double rows = (double)Bt * pm->T, per_mb = rows * 5 + rows * pm->K * 8.0;
+    double inputs = per_mb * (1 + (pp > 1 ? local_mb : 0));
+    r->coefficients = (double)st.coefs * 5 * 4; /* c, f(c), grad, Adam m, Adam v: fp32 */
+    r->run_states = (double)rs * n_slots;
+    r->load_bytes = st.src_split;
+    double tokens = rows;
+    r->flops_mb =
+        ((r->layer1 - r->layer0) * dam_layer_cost(&pm->cfg) + (r->last ? dam_head_cost(&pm->cfg) : 0)) *
+        tokens / tp;
+    if (pm->dev == PLAN_CPU) {
+        r->sources = st.src_rss;
+        r->workspace = (double)ws;
+        r->inputs = inputs;
+        r->output_phase = st.out_cpu;
+        r->baseline = pm->baseline;
+        r->host = 0;
+    } else {
+        /* the CUDA contract (docs/memory.md): shards uploaded in their stored dtype; the step in bf16:
+         * merged weights, lm_head buffers and activations (layer inputs kept for the backward
+         * included) in bf16, half the CPU's fp32 buffers (the loss chunks' fp32 statistics, at most
+         * 5 x 64 rows of V/tp floats, are counted at half too); the output materialized on the GPU
+         * in the workspace's buffers and written from the host; inputs stay on the host */
+        r->sources = st.src_split;
+        r->workspace = (double)ws / 2;
+        r->run_states = (double)rs / 2 * n_slots;
+        r->inputs = 0;
+        r->output_phase = 0;
+        r->baseline = PLAN_CUDA_OVERHEAD_GIB * GIB;
+        /* host: the process, its inputs, the output buffers, and the pages of the tensor being
+         * uploaded (sources are read once, then released: not resident) */
+        r->host = pm->baseline + inputs + st.out_host + st.src_largest;
+    }
+    r->total = r->sources + r->coefficients + r->workspace + r->run_states + r->inputs + r->output_phase +
+               r->baseline;
+}
+
+/* Every rank of a layout; returns the largest total. */
+static double plan_layout(const PlanModel *pm, const PlanLayout *L, PlanRank *ranks) {
+    double worst = 0;
+    int n = L->dp * L->pp * L->tp;
+    for (int i = 0; i < n; i++) {
+        PlanRank one;
+        memset(&one, 0, sizeof one);
+        PlanRank *r = ranks ? &ranks[i] : &one;
+        if (!ranks && i >= L->pp * L->tp) break; /* replicas repeat replica 0 */
+        if (!ranks && i % L->tp > 1) continue;   /* tp ranks > 0 are alike */
+        plan_rank(pm, L, i, r);
+        if (r->total > worst) worst = r->total;
+    }
+    return worst;
+}
+
+/* ---------------------------------------------------------------- inputs */
+
+typedef struct {
+    const char *config;
+    int ranks;
+    PlanDevice dev;
+    double gpu_mem, mem_per_rank; /* GiB; 0 = not given */
+    int json;
+    double read_gbps, write_gbps, tflops, baseline_mib, folio_kib;
+    int seq_len;
+    const char *probe_dir; /* --probe-folio DIR */
+} PlanArgs;
+
+static const char plan_usage[] =
+    "usage: dam_dist plan --config F --ranks N [--device cpu|cuda] [--gpu-mem GiB] [--mem-per-rank GiB]\n"
+    "                     [--json] [--read-gbps X] [--write-gbps X] [--tflops X] [--baseline-mib M]\n"
+    "                     [--seq-len T]\n"
+    "  --device cpu|cuda   cpu (default): peak RSS per rank; cuda: GPU memory per rank (docs/memory.md)\n"
+    "  --gpu-mem GiB       memory per GPU (cuda; required)\n"
+    "  --mem-per-rank GiB  memory per rank (cpu; default: this node's MemTotal / N)\n"
+    "  --json              one JSON object instead of the table\n"
+    "  --read-gbps X       source read rate per rank for the load time (default 2 GB/s)\n"
+    "  --write-gbps X      checkpoint write rate (default 1 GB/s)\n"
+    "  --tflops X          sustained TFLOP/s per rank for the step time (default 0.1 cpu, 300 cuda)\n"
+    "  --baseline-mib M    per-process baseline in MiB (default: measured, docs/memory.md)\n"
+    "  --seq-len T         tokens per row, instead of train.seq_len (needed when it is 0 and the\n"
+    "                      datasets cannot be read)\n"
+    "  --folio-kib K       what a fault on a mapped file makes resident (cpu; default 2048)\n"
+    "  dam_dist plan --probe-folio DIR   measure that on DIR's file system (an 8 MiB scratch file)";
+static const char plan_short[] =
+    "usage: dam_dist plan --config F --ranks N [options]; dam_dist plan --help lists them";
+
+static double parse_positive(const char *s, const char *what) {
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || *end || !(v > 0) || !isfinite(v))
+        dam_fail("plan: %s: expected a positive number, got '%s'", what, s);
+    return v;
+}
+
+static void parse_args(PlanArgs *a, int argc, char **argv) {
+    memset(a, 0, sizeof *a);
+    a->read_gbps = 2, a->write_gbps = 1, a->ranks = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *o = argv[i];
+        if (!strcmp(o, "--json")) {
+            a->json = 1;
+            continue;
+        }
+        if (!strcmp(o, "--help") || !strcmp(o, "-h")) {
+            printf("%s\n", plan_usage);
+            exit(0);
+        }
+        static const char *const with_value[] = {
+            "--config",    "--ranks",       "--device", "--gpu-mem",      "--mem-per-rank",
+            "--read-gbps", "--write-gbps",  "--tflops", "--baseline-mib", "--seq-len",
+            "--folio-kib", "--probe-folio", NULL};
+        int known = 0;
+        for (int k = 0; with_value[k]; k++) known |= !strcmp(o, with_value[k]);
+        if (!known) dam_fail("plan: unknown argument '%s' (%s)", o, plan_short);
+        if (i + 1 >= argc) dam_fail("plan: %s needs a value", o);
+        const char *v = argv[++i];
+        if (!strcmp(o, "--config"))
+            a->config = v;
+        else if (!strcmp(o, "--ranks"))
+            a->ranks = (int)dam_parse_int(v, 1, 1 << 20, "plan --ranks");
+        else if (!strcmp(o, "--device")) {
+            if (strcmp(v, "cpu") && strcmp(v, "cuda"))
+                dam_fail("plan: --device: expected cpu or cuda, got '%s'", v);
+            a->dev = strcmp(v, "cuda") ? PLAN_CPU : PLAN_CUDA;
+        } else if (!strcmp(o, "--gpu-mem"))
+            a->gpu_mem = parse_positive(v, o);
+        else if (!strcmp(o, "--mem-per-rank"))
+            a->mem_per_rank = parse_positive(v, o);
+        else if (!strcmp(o, "--read-gbps"))
+            a->read_gbps = parse_positive(v, o);
+        else if (!strcmp(o, "--write-gbps"))
+            a->write_gbps = parse_positive(v, o);
+        else if (!strcmp(o, "--tflops"))
+            a->tflops = parse_positive(v, o);
+        else if (!strcmp(o, "--baseline-mib"))
+            a->baseline_mib = parse_positive(v, o);
+        else if (!strcmp(o, "--folio-kib"))
+            a->folio_kib = parse_positive(v, o);
+        else if (!strcmp(o, "--probe-folio"))
+            a->probe_dir = v;
+        else
+            a->seq_len = (int)dam_parse_int(v, 1, 1 << 30, "plan --seq-len");
+    }
+    if (a->probe_dir) return;
+    if (!a->config) dam_fail("plan: --config F is required (%s)", plan_short);
+    if (!a->ranks) dam_fail("plan: --ranks N is required (%s)", plan_short);
+    if (a->dev == PLAN_CUDA && !a->gpu_mem)
+        dam_fail("plan: --device cuda needs --gpu-mem GiB (memory per GPU)");
+    if (a->dev == PLAN_CPU && a->gpu_mem) dam_fail("plan: --gpu-mem applies to --device cuda");
+    if (a->dev == PLAN_CUDA && a->mem_per_rank) dam_fail("plan: --mem-per-rank applies to --device cpu");
+    if (!a->tflops) a->tflops = a->dev == PLAN_CUDA ? PLAN_CUDA_TFLOPS : PLAN_CPU_TFLOPS;
+    if (!a->baseline_mib) a->baseline_mib = PLAN_BASELINE_MIB;
+    if (!a->folio_kib) a->folio_kib = PLAN_FOLIO_KIB;
+}
+
+/* Bytes per element of a source's stored weights, from its config.json (torch_dtype, or dtype as
+ * transformers 5 writes it). Absent: float32 assumed (the conservative choice), with a note. */
+static double stored_dtype(const char *dir, const char **name, int *assumed) {
+    char *p = dam_path_join(dir, "config.json");
+    cJSON *root = json_parse_file(p);
+    const char *key = "torch_dtype";
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!cJSON_IsString(t)) t = cJSON_GetObjectItemCaseSensitive(root, key = "dtype");
+    static const struct {
+        const char *name;
+        double size;
+    } known[] = {{"bfloat16", 2}, {"float16", 2}, {"float32", 4}};
+    double size = 0;
+    *name = "float32", *assumed = 1;
+    if (cJSON_IsString(t)) {
+        for (size_t i = 0; i < sizeof known / sizeof *known; i++)
+            if (!strcmp(t->valuestring, known[i].name))
+                size = known[i].size, *name = known[i].name, *assumed = 0;
+        if (!size)
+            dam_fail("%s: field '%s': '%s' is not a dtype dam_dist reads (bfloat16, float16, float32)", p,
+                     key, t->valuestring);
+    } else {
+        size = 4;
+    }
+    cJSON_Delete(root);
+    free(p);
+    return size;
+}
+
+/* The run config and the sources' config.json into a PlanModel. */
+static void load_model(PlanModel *pm, const DamConfig *c, const PlanArgs *a, int *dtype_assumed) {
+    memset(pm, 0, sizeof *pm);
+    const char *dirs[DAM_MAX_SOURCES + 1];
+    int n = 0;
+    for (int i = 0; i < c->n_models; i++) dirs[n++] = c->models[i].path;
+    if (c->include_base) dirs[n++] = c->base_model;
+    for (int i = 0; i < n; i++) {
+        char *p = dam_path_join(dirs[i], "config.json");
+        ModelConfig mc;
+        hfconfig_load(&mc, p);
+        free(p);
+        if (i == 0)
+            pm->cfg = mc;
+        else
+            hfconfig_check_same(&pm->cfg, dirs[0], &mc, dirs[i]);
+        const char *name;
+        int assumed;
+        pm->es_sum += stored_dtype(dirs[i], &name, &assumed);
+        *dtype_assumed |= assumed;
+        pm->dtype_note = !pm->dtype_note || !strcmp(pm->dtype_note, name) ? name : "mixed dtypes";
+    }
+    if (pm->cfg.mlp_bias) dam_fail("%s: mlp_bias is not supported", dirs[0]);
+    pm->n_rows = n, pm->n_data = c->n_models;
+    pm->B = c->batch_size, pm->micro_batches = c->micro_batches, pm->K = c->loss.topk;
+    pm->dev = a->dev, pm->baseline = a->baseline_mib * MIB, pm->folio = a->folio_kib * 1024;
+    pm->T = a->seq_len ? a->seq_len : c->seq_len;
+    if (!pm->T) { /* train.seq_len 0: the datasets' row length, when they can be read */
+        for (int k = 0; k < c->n_models; k++) {
+            if (!c->models[k].dataset || !dam_file_exists(c->models[k].dataset))
+                dam_fail("%s: train.seq_len is 0 (the datasets' row length) and %s cannot be read: give "
+                         "--seq-len T",
+                         c->file, c->models[k].dataset ? c->models[k].dataset : "a dataset");
+            DamDataset d;
+            dataset_open(&d, c->models[k].dataset);
+            if (d.seq_len > pm->T) pm->T = (int)d.seq_len;
+            dataset_close(&d);
+        }
+    }
+    if (pm->T > pm->cfg.max_position_embeddings)
+        dam_fail("%s: sequence length %d exceeds max_position_embeddings %d of %s", c->file, pm->T,
+                 pm->cfg.max_position_embeddings, dirs[0]);
+}
+
+/* dp x pp x tp from the config and --ranks, checked as layout.c checks it (without MPI). */
+static void resolve_layout(PlanLayout *L, const DamConfig *c, const ModelConfig *mc, int ranks) {
+    int dp = c->dp, tp = c->tp;
+    if (dp < 1 || tp < 1) dam_fail("%s: parallel.dp and parallel.tp must be >= 1", c->file);
+    if (c->pp == 0 && ranks % (dp * tp) != 0)
+        dam_fail("%s: %d ranks are not divisible by dp=%d x tp=%d", c->file, ranks, dp, tp);
+    int pp = c->pp > 0 ? c->pp : ranks / (dp * tp);
+    if (dp * pp * tp != ranks)
+        dam_fail("%s: parallel layout dp=%d x pp=%d x tp=%d = %d ranks does not match --ranks %d", c->file,
+                 dp, pp, tp, dp * pp * tp, ranks);
+    const char *names[] = {"num_attention_heads", "num_key_value_heads", "intermediate_size", "vocab_size"};
+    int vals[] = {mc->num_attention_heads, mc->num_key_value_heads, mc->intermediate_size, mc->vocab_size};
+    for (int i = 0; i < 4; i++)
+        if (vals[i] % tp)
+            dam_fail("%s: parallel.tp=%d does not divide %s = %d of %s", c->file, tp, names[i], vals[i],
+                     c->models[0].path);
+    if (pp > mc->num_hidden_layers)
+        dam_fail("%s: parallel.pp=%d exceeds the %d layers of %s", c->file, pp, mc->num_hidden_layers,
+                 c->models[0].path);
+    if (c->micro_batches % dp)
+        dam_fail("%s: train.micro_batches=%d is not divisible by parallel.dp=%d", c->file, c->micro_batches,
+                 dp);
+    L->dp = dp, L->pp = pp, L->tp = tp;
+}
+
+/* MemTotal of /proc/meminfo in bytes (0 when unreadable). */
+static double node_memory(void) {
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (!f) return 0;
+    char line[256];
+    double kib = 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "MemTotal: %lf kB", &kib) == 1) break;
+    fclose(f);
+    return kib * 1024;
+}
+
+/* Memory available to each of `ranks` ranks (bytes). */
+static double limit_per_rank(const PlanArgs *a, double node, int ranks) {
+    if (a->dev == PLAN_CUDA) return a->gpu_mem * GIB;
+    if (a->mem_per_rank) return a->mem_per_rank * GIB;
+    return node / ranks;
+}
+
+/* The smallest layout that fits: dp = 1, tp from 1 to 8 dividing heads, KV heads, FFN width and
+ * vocabulary, pp up to the layers; the fewest ranks, then the smaller tp. 0 when none does. */
+static int smallest_fit(const PlanModel *pm, const PlanArgs *a, double node, PlanLayout *out) {
+    const ModelConfig *c = &pm->cfg;
+    int L = c->num_hidden_layers, tps[8] = {0}, n_tp = 0;
+    for (int tp = 1; tp <= 8; tp++)
+        if (c->num_attention_heads % tp == 0 && c->num_key_value_heads % tp == 0 &&
+            c->intermediate_size % tp == 0 && c->vocab_size % tp == 0)
+            tps[n_tp++] = tp;
+    double sources_all = (double)hfconfig_num_params(c) * pm->es_sum;
+    for (int R = 1; R <= 8 * L; R++)
+        for (int i = 0; i < n_tp; i++) {
+            int tp = tps[i], pp = R / tp;
+            if (R % tp || pp > L) continue;
+            double limit = limit_per_rank(a, node, R);
+            if (sources_all / R > limit) continue; /* the shards alone do not fit */
+            PlanLayout lay = {1, pp, tp};
+            if (plan_layout(pm, &lay, NULL) <= limit) return *out = lay, 1;
+        }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- report */
+
+typedef struct {
+    PlanLayout lay;
+    PlanRank *ranks;
+    int n_ranks, all_fit, have_fit;
+    PlanLayout fit;
+    double limit, node, bubble, load_s, load_total, step_s, save_s, save_bytes, worst;
+    int lead_T, m;
+} PlanReport;
+
+static double unit_div(double worst) { return worst >= 4 * GIB ? GIB : MIB; }
+
+static void print_table(const PlanModel *pm, const PlanArgs *a, const DamConfig *c, const PlanReport *R) {
+    const ModelConfig *mc = &pm->cfg;
+    double P = (double)hfconfig_num_params(mc);
+    printf("dam_dist plan: %s (%d layers, d=%d, %.2fB parameters per source, %s), %d coefficient rows, "
+           "%d datasets x %d x %d tokens, micro_batches %d\n",
+           mc->architecture, mc->num_hidden_layers, mc->hidden_size, P / 1e9, pm->dtype_note, pm->n_rows,
+           pm->n_data, pm->B, pm->T, pm->micro_batches);
+    printf("layout: dp=%d x pp=%d x tp=%d = %d ranks%s\n", R->lay.dp, R->lay.pp, R->lay.tp, R->n_ranks,
+           c->pp == 0 ? " (parallel.pp = 0: the ranks left by dp x tp)" : "");
+    for (int s = 0; s < R->lay.pp; s++) {
+        int l0, l1;
+        dam_stage_layers(mc, R->lay.pp, s, &l0, &l1);
+        printf("  stage %d: layers %d-%d (%d)%s%s\n", s, l0, l1 - 1, l1 - l0, s == 0 ? " + embed_tokens" : "",
+               s == R->lay.pp - 1
+                   ? (mc->tie_word_embeddings ? " + norm, lm_head (tied: embed_tokens)" : " + norm, lm_head")
+                   : "");
+    }
+    double u = unit_div(R->worst);
+    const char *un = u == GIB ? "GiB" : "MiB";
+    if (a->dev == PLAN_CUDA)
+        printf("memory per rank, device cuda: GPU memory in %s (the contract of the coming CUDA backend, "
+               "docs/memory.md)\n",
+               un);
+    else
+        printf("memory per rank, device cpu: peak RSS in %s\n", un);
+    printf("%5s %5s %3s %7s %9s %9s %9s %10s %8s %8s %8s %9s  %s\n", "rank", "stage", "tp", "layers",
+           "sources", "coefs", "workspace", "run_states", "inputs", "output", "baseline", "total", "fits");
+    for (int i = 0; i < R->n_ranks; i++) {
+        const PlanRank *r = &R->ranks[i];
+        char layers[32];
+        snprintf(layers, sizeof layers, "%d-%d", r->layer0, r->layer1 - 1);
+        printf("%5d %5d %3d %7s %9.2f %9.2f %9.2f %10.2f %8.2f %8.2f %8.2f %9.2f  %s\n", r->rank, r->stage,
+               r->tp_rank, layers, r->sources / u, r->coefficients / u, r->workspace / u, r->run_states / u,
+               r->inputs / u, r->output_phase / u, r->baseline / u, r->total / u, r->fits ? "yes" : "NO");
+    }
+    if (a->dev == PLAN_CUDA) {
+        printf("limit: --gpu-mem %.1f GiB per GPU\n", a->gpu_mem);
+        double host = 0;
+        for (int i = 0; i < R->n_ranks; i++) host = R->ranks[i].host > host ? R->ranks[i].host : host;
+        printf("host memory per rank: up to %.2f GiB (process, inputs, output buffers; the sources are "
+               "mapped, read once for the upload and released: not resident)\n",
+               host / GIB);
+    } else {
+        if (a->mem_per_rank)
+            printf("limit: --mem-per-rank %.1f GiB\n", a->mem_per_rank);
+        else
+            printf("limit: %.1f GiB per rank (MemTotal %.1f GiB of this node / %d ranks; --mem-per-rank to "
+                   "set it)\n",
+                   R->limit / GIB, R->node / GIB, R->n_ranks);
+        printf("sources are mmapped in their stored dtype and every page of a stage is touched each step, so "
+               "they count fully in RSS (tp: o_proj and down_proj slices share pages: whole)\n");
+    }
+    if (R->all_fit)
+        printf("fits: every rank\n");
+    else if (R->have_fit)
+        printf("fits: NO; the smallest layout that fits: dp=1 x pp=%d x tp=%d = %d ranks "
+               "(\"parallel\": {\"dp\": 1, \"pp\": %d, \"tp\": %d})\n",
+               R->fit.pp, R->fit.tp, R->fit.pp * R->fit.tp, R->fit.pp, R->fit.tp);
+    else
+        printf("fits: NO; no layout with dp=1, tp <= 8 and pp <= %d layers fits\n", mc->num_hidden_layers);
+    printf("pipeline bubble: (pp-1)/(m+pp-1) = %d/%d = %.1f %% (m = %d micro-batches per replica)\n",
+           R->lay.pp - 1, R->m + R->lay.pp - 1, 100 * R->bubble, R->m);
+    printf("load: up to %.1f GB of sources per rank (%.1f GB on average) at %.3g GB/s = %.0f s "
+           "(%.1f GB over all ranks)\n",
+           R->load_s * a->read_gbps, R->load_total / R->n_ranks / 1e9, a->read_gbps, R->load_s,
+           R->load_total / 1e9);
+    printf("stop lead: a step %.0f s (at an assumed %.3g TFLOP/s per rank) + a checkpoint save %.1f s "
+           "(%.2f GB of coefficients and Adam state at %.3g GB/s) = %.0f s\n",
+           R->step_s, a->tflops, R->save_s, R->save_bytes / 1e9, a->write_gbps, R->step_s + R->save_s);
+    printf("suggest: #SBATCH --signal=B:USR1@%d (%.0f s more: Slurm's signal timer is coarse)\n", R->lead_T,
+           PLAN_SLURM_SLACK_S);
+}
+
+static void print_json(const PlanModel *pm, const PlanArgs *a, const PlanReport *R) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON *lay = cJSON_AddObjectToObject(o, "layout");
+    cJSON_AddNumberToObject(lay, "dp", R->lay.dp);
+    cJSON_AddNumberToObject(lay, "pp", R->lay.pp);
+    cJSON_AddNumberToObject(lay, "tp", R->lay.tp);
+    cJSON_AddNumberToObject(lay, "ranks", R->n_ranks);
+    cJSON *stages = cJSON_AddArrayToObject(lay, "stages");
+    for (int s = 0; s < R->lay.pp; s++) {
+        int l0, l1;
+        dam_stage_layers(&pm->cfg, R->lay.pp, s, &l0, &l1);
+        cJSON *st = cJSON_CreateObject();
+        cJSON_AddNumberToObject(st, "stage", s);
+        cJSON_AddNumberToObject(st, "layer0", l0);
+        cJSON_AddNumberToObject(st, "layer1", l1);
+        cJSON_AddItemToArray(stages, st);
+    }
+    cJSON_AddStringToObject(o, "device", a->dev == PLAN_CUDA ? "cuda" : "cpu");
+    cJSON_AddNumberToObject(o, "limit_bytes", R->limit);
+    cJSON *arr = cJSON_AddArrayToObject(o, "ranks");
+    for (int i = 0; i < R->n_ranks; i++) {
+        const PlanRank *r = &R->ranks[i];
+        cJSON *x = cJSON_CreateObject();
+        cJSON_AddNumberToObject(x, "rank", r->rank);
+        cJSON_AddNumberToObject(x, "stage", r->stage);
+        cJSON_AddNumberToObject(x, "tp_rank", r->tp_rank);
+        cJSON_AddItemToObject(x, "layers", cJSON_CreateIntArray((const int[]){r->layer0, r->layer1}, 2));
+        cJSON *b = cJSON_AddObjectToObject(x, "bytes");
+        const char *keys[] = {"sources", "coefficients", "workspace", "run_states",
+                              "inputs",  "output_phase", "baseline",  "total"};
+        double vals[] = {r->sources, r->coefficients, r->workspace, r->run_states,
+                         r->inputs,  r->output_phase, r->baseline,  r->total};
+        for (int k = 0; k < 8; k++) cJSON_AddNumberToObject(b, keys[k], round(vals[k]));
+        if (a->dev == PLAN_CUDA) cJSON_AddNumberToObject(x, "host_bytes", round(r->host));
+        cJSON_AddBoolToObject(x, "fits", r->fits);
+        cJSON_AddItemToArray(arr, x);
+    }
+    cJSON_AddBoolToObject(o, "fits", R->all_fit);
+    if (!R->all_fit && R->have_fit) {
+        cJSON *f = cJSON_AddObjectToObject(o, "smallest_fit");
+        cJSON_AddNumberToObject(f, "dp", 1);
+        cJSON_AddNumberToObject(f, "pp", R->fit.pp);
+        cJSON_AddNumberToObject(f, "tp", R->fit.tp);
+        cJSON_AddNumberToObject(f, "ranks", R->fit.pp * R->fit.tp);
+    } else {
+        cJSON_AddNullToObject(o, "smallest_fit");
+    }
+    cJSON_AddNumberToObject(o, "bubble", R->bubble);
+    cJSON_AddNumberToObject(o, "load_s", R->load_s);
+    cJSON_AddNumberToObject(o, "load_bytes_total", R->load_total);
+    cJSON_AddNumberToObject(o, "step_s", R->step_s);
+    cJSON_AddNumberToObject(o, "save_s", R->save_s);
+    cJSON_AddNumberToObject(o, "stop_lead_s", R->step_s + R->save_s);
+    char sugg[64];
+    snprintf(sugg, sizeof sugg, "--signal=B:USR1@%d", R->lead_T);
+    cJSON_AddStringToObject(o, "suggestion", sugg);
+    char *text = cJSON_Print(o);
+    printf("%s\n", text);
+    free(text);
+    cJSON_Delete(o);
+}
+
+/* --probe-folio DIR: write an 8 MiB scratch file in DIR (in 4 MiB writes, as the safetensors writer
+ * does), map it, read one byte in the middle and return how many KiB the mapping's RSS grew by: the
+ * granule a fault makes resident on that file system, for pages the page cache got from a write. */
+static double probe_folio_kib(const char *dir) {
+    enum { CHUNK = 4 << 20, SIZE = 2 * CHUNK };
+    char *path = dam_asprintf("%s/.dam_plan_probe.XXXXXX", dir);
+    int fd = mkstemp(path);
+    if (fd < 0) dam_fail("plan --probe-folio: cannot create a file in %s (%s)", dir, strerror(errno));
+    unlink(path); /* nothing left behind, whatever happens */
+    char *buf = dam_malloc(CHUNK, "probe");
+    memset(buf, 1, CHUNK);
+    for (int i = 0; i < SIZE / CHUNK; i++)
+        if (write(fd, buf, CHUNK) != CHUNK)
+            dam_fail("plan --probe-folio: cannot write %s (%s)", path, strerror(errno));
+    free(buf);
+    const char *map = mmap(NULL, SIZE, PROT_READ, MAP_SHARED, fd, 0);
+    if (map == MAP_FAILED) dam_fail("plan --probe-folio: cannot map %s (%s)", path, strerror(errno));
+    volatile char touched = map[SIZE / 2 + 12345];
+    (void)touched;
+    FILE *f = fopen("/proc/self/smaps", "r");
+    if (!f) dam_fail("plan --probe-folio: cannot read /proc/self/smaps");
+    char line[512];
+    double kib = -1;
+    int in_map = 0;
+    while (kib < 0 && fgets(line, sizeof line, f)) {
+        unsigned long lo, hi;
+        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2)
+            in_map = lo == (unsigned long)(uintptr_t)map;
+        else if (in_map && sscanf(line, "Rss: %lf kB", &kib) != 1)
+            kib = -1;
+    }
+    fclose(f);
+    munmap((void *)map, SIZE);
+    close(fd);
+    if (kib <= 0) dam_fail("plan --probe-folio: the mapping of %s is not in /proc/self/smaps", path);
+    free(path);
+    return kib;
+}
+
+int cmd_plan(int argc, char **argv) {
+    PlanArgs a;
+    parse_args(&a, argc, argv);
+    if (a.probe_dir) {
+        printf("%.0f\n", probe_folio_kib(a.probe_dir));
+        return 0;
+    }
+    DamConfig c;
+    config_load(&c, a.config);
+    PlanModel pm;
+    int dtype_assumed = 0;
+    load_model(&pm, &c, &a, &dtype_assumed);
+    PlanReport R;
+    memset(&R, 0, sizeof R);
+    resolve_layout(&R.lay, &c, &pm.cfg, a.ranks);
+    R.n_ranks = a.ranks;
+    R.node = node_memory();
+    if (a.dev == PLAN_CPU && !a.mem_per_rank && !R.node)
+        dam_fail("plan: /proc/meminfo cannot be read: give --mem-per-rank GiB");
+    R.limit = limit_per_rank(&a, R.node, a.ranks);
+    R.ranks = dam_calloc((size_t)a.ranks, sizeof(PlanRank), "plan ranks");
+    R.worst = plan_layout(&pm, &R.lay, R.ranks);
+    R.all_fit = 1;
+    double max_load = 0, max_flops = 0;
+    for (int i = 0; i < a.ranks; i++) {
+        PlanRank *r = &R.ranks[i];
+        r->fits = r->total <= R.limit;
+        R.all_fit &= r->fits;
+        R.load_total += r->load_bytes;
+        max_load = r->load_bytes > max_load ? r->load_bytes : max_load;
+        max_flops = r->flops_mb > max_flops ? r->flops_mb : max_flops;
+    }
+    if (!R.all_fit) R.have_fit = smallest_fit(&pm, &a, R.node, &R.fit);
+    R.m = c.micro_batches / R.lay.dp;
+    R.bubble = (double)(R.lay.pp - 1) / (R.m + R.lay.pp - 1);
+    R.load_s = max_load / (a.read_gbps * 1e9);
+    /* a step under 1F1B: m + pp - 1 micro-batch slots of the slowest stage */
+    R.step_s = (R.m + R.lay.pp - 1) * max_flops / (a.tflops * 1e12);
+    R.save_bytes = model_coefs(&pm) * 3 * 4; /* c, Adam m, Adam v in fp32 (checkpoint.c) */
+    R.save_s = R.save_bytes / (a.write_gbps * 1e9);
+    R.lead_T = (int)ceil(R.step_s + R.save_s + PLAN_SLURM_SLACK_S);
+    if (a.json)
+        print_json(&pm, &a, &R);
+    else {
+        print_table(&pm, &a, &c, &R);
+        if (dtype_assumed) printf("note: a source's config.json names no torch_dtype: float32 assumed\n");
+    }
+    free(R.ranks);
+    config_free(&c);
+    return 0;
+}

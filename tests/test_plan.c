@@ -1,0 +1,309 @@
+/* test_plan.c — `dam_dist plan` (src/plan.c):
+ *   - its coefficient count and shard bytes per (stage, tp rank) equal those of a model really opened
+ *     with that share (dam_model_open_parallel on the fixture models; opening reads only the groups'
+ *     rank and size, so one process opens every share; tied embeddings under pp need a real pp
+ *     group, so those are checked at pp = 1);
+ *   - the published Llama-3-70B and Llama-3.1-8B configs (tests/fixtures/configs) in model
+ *     directories that hold only config.json: the source bytes per GPU, the fit verdicts and the
+ *     layout plan names when a layout does not fit;
+ *   - bad input: one error line, exit status 1. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+
+#include <cmocka.h>
+
+#include <cJSON.h>
+#include <sys/stat.h>
+
+#include "backend.h"
+#include "hfconfig.h"
+#include "model.h"
+#include "test_util.h"
+#include "util.h"
+
+/* src/plan.c, exported for this test */
+size_t plan_num_coefs(const ModelConfig *c, int n_rows, int tp, int pp, int stage);
+double plan_source_bytes(const ModelConfig *c, int n_rows, double elem_bytes, int tp, int pp, int stage);
+
+/* ---------------------------------------------------------------- against an opened model */
+
+/* tp x pp shares of three copies of a fixture model; `max_pp` 1 for tied embeddings, whose two
+ * stages get a communicator of their own when opened (a real pp group is needed for that). */
+static void check_fixture_model(const char *name, int max_pp) {
+    char rel[128];
+    snprintf(rel, sizeof rel, "models/%s", name);
+    char *dir = test_fixture(rel);
+    const char *dirs[3] = {dir, dir, dir}, *names[3] = {"a", "b", "c"};
+    ModelConfig cfg;
+    char *cp = dam_path_join(dir, "config.json");
+    hfconfig_load(&cfg, cp);
+    free(cp);
+    const int shares[][2] = {{1, 1}, {2, 1}, {1, 2}, {2, 2}}; /* tp, pp */
+    for (size_t k = 0; k < sizeof shares / sizeof *shares; k++) {
+        int tp = shares[k][0], pp = shares[k][1];
+        if (pp > max_pp) continue;
+        for (int s = 0; s < pp; s++)
+            for (int r = 0; r < tp; r++) {
+                CommGroup tg = {MPI_COMM_NULL, r, tp, "tp"}, pg = {MPI_COMM_NULL, s, pp, "pp"};
+                DamModel m;
+                dam_model_open_parallel(&m, 3, dirs, names, backend_cpu(), &tg, &pg);
+                size_t model_coefs = dam_model_num_coefs(&m, 0),
+                       plan_coefs = plan_num_coefs(&cfg, 3, tp, pp, s);
+                double model_bytes = 0, es = (double)dam_dtype_size(m.tensors[0].src[0].dtype);
+                for (int t = 0; t < m.n_tensors; t++)
+                    for (int i = 0; i < m.n_rows; i++)
+                        model_bytes += (double)m.tensors[t].rows * m.tensors[t].cols *
+                                       dam_dtype_size(m.tensors[t].src[i].dtype);
+                double plan_bytes = plan_source_bytes(&cfg, 3, es, tp, pp, s);
+                printf(
+                    "  %-18s tp=%d pp=%d stage %d tp rank %d: coefficients %zu (model %zu), shard bytes %.0f "
+                    "(model %.0f)\n",
+                    name, tp, pp, s, r, plan_coefs, model_coefs, plan_bytes, model_bytes);
+                assert_int_equal(plan_coefs, model_coefs);
+                assert_true(plan_bytes == model_bytes);
+                dam_model_close(&m);
+            }
+    }
+    free(dir);
+}
+
+static void test_coefficients_match_model(void **state) {
+    (void)state;
+    check_fixture_model("llama_gqa_tied", 1);    /* tied embeddings */
+    check_fixture_model("llama_untied_bf16", 2); /* bf16 storage, separate lm_head */
+    check_fixture_model("qwen2_bias", 1);        /* q/k/v biases, split with their layer; tied */
+    check_fixture_model("qwen2_sw", 2);          /* q/k/v biases, untied */
+}
+
+/* ---------------------------------------------------------------- published configs */
+
+static void write_text(const char *path, const char *text) {
+    dam_write_file_atomic(path, text, strlen(text));
+}
+
+/* A run directory: three sources whose directories hold only `fixture`'s config.json, and a run
+ * config with the given train and parallel sections. Returns the config path (heap). */
+static char *make_run(const char *tmp, const char *fixture, const char *train, const char *parallel) {
+    char rel[128];
+    snprintf(rel, sizeof rel, "configs/%s.json", fixture);
+    char *src = test_fixture(rel);
+    size_t n;
+    char *text = dam_read_file(src, &n);
+    for (int i = 0; i < 3; i++) {
+        char *d = dam_asprintf("%s/m%d", tmp, i), *p = dam_asprintf("%s/m%d/config.json", tmp, i);
+        mkdir(d, 0755);
+        write_text(p, text);
+        free(d), free(p);
+    }
+    static int serial = 0;
+    char *cfg = dam_asprintf("%s/%s-%d.json", tmp, fixture, serial++);
+    char *json = dam_asprintf(
+        "{\"models\": [{\"path\": \"m0\", \"dataset\": \"d0.h5\"}, {\"path\": \"m1\", \"dataset\": "
+        "\"d1.h5\"}, {\"path\": \"m2\", \"dataset\": \"d2.h5\"}],\n \"train\": %s,\n \"parallel\": "
+        "{\"dp\": %s}}\n",
+        train, parallel);
+    write_text(cfg, json);
+    free(json), free(text), free(src);
+    return cfg;
+}
+
+/* `dam_dist plan ... --json` parsed; fails the test unless it exits 0. */
+static cJSON *plan_json(const char *cfg, const char *args) {
+    char *cmd = dam_asprintf("%s plan --config %s %s --json", test_dam_bin(), cfg, args);
+    static TestRun r;
+    test_run(&r, cmd);
+    free(cmd);
+    if (!r.exited || r.status != 0) printf("plan failed: %s\n", r.err);
+    assert_true(r.exited && r.status == 0);
+    cJSON *j = cJSON_Parse(r.out);
+    assert_non_null(j);
+    return j;
+}
+
+static double num(const cJSON *o, const char *key) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    assert_true(cJSON_IsNumber(v));
+    return v->valuedouble;
+}
+
+/* Σ over ranks of bytes.sources, and the largest total. */
+static double sum_sources(const cJSON *j, int *n_ranks, int *n_fit) {
+    const cJSON *ranks = cJSON_GetObjectItemCaseSensitive(j, "ranks");
+    double s = 0;
+    *n_ranks = 0, *n_fit = 0;
+    const cJSON *r;
+    cJSON_ArrayForEach(r, ranks) {
+        const cJSON *b = cJSON_GetObjectItemCaseSensitive(r, "bytes");
+        s += num(b, "sources");
+        (*n_ranks)++;
+        int fits = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "fits"));
+        *n_fit += fits;
+        assert_true(fits == (num(b, "total") <= num(j, "limit_bytes")));
+        double parts = num(b, "sources") + num(b, "coefficients") + num(b, "workspace") +
+                       num(b, "run_states") + num(b, "inputs") + num(b, "output_phase") + num(b, "baseline");
+        assert_true(fabs(parts - num(b, "total")) <= 8); /* the terms add up (each rounded) */
+    }
+    return s;
+}
+
+/* The layout `best` names (smallest_fit), planned again: it must fit, every rank. */
+static void check_named_layout(const char *tmp, const char *fixture, const char *train, const cJSON *best) {
+    char parallel[64], args[96];
+    snprintf(parallel, sizeof parallel, "1, \"pp\": %.0f, \"tp\": %.0f", num(best, "pp"), num(best, "tp"));
+    snprintf(args, sizeof args, "--ranks %.0f --gpu-mem 80 --device cuda", num(best, "ranks"));
+    char *cfg = make_run(tmp, fixture, train, parallel);
+    cJSON *j = plan_json(cfg, args);
+    int n, fit;
+    sum_sources(j, &n, &fit);
+    printf("  the layout plan names, pp=%.0f x tp=%.0f: %d of %d ranks fit\n", num(best, "pp"),
+           num(best, "tp"), fit, n);
+    assert_true(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "fits")));
+    assert_int_equal(fit, n);
+    assert_true(num(best, "ranks") == n);
+    cJSON_Delete(j);
+    free(cfg);
+}
+
+static void test_llama3_70b(void **state) {
+    (void)state;
+    char *tmp = test_tmpdir();
+    ModelConfig mc;
+    char *fx = test_fixture("configs/llama-3-70b.json");
+    hfconfig_load(&mc, fx);
+    free(fx);
+    double per_source = (double)hfconfig_num_params(&mc) * 2; /* bf16: 141.1 GB */
+    const char *train = "{\"batch_size\": 1, \"micro_batches\": 8, \"seq_len\": 2048}";
+    char *cfg = make_run(tmp, "llama-3-70b", train, "1, \"pp\": 0, \"tp\": 1");
+
+    /* 8 GPUs, pp = 8: the source shards average 423 GB / 8 = 52.9 GB per GPU, and every stage fits
+     * in 80 GiB: stage s keeps min(m, pp - s) micro-batches in flight (8 on the first, 1 on the
+     * last, which also holds the lm_head buffers), activations in bf16 (docs/memory.md). */
+    cJSON *j = plan_json(cfg, "--ranks 8 --gpu-mem 80 --device cuda");
+    int n, fit;
+    double total = sum_sources(j, &n, &fit);
+    const cJSON *lay = cJSON_GetObjectItemCaseSensitive(j, "layout");
+    printf("  70B x3, 8 ranks (pp=%.0f): sources %.1f GB in all (3 x %.1f GB), %.2f GB per GPU on average; "
+           "%d of 8 ranks fit in 80 GiB\n",
+           num(lay, "pp"), total / 1e9, per_source / 1e9, total / n / 1e9, fit);
+    assert_int_equal(n, 8);
+    assert_true(num(lay, "pp") == 8 && num(lay, "tp") == 1);
+    assert_true(fabs(total - 3 * per_source) <= 0.01 * 3 * per_source);
+    assert_true(fabs(total / 8 - 52.9e9) <= 0.01 * 52.9e9);
+    assert_int_equal(fit, 8);
+    assert_true(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "fits")));
+    cJSON_Delete(j);
+
+    /* 4 GPUs: the shards alone (105.8 GB each) exceed 80 GiB; plan names a layout of more ranks
+     * that fits (8 at most: pp = 4 x tp = 2 does) */
+    j = plan_json(cfg, "--ranks 4 --gpu-mem 80 --device cuda");
+    sum_sources(j, &n, &fit);
+    assert_int_equal(n, 4);
+    assert_int_equal(fit, 0);
+    assert_false(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "fits")));
+    const cJSON *best = cJSON_GetObjectItemCaseSensitive(j, "smallest_fit");
+    assert_true(cJSON_IsObject(best) && num(best, "ranks") > 4 && num(best, "ranks") <= 8);
+    assert_true(num(j, "bubble") > 0.27 && num(j, "bubble") < 0.28); /* 3 / (8 + 3) */
+    assert_true(num(j, "stop_lead_s") > 0 && num(j, "load_s") > 0);
+    const cJSON *sug = cJSON_GetObjectItemCaseSensitive(j, "suggestion");
+    assert_true(cJSON_IsString(sug) && !strncmp(sug->valuestring, "--signal=B:USR1@", 16));
+    printf("  70B x3, 4 ranks: no rank fits; smallest layout that fits: pp=%.0f x tp=%.0f; %s\n",
+           num(best, "pp"), num(best, "tp"), sug->valuestring);
+    check_named_layout(tmp, "llama-3-70b", train, best);
+    cJSON_Delete(j);
+    free(cfg);
+    dam_rm_rf(tmp);
+    free(tmp);
+}
+
+static void test_llama31_8b_one_node(void **state) {
+    (void)state;
+    char *tmp = test_tmpdir();
+    ModelConfig mc;
+    char *fx = test_fixture("configs/llama-3.1-8b.json");
+    hfconfig_load(&mc, fx);
+    free(fx);
+    double per_source = (double)hfconfig_num_params(&mc) * 2; /* 16.06 GB */
+    char *cfg = make_run(tmp, "llama-3.1-8b", "{\"batch_size\": 1, \"micro_batches\": 8, \"seq_len\": 2048}",
+                         "1, \"pp\": 0, \"tp\": 1");
+    /* one GPU of 80 GiB holds three 8B sources */
+    cJSON *j = plan_json(cfg, "--ranks 1 --gpu-mem 80 --device cuda");
+    int n, fit;
+    double total = sum_sources(j, &n, &fit);
+    printf("  8B x3 on 1 GPU: sources %.2f GB (3 x %.2f GB), fits: %d\n", total / 1e9, per_source / 1e9, fit);
+    assert_true(fit == 1 && fabs(total - 3 * per_source) <= 0.01 * 3 * per_source);
+    assert_true(num(j, "bubble") == 0);
+    cJSON_Delete(j);
+    /* one CPU node, 8 ranks of 64 GiB: the stages cover the 32 layers in order */
+    j = plan_json(cfg, "--ranks 8 --mem-per-rank 64");
+    total = sum_sources(j, &n, &fit);
+    printf("  8B x3 on 8 CPU ranks: resident sources %.2f GB in all, %d of %d ranks fit\n", total / 1e9, fit,
+           n);
+    assert_true(n == 8 && fit == 8 && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "fits")));
+    const cJSON *st,
+        *stages = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(j, "layout"), "stages");
+    int next = 0;
+    cJSON_ArrayForEach(st, stages) {
+        assert_true(num(st, "layer0") == next && num(st, "layer1") > next);
+        next = (int)num(st, "layer1");
+    }
+    assert_int_equal(next, 32);
+    cJSON_Delete(j);
+    free(cfg);
+    dam_rm_rf(tmp);
+    free(tmp);
+}
+
+/* ---------------------------------------------------------------- bad input */
+
+/* `dam_dist plan ARGS` (ARGS printf-formatted) must fail with one line naming `want`, status 1. */
+static void expect_refused(const char *want, const char *fmt, ...) DAM_PRINTF(2, 3);
+static void expect_refused(const char *want, const char *fmt, ...) {
+    char args[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof args, fmt, ap);
+    va_end(ap);
+    char *cmd = dam_asprintf("%s plan %s", test_dam_bin(), args);
+    static TestRun r;
+    test_run(&r, cmd);
+    free(cmd);
+    printf("  plan %s\n    -> status %d: %s", args, r.status, r.err);
+    assert_true(r.exited && r.status == 1);
+    assert_int_equal(test_count_lines(r.err), 1);
+    assert_non_null(strstr(r.err, "error:"));
+    assert_non_null(strstr(r.err, want));
+}
+
+static void test_bad_input(void **state) {
+    (void)state;
+    char *tmp = test_tmpdir();
+    const char *train = "{\"batch_size\": 1, \"micro_batches\": 3, \"seq_len\": 2048}";
+    char *cfg = make_run(tmp, "llama-3-70b", train, "1, \"pp\": 0, \"tp\": 1");
+    char *tp3 = make_run(tmp, "llama-3-70b", train, "2, \"pp\": 0, \"tp\": 3");
+    char *dp2 = make_run(tmp, "llama-3-70b", train, "2, \"pp\": 2, \"tp\": 1");
+    expect_refused("--config", "--ranks 8");
+    expect_refused("--ranks", "--config %s", cfg);
+    expect_refused("unknown argument", "--config %s --ranks 8 --frobnicate", cfg);
+    expect_refused("--gpu-mem", "--config %s --ranks 8 --device cuda", cfg);
+    expect_refused("exceeds the 80 layers", "--config %s --ranks 96", cfg);
+    /* layouts that do not divide: tp = 3 over 64 heads; 9 ranks over dp=2 x tp=3 */
+    expect_refused("does not divide num_attention_heads", "--config %s --ranks 12", tp3);
+    expect_refused("not divisible by dp=2 x tp=3", "--config %s --ranks 9", tp3);
+    expect_refused("micro_batches=3 is not divisible", "--config %s --ranks 4", dp2);
+    expect_refused("does not match --ranks 6", "--config %s --ranks 6", dp2);
+    expect_refused("missing.json", "--config %s/missing.json --ranks 1", tmp);
+    free(cfg), free(tp3), free(dp2);
+    dam_rm_rf(tmp);
+    free(tmp);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_coefficients_match_model),
+        cmocka_unit_test(test_llama3_70b),
+        cmocka_unit_test(test_llama31_8b_one_node),
+        cmocka_unit_test(test_bad_input),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
