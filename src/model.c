@@ -392,8 +392,10 @@ void dam_model_activation_bytes(const ModelConfig *c, int n_layers, int last, in
     RunState rs;
     BufSpec specs[MAX_SPECS];
     size_t BT = (size_t)B * T;
-    *workspace = specs_bytes(specs, workspace_specs(c, last, BT, T, &ws, specs));
-    *run_state = specs_bytes(specs, runstate_specs(c, n_layers, last, BT, &rs, specs));
+    int n = workspace_specs(c, last, BT, T, &ws, specs); /* (fills specs first) */
+    *workspace = specs_bytes(specs, n);
+    n = runstate_specs(c, n_layers, last, BT, &rs, specs);
+    *run_state = specs_bytes(specs, n);
 }
 
 static void specs_alloc(const DamModel *m, const BufSpec *specs, int n, const char *what) {
@@ -424,7 +426,8 @@ static void rope_tables(const ModelConfig *c, struct Workspace *ws) {
 static void workspace_free(DamModel *m) {
     if (!m->work) return;
     BufSpec specs[MAX_SPECS];
-    specs_free(m, specs, workspace_specs(&m->cfg, m->last, m->work->BT, m->work->T, m->work, specs));
+    int n_specs = workspace_specs(&m->cfg, m->last, m->work->BT, m->work->T, m->work, specs);
+    specs_free(m, specs, n_specs);
     free(m->work);
     m->work = NULL;
 }
@@ -439,7 +442,8 @@ static void workspace_reserve(DamModel *m, size_t BT, int T) {
     ws = m->work = dam_calloc(1, sizeof *ws, "workspace");
     ws->BT = BT, ws->T = T;
     BufSpec specs[MAX_SPECS];
-    specs_alloc(m, specs, workspace_specs(&m->cfg, m->last, BT, T, ws, specs), "workspace");
+    int n_specs = workspace_specs(&m->cfg, m->last, BT, T, ws, specs);
+    specs_alloc(m, specs, n_specs, "workspace");
     size_t maxcol = (size_t)m->cfg.hidden_size; /* ones: as long as the colsum buffer */
     size_t F = m->cfg.intermediate_size, qd = (size_t)m->cfg.num_attention_heads * m->cfg.head_dim;
     maxcol = maxcol > F ? maxcol : F, maxcol = maxcol > qd ? maxcol : qd;
@@ -451,8 +455,8 @@ RunState *runstate_new(DamModel *m, int B, int T) {
     RunState *rs = dam_calloc(1, sizeof *rs, "run state");
     rs->B = B, rs->T = T;
     BufSpec specs[MAX_SPECS];
-    specs_alloc(m, specs, runstate_specs(&m->cfg, m->layer1 - m->layer0, m->last, (size_t)B * T, rs, specs),
-                "run state");
+    int n_specs = runstate_specs(&m->cfg, m->layer1 - m->layer0, m->last, (size_t)B * T, rs, specs);
+    specs_alloc(m, specs, n_specs, "run state");
     workspace_reserve(m, (size_t)B * T, T);
     rs->m = m;
     return rs;
@@ -462,8 +466,8 @@ void runstate_free(RunState *rs) {
     if (!rs) return;
     const DamModel *m = rs->m;
     BufSpec specs[MAX_SPECS];
-    specs_free(m, specs,
-               runstate_specs(&m->cfg, m->layer1 - m->layer0, m->last, (size_t)rs->B * rs->T, rs, specs));
+    int n_specs = runstate_specs(&m->cfg, m->layer1 - m->layer0, m->last, (size_t)rs->B * rs->T, rs, specs);
+    specs_free(m, specs, n_specs);
     free(rs);
 }
 
@@ -934,6 +938,7 @@ void dam_model_step_1f1b(DamModel *m, RunState *const *slots, int n_slots, int M
 static void one_micro_batch(DamModel *m, RunState *rs, int n_seg, const int *teacher, const int32_t *ids,
                             const int8_t *mask, const int32_t *topk_idx, const float *topk_val, int B, int T,
                             const LossParams *lp, float weight, int backward, LossTerms *out) {
+    memset(out, 0, (size_t)n_seg * sizeof *out); /* terms of stages and segments that compute none */
     StepBatch sb = {m,
                     &rs,
                     1,
