@@ -8,7 +8,9 @@ OPT       ?= -O3 -march=x86-64-v3 -ffp-contract=off
 CFLAGS    ?= $(OPT) -g
 CFLAGS    += $(CFLAGS_EXTRA) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -fno-strict-aliasing \
              -Isrc -Impi -I$(HDF5_INC) -I/usr/include/cjson
-LDLIBS    := -L$(HDF5_DIR) -Wl,-rpath,$(HDF5_DIR) -lhdf5 -lcjson -lopenblas -lpcre2-8 -lm -lpthread
+# any CBLAS links (BLAS_LIBS=-lblis, -lmkl_rt, ...): OpenBLAS's own functions are looked up at run time
+BLAS_LIBS ?= -lopenblas
+LDLIBS    := -L$(HDF5_DIR) -Wl,-rpath,$(HDF5_DIR) -lhdf5 -lcjson $(BLAS_LIBS) -lpcre2-8 -lm -lpthread -ldl
 BUILD     ?= build
 
 NVCC      := $(shell command -v nvcc 2>/dev/null)

@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "blas.h"
 #include "comm.h"
 #include "commands.h"
 
@@ -12,7 +13,7 @@ static const char usage_text[] =
     "           [--force] [--allow-config-change] [--allow-tokenizer-mismatch]\n"
     "                                  train DAM coefficients, write the merged model; exit status 0\n"
     "                                  finished, 75 stopped by a signal after a checkpoint (resume me)\n"
-    "  dam_dist toy --out DIR [--models N] [--seed S] [--size small|tiny|bench]\n"
+    "  dam_dist toy --out DIR [--models N] [--seed S] [--size small|tiny|bench|smol]\n"
     "                                  a base, specialists, their datasets and a config\n"
     "  dam_dist prepare --tokenizer DIR --input F --out F.h5 --seq-len L [options]\n"
     "                                  text to an HDF5 token file (docs/data.md)\n"
@@ -38,6 +39,7 @@ static const Subcommand subcommands[] = {
 };
 
 int main(int argc, char **argv) {
+    blas_fix_kernel(argv); /* may re-execute this process (OPENBLAS_CORETYPE): before MPI_Init */
     comm_init(&argc, &argv);
     const char *sub = argc > 1 ? argv[1] : "";
     int rc = -1;
@@ -51,6 +53,10 @@ int main(int argc, char **argv) {
             fputs(usage_text, stderr);
             rc = 2;
         } else {
+            if (comm_world_rank() == 0) { /* the main job's first line: the BLAS and its kernel */
+                printf("%s\n", blas_describe());
+                fflush(stdout);
+            }
             rc = cmd_train(argc, argv); /* the main job takes flags only */
         }
     }

@@ -19,13 +19,17 @@
 typedef struct {
     const char *name;
     int d, layers, heads, kv, ffn, vocab, seq, rows, batch, steps;
+    int tied; /* tie_word_embeddings: no lm_head.weight, the embedding is the output layer too */
 } ToySize;
 
 static const ToySize toy_sizes[] = {
-    /* name    d    L   H  KV   F     V     seq  rows batch steps */
-    {"small", 192, 4, 6, 2, 512, 2048, 128, 120, 2, 40},
-    {"tiny", 64, 2, 4, 2, 96, 256, 32, 48, 2, 12},
-    {"bench", 512, 15, 8, 4, 1536, 4096, 256, 24, 1, 4}, /* ≈ 51M parameters */
+    /* name    d    L   H  KV   F     V      seq  rows batch steps tied */
+    {"small", 192, 4, 6, 2, 512, 2048, 128, 120, 2, 40, 0},
+    {"tiny", 64, 2, 4, 2, 96, 256, 32, 48, 2, 12, 0},
+    {"bench", 512, 15, 8, 4, 1536, 4096, 256, 24, 1, 4, 0}, /* ≈ 51M parameters */
+    /* the SmolLM2-135M shape (134.5M parameters), for benchmarks on a real vocabulary; ≈ 270 MB of
+     * bf16 per model */
+    {"smol", 576, 30, 9, 3, 1536, 49152, 128, 8, 2, 4, 1},
 };
 
 typedef struct {
@@ -42,11 +46,12 @@ static void write_config_json(const Toy *t, const char *dir) {
         "  \"vocab_size\": %d,\n  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n"
         "  \"num_hidden_layers\": %d,\n  \"num_attention_heads\": %d,\n  \"num_key_value_heads\": %d,\n"
         "  \"head_dim\": %d,\n  \"max_position_embeddings\": %d,\n  \"rms_norm_eps\": 1e-05,\n"
-        "  \"rope_theta\": 10000.0,\n  \"hidden_act\": \"silu\",\n  \"tie_word_embeddings\": false,\n"
+        "  \"rope_theta\": 10000.0,\n  \"hidden_act\": \"silu\",\n  \"tie_word_embeddings\": %s,\n"
         "  \"attention_bias\": false,\n  \"mlp_bias\": false,\n  \"bos_token_id\": 1,\n  \"eos_token_id\": "
         "2,\n"
         "  \"torch_dtype\": \"bfloat16\"\n}\n",
-        s->vocab, s->d, s->ffn, s->layers, s->heads, s->kv, s->d / s->heads, 4 * s->seq);
+        s->vocab, s->d, s->ffn, s->layers, s->heads, s->kv, s->d / s->heads, 4 * s->seq,
+        s->tied ? "true" : "false");
     char *p = dam_path_join(dir, "config.json");
     dam_write_file_atomic(p, json, strlen(json));
     free(p), free(json);
@@ -84,7 +89,8 @@ static void write_model(const Toy *t, int k, const char *dir) {
         shape[0] = (int64_t)(r), shape[1] = (int64_t)(c);                                                    \
         st_writer_add_f32(w, (name), DAM_BF16, (nd), (nd) == 1 ? &shape[1] : shape, buf);                    \
     } while (0)
-    TOY_ADD("model.embed_tokens.weight", V, d, 1.0f, 0.0f, 2);
+    /* a tied embedding is also the output layer: scaled like an lm_head, so that logits stay moderate */
+    TOY_ADD("model.embed_tokens.weight", V, d, s->tied ? 2.0f / sqrtf((float)d) : 1.0f, 0.0f, 2);
     char name[128];
     for (int l = 0; l < s->layers; l++) {
         const char *lin[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
@@ -100,7 +106,7 @@ static void write_model(const Toy *t, int k, const char *dir) {
         }
     }
     TOY_ADD("model.norm.weight", 1, d, 0.1f, 1.0f, 1);
-    TOY_ADD("lm_head.weight", V, d, 2.0f / sqrtf((float)d), 0.0f, 2);
+    if (!s->tied) TOY_ADD("lm_head.weight", V, d, 2.0f / sqrtf((float)d), 0.0f, 2);
 #undef TOY_ADD
     free(buf);
     st_writer_finish(w, "pt");
@@ -177,10 +183,10 @@ int cmd_toy(int argc, char **argv) {
             t.sz = NULL;
             for (size_t k = 0; k < sizeof toy_sizes / sizeof *toy_sizes; k++)
                 if (!strcmp(want, toy_sizes[k].name)) t.sz = &toy_sizes[k];
-            if (!t.sz) dam_fail("toy: unknown --size '%s' (small, tiny, bench)", want);
+            if (!t.sz) dam_fail("toy: unknown --size '%s' (small, tiny, bench, smol)", want);
         } else
             dam_fail("toy: unknown argument '%s' (usage: dam_dist toy --out DIR [--models N] [--seed S] "
-                     "[--size small|tiny|bench] [--force])",
+                     "[--size small|tiny|bench|smol] [--force])",
                      argv[i]);
     }
     if (!t.out) dam_fail("toy: --out DIR is required");
