@@ -3,7 +3,18 @@
  * With a vocabulary-parallel lm_head each rank holds columns [vocab_offset, vocab_offset + V) of the
  * logits; the per-row statistics (maxima, sums of exponentials, partial KL / entropy / MSE sums,
  * the top-K candidates) are combined through LossReduce, and each rank writes dz for its own
- * columns. Without a reducer (one rank) the same code computes the whole thing. */
+ * columns. Without a reducer (one rank) the same code computes the whole thing.
+ *
+ * The row loops below are written to vectorize: see vmath.h (nothing here reads floating-point
+ * exception flags). The pragma comes before every #include: a static inline function of a header
+ * compiled under other options (vmath.h's, util.h's) would not be inlined into these loops.
+ * Exponentials are single precision (dam_exp_approx, relative error < 2e-7) on arguments computed
+ * in double; far below the tolerance of the tests against torch (1e-3) and of the gradient check
+ * (2e-2). */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
+
 #include "loss.h"
 
 #include <math.h>
@@ -11,15 +22,6 @@
 #include <string.h>
 
 #include "util.h"
-
-/* The row loops below are written to vectorize: see vmath.h (nothing here reads floating-point
- * exception flags; the pragma comes before vmath.h so that its functions inline into these loops).
- * Exponentials are single precision (dam_exp_approx, relative error < 2e-7) on arguments computed
- * in double; far below the tolerance of the tests against torch (1e-3) and of the gradient check
- * (2e-2). */
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC optimize("no-trapping-math")
-#endif
 #include "vmath.h"
 
 static void reduce_sum(const LossReduce *r, double *buf, int n) {
