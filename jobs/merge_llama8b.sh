@@ -1,0 +1,116 @@
+#!/bin/bash
+# jobs/merge_llama8b.sh — DAM merge of three Llama-3.1-8B fine-tunes (configs/llama3.1-8b-3x.json)
+# on one node of 8 GPUs: one rank per GPU, 8 data-parallel replicas (the config's parallel
+# section). Fill the config's /path/to/ placeholders first, check it with
+# `dam_dist plan --config CONFIG --ranks 8 --device cuda --gpu-mem 80`, then
+# `sbatch jobs/merge_llama8b.sh`. The same script runs configs/mistral7b-ja-math.json:
+# `CONFIG=configs/mistral7b-ja-math.json sbatch jobs/merge_llama8b.sh`.
+# Until the CUDA backend lands (README "Status"), the ranks compute on the CPUs of their node.
+#
+# Stops and requeues (the same in every script of jobs/):
+#   - Slurm sends SIGUSR1 to this shell T s before the time limit (--signal=B:USR1@T; `dam_dist
+#     plan` suggests T); the shell passes it to the launcher, every rank checkpoints at the next
+#     step boundary and dam_dist exits 75 ("stopped after a checkpoint, resume me"); the script then
+#     requeues its own job (scontrol requeue) and the requeued job resumes from the checkpoint.
+#   - scancel, the time limit itself and `scontrol requeue` send SIGTERM: the ranks get it from
+#     Slurm and checkpoint too (if that ends within KillWait); the script does not requeue then
+#     (a scontrol requeue goes on by itself; after scancel, sbatch the script again to resume).
+#   - exit status of the script: 0 finished (or requeued), 75 stopped with a checkpoint and not
+#     requeued, anything else an error (the line before it says which).
+#   - docs/operators.md has the rest: modules, reading progress, what each error means.
+#
+# The mpirun variant: LAUNCHER=mpirun (see jobs/merge_llama70b.sh).
+#SBATCH --job-name=dam-llama8b
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=8
+#SBATCH --gpus-per-node=8
+#SBATCH --cpus-per-task=8
+#SBATCH --mem=0
+#SBATCH --time=08:00:00
+#SBATCH --output=dam-llama8b-%j.out
+#SBATCH --open-mode=append
+#SBATCH --signal=B:USR1@300
+#SBATCH --requeue
+
+# ---------------------------------------------------------------- what an operator adapts
+# (each may also be given in the environment: `CONFIG=/my/merge.json sbatch jobs/merge_llama8b.sh`)
+here=$(cd "$(dirname "$0")/.." 2>/dev/null && pwd)
+[ -f "$here/configs/llama3.1-8b-3x.json" ] || here=${SLURM_SUBMIT_DIR:-$PWD}   # sbatch runs a copy of this file
+: "${DAM_HOME:=$here}"                    # the folder holding configs/ (the repository or PREFIX/share/dam_dist)
+: "${DAM_DIST:=}"                         # the binary; empty: $DAM_HOME/dam_dist, PREFIX/bin/dam_dist or PATH
+: "${CONFIG:=$DAM_HOME/configs/llama3.1-8b-3x.json}" # with every /path/to/ replaced by yours
+: "${OUT:=}"                              # the merged model; empty: the config's output.dir (checkpoints: checkpoint.dir)
+: "${GPU_MEM_GIB:=80}"                    # memory per GPU, for the plan printed at the start
+: "${TASKS_PER_NODE:=${SLURM_NTASKS_PER_NODE:-8}}" # ranks per node (mpirun's --map-by)
+: "${LAUNCHER:=auto}"                     # auto (srun under Slurm, else mpirun when RANKS > 1), srun, mpirun, none
+: "${RANKS:=${SLURM_NTASKS:-8}}"          # ranks outside Slurm (under Slurm: the allocation's tasks)
+: "${MAX_REQUEUES:=10}"                   # requeue at most this often (a job stopped at every start must end)
+: "${MPIRUN_ARGS:=--map-by ppr:$TASKS_PER_NODE:node:PE=${SLURM_CPUS_PER_TASK:-1} --bind-to core -x OPENBLAS_NUM_THREADS}"
+                                          # mpirun's own options (LAUNCHER=mpirun)
+: "${EXTRA_ARGS:=}"                       # more dam_dist flags, e.g. "--eval-rows 64"
+# modules or environments your site needs, e.g.:  module load openmpi hdf5 openblas cuda
+export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}} # BLAS threads per rank
+export SRUN_CPUS_PER_TASK=${SLURM_CPUS_PER_TASK:-1} # srun does not inherit --cpus-per-task (Slurm >= 22.05)
+
+# ---------------------------------------------------------------- checks before the launch
+say() { echo "job: $(date '+%F %T') $*"; }
+if [ -z "$DAM_DIST" ]; then
+  for b in "$DAM_HOME/dam_dist" "$DAM_HOME/../../bin/dam_dist" "$(command -v dam_dist)"; do
+    [ -n "$b" ] && [ -x "$b" ] && { DAM_DIST=$b; break; }
+  done
+fi
+[ -n "$DAM_DIST" ] && [ -x "$DAM_DIST" ] || { say "error: no dam_dist binary (set DAM_DIST)"; exit 1; }
+[ -f "$CONFIG" ] || { say "error: no config $CONFIG (set CONFIG or DAM_HOME)"; exit 1; }
+if grep -q '/path/to/' "$CONFIG"; then
+  say "error: $CONFIG still has /path/to/ placeholders: write your model, dataset and output paths into it"; exit 1
+fi
+say "job ${SLURM_JOB_ID:-(no Slurm)} on ${SLURM_JOB_NODELIST:-$(hostname)}, start $((${SLURM_RESTART_COUNT:-0} + 1)), $DAM_DIST"
+# the memory per rank of this layout (docs/memory.md); a layout that cannot work ends the job here
+"$DAM_DIST" plan --config "$CONFIG" --ranks "$RANKS" --device cuda --gpu-mem "$GPU_MEM_GIB" \
+  || { say "error: dam_dist plan refused the config for $RANKS ranks"; exit 1; }
+RUN_CONFIG=$CONFIG
+out_args=()
+[ -n "$OUT" ] && out_args=(--out "$OUT")
+# ---------------------------------------------------------------- launch, stop, requeue
+if [ "$LAUNCHER" = auto ]; then
+  if [ -n "${SLURM_JOB_ID:-}" ]; then LAUNCHER=srun; elif [ "$RANKS" -gt 1 ]; then LAUNCHER=mpirun; else LAUNCHER=none; fi
+fi
+case "$LAUNCHER" in
+  srun)   launch=(srun --mpi=pmix) ;;                        # srun forwards SIGUSR1 to every task
+  mpirun) launch=(mpirun); [ -n "${SLURM_JOB_ID:-}" ] || launch+=(-n "$RANKS")  # under Slurm: the allocation
+          # shellcheck disable=SC2206
+          launch+=($MPIRUN_ARGS) ;;                          # mpirun forwards SIGUSR1 to every rank
+  none)   launch=() ;;
+  *)      say "error: LAUNCHER is '$LAUNCHER': expected auto, srun, mpirun or none"; exit 1 ;;
+esac
+pid='' stop=0 term=0
+# Slurm's B: signal reaches only this shell: pass SIGUSR1 on to the launcher, which passes it to
+# every rank. SIGTERM is not passed on: Slurm sends it to the ranks itself, and srun given SIGTERM
+# kills its tasks at once, without a checkpoint.
+on_usr1() { stop=1; say "SIGUSR1: asking dam_dist to checkpoint and stop"; [ -n "$pid" ] && kill -USR1 "$pid" 2>/dev/null; }
+on_term() { term=1; say "SIGTERM (scancel, the time limit or scontrol requeue): the ranks checkpoint if they can"; }
+trap on_usr1 USR1
+trap on_term TERM
+rc=75
+if [ "$stop" = 0 ]; then
+  # shellcheck disable=SC2086
+  "${launch[@]}" "$DAM_DIST" --config "$RUN_CONFIG" "${out_args[@]}" --resume auto $EXTRA_ARGS &
+  pid=$!
+  while kill -0 "$pid" 2>/dev/null; do wait "$pid"; done  # a trapped signal ends `wait` early: wait again
+  wait "$pid"; rc=$?
+fi
+case "$rc" in
+  0) say "finished: the merged model is in ${OUT:-output.dir of the config}"; exit 0 ;;
+  75)
+    if [ "$term" = 1 ]; then
+      say "stopped by Slurm with a checkpoint (exit 75); not requeued by this script: a 'scontrol requeue' resumes by itself, after scancel submit this script again"
+    elif [ -n "${SLURM_JOB_ID:-}" ] && [ "${SLURM_RESTART_COUNT:-0}" -lt "$MAX_REQUEUES" ]; then
+      say "stopped with a checkpoint (exit 75): requeueing job $SLURM_JOB_ID, it resumes with --resume auto"
+      scontrol requeue "$SLURM_JOB_ID" && exit 0
+      say "scontrol requeue failed: submit this script again to resume"
+    else
+      say "stopped with a checkpoint (exit 75): run this script again to resume"
+    fi
+    exit 75 ;;
+  *) say "error: dam_dist exited with status $rc (its last line says why)"; exit "$rc" ;;
+esac
