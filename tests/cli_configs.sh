@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Every file in configs/ passes `dam_dist plan` on the layout it is written for, with its /path/to/
+# placeholders resolved to a scratch folder whose model directories hold only config.json copies
+# from tests/fixtures/configs (the published configs of each family; plan reads no weights), and the
+# toy's to a toy made by `dam_dist toy`. A configs/ file that this test does not know fails it, so a
+# new config comes with its check. Also the jobs/ scripts: bash syntax, the #SBATCH lines operators
+# rely on, one launch/stop/requeue block shared by all three, and a config with placeholders left
+# is refused before anything starts.
+set -u
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${DAM_BIN:-./dam_dist}
+case "$BIN" in /*) ;; *) BIN="$PWD/$BIN" ;; esac
+export ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
+T=$(mktemp -d "${TMPDIR:-/tmp}/dam_cli_configs.XXXXXX")
+trap 'rm -rf "$T"' EXIT
+fails=0
+ok()  { echo "OK      $*"; }
+bad() { echo "NOT OK  $*"; fails=$((fails + 1)); }
+t0=$(date +%s)
+
+# config name -> the fixture config.json of its family, and the layouts it must fit:
+# "RANKS:DEVICE:LIMIT_GiB:DP:PP:TP" (LIMIT is --gpu-mem for cuda, --mem-per-rank for cpu)
+declare -A family layouts
+family[llama3-70b-3x]=llama-3-70b;       layouts[llama3-70b-3x]="8:cuda:80:1:1:8 16:cuda:80:1:2:8"
+family[llama3.1-8b-3x]=llama-3.1-8b;     layouts[llama3.1-8b-3x]="8:cuda:80:8:1:1"
+family[mistral7b-ja-math]=mistral-7b-v0.1; layouts[mistral7b-ja-math]="8:cuda:80:4:1:2"
+family[toy]=toy;                          layouts[toy]="1:cpu:2:1:1:1 2:cpu:1:1:2:1 4:cpu:1:1:4:1"
+
+# a top-level key of plan's --json output (one tab of indent), and the layout's dp/pp/tp
+json_top() { sed -n "s/^\t\"$2\":\t\\(.*[^,]\\),*\$/\\1/p" "$1"; }
+json_layout() { tr -d '\n\t ' < "$1" | sed -n 's/.*"layout":{"dp":\([0-9]*\),"pp":\([0-9]*\),"tp":\([0-9]*\).*/\1:\2:\3/p'; }
+
+n=0
+for cfg in "$ROOT"/configs/*.json; do
+  name=$(basename "$cfg" .json)
+  n=$((n + 1))
+  fam=${family[$name]:-}
+  if [ -z "$fam" ]; then bad "configs/$name.json: unknown to tests/cli_configs.sh (add its family and layouts)"; continue; fi
+  W="$T/$name"
+  mkdir -p "$W"
+  grep -q '/path/to/' "$cfg" || bad "configs/$name.json: no /path/to/ placeholders (paths the operator fills)"
+  sed "s#/path/to/#$W/#g" "$cfg" > "$W/config.json"
+  if [ "$fam" = toy ]; then
+    $BIN toy --out "$W/toy" --models 3 --size small --seed 1 > "$W/toy.log" 2>&1 || { bad "toy: $(tail -1 "$W/toy.log")"; continue; }
+  else
+    fix="$ROOT/tests/fixtures/configs/$fam.json"
+    [ -f "$fix" ] || { bad "$name: no fixture $fix"; continue; }
+    for d in $(grep -o '"\(path\|base_model\)": *"[^"]*"' "$W/config.json" | sed 's/.*: *"\(.*\)"/\1/'); do
+      mkdir -p "$d" && cp "$fix" "$d/config.json"
+    done
+  fi
+  for l in ${layouts[$name]}; do
+    IFS=: read -r ranks dev lim dp pp tp <<< "$l"
+    if [ "$dev" = cuda ]; then limit=(--gpu-mem "$lim"); else limit=(--mem-per-rank "$lim"); fi
+    if ! $BIN plan --config "$W/config.json" --ranks "$ranks" --device "$dev" "${limit[@]}" --json \
+         > "$W/plan.json" 2> "$W/plan.err"; then
+      bad "configs/$name.json, $ranks ranks ($dev): plan failed: $(cat "$W/plan.err")"
+      continue
+    fi
+    got=$(json_layout "$W/plan.json") fits=$(json_top "$W/plan.json" fits)
+    if [ "$got" = "$dp:$pp:$tp" ] && [ "$fits" = true ]; then
+      ok "configs/$name.json: plan --ranks $ranks --device $dev ($lim GiB): dp:pp:tp $got, fits, $(json_top "$W/plan.json" suggestion)"
+    else
+      bad "configs/$name.json, $ranks ranks ($dev $lim GiB): layout $got (want $dp:$pp:$tp), fits=$fits"
+    fi
+  done
+done
+[ "$n" -ge 4 ] && ok "$n configs checked" || bad "only $n configs in configs/ (want the 70B, 8B, Mistral and toy ones)"
+
+# --- jobs/
+for j in "$ROOT"/jobs/*.sh; do
+  b=jobs/$(basename "$j")
+  bash -n "$j" || { bad "$b: bash syntax"; continue; }
+  miss=""
+  for want in '--signal=B:USR1@' '--requeue' '--output=' '--time=' '--open-mode=append'; do
+    grep -q "^#SBATCH $want" "$j" || miss="$miss $want"
+  done
+  grep -q 'scontrol requeue "$SLURM_JOB_ID"' "$j" || miss="$miss scontrol-requeue"
+  grep -q -- '--resume auto' "$j" || miss="$miss --resume-auto"
+  [ -z "$miss" ] && ok "$b: syntax, #SBATCH --signal=B:USR1@T --requeue, --resume auto, self-requeue" || bad "$b: missing$miss"
+done
+block() { sed -n '/^# -* launch, stop, requeue$/,$p' "$1"; }
+block "$ROOT/jobs/merge_toy.sh" > "$T/block.toy"
+[ -s "$T/block.toy" ] || bad "jobs/merge_toy.sh: no launch, stop, requeue block"
+for j in merge_llama70b merge_llama8b; do
+  if block "$ROOT/jobs/$j.sh" | cmp -s - "$T/block.toy"; then ok "jobs/$j.sh: same launch/stop/requeue block as merge_toy.sh"
+  else bad "jobs/$j.sh: its launch/stop/requeue block differs from merge_toy.sh's"; fi
+done
+for j in merge_llama70b merge_llama8b; do
+  out=$(DAM_DIST="$BIN" bash "$ROOT/jobs/$j.sh" 2>&1); rc=$?
+  if [ $rc -eq 1 ] && echo "$out" | grep -q 'still has /path/to/ placeholders'; then
+    ok "jobs/$j.sh with the unfilled config: exit 1, '$(echo "$out" | grep -o 'error:.*' | head -1)'"
+  else
+    bad "jobs/$j.sh with the unfilled config: rc=$rc: $out"
+  fi
+done
+if command -v shellcheck > /dev/null; then
+  if shellcheck -S warning "$ROOT"/jobs/*.sh "$ROOT"/slurm/local.sh > "$T/sc" 2>&1; then ok "shellcheck -S warning jobs/*.sh slurm/local.sh"
+  else bad "shellcheck: $(head -20 "$T/sc")"; fi
+fi
+
+echo "cli_configs: $fails failure(s), $(($(date +%s) - t0)) s"
+[ $fails -eq 0 ]
