@@ -1,24 +1,68 @@
 # dam_dist — Differentiable Adaptive Merging over MPI.  `make help` lists the targets.
-# The CPU backend (C + OpenBLAS) is always built; CUDA is detected and reported.
+# The CPU backend (C + any CBLAS) is always built; `make CUDA=1` adds the CUDA backend (cuda/cuda.mk).
+# Building needs no root and runs no package manager: `make deps` (as root, Debian) installs the
+# packages; on a cluster load modules and set the variables below (`make info` prints them; every
+# one can be given on the command line: make HDF5_DIR=... BLAS_LIBS=-lmkl_rt MARCH=native).
 
-CC        := mpicc
+# ---------------------------------------------------------------- where things are
+# CC: the MPI compiler wrapper (Open MPI's or MPICH's mpicc, Intel MPI's mpiicc ...)
+ifeq ($(origin CC),default)
+  CC      := mpicc
+endif
+# HDF5 with parallel support, built against the same MPI: its lib and include directories
 HDF5_DIR  ?= /usr/lib/x86_64-linux-gnu/hdf5/openmpi
 HDF5_INC  ?= /usr/include/hdf5/openmpi
-OPT       ?= -O3 -march=x86-64-v3 -ffp-contract=off
-CFLAGS    ?= $(OPT) -g
-CFLAGS    += $(CFLAGS_EXTRA) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -fno-strict-aliasing \
-             -Isrc -Impi -I$(HDF5_INC) -I/usr/include/cjson
-# any CBLAS links (BLAS_LIBS=-lblis, -lmkl_rt, ...): OpenBLAS's own functions are looked up at run time
+HDF5_LIBS ?= -L$(HDF5_DIR) -Wl,-rpath,$(HDF5_DIR) -lhdf5
+CJSON_INC ?= /usr/include/cjson
+CJSON_LIBS ?= -lcjson
+PCRE2_LIBS ?= -lpcre2-8
+# any CBLAS links (BLAS_LIBS=-lblis, -lmkl_rt, "-L/opt/openblas/lib -lopenblas", ...): OpenBLAS's own
+# functions are looked up at run time
 BLAS_LIBS ?= -lopenblas
-LDLIBS    := -L$(HDF5_DIR) -Wl,-rpath,$(HDF5_DIR) -lhdf5 -lcjson $(BLAS_LIBS) -lpcre2-8 -lm -lpthread -ldl
+LAPACK_LIBS ?=
+# CUDA=1: build the CUDA backend too (needs cuda/cuda.mk); CUDA and NCCL install locations
+CUDA      ?= 0
+CUDA_HOME ?= $(or $(CUDA_PATH),/usr/local/cuda)
+NCCL_HOME ?= $(CUDA_HOME)
+MARCH     ?= $(if $(filter x86_64,$(shell uname -m)),x86-64-v3,native)
+PREFIX    ?= /usr/local
 BUILD     ?= build
 
-NVCC      := $(shell command -v nvcc 2>/dev/null)
-ifneq ($(NVCC),)
-  HAVE_CUDA := yes
+OPT       ?= -O3 -march=$(MARCH) -ffp-contract=off
+CFLAGS    ?= $(OPT) -g
+CFLAGS    += $(CFLAGS_EXTRA) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -fno-strict-aliasing \
+             -Isrc -Impi -I$(HDF5_INC) -I$(CJSON_INC)
+LDLIBS    := $(HDF5_LIBS) $(CJSON_LIBS) $(BLAS_LIBS) $(LAPACK_LIBS) $(PCRE2_LIBS) -lm -lpthread -ldl
+
+# ---------------------------------------------------------------- CUDA hook
+# cuda/cuda.mk (written with the CUDA backend) defines CUDA_OBJ (objects to link into dam_dist, with
+# their own rules) and CUDA_LDLIBS (-L$(CUDA_HOME)/lib64 -lcudart -lcublas -L$(NCCL_HOME)/lib -lnccl ...).
+# Without CUDA=1 the file is still read when present (its variables only), but nothing of it links.
+-include cuda/cuda.mk
+ifeq ($(CUDA),1)
+  ifeq ($(wildcard cuda/cuda.mk),)
+    $(error CUDA=1 needs cuda/cuda.mk (the CUDA backend); it is not in this tree)
+  endif
+  ifeq ($(strip $(CUDA_OBJ)),)
+    $(error CUDA=1: cuda/cuda.mk defines no CUDA_OBJ)
+  endif
+  CFLAGS  += -DDAM_WITH_CUDA
+  LDLIBS  += $(CUDA_LDLIBS)
+  EXTRA_OBJ := $(CUDA_OBJ)
+  CUDA_BUILT := yes
 else
-  HAVE_CUDA := no
+  EXTRA_OBJ :=
+  CUDA_BUILT := no
 endif
+NVCC      := $(shell command -v nvcc 2>/dev/null || { test -x $(CUDA_HOME)/bin/nvcc && echo $(CUDA_HOME)/bin/nvcc; })
+
+# ---------------------------------------------------------------- version
+DAM_VERSION := 0.1.0
+GIT_COMMIT := $(shell [ "$$(git -C $(CURDIR) rev-parse --show-toplevel 2>/dev/null)" = "$(CURDIR)" ] \
+                && git -C $(CURDIR) describe --always --dirty --abbrev=12 2>/dev/null || echo unknown)
+VERSION_DEFS := -DDAM_VERSION='"$(DAM_VERSION)"' -DDAM_GIT_COMMIT='"$(GIT_COMMIT)"' \
+                -DDAM_BUILD_CC='"$(strip $(CC))"' -DDAM_BUILD_MARCH='"$(MARCH)"' \
+                -DDAM_BUILD_BLAS='"$(strip $(BLAS_LIBS))"' -DDAM_BUILD_LAPACK='"$(strip $(LAPACK_LIBS))"'
 
 LIB_SRC   := $(filter-out src/main.c,$(wildcard src/*.c)) $(wildcard mpi/*.c)
 LIB_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(LIB_SRC))
@@ -27,15 +71,20 @@ TEST_BIN  := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 MPI_TEST_BIN := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/mpi_*.c tests/tool_*.c))
 BENCH_SRC := $(wildcard bench/bench_*.c)
 BENCH_BIN := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
-DEPS      := $(BUILD)/.deps-ok
+# `make deps test`: deps first even with -j (only when deps is asked for; a plain build never runs it)
+DEPS      := $(filter deps,$(MAKECMDGOALS))
 
-.PHONY: all help deps test test-asan test-asan-run demo bench format format-check cppcheck clean info fixtures fuzz
+.PHONY: all help deps test test-asan test-asan-run demo bench format format-check cppcheck clean info fixtures \
+        fuzz install
 
 all: info dam_dist
 
 help:
-	@echo "make            build ./dam_dist (CPU backend; reports what it detected)"
-	@echo "make test       install missing Debian packages, build, run every test (summary: N passed, N failed)"
+	@echo "make            build ./dam_dist (CPU backend; prints the settings, as make info does)"
+	@echo "make deps       install the missing Debian packages (root; the only target that does)"
+	@echo "make info       compilers, MPI, HDF5, BLAS, CUDA/NCCL locations, -march, version: the variables to set"
+	@echo "make install    PREFIX=DIR: bin/dam_dist, share/dam_dist/{configs,jobs,docs,README.md}"
+	@echo "make test       build, run every test (summary: N passed, N failed); make deps test on a fresh machine"
 	@echo "make test-asan  the same suite built with AddressSanitizer + UBSan"
 	@echo "make demo       toy base + specialists, a short DAM run, the table DAM vs plain average"
 	@echo "make bench      benchmarks (bench/, tables; results go to bench/RESULTS.md by hand)"
@@ -46,14 +95,22 @@ help:
 	@echo "make clean"
 
 info:
-	@echo "dam_dist build: CPU backend (OpenBLAS) on; MPI via $(CC); parallel HDF5 from $(HDF5_DIR); CUDA toolkit: $(HAVE_CUDA) (CUDA backend: not built yet)"
+	@echo "dam_dist $(DAM_VERSION) (commit $(GIT_COMMIT)); make VAR=value to change any of these:"
+	@echo "  CC          = $(strip $(CC))  ($(shell $(CC) --version 2>/dev/null | head -1 || echo not found))"
+	@echo "  MPI         = $(shell $(CC) --showme:version 2>/dev/null || $(CC) -show 2>/dev/null | cut -c1-60 || echo unknown)"
+	@echo "  HDF5_DIR    = $(HDF5_DIR)$(if $(wildcard $(HDF5_DIR)/libhdf5.so $(HDF5_DIR)/libhdf5.a),, (no libhdf5 there!))"
+	@echo "  HDF5_INC    = $(HDF5_INC)$(if $(wildcard $(HDF5_INC)/hdf5.h),, (no hdf5.h there!))"
+	@echo "  CJSON_INC   = $(CJSON_INC)   CJSON_LIBS = $(CJSON_LIBS)   PCRE2_LIBS = $(PCRE2_LIBS)"
+	@echo "  BLAS_LIBS   = $(BLAS_LIBS)   LAPACK_LIBS = $(LAPACK_LIBS)"
+	@echo "  MARCH       = $(MARCH)   (OPT = $(OPT))"
+	@echo "  CUDA        = $(CUDA) (CUDA backend built: $(CUDA_BUILT); cuda/cuda.mk: $(if $(wildcard cuda/cuda.mk),present,absent); nvcc: $(or $(NVCC),not found))"
+	@echo "  CUDA_HOME   = $(CUDA_HOME)   NCCL_HOME = $(NCCL_HOME)"
+	@echo "  PREFIX      = $(PREFIX)   BUILD = $(BUILD)"
 
-deps: $(DEPS)
-$(DEPS): tools/install-deps.sh
+deps:
 	@bash tools/install-deps.sh
-	@mkdir -p $(BUILD) && touch $@
 
-dam_dist: $(BUILD)/src/main.o $(BUILD)/libdam.a
+dam_dist: $(BUILD)/src/main.o $(BUILD)/libdam.a $(EXTRA_OBJ)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/libdam.a: $(LIB_OBJ)
@@ -64,13 +121,31 @@ $(BUILD)/%.o: %.c | $(DEPS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
 
-$(BUILD)/tests/%: tests/%.c $(BUILD)/libdam.a
-	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Itests -o $@ $< $(BUILD)/libdam.a $(LDLIBS) -lcmocka
+# Stamps that change only when their text does, so that what depends on them rebuilds then: every
+# object on the compiler and its flags (MARCH, CUDA=1, CFLAGS_EXTRA ...), version.o on the version,
+# the commit and the libraries it names (read and written while the Makefile is parsed; make >= 4.2)
+FLAGS_SIG := $(strip $(CC) $(CFLAGS))
+VERSION_SIG := $(strip $(VERSION_DEFS) cuda=$(CUDA_BUILT))
+ifeq ($(findstring n,$(firstword -$(MAKEFLAGS))),)   # not under make -n
+  $(if $(wildcard $(BUILD)),,$(shell mkdir -p $(BUILD)))
+  ifneq ($(file < $(BUILD)/flags.stamp),$(FLAGS_SIG))
+    $(file > $(BUILD)/flags.stamp,$(FLAGS_SIG))
+  endif
+  ifneq ($(file < $(BUILD)/version.stamp),$(VERSION_SIG))
+    $(file > $(BUILD)/version.stamp,$(VERSION_SIG))
+  endif
+endif
+$(LIB_OBJ) $(BUILD)/src/main.o: $(BUILD)/flags.stamp
+$(BUILD)/src/version.o: $(BUILD)/version.stamp
+$(BUILD)/src/version.o: CFLAGS += $(VERSION_DEFS)
 
-$(BUILD)/bench/%: bench/%.c $(BUILD)/libdam.a
+$(BUILD)/tests/%: tests/%.c $(BUILD)/libdam.a $(EXTRA_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libdam.a $(LDLIBS)
+	$(CC) $(CFLAGS) -Itests -o $@ $< $(BUILD)/libdam.a $(EXTRA_OBJ) $(LDLIBS) -lcmocka
+
+$(BUILD)/bench/%: bench/%.c $(BUILD)/libdam.a $(EXTRA_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libdam.a $(EXTRA_OBJ) $(LDLIBS)
 
 test: $(DEPS) dam_dist $(TEST_BIN) $(MPI_TEST_BIN)
 	@BUILD=$(BUILD) bash tests/run_tests.sh
@@ -88,8 +163,20 @@ test-asan-run: $(DEPS) $(BUILD)/dam_dist $(TEST_BIN) $(MPI_TEST_BIN)
 	@BUILD=$(BUILD) DAM_BIN=$(BUILD)/dam_dist_asan ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
 	  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0 bash tests/run_tests.sh
 
-$(BUILD)/dam_dist: $(BUILD)/src/main.o $(BUILD)/libdam.a
+$(BUILD)/dam_dist: $(BUILD)/src/main.o $(BUILD)/libdam.a $(EXTRA_OBJ)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+# bin/dam_dist, and share/dam_dist/ with configs/, jobs/, docs/ and the README (the jobs find the
+# configs beside them and the binary in ../../bin)
+install: dam_dist
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/dam_dist/configs \
+	  $(DESTDIR)$(PREFIX)/share/dam_dist/jobs $(DESTDIR)$(PREFIX)/share/dam_dist/docs
+	install -m 755 dam_dist $(DESTDIR)$(PREFIX)/bin/dam_dist
+	install -m 644 configs/*.json $(DESTDIR)$(PREFIX)/share/dam_dist/configs/
+	install -m 755 jobs/*.sh $(DESTDIR)$(PREFIX)/share/dam_dist/jobs/
+	install -m 644 docs/*.md $(DESTDIR)$(PREFIX)/share/dam_dist/docs/
+	install -m 644 README.md $(DESTDIR)$(PREFIX)/share/dam_dist/
+	@echo "installed: $(DESTDIR)$(PREFIX)/bin/dam_dist and $(DESTDIR)$(PREFIX)/share/dam_dist/"
 
 demo: $(DEPS) dam_dist
 	@bash tools/demo.sh

@@ -1,11 +1,14 @@
 /* main.c — dam_dist: subcommand dispatch. MPI is initialised for every subcommand, so that
- * `./dam_dist ...` and `mpirun -n R dam_dist ...` behave alike. */
+ * `./dam_dist ...` and `mpirun -n R dam_dist ...` behave alike; `--version` and `--help` answer
+ * before MPI starts. */
 #include <stdio.h>
 #include <string.h>
 
 #include "blas.h"
+#include "cli.h"
 #include "comm.h"
 #include "commands.h"
+#include "version.h"
 
 static const char usage_text[] =
     "usage:\n"
@@ -13,11 +16,11 @@ static const char usage_text[] =
     "           [--force] [--allow-config-change] [--allow-tokenizer-mismatch]\n"
     "                                  train DAM coefficients, write the merged model; exit status 0\n"
     "                                  finished, 75 stopped by a signal after a checkpoint (resume me)\n"
-    "  dam_dist toy --out DIR [--models N] [--seed S] [--size small|tiny|bench|smol]\n"
+    "  dam_dist toy --out DIR [--models N] [--seed S] [--size small|tiny|bench|smol] [--force]\n"
     "                                  a base, specialists, their datasets and a config\n"
     "  dam_dist prepare --tokenizer DIR --input F --out F.h5 --seq-len L [options]\n"
     "                                  text to an HDF5 token file (docs/data.md)\n"
-    "  dam_dist tokenize --tokenizer DIR [--decode]\n"
+    "  dam_dist tokenize --tokenizer DIR [--decode] [--special]\n"
     "                                  ids for stdin text (or text for ids)\n"
     "  dam_dist precompute --config F [--topk K]\n"
     "                                  teacher top-K logits into the dataset files\n"
@@ -25,7 +28,8 @@ static const char usage_text[] =
     "                                  validate model directories, summarize them\n"
     "  dam_dist plan --config F --ranks N [--device cpu|cuda] [--gpu-mem GiB] [--json] [options]\n"
     "                                  memory per rank before a job is submitted (docs/memory.md)\n"
-    "  dam_dist help                   this text\n";
+    "  dam_dist help | --help          this text;  dam_dist COMMAND --help: that command's options\n"
+    "  dam_dist version | --version    version, git commit, what was built in\n";
 
 typedef struct {
     const char *name;
@@ -40,25 +44,40 @@ static const Subcommand subcommands[] = {
 
 int main(int argc, char **argv) {
     blas_fix_kernel(argv); /* may re-execute this process (OPENBLAS_CORETYPE): before MPI_Init */
-    comm_init(&argc, &argv);
     const char *sub = argc > 1 ? argv[1] : "";
-    int rc = -1;
+    if (!strcmp(sub, "--version") || !strcmp(sub, "version")) {
+        dam_print_version(stdout);
+        return 0;
+    }
+    if (!strcmp(sub, "help") || !strcmp(sub, "--help") || !strcmp(sub, "-h")) {
+        fputs(usage_text, stdout);
+        return 0;
+    }
+    if (argc == 1) {
+        fputs(usage_text, stderr);
+        return 2;
+    }
+    const Subcommand *cmd = NULL;
     for (size_t i = 0; i < sizeof subcommands / sizeof *subcommands; i++)
-        if (!strcmp(sub, subcommands[i].name)) rc = subcommands[i].run(argc - 1, argv + 1);
-    if (rc < 0) {
-        if (!strcmp(sub, "help") || !strcmp(sub, "--help") || !strcmp(sub, "-h")) {
-            fputs(usage_text, stdout);
-            rc = 0;
-        } else if (argc == 1) {
-            fputs(usage_text, stderr);
-            rc = 2;
-        } else {
-            if (comm_world_rank() == 0) { /* the main job's first line: the BLAS and its kernel */
-                printf("%s\n", blas_describe());
-                fflush(stdout);
-            }
-            rc = cmd_train(argc, argv); /* the main job takes flags only */
+        if (!strcmp(sub, subcommands[i].name)) cmd = &subcommands[i];
+    if (!cmd && sub[0] != '-') cli_unknown_command(sub); /* the main job takes options only */
+    /* `dam_dist CMD ... --help` and `dam_dist --config F --help`: the command's own text (plan
+     * prints its own) */
+    const char *help = cli_help_text(cmd ? cmd->name : NULL);
+    if (help && cli_wants_help(cmd ? argc - 1 : argc, cmd ? argv + 1 : argv)) {
+        fputs(help, stdout);
+        return 0;
+    }
+    comm_init(&argc, &argv);
+    int rc;
+    if (cmd)
+        rc = cmd->run(argc - 1, argv + 1);
+    else {
+        if (comm_world_rank() == 0) { /* the main job's first line: the BLAS and its kernel */
+            printf("%s\n", blas_describe());
+            fflush(stdout);
         }
+        rc = cmd_train(argc, argv); /* the main job takes flags only */
     }
     comm_finalize();
     return rc;

@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
 # Installs the Debian packages dam_dist builds and tests with. Idempotent; does nothing when all
-# are present. Run as root on a fresh machine (make test / make demo / .ci/run call it).
+# are present. Run as root on a fresh Debian/Ubuntu machine: `make deps` (and .ci/run) call it; a
+# plain `make` never does. Elsewhere (a cluster), load modules instead and point the Makefile's
+# variables at them (make info; docs/operators.md).
 set -euo pipefail
 pkgs=(build-essential pkg-config libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools
       libcjson-dev libopenblas-dev libpcre2-dev libcmocka-dev
       slurm-wlm munge)   # the one-node Slurm of slurm/local.sh (tests/cli_slurm.sh)
+if ! command -v dpkg-query >/dev/null 2>&1; then
+  echo "install-deps: not a Debian system (no dpkg-query): install MPI, parallel HDF5, cJSON, a CBLAS," \
+       "PCRE2 and cmocka yourself and set the Makefile's variables (make info; docs/operators.md)" >&2
+  exit 1
+fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
-  echo "install-deps: missing packages: ${missing[*]} (run as root, or install them yourself)" >&2
+  echo "install-deps: missing packages: ${missing[*]} (run make deps as root, or install them yourself)" >&2
   exit 1
 fi
 echo "install-deps: installing ${missing[*]}"
