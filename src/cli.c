@@ -120,6 +120,13 @@ void cli_missing_value(const char *cmd, const char *opt) {
     dam_fail("option '%s' needs a value (dam_dist --help lists the options)", opt);
 }
 
+void cli_bad_option(const char *cmd, const char *opt, const char *value_options) {
+    size_t n = strlen(opt);
+    for (const char *p = value_options ? strstr(value_options, opt) : NULL; n && p; p = strstr(p + 1, opt))
+        if ((p == value_options || p[-1] == ' ') && (p[n] == ' ' || p[n] == 0)) cli_missing_value(cmd, opt);
+    cli_unknown_option(cmd, opt);
+}
+
 void cli_unknown_command(const char *name) {
     dam_fail("unknown command '%s'; the commands are %s, and the merge itself is dam_dist --config FILE "
              "[options] (dam_dist --help)",

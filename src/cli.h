@@ -25,5 +25,9 @@ int cli_wants_help(int argc, char **argv);
 DAM_NORETURN void cli_unknown_option(const char *cmd, const char *opt);
 DAM_NORETURN void cli_missing_value(const char *cmd, const char *opt);
 DAM_NORETURN void cli_unknown_command(const char *name);
+/* For a parser's last `else`, reached by an unknown option or by an option that takes a value given
+ * last without one: value_options lists the latter, space separated ("--config --topk"), so that
+ * the line says which of the two it was. */
+DAM_NORETURN void cli_bad_option(const char *cmd, const char *opt, const char *value_options);
 
 #endif

@@ -11,7 +11,7 @@
 #include "version.h"
 
 static const char usage_text[] =
-    "usage:\n"
+    "usage: dam_dist COMMAND [options], or dam_dist --config FILE [options] for the merge itself\n"
     "  dam_dist --config FILE [--out DIR] [--max-steps N] [--eval-rows N] [--resume | --resume auto]\n"
     "           [--force] [--allow-config-change] [--allow-tokenizer-mismatch]\n"
     "                                  train DAM coefficients, write the merged model; exit status 0\n"
