@@ -135,6 +135,7 @@ ifeq ($(findstring n,$(firstword -$(MAKEFLAGS))),)   # not under make -n
     $(file > $(BUILD)/version.stamp,$(VERSION_SIG))
   endif
 endif
+$(BUILD)/flags.stamp $(BUILD)/version.stamp: ;
 $(LIB_OBJ) $(BUILD)/src/main.o: $(BUILD)/flags.stamp
 $(BUILD)/src/version.o: $(BUILD)/version.stamp
 $(BUILD)/src/version.o: CFLAGS += $(VERSION_DEFS)

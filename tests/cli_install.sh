@@ -20,9 +20,12 @@ ok()  { echo "OK      $*"; }
 bad() { echo "NOT OK  $*"; fails=$((fails + 1)); }
 t0=$(date +%s)
 cd "$ROOT" || exit 1
+# make as an operator runs it: nothing inherited from a `make test` around this script (MAKEFLAGS
+# with its jobserver and command-line variables, BUILD=build-asan, sanitizer flags)
+MK=(env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u BUILD -u OPT -u CFLAGS -u CFLAGS_EXTRA -u DAM_BIN make)
 
 # --- make install
-if make -s install PREFIX="$T/prefix" > "$T/install.log" 2>&1; then
+if "${MK[@]}" -s install PREFIX="$T/prefix" > "$T/install.log" 2>&1; then
   P="$T/prefix"
   missing=""
   for f in bin/dam_dist share/dam_dist/README.md share/dam_dist/configs/toy.json \
@@ -72,13 +75,13 @@ if [ "$(id -u)" -eq 0 ]; then
   if [ ${#as_user[@]} -gt 0 ]; then chown -R nobody "$T/src"; else echo "note: no way to run as nobody here; building as root"; fi
 fi
 who=$("${as_user[@]}" id -un 2>&1)
-if "${as_user[@]}" make -C "$T/src" -n dam_dist > "$T/dry.log" 2>&1 && ! grep -E 'install-deps|apt-get|dpkg' "$T/dry.log" > /dev/null; then
+if "${as_user[@]}" "${MK[@]}" -C "$T/src" -n dam_dist > "$T/dry.log" 2>&1 && ! grep -E 'install-deps|apt-get|dpkg' "$T/dry.log" > /dev/null; then
   ok "make -n dam_dist (fresh tree, as $who): $(grep -c '^mpicc\|^cc\|^gcc' "$T/dry.log") compiler calls, no install-deps/apt/dpkg"
 else
-  bad "make -n dam_dist (as $who): $(grep -E 'install-deps|apt-get|dpkg|rror' "$T/dry.log" | head -3)"
+  bad "make -n dam_dist (as $who): $(grep -E 'install-deps|apt-get|dpkg|rror' "$T/dry.log" | head -3) $(tail -3 "$T/dry.log")"
 fi
 tb=$(date +%s)
-if "${as_user[@]}" env PATH="$PATH" make -C "$T/src" -j2 dam_dist > "$T/build.log" 2>&1 && [ -x "$T/src/dam_dist" ] \
+if "${as_user[@]}" "${MK[@]}" -C "$T/src" -j2 dam_dist > "$T/build.log" 2>&1 && [ -x "$T/src/dam_dist" ] \
    && ! grep -E 'install-deps|apt-get|dpkg' "$T/build.log" > /dev/null; then
   owner=$(stat -c %U "$T/src/dam_dist")
   v=$("$T/src/dam_dist" --version 2>&1 | head -1)
@@ -91,7 +94,7 @@ else
   bad "make dam_dist as $who: $(grep -E 'rror|install-deps|apt|dpkg' "$T/build.log" | head -5)"
 fi
 if [ -x /usr/bin/dpkg-query ]; then
-  out=$("${as_user[@]}" make -C "$T/src" -s deps 2>&1); rc=$?
+  out=$("${as_user[@]}" "${MK[@]}" -C "$T/src" -s deps 2>&1); rc=$?
   [ $rc -eq 0 ] && ok "make deps as $who with every package present: exit 0${out:+ ($out)}" \
     || bad "make deps as $who: rc=$rc $out"
 fi
