@@ -36,6 +36,8 @@ void devcomm_allreduce_sum(DevComm *dc, DevBuf buf, size_t n);
 typedef struct {
     int active;
     MPI_Request mpi;
+    DevBuf held; /* host-addressable buffer held (host_begin) until the send completes */
+    void *stage; /* else the host copy the send reads, freed by devcomm_wait */
 } DevRequest;
 void devcomm_recv(DevComm *dc, DevBuf buf, size_t n, int src);
 void devcomm_isend(DevComm *dc, DevBuf buf, size_t n, int dest, DevRequest *req);

@@ -59,11 +59,14 @@ typedef struct {
 
 /* AdamW / MoFO-AdamW update of n entries (one tensor's coefficients): t is the 1-based step;
  * mofo_threshold < 0 updates every entry, else only entries with |m| >= mofo_threshold (after the
- * moment update; the backend's mofo_threshold call computes it). */
+ * moment update; the backend's mofo_threshold call computes it). mofo_alpha > 0 (MoFO as the
+ * trainer runs it): the backend computes that threshold itself from the updated moments,
+ * mofo_threshold(m, n, mofo_alpha), and mofo_threshold is ignored. */
 typedef struct {
     float lr, beta1, beta2, eps, weight_decay;
     int t;
     float mofo_threshold;
+    float mofo_alpha;
 } AdamParams;
 
 typedef struct BackendCtx BackendCtx;
