@@ -33,12 +33,14 @@ struct BackendEvent {
 
 /* ---------------------------------------------------------------- argument checks */
 
+/* Fails naming the op and the argument (without the trailing '_' of the ops' DevBuf parameters). */
 static void *checked(DevBuf b, size_t n, dam_dtype t, const char *op, const char *arg) {
-    if (b.device != DAM_DEVICE_CPU) dam_fail("%s: %s is not a CPU buffer", op, arg);
+    int len = (int)strcspn(arg, "_");
+    if (b.device != DAM_DEVICE_CPU) dam_fail("%s: %.*s is not a CPU buffer", op, len, arg);
     if (b.dtype != t)
-        dam_fail("%s: %s is %s, expected %s", op, arg, dam_dtype_name(b.dtype), dam_dtype_name(t));
-    if (b.n < n) dam_fail("%s: %s holds %zu elements, needs %zu", op, arg, b.n, n);
-    if (n && !b.ptr) dam_fail("%s: %s is a null buffer", op, arg);
+        dam_fail("%s: %.*s is %s, expected %s", op, len, arg, dam_dtype_name(b.dtype), dam_dtype_name(t));
+    if (b.n < n) dam_fail("%s: %.*s holds %zu elements, needs %zu", op, len, arg, b.n, n);
+    if (n && !b.ptr) dam_fail("%s: %.*s is a null buffer", op, len, arg);
     return b.ptr;
 }
 /* The data of DevBuf b as a float/int32 array of at least n elements, named in errors. */
