@@ -29,6 +29,12 @@ BENCH_SRC := $(wildcard bench/bench_*.c)
 BENCH_BIN := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 DEPS      := $(BUILD)/.deps-ok
 
+# ---- CUDA backend (engineer C): `make CUDA=1` adds cuda/ and NCCL; `make CUDA=1 cuda-check` compiles
+# every CUDA source without a GPU. Self-contained in cuda/cuda.mk; it appends to LIB_OBJ, CFLAGS and
+# LDLIBS, so it stays here, after their definitions and before the rules that use them.
+-include cuda/cuda.mk
+# ---- end of the CUDA block
+
 .PHONY: all help deps test test-asan test-asan-run demo bench format format-check cppcheck clean info fixtures fuzz
 
 all: info dam_dist
