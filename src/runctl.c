@@ -8,9 +8,10 @@
 
 #include "util.h"
 
-const char train_usage[] = "dam_dist --config FILE [--out DIR] [--max-steps N] [--eval-rows N] "
-                           "[--resume | --resume auto] [--force] [--allow-config-change] "
-                           "[--allow-tokenizer-mismatch]";
+const char train_usage[] =
+    "dam_dist --config FILE [--out DIR] [--device cpu|cuda] [--max-steps N] [--eval-rows N] "
+    "[--resume | --resume auto] [--force] [--allow-config-change] "
+    "[--allow-tokenizer-mismatch]";
 
 /* ---------------------------------------------------------------- command line */
 
@@ -25,7 +26,11 @@ void train_args_parse(TrainArgs *a, int argc, char **argv) {
             a->config = argv[++i];
         else if (!strcmp(s, "--out") && next)
             a->out = argv[++i];
-        else if (!strcmp(s, "--max-steps") && next)
+        else if (!strcmp(s, "--device") && next) {
+            a->device = argv[++i];
+            if (strcmp(a->device, "cpu") && strcmp(a->device, "cuda"))
+                dam_fail("--device %s: unknown device (allowed: cpu, cuda)", a->device);
+        } else if (!strcmp(s, "--max-steps") && next)
             a->max_steps = (int)dam_parse_int(argv[++i], 0, 1000000000, "--max-steps");
         else if (!strcmp(s, "--eval-rows") && next)
             a->eval_rows = (int)dam_parse_int(argv[++i], 1, 1000000000, "--eval-rows");

@@ -16,11 +16,14 @@
 #include "loss.h"
 
 static void set_one_hot(DamModel *m, int k) {
+    float *c = test_coef_get(m, DAM_COEF_C);
     for (int t = 0; t < m->n_tensors; t++) {
         DamTensor *x = &m->tensors[t];
         for (int i = 0; i < m->n_rows; i++)
-            for (int j = 0; j < x->dim; j++) x->c[(size_t)i * x->dim + j] = i == k ? 1.0f : 0.0f;
+            for (int j = 0; j < x->dim; j++) c[x->coef_at + (size_t)i * x->dim + j] = i == k ? 1.0f : 0.0f;
     }
+    test_coef_put(m, DAM_COEF_C, c);
+    free(c);
     m->nonlin = NONLIN_NONE;
     dam_model_refresh(m);
 }
@@ -48,16 +51,20 @@ static void test_identical_sources(void **s) {
     char *dir = test_fixture("dam/llama3src/m1");
     const char *dirs[3] = {dir, dir, dir}, *names[3] = {"a", "b", "c"};
     DamModel m;
-    dam_model_open(&m, 3, dirs, names, backend_cpu());
+    dam_model_open(&m, 3, dirs, names, test_be(), test_ctx());
     dam_rng rng;
     dam_rng_seed(&rng, 7);
+    float *cb = test_coef_get(&m, DAM_COEF_C);
     for (int t = 0; t < m.n_tensors; t++) { /* random positive coefficients summing to 1 per column */
         DamTensor *x = &m.tensors[t];
+        float *c = cb + x->coef_at;
         for (int j = 0; j < x->dim; j++) {
             float a = dam_rng_uniform(&rng), b = dam_rng_uniform(&rng) * (1 - a);
-            x->c[j] = a, x->c[x->dim + j] = b, x->c[2 * (size_t)x->dim + j] = 1 - a - b;
+            c[j] = a, c[x->dim + j] = b, c[2 * (size_t)x->dim + j] = 1 - a - b;
         }
     }
+    test_coef_put(&m, DAM_COEF_C, cb);
+    free(cb);
     dam_model_refresh(&m);
     int B = 2, T = 16;
     int32_t ids[32];
@@ -94,7 +101,7 @@ static double written_vs_memory(DamCase *dc, const char *out_dir, int bitwise) {
     dam_model_logits(&dc->m, dc->rs, dc->ids[0], dc->B, dc->T, -1, mem);
     DamModel w;
     const char *dirs[1] = {out_dir}, *names[1] = {"written"};
-    dam_model_open(&w, 1, dirs, names, backend_cpu());
+    dam_model_open(&w, 1, dirs, names, test_be(), test_ctx());
     RunState *rs = runstate_new(&w, dc->B, dc->T);
     dam_model_logits(&w, rs, dc->ids[0], dc->B, dc->T, 0, disk);
     double rel = test_max_rel_diff(disk, mem, n, 1e-6);
@@ -123,9 +130,10 @@ static void test_written_model_reproduces_logits(void **s) {
     DamCase again;
     dam_case_open(&again, "llama3src", "kl");
     output_load_coefficients(&again.m, coef);
-    for (int t = 0; t < dc.m.n_tensors; t++)
-        assert_memory_equal(again.m.tensors[t].c, dc.m.tensors[t].c,
-                            (size_t)dc.m.n_rows * dc.m.tensors[t].dim * 4);
+    float *ca = test_coef_get(&again.m, DAM_COEF_C), *cd = test_coef_get(&dc.m, DAM_COEF_C);
+    assert_int_equal(again.m.coef.n, dc.m.coef.n);
+    assert_memory_equal(ca, cd, dc.m.coef.n * 4);
+    free(ca), free(cd);
     dam_case_close(&again);
     dam_rm_rf(tmp);
     free(coef), free(init), free(out), free(tmp);
@@ -158,12 +166,7 @@ static void test_topk_cache_equals_on_the_fly(void **s) {
         dam_model_zero_grad(&dc.m);
         dam_model_step(&dc.m, dc.rs, n, teacher, ids, mask, pass ? idx : NULL, pass ? val : NULL, dc.B, dc.T,
                        &dc.cfg.loss, 1.0f, pass ? cache : fly);
-        float *g = pass ? g_cache : g_fly;
-        for (int t = 0; t < dc.m.n_tensors; t++) {
-            size_t nt = (size_t)dc.m.n_rows * dc.m.tensors[t].dim;
-            memcpy(g, dc.m.tensors[t].grad, nt * sizeof(float));
-            g += nt;
-        }
+        dam_model_coef_download(&dc.m, DAM_COEF_GRAD, pass ? g_cache : g_fly); /* (total = the block) */
     }
     for (int k = 0; k < n; k++) assert_float_equal(cache[k].kl, fly[k].kl, 1e-6 * fabs(fly[k].kl));
     assert_true(test_report("top-K cache vs on the fly: gradients",

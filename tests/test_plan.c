@@ -40,6 +40,8 @@ static void check_fixture_model(const char *name, int max_pp) {
     hfconfig_load(&cfg, cp);
     free(cp);
     const int shares[][2] = {{1, 1}, {2, 1}, {1, 2}, {2, 2}}; /* tp, pp */
+    const Backend *be = backend_by_name("cpu");
+    BackendCtx *ctx = be->ctx_new(0);
     for (size_t k = 0; k < sizeof shares / sizeof *shares; k++) {
         int tp = shares[k][0], pp = shares[k][1];
         if (pp > max_pp) continue;
@@ -47,14 +49,14 @@ static void check_fixture_model(const char *name, int max_pp) {
             for (int r = 0; r < tp; r++) {
                 CommGroup tg = {MPI_COMM_NULL, r, tp, "tp"}, pg = {MPI_COMM_NULL, s, pp, "pp"};
                 DamModel m;
-                dam_model_open_parallel(&m, 3, dirs, names, backend_cpu(), &tg, &pg);
+                dam_model_open_parallel(&m, 3, dirs, names, be, ctx, &tg, &pg, DAM_TRANSPORT_AUTO);
                 size_t model_coefs = dam_model_num_coefs(&m, 0),
                        plan_coefs = plan_num_coefs(&cfg, 3, tp, pp, s);
-                double model_bytes = 0, es = (double)dam_dtype_size(m.tensors[0].src[0].dtype);
+                double model_bytes = 0, es = (double)dam_dtype_size(m.tensors[0].src[0].w.dtype);
                 for (int t = 0; t < m.n_tensors; t++)
                     for (int i = 0; i < m.n_rows; i++)
                         model_bytes += (double)m.tensors[t].rows * m.tensors[t].cols *
-                                       dam_dtype_size(m.tensors[t].src[i].dtype);
+                                       dam_dtype_size(m.tensors[t].src[i].w.dtype);
                 double plan_bytes = plan_source_bytes(&cfg, 3, es, tp, pp, s);
                 printf(
                     "  %-18s tp=%d pp=%d stage %d tp rank %d: coefficients %zu (model %zu), shard bytes %.0f "
@@ -65,6 +67,7 @@ static void check_fixture_model(const char *name, int max_pp) {
                 dam_model_close(&m);
             }
     }
+    be->ctx_free(ctx);
     free(dir);
 }
 
