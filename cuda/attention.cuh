@@ -103,15 +103,15 @@ __global__ void k_attn_fwd(void *out, int odt, float *lse, const void *q, const 
 /* D[b, h, t] = Σ_e dO·O */
 __global__ void k_attn_rowdot(float *D, const void *dout, int gdt, const void *out, int odt, AttnArgs a) {
     size_t rows = (size_t)a.B * a.T * a.H; /* (b, t, h) order, as the buffers */
-    size_t warp = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    size_t warps = (size_t)gridDim.x * blockDim.x / 32;
     int lane = threadIdx.x & 31;
-    if (warp >= rows) return;
-    float s = 0.0f;
-    for (int e = lane; e < a.hd; e += 32)
-        s += ldf(dout, gdt, warp * a.hd + e) * ldf(out, odt, warp * a.hd + e);
-    s = warp_sum(s);
-    size_t h = warp % a.H, bt = warp / a.H, t = bt % a.T, b = bt / a.T;
-    if (lane == 0) D[(b * a.H + h) * a.T + t] = s;
+    for (size_t w = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32; w < rows; w += warps) {
+        float s = 0.0f;
+        for (int e = lane; e < a.hd; e += 32) s += ldf(dout, gdt, w * a.hd + e) * ldf(out, odt, w * a.hd + e);
+        s = warp_sum(s);
+        size_t h = w % a.H, bt = w / a.H, t = bt % a.T, b = bt / a.T;
+        if (lane == 0) D[(b * a.H + h) * a.T + t] = s;
+    }
 }
 
 /* P and dS of a (query tile, key tile) pair from the tiles in shared memory:

@@ -169,11 +169,13 @@ static SrcWeight cu_upload_source(BackendCtx *ctx, const void *host, dam_dtype d
     if (dtype != DAM_BF16 && dtype != DAM_F32 && dtype != DAM_F16)
         dam_fail("cuda upload_source: %s is stored as %s (F32, BF16 or F16 supported)", what,
                  dam_dtype_name(dtype));
+    if (!ld) ld = cols;
+    if (ld < cols) dam_fail("cuda upload_source of %s: row stride %zu < %zu columns", what, ld, cols);
     dam_dtype ddt = dtype == DAM_F16 ? DAM_F32 : dtype;
     SrcWeight s;
     s.w = cu_alloc(ctx, rows * cols, ddt, what);
     s.ld = cols;
-    if (rows > 0 && cols > 0) stage_h2d(ctx, s.w.ptr, ddt, host, dtype, rows, cols, ld ? ld : cols);
+    if (rows > 0 && cols > 0) stage_h2d(ctx, s.w.ptr, ddt, host, dtype, rows, cols, ld);
     return s;
 }
 

@@ -25,6 +25,8 @@ extern "C" {
 static int g_cuda_device_for_errors = -1;
 
 static void dam_cuda_fail(const char *call, const char *msg, const char *file, int line) {
+    if (g_cuda_device_for_errors < 0)
+        dam_fail("%s failed (no CUDA device in use yet): %s (%s:%d)", call, msg, file, line);
     dam_fail("%s failed on CUDA device %d: %s (%s:%d)", call, g_cuda_device_for_errors, msg, file, line);
 }
 

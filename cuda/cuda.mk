@@ -3,8 +3,9 @@
 #   make CUDA=1              dam_dist with the CPU and the CUDA backends, NCCL for device collectives
 #   make CUDA=1 cuda-check   compile every CUDA source (cuda/*.cu, mpi/nccl_comm.c, tests/cuda/*.c):
 #                            needs nvcc and the headers only, no GPU (CI runs it)
-#   make CUDA=1 cuda-test    the GPU kernel checks binary, $(BUILD)/cuda/check_kernels (needs no MPI,
-#                            HDF5, cJSON or BLAS: the CPU reference uses tests/cuda/cblas_ref.c)
+#   make CUDA=1 cuda-test    the GPU test programs in $(BUILD)/cuda: check_kernels, check_nccl,
+#                            bench_gpu (no MPI, HDF5, cJSON or BLAS needed: tests/cuda/run.sh builds them
+#                            on the GPU machine)
 #   make CUDA=1 cuda-info    what was found where
 #
 # Variables: CUDA_HOME (default /usr/local/cuda), NCCL_HOME (optional), CUDA_ARCH (default sm_90
@@ -73,7 +74,8 @@ cuda-info:
 	@echo "cuda: libraries: $(or $(CUDA_LIB_FILES),NONE FOUND)"
 
 # Every CUDA source compiled, nothing linked: the CI guard that the CUDA build does not rot.
-CUDA_CHECK_OBJ := $(CUDA_OBJ) $(BUILD)/cuda-check/nccl_comm.o $(BUILD)/cuda-check/check_kernels.o
+CUDA_TEST_PROGS := check_kernels check_nccl bench_gpu
+CUDA_CHECK_OBJ := $(CUDA_OBJ) $(BUILD)/cuda-check/nccl_comm.o $(patsubst %,$(BUILD)/cuda-check/%.o,$(CUDA_TEST_PROGS))
 cuda-check: cuda-info $(CUDA_CHECK_OBJ)
 	@echo "cuda-check: compiled $(words $(CUDA_CHECK_OBJ)) objects (no GPU needed, none used)"
 
@@ -82,26 +84,28 @@ $(BUILD)/cuda-check/nccl_comm.o: mpi/nccl_comm.c mpi/nccl_comm.h cuda/backend_cu
 	mpicc -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -Werror -Isrc -Impi $(CUDA_INC) \
 	  -DDAM_WITH_CUDA -DDAM_WITH_NCCL -c $< -o $@
 
-# ---- the GPU kernel checks: CUDA backend against the CPU backend, no MPI / HDF5 / cJSON / BLAS
+# ---- GPU test programs (tests/cuda): no MPI, HDF5, cJSON or BLAS needed, so that they build on the GPU
+# machine: the CPU reference's GEMMs come from tests/cuda/cblas_ref.c, one-rank NCCL from the MPI shim.
 CUDA_TEST_CC  ?= gcc
 CUDA_TEST_CPU_SRC ?= src/backend_cpu.c src/backend_guard.c src/backend.c src/loss.c src/util.c
 CUDA_TEST_CFLAGS := -O2 -g -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -fno-strict-aliasing \
-                    -ffp-contract=off -Isrc -Itests/cuda/shim -DDAM_WITH_CUDA
-CUDA_TEST_OBJ := $(patsubst %.c,$(BUILD)/cuda-test/%.o,$(CUDA_TEST_CPU_SRC) tests/cuda/cblas_ref.c \
-                   tests/cuda/check_kernels.c)
+                    -ffp-contract=off -Isrc -Itests/cuda/shim -DDAM_WITH_CUDA $(CUDA_INC)
+CUDA_TEST_NCCL_FLAGS := -Impi -Itests/cuda/shim_mpi -DDAM_WITH_NCCL
+CUDA_TEST_LIB := $(patsubst %.c,$(BUILD)/cuda-test/%.o,$(CUDA_TEST_CPU_SRC) tests/cuda/cblas_ref.c)
 
 $(BUILD)/cuda-test/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CUDA_TEST_CC) $(CUDA_TEST_CFLAGS) $(CUDA_INC) -c $< -o $@
+	$(CUDA_TEST_CC) $(CUDA_TEST_CFLAGS) $(if $(findstring nccl,$@),$(CUDA_TEST_NCCL_FLAGS)) -c $< -o $@
 
-$(BUILD)/cuda-check/check_kernels.o: tests/cuda/check_kernels.c src/backend.h
+$(BUILD)/cuda-check/%.o: tests/cuda/%.c src/backend.h
 	@mkdir -p $(dir $@)
-	$(CUDA_TEST_CC) $(CUDA_TEST_CFLAGS) -Werror $(CUDA_INC) -c $< -o $@
+	$(CUDA_TEST_CC) $(CUDA_TEST_CFLAGS) $(if $(findstring nccl,$@),$(CUDA_TEST_NCCL_FLAGS)) -Werror -c $< -o $@
 
-$(BUILD)/cuda/check_kernels: $(CUDA_TEST_OBJ) $(CUDA_OBJ) | $(CUDA_LINKDIR)/.ok
+$(BUILD)/cuda/check_nccl: $(BUILD)/cuda-test/mpi/nccl_comm.o
+$(BUILD)/cuda/%: $(BUILD)/cuda-test/tests/cuda/%.o $(CUDA_TEST_LIB) $(CUDA_OBJ) | $(CUDA_LINKDIR)/.ok
 	$(CUDA_TEST_CC) -o $@ $^ $(CUDA_LDLIBS)
 
-cuda-test: cuda-info $(BUILD)/cuda/check_kernels
+cuda-test: cuda-info $(patsubst %,$(BUILD)/cuda/%,$(CUDA_TEST_PROGS))
 
 endif
 
