@@ -13,7 +13,9 @@ NcclComm *nccl_comm_new(const CommGroup *g, BackendCtx *ctx);
 void nccl_comm_free(NcclComm *c);
 /* On the stream of ctx; buf F32 or BF16. */
 void nccl_allreduce_sum(NcclComm *c, BackendCtx *ctx, DevBuf buf, size_t n);
-/* Grouped send+recv are the caller's business: these are plain stream-ordered transfers. */
+/* Point to point, ordered after the work already on ctx's stream. A send behaves like MPI_Isend: its
+ * data is copied into the communicator's own buffer, so buf may be overwritten at once, and nothing
+ * on ctx's stream waits for the receiver; a receive holds ctx's stream until its data is there. */
 void nccl_send(NcclComm *c, BackendCtx *ctx, DevBuf buf, size_t n, int peer);
 void nccl_recv(NcclComm *c, BackendCtx *ctx, DevBuf buf, size_t n, int peer);
 

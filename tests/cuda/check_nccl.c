@@ -59,7 +59,7 @@ int main(void) {
         ncclGroupStart();
         nccl_send(c, ctx, b, n, 0);
         nccl_recv(c, ctx, r, n, 0);
-        ncclGroupEnd();
+        ncclGroupEnd(); /* a self send and its receive: one group (then synchronised by the download) */
         be->download(ctx, back, DAM_F32, r, n);
         report(dts[d] == DAM_F32 ? "send/recv to itself f32" : "send/recv to itself bf16", same(h, back, n));
         be->free(ctx, &b), be->free(ctx, &r);
