@@ -109,6 +109,22 @@ cuda-test: cuda-info $(patsubst %,$(BUILD)/cuda/%,$(CUDA_TEST_PROGS))
 
 endif
 
+# The C objects are the same files with or without CUDA=1 but compiled differently (backend.c's
+# backend_cuda() stub, NCCL in devcomm.c): $(BUILD)/.flavour names the flavour of what is in $(BUILD)
+# and is rewritten (so every object is rebuilt) when it changes. A first stamp for a CPU build is
+# dated 1970, so that an existing CPU build is not rebuilt for it.
+# (Goals that are all cuda-* build only their own objects: they leave the stamp alone.)
+DAM_FLAVOUR := $(if $(filter 1 yes,$(CUDA)),cuda,cpu)
+DAM_FLAVOUR_OLD := $(shell cat $(BUILD)/.flavour 2>/dev/null)
+DAM_ONLY_CUDA_GOALS := $(if $(MAKECMDGOALS),$(if $(filter-out cuda-%,$(MAKECMDGOALS)),,yes))
+ifeq ($(DAM_ONLY_CUDA_GOALS),)
+ifneq ($(DAM_FLAVOUR_OLD),$(DAM_FLAVOUR))
+  DAM_FLAVOUR_SET := $(shell mkdir -p $(BUILD) && echo $(DAM_FLAVOUR) > $(BUILD)/.flavour \
+    $(if $(DAM_FLAVOUR_OLD),,$(if $(filter cpu,$(DAM_FLAVOUR)),&& touch -d @0 $(BUILD)/.flavour)))
+endif
+endif
+$(LIB_OBJ) $(BUILD)/src/main.o: $(BUILD)/.flavour
+
 # The whole program with CUDA: the backend's objects go into libdam.a, its libraries onto the link,
 # DAM_WITH_CUDA / DAM_WITH_NCCL into every C file (backend.c registers "cuda", devcomm.c uses NCCL).
 ifneq ($(filter 1 yes,$(CUDA)),)

@@ -575,6 +575,8 @@ int main(int argc, char **argv) {
         check_attention(t, 1, 70, 2, 1, 32, 9);
         check_attention(t, 1, 40, 2, 2, 128, 0); /* more than 48 KiB of shared memory */
         check_attention(t, 1, 300, 2, 1, 16, 0); /* past the CPU's 128-key tiles */
+        check_attention(t, 3, 5, 4, 1, 8, 1);    /* window 1: each query sees itself only */
+        check_attention(t, 1, 20, 2, 1, 256, 7); /* hd 256 (Gemma): ~100 KiB of shared memory */
         check_elementwise(t);
     }
     if (bf16) {
