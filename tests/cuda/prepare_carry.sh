@@ -5,8 +5,8 @@
 # tests/cuda/run.sh can run the toy DAM on GPU against CPU there. CUDA's own libraries (cudart,
 # cuBLAS, NCCL) are NOT packed: the GPU machine has them in Python's nvidia-* packages.
 #   bash tests/cuda/prepare_carry.sh        -> build/cudacarry/dam_carry.tar.xz (+ MANIFEST)
-# Open MPI's plugins and help files are packed too; run.sh unpacks under /opt/damcarry and points
-# Open MPI there (OPAL_PREFIX, the component path, a singleton without orted).
+# Open MPI's plugins, help files, mpirun and orted are packed too; run.sh unpacks them in a temporary
+# directory and points Open MPI there (OPAL_PREFIX, the component path; singletons without orted).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 CARRY=build/cudacarry
@@ -22,12 +22,16 @@ OMPI_DATA=${OMPI_DATA:-/usr/share/openmpi}
 # libraries every Linux has, and CUDA's (found on the GPU machine): not packed
 skip='^(libc|libm|libdl|librt|libpthread|libgcc_s|libstdc\+\+|ld-linux-x86-64|linux-vdso|libcudart|libcublas|libcublasLt|libnccl|libcuda)\.so'
 deps() { ldd "$@" 2>/dev/null | awk '/=> \//{print $3}' | sort -u; }
-for f in $(deps "$BUILD_DIR/dam_dist" "$OMPI_PKGLIB"/*.so); do
+MPIRUN=$(readlink -f "$(command -v mpirun)")
+ORTED=$(readlink -f "$(command -v orted)")
+for f in $(deps "$BUILD_DIR/dam_dist" "$OMPI_PKGLIB"/*.so "$MPIRUN" "$ORTED"); do
   b=$(basename "$f")
   [[ $b =~ $skip ]] && continue
   cp -L "$f" "$CARRY/root/lib/$b"
 done
-mkdir -p "$CARRY/root/ompi/lib/openmpi3" "$CARRY/root/ompi/share/openmpi"
+mkdir -p "$CARRY/root/ompi/lib/openmpi3" "$CARRY/root/ompi/share/openmpi" "$CARRY/root/ompi/bin"
+cp "$MPIRUN" "$CARRY/root/ompi/bin/mpirun" # mpirun, and the daemon it starts (found under OPAL_PREFIX)
+cp "$ORTED" "$CARRY/root/ompi/bin/orted"
 cp -L "$OMPI_PKGLIB"/*.so "$CARRY/root/ompi/lib/openmpi3/" 2>/dev/null || true
 cp -rL "$OMPI_DATA"/. "$CARRY/root/ompi/share/openmpi/" 2>/dev/null || true
 (cd "$CARRY/root" && find . -type f | sort > ../MANIFEST)
