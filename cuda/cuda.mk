@@ -107,6 +107,8 @@ $(BUILD)/cuda/%: $(BUILD)/cuda-test/tests/cuda/%.o $(CUDA_TEST_LIB) $(CUDA_OBJ) 
 
 cuda-test: cuda-info $(patsubst %,$(BUILD)/cuda/%,$(CUDA_TEST_PROGS))
 
+.PRECIOUS: $(BUILD)/cuda-test/%.o # kept between builds (make would delete them as intermediates)
+
 endif
 
 # The C objects are the same files with or without CUDA=1 but compiled differently (backend.c's

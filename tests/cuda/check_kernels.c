@@ -559,6 +559,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     printf("check_kernels: backend %s against cpu, seed %s\n", G_->name, argc > 1 ? argv[1] : "1234");
+    fflush(stdout);
     cctx = C_->ctx_new(0);
     gctx = G_->ctx_new(0);
     if (G_->device != DAM_DEVICE_CPU) check_transfers();

@@ -83,7 +83,7 @@ export CUDA_HOME
 NVLIBS=$(python3 -c 'import glob, site; print(":".join(d for s in site.getsitepackages() for d in glob.glob(s + "/nvidia/*/lib")))' 2>/dev/null)
 export LD_LIBRARY_PATH="${NVLIBS}${NVLIBS:+:}$CUDA_HOME/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 BUILD=${BUILD:-build/cuda-gpu}
-stage build 150 "$OUT/build.log" make -j"$(nproc)" CUDA=1 BUILD="$BUILD" cuda-test
+stage build 150 "$OUT/build.log" bash -c "make -j$(nproc) CUDA=1 BUILD=$BUILD cuda-test && echo 'built $BUILD/cuda/{check_kernels,check_nccl,bench_gpu}'"
 built=$?
 
 # ---- 3..5. kernel checks, NCCL, benchmark
