@@ -87,24 +87,76 @@ static void write_report(const DamModel *m, const DamConfig *cfg, const OutputRe
 
 /* ---------------------------------------------------------------- over stages and tp ranks */
 
-/* Merged tensor x (F32) of every tp rank, gathered (dam_model_gather_split): materialized on the
- * device, then read where it lies when the backend makes device memory host-addressable (CPU,
- * guard: no second copy of the tensor), else downloaded; its source pages released. */
+/* Floats of the device buffer a merged tensor goes through on a GPU (64 MiB; within the CUDA
+ * overhead plan counts): the tensor is materialized there in row chunks and downloaded.
+ * DAM_OUTPUT_CHUNK (floats) sets it and takes that path on any device (the tests' way to run the
+ * GPU's path on the CPU). */
+static size_t out_chunk(int *forced) {
+    const char *e = getenv("DAM_OUTPUT_CHUNK");
+    *forced = e && atol(e) > 0;
+    return *forced ? (size_t)atol(e) : (size_t)1 << 24;
+}
+
+/* Rows [r0, r0 + R) of x as a tensor of its own (views of its sources' rows; the coefficients are
+ * per column, so they stay whole). */
+static DamTensor row_range(const DamModel *m, const DamTensor *x, size_t r0, size_t R) {
+    DamTensor part = *x;
+    part.rows = R;
+    for (int i = 0; i < m->n_rows; i++) {
+        size_t ld = x->src[i].ld;
+        part.src[i].w = devbuf_slice(x->src[i].w, r0 * ld, (R - 1) * ld + x->cols);
+    }
+    return part;
+}
+
+/* Merged tensor x (F32) on the host (heap), from a GPU: materialized in row chunks of a bounded
+ * device buffer and downloaded; its source pages released after. */
+static float *merged_local(DamModel *m, const DamTensor *x) {
+    const Backend *be = m->be;
+    int forced;
+    size_t n = x->rows * x->cols, chunk = out_chunk(&forced), R = chunk / x->cols ? chunk / x->cols : 1;
+    float *host = dam_malloc(n * sizeof(float), "merged tensor");
+    if (R >= x->rows) R = x->rows;
+    DevBuf dev = be->alloc(m->ctx, R * x->cols, DAM_F32, "merged tensor");
+    for (size_t r0 = 0; r0 < x->rows; r0 += R) {
+        size_t k = x->rows - r0 < R ? x->rows - r0 : R;
+        DamTensor part = row_range(m, x, r0, k);
+        dam_model_materialize(m, &part, -1, dev);
+        be->download(m->ctx, host + r0 * x->cols, DAM_F32, dev, k * x->cols);
+    }
+    be->free(m->ctx, &dev);
+    dam_model_release(m, x);
+    return host;
+}
+
+/* Merged tensor x (F32) of every tp rank, gathered (dam_model_gather_split). On a host-addressable
+ * device (CPU, guard) materialized into one buffer and read where it lies (host_begin: no second
+ * copy of the tensor, the output-phase RSS plan counts); on a GPU through merged_local. */
 static float *merged_tensor(DamModel *m, const DamTensor *x, int cols_split) {
     const Backend *be = m->be;
-    size_t n = x->rows * x->cols;
-    DevBuf dev = be->alloc(m->ctx, n, DAM_F32, "merged tensor");
-    dam_model_materialize(m, x, -1, dev);
-    dam_model_release(m, x);
-    float *host = be->host_begin(m->ctx, dev), *copy = NULL;
-    if (!host) {
-        host = copy = dam_malloc(n * sizeof(float), "merged tensor");
-        be->download(m->ctx, copy, DAM_F32, dev, n);
+    float *full;
+    int forced;
+    out_chunk(&forced);
+    if (be->device == DAM_DEVICE_CPU && !forced) { /* in place: the training-time RSS plan counts */
+        DevBuf dev = be->alloc(m->ctx, x->rows * x->cols, DAM_F32, "merged tensor");
+        dam_model_materialize(m, x, -1, dev);
+        dam_model_release(m, x);
+        float *host = be->host_begin(m->ctx, dev);
+        if (host) {
+            full = dam_model_gather_split(m, host, x->rows, x->cols, cols_split);
+            be->host_end(m->ctx, dev);
+        } else { /* (a host-side device that is not host-addressable after all) */
+            host = dam_malloc(x->rows * x->cols * sizeof(float), "merged tensor");
+            be->download(m->ctx, host, DAM_F32, dev, x->rows * x->cols);
+            full = dam_model_gather_split(m, host, x->rows, x->cols, cols_split);
+            free(host);
+        }
+        be->free(m->ctx, &dev);
+    } else {
+        float *host = merged_local(m, x);
+        full = dam_model_gather_split(m, host, x->rows, x->cols, cols_split);
+        free(host);
     }
-    float *full = dam_model_gather_split(m, host, x->rows, x->cols, cols_split);
-    if (!copy) be->host_end(m->ctx, dev);
-    free(copy);
-    be->free(m->ctx, &dev);
     return full;
 }
 

@@ -491,7 +491,11 @@ static void alloc_step_buffers(Trainer *tr) {
     tr->n_slots = pipeline_slots(tr->local_mb, tr->grid.pp, tr->grid.pp_idx); /* 1F1B's in flight here */
     if (tr->n_slots > 64) tr->n_slots = 64;
     /* the backward skips recomputing the layers when their activations fit the budget (plan alike) */
-    dam_model_keep_fits(&tr->model, tr->n_slots, tr->n_data * tr->B, tr->T, tr->cfg.keep_activations);
+    if (dam_model_keep_fits(&tr->model, tr->n_slots, tr->n_data * tr->B, tr->T, tr->cfg.keep_activations) &&
+        tr->root)
+        printf("dam_dist: the backward keeps the layers' activations (within parallel.keep_activations = %zu "
+               "bytes per rank): no recompute\n",
+               tr->cfg.keep_activations);
     for (int i = 0; i < tr->n_slots; i++) tr->slots[i] = runstate_new(&tr->model, tr->n_data * tr->B, tr->T);
     tr->rs = tr->slots[0];
     size_t seg = (size_t)tr->n_data * tr->B * tr->T, K = (size_t)tr->cfg.loss.topk;

@@ -4,7 +4,8 @@
  *   - the merged model written to disk (bf16 shards + index.json) reloads and reproduces the
  *     in-memory merged logits: bit for bit when the merged weights are exactly representable
  *     (one-hot on a bf16 source), within bf16 rounding otherwise;
- *   - coefficients written and read back are identical. */
+ *   - coefficients written and read back are identical;
+ *   - the backward from kept activations equals the recomputing one bit for bit. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -120,6 +121,13 @@ static void test_written_model_reproduces_logits(void **s) {
     char *out = dam_path_join(tmp, "merged");
     set_one_hot(&dc.m, 2);
     assert_true(test_report("written one-hot merge (bitwise)", written_vs_memory(&dc, out, 1), 0));
+    /* the GPU's way (row chunks of a bounded device buffer, downloaded), on this backend */
+    setenv("DAM_OUTPUT_CHUNK", "1000", 1);
+    dam_rm_rf(out);
+    assert_true(
+        test_report("written one-hot merge, in row chunks (bitwise)", written_vs_memory(&dc, out, 1), 0));
+    unsetenv("DAM_OUTPUT_CHUNK");
+    dam_rm_rf(out);
     /* generic coefficients: the merged weights are rounded to bf16 on disk; logits of these tiny
      * models move by ~1e-2 of their scale under that rounding */
     char *init = test_fixture("dam/llama3src/coef_init.safetensors");
@@ -179,12 +187,40 @@ static void test_topk_cache_equals_on_the_fly(void **s) {
     dam_case_close(&dc);
 }
 
+/* The backward from kept activations (DamModel.keep_acts) equals the one that recomputes each layer
+ * from its input, bit for bit: losses and every coefficient gradient, one batch of every dataset. */
+static void test_kept_activations_equal_recompute(void **s) {
+    (void)s;
+    DamCase dc;
+    dam_case_open(&dc, "qwen2base", "relu"); /* biases, a base row, relu: every tensor kind */
+    dc.batched = 1;
+    DamLosses l[2];
+    float *g[2];
+    for (int keep = 0; keep < 2; keep++) {
+        runstate_free(dc.rs);
+        dc.m.keep_acts = keep;
+        dc.rs = runstate_new(&dc.m, dc.n_data * dc.B, dc.T);
+        dam_case_loss(&dc, &l[keep]);
+        g[keep] = test_coef_get(&dc.m, DAM_COEF_GRAD);
+    }
+    printf("kept activations vs recompute: loss %.9g vs %.9g, gradients %s\n", l[1].total, l[0].total,
+           memcmp(g[0], g[1], dc.m.coef.n * 4) ? "differ" : "equal (bitwise)");
+    assert_true(l[0].total == l[1].total);
+    assert_memory_equal(g[0], g[1], dc.m.coef.n * 4);
+    assert_true(dam_model_keep_fits(&dc.m, 1, dc.n_data * dc.B, dc.T, (size_t)1 << 30));
+    assert_false(dam_model_keep_fits(&dc.m, 1, dc.n_data * dc.B, dc.T, 1));
+    assert_false(dam_model_keep_fits(&dc.m, 1, dc.n_data * dc.B, dc.T, 0));
+    free(g[0]), free(g[1]);
+    dam_case_close(&dc);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_one_hot_reproduces_source),
         cmocka_unit_test(test_identical_sources),
         cmocka_unit_test(test_written_model_reproduces_logits),
         cmocka_unit_test(test_topk_cache_equals_on_the_fly),
+        cmocka_unit_test(test_kept_activations_equal_recompute),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
