@@ -236,6 +236,22 @@ static void test_llama31_8b_one_node(void **state) {
     printf("  8B x3 on 1 GPU: sources %.2f GB (3 x %.2f GB), fits: %d\n", total / 1e9, per_source / 1e9, fit);
     assert_true(fit == 1 && fabs(total - 3 * per_source) <= 0.01 * 3 * per_source);
     assert_true(num(j, "bubble") == 0);
+    /* the layers' activations (32 layers x 3 x 2048 tokens) do not fit the default 256 MB budget:
+     * recomputed; with parallel.keep_activations large enough they are kept, in the run state */
+    const cJSON *r0 = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(j, "ranks"), 0);
+    assert_false(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r0, "activations_kept")));
+    double rs_recompute = num(cJSON_GetObjectItemCaseSensitive(r0, "bytes"), "run_states");
+    char *keep = make_run(tmp, "llama-3.1-8b", "{\"batch_size\": 1, \"micro_batches\": 8, \"seq_len\": 2048}",
+                          "1, \"pp\": 0, \"tp\": 1, \"keep_activations\": \"1000GB\"");
+    cJSON *jk = plan_json(keep, "--ranks 1 --gpu-mem 80 --device cuda");
+    const cJSON *k0 = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(jk, "ranks"), 0);
+    double rs_kept = num(cJSON_GetObjectItemCaseSensitive(k0, "bytes"), "run_states");
+    printf("  8B x3 on 1 GPU: run state %.2f GB recomputing, %.2f GB keeping the activations\n",
+           rs_recompute / 1e9, rs_kept / 1e9);
+    assert_true(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(k0, "activations_kept")));
+    assert_true(rs_kept > 5 * rs_recompute);
+    cJSON_Delete(jk);
+    free(keep);
     cJSON_Delete(j);
     /* one CPU node, 8 ranks of 64 GiB: the stages cover the 32 layers in order */
     j = plan_json(cfg, "--ranks 8 --mem-per-rank 64");
