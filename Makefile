@@ -34,26 +34,6 @@ CFLAGS    += $(CFLAGS_EXTRA) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-pa
              -Isrc -Impi -I$(HDF5_INC) -I$(CJSON_INC)
 LDLIBS    := $(HDF5_LIBS) $(CJSON_LIBS) $(BLAS_LIBS) $(LAPACK_LIBS) $(PCRE2_LIBS) -lm -lpthread -ldl
 
-# ---------------------------------------------------------------- CUDA hook
-# cuda/cuda.mk (written with the CUDA backend) defines CUDA_OBJ (objects to link into dam_dist, with
-# their own rules) and CUDA_LDLIBS (-L$(CUDA_HOME)/lib64 -lcudart -lcublas -L$(NCCL_HOME)/lib -lnccl ...).
-# Without CUDA=1 the file is still read when present (its variables only), but nothing of it links.
--include cuda/cuda.mk
-ifeq ($(CUDA),1)
-  ifeq ($(wildcard cuda/cuda.mk),)
-    $(error CUDA=1 needs cuda/cuda.mk (the CUDA backend); it is not in this tree)
-  endif
-  ifeq ($(strip $(CUDA_OBJ)),)
-    $(error CUDA=1: cuda/cuda.mk defines no CUDA_OBJ)
-  endif
-  CFLAGS  += -DDAM_WITH_CUDA
-  LDLIBS  += $(CUDA_LDLIBS)
-  EXTRA_OBJ := $(CUDA_OBJ)
-  CUDA_BUILT := yes
-else
-  EXTRA_OBJ :=
-  CUDA_BUILT := no
-endif
 NVCC      := $(shell command -v nvcc 2>/dev/null || { test -x $(CUDA_HOME)/bin/nvcc && echo $(CUDA_HOME)/bin/nvcc; })
 
 # ---------------------------------------------------------------- version
@@ -73,6 +53,25 @@ BENCH_SRC := $(wildcard bench/bench_*.c)
 BENCH_BIN := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 # `make deps test`: deps first even with -j (only when deps is asked for; a plain build never runs it)
 DEPS      := $(filter deps,$(MAKECMDGOALS))
+
+# ---------------------------------------------------------------- CUDA backend
+# `make CUDA=1` adds cuda/ and NCCL (cuda/cuda.mk appends CUDA_OBJ to LIB_OBJ, -DDAM_WITH_CUDA
+# -DDAM_WITH_NCCL to CFLAGS and CUDA_LDLIBS to LDLIBS, so it is read after their definitions);
+# `make CUDA=1 cuda-check` compiles every CUDA source without a GPU.
+.DEFAULT_GOAL := all
+-include cuda/cuda.mk
+ifeq ($(CUDA),1)
+  ifeq ($(wildcard cuda/cuda.mk),)
+    $(error CUDA=1 needs cuda/cuda.mk (the CUDA backend); it is not in this tree)
+  endif
+  ifeq ($(strip $(CUDA_OBJ)),)
+    $(error CUDA=1: cuda/cuda.mk defines no CUDA_OBJ)
+  endif
+  CUDA_BUILT := yes
+else
+  CUDA_BUILT := no
+endif
+EXTRA_OBJ :=
 
 .PHONY: all help deps test test-asan test-asan-run demo bench format format-check cppcheck clean info fixtures \
         fuzz install
@@ -190,10 +189,10 @@ fixtures:
 	python3 tests/fixtures/make_tokenizer_fixtures.py
 
 format:
-	clang-format -i src/*.c src/*.h mpi/*.c mpi/*.h tests/*.c tests/*.h bench/*.c 2>/dev/null || true
+	clang-format -i src/*.c src/*.h mpi/*.c mpi/*.h tests/*.c tests/*.h bench/*.c cuda/*.cu cuda/*.cuh cuda/*.h tests/cuda/*.c 2>/dev/null || true
 
 format-check:
-	clang-format --dry-run --Werror src/*.c src/*.h mpi/*.c mpi/*.h tests/*.c tests/*.h bench/*.c
+	clang-format --dry-run --Werror src/*.c src/*.h mpi/*.c mpi/*.h tests/*.c tests/*.h bench/*.c cuda/*.cu cuda/*.cuh cuda/*.h tests/cuda/*.c
 
 cppcheck:
 	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability --inline-suppr -D__GNUC__ \

@@ -4,39 +4,38 @@
 #include <stdlib.h>
 
 typedef struct {
-    const CommGroup *pp; /* NULL: one stage */
-    int first, last, n_slots;
+    DevComm *pp; /* NULL: one stage */
+    int rank, first, last, n_slots;
     const PipelineStage *st;
-    MPI_Request *fwd_req, *bwd_req; /* per slot: its pending send out of the forward / backward buffer */
-    char *skip;                     /* per slot: its micro-batch had nothing to do */
+    DevRequest *fwd_req, *bwd_req; /* per slot: its pending send out of the forward / backward buffer */
+    char *skip;                    /* per slot: its micro-batch had nothing to do */
 } Pipe;
 
 static void forward(Pipe *p, int mb) {
     int slot = mb % p->n_slots, n_pass = p->st->n_passes(p->st->ctx, mb);
     p->skip[slot] = n_pass == 0;
     for (int pass = 0; pass < n_pass; pass++) {
-        size_t n;
-        comm_wait(&p->fwd_req[slot]); /* the previous pass's send reads the buffer this one writes */
-        if (!p->first) {              /* (the buffer first: it sets n) */
-            float *in = p->st->pass_input(p->st->ctx, mb, pass, &n);
-            comm_recv_f32(p->pp, in, n, p->pp->rank - 1);
+        devcomm_wait(p->pp,
+                     &p->fwd_req[slot]); /* the previous pass's send reads the buffer this one writes */
+        if (!p->first) {                 /* (the buffer first: its length is what is received) */
+            DevBuf in = p->st->pass_input(p->st->ctx, mb, pass);
+            devcomm_recv(p->pp, in, in.n, p->rank - 1);
         }
-        const float *out = p->st->pass_run(p->st->ctx, mb, pass, &n);
-        if (!p->last) comm_isend_f32(p->pp, out, n, p->pp->rank + 1, &p->fwd_req[slot]);
+        DevBuf out = p->st->pass_run(p->st->ctx, mb, pass);
+        if (!p->last) devcomm_isend(p->pp, out, out.n, p->rank + 1, &p->fwd_req[slot]);
     }
 }
 
 static void backward(Pipe *p, int mb) {
     int slot = mb % p->n_slots;
     if (p->skip[slot]) return;
-    size_t n;
-    comm_wait(&p->bwd_req[slot]); /* a forward never waits on a gradient still on its way back */
+    devcomm_wait(p->pp, &p->bwd_req[slot]); /* a forward never waits on a gradient still on its way back */
     if (!p->last) {
-        float *in = p->st->grad_input(p->st->ctx, mb, &n);
-        comm_recv_f32(p->pp, in, n, p->pp->rank + 1);
+        DevBuf in = p->st->grad_input(p->st->ctx, mb);
+        devcomm_recv(p->pp, in, in.n, p->rank + 1);
     }
-    const float *out = p->st->backward_run(p->st->ctx, mb, &n);
-    if (!p->first) comm_isend_f32(p->pp, out, n, p->pp->rank - 1, &p->bwd_req[slot]);
+    DevBuf out = p->st->backward_run(p->st->ctx, mb);
+    if (!p->first) devcomm_isend(p->pp, out, out.n, p->rank - 1, &p->bwd_req[slot]);
 }
 
 int pipeline_slots(int M, int pp, int stage) {
@@ -44,14 +43,15 @@ int pipeline_slots(int M, int pp, int stage) {
     return n > 1 ? n : 1;
 }
 
-void pipeline_run(const CommGroup *pp, int M, int n_slots, int with_backward, const PipelineStage *st) {
-    int size = pp ? pp->size : 1, stage = pp ? pp->rank : 0, need = pipeline_slots(M, size, stage);
+void pipeline_run(DevComm *pp, int M, int n_slots, int with_backward, const PipelineStage *st) {
+    int multi = pp && pp->g && pp->g->size > 1;
+    int size = multi ? pp->g->size : 1, stage = multi ? pp->g->rank : 0,
+        need = pipeline_slots(M, size, stage);
     if (n_slots < need) dam_fail("pipeline: 1F1B needs %d run states, got %d", need, n_slots);
-    Pipe p = {size > 1 ? pp : NULL, stage == 0, stage == size - 1, n_slots, st, NULL, NULL, NULL};
-    p.fwd_req = dam_malloc((size_t)n_slots * sizeof *p.fwd_req, "pipeline requests");
-    p.bwd_req = dam_malloc((size_t)n_slots * sizeof *p.bwd_req, "pipeline requests");
+    Pipe p = {multi ? pp : NULL, stage, stage == 0, stage == size - 1, n_slots, st, NULL, NULL, NULL};
+    p.fwd_req = dam_calloc((size_t)n_slots, sizeof *p.fwd_req, "pipeline requests");
+    p.bwd_req = dam_calloc((size_t)n_slots, sizeof *p.bwd_req, "pipeline requests");
     p.skip = dam_calloc((size_t)n_slots, 1, "pipeline slots");
-    for (int i = 0; i < n_slots; i++) p.fwd_req[i] = p.bwd_req[i] = MPI_REQUEST_NULL;
     int warmup = with_backward ? (size - stage - 1 < M ? size - stage - 1 : M) : M, f = 0, b = 0;
     for (; f < warmup; f++) forward(&p, f);
     for (; f < M; f++, b++) { /* steady state: one forward, one backward */
@@ -59,7 +59,7 @@ void pipeline_run(const CommGroup *pp, int M, int n_slots, int with_backward, co
         backward(&p, b);
     }
     for (; with_backward && b < M; b++) backward(&p, b);
-    for (int i = 0; i < n_slots; i++) comm_wait(&p.fwd_req[i]), comm_wait(&p.bwd_req[i]);
+    for (int i = 0; i < n_slots; i++) devcomm_wait(p.pp, &p.fwd_req[i]), devcomm_wait(p.pp, &p.bwd_req[i]);
     free(p.fwd_req), free(p.bwd_req), free(p.skip);
 }
 

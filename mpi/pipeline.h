@@ -16,26 +16,29 @@
 #include <stddef.h>
 
 #include "comm.h"
+#include "devcomm.h"
 
 typedef struct {
     void *ctx;
     /* Forward passes of micro-batch mb (0: nothing to do, and no backward either). Called once per
      * forward, before its passes. */
     int (*n_passes)(void *ctx, int mb);
-    /* Where pass `pass`'s activation from the previous stage goes, *n floats (not on the first stage). */
-    float *(*pass_input)(void *ctx, int mb, int pass, size_t *n);
-    /* Run the pass; returns the activation for the next stage, *n floats (ignored on the last). */
-    const float *(*pass_run)(void *ctx, int mb, int pass, size_t *n);
-    /* Where the next stage's gradient goes, *n floats (not on the last stage). */
-    float *(*grad_input)(void *ctx, int mb, size_t *n);
-    /* Run the backward; returns the gradient for the previous stage, *n floats (ignored on the first). */
-    const float *(*backward_run)(void *ctx, int mb, size_t *n);
+    /* Where pass `pass`'s activation from the previous stage goes (not called on the first stage);
+     * the view's length is what is received. */
+    DevBuf (*pass_input)(void *ctx, int mb, int pass);
+    /* Run the pass; returns the activation for the next stage (ignored on the last). */
+    DevBuf (*pass_run)(void *ctx, int mb, int pass);
+    /* Where the next stage's gradient goes (not called on the last stage). */
+    DevBuf (*grad_input)(void *ctx, int mb);
+    /* Run the backward; returns the gradient for the previous stage (ignored on the first). */
+    DevBuf (*backward_run)(void *ctx, int mb);
 } PipelineStage;
 
-/* M micro-batches through this rank's stage (pp NULL or of size 1: one stage, forward then
- * backward in turn). With backward, the 1F1B schedule: stage s runs min(pp-s-1, M) forwards, then
- * alternates one forward and one backward, then the remaining backwards; n_slots >= min(M, pp). */
-void pipeline_run(const CommGroup *pp, int M, int n_slots, int backward, const PipelineStage *st);
+/* M micro-batches through this rank's stage (pp NULL or its group of size 1: one stage, forward
+ * then backward in turn). With backward, the 1F1B schedule: stage s runs min(pp-s-1, M) forwards,
+ * then alternates one forward and one backward, then the remaining backwards; n_slots >= min(M, pp).
+ * Transfers go through the device communicator of the pp group. */
+void pipeline_run(DevComm *pp, int M, int n_slots, int backward, const PipelineStage *st);
 
 /* Micro-batches in flight on stage `stage` of pp under 1F1B with M micro-batches, the run states it
  * needs: min(M, pp - stage) (the last stage runs each backward right after its forward). */

@@ -1,23 +1,50 @@
-/* backend.h — the compute interface the transformer and the DAM step call.
+/* backend.h — the device contract: everything the model, the losses and the optimizer compute goes
+ * through these calls, so that one driver runs on the CPU (backend_cpu.c, the reference and CI path),
+ * under the guard backend (backend_guard.c: the CPU backend with every buffer inaccessible outside a
+ * call, proving that no host code touches a device buffer) and on CUDA (cuda/backend_cuda.cu).
  *
- * One implementation per device: backend_cpu.c (C + OpenBLAS, fp32; the reference and CI path)
- * and, in cuda/, a CUDA one (cuBLAS, bf16 storage, fp32 accumulation) with the same signatures.
- * Buffers passed in are device buffers of that backend (host memory for the CPU). Source weights
- * arrive as SrcWeight views in their stored dtype; on the CPU they point into the mmapped files.
- * Shapes follow PyTorch: a linear weight is W[out, in], activations are x[T, in] row-major. */
+ * Rules of the contract
+ *  - Every call takes the rank's BackendCtx first (on the GPU: the device, one stream, the cuBLAS
+ *    handle, scratch). Calls are ordered on that stream; results a call returns to the host (sums,
+ *    norms, a threshold) are complete when it returns (the backend synchronises for them).
+ *  - A DevBuf is device memory of one dtype (DAM_F32, DAM_BF16 or DAM_I32) on one device. Host code
+ *    never dereferences DevBuf.ptr: it makes views (devbuf_at, devbuf_slice) and passes them.
+ *    Activations and the workspace are in be->act_dtype (CPU: F32; CUDA: BF16); coefficients, f(c),
+ *    their gradients and the optimizer state are always F32; logits and dL/dz are F32.
+ *  - Host arrays appear only as small index lists (token ids, valid positions: the backend copies
+ *    them in) and small host results (LossSums, Gram matrices, norms).
+ *  - Source weights are uploaded once per run (upload_source); on the CPU that is a view of the
+ *    mmapped file, on the GPU a device copy in the stored dtype (bf16).
+ * Shapes follow PyTorch: a linear weight is W[out, in], activations x[T, in] row-major. */
 #ifndef DAM_BACKEND_H
 #define DAM_BACKEND_H
 
 #include <stddef.h>
 #include <stdint.h>
 
+#include "loss.h"
 #include "util.h"
 
-/* One source's stored tensor (or a tensor-parallel slice of it): row r starts at data + r*ld
- * elements (ld = 0: rows are contiguous, ld = cols). */
+typedef enum { DAM_DEVICE_CPU = 0, DAM_DEVICE_CUDA = 1 } DamDevice;
+
+/* Device memory: n elements of dtype at ptr (a view may start inside an allocation). */
 typedef struct {
-    const void *data;
+    void *ptr;
+    size_t n;
     dam_dtype dtype;
+    DamDevice device;
+} DevBuf;
+
+/* Elements [off, off + n) of b (bounds checked: fails naming the buffer sizes). */
+DevBuf devbuf_slice(DevBuf b, size_t off, size_t n);
+/* Elements [off, end) of b. */
+DevBuf devbuf_at(DevBuf b, size_t off);
+static inline int devbuf_null(DevBuf b) { return b.ptr == NULL; }
+
+/* One source's stored tensor (or a tensor-parallel slice of it) on the device: row r starts at
+ * element r*ld of w (ld = cols when rows are contiguous). w.dtype is the stored dtype. */
+typedef struct {
+    DevBuf w;
     size_t ld;
 } SrcWeight;
 
@@ -30,70 +57,153 @@ typedef struct {
     float scale; /* 1/sqrt(hd) */
 } AttnShape;
 
-/* Attention tiles: queries and keys in blocks of DAM_ATTN_TILE; the scratch an attention call
- * needs, in floats, whatever the sequence length. */
-#define DAM_ATTN_TILE 128
-#define DAM_ATTN_SCRATCH (2 * DAM_ATTN_TILE * DAM_ATTN_TILE + 2 * DAM_ATTN_TILE)
+/* AdamW / MoFO-AdamW update of n entries (one tensor's coefficients): t is the 1-based step;
+ * mofo_threshold < 0 updates every entry, else only entries with |m| >= mofo_threshold (after the
+ * moment update; the backend's mofo_threshold call computes it). mofo_alpha > 0 (MoFO as the
+ * trainer runs it): the backend computes that threshold itself from the updated moments,
+ * mofo_threshold(m, n, mofo_alpha), and mofo_threshold is ignored. */
+typedef struct {
+    float lr, beta1, beta2, eps, weight_decay;
+    int t;
+    float mofo_threshold;
+    float mofo_alpha;
+} AdamParams;
+
+typedef struct BackendCtx BackendCtx;
+typedef struct BackendEvent BackendEvent;
 
 typedef struct Backend {
-    const char *name;
-    void *(*alloc)(size_t bytes, const char *what);
-    void (*free)(void *p);
+    const char *name; /* "cpu", "guard", "cuda" */
+    DamDevice device;
+    dam_dtype act_dtype; /* activations and workspace */
 
+    /* ---- context, memory, transfers, events */
+    /* device_index: the GPU of this rank (local rank modulo the visible devices); ignored on the CPU */
+    BackendCtx *(*ctx_new)(int device_index);
+    void (*ctx_free)(BackendCtx *ctx);
+    DevBuf (*alloc)(BackendCtx *ctx, size_t n, dam_dtype dtype, const char *what); /* zeroed */
+    void (*free)(BackendCtx *ctx, DevBuf *b);                                      /* sets b->ptr NULL */
+    /* A source tensor as stored (rows x cols, row r at host + r*ld elements) onto the device, once
+     * per run; CPU: a view of the mapping, no copy. */
+    SrcWeight (*upload_source)(BackendCtx *ctx, const void *host, dam_dtype dtype, size_t rows, size_t cols,
+                               size_t ld, const char *what);
+    void (*free_source)(BackendCtx *ctx, SrcWeight *s);
+    /* Drop what is resident of a source that was just used (CPU: madvise the mapping's pages; else a no-op).
+     */
+    void (*release_source)(BackendCtx *ctx, const SrcWeight *s, size_t rows, size_t cols);
+    /* host[n] (host_dtype: F32, BF16 or I32) into dst, converting to dst.dtype; and back. */
+    void (*upload)(BackendCtx *ctx, DevBuf dst, const void *host, dam_dtype host_dtype, size_t n);
+    void (*download)(BackendCtx *ctx, void *host, dam_dtype host_dtype, DevBuf src, size_t n);
+    void (*copy)(BackendCtx *ctx, DevBuf dst, DevBuf src, size_t n);  /* same dtype, or F32<->BF16 */
+    void (*fill)(BackendCtx *ctx, DevBuf dst, float value, size_t n); /* fill 0 = memset */
+    void (*synchronize)(BackendCtx *ctx);
+    BackendEvent *(*event_new)(BackendCtx *ctx);
+    void (*event_free)(BackendCtx *ctx, BackendEvent *e);
+    void (*event_record)(BackendCtx *ctx, BackendEvent *e);
+    double (*event_elapsed)(BackendCtx *ctx, BackendEvent *start,
+                            BackendEvent *end); /* seconds, synchronises */
+    /* Communication on device buffers (mpi/devcomm.c): a host pointer to b's memory for MPI while
+     * the caller holds it (CPU, guard: the memory itself, made accessible until host_end), or NULL
+     * when the memory is not host-addressable (CUDA: NCCL or host staging is used instead). */
+    void *(*host_begin)(BackendCtx *ctx, DevBuf b);
+    void (*host_end)(BackendCtx *ctx, DevBuf b);
+
+    /* ---- GEMMs: fp32 accumulation; inputs and outputs in their buffers' dtypes */
     /* y[T,out] = x[T,in] · W[out,in]ᵀ (+ y when accumulate) */
-    void (*matmul_xwt)(float *y, const float *x, const float *w, int T, int in, int out, int accumulate);
+    void (*matmul_xwt)(BackendCtx *ctx, DevBuf y, DevBuf x, DevBuf w, int T, int in, int out, int accumulate);
     /* dx[T,in] = dy[T,out] · W[out,in] (+ dx when accumulate) */
-    void (*matmul_dyw)(float *dx, const float *dy, const float *w, int T, int in, int out, int accumulate);
-    /* G[out,in] = dy[T,out]ᵀ · x[T,in] (+ G when accumulate) — the weight-gradient GEMM */
-    void (*matmul_dytx)(float *g, const float *dy, const float *x, int T, int in, int out, int accumulate);
+    void (*matmul_dyw)(BackendCtx *ctx, DevBuf dx, DevBuf dy, DevBuf w, int T, int in, int out,
+                       int accumulate);
+    /* G[out,in] = dy[T,out]ᵀ · x[T,in] (+ G when accumulate): the weight-gradient GEMM */
+    void (*matmul_dytx)(BackendCtx *ctx, DevBuf g, DevBuf dy, DevBuf x, int T, int in, int out,
+                        int accumulate);
 
-    /* merged[r, j] = Σ_i fc[i*cols + j] · W_i[r, j] for r < rows (a bias or norm is rows = 1).
-     * With fc_per_row (scalar coefficients, biases) the coefficient is fc[i] for the whole tensor. */
-    void (*dam_materialize)(float *merged, const SrcWeight *src, int n_src, const float *fc, size_t rows,
-                            size_t cols, int scalar_coef);
-    /* acc[i*cols + j] += Σ_r W_i[r, j] · G[r, j]  (scalar_coef: acc[i] += Σ_{r,j} W_i[r,j]·G[r,j]).
-     * The caller multiplies by f'(c) once per step. One memory-bound pass per source. */
-    void (*dam_coef_grad)(float *acc, const SrcWeight *src, int n_src, const float *g, size_t rows,
+    /* ---- DAM */
+    /* merged[r, j] = Σ_i fc[i*cols + j] · W_i[r, j] for r < rows (a norm is rows = 1); with
+     * scalar_coef (biases, and a teacher's single source with fc = ones) fc[i] for the whole tensor. */
+    void (*dam_materialize)(BackendCtx *ctx, DevBuf merged, const SrcWeight *src, int n_src, DevBuf fc,
+                            size_t rows, size_t cols, int scalar_coef);
+    /* acc[i*cols + j] += Σ_r W_i[r, j] · G[r, j]  (scalar_coef: acc[i] += Σ_{r,j} W_i[r,j]·G[r,j]). */
+    void (*dam_coef_grad)(BackendCtx *ctx, DevBuf acc, const SrcWeight *src, int n_src, DevBuf g, size_t rows,
                           size_t cols, int scalar_coef);
-    /* Rows ids[t] of the merged embedding: out[t, j] = Σ_i fc[i, j] · E_i[ids[t], j]; a negative id
-     * (a token of another tensor-parallel rank's vocabulary slice) gives a zero row. */
-    void (*dam_embed_gather)(float *out, const SrcWeight *src, int n_src, const float *fc, const int32_t *ids,
-                             int T, int d);
+    /* out[t, j] = Σ_i fc[i, j] · E_i[ids[t], j]; ids is a host array of T ids, a negative id (another
+     * tensor-parallel rank's vocabulary) gives a zero row. */
+    void (*dam_embed_gather)(BackendCtx *ctx, DevBuf out, const SrcWeight *src, int n_src, DevBuf fc,
+                             const int32_t *ids, int T, int d);
     /* acc[i, j] += Σ_t E_i[ids[t], j] · dh[t, j] (negative ids skipped) */
-    void (*dam_embed_coef_grad)(float *acc, const SrcWeight *src, int n_src, const float *dh,
+    void (*dam_embed_coef_grad)(BackendCtx *ctx, DevBuf acc, const SrcWeight *src, int n_src, DevBuf dh,
                                 const int32_t *ids, int T, int d);
 
-    /* out = x̂ ⊙ w with x̂ = x·rstd, rstd[t] = 1/sqrt(mean(x[t]²) + eps) (rstd is saved). */
-    void (*rmsnorm_fwd)(float *out, float *rstd, const float *x, const float *w, int T, int d, float eps);
-    /* dx (+)= rstd·(dx̂ − x̂·mean(dx̂ ⊙ x̂)), dx̂ = dout ⊙ w; dw[j] += Σ_t dout[t,j]·x̂[t,j]. */
-    void (*rmsnorm_bwd)(float *dx, float *dw, const float *dout, const float *x, const float *rstd,
-                        const float *w, int T, int d, int accumulate_dx);
-    /* Rotate heads in place (HF rotate_half layout): x[t, h*hd + k] for positions t mod T;
-     * inverse applies the transpose (the backward). cos/sin are [T, hd/2]. */
-    void (*rope)(float *x, const float *cos, const float *sin, int BT, int T, int heads, int hd, int inverse);
+    /* ---- transformer */
+    /* out = x̂ ⊙ w with x̂ = x·rstd, rstd[t] = 1/sqrt(mean(x[t]²) + eps) (rstd F32, saved). */
+    void (*rmsnorm_fwd)(BackendCtx *ctx, DevBuf out, DevBuf rstd, DevBuf x, DevBuf w, int T, int d,
+                        float eps);
+    /* dx (+)= rstd·(dx̂ − x̂·mean(dx̂ ⊙ x̂)), dx̂ = dout ⊙ w; dw[j] += Σ_t dout[t,j]·x̂[t,j] (dw F32). */
+    void (*rmsnorm_bwd)(BackendCtx *ctx, DevBuf dx, DevBuf dw, DevBuf dout, DevBuf x, DevBuf rstd, DevBuf w,
+                        int T, int d, int accumulate_dx);
+    /* Rotate heads in place (HF rotate_half layout) for positions t mod T; cos/sin [T, hd/2] F32;
+     * inverse applies the transpose (the backward). */
+    void (*rope)(BackendCtx *ctx, DevBuf x, DevBuf cos, DevBuf sin, int BT, int T, int heads, int hd,
+                 int inverse);
     /* Causal (optionally sliding-window) attention, tiled (flash-style): only the log-sum-exp of each
-     * query row, lse [B,H,T], is saved for the backward, so memory is linear in T. scratch holds
-     * DAM_ATTN_SCRATCH floats whatever T is. */
-    void (*attention_fwd)(float *out, float *lse, const float *q, const float *k, const float *v,
-                          const AttnShape *s, float *scratch);
-    /* dq, dk, dv are overwritten; the probabilities are recomputed from q, k and lse, and
-     * out (the forward's) gives the softmax's row correction Σ dout·out. */
-    void (*attention_bwd)(float *dq, float *dk, float *dv, const float *dout, const float *out,
-                          const float *lse, const float *q, const float *k, const float *v,
-                          const AttnShape *s, float *scratch);
-    /* act = silu(gate) ⊙ up */
-    void (*swiglu_fwd)(float *act, const float *gate, const float *up, size_t n);
-    /* dgate, dup from dact */
-    void (*swiglu_bwd)(float *dgate, float *dup, const float *dact, const float *gate, const float *up,
+     * query row, lse [B,H,T] F32, is kept for the backward; memory linear in T (scratch is the
+     * backend's own). */
+    void (*attention_fwd)(BackendCtx *ctx, DevBuf out, DevBuf lse, DevBuf q, DevBuf k, DevBuf v,
+                          const AttnShape *s);
+    /* dq, dk, dv overwritten; probabilities recomputed from q, k and lse; out gives Σ dout·out. */
+    void (*attention_bwd)(BackendCtx *ctx, DevBuf dq, DevBuf dk, DevBuf dv, DevBuf dout, DevBuf out,
+                          DevBuf lse, DevBuf q, DevBuf k, DevBuf v, const AttnShape *s);
+    void (*swiglu_fwd)(BackendCtx *ctx, DevBuf act, DevBuf gate, DevBuf up, size_t n); /* silu(gate)⊙up */
+    void (*swiglu_bwd)(BackendCtx *ctx, DevBuf dgate, DevBuf dup, DevBuf dact, DevBuf gate, DevBuf up,
                        size_t n);
-    /* y[t, o] += b[o] */
-    void (*add_bias)(float *y, const float *b, int T, int out);
+    void (*add_bias)(BackendCtx *ctx, DevBuf y, DevBuf b, int T, int out); /* y[t, o] += b[o] */
+    void (*add)(BackendCtx *ctx, DevBuf y, DevBuf x, size_t n);            /* y += x (residuals) */
+    void (*scale)(BackendCtx *ctx, DevBuf y, float s, size_t n);           /* y *= s */
+    /* out[o] = Σ_t dy[t, o] (out F32): a bias's gradient */
+    void (*colsum)(BackendCtx *ctx, DevBuf out, DevBuf dy, int T, int cols);
+    /* dst[r, :] = src[rows[r], :] for r < n (rows: host array), d columns; and the scatter back
+     * (dst[rows[r], :] = src[r, :]). dtypes may differ (F32 <-> act_dtype). */
+    void (*gather_rows)(BackendCtx *ctx, DevBuf dst, DevBuf src, const int32_t *rows, int n, int d);
+    void (*scatter_rows)(BackendCtx *ctx, DevBuf dst, DevBuf src, const int32_t *rows, int n, int d);
+
+    /* ---- losses (src/loss.h semantics): z, zt [C,V] F32 logits; idx [C,K] I32 and val [C,K] F32
+     * the teacher's top-K; dz [C,V] F32 overwritten with dz_scale · dL/dz; the chunk's sums added to
+     * *sums (host). A vocabulary-parallel group reduces through p->reduce (host doubles per row). */
+    void (*loss_rows)(BackendCtx *ctx, DevBuf dz, LossSums *sums, DevBuf z, DevBuf zt, DevBuf idx, DevBuf val,
+                      int C, int V, const LossChunkParams *p, float dz_scale);
+    /* The K largest entries of each row of zt (global vocabulary ids, descending, ties by lower id),
+     * over the group when p->reduce is set. */
+    void (*loss_topk)(BackendCtx *ctx, DevBuf idx, DevBuf val, DevBuf zt, int C, int V, int K,
+                      int vocab_offset, const LossReduce *reduce);
+
+    /* ---- coefficients and optimizer (F32 buffers) */
+    void (*coef_nonlin)(BackendCtx *ctx, DevBuf fc, DevBuf c, size_t n, Nonlinearity f);     /* fc = f(c) */
+    void (*coef_nonlin_grad)(BackendCtx *ctx, DevBuf g, DevBuf c, size_t n, Nonlinearity f); /* g *= f'(c) */
+    double (*sumsq)(BackendCtx *ctx, DevBuf x, size_t n);                                    /* Σ x² */
+    /* G[i*n_src + j] = c_i · c_j for the n_src rows of dim entries (host result) */
+    void (*coef_gram)(BackendCtx *ctx, double *G, DevBuf c, int n_src, int dim);
+    /* g_i += Σ_j A[i*n_src + j] · c_j (similarity and L2 gradients, A on the host) */
+    void (*coef_mix_grad)(BackendCtx *ctx, DevBuf g, DevBuf c, const double *A, int n_src, int dim);
+    /* λ·Σ|c| returned; g += λ·sign(c) */
+    double (*coef_l1)(BackendCtx *ctx, DevBuf g, DevBuf c, size_t n, double lambda);
+    /* w·Σ_{a<b} Σ_k min(|c_a|,|c_b|) returned, its gradient into g (half each at a tie) */
+    double (*coef_overlap)(BackendCtx *ctx, DevBuf g, DevBuf c, int n_src, int dim, double w);
+    /* The |m| threshold of MoFO: the ceil(alpha·n)-th largest |m| (alpha in (0,1]). */
+    float (*mofo_threshold)(BackendCtx *ctx, DevBuf m, size_t n, float alpha);
+    /* m, v moments updated from g, then c updated (only where |m| >= p->mofo_threshold if >= 0) */
+    void (*adamw)(BackendCtx *ctx, DevBuf c, DevBuf g, DevBuf m, DevBuf v, size_t n, const AdamParams *p);
 } Backend;
 
-/* The CPU backend (always available). */
+/* The CPU backend (always available), the guard backend (the CPU's with every DevBuf made
+ * inaccessible by mprotect outside backend calls), and the CUDA backend when built (NULL else). */
 const Backend *backend_cpu(void);
+const Backend *backend_guard(void);
+const Backend *backend_cuda(void);
+/* By name ("cpu", "guard", "cuda"); fails listing the available ones. DAM_BACKEND in the
+ * environment overrides the name given (so that the test suite runs under "guard"). */
+const Backend *backend_by_name(const char *name);
 
-/* Element-wise nonlinearity of the coefficients and its derivative. */
+/* Element-wise nonlinearity of the coefficients and its derivative (host, for reference and tests). */
 float dam_nonlin(Nonlinearity f, float c);
 float dam_nonlin_grad(Nonlinearity f, float c);
 

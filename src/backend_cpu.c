@@ -1,53 +1,222 @@
-/* backend_cpu.c — the reference backend: fp32 compute with OpenBLAS sgemm; source weights read
- * in their stored dtype straight from the mapping (never expanded wholesale). */
+/* Before every #include (see vmath.h): the exponentials of the SwiGLU and of the attention's softmax
+ * vectorize only without trapping math, and only if the headers' inline helpers are compiled under
+ * the same options. Nothing here reads floating-point exception flags. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
+
+/* backend_cpu.c — the reference backend: fp32 activations and compute with OpenBLAS sgemm; source
+ * weights read in their stored dtype straight from the mapping (upload_source is a view, never a
+ * copy, and never expanded wholesale). Every op checks its buffers' dtypes and lengths and fails
+ * with one line naming the op and the argument. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <cblas.h>
 
 #include "backend.h"
+#include "vmath.h"
 
-static void *cpu_alloc(size_t bytes, const char *what) {
+/* Attention tiles: queries and keys in blocks of ATTN_TILE, so that the scratch is constant in T. */
+enum { ATTN_TILE = 128, ATTN_SCRATCH = 2 * ATTN_TILE * ATTN_TILE + 2 * ATTN_TILE };
+
+struct BackendCtx {
+    float *attn_scratch; /* ATTN_SCRATCH floats: one (sequence, head) at a time */
+};
+
+struct BackendEvent {
+    double t;
+};
+
+/* ---------------------------------------------------------------- argument checks */
+
+/* Fails naming the op and the argument (without the trailing '_' of the ops' DevBuf parameters). */
+static void *checked(DevBuf b, size_t n, dam_dtype t, const char *op, const char *arg) {
+    int len = (int)strcspn(arg, "_");
+    if (b.device != DAM_DEVICE_CPU) dam_fail("%s: %.*s is not a CPU buffer", op, len, arg);
+    if (b.dtype != t)
+        dam_fail("%s: %.*s is %s, expected %s", op, len, arg, dam_dtype_name(b.dtype), dam_dtype_name(t));
+    if (b.n < n) dam_fail("%s: %.*s holds %zu elements, needs %zu", op, len, arg, b.n, n);
+    if (n && !b.ptr) dam_fail("%s: %.*s is a null buffer", op, len, arg);
+    return b.ptr;
+}
+/* The data of DevBuf b as a float/int32 array of at least n elements, named in errors. */
+#define F32(b, n) ((float *)checked((b), (n), DAM_F32, __func__, #b))
+#define I32(b, n) ((int32_t *)checked((b), (n), DAM_I32, __func__, #b))
+
+static int storable(dam_dtype t) { return t == DAM_F32 || t == DAM_BF16 || t == DAM_I32; }
+
+/* n elements from src (dtype st) to dst (dtype dt): the same dtype, or F32 <-> BF16. */
+static void convert(void *dst, dam_dtype dt, const void *src, dam_dtype st, size_t n, const char *op) {
+    if (dt == st && storable(dt)) {
+        memmove(dst, src, n * dam_dtype_size(dt));
+    } else if (dt == DAM_F32 && st == DAM_BF16) {
+        const uint16_t *s = src;
+        float *d = dst;
+        for (size_t i = 0; i < n; i++) d[i] = dam_bf16_to_f32(s[i]);
+    } else if (dt == DAM_BF16 && st == DAM_F32) {
+        const float *s = src;
+        uint16_t *d = dst;
+        for (size_t i = 0; i < n; i++) d[i] = dam_f32_to_bf16(s[i]);
+    } else {
+        dam_fail("%s: cannot convert %s to %s", op, dam_dtype_name(st), dam_dtype_name(dt));
+    }
+}
+
+/* ---------------------------------------------------------------- context, memory, transfers */
+
+static BackendCtx *cpu_ctx_new(int device_index) {
+    BackendCtx *c = dam_calloc(1, sizeof *c, "CPU backend context");
+    c->attn_scratch = dam_malloc(ATTN_SCRATCH * sizeof(float), "attention scratch");
+    return c;
+}
+
+static void cpu_ctx_free(BackendCtx *c) {
+    if (!c) return;
+    free(c->attn_scratch);
+    free(c);
+}
+
+static DevBuf cpu_alloc(BackendCtx *ctx, size_t n, dam_dtype dtype, const char *what) {
+    if (!storable(dtype))
+        dam_fail("alloc of %s: dtype %s is not F32, BF16 or I32", what, dam_dtype_name(dtype));
+    size_t es = dam_dtype_size(dtype);
+    if (n > SIZE_MAX / es) dam_fail("alloc of %s: %zu elements overflow", what, n);
     void *p = NULL;
-    if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0)
-        dam_fail("out of memory: %zu bytes for %s", bytes, what);
-    return p;
+    if (posix_memalign(&p, 64, n ? n * es : 64) != 0)
+        dam_fail("out of memory: %zu bytes for %s", n * es, what);
+    memset(p, 0, n ? n * es : 64);
+    return (DevBuf){p, n, dtype, DAM_DEVICE_CPU};
 }
 
-static void cpu_free(void *p) { free(p); }
-
-static void cpu_matmul_xwt(float *y, const float *x, const float *w, int T, int in, int out, int acc) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, out, in, 1.0f, x, in, w, in, acc ? 1.0f : 0.0f, y,
-                out);
+static void cpu_free(BackendCtx *ctx, DevBuf *b) {
+    free(b->ptr);
+    b->ptr = NULL, b->n = 0;
 }
 
-static void cpu_matmul_dyw(float *dx, const float *dy, const float *w, int T, int in, int out, int acc) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, in, out, 1.0f, dy, out, w, in,
-                acc ? 1.0f : 0.0f, dx, in);
+/* Elements a tensor of rows x cols with row stride ld spans. */
+static size_t span(size_t rows, size_t cols, size_t ld) { return rows ? (rows - 1) * ld + cols : 0; }
+
+static SrcWeight cpu_upload_source(BackendCtx *ctx, const void *host, dam_dtype dtype, size_t rows,
+                                   size_t cols, size_t ld, const char *what) {
+    if (dtype != DAM_F32 && dtype != DAM_BF16 && dtype != DAM_F16)
+        dam_fail("upload_source of %s: stored dtype %s is not F32, BF16 or F16", what, dam_dtype_name(dtype));
+    if (!ld) ld = cols;
+    if (ld < cols) dam_fail("upload_source of %s: row stride %zu < %zu columns", what, ld, cols);
+    return (SrcWeight){{(void *)host, span(rows, cols, ld), dtype, DAM_DEVICE_CPU}, ld};
 }
 
-static void cpu_matmul_dytx(float *g, const float *dy, const float *x, int T, int in, int out, int acc) {
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, T, 1.0f, dy, out, x, in, acc ? 1.0f : 0.0f,
-                g, in);
+static void cpu_free_source(BackendCtx *ctx, SrcWeight *s) { s->w.ptr = NULL, s->w.n = 0; }
+
+/* The mapping's pages that lie wholly inside the tensor are dropped (they are read again from the
+ * file if touched); a page shared with a neighbouring tensor stays. */
+static void cpu_release_source(BackendCtx *ctx, const SrcWeight *s, size_t rows, size_t cols) {
+    static long page = 0;
+    if (!page) page = sysconf(_SC_PAGESIZE);
+    uintptr_t lo = (uintptr_t)s->w.ptr, hi = lo + span(rows, cols, s->ld) * dam_dtype_size(s->w.dtype);
+    lo = (lo + (uintptr_t)page - 1) & ~((uintptr_t)page - 1);
+    hi &= ~((uintptr_t)page - 1);
+    if (s->w.ptr && hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
+}
+
+static void cpu_upload(BackendCtx *ctx, DevBuf dst, const void *host, dam_dtype host_dtype, size_t n) {
+    checked(dst, n, dst.dtype, "upload", "dst");
+    convert(dst.ptr, dst.dtype, host, host_dtype, n, "upload");
+}
+
+static void cpu_download(BackendCtx *ctx, void *host, dam_dtype host_dtype, DevBuf src, size_t n) {
+    checked(src, n, src.dtype, "download", "src");
+    convert(host, host_dtype, src.ptr, src.dtype, n, "download");
+}
+
+static void cpu_copy(BackendCtx *ctx, DevBuf dst, DevBuf src, size_t n) {
+    checked(dst, n, dst.dtype, "copy", "dst");
+    checked(src, n, src.dtype, "copy", "src");
+    convert(dst.ptr, dst.dtype, src.ptr, src.dtype, n, "copy");
+}
+
+static void cpu_fill(BackendCtx *ctx, DevBuf dst, float value, size_t n) {
+    checked(dst, n, dst.dtype, "fill", "dst");
+    if (value == 0.0f && !signbit(value)) {
+        memset(dst.ptr, 0, n * dam_dtype_size(dst.dtype));
+    } else if (dst.dtype == DAM_F32) {
+        for (size_t i = 0; i < n; i++) ((float *)dst.ptr)[i] = value;
+    } else if (dst.dtype == DAM_BF16) {
+        uint16_t h = dam_f32_to_bf16(value);
+        for (size_t i = 0; i < n; i++) ((uint16_t *)dst.ptr)[i] = h;
+    } else {
+        for (size_t i = 0; i < n; i++) ((int32_t *)dst.ptr)[i] = (int32_t)value;
+    }
+}
+
+static void cpu_synchronize(BackendCtx *ctx) {}
+
+static BackendEvent *cpu_event_new(BackendCtx *ctx) { return dam_calloc(1, sizeof(BackendEvent), "event"); }
+static void cpu_event_free(BackendCtx *ctx, BackendEvent *e) { free(e); }
+static void cpu_event_record(BackendCtx *ctx, BackendEvent *e) { e->t = dam_now(); }
+static double cpu_event_elapsed(BackendCtx *ctx, BackendEvent *a, BackendEvent *b) { return b->t - a->t; }
+
+/* The memory is the host's: MPI works on it directly. */
+static void *cpu_host_begin(BackendCtx *ctx, DevBuf b) { return b.ptr; }
+static void cpu_host_end(BackendCtx *ctx, DevBuf b) {}
+
+/* ---------------------------------------------------------------- GEMMs */
+
+static void cpu_matmul_xwt(BackendCtx *ctx, DevBuf y, DevBuf x, DevBuf w, int T, int in, int out, int acc) {
+    size_t Ti = (size_t)T * in, To = (size_t)T * out, io = (size_t)in * out;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, out, in, 1.0f, F32(x, Ti), in, F32(w, io), in,
+                acc ? 1.0f : 0.0f, F32(y, To), out);
+}
+
+static void cpu_matmul_dyw(BackendCtx *ctx, DevBuf dx, DevBuf dy, DevBuf w, int T, int in, int out, int acc) {
+    size_t Ti = (size_t)T * in, To = (size_t)T * out, io = (size_t)in * out;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, in, out, 1.0f, F32(dy, To), out, F32(w, io), in,
+                acc ? 1.0f : 0.0f, F32(dx, Ti), in);
+}
+
+static void cpu_matmul_dytx(BackendCtx *ctx, DevBuf g, DevBuf dy, DevBuf x, int T, int in, int out, int acc) {
+    size_t Ti = (size_t)T * in, To = (size_t)T * out, io = (size_t)in * out;
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, T, 1.0f, F32(dy, To), out, F32(x, Ti), in,
+                acc ? 1.0f : 0.0f, F32(g, io), in);
+}
+
+/* ---------------------------------------------------------------- DAM */
+
+/* Source i of n_src spans rows x cols (fails naming the op otherwise). */
+static void check_sources(const SrcWeight *src, int n_src, size_t rows, size_t cols, const char *op) {
+    for (int i = 0; i < n_src; i++) {
+        const DevBuf *w = &src[i].w;
+        size_t need = span(rows, cols, src[i].ld ? src[i].ld : cols);
+        if (w->device != DAM_DEVICE_CPU) dam_fail("%s: source %d is not on the CPU", op, i);
+        if (w->dtype != DAM_F32 && w->dtype != DAM_BF16 && w->dtype != DAM_F16)
+            dam_fail("%s: source %d is %s, expected F32, BF16 or F16", op, i, dam_dtype_name(w->dtype));
+        if (w->n < need) dam_fail("%s: source %d holds %zu elements, needs %zu", op, i, w->n, need);
+        if (need && !w->ptr) dam_fail("%s: source %d is a null buffer", op, i);
+    }
 }
 
 /* Row r of a stored tensor as fp32 into buf (cols entries). */
 static inline void load_row(float *buf, const SrcWeight *s, size_t r, size_t cols) {
     size_t off = r * (s->ld ? s->ld : cols);
-    if (s->dtype == DAM_BF16) {
-        const uint16_t *p = (const uint16_t *)s->data + off;
+    if (s->w.dtype == DAM_BF16) {
+        const uint16_t *p = (const uint16_t *)s->w.ptr + off;
         for (size_t j = 0; j < cols; j++) buf[j] = dam_bf16_to_f32(p[j]);
-    } else if (s->dtype == DAM_F32) {
-        memcpy(buf, (const float *)s->data + off, cols * sizeof(float));
+    } else if (s->w.dtype == DAM_F32) {
+        memcpy(buf, (const float *)s->w.ptr + off, cols * sizeof(float));
     } else {
-        dam_to_f32(buf, (const uint16_t *)s->data + off, s->dtype, cols);
+        dam_to_f32(buf, (const uint16_t *)s->w.ptr + off, s->w.dtype, cols);
     }
 }
 
-static void cpu_dam_materialize(float *merged, const SrcWeight *src, int n_src, const float *fc, size_t rows,
-                                size_t cols, int scalar_coef) {
-    float *row = malloc(cols * sizeof(float));
+static void cpu_dam_materialize(BackendCtx *ctx, DevBuf merged_, const SrcWeight *src, int n_src, DevBuf fc_,
+                                size_t rows, size_t cols, int scalar_coef) {
+    float *merged = F32(merged_, rows * cols);
+    const float *fc = F32(fc_, scalar_coef ? (size_t)n_src : (size_t)n_src * cols);
+    check_sources(src, n_src, rows, cols, "dam_materialize");
+    float *row = dam_malloc(cols * sizeof(float) + 1, "materialize row");
     for (size_t r = 0; r < rows; r++) {
         float *m = merged + r * cols;
         for (int i = 0; i < n_src; i++) {
@@ -70,11 +239,14 @@ static void cpu_dam_materialize(float *merged, const SrcWeight *src, int n_src, 
     free(row);
 }
 
-static void cpu_dam_coef_grad(float *acc, const SrcWeight *src, int n_src, const float *g, size_t rows,
-                              size_t cols, int scalar_coef) {
-    float *row = malloc(cols * sizeof(float));
+static void cpu_dam_coef_grad(BackendCtx *ctx, DevBuf acc_, const SrcWeight *src, int n_src, DevBuf g_,
+                              size_t rows, size_t cols, int scalar_coef) {
+    float *acc = F32(acc_, scalar_coef ? (size_t)n_src : (size_t)n_src * cols);
+    const float *g = F32(g_, rows * cols);
+    check_sources(src, n_src, rows, cols, "dam_coef_grad");
+    float *row = dam_malloc(cols * sizeof(float) + 1, "coefficient gradient row");
     /* Per-source column sums in double: the sum runs over `rows` terms (up to the vocabulary). */
-    double *sum = calloc(cols, sizeof(double));
+    double *sum = dam_calloc(cols + 1, sizeof(double), "coefficient gradient sums");
     for (int i = 0; i < n_src; i++) {
         memset(sum, 0, cols * sizeof(double));
         for (size_t r = 0; r < rows; r++) {
@@ -95,9 +267,24 @@ static void cpu_dam_coef_grad(float *acc, const SrcWeight *src, int n_src, const
     free(row);
 }
 
-static void cpu_dam_embed_gather(float *out, const SrcWeight *src, int n_src, const float *fc,
+/* Embedding rows named by ids exist in every source (negative ids are skipped by the callers). */
+static void check_ids(const SrcWeight *src, int n_src, const int32_t *ids, int T, int d, const char *op) {
+    for (int i = 0; i < n_src; i++) {
+        size_t ld = src[i].ld ? src[i].ld : (size_t)d;
+        for (int t = 0; t < T; t++)
+            if (ids[t] >= 0 && span((size_t)ids[t] + 1, (size_t)d, ld) > src[i].w.n)
+                dam_fail("%s: token id %d is outside source %d (%zu elements, row stride %zu)", op, ids[t], i,
+                         src[i].w.n, ld);
+    }
+}
+
+static void cpu_dam_embed_gather(BackendCtx *ctx, DevBuf out_, const SrcWeight *src, int n_src, DevBuf fc_,
                                  const int32_t *ids, int T, int d) {
-    float *row = malloc((size_t)d * sizeof(float));
+    float *out = F32(out_, (size_t)T * d);
+    const float *fc = F32(fc_, (size_t)n_src * d);
+    check_sources(src, n_src, 0, (size_t)d, "dam_embed_gather");
+    check_ids(src, n_src, ids, T, d, "dam_embed_gather");
+    float *row = dam_malloc((size_t)d * sizeof(float) + 1, "embedding row");
     for (int t = 0; t < T; t++) {
         float *o = out + (size_t)t * d;
         if (ids[t] < 0) {
@@ -116,9 +303,13 @@ static void cpu_dam_embed_gather(float *out, const SrcWeight *src, int n_src, co
     free(row);
 }
 
-static void cpu_dam_embed_coef_grad(float *acc, const SrcWeight *src, int n_src, const float *dh,
+static void cpu_dam_embed_coef_grad(BackendCtx *ctx, DevBuf acc_, const SrcWeight *src, int n_src, DevBuf dh_,
                                     const int32_t *ids, int T, int d) {
-    float *row = malloc((size_t)d * sizeof(float));
+    float *acc = F32(acc_, (size_t)n_src * d);
+    const float *dh = F32(dh_, (size_t)T * d);
+    check_sources(src, n_src, 0, (size_t)d, "dam_embed_coef_grad");
+    check_ids(src, n_src, ids, T, d, "dam_embed_coef_grad");
+    float *row = dam_malloc((size_t)d * sizeof(float) + 1, "embedding row");
     for (int i = 0; i < n_src; i++) {
         float *a = acc + (size_t)i * d;
         for (int t = 0; t < T; t++) {
@@ -131,8 +322,13 @@ static void cpu_dam_embed_coef_grad(float *acc, const SrcWeight *src, int n_src,
     free(row);
 }
 
-static void cpu_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *w, int T, int d,
+/* ---------------------------------------------------------------- transformer */
+
+static void cpu_rmsnorm_fwd(BackendCtx *ctx, DevBuf out_, DevBuf rstd_, DevBuf x_, DevBuf w_, int T, int d,
                             float eps) {
+    size_t Td = (size_t)T * d;
+    float *out = F32(out_, Td), *rstd = F32(rstd_, (size_t)T);
+    const float *x = F32(x_, Td), *w = F32(w_, (size_t)d);
     for (int t = 0; t < T; t++) {
         const float *xr = x + (size_t)t * d;
         double ss = 0;
@@ -144,8 +340,12 @@ static void cpu_rmsnorm_fwd(float *out, float *rstd, const float *x, const float
     }
 }
 
-static void cpu_rmsnorm_bwd(float *dx, float *dw, const float *dout, const float *x, const float *rstd,
-                            const float *w, int T, int d, int acc) {
+static void cpu_rmsnorm_bwd(BackendCtx *ctx, DevBuf dx_, DevBuf dw_, DevBuf dout_, DevBuf x_, DevBuf rstd_,
+                            DevBuf w_, int T, int d, int acc) {
+    size_t Td = (size_t)T * d;
+    float *dx = F32(dx_, Td), *dw = devbuf_null(dw_) ? NULL : F32(dw_, (size_t)d);
+    const float *dout = F32(dout_, Td), *x = F32(x_, Td), *rstd = F32(rstd_, (size_t)T),
+                *w = F32(w_, (size_t)d);
     for (int t = 0; t < T; t++) {
         const float *xr = x + (size_t)t * d, *go = dout + (size_t)t * d;
         float r = rstd[t];
@@ -164,9 +364,11 @@ static void cpu_rmsnorm_bwd(float *dx, float *dw, const float *dout, const float
     }
 }
 
-static void cpu_rope(float *x, const float *cos, const float *sin, int BT, int T, int heads, int hd,
+static void cpu_rope(BackendCtx *ctx, DevBuf x_, DevBuf cos_, DevBuf sin_, int BT, int T, int heads, int hd,
                      int inverse) {
     int half = hd / 2;
+    float *x = F32(x_, (size_t)BT * heads * hd);
+    const float *cos = F32(cos_, (size_t)T * half), *sin = F32(sin_, (size_t)T * half);
     float sgn = inverse ? -1.0f : 1.0f;
     for (int bt = 0; bt < BT; bt++) {
         const float *c = cos + (size_t)(bt % T) * half, *s = sin + (size_t)(bt % T) * half;
@@ -186,10 +388,8 @@ static inline int attn_lo(int i, int window) { return window > 0 && i - window +
 
 /* Flash-style attention: query tiles of ATTN_TILE rows against key tiles of ATTN_TILE keys, with
  * an online softmax; only the per-row log-sum-exp is kept for the backward, which recomputes each
- * probability tile. Memory is linear in T (the lse) plus a constant scratch; a sequence of up to
- * ATTN_TILE tokens is one tile, so short sequences cost what plain GEMM attention costs. */
-enum { ATTN_TILE = DAM_ATTN_TILE };
-
+ * probability tile. Memory is linear in T (the lse) plus the context's constant scratch; a sequence
+ * of up to ATTN_TILE tokens is one tile, so short sequences cost what plain GEMM attention costs. */
 typedef struct {
     const float *q, *k, *v; /* this (sequence, head)'s rows, strides qs and ks */
     int qs, ks, hd, T, window;
@@ -205,6 +405,20 @@ static void attn_scores(float *S, const AttnHead *a, int i0, int nq, int j0, int
         for (int c = 0; c < nk; c++)
             if (j0 + c < lo || j0 + c > i) S[(size_t)r * nk + c] = -INFINITY;
     }
+}
+
+enum { LANES = 8 };
+
+/* row[c] = e^(row[c] − m) (vectorized: dam_exp_approx), returning their sum (LANES partial sums). */
+static float exp_row(float *row, int nk, float m) {
+    float acc[LANES] = {0};
+    int c = 0;
+    for (; c + LANES <= nk; c += LANES)
+        for (int u = 0; u < LANES; u++) acc[u] += (row[c + u] = dam_exp_approx(row[c + u] - m));
+    for (; c < nk; c++) acc[0] += (row[c] = dam_exp_approx(row[c] - m));
+    float s = 0;
+    for (int u = 0; u < LANES; u++) s += acc[u];
+    return s;
 }
 
 /* One (sequence, head): out rows and lse for every query. scratch: ATTN_TILE² + 2·ATTN_TILE. */
@@ -226,8 +440,7 @@ static void attn_head_fwd(float *out, int os, float *lse, const AttnHead *a, flo
                     memset(row, 0, (size_t)nk * sizeof(float));
                     continue;
                 }
-                float corr = expf(mx[r] - m), part = 0;
-                for (int c = 0; c < nk; c++) part += (row[c] = expf(row[c] - m));
+                float corr = expf(mx[r] - m), part = exp_row(row, nk, m);
                 sum[r] = sum[r] * corr + part, mx[r] = m;
                 float *o = out + (size_t)(i0 + r) * os;
                 for (int e = 0; e < a->hd; e++) o[e] *= corr;
@@ -249,14 +462,24 @@ static AttnHead attn_head(const float *q, const float *k, const float *v, const 
     return (AttnHead){q + qo, k + ko, v + ko, qs, ks, s->hd, s->T, s->window, s->scale};
 }
 
-static void cpu_attention_fwd(float *out, float *lse, const float *q, const float *k, const float *v,
-                              const AttnShape *s, float *scratch) {
+static void check_shape(const AttnShape *s, const char *op) {
+    if (s->B < 0 || s->T < 0 || s->H < 1 || s->KV < 1 || s->hd < 1 || s->H % s->KV != 0)
+        dam_fail("%s: bad shape B=%d T=%d H=%d KV=%d hd=%d (H must be a multiple of KV)", op, s->B, s->T,
+                 s->H, s->KV, s->hd);
+}
+
+static void cpu_attention_fwd(BackendCtx *ctx, DevBuf out_, DevBuf lse_, DevBuf q_, DevBuf k_, DevBuf v_,
+                              const AttnShape *s) {
+    check_shape(s, "attention_fwd");
+    size_t nq = (size_t)s->B * s->T * s->H * s->hd, nk = (size_t)s->B * s->T * s->KV * s->hd;
+    float *out = F32(out_, nq), *lse = F32(lse_, (size_t)s->B * s->H * s->T);
+    const float *q = F32(q_, nq), *k = F32(k_, nk), *v = F32(v_, nk);
     int qs = s->H * s->hd;
     for (int b = 0; b < s->B; b++)
         for (int h = 0; h < s->H; h++) {
             AttnHead a = attn_head(q, k, v, s, b, h);
             attn_head_fwd(out + (size_t)b * s->T * qs + (size_t)h * s->hd, qs,
-                          lse + ((size_t)b * s->H + h) * s->T, &a, scratch);
+                          lse + ((size_t)b * s->H + h) * s->T, &a, ctx->attn_scratch);
         }
 }
 
@@ -278,9 +501,10 @@ static void attn_head_bwd(float *dq, float *dk, float *dv, const float *dout, co
         for (int j0 = klo; j0 < khi; j0 += ATTN_TILE) {
             int nk = khi - j0 < ATTN_TILE ? khi - j0 : ATTN_TILE;
             attn_scores(P, a, i0, nq, j0, nk);
-            for (int r = 0; r < nq; r++)
-                for (int c = 0; c < nk; c++)
-                    P[(size_t)r * nk + c] = expf(P[(size_t)r * nk + c] - lse[i0 + r]);
+            for (int r = 0; r < nq; r++) {
+                float *row = P + (size_t)r * nk, l = lse[i0 + r];
+                for (int c = 0; c < nk; c++) row[c] = dam_exp_approx(row[c] - l);
+            }
             const float *dO = dout + (size_t)i0 * qs;
             /* dV += Pᵀ dO ; dP = dO Vᵀ ; dS = P ⊙ (dP − D) · scale ; dQ += dS K ; dK += dSᵀ Q */
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, a->hd, nq, 1.0f, P, nk, dO, qs, 1.0f,
@@ -300,45 +524,280 @@ static void attn_head_bwd(float *dq, float *dk, float *dv, const float *dout, co
     }
 }
 
-static void cpu_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const float *out,
-                              const float *lse, const float *q, const float *k, const float *v,
-                              const AttnShape *s, float *scratch) {
-    int qs = s->H * s->hd, ks = s->KV * s->hd;
-    memset(dk, 0, (size_t)s->B * s->T * ks * sizeof(float));
-    memset(dv, 0, (size_t)s->B * s->T * ks * sizeof(float));
+static void cpu_attention_bwd(BackendCtx *ctx, DevBuf dq_, DevBuf dk_, DevBuf dv_, DevBuf dout_, DevBuf out_,
+                              DevBuf lse_, DevBuf q_, DevBuf k_, DevBuf v_, const AttnShape *s) {
+    check_shape(s, "attention_bwd");
+    size_t nq = (size_t)s->B * s->T * s->H * s->hd, nk = (size_t)s->B * s->T * s->KV * s->hd;
+    float *dq = F32(dq_, nq), *dk = F32(dk_, nk), *dv = F32(dv_, nk);
+    const float *dout = F32(dout_, nq), *out = F32(out_, nq), *lse = F32(lse_, (size_t)s->B * s->H * s->T);
+    const float *q = F32(q_, nq), *k = F32(k_, nk), *v = F32(v_, nk);
+    int qs = s->H * s->hd;
+    memset(dk, 0, nk * sizeof(float));
+    memset(dv, 0, nk * sizeof(float));
     for (int b = 0; b < s->B; b++)
         for (int h = 0; h < s->H; h++) {
             AttnHead a = attn_head(q, k, v, s, b, h);
             size_t qo = (size_t)b * s->T * qs + (size_t)h * s->hd, ko = a.k - k;
             attn_head_bwd(dq + qo, dk + ko, dv + ko, dout + qo, out + qo, lse + ((size_t)b * s->H + h) * s->T,
-                          &a, scratch);
+                          &a, ctx->attn_scratch);
         }
 }
 
-static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+/* silu's sigmoid with the vectorizable exponential (relative error of e^x < 2e-7). */
+static inline float sigmoid_fast(float x) { return 1.0f / (1.0f + dam_exp_approx(-x)); }
 
-static void cpu_swiglu_fwd(float *act, const float *gate, const float *up, size_t n) {
-    for (size_t i = 0; i < n; i++) act[i] = gate[i] * sigmoidf(gate[i]) * up[i];
+static void cpu_swiglu_fwd(BackendCtx *ctx, DevBuf act_, DevBuf gate_, DevBuf up_, size_t n) {
+    float *act = F32(act_, n);
+    const float *gate = F32(gate_, n), *up = F32(up_, n);
+    for (size_t i = 0; i < n; i++) act[i] = gate[i] * sigmoid_fast(gate[i]) * up[i];
 }
 
-static void cpu_swiglu_bwd(float *dgate, float *dup, const float *dact, const float *gate, const float *up,
-                           size_t n) {
+static void cpu_swiglu_bwd(BackendCtx *ctx, DevBuf dgate_, DevBuf dup_, DevBuf dact_, DevBuf gate_,
+                           DevBuf up_, size_t n) {
+    float *dgate = F32(dgate_, n), *dup = F32(dup_, n);
+    const float *dact = F32(dact_, n), *gate = F32(gate_, n), *up = F32(up_, n);
     for (size_t i = 0; i < n; i++) {
-        float sg = sigmoidf(gate[i]), silu = gate[i] * sg;
+        float sg = sigmoid_fast(gate[i]), silu = gate[i] * sg;
         dup[i] = dact[i] * silu;
         dgate[i] = dact[i] * up[i] * (sg * (1.0f + gate[i] * (1.0f - sg)));
     }
 }
 
-static void cpu_add_bias(float *y, const float *b, int T, int out) {
+static void cpu_add_bias(BackendCtx *ctx, DevBuf y_, DevBuf b_, int T, int out) {
+    float *y = F32(y_, (size_t)T * out);
+    const float *b = F32(b_, (size_t)out);
     for (int t = 0; t < T; t++)
         for (int o = 0; o < out; o++) y[(size_t)t * out + o] += b[o];
 }
 
+static void cpu_add(BackendCtx *ctx, DevBuf y_, DevBuf x_, size_t n) {
+    float *y = F32(y_, n);
+    const float *x = F32(x_, n);
+    for (size_t i = 0; i < n; i++) y[i] += x[i];
+}
+
+static void cpu_scale(BackendCtx *ctx, DevBuf y_, float s, size_t n) {
+    float *y = F32(y_, n);
+    for (size_t i = 0; i < n; i++) y[i] *= s;
+}
+
+/* In t order, in float: the sums the model computed before the port. */
+static void cpu_colsum(BackendCtx *ctx, DevBuf out_, DevBuf dy_, int T, int cols) {
+    float *out = F32(out_, (size_t)cols);
+    const float *dy = F32(dy_, (size_t)T * cols);
+    memset(out, 0, (size_t)cols * sizeof(float));
+    for (int t = 0; t < T; t++)
+        for (int o = 0; o < cols; o++) out[o] += dy[(size_t)t * cols + o];
+}
+
+/* Row r of the n x d rows lies inside b. */
+static void check_rows(DevBuf b, const int32_t *rows, int n, int d, const char *op, const char *arg) {
+    size_t have = d ? b.n / (size_t)d : 0;
+    for (int r = 0; r < n; r++)
+        if (rows[r] < 0 || (size_t)rows[r] >= have)
+            dam_fail("%s: row %d is outside %s's %zu rows of %d", op, rows[r], arg, have, d);
+}
+
+static void cpu_gather_rows(BackendCtx *ctx, DevBuf dst, DevBuf src, const int32_t *rows, int n, int d) {
+    checked(dst, (size_t)n * d, dst.dtype, "gather_rows", "dst");
+    checked(src, 0, src.dtype, "gather_rows", "src");
+    check_rows(src, rows, n, d, "gather_rows", "src");
+    size_t ds = dam_dtype_size(dst.dtype), ss = dam_dtype_size(src.dtype);
+    for (int r = 0; r < n; r++)
+        convert((char *)dst.ptr + (size_t)r * d * ds, dst.dtype,
+                (const char *)src.ptr + (size_t)rows[r] * d * ss, src.dtype, (size_t)d, "gather_rows");
+}
+
+static void cpu_scatter_rows(BackendCtx *ctx, DevBuf dst, DevBuf src, const int32_t *rows, int n, int d) {
+    checked(src, (size_t)n * d, src.dtype, "scatter_rows", "src");
+    checked(dst, 0, dst.dtype, "scatter_rows", "dst");
+    check_rows(dst, rows, n, d, "scatter_rows", "dst");
+    size_t ds = dam_dtype_size(dst.dtype), ss = dam_dtype_size(src.dtype);
+    for (int r = 0; r < n; r++)
+        convert((char *)dst.ptr + (size_t)rows[r] * d * ds, dst.dtype,
+                (const char *)src.ptr + (size_t)r * d * ss, src.dtype, (size_t)d, "scatter_rows");
+}
+
+/* ---------------------------------------------------------------- losses */
+
+static void cpu_loss_rows(BackendCtx *ctx, DevBuf dz_, LossSums *sums, DevBuf z_, DevBuf zt_, DevBuf idx_,
+                          DevBuf val_, int C, int V, const LossChunkParams *p, float dz_scale) {
+    size_t CV = (size_t)C * V, CK = (size_t)C * (p->K > 0 ? p->K : 0);
+    int need_t = (p->kl && p->K <= 0) || p->mse > 0; /* full-vocabulary terms read the teacher's logits */
+    float *dz = F32(dz_, CV);
+    const float *z = F32(z_, CV), *zt = need_t || !devbuf_null(zt_) ? F32(zt_, need_t ? CV : 0) : NULL;
+    const int32_t *idx = p->K > 0 ? I32(idx_, CK) : NULL;
+    const float *val = p->K > 0 ? F32(val_, CK) : NULL;
+    loss_rows(dz, sums, z, zt, idx, val, C, V, p);
+    if (dz_scale != 1.0f)
+        for (size_t j = 0; j < CV; j++) dz[j] *= dz_scale;
+}
+
+static void cpu_loss_topk(BackendCtx *ctx, DevBuf idx_, DevBuf val_, DevBuf zt_, int C, int V, int K,
+                          int vocab_offset, const LossReduce *reduce) {
+    size_t CK = (size_t)C * K;
+    if (K < 1 || K > V) dam_fail("loss_topk: K = %d is outside [1, %d]", K, V);
+    loss_topk_sharded(I32(idx_, CK), F32(val_, CK), F32(zt_, (size_t)C * V), C, V, K, vocab_offset, reduce);
+}
+
+/* ---------------------------------------------------------------- coefficients and optimizer
+ * The regularizers' and AdamW's host math of the trainer before the port, element for element, so
+ * that a run's coefficients do not change with it. */
+
+static void cpu_coef_nonlin(BackendCtx *ctx, DevBuf fc_, DevBuf c_, size_t n, Nonlinearity f) {
+    float *fc = F32(fc_, n);
+    const float *c = F32(c_, n);
+    for (size_t j = 0; j < n; j++) fc[j] = dam_nonlin(f, c[j]);
+}
+
+static void cpu_coef_nonlin_grad(BackendCtx *ctx, DevBuf g_, DevBuf c_, size_t n, Nonlinearity f) {
+    float *g = F32(g_, n);
+    const float *c = F32(c_, n);
+    for (size_t j = 0; j < n; j++) g[j] = g[j] * dam_nonlin_grad(f, c[j]);
+}
+
+static double dot(const float *a, const float *b, size_t n) {
+    double s = 0;
+    for (size_t j = 0; j < n; j++) s += (double)a[j] * b[j];
+    return s;
+}
+
+static double cpu_sumsq(BackendCtx *ctx, DevBuf x_, size_t n) {
+    const float *x = F32(x_, n);
+    return dot(x, x, n);
+}
+
+static void cpu_coef_gram(BackendCtx *ctx, double *G, DevBuf c_, int n_src, int dim) {
+    const float *c = F32(c_, (size_t)n_src * dim);
+    for (int i = 0; i < n_src; i++)
+        for (int j = 0; j < n_src; j++)
+            G[i * n_src + j] = dot(c + (size_t)i * dim, c + (size_t)j * dim, (size_t)dim);
+}
+
+static void cpu_coef_mix_grad(BackendCtx *ctx, DevBuf g_, DevBuf c_, const double *A, int n_src, int dim) {
+    float *g = F32(g_, (size_t)n_src * dim);
+    const float *c = F32(c_, (size_t)n_src * dim);
+    for (int i = 0; i < n_src; i++)
+        for (int k = 0; k < dim; k++) {
+            double s = 0;
+            for (int j = 0; j < n_src; j++) s += A[i * n_src + j] * c[(size_t)j * dim + k];
+            g[(size_t)i * dim + k] += (float)s;
+        }
+}
+
+static double cpu_coef_l1(BackendCtx *ctx, DevBuf g_, DevBuf c_, size_t n, double lambda) {
+    float *g = F32(g_, n);
+    const float *c = F32(c_, n);
+    double s = 0;
+    for (size_t j = 0; j < n; j++) {
+        s += fabs(c[j]);
+        g[j] += (float)(lambda * ((c[j] > 0) - (c[j] < 0)));
+    }
+    return lambda * s;
+}
+
+/* At a tie each side gets half, as torch.minimum's gradient does. */
+static double cpu_coef_overlap(BackendCtx *ctx, DevBuf g_, DevBuf c_, int n, int dim, double w) {
+    float *g = F32(g_, (size_t)n * dim);
+    const float *c = F32(c_, (size_t)n * dim);
+    double s = 0;
+    for (int a = 0; a < n; a++)
+        for (int b = a + 1; b < n; b++)
+            for (int k = 0; k < dim; k++) {
+                float x = c[(size_t)a * dim + k], y = c[(size_t)b * dim + k], ax = fabsf(x), ay = fabsf(y);
+                s += ax < ay ? ax : ay;
+                float sx = (float)((x > 0) - (x < 0)), sy = (float)((y > 0) - (y < 0));
+                float share_a = ax < ay ? 1.0f : ax > ay ? 0.0f : 0.5f;
+                g[(size_t)a * dim + k] += (float)(w * share_a * sx);
+                g[(size_t)b * dim + k] += (float)(w * (1.0f - share_a) * sy);
+            }
+    return w * s;
+}
+
+static void swapf(float *x, size_t i, size_t j) {
+    float t = x[i];
+    x[i] = x[j], x[j] = t;
+}
+
+/* The k-th largest (1-based) of x[0..n), reordering x: quickselect with a three-way partition
+ * (momenta repeat: zeros), expected linear time, the same value a full sort would give. */
+static float kth_largest(float *x, size_t n, size_t k) {
+    size_t lo = 0, hi = n, want = k - 1; /* the answer is in [lo, hi) */
+    for (;;) {
+        if (hi - lo == 1) return x[lo];
+        float a = x[lo], b = x[lo + (hi - lo) / 2], c = x[hi - 1]; /* median of three */
+        float pivot = a < b ? (b < c ? b : a < c ? c : a) : (a < c ? a : b < c ? c : b);
+        size_t lt = lo, i = lo, gt = hi; /* [lo, lt) > pivot, [lt, i) == pivot, [gt, hi) < pivot */
+        while (i < gt) {
+            if (x[i] > pivot)
+                swapf(x, lt++, i++);
+            else if (x[i] < pivot)
+                swapf(x, i, --gt);
+            else
+                i++;
+        }
+        if (want < lt)
+            hi = lt;
+        else if (want >= gt)
+            lo = gt;
+        else
+            return pivot;
+    }
+}
+
+static float cpu_mofo_threshold(BackendCtx *ctx, DevBuf m_, size_t n, float alpha) {
+    const float *m = F32(m_, n);
+    if (!(alpha > 0 && alpha <= 1)) dam_fail("mofo_threshold: alpha = %g is outside (0, 1]", alpha);
+    if (n == 0) return 0;
+    float *a = dam_malloc(n * sizeof(float), "mofo");
+    for (size_t j = 0; j < n; j++) a[j] = fabsf(m[j]);
+    size_t keep = (size_t)ceil(alpha * (double)n);
+    float thr = kth_largest(a, n, keep < 1 ? 1 : keep > n ? n : keep);
+    free(a);
+    return thr;
+}
+
+/* Moments, then (MoFO: where |m| reaches the threshold) the bias-corrected step with the decoupled
+ * weight decay inside the learning rate's factor, as optim_step did it. */
+static void cpu_adamw(BackendCtx *ctx, DevBuf c_, DevBuf g_, DevBuf m_, DevBuf v_, size_t n,
+                      const AdamParams *p) {
+    float *c = F32(c_, n), *m = F32(m_, n), *v = F32(v_, n);
+    const float *g = F32(g_, n);
+    for (size_t j = 0; j < n; j++) {
+        m[j] = p->beta1 * m[j] + (1 - p->beta1) * g[j];
+        v[j] = p->beta2 * v[j] + (1 - p->beta2) * g[j] * g[j];
+    }
+    float thr = p->mofo_alpha > 0 ? cpu_mofo_threshold(ctx, m_, n, p->mofo_alpha) : p->mofo_threshold;
+    double bc1 = 1.0 - pow(p->beta1, p->t), bc2 = 1.0 - pow(p->beta2, p->t);
+    for (size_t j = 0; j < n; j++) {
+        if (thr >= 0 && fabsf(m[j]) < thr) continue; /* MoFO: only the largest momenta move */
+        double mh = m[j] / bc1, vh = v[j] / bc2;
+        c[j] -= (float)(p->lr * (mh / (sqrt(vh) + p->eps) + p->weight_decay * c[j]));
+    }
+}
+
 static const Backend cpu_backend = {
     .name = "cpu",
+    .device = DAM_DEVICE_CPU,
+    .act_dtype = DAM_F32,
+    .ctx_new = cpu_ctx_new,
+    .ctx_free = cpu_ctx_free,
     .alloc = cpu_alloc,
     .free = cpu_free,
+    .upload_source = cpu_upload_source,
+    .free_source = cpu_free_source,
+    .release_source = cpu_release_source,
+    .upload = cpu_upload,
+    .download = cpu_download,
+    .copy = cpu_copy,
+    .fill = cpu_fill,
+    .synchronize = cpu_synchronize,
+    .event_new = cpu_event_new,
+    .event_free = cpu_event_free,
+    .event_record = cpu_event_record,
+    .event_elapsed = cpu_event_elapsed,
+    .host_begin = cpu_host_begin,
+    .host_end = cpu_host_end,
     .matmul_xwt = cpu_matmul_xwt,
     .matmul_dyw = cpu_matmul_dyw,
     .matmul_dytx = cpu_matmul_dytx,
@@ -354,30 +813,22 @@ static const Backend cpu_backend = {
     .swiglu_fwd = cpu_swiglu_fwd,
     .swiglu_bwd = cpu_swiglu_bwd,
     .add_bias = cpu_add_bias,
+    .add = cpu_add,
+    .scale = cpu_scale,
+    .colsum = cpu_colsum,
+    .gather_rows = cpu_gather_rows,
+    .scatter_rows = cpu_scatter_rows,
+    .loss_rows = cpu_loss_rows,
+    .loss_topk = cpu_loss_topk,
+    .coef_nonlin = cpu_coef_nonlin,
+    .coef_nonlin_grad = cpu_coef_nonlin_grad,
+    .sumsq = cpu_sumsq,
+    .coef_gram = cpu_coef_gram,
+    .coef_mix_grad = cpu_coef_mix_grad,
+    .coef_l1 = cpu_coef_l1,
+    .coef_overlap = cpu_coef_overlap,
+    .mofo_threshold = cpu_mofo_threshold,
+    .adamw = cpu_adamw,
 };
 
 const Backend *backend_cpu(void) { return &cpu_backend; }
-
-float dam_nonlin(Nonlinearity f, float c) {
-    switch (f) {
-    case NONLIN_TANH: return tanhf(c);
-    case NONLIN_SIGMOID: return sigmoidf(c);
-    case NONLIN_RELU: return c > 0 ? c : 0;
-    default: return c;
-    }
-}
-
-float dam_nonlin_grad(Nonlinearity f, float c) {
-    switch (f) {
-    case NONLIN_TANH: {
-        float t = tanhf(c);
-        return 1.0f - t * t;
-    }
-    case NONLIN_SIGMOID: {
-        float s = sigmoidf(c);
-        return s * (1.0f - s);
-    }
-    case NONLIN_RELU: return c > 0 ? 1.0f : 0.0f;
-    default: return 1.0f;
-    }
-}

@@ -266,10 +266,13 @@ char *ckpt_save(const char *dir, const DamModel *m, const CkptMeta *meta, int ke
     char *tmp = ckpt_tmp_path(dir, meta->step);
     ckpt_create(tmp, meta);
     CkptFile *f = ckpt_append(tmp);
+    float *c = dam_model_coef_host(m, DAM_COEF_C), *am = dam_model_coef_host(m, DAM_COEF_ADAM_M),
+          *av = dam_model_coef_host(m, DAM_COEF_ADAM_V);
     for (int t = 0; t < m->n_tensors; t++) {
         const DamTensor *x = &m->tensors[t];
-        ckpt_put(f, x->name, m->n_rows, x->dim, x->c, x->adam_m, x->adam_v);
+        ckpt_put(f, x->name, m->n_rows, x->dim, c + x->coef_at, am + x->coef_at, av + x->coef_at);
     }
+    free(c), free(am), free(av);
     ckpt_close(f);
     char *final = ckpt_commit(dir, tmp, meta->step, keep);
     free(tmp);
@@ -285,12 +288,19 @@ void ckpt_read_model(CkptFile *f, DamModel *m) {
     if (strcmp(want, have))
         dam_fail("%s: checkpoint was made for sources '%s'; this run has '%s'", f->path, have, want);
     free(have);
+    /* every tensor is read: the host blocks are filled whole, then uploaded */
+    float *c = dam_malloc((m->coef.n ? m->coef.n : 1) * 3 * sizeof(float), "checkpoint coefficients");
+    float *am = c + m->coef.n, *av = am + m->coef.n;
     for (int t = 0; t < m->n_tensors; t++) { /* this rank's columns of tensor-parallel splits */
         DamTensor *x = &m->tensors[t];
         int split = dam_model_split_kind(m, x) == 2;
-        ckpt_get(f, x->name, m->n_rows, split ? x->coef_full : x->dim, split ? x->coef_off : 0, x->dim, x->c,
-                 x->adam_m, x->adam_v);
+        ckpt_get(f, x->name, m->n_rows, split ? x->coef_full : x->dim, split ? x->coef_off : 0, x->dim,
+                 c + x->coef_at, am + x->coef_at, av + x->coef_at);
     }
+    dam_model_coef_upload(m, DAM_COEF_C, c);
+    dam_model_coef_upload(m, DAM_COEF_ADAM_M, am);
+    dam_model_coef_upload(m, DAM_COEF_ADAM_V, av);
+    free(c);
     dam_model_refresh(m);
 }
 

@@ -30,9 +30,13 @@ static void check_keys(const cJSON *obj, const char *file, const char *section, 
 }
 
 static int pick(const char *file, const char *field, const char *value, const char *const *names) {
-    for (int i = 0; names[i]; i++)
+    char allowed[256] = "";
+    for (int i = 0; names[i]; i++) {
         if (!strcmp(value, names[i])) return i;
-    dam_fail("%s: field '%s': unknown value '%s'", file, field, value);
+        size_t n = strlen(allowed);
+        snprintf(allowed + n, sizeof allowed - n, "%s\"%s\"", i ? ", " : "", names[i]);
+    }
+    dam_fail("%s: field '%s': unknown value '%s' (allowed: %s)", file, field, value, allowed);
 }
 
 size_t config_parse_size(const char *s) {
@@ -171,9 +175,18 @@ static void parse_train(DamConfig *c, const cJSON *root) {
 static void parse_rest(DamConfig *c, const cJSON *root) {
     const char *f = c->file;
     const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, "parallel");
-    static const char *const pk[] = {"dp", "pp", "tp", NULL};
+    static const char *const pk[] = {"dp", "pp", "tp", "device", "transport", "keep_activations", NULL};
     check_keys(p, f, "parallel", pk);
     c->dp = json_opt_int(p, "dp", 1), c->pp = json_opt_int(p, "pp", 0), c->tp = json_opt_int(p, "tp", 1);
+    static const char *const dev[] = {"cpu", "cuda", NULL}, *const tr[] = {"auto", "mpi", "nccl", NULL};
+    c->device = pick(f, "parallel.device", json_opt_string(p, "device", "cpu"), dev) ? "cuda" : "cpu";
+    /* (DamTransport's values are the names' indices) */
+    c->transport = (DamTransport)pick(f, "parallel.transport", json_opt_string(p, "transport", "auto"), tr);
+    const char *keep = json_opt_string(p, "keep_activations", "256MB");
+    c->keep_activations = !strcmp(keep, "0") ? 0 : config_parse_size(keep);
+    if (!c->keep_activations && strcmp(keep, "0"))
+        dam_fail("%s: field 'parallel.keep_activations': expected a size like \"256MB\" or \"0\", got '%s'",
+                 f, keep);
     const cJSON *k = cJSON_GetObjectItemCaseSensitive(root, "checkpoint");
     static const char *const ck[] = {"dir", "every", "keep", NULL};
     check_keys(k, f, "checkpoint", ck);
@@ -346,4 +359,15 @@ void config_free(DamConfig *c) {
     free(c->file), free(c->base_model), free(c->init_file), free(c->ckpt_dir), free(c->out_dir),
         free(c->metrics_file), free(c->effective);
     memset(c, 0, sizeof *c);
+}
+
+const Backend *config_backend(const char *device) { return backend_by_name(device ? device : "cpu"); }
+
+int config_local_rank(void) {
+    const char *vars[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID"};
+    for (int i = 0; i < 3; i++) {
+        const char *v = getenv(vars[i]);
+        if (v && *v) return atoi(v);
+    }
+    return 0;
 }

@@ -40,6 +40,11 @@ typedef struct {
     uint64_t seed;
     /* parallel */
     int dp, pp, tp;
+    const char *device;     /* "cpu" (default) or "cuda": the backend (DAM_BACKEND overrides) */
+    DamTransport transport; /* device collectives: auto (NCCL on cuda, else MPI), mpi, nccl */
+    /* bytes this rank may spend keeping every layer's activations of the merged forward for the
+     * backward (no recompute) when they fit; 0: always recompute */
+    size_t keep_activations;
     /* checkpoint */
     char *ckpt_dir;
     int ckpt_every, ckpt_keep;
@@ -64,5 +69,12 @@ cJSON *config_effective(const DamConfig *c);
 int config_diff(const char *a, const char *b, char *out, size_t cap);
 /* Parse a size like "5GB", "500MB", "1024" (bytes). Returns 0 when malformed. */
 size_t config_parse_size(const char *s);
+
+/* The run's backend: `device` ("cpu" or "cuda"; DAM_BACKEND in the environment overrides it, e.g.
+ * "guard" for the tests) through backend_by_name. */
+const Backend *config_backend(const char *device);
+/* This process's rank on its node (OMPI_COMM_WORLD_LOCAL_RANK, SLURM_LOCALID, MPI_LOCALRANKID;
+ * else 0): the GPU its backend context takes (be->ctx_new). */
+int config_local_rank(void);
 
 #endif

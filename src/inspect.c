@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli.h"
 #include "commands.h"
 #include "hfconfig.h"
 #include "safetensors.h"
@@ -97,15 +98,14 @@ static int parse_args(int argc, char **argv, const char **dirs) {
     int n = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--model") == 0) {
-            if (i + 1 >= argc) dam_fail("inspect: --model needs a directory");
+            if (i + 1 >= argc) cli_missing_value("inspect", argv[i]);
             if (n == INSPECT_MAX_MODELS) dam_fail("inspect: at most %d --model flags", INSPECT_MAX_MODELS);
             dirs[n++] = argv[++i];
         } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             printf("usage: dam_dist inspect --model DIR [--model DIR ...]\n");
             exit(0);
         } else {
-            dam_fail("inspect: unknown option '%s' (usage: dam_dist inspect --model DIR [--model DIR ...])",
-                     argv[i]);
+            cli_unknown_option("inspect", argv[i]);
         }
     }
     if (n == 0) dam_fail("inspect: --model DIR is required");

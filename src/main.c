@@ -12,7 +12,8 @@
 
 static const char usage_text[] =
     "usage: dam_dist COMMAND [options], or dam_dist --config FILE [options] for the merge itself\n"
-    "  dam_dist --config FILE [--out DIR] [--max-steps N] [--eval-rows N] [--resume | --resume auto]\n"
+    "  dam_dist --config FILE [--out DIR] [--device cpu|cuda] [--max-steps N] [--eval-rows N]\n"
+    "           [--resume | --resume auto]\n"
     "           [--force] [--allow-config-change] [--allow-tokenizer-mismatch]\n"
     "                                  train DAM coefficients, write the merged model; exit status 0\n"
     "                                  finished, 75 stopped by a signal after a checkpoint (resume me)\n"

@@ -1,13 +1,14 @@
 /* model.c — the DAM model: tensor table, merged/teacher forward, loss and backward to the
- * coefficients. One training micro-batch reads top to bottom in dam_model_microbatch. */
+ * coefficients. One training micro-batch reads top to bottom in dam_model_microbatch.
+ * Every buffer of the model (sources, coefficients, workspace, run states) is device memory of the
+ * backend (src/backend.h): this file only passes views of them to backend calls and device
+ * communicators; host arrays are index lists (token ids, valid positions, cached top-K rows). */
 #include "model.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <unistd.h>
 
 #include "loss.h"
 #include "pipeline.h"
@@ -43,26 +44,29 @@ static DamTensor *add_tensor(DamModel *m, const char *name, DamTensorKind kind, 
         if (st->dtype != DAM_F32 && st->dtype != DAM_BF16 && st->dtype != DAM_F16)
             dam_fail("%s: tensor '%s' has dtype %s; expected BF16, F16 or F32", st->file, name,
                      dam_dtype_name(st->dtype));
-        t->src[i] = (SrcWeight){(const char *)st->data + first * dam_dtype_size(st->dtype), st->dtype, cols};
+        t->src[i] = m->be->upload_source(m->ctx, (const char *)st->data + first * dam_dtype_size(st->dtype),
+                                         st->dtype, rows_l, cols_l, cols, name);
     }
     return t; /* its coefficient arrays are placed in the model's blocks by place_coefficients */
 }
 
-/* The coefficients, f(c), gradients and both Adam moments each in one contiguous block (tensor
+/* The coefficients, f(c), gradients and both Adam moments each in one F32 device block (tensor
  * after tensor): one collective or one copy moves all of them. Coefficients start at 1/n. */
 static void place_coefficients(DamModel *m) {
     size_t total = 0;
     for (int t = 0; t < m->n_tensors; t++) total += (size_t)m->n_rows * m->tensors[t].dim;
-    float **blocks[5] = {&m->coef.c, &m->coef.fc, &m->coef.grad, &m->coef.adam_m, &m->coef.adam_v};
-    for (int b = 0; b < 5; b++) *blocks[b] = dam_calloc(total, sizeof(float), "coefficient block");
+    for (int b = 0; b < DAM_COEF_BLOCKS; b++)
+        m->coef.block[b] = m->be->alloc(m->ctx, total, DAM_F32, "coefficient block"); /* zeroed */
     m->coef.n = total;
-    for (size_t j = 0; j < total; j++) m->coef.c[j] = 1.0f / (float)m->n_rows;
+    m->be->fill(m->ctx, m->coef.block[DAM_COEF_C], 1.0f / (float)m->n_rows, total);
     size_t off = 0;
     for (int t = 0; t < m->n_tensors; t++) {
         DamTensor *x = &m->tensors[t];
-        x->c = m->coef.c + off, x->fc = m->coef.fc + off, x->grad = m->coef.grad + off;
-        x->adam_m = m->coef.adam_m + off, x->adam_v = m->coef.adam_v + off;
-        off += (size_t)m->n_rows * x->dim;
+        size_t n = (size_t)m->n_rows * x->dim;
+        DevBuf *views[DAM_COEF_BLOCKS] = {&x->c, &x->fc, &x->grad, &x->adam_m, &x->adam_v};
+        x->coef_at = off;
+        for (int b = 0; b < DAM_COEF_BLOCKS; b++) *views[b] = devbuf_slice(m->coef.block[b], off, n);
+        off += n;
     }
 }
 
@@ -174,18 +178,29 @@ static void stage_layers(DamModel *m, const char *dir) {
 }
 
 void dam_model_open_tp(DamModel *m, int n, const char *const *dirs, const char *const *names,
-                       const Backend *be, const CommGroup *tp) {
-    dam_model_open_parallel(m, n, dirs, names, be, tp, NULL);
+                       const Backend *be, BackendCtx *ctx, const CommGroup *tp) {
+    dam_model_open_parallel(m, n, dirs, names, be, ctx, tp, NULL, DAM_TRANSPORT_AUTO);
+}
+
+/* The device communicators of the model's groups (a NULL or single-rank group makes no-ops); dp's
+ * is made at the first reduction over it. */
+static void open_devcomms(DamModel *m) {
+    devcomm_init(&m->dc_tp, m->tp, m->be, m->ctx, m->transport);
+    devcomm_init(&m->dc_pp, m->pp, m->be, m->ctx, m->transport);
+    devcomm_init(&m->dc_tied, m->tied.size > 1 ? &m->tied : NULL, m->be, m->ctx, m->transport);
+    devcomm_init(&m->dc_dp, NULL, m->be, m->ctx, m->transport);
 }
 
 void dam_model_open_parallel(DamModel *m, int n, const char *const *dirs, const char *const *names,
-                             const Backend *be, const CommGroup *tp, const CommGroup *pp) {
+                             const Backend *be, BackendCtx *ctx, const CommGroup *tp, const CommGroup *pp,
+                             DamTransport transport) {
     memset(m, 0, sizeof *m);
     m->pp = pp && pp->size > 1 ? pp : NULL;
     if (n < 1 || n > DAM_MAX_SOURCES)
         dam_fail("%d source models given; dam_dist merges 1 to %d", n, DAM_MAX_SOURCES);
+    if (!be || !ctx) dam_fail("dam_model_open: a backend and its context (be->ctx_new) are required");
     m->n_rows = n;
-    m->be = be;
+    m->be = be, m->ctx = ctx, m->transport = transport;
     m->tp = tp && tp->size > 1 ? tp : NULL;
     m->tp_size = m->tp ? tp->size : 1;
     m->tp_rank = m->tp ? tp->rank : 0;
@@ -207,22 +222,30 @@ void dam_model_open_parallel(DamModel *m, int n, const char *const *dirs, const 
     stage_layers(m, dirs[0]);
     build_tensor_table(m);
     place_coefficients(m);
+    m->ones = be->alloc(ctx, (size_t)m->cfg.hidden_size, DAM_F32, "ones");
+    be->fill(ctx, m->ones, 1.0f, m->ones.n);
     if (m->pp && m->full_cfg.tie_word_embeddings) /* the group of the two stages holding the embedding */
         comm_split(m->pp, m->first || m->last ? 0 : -1, m->pp->rank, "tied", &m->tied);
+    open_devcomms(m);
     dam_model_refresh(m);
 }
 
-void dam_model_open(DamModel *m, int n, const char *const *dirs, const char *const *names,
-                    const Backend *be) {
-    dam_model_open_tp(m, n, dirs, names, be, NULL);
+void dam_model_open(DamModel *m, int n, const char *const *dirs, const char *const *names, const Backend *be,
+                    BackendCtx *ctx) {
+    dam_model_open_tp(m, n, dirs, names, be, ctx, NULL);
 }
 
 static void workspace_free(DamModel *m);
 
 void dam_model_close(DamModel *m) {
+    const Backend *be = m->be;
     workspace_free(m);
+    devcomm_free(&m->dc_tp), devcomm_free(&m->dc_pp), devcomm_free(&m->dc_tied), devcomm_free(&m->dc_dp);
     comm_group_free(&m->tied);
-    free(m->coef.c), free(m->coef.fc), free(m->coef.grad), free(m->coef.adam_m), free(m->coef.adam_v);
+    for (int b = 0; b < DAM_COEF_BLOCKS; b++) be->free(m->ctx, &m->coef.block[b]);
+    be->free(m->ctx, &m->ones);
+    for (int t = 0; t < m->n_tensors; t++)
+        for (int i = 0; i < m->n_rows; i++) be->free_source(m->ctx, &m->tensors[t].src[i]);
     for (int i = 0; i < m->n_rows; i++) {
         st_model_close(&m->files[i]);
         free(m->row_names[i]);
@@ -238,24 +261,32 @@ DamTensor *dam_model_find(DamModel *m, const char *name) {
     return NULL;
 }
 
-void dam_model_refresh(DamModel *m) {
-    for (int t = 0; t < m->n_tensors; t++) {
-        DamTensor *x = &m->tensors[t];
-        size_t n = (size_t)m->n_rows * x->dim;
-        for (size_t j = 0; j < n; j++) x->fc[j] = dam_nonlin(m->nonlin, x->c[j]);
-    }
+void dam_model_refresh(DamModel *m) { /* one call over the whole block: f is element-wise */
+    if (m->coef.n)
+        m->be->coef_nonlin(m->ctx, m->coef.block[DAM_COEF_FC], m->coef.block[DAM_COEF_C], m->coef.n,
+                           m->nonlin);
 }
 
-void dam_model_zero_grad(DamModel *m) { memset(m->coef.grad, 0, m->coef.n * sizeof(float)); }
+void dam_model_zero_grad(DamModel *m) {
+    if (m->coef.n) m->be->fill(m->ctx, m->coef.block[DAM_COEF_GRAD], 0.0f, m->coef.n);
+}
 
 void dam_model_reduce_grad(DamModel *m, const CommGroup *dp) {
-    if (dp && dp->size > 1) comm_allreduce_sum_f32(dp, m->coef.grad, m->coef.n);
+    if (dp && dp->size > 1) {
+        if (m->dp != dp) { /* (collective over dp, as the reduction itself) */
+            devcomm_free(&m->dc_dp);
+            devcomm_init(&m->dc_dp, dp, m->be, m->ctx, m->transport);
+            m->dp = dp;
+        }
+        devcomm_allreduce_sum(&m->dc_dp, m->coef.block[DAM_COEF_GRAD], m->coef.n);
+    }
     /* tied embeddings over stages: the first stage's input-side and the last stage's lm_head-side
      * gradients of the one embedding coefficient */
-    if (m->tied.size > 1) comm_allreduce_sum_f32(&m->tied, m->embed->grad, (size_t)m->n_rows * m->embed->dim);
+    if (m->tied.size > 1)
+        devcomm_allreduce_sum(&m->dc_tied, m->embed->grad, (size_t)m->n_rows * m->embed->dim);
     for (int t = 0; t < m->n_tensors; t++) { /* column/vocabulary-parallel: each rank summed its rows */
         DamTensor *x = &m->tensors[t];
-        if (m->tp && x->grad_partial) comm_allreduce_sum_f32(m->tp, x->grad, (size_t)m->n_rows * x->dim);
+        if (m->tp && x->grad_partial) devcomm_allreduce_sum(&m->dc_tp, x->grad, (size_t)m->n_rows * x->dim);
     }
 }
 
@@ -263,8 +294,10 @@ void dam_model_finish_grad(DamModel *m) {
     for (int t = 0; t < m->n_tensors; t++) {
         DamTensor *x = &m->tensors[t];
         size_t n = (size_t)m->n_rows * x->dim;
-        for (size_t j = 0; j < n; j++)
-            x->grad[j] = x->trainable ? x->grad[j] * dam_nonlin_grad(m->nonlin, x->c[j]) : 0;
+        if (x->trainable)
+            m->be->coef_nonlin_grad(m->ctx, x->grad, x->c, n, m->nonlin);
+        else
+            m->be->fill(m->ctx, x->grad, 0.0f, n);
     }
 }
 
@@ -275,24 +308,41 @@ size_t dam_model_num_coefs(const DamModel *m, int trainable_only) {
     return n;
 }
 
+void dam_model_coef_download(const DamModel *m, DamCoefBlock which, float *host) {
+    if (m->coef.n) m->be->download(m->ctx, host, DAM_F32, m->coef.block[which], m->coef.n);
+}
+
+void dam_model_coef_upload(DamModel *m, DamCoefBlock which, const float *host) {
+    if (m->coef.n) m->be->upload(m->ctx, m->coef.block[which], host, DAM_F32, m->coef.n);
+}
+
+float *dam_model_coef_host(const DamModel *m, DamCoefBlock which) {
+    float *h = dam_malloc((m->coef.n ? m->coef.n : 1) * sizeof(float), "coefficients (host copy)");
+    dam_model_coef_download(m, which, h);
+    return h;
+}
+
 void dam_model_release(const DamModel *m, const DamTensor *t) {
-    static long page = 0;
-    if (!page) page = sysconf(_SC_PAGESIZE);
-    for (int i = 0; i < m->n_rows; i++) {
-        uintptr_t lo = (uintptr_t)t->src[i].data,
-                  hi = lo + t->rows * t->cols * dam_dtype_size(t->src[i].dtype);
-        lo = (lo + (uintptr_t)page - 1) & ~((uintptr_t)page - 1); /* whole pages inside the tensor only */
-        hi &= ~((uintptr_t)page - 1);
-        if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
-    }
+    for (int i = 0; i < m->n_rows; i++) m->be->release_source(m->ctx, &t->src[i], t->rows, t->cols);
 }
 
 /* ---------------------------------------------------------------- run state */
 
-/* Merged (or one source's) fp32 weights of the decoder layer being computed. */
+/* Merged (or one source's) weights of the decoder layer being computed, in the activation dtype. */
 typedef struct {
-    float *attn_norm, *q, *k, *v, *o, *qb, *kb, *vb, *ob, *mlp_norm, *gate, *up, *down;
+    DevBuf attn_norm, q, k, v, o, qb, kb, vb, ob, mlp_norm, gate, up, down;
 } LayerW;
+
+/* One decoder layer's activations: what its backward reads (rstd1, rstd2 and lse are F32, the
+ * others in the activation dtype). The workspace holds one set; a run state that keeps activations
+ * (DamModel.keep_acts) holds one per layer of the stage, so that the backward skips the recompute. */
+enum { N_ACT = 13 };
+typedef union {
+    struct {
+        DevBuf xn, rstd1, q, k, v, lse, ao, h1, xn2, rstd2, gate, up, act;
+    };
+    DevBuf b[N_ACT];
+} LayerAct;
 
 /* Once per rank (owned by the DamModel), shared by every run state: the buffers that one forward
  * or one backward call works in. Nothing in it is needed after the call by another micro-batch,
@@ -301,37 +351,59 @@ struct Workspace {
     size_t BT; /* capacity in rows (sequences x tokens) */
     int T;
     LayerW w;
-    float *xn, *rstd1, *q, *k, *v, *lse, *ao, *h1, *xn2, *rstd2, *gate, *up, *act;
-    float *dx, *dh1, *dxn, *dxn2, *dq, *dk, *dv, *dao, *dgate, *dup, *dact, *attn_scratch, *dnorm, *colsum;
-    float *G, *ones, *final_norm_w, *rope_cos, *rope_sin;
-    float *hid, *hid_t;        /* last stage: final-normed hidden of the merged model, of the teachers */
-    float *lm_w, *lm_t, *lm_G; /* last stage: [V, d] merged lm_head, teacher lm_head, gradient GEMM */
-    float *hc, *htc, *z, *zt, *dz, *dhc; /* last stage: loss chunk, [C, d] and [C, V] */
-    float *topk_val;
-    int32_t *topk_idx, *valid, *ids_local;
+    LayerAct a;
+    DevBuf dx, dh1, dxn, dxn2, dq, dk, dv, dao, dgate, dup, dact, dnorm, colsum;
+    DevBuf G, final_norm_w, rope_cos, rope_sin;
+    DevBuf hid, hid_t;          /* last stage: final-normed hidden of the merged model, of the teachers */
+    DevBuf lm_w, lm_t, lm_G;    /* last stage: [V, d] merged lm_head, teacher lm_head, gradient GEMM */
+    DevBuf hc, htc, dhc;        /* last stage: a loss chunk's hidden rows [C, d] */
+    DevBuf z, zt, dz;           /* last stage: [C, V] F32 logits and dL/dz */
+    DevBuf topk_idx, topk_val;  /* last stage: [C, K] the teacher's top-K (I32, F32) */
+    int32_t *ids_local, *valid; /* host: token ids of this rank's vocabulary slice, valid positions */
+    int32_t *h_topk_idx;        /* host: a chunk's rows of a precomputed top-K cache, uploaded */
+    float *h_topk_val;
+    size_t h_topk_cap;
 };
 
 /* Per micro-batch in flight: what 1F1B keeps between a micro-batch's forward and its backward. */
 struct RunState {
-    const DamModel *m;
+    DamModel *m;
     int B, T;        /* capacity */
-    float *layer_in; /* [(L+1), BT, d] input of each of this stage's layers; [L] = the last output */
-    float *grad_out; /* [BT, d] the gradient flowing back; also the backward's send buffer */
-    float *dhid;     /* last stage: dL/d(final hidden), from the losses */
-    float *rstd_f;   /* last stage: the final norm's rstd of the merged forward */
+    int keep;        /* kept: each layer's activations of the merged forward (no recompute) */
+    DevBuf layer_in; /* [(L+1), BT, d] input of each of this stage's layers; [L] = the last output */
+    DevBuf grad_out; /* [BT, d] the gradient flowing back; also the backward's send buffer */
+    DevBuf dhid;     /* last stage: dL/d(final hidden), from the losses */
+    DevBuf rstd_f;   /* last stage: the final norm's rstd of the merged forward (F32) */
+    LayerAct kept;   /* keep: [L] of each activation, layer after layer */
     int n_valid[DAM_MAX_SOURCES], skip; /* per segment; skip: an all-padding micro-batch */
 };
 
 enum { LOSS_CHUNK = 64 };
 
-/* One buffer of a list: where its pointer goes, how many 4-byte elements. The allocator and the
- * memory estimate (dam_model_activation_bytes, used by `plan`) walk the same lists. */
+/* One buffer of a list: where its handle goes (a DevBuf, or an int32_t * for host index lists),
+ * how many elements, of which kind. The allocator and the memory estimate
+ * (dam_model_activation_bytes, used by `plan`) walk the same lists. */
+typedef enum { BUF_ACT, BUF_F32, BUF_I32, BUF_HOST_I32 } BufKind;
 typedef struct {
     void *ptr;
     size_t n;
+    BufKind kind;
 } BufSpec;
 
-#define SPEC(field, count) (specs[n++] = (BufSpec){(void *)&(field), (count)})
+#define SPEC(field, count, k) (specs[n++] = (BufSpec){(void *)&(field), (count), (k)})
+#define ACT(field, count) SPEC(field, count, BUF_ACT)
+#define F32(field, count) SPEC(field, count, BUF_F32)
+
+/* Elements per row (token) of each LayerAct buffer, and its kind, for this rank's share c. */
+static void act_rows(const ModelConfig *c, size_t *per, BufKind *kind) {
+    size_t d = c->hidden_size, F = c->intermediate_size, H = c->num_attention_heads;
+    size_t qd = H * c->head_dim, kvd = (size_t)c->num_key_value_heads * c->head_dim;
+    /* xn, rstd1, q, k, v, lse, ao, h1, xn2, rstd2, gate, up, act (LayerAct's order) */
+    const size_t sizes[N_ACT] = {d, 1, qd, kvd, kvd, H, qd, d, d, 1, F, F, F};
+    const BufKind kinds[N_ACT] = {BUF_ACT, BUF_F32, BUF_ACT, BUF_ACT, BUF_ACT, BUF_F32, BUF_ACT,
+                                  BUF_ACT, BUF_ACT, BUF_F32, BUF_ACT, BUF_ACT, BUF_ACT};
+    for (int i = 0; i < N_ACT; i++) per[i] = sizes[i], kind[i] = kinds[i];
+}
 
 /* The workspace's buffers for this rank's share c (last stage or not), BT rows of T tokens. */
 static int workspace_specs(const ModelConfig *c, int last, size_t BT, int T, struct Workspace *ws,
@@ -342,85 +414,119 @@ static int workspace_specs(const ModelConfig *c, int last, size_t BT, int T, str
     maxcol = maxcol > d ? maxcol : d;
     int n = 0;
     LayerW *w = &ws->w;
-    SPEC(w->attn_norm, d), SPEC(w->mlp_norm, d), SPEC(ws->final_norm_w, d);
-    SPEC(w->q, qd * d), SPEC(w->k, kvd * d), SPEC(w->v, kvd * d), SPEC(w->o, d * qd);
-    SPEC(w->gate, F * d), SPEC(w->up, F * d), SPEC(w->down, d * F);
-    SPEC(w->qb, qd), SPEC(w->kb, kvd), SPEC(w->vb, kvd), SPEC(w->ob, d);
-    SPEC(ws->G, F * d > qd * d ? F * d : qd * d), SPEC(ws->ones, maxcol), SPEC(ws->colsum, maxcol);
-    SPEC(ws->dnorm, d);
-    SPEC(ws->xn, BT * d), SPEC(ws->xn2, BT * d), SPEC(ws->h1, BT * d), SPEC(ws->rstd1, BT),
-        SPEC(ws->rstd2, BT);
-    SPEC(ws->q, BT * qd), SPEC(ws->k, BT * kvd), SPEC(ws->v, BT * kvd), SPEC(ws->ao, BT * qd);
-    SPEC(ws->lse, BT * H), SPEC(ws->attn_scratch, DAM_ATTN_SCRATCH);
-    SPEC(ws->gate, BT * F), SPEC(ws->up, BT * F), SPEC(ws->act, BT * F);
-    SPEC(ws->dx, BT * d), SPEC(ws->dh1, BT * d), SPEC(ws->dxn, BT * d), SPEC(ws->dxn2, BT * d);
-    SPEC(ws->dq, BT * qd), SPEC(ws->dk, BT * kvd), SPEC(ws->dv, BT * kvd), SPEC(ws->dao, BT * qd);
-    SPEC(ws->dgate, BT * F), SPEC(ws->dup, BT * F), SPEC(ws->dact, BT * F);
-    SPEC(ws->rope_cos, (size_t)T * half), SPEC(ws->rope_sin, (size_t)T * half);
-    SPEC(ws->ids_local, BT), SPEC(ws->valid, BT);
+    ACT(w->attn_norm, d), ACT(w->mlp_norm, d), ACT(ws->final_norm_w, d);
+    ACT(w->q, qd * d), ACT(w->k, kvd * d), ACT(w->v, kvd * d), ACT(w->o, d * qd);
+    ACT(w->gate, F * d), ACT(w->up, F * d), ACT(w->down, d * F);
+    ACT(w->qb, qd), ACT(w->kb, kvd), ACT(w->vb, kvd), ACT(w->ob, d);
+    ACT(ws->G, F * d > qd * d ? F * d : qd * d), F32(ws->colsum, maxcol), F32(ws->dnorm, d);
+    size_t per[N_ACT];
+    BufKind kind[N_ACT];
+    act_rows(c, per, kind);
+    for (int i = 0; i < N_ACT; i++) SPEC(ws->a.b[i], BT * per[i], kind[i]);
+    ACT(ws->dx, BT * d), ACT(ws->dh1, BT * d), ACT(ws->dxn, BT * d), ACT(ws->dxn2, BT * d);
+    ACT(ws->dq, BT * qd), ACT(ws->dk, BT * kvd), ACT(ws->dv, BT * kvd), ACT(ws->dao, BT * qd);
+    ACT(ws->dgate, BT * F), ACT(ws->dup, BT * F), ACT(ws->dact, BT * F);
+    F32(ws->rope_cos, (size_t)T * half), F32(ws->rope_sin, (size_t)T * half);
+    SPEC(ws->ids_local, BT, BUF_HOST_I32), SPEC(ws->valid, BT, BUF_HOST_I32);
     if (!last) return n;
-    SPEC(ws->hid, BT * d), SPEC(ws->hid_t, BT * d);
-    SPEC(ws->lm_w, V * d), SPEC(ws->lm_t, V * d), SPEC(ws->lm_G, V * d);
-    SPEC(ws->hc, LOSS_CHUNK * d), SPEC(ws->htc, LOSS_CHUNK * d), SPEC(ws->dhc, LOSS_CHUNK * d);
-    SPEC(ws->z, LOSS_CHUNK * V), SPEC(ws->zt, LOSS_CHUNK * V), SPEC(ws->dz, LOSS_CHUNK * V);
-    SPEC(ws->topk_idx, LOSS_CHUNK * V), SPEC(ws->topk_val, LOSS_CHUNK * V);
+    ACT(ws->hid, BT * d), ACT(ws->hid_t, BT * d);
+    ACT(ws->lm_w, V * d), ACT(ws->lm_t, V * d), ACT(ws->lm_G, V * d);
+    ACT(ws->hc, LOSS_CHUNK * d), ACT(ws->htc, LOSS_CHUNK * d), ACT(ws->dhc, LOSS_CHUNK * d);
+    F32(ws->z, LOSS_CHUNK * V), F32(ws->zt, LOSS_CHUNK * V), F32(ws->dz, LOSS_CHUNK * V);
+    SPEC(ws->topk_idx, LOSS_CHUNK * V, BUF_I32), F32(ws->topk_val, LOSS_CHUNK * V);
     return n;
 }
 
-/* A run state's buffers: n_layers layers of this stage, BT rows. */
-static int runstate_specs(const ModelConfig *c, int n_layers, int last, size_t BT, RunState *rs,
+/* A run state's buffers: n_layers layers of this stage, BT rows; with keep, every layer's
+ * activations too. */
+static int runstate_specs(const ModelConfig *c, int n_layers, int last, int keep, size_t BT, RunState *rs,
                           BufSpec *specs) {
     size_t d = c->hidden_size;
     int n = 0;
-    SPEC(rs->layer_in, (size_t)(n_layers + 1) * BT * d), SPEC(rs->grad_out, BT * d);
-    if (last) SPEC(rs->dhid, BT * d), SPEC(rs->rstd_f, BT);
+    ACT(rs->layer_in, (size_t)(n_layers + 1) * BT * d), ACT(rs->grad_out, BT * d);
+    if (last) ACT(rs->dhid, BT * d), F32(rs->rstd_f, BT);
+    if (!keep) return n;
+    size_t per[N_ACT];
+    BufKind kind[N_ACT];
+    act_rows(c, per, kind);
+    for (int i = 0; i < N_ACT; i++) SPEC(rs->kept.b[i], (size_t)n_layers * BT * per[i], kind[i]);
     return n;
 }
 #undef SPEC
+#undef ACT
+#undef F32
 
 enum { MAX_SPECS = 96 };
 
-static size_t specs_bytes(const BufSpec *specs, int n) {
+static size_t specs_bytes(const BufSpec *specs, int n, dam_dtype act) {
     size_t b = 0;
-    for (int i = 0; i < n; i++) b += specs[i].n * 4;
+    for (int i = 0; i < n; i++) b += specs[i].n * (specs[i].kind == BUF_ACT ? dam_dtype_size(act) : 4);
     return b;
 }
 
-void dam_model_activation_bytes(const ModelConfig *c, int n_layers, int last, int B, int T, size_t *workspace,
-                                size_t *run_state) {
+void dam_model_activation_bytes(const ModelConfig *c, int n_layers, int last, int B, int T, dam_dtype act,
+                                int keep, size_t *workspace, size_t *run_state) {
     struct Workspace ws;
     RunState rs;
     BufSpec specs[MAX_SPECS];
     size_t BT = (size_t)B * T;
     int n = workspace_specs(c, last, BT, T, &ws, specs); /* (fills specs first) */
-    *workspace = specs_bytes(specs, n);
-    n = runstate_specs(c, n_layers, last, BT, &rs, specs);
-    *run_state = specs_bytes(specs, n);
+    *workspace = specs_bytes(specs, n, act);
+    n = runstate_specs(c, n_layers, last, keep, BT, &rs, specs);
+    *run_state = specs_bytes(specs, n, act);
+}
+
+int dam_model_keep_fits(DamModel *m, int n_slots, int B, int T, size_t budget) {
+    size_t ws, with, without;
+    int nl = m->layer1 - m->layer0;
+    dam_model_activation_bytes(&m->cfg, nl, m->last, B, T, m->be->act_dtype, 1, &ws, &with);
+    dam_model_activation_bytes(&m->cfg, nl, m->last, B, T, m->be->act_dtype, 0, &ws, &without);
+    m->keep_acts = budget > 0 && (with - without) * (size_t)n_slots <= budget;
+    return m->keep_acts;
 }
 
 static void specs_alloc(const DamModel *m, const BufSpec *specs, int n, const char *what) {
-    for (int i = 0; i < n; i++) *(void **)specs[i].ptr = m->be->alloc(specs[i].n * 4, what);
+    for (int i = 0; i < n; i++) {
+        if (specs[i].kind == BUF_HOST_I32) {
+            *(int32_t **)specs[i].ptr = dam_calloc(specs[i].n, sizeof(int32_t), what);
+            continue;
+        }
+        dam_dtype dt = specs[i].kind == BUF_ACT   ? m->be->act_dtype
+                       : specs[i].kind == BUF_I32 ? DAM_I32
+                                                  : DAM_F32;
+        *(DevBuf *)specs[i].ptr = m->be->alloc(m->ctx, specs[i].n, dt, what);
+    }
 }
 
 static void specs_free(const DamModel *m, const BufSpec *specs, int n) {
     for (int i = 0; i < n; i++) {
-        m->be->free(*(void **)specs[i].ptr);
-        *(void **)specs[i].ptr = NULL;
+        if (specs[i].kind == BUF_HOST_I32) {
+            free(*(int32_t **)specs[i].ptr);
+            *(int32_t **)specs[i].ptr = NULL;
+        } else {
+            m->be->free(m->ctx, (DevBuf *)specs[i].ptr);
+        }
     }
 }
 
-static void rope_tables(const ModelConfig *c, struct Workspace *ws) {
+/* cos/sin [T, hd/2] on the host, uploaded once per workspace. */
+static void rope_tables(const DamModel *m, struct Workspace *ws) {
+    const ModelConfig *c = &m->cfg;
     int half = c->head_dim / 2;
+    size_t n = (size_t)ws->T * half;
     double *inv = dam_malloc((size_t)half * sizeof(double), "rope");
+    float *cs = dam_malloc(n * sizeof(float), "rope"), *sn = dam_malloc(n * sizeof(float), "rope");
     hfconfig_rope_inv_freq(c, inv);
     /* transformers computes the angles and their cos/sin in float32 (autocast off): do the same */
     for (int t = 0; t < ws->T; t++)
         for (int k = 0; k < half; k++) {
             float ang = (float)t * (float)inv[k];
-            ws->rope_cos[(size_t)t * half + k] = cosf(ang);
-            ws->rope_sin[(size_t)t * half + k] = sinf(ang);
+            cs[(size_t)t * half + k] = cosf(ang);
+            sn[(size_t)t * half + k] = sinf(ang);
         }
-    free(inv);
+    m->be->upload(m->ctx, ws->rope_cos, cs, DAM_F32, n);
+    m->be->upload(m->ctx, ws->rope_sin, sn, DAM_F32, n);
+    free(inv), free(cs), free(sn);
 }
 
 static void workspace_free(DamModel *m) {
@@ -428,6 +534,7 @@ static void workspace_free(DamModel *m) {
     BufSpec specs[MAX_SPECS];
     int n_specs = workspace_specs(&m->cfg, m->last, m->work->BT, m->work->T, m->work, specs);
     specs_free(m, specs, n_specs);
+    free(m->work->h_topk_idx), free(m->work->h_topk_val);
     free(m->work);
     m->work = NULL;
 }
@@ -444,18 +551,14 @@ static void workspace_reserve(DamModel *m, size_t BT, int T) {
     BufSpec specs[MAX_SPECS];
     int n_specs = workspace_specs(&m->cfg, m->last, BT, T, ws, specs);
     specs_alloc(m, specs, n_specs, "workspace");
-    size_t maxcol = (size_t)m->cfg.hidden_size; /* ones: as long as the colsum buffer */
-    size_t F = m->cfg.intermediate_size, qd = (size_t)m->cfg.num_attention_heads * m->cfg.head_dim;
-    maxcol = maxcol > F ? maxcol : F, maxcol = maxcol > qd ? maxcol : qd;
-    for (size_t j = 0; j < maxcol; j++) ws->ones[j] = 1.0f;
-    rope_tables(&m->cfg, ws);
+    rope_tables(m, ws);
 }
 
 RunState *runstate_new(DamModel *m, int B, int T) {
     RunState *rs = dam_calloc(1, sizeof *rs, "run state");
-    rs->B = B, rs->T = T;
+    rs->B = B, rs->T = T, rs->keep = m->keep_acts;
     BufSpec specs[MAX_SPECS];
-    int n_specs = runstate_specs(&m->cfg, m->layer1 - m->layer0, m->last, (size_t)B * T, rs, specs);
+    int n_specs = runstate_specs(&m->cfg, m->layer1 - m->layer0, m->last, rs->keep, (size_t)B * T, rs, specs);
     specs_alloc(m, specs, n_specs, "run state");
     workspace_reserve(m, (size_t)B * T, T);
     rs->m = m;
@@ -466,62 +569,82 @@ void runstate_free(RunState *rs) {
     if (!rs) return;
     const DamModel *m = rs->m;
     BufSpec specs[MAX_SPECS];
-    int n_specs = runstate_specs(&m->cfg, m->layer1 - m->layer0, m->last, (size_t)rs->B * rs->T, rs, specs);
+    int n_specs =
+        runstate_specs(&m->cfg, m->layer1 - m->layer0, m->last, rs->keep, (size_t)rs->B * rs->T, rs, specs);
     specs_free(m, specs, n_specs);
     free(rs);
 }
 
-/* ---------------------------------------------------------------- materialize */
-
-void dam_model_materialize(DamModel *m, const DamTensor *t, int src, float *out) {
-    static const float one = 1.0f;
-    if (src >= 0) /* one source as stored (the teacher): a single scalar coefficient 1 */
-        m->be->dam_materialize(out, &t->src[src], 1, &one, t->rows, t->cols, 1);
-    else
-        m->be->dam_materialize(out, t->src, m->n_rows, t->fc, t->rows, t->cols, t->kind == DT_BIAS);
+/* Layer i's input (i = the stage's layer count: its output) for BT rows: the view the layer reads,
+ * and what the pipeline receives or sends. */
+static DevBuf layer_view(const DamModel *m, const RunState *rs, int i, size_t BT) {
+    size_t n = BT * m->cfg.hidden_size;
+    return devbuf_slice(rs->layer_in, (size_t)i * n, n);
 }
 
-static void materialize_w(DamModel *m, RunState *rs, const DamTensor *t, int src, float *out) {
-    (void)rs;
+/* The activations of layer i of a forward over BT rows: the run state's own for the merged model
+ * when it keeps them, else the workspace's (recomputed by the backward). */
+static LayerAct layer_acts(const DamModel *m, const RunState *rs, int i, size_t BT, int merged) {
+    if (!merged || !rs->keep) return m->work->a;
+    size_t per[N_ACT];
+    BufKind kind[N_ACT];
+    act_rows(&m->cfg, per, kind);
+    LayerAct a;
+    for (int j = 0; j < N_ACT; j++)
+        a.b[j] = devbuf_slice(rs->kept.b[j], (size_t)i * BT * per[j], BT * per[j]);
+    return a;
+}
+
+/* ---------------------------------------------------------------- materialize */
+
+void dam_model_materialize(DamModel *m, const DamTensor *t, int src, DevBuf out) {
+    out = devbuf_slice(out, 0, t->rows * t->cols);
+    if (src >= 0) /* one source as stored (the teacher): a single scalar coefficient 1 */
+        m->be->dam_materialize(m->ctx, out, &t->src[src], 1, m->ones, t->rows, t->cols, 1);
+    else
+        m->be->dam_materialize(m->ctx, out, t->src, m->n_rows, t->fc, t->rows, t->cols, t->kind == DT_BIAS);
+}
+
+static void materialize_w(DamModel *m, const DamTensor *t, int src, DevBuf out) {
     if (t) dam_model_materialize(m, t, src, out);
 }
 
-static void materialize_layer(DamModel *m, RunState *rs, int l, int src) {
-    struct Workspace *ws = m->work;
+static void materialize_layer(DamModel *m, int l, int src) {
     const DamLayer *L = &m->layers[l];
-    LayerW *w = &ws->w;
-    materialize_w(m, rs, L->attn_norm, src, w->attn_norm);
-    materialize_w(m, rs, L->q, src, w->q), materialize_w(m, rs, L->k, src, w->k);
-    materialize_w(m, rs, L->v, src, w->v), materialize_w(m, rs, L->o, src, w->o);
-    materialize_w(m, rs, L->q_bias, src, w->qb), materialize_w(m, rs, L->k_bias, src, w->kb);
-    materialize_w(m, rs, L->v_bias, src, w->vb), materialize_w(m, rs, L->o_bias, src, w->ob);
-    materialize_w(m, rs, L->mlp_norm, src, w->mlp_norm);
-    materialize_w(m, rs, L->gate, src, w->gate), materialize_w(m, rs, L->up, src, w->up);
-    materialize_w(m, rs, L->down, src, w->down);
+    LayerW *w = &m->work->w;
+    materialize_w(m, L->attn_norm, src, w->attn_norm);
+    materialize_w(m, L->q, src, w->q), materialize_w(m, L->k, src, w->k);
+    materialize_w(m, L->v, src, w->v), materialize_w(m, L->o, src, w->o);
+    materialize_w(m, L->q_bias, src, w->qb), materialize_w(m, L->k_bias, src, w->kb);
+    materialize_w(m, L->v_bias, src, w->vb), materialize_w(m, L->o_bias, src, w->ob);
+    materialize_w(m, L->mlp_norm, src, w->mlp_norm);
+    materialize_w(m, L->gate, src, w->gate), materialize_w(m, L->up, src, w->up);
+    materialize_w(m, L->down, src, w->down);
 }
 
 /* ---------------------------------------------------------------- tensor parallel */
 
 /* Sum a partial result over the tp group (row-parallel outputs, column-parallel input gradients). */
-static void tp_sum(const DamModel *m, float *buf, size_t n) {
-    if (m->tp) comm_allreduce_sum_f32(m->tp, buf, n);
+static void tp_sum(DamModel *m, DevBuf buf, size_t n) {
+    if (m->tp) devcomm_allreduce_sum(&m->dc_tp, buf, n);
 }
 
-/* y (+)= the row-parallel product x·Wᵀ summed over the tp group (plus `residual` when given). */
-static void row_parallel(const DamModel *m, float *y, const float *x, const float *w, const float *residual,
-                         int BT, int in, int out) {
+/* y = the row-parallel product x·Wᵀ summed over the tp group, plus `residual`. */
+static void row_parallel(DamModel *m, DevBuf y, DevBuf x, DevBuf w, DevBuf residual, int BT, int in,
+                         int out) {
+    size_t n = (size_t)BT * out;
     if (!m->tp) { /* one rank: accumulate straight onto the residual */
-        memcpy(y, residual, (size_t)BT * out * sizeof(float));
-        m->be->matmul_xwt(y, x, w, BT, in, out, 1);
+        m->be->copy(m->ctx, y, residual, n);
+        m->be->matmul_xwt(m->ctx, y, x, w, BT, in, out, 1);
         return;
     }
-    m->be->matmul_xwt(y, x, w, BT, in, out, 0);
-    tp_sum(m, y, (size_t)BT * out);
-    for (size_t i = 0; i < (size_t)BT * out; i++) y[i] += residual[i];
+    m->be->matmul_xwt(m->ctx, y, x, w, BT, in, out, 0);
+    tp_sum(m, y, n);
+    m->be->add(m->ctx, y, residual, n);
 }
 
-/* Token ids as rows of this rank's vocabulary slice (-1: another rank's). */
-static const int32_t *local_ids(const DamModel *m, RunState *rs, const int32_t *ids, size_t n) {
+/* Token ids as rows of this rank's vocabulary slice (-1: another rank's); a host list. */
+static const int32_t *local_ids(const DamModel *m, const int32_t *ids, size_t n) {
     struct Workspace *ws = m->work;
     if (!m->tp) return ids;
     for (size_t t = 0; t < n; t++) {
@@ -548,41 +671,41 @@ static AttnShape attn_shape(const ModelConfig *c, int B, int T, int layer) {
                        c->head_dim, window, 1.0f / sqrtf((float)c->head_dim)};
 }
 
-/* One decoder layer on the weights in ws->w: x_out = layer(x_in); activations stay in rs. */
-static void layer_forward(const DamModel *m, RunState *rs, const DamLayer *L, const float *x_in, float *x_out,
-                          int B, int T) {
+/* One decoder layer on the weights in the workspace: x_out = layer(x_in), activations into A. */
+static void layer_forward(DamModel *m, const LayerAct *A, const DamLayer *L, DevBuf x_in, DevBuf x_out, int B,
+                          int T) {
     struct Workspace *ws = m->work;
     const Backend *be = m->be;
+    BackendCtx *cx = m->ctx;
     const ModelConfig *c = &m->cfg;
     int BT = B * T, d = c->hidden_size, F = c->intermediate_size;
     int qd = c->num_attention_heads * c->head_dim, kvd = c->num_key_value_heads * c->head_dim;
     LayerW *w = &ws->w;
-    be->rmsnorm_fwd(ws->xn, ws->rstd1, x_in, w->attn_norm, BT, d, c->rms_norm_eps);
-    be->matmul_xwt(ws->q, ws->xn, w->q, BT, d, qd, 0);
-    be->matmul_xwt(ws->k, ws->xn, w->k, BT, d, kvd, 0);
-    be->matmul_xwt(ws->v, ws->xn, w->v, BT, d, kvd, 0);
+    be->rmsnorm_fwd(cx, A->xn, A->rstd1, x_in, w->attn_norm, BT, d, c->rms_norm_eps);
+    be->matmul_xwt(cx, A->q, A->xn, w->q, BT, d, qd, 0);
+    be->matmul_xwt(cx, A->k, A->xn, w->k, BT, d, kvd, 0);
+    be->matmul_xwt(cx, A->v, A->xn, w->v, BT, d, kvd, 0);
     if (L->q_bias) {
-        be->add_bias(ws->q, w->qb, BT, qd);
-        be->add_bias(ws->k, w->kb, BT, kvd);
-        be->add_bias(ws->v, w->vb, BT, kvd);
+        be->add_bias(cx, A->q, w->qb, BT, qd);
+        be->add_bias(cx, A->k, w->kb, BT, kvd);
+        be->add_bias(cx, A->v, w->vb, BT, kvd);
     }
-    be->rope(ws->q, ws->rope_cos, ws->rope_sin, BT, T, c->num_attention_heads, c->head_dim, 0);
-    be->rope(ws->k, ws->rope_cos, ws->rope_sin, BT, T, c->num_key_value_heads, c->head_dim, 0);
+    be->rope(cx, A->q, ws->rope_cos, ws->rope_sin, BT, T, c->num_attention_heads, c->head_dim, 0);
+    be->rope(cx, A->k, ws->rope_cos, ws->rope_sin, BT, T, c->num_key_value_heads, c->head_dim, 0);
     AttnShape s = attn_shape(c, B, T, (int)(L - m->layers));
-    be->attention_fwd(ws->ao, ws->lse, ws->q, ws->k, ws->v, &s, ws->attn_scratch);
-    row_parallel(m, ws->h1, ws->ao, w->o, x_in, BT, qd, d);
-    if (L->o_bias) be->add_bias(ws->h1, w->ob, BT, d);
-    be->rmsnorm_fwd(ws->xn2, ws->rstd2, ws->h1, w->mlp_norm, BT, d, c->rms_norm_eps);
-    be->matmul_xwt(ws->gate, ws->xn2, w->gate, BT, d, F, 0);
-    be->matmul_xwt(ws->up, ws->xn2, w->up, BT, d, F, 0);
-    be->swiglu_fwd(ws->act, ws->gate, ws->up, (size_t)BT * F);
-    row_parallel(m, x_out, ws->act, w->down, ws->h1, BT, F, d);
+    be->attention_fwd(cx, A->ao, A->lse, A->q, A->k, A->v, &s);
+    row_parallel(m, A->h1, A->ao, w->o, x_in, BT, qd, d);
+    if (L->o_bias) be->add_bias(cx, A->h1, w->ob, BT, d);
+    be->rmsnorm_fwd(cx, A->xn2, A->rstd2, A->h1, w->mlp_norm, BT, d, c->rms_norm_eps);
+    be->matmul_xwt(cx, A->gate, A->xn2, w->gate, BT, d, F, 0);
+    be->matmul_xwt(cx, A->up, A->xn2, w->up, BT, d, F, 0);
+    be->swiglu_fwd(cx, A->act, A->gate, A->up, (size_t)BT * F);
+    row_parallel(m, x_out, A->act, w->down, A->h1, BT, F, d);
 }
 
 /* Forward of the merged model (src = -1) or of source src through this stage's layers: the input
  * comes from the embedding (first stage) or the previous stage, the output goes to the next stage
- * or (last stage) through the final norm into ws->hid. rs->layer_in[i] is the input of layer
- * layer0 + i. */
+ * or (last stage) through the final norm into ws->hid. Layer view i is the input of layer0 + i. */
 static void model_forward(DamModel *m, RunState *rs, const int32_t *ids, int B, int T, int src) {
     struct Workspace *ws = m->work;
     const ModelConfig *c = &m->cfg;
@@ -590,26 +713,31 @@ static void model_forward(DamModel *m, RunState *rs, const int32_t *ids, int B, 
     int nl = m->layer1 - m->layer0;
     if (B > rs->B || T > rs->T) dam_fail("batch %dx%d exceeds the run state's %dx%d", B, T, rs->B, rs->T);
     if (m->first) {
-        const int32_t *lids = local_ids(m, rs, ids, BT);
+        const int32_t *lids = local_ids(m, ids, BT);
+        DevBuf x0 = layer_view(m, rs, 0, BT);
         if (src >= 0)
-            m->be->dam_embed_gather(rs->layer_in, &m->embed->src[src], 1, ws->ones, lids, (int)BT, (int)d);
+            m->be->dam_embed_gather(m->ctx, x0, &m->embed->src[src], 1, m->ones, lids, (int)BT, (int)d);
         else
-            m->be->dam_embed_gather(rs->layer_in, m->embed->src, m->n_rows, m->embed->fc, lids, (int)BT,
+            m->be->dam_embed_gather(m->ctx, x0, m->embed->src, m->n_rows, m->embed->fc, lids, (int)BT,
                                     (int)d);
-        tp_sum(m, rs->layer_in, BT * d); /* vocabulary-parallel embedding */
-    } /* else the pipeline received the previous stage's output into layer_in */
+        tp_sum(m, x0, BT * d); /* vocabulary-parallel embedding */
+    }                          /* else the pipeline received the previous stage's output into layer view 0 */
     for (int i = 0; i < nl; i++) {
-        materialize_layer(m, rs, m->layer0 + i, src);
-        layer_forward(m, rs, &m->layers[m->layer0 + i], rs->layer_in + i * BT * d,
-                      rs->layer_in + (i + 1) * BT * d, B, T);
+        materialize_layer(m, m->layer0 + i, src);
+        LayerAct A = layer_acts(m, rs, i, BT, src < 0);
+        layer_forward(m, &A, &m->layers[m->layer0 + i], layer_view(m, rs, i, BT),
+                      layer_view(m, rs, i + 1, BT), B, T);
     }
-    if (!m->last) return; /* the pipeline sends layer_in[nl] on */
-    materialize_w(m, rs, m->final_norm, src, ws->final_norm_w);
-    m->be->rmsnorm_fwd(ws->hid, rs->rstd_f, rs->layer_in + nl * BT * d, ws->final_norm_w, (int)BT, (int)d,
-                       c->rms_norm_eps);
+    if (!m->last) return; /* the pipeline sends layer view nl on */
+    materialize_w(m, m->final_norm, src, ws->final_norm_w);
+    m->be->rmsnorm_fwd(m->ctx, ws->hid, rs->rstd_f, layer_view(m, rs, nl, BT), ws->final_norm_w, (int)BT,
+                       (int)d, c->rms_norm_eps);
 }
 
 static const DamTensor *lm_tensor(const DamModel *m) { return m->lm_head ? m->lm_head : m->embed; }
+
+/* The pipeline's device communicator (NULL: one stage). */
+static DevComm *pp_comm(DamModel *m) { return m->pp ? &m->dc_pp : NULL; }
 
 typedef struct {
     DamModel *m;
@@ -619,110 +747,133 @@ typedef struct {
 } LogitsPass;
 
 static int lp_n_passes(void *ctx, int mb) { return (void)ctx, (void)mb, 1; }
-static float *lp_pass_input(void *ctx, int mb, int pass, size_t *n) {
+static DevBuf lp_pass_input(void *ctx, int mb, int pass) {
     LogitsPass *l = ctx;
-    *n = (size_t)l->B * l->T * l->m->cfg.hidden_size;
-    return l->rs->layer_in;
+    return layer_view(l->m, l->rs, 0, (size_t)l->B * l->T);
 }
-static const float *lp_pass_run(void *ctx, int mb, int pass, size_t *n) {
+static DevBuf lp_pass_run(void *ctx, int mb, int pass) {
     LogitsPass *l = ctx;
     model_forward(l->m, l->rs, l->ids, l->B, l->T, l->src);
-    *n = (size_t)l->B * l->T * l->m->cfg.hidden_size;
-    return l->rs->layer_in + (size_t)(l->m->layer1 - l->m->layer0) * *n;
+    return layer_view(l->m, l->rs, l->m->layer1 - l->m->layer0, (size_t)l->B * l->T);
 }
 
 void dam_model_logits(DamModel *m, RunState *rs, const int32_t *ids, int B, int T, int src, float *logits) {
     struct Workspace *ws = m->work;
     LogitsPass l = {m, rs, ids, B, T, src};
     PipelineStage st = {&l, lp_n_passes, lp_pass_input, lp_pass_run, NULL, NULL};
-    pipeline_run(m->pp, 1, 1, 0, &st); /* forward only, through every stage */
-    if (!m->last) return;              /* logits live on the last pipeline stage */
-    materialize_w(m, rs, lm_tensor(m), src, ws->lm_w);
-    m->be->matmul_xwt(logits, ws->hid, ws->lm_w, B * T, m->cfg.hidden_size, m->cfg.vocab_size, 0);
+    pipeline_run(pp_comm(m), 1, 1, 0, &st); /* forward only, through every stage */
+    if (!m->last) return;                   /* logits live on the last pipeline stage */
+    int d = m->cfg.hidden_size, V = m->cfg.vocab_size, BT = B * T;
+    materialize_w(m, lm_tensor(m), src, ws->lm_w);
+    for (int r0 = 0; r0 < BT; r0 += LOSS_CHUNK) { /* through the loss chunk's [C, V] buffer */
+        int C = BT - r0 < LOSS_CHUNK ? BT - r0 : LOSS_CHUNK;
+        DevBuf h = devbuf_slice(ws->hid, (size_t)r0 * d, (size_t)C * d);
+        m->be->matmul_xwt(m->ctx, ws->z, h, ws->lm_w, C, d, V, 0);
+        m->be->download(m->ctx, logits + (size_t)r0 * V, DAM_F32, ws->z, (size_t)C * V);
+    }
 }
 
 /* ---------------------------------------------------------------- backward */
 
 /* grad accumulator += Σ_r W_i[r,:]·G[r,:] for a trainable tensor. */
-static void coef_grad(DamModel *m, DamTensor *t, const float *G) {
+static void coef_grad(DamModel *m, DamTensor *t, DevBuf G) {
     if (t && t->trainable)
-        m->be->dam_coef_grad(t->grad, t->src, m->n_rows, G, t->rows, t->cols, t->kind == DT_BIAS);
+        m->be->dam_coef_grad(m->ctx, t->grad, t->src, m->n_rows, G, t->rows, t->cols, t->kind == DT_BIAS);
 }
 
 /* colsum[o] = Σ_t dy[t, o]: the gradient of a bias, reduced with the bias coefficients. */
-static void bias_grad(DamModel *m, RunState *rs, DamTensor *t, const float *dy, int BT, int out) {
-    struct Workspace *ws = m->work;
+static void bias_grad(DamModel *m, DamTensor *t, DevBuf dy, int BT, int out) {
     if (!t || !t->trainable) return;
-    memset(ws->colsum, 0, (size_t)out * sizeof(float));
-    for (int r = 0; r < BT; r++)
-        for (int o = 0; o < out; o++) ws->colsum[o] += dy[(size_t)r * out + o];
-    coef_grad(m, t, ws->colsum);
+    m->be->colsum(m->ctx, m->work->colsum, dy, BT, out);
+    coef_grad(m, t, m->work->colsum);
 }
 
 /* Linear backward: dx (+)= dy·W; coefficient gradient through G = dyᵀ·x. */
-static void linear_backward(DamModel *m, RunState *rs, DamTensor *t, const float *w, float *dx,
-                            const float *dy, const float *x, int BT, int in, int out, int accumulate) {
+static void linear_backward(DamModel *m, DamTensor *t, DevBuf w, DevBuf dx, DevBuf dy, DevBuf x, int BT,
+                            int in, int out, int accumulate) {
     struct Workspace *ws = m->work;
-    m->be->matmul_dyw(dx, dy, w, BT, in, out, accumulate);
+    m->be->matmul_dyw(m->ctx, dx, dy, w, BT, in, out, accumulate);
     if (t->trainable) {
-        m->be->matmul_dytx(ws->G, dy, x, BT, in, out, 0);
+        m->be->matmul_dytx(m->ctx, ws->G, dy, x, BT, in, out, 0);
         coef_grad(m, t, ws->G);
     }
 }
 
-static void norm_backward(DamModel *m, RunState *rs, DamTensor *t, const float *w, float *dx,
-                          const float *dout, const float *x, const float *rstd, int BT, int d) {
+static void norm_backward(DamModel *m, DamTensor *t, DevBuf w, DevBuf dx, DevBuf dout, DevBuf x, DevBuf rstd,
+                          int BT, int d) {
     struct Workspace *ws = m->work;
-    memset(ws->dnorm, 0, (size_t)d * sizeof(float));
-    m->be->rmsnorm_bwd(dx, ws->dnorm, dout, x, rstd, w, BT, d, 1);
+    m->be->fill(m->ctx, ws->dnorm, 0.0f, (size_t)d);
+    m->be->rmsnorm_bwd(m->ctx, dx, ws->dnorm, dout, x, rstd, w, BT, d, 1);
     coef_grad(m, t, ws->dnorm);
 }
 
-/* Backward of one layer whose activations are in rs (just recomputed): dx_in from dout. */
-static void layer_backward(DamModel *m, RunState *rs, DamLayer *L, const float *x_in, const float *dout,
-                           float *dx_in, int B, int T) {
+/* Backward of one layer whose activations are in A (kept, or just recomputed): dx_in from dout. */
+static void layer_backward(DamModel *m, const LayerAct *A, DamLayer *L, DevBuf x_in, DevBuf dout,
+                           DevBuf dx_in, int B, int T) {
     struct Workspace *ws = m->work;
     const ModelConfig *c = &m->cfg;
     const Backend *be = m->be;
+    BackendCtx *cx = m->ctx;
     int BT = B * T, d = c->hidden_size, F = c->intermediate_size;
     int qd = c->num_attention_heads * c->head_dim, kvd = c->num_key_value_heads * c->head_dim;
     LayerW *w = &ws->w;
     /* MLP: out = h1 + down(silu(gate(xn2)) ⊙ up(xn2)) */
-    linear_backward(m, rs, L->down, w->down, ws->dact, dout, ws->act, BT, F, d, 0);
-    be->swiglu_bwd(ws->dgate, ws->dup, ws->dact, ws->gate, ws->up, (size_t)BT * F);
-    linear_backward(m, rs, L->gate, w->gate, ws->dxn2, ws->dgate, ws->xn2, BT, d, F, 0);
-    linear_backward(m, rs, L->up, w->up, ws->dxn2, ws->dup, ws->xn2, BT, d, F, 1);
+    linear_backward(m, L->down, w->down, ws->dact, dout, A->act, BT, F, d, 0);
+    be->swiglu_bwd(cx, ws->dgate, ws->dup, ws->dact, A->gate, A->up, (size_t)BT * F);
+    linear_backward(m, L->gate, w->gate, ws->dxn2, ws->dgate, A->xn2, BT, d, F, 0);
+    linear_backward(m, L->up, w->up, ws->dxn2, ws->dup, A->xn2, BT, d, F, 1);
     tp_sum(m, ws->dxn2, (size_t)BT * d); /* column-parallel gate/up: input gradient summed */
-    memcpy(ws->dh1, dout, (size_t)BT * d * sizeof(float));
-    norm_backward(m, rs, L->mlp_norm, w->mlp_norm, ws->dh1, ws->dxn2, ws->h1, ws->rstd2, BT, d);
+    be->copy(cx, ws->dh1, dout, (size_t)BT * d);
+    norm_backward(m, L->mlp_norm, w->mlp_norm, ws->dh1, ws->dxn2, A->h1, A->rstd2, BT, d);
     /* attention: h1 = x + o(attn(rope(q(xn)), rope(k(xn)), v(xn))) */
-    bias_grad(m, rs, L->o_bias, ws->dh1, BT, d);
-    linear_backward(m, rs, L->o, w->o, ws->dao, ws->dh1, ws->ao, BT, qd, d, 0);
+    bias_grad(m, L->o_bias, ws->dh1, BT, d);
+    linear_backward(m, L->o, w->o, ws->dao, ws->dh1, A->ao, BT, qd, d, 0);
     AttnShape s = attn_shape(c, B, T, (int)(L - m->layers));
-    be->attention_bwd(ws->dq, ws->dk, ws->dv, ws->dao, ws->ao, ws->lse, ws->q, ws->k, ws->v, &s,
-                      ws->attn_scratch);
-    be->rope(ws->dq, ws->rope_cos, ws->rope_sin, BT, T, c->num_attention_heads, c->head_dim, 1);
-    be->rope(ws->dk, ws->rope_cos, ws->rope_sin, BT, T, c->num_key_value_heads, c->head_dim, 1);
-    bias_grad(m, rs, L->q_bias, ws->dq, BT, qd);
-    bias_grad(m, rs, L->k_bias, ws->dk, BT, kvd);
-    bias_grad(m, rs, L->v_bias, ws->dv, BT, kvd);
-    linear_backward(m, rs, L->q, w->q, ws->dxn, ws->dq, ws->xn, BT, d, qd, 0);
-    linear_backward(m, rs, L->k, w->k, ws->dxn, ws->dk, ws->xn, BT, d, kvd, 1);
-    linear_backward(m, rs, L->v, w->v, ws->dxn, ws->dv, ws->xn, BT, d, kvd, 1);
+    be->attention_bwd(cx, ws->dq, ws->dk, ws->dv, ws->dao, A->ao, A->lse, A->q, A->k, A->v, &s);
+    be->rope(cx, ws->dq, ws->rope_cos, ws->rope_sin, BT, T, c->num_attention_heads, c->head_dim, 1);
+    be->rope(cx, ws->dk, ws->rope_cos, ws->rope_sin, BT, T, c->num_key_value_heads, c->head_dim, 1);
+    bias_grad(m, L->q_bias, ws->dq, BT, qd);
+    bias_grad(m, L->k_bias, ws->dk, BT, kvd);
+    bias_grad(m, L->v_bias, ws->dv, BT, kvd);
+    linear_backward(m, L->q, w->q, ws->dxn, ws->dq, A->xn, BT, d, qd, 0);
+    linear_backward(m, L->k, w->k, ws->dxn, ws->dk, A->xn, BT, d, kvd, 1);
+    linear_backward(m, L->v, w->v, ws->dxn, ws->dv, A->xn, BT, d, kvd, 1);
     tp_sum(m, ws->dxn, (size_t)BT * d); /* column-parallel q/k/v */
-    memcpy(dx_in, ws->dh1, (size_t)BT * d * sizeof(float));
-    norm_backward(m, rs, L->attn_norm, w->attn_norm, dx_in, ws->dxn, x_in, ws->rstd1, BT, d);
+    be->copy(cx, dx_in, ws->dh1, (size_t)BT * d);
+    norm_backward(m, L->attn_norm, w->attn_norm, dx_in, ws->dxn, x_in, A->rstd1, BT, d);
 }
 
 /* ---------------------------------------------------------------- loss */
 
-/* Losses over the valid positions of the batch, in chunks of rows; dL/dhid into ws->dx and the
- * lm_head weight gradient into ws->lm_G. */
+/* A chunk's rows of a precomputed teacher cache (host arrays of the dataset, K per position) into
+ * the device's top-K buffers. */
+static void upload_topk_rows(DamModel *m, const int32_t *idx, const float *val, const int32_t *rows, int C,
+                             int K) {
+    struct Workspace *ws = m->work;
+    size_t need = (size_t)LOSS_CHUNK * K;
+    if (ws->h_topk_cap < need) {
+        free(ws->h_topk_idx), free(ws->h_topk_val);
+        ws->h_topk_idx = dam_malloc(need * sizeof(int32_t), "top-k rows");
+        ws->h_topk_val = dam_malloc(need * sizeof(float), "top-k rows");
+        ws->h_topk_cap = need;
+    }
+    for (int r = 0; r < C; r++) {
+        size_t pos = (size_t)rows[r];
+        memcpy(ws->h_topk_idx + (size_t)r * K, idx + pos * K, (size_t)K * sizeof(int32_t));
+        memcpy(ws->h_topk_val + (size_t)r * K, val + pos * K, (size_t)K * sizeof(float));
+    }
+    m->be->upload(m->ctx, ws->topk_idx, ws->h_topk_idx, DAM_I32, (size_t)C * K);
+    m->be->upload(m->ctx, ws->topk_val, ws->h_topk_val, DAM_F32, (size_t)C * K);
+}
+
+/* Losses over the valid positions of the batch, in chunks of rows; dL/dhid scattered into
+ * rs->dhid and the lm_head weight gradient into ws->lm_G. */
 static void logits_loss(DamModel *m, RunState *rs, const int32_t *valid, int n_valid, const int32_t *topk_idx,
                         const float *topk_val, int need_teacher_logits, const LossParams *lp, float weight,
                         int backward, int accumulate_G, LossTerms *out) {
     struct Workspace *ws = m->work;
     const Backend *be = m->be;
+    BackendCtx *cx = m->ctx;
     int d = m->cfg.hidden_size, V = m->cfg.vocab_size, K = lp->topk;
     const DamTensor *lm = lm_tensor(m);
     LossReduce red = {(void *)m->tp, m->tp_size, reduce_sum_f64, reduce_max_f64, reduce_gather};
@@ -739,59 +890,53 @@ static void logits_loss(DamModel *m, RunState *rs, const int32_t *valid, int n_v
     int lm_trainable = lm->trainable;
     for (int r0 = 0; r0 < n_valid; r0 += LOSS_CHUNK) {
         int C = n_valid - r0 < LOSS_CHUNK ? n_valid - r0 : LOSS_CHUNK;
-        for (int r = 0; r < C; r++) {
-            size_t pos = (size_t)valid[r0 + r];
-            memcpy(ws->hc + (size_t)r * d, ws->hid + pos * d, (size_t)d * sizeof(float));
-            if (need_teacher_logits)
-                memcpy(ws->htc + (size_t)r * d, ws->hid_t + pos * d, (size_t)d * sizeof(float));
-            if (K > 0 && topk_idx) { /* precomputed teacher cache */
-                memcpy(ws->topk_idx + (size_t)r * K, topk_idx + pos * K, (size_t)K * sizeof(int32_t));
-                memcpy(ws->topk_val + (size_t)r * K, topk_val + pos * K, (size_t)K * sizeof(float));
-            }
-        }
-        be->matmul_xwt(ws->z, ws->hc, ws->lm_w, C, d, V, 0);
-        if (need_teacher_logits) be->matmul_xwt(ws->zt, ws->htc, ws->lm_t, C, d, V, 0);
+        const int32_t *rows = valid + r0;
+        be->gather_rows(cx, ws->hc, ws->hid, rows, C, d);
+        if (need_teacher_logits) be->gather_rows(cx, ws->htc, ws->hid_t, rows, C, d);
+        if (K > 0 && topk_idx) upload_topk_rows(m, topk_idx, topk_val, rows, C, K); /* the teacher cache */
+        be->matmul_xwt(cx, ws->z, ws->hc, ws->lm_w, C, d, V, 0);
+        if (need_teacher_logits) be->matmul_xwt(cx, ws->zt, ws->htc, ws->lm_t, C, d, V, 0);
         if (K > 0 && !topk_idx)
-            loss_topk_sharded(ws->topk_idx, ws->topk_val, ws->zt, C, V, K, m->vocab_offset, p.reduce);
-        loss_rows(ws->dz, &sums, ws->z, ws->zt, ws->topk_idx, ws->topk_val, C, V, &p);
+            be->loss_topk(cx, ws->topk_idx, ws->topk_val, ws->zt, C, V, K, m->vocab_offset, p.reduce);
+        be->loss_rows(cx, ws->dz, &sums, ws->z, ws->zt, ws->topk_idx, ws->topk_val, C, V, &p,
+                      backward ? weight : 1.0f);
         if (!backward) continue;
-        if (weight != 1.0f)
-            for (size_t j = 0; j < (size_t)C * V; j++) ws->dz[j] *= weight;
-        be->matmul_dyw(ws->dhc, ws->dz, ws->lm_w, C, d, V, 0);
+        be->matmul_dyw(cx, ws->dhc, ws->dz, ws->lm_w, C, d, V, 0);
         tp_sum(m, ws->dhc, (size_t)C * d); /* vocabulary-parallel lm_head */
-        for (int r = 0; r < C; r++)
-            memcpy(rs->dhid + (size_t)valid[r0 + r] * d, ws->dhc + (size_t)r * d, (size_t)d * sizeof(float));
-        if (lm_trainable) be->matmul_dytx(ws->lm_G, ws->dz, ws->hc, C, d, V, accumulate_G || r0 > 0);
+        be->scatter_rows(cx, rs->dhid, ws->dhc, rows, C, d);
+        if (lm_trainable) be->matmul_dytx(cx, ws->lm_G, ws->dz, ws->hc, C, d, V, accumulate_G || r0 > 0);
     }
     out->kl = sums.kl, out->mse = sums.mse, out->entropy = sums.entropy;
 }
 
-/* Backward of the merged model through this stage: from dL/dhid in ws->dx (last stage) or the next
- * stage's input gradient, each layer recomputed from its saved input (the merged weights
- * materialized once per layer), then to the previous stage or into the embedding coefficients. */
+/* Backward of the merged model through this stage: from dL/dhid (last stage) or the next stage's
+ * input gradient, each layer from its kept activations or recomputed from its saved input (the
+ * merged weights materialized once per layer), then to the previous stage or into the embedding
+ * coefficients. */
 static void merged_backward(DamModel *m, RunState *rs, const int32_t *ids, int B, int T) {
     struct Workspace *ws = m->work;
     const ModelConfig *c = &m->cfg;
     size_t BT = (size_t)B * T, d = c->hidden_size;
     int nl = m->layer1 - m->layer0;
-    float *grad_out = rs->grad_out;
+    DevBuf grad_out = devbuf_slice(rs->grad_out, 0, BT * d);
     if (m->last) {
-        memset(grad_out, 0, BT * d * sizeof(float));
-        materialize_w(m, rs, m->final_norm, -1, ws->final_norm_w); /* a teacher's may be there */
-        norm_backward(m, rs, m->final_norm, ws->final_norm_w, grad_out, rs->dhid,
-                      rs->layer_in + (size_t)nl * BT * d, rs->rstd_f, (int)BT, (int)d);
+        m->be->fill(m->ctx, grad_out, 0.0f, BT * d);
+        materialize_w(m, m->final_norm, -1, ws->final_norm_w); /* a teacher's may be there */
+        norm_backward(m, m->final_norm, ws->final_norm_w, grad_out, rs->dhid, layer_view(m, rs, nl, BT),
+                      rs->rstd_f, (int)BT, (int)d);
     } /* else the pipeline received the next stage's gradient into grad_out */
     for (int i = nl - 1; i >= 0; i--) {
-        const float *x_in = rs->layer_in + (size_t)i * BT * d;
+        DevBuf x_in = layer_view(m, rs, i, BT);
         DamLayer *L = &m->layers[m->layer0 + i];
-        materialize_layer(m, rs, m->layer0 + i, -1);
-        layer_forward(m, rs, L, x_in, rs->layer_in + (size_t)(i + 1) * BT * d, B, T);
-        layer_backward(m, rs, L, x_in, grad_out, ws->dx, B, T);
-        memcpy(grad_out, ws->dx, BT * d * sizeof(float));
+        LayerAct A = layer_acts(m, rs, i, BT, 1);
+        materialize_layer(m, m->layer0 + i, -1);
+        if (!rs->keep) layer_forward(m, &A, L, x_in, layer_view(m, rs, i + 1, BT), B, T);
+        layer_backward(m, &A, L, x_in, grad_out, ws->dx, B, T);
+        m->be->copy(m->ctx, grad_out, ws->dx, BT * d);
     }
     if (m->first && m->embed->trainable) /* else the pipeline sends grad_out back */
-        m->be->dam_embed_coef_grad(m->embed->grad, m->embed->src, m->n_rows, grad_out,
-                                   local_ids(m, rs, ids, BT), (int)BT, (int)d);
+        m->be->dam_embed_coef_grad(m->ctx, m->embed->grad, m->embed->src, m->n_rows, grad_out,
+                                   local_ids(m, ids, BT), (int)BT, (int)d);
 }
 
 /* The last stage's loss terms to every stage. */
@@ -860,11 +1005,10 @@ static int is_merged_pass(const StepBatch *sb, int mb, int pass) {
     return pass == (need_teacher(sb, mb) ? sb->n_seg : 0);
 }
 
-static float *sb_pass_input(void *ctx, int mb, int pass, size_t *n) {
+static DevBuf sb_pass_input(void *ctx, int mb, int pass) {
     StepBatch *sb = ctx;
     int rows = is_merged_pass(sb, mb, pass) ? sb->n_seg * sb->B : sb->B;
-    *n = (size_t)rows * sb->T * sb->m->cfg.hidden_size;
-    return slot_of(sb, mb)->layer_in;
+    return layer_view(sb->m, slot_of(sb, mb), 0, (size_t)rows * sb->T);
 }
 
 /* The last stage: each segment's losses against its teacher, dL/dhid (zero at padding) and the
@@ -875,11 +1019,11 @@ static void sb_losses(StepBatch *sb, int mb) {
     RunState *rs = slot_of(sb, mb);
     const DamTensor *lm = lm_tensor(m);
     int nt = need_teacher(sb, mb);
-    materialize_w(m, rs, lm, -1, ws->lm_w);
-    memset(rs->dhid, 0, (size_t)sb->n_seg * sb->B * sb->T * m->cfg.hidden_size * sizeof(float));
+    materialize_w(m, lm, -1, ws->lm_w);
+    m->be->fill(m->ctx, rs->dhid, 0.0f, (size_t)sb->n_seg * sb->B * sb->T * m->cfg.hidden_size);
     for (int s = 0, first = 0; s < sb->n_seg; first += rs->n_valid[s], s++) {
         if (!rs->n_valid[s]) continue;
-        if (nt) materialize_w(m, rs, lm, sb->teacher[s], ws->lm_t);
+        if (nt) materialize_w(m, lm, sb->teacher[s], ws->lm_t);
         logits_loss(m, rs, ws->valid + first, rs->n_valid[s], topk_idx_of(sb, mb),
                     sb->topk_val ? sb->topk_val[mb] : NULL, nt, sb->lp, sb->weight, sb->backward, first > 0,
                     &sb->out[(size_t)mb * sb->n_seg + s]);
@@ -890,7 +1034,7 @@ static void sb_losses(StepBatch *sb, int mb) {
 /* Pass p < n_seg: teacher p on segment p (its final hidden kept on the last stage); the last pass:
  * the merged model over every segment (one forward for all datasets: the merged weights are the
  * same, materialized once per layer, larger GEMMs), then the losses. */
-static const float *sb_pass_run(void *ctx, int mb, int pass, size_t *n) {
+static DevBuf sb_pass_run(void *ctx, int mb, int pass) {
     StepBatch *sb = ctx;
     DamModel *m = sb->m;
     RunState *rs = slot_of(sb, mb);
@@ -898,30 +1042,28 @@ static const float *sb_pass_run(void *ctx, int mb, int pass, size_t *n) {
     int merged = is_merged_pass(sb, mb, pass), rows = merged ? sb->n_seg * sb->B : sb->B;
     const int32_t *ids = sb->ids[mb] + (merged ? 0 : pass * segT);
     model_forward(m, rs, ids, rows, sb->T, merged ? -1 : sb->teacher[pass]);
-    if (m->last && !merged) memcpy(m->work->hid_t + pass * segT * d, m->work->hid, segT * d * sizeof(float));
+    if (m->last && !merged)
+        m->be->copy(m->ctx, devbuf_slice(m->work->hid_t, pass * segT * d, segT * d), m->work->hid, segT * d);
     if (m->last && merged) sb_losses(sb, mb);
-    *n = (size_t)rows * sb->T * d;
-    return rs->layer_in + (size_t)(m->layer1 - m->layer0) * *n;
+    return layer_view(m, rs, m->layer1 - m->layer0, (size_t)rows * sb->T);
 }
 
-static float *sb_grad_input(void *ctx, int mb, size_t *n) {
+static DevBuf sb_grad_input(void *ctx, int mb) {
     StepBatch *sb = ctx;
-    *n = (size_t)sb->n_seg * sb->B * sb->T * sb->m->cfg.hidden_size;
-    return slot_of(sb, mb)->grad_out;
+    return devbuf_slice(slot_of(sb, mb)->grad_out, 0,
+                        (size_t)sb->n_seg * sb->B * sb->T * sb->m->cfg.hidden_size);
 }
 
-static const float *sb_backward_run(void *ctx, int mb, size_t *n) {
+static DevBuf sb_backward_run(void *ctx, int mb) {
     StepBatch *sb = ctx;
-    RunState *rs = slot_of(sb, mb);
-    merged_backward(sb->m, rs, sb->ids[mb], sb->n_seg * sb->B, sb->T);
-    *n = (size_t)sb->n_seg * sb->B * sb->T * sb->m->cfg.hidden_size;
-    return rs->grad_out;
+    merged_backward(sb->m, slot_of(sb, mb), sb->ids[mb], sb->n_seg * sb->B, sb->T);
+    return sb_grad_input(ctx, mb);
 }
 
 /* Every micro-batch through the pipeline (mpi/pipeline.c), then the loss terms to every stage. */
 static void run_batch(StepBatch *sb, int M) {
     PipelineStage st = {sb, sb_n_passes, sb_pass_input, sb_pass_run, sb_grad_input, sb_backward_run};
-    pipeline_run(sb->m->pp, M, sb->n_slots, sb->backward, &st);
+    pipeline_run(pp_comm(sb->m), M, sb->n_slots, sb->backward, &st);
     share_losses(sb->m, M * sb->n_seg, sb->out); /* once, after the schedule: no collective inside it */
 }
 

@@ -13,6 +13,7 @@
 
 #include "backend.h"
 #include "comm.h"
+#include "devcomm.h"
 #include "hfconfig.h"
 #include "safetensors.h"
 
@@ -27,11 +28,14 @@ typedef struct {
     size_t rows, cols; /* stored shape as 2-D; a norm or bias is rows = 1 */
     int dim;           /* coefficient length: cols, or 1 for a bias (one scalar per source) */
     int trainable;
-    SrcWeight src[DAM_MAX_SOURCES];
-    float *c;               /* raw coefficients */
-    float *fc;              /* f(c), refreshed by dam_model_refresh */
-    float *grad;            /* accumulated Σ W·G during a step; dL/dc after dam_model_finish_grad */
-    float *adam_m, *adam_v; /* optimizer state */
+    SrcWeight src[DAM_MAX_SOURCES]; /* on the device (be->upload_source) */
+    /* views (F32, n_rows * dim) into the model's coefficient blocks, which start at element coef_at:
+     * the host reads and writes them only through dam_model_coef_download/upload of whole blocks */
+    size_t coef_at;
+    DevBuf c;              /* raw coefficients */
+    DevBuf fc;             /* f(c), refreshed by dam_model_refresh */
+    DevBuf grad;           /* accumulated Σ W·G during a step; dL/dc after dam_model_finish_grad */
+    DevBuf adam_m, adam_v; /* optimizer state */
     /* tensor parallel: this rank holds coefficient columns [coef_off, coef_off + dim) of coef_full
      * (row-parallel layers), and grad_partial marks gradients that are partial sums over the tp
      * group (column-parallel layers, vocabulary-parallel embedding and lm_head) */
@@ -42,9 +46,18 @@ typedef struct {
     DamTensor *attn_norm, *q, *k, *v, *o, *q_bias, *k_bias, *v_bias, *o_bias, *mlp_norm, *gate, *up, *down;
 } DamLayer;
 
-/* Every tensor's arrays of one kind, tensor after tensor (DamTensor.c etc. point into them). */
+/* The coefficient blocks: every tensor's array of one kind, tensor after tensor (DamTensor.c etc.
+ * are views into them), each one F32 device buffer so that one collective or copy moves it. */
+typedef enum {
+    DAM_COEF_C,
+    DAM_COEF_FC,
+    DAM_COEF_GRAD,
+    DAM_COEF_ADAM_M,
+    DAM_COEF_ADAM_V,
+    DAM_COEF_BLOCKS
+} DamCoefBlock;
 typedef struct {
-    float *c, *fc, *grad, *adam_m, *adam_v;
+    DevBuf block[DAM_COEF_BLOCKS];
     size_t n; /* floats in each block */
 } CoefBlocks;
 
@@ -68,6 +81,15 @@ typedef struct {
     DamTensor *embed, *final_norm, *lm_head; /* lm_head NULL when tied */
     Nonlinearity nonlin;
     const Backend *be;
+    BackendCtx *ctx;        /* the caller's (be->ctx_new with the local rank); not freed by the model */
+    DamTransport transport; /* of the device communicators below */
+    DevComm dc_tp, dc_pp, dc_tied,
+        dc_dp;           /* tp, pp and tied groups (made at open); dp (at the first reduction) */
+    const CommGroup *dp; /* the group dc_dp was made for */
+    DevBuf ones;         /* F32 ones: a teacher's coefficients (one source, weight 1) */
+    /* run states made while set keep every layer's activations of the merged forward for its
+     * backward, which then does not recompute the layer (dam_model_keep_fits decides) */
+    int keep_acts;
     struct Workspace *work; /* buffers of one forward or backward call, once per rank (model.c) */
 } DamModel;
 
@@ -79,17 +101,21 @@ void dam_stage_layers(const ModelConfig *c, int pp, int stage, int *layer0, int 
 double dam_layer_cost(const ModelConfig *c);
 double dam_head_cost(const ModelConfig *c);
 
-/* Open the sources (dirs[i], i < n) and build the tensor table. All sources must share the
- * architecture (checked with names in messages). Coefficients start at 1/n. */
-void dam_model_open(DamModel *m, int n, const char *const *dirs, const char *const *names, const Backend *be);
+/* Open the sources (dirs[i], i < n), upload them to the device of ctx (be->upload_source: on the CPU
+ * a view of the mapping) and build the tensor table. All sources must share the architecture
+ * (checked with names in messages). Coefficients start at 1/n. ctx is the caller's
+ * (be->ctx_new(local rank)); it must outlive the model. */
+void dam_model_open(DamModel *m, int n, const char *const *dirs, const char *const *names, const Backend *be,
+                    BackendCtx *ctx);
 /* The same, holding this rank's tensor-parallel share over tp and its pipeline stage's layers over pp
  * (NULL or size 1: whole). Activations cross stages by send/recv inside the step functions; the
  * losses are computed on the last stage and broadcast over pp. */
 void dam_model_open_parallel(DamModel *m, int n, const char *const *dirs, const char *const *names,
-                             const Backend *be, const CommGroup *tp, const CommGroup *pp);
+                             const Backend *be, BackendCtx *ctx, const CommGroup *tp, const CommGroup *pp,
+                             DamTransport transport);
 /* The same, holding this rank's tensor-parallel share over the group tp (NULL or size 1: whole). */
 void dam_model_open_tp(DamModel *m, int n, const char *const *dirs, const char *const *names,
-                       const Backend *be, const CommGroup *tp);
+                       const Backend *be, BackendCtx *ctx, const CommGroup *tp);
 void dam_model_close(DamModel *m);
 DamTensor *dam_model_find(DamModel *m, const char *name);
 /* fc = f(c) for every tensor (after any change of c). */
@@ -103,6 +129,12 @@ void dam_model_reduce_grad(DamModel *m, const CommGroup *dp);
 /* grad *= f'(c) (turns the reduced Σ W·G into dL/dc); untrainable tensors get 0. */
 void dam_model_finish_grad(DamModel *m);
 size_t dam_model_num_coefs(const DamModel *m, int trainable_only);
+/* A whole coefficient block (m->coef.n floats) to or from the host; tensor x's entries start at
+ * x->coef_at. Uploading DAM_COEF_C does not refresh f(c) (call dam_model_refresh). */
+void dam_model_coef_download(const DamModel *m, DamCoefBlock which, float *host);
+void dam_model_coef_upload(DamModel *m, DamCoefBlock which, const float *host);
+/* A heap copy of a whole block (dam_model_coef_download into a new array; free it). */
+float *dam_model_coef_host(const DamModel *m, DamCoefBlock which);
 
 /* What one micro-batch in flight keeps between its forward and backward (the input of each of
  * this stage's layers, its gradient buffer), for batches of up to B sequences of up to T tokens.
@@ -111,11 +143,17 @@ size_t dam_model_num_coefs(const DamModel *m, int trainable_only);
 typedef struct RunState RunState;
 RunState *runstate_new(DamModel *m, int B, int T);
 void runstate_free(RunState *rs);
+/* Whether n_slots run states of B x T that keep their layers' activations (the bytes that adds)
+ * fit `budget` bytes; sets m->keep_acts accordingly (budget 0: never). */
+int dam_model_keep_fits(DamModel *m, int n_slots, int B, int T, size_t budget);
 /* Bytes of the workspace and of one run state, from the config alone: c is this rank's share
  * (heads, FFN width, vocabulary / tp), n_layers its stage's layers, last whether it holds the
- * lm_head and the losses; batches of B sequences (all datasets of a step) of T tokens. */
-void dam_model_activation_bytes(const ModelConfig *c, int n_layers, int last, int B, int T, size_t *workspace,
-                                size_t *run_state);
+ * lm_head and the losses; batches of B sequences (all datasets of a step) of T tokens; act the
+ * backend's activation dtype (F32 on the CPU, BF16 on CUDA; the F32 buffers stay F32). With
+ * `keep` the run state also holds every layer's activations of the merged forward (see
+ * DamModel.keep_budget), so that the backward does not recompute them. */
+void dam_model_activation_bytes(const ModelConfig *c, int n_layers, int last, int B, int T, dam_dtype act,
+                                int keep, size_t *workspace, size_t *run_state);
 
 /* Loss settings per dataset term. */
 typedef struct {
@@ -130,7 +168,8 @@ typedef struct {
     int64_t n_valid;
 } LossTerms;
 
-/* Logits of the merged model (src = -1) or of source `src` on ids [B,T]: logits [B*T, V]. */
+/* Logits of the merged model (src = -1) or of source `src` on ids [B,T]: logits [B*T, V] on the host
+ * (downloaded in chunks of rows; on the last pipeline stage only). */
 void dam_model_logits(DamModel *m, RunState *rs, const int32_t *ids, int B, int T, int src, float *logits);
 
 /* One micro-batch of dataset k: teacher forward with source k (or the given top-K cache), merged
@@ -167,8 +206,9 @@ void dam_model_eval(DamModel *m, RunState *rs, int k, const int32_t *ids, const 
  * the kernel reads them again if needed): keeps RSS to what is being worked on. */
 void dam_model_release(const DamModel *m, const DamTensor *t);
 
-/* Materialize one merged tensor (fp32, rows*cols) into out. */
-void dam_model_materialize(DamModel *m, const DamTensor *t, int src, float *out);
+/* Materialize one merged tensor (rows*cols, in out's dtype) into the device buffer out; src >= 0:
+ * that source's tensor as stored (weight 1). */
+void dam_model_materialize(DamModel *m, const DamTensor *t, int src, DevBuf out);
 
 /* The K largest logits of each of `rows` rows (global vocabulary ids), from this rank's vocabulary
  * slice of them (as dam_model_logits returns it on the last stage), chosen over the tp group. */

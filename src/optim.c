@@ -7,82 +7,56 @@
 
 /* ---------------------------------------------------------------- regularizers */
 
-static double dot(const float *a, const float *b, int n) {
-    double s = 0;
-    for (int j = 0; j < n; j++) s += (double)a[j] * b[j];
-    return s;
-}
+/* Every regularizer works on the device (backend coefficient ops); what comes back to the host is
+ * small: Gram matrices (n_src x n_src) and sums. */
 
 /* Gram matrix G[i*n + j] = c_i · c_j over the coefficient columns; a tensor split over the tp
  * group (`shard` non-NULL) adds up every rank's columns. */
-static void gram(const float *c, int n, int dim, const CommGroup *shard, double *G) {
-    for (int i = 0; i < n; i++)
-        for (int j = 0; j < n; j++) G[i * n + j] = dot(c + (size_t)i * dim, c + (size_t)j * dim, dim);
+static void gram(const DamModel *m, DevBuf c, int n, int dim, const CommGroup *shard, double *G) {
+    m->be->coef_gram(m->ctx, G, c, n, dim);
     if (shard) comm_allreduce_sum_f64(shard, G, (size_t)n * n);
 }
 
-/* λ·mean_{i<j} cos(c_i, c_j), cos = a·b / max(|a||b|, 1e-8); gradient into g. */
-static double similarity(const float *c, float *g, int n, int dim, double lambda, const CommGroup *shard) {
+/* λ·mean_{i<j} cos(c_i, c_j), cos = a·b / max(|a||b|, 1e-8); gradient into g as g_i += Σ_j A_ij c_j:
+ * d cos/d a = b/den − cos·a/|a|² (the second term only when |a||b| > 1e-8). */
+static double similarity(const DamModel *m, DevBuf c, DevBuf g, int n, int dim, double lambda,
+                         const CommGroup *shard) {
     int pairs = n * (n - 1) / 2;
     if (pairs == 0) return 0;
-    double G[DAM_MAX_SOURCES * DAM_MAX_SOURCES];
-    gram(c, n, dim, shard, G);
+    double G[DAM_MAX_SOURCES * DAM_MAX_SOURCES], A[DAM_MAX_SOURCES * DAM_MAX_SOURCES] = {0};
+    gram(m, c, n, dim, shard, G);
     double total = 0, w = lambda / pairs;
     for (int i = 0; i < n; i++)
         for (int j = i + 1; j < n; j++) {
-            const float *a = c + (size_t)i * dim, *b = c + (size_t)j * dim;
             double na = sqrt(G[i * n + i]), nb = sqrt(G[j * n + j]), ab = G[i * n + j];
             double den = na * nb > 1e-8 ? na * nb : 1e-8, cs = ab / den;
             total += cs;
-            for (int k = 0; k < dim; k++) {
-                double ga = b[k] / den, gb = a[k] / den;
-                if (na * nb > 1e-8) ga -= cs * a[k] / (na * na), gb -= cs * b[k] / (nb * nb);
-                g[(size_t)i * dim + k] += (float)(w * ga);
-                g[(size_t)j * dim + k] += (float)(w * gb);
-            }
+            A[i * n + j] += w / den, A[j * n + i] += w / den;
+            if (na * nb > 1e-8) A[i * n + i] -= w * cs / (na * na), A[j * n + j] -= w * cs / (nb * nb);
         }
+    m->be->coef_mix_grad(m->ctx, g, c, A, n, dim);
     return w * total;
 }
 
-static double l1(const float *c, float *g, size_t n, double lambda) {
-    double s = 0;
-    for (size_t j = 0; j < n; j++) {
-        s += fabs(c[j]);
-        g[j] += (float)(lambda * ((c[j] > 0) - (c[j] < 0)));
-    }
-    return lambda * s;
-}
-
-/* λ·Σ_i ‖c_i‖₂ (the norm, not its square). */
-static double l2(const float *c, float *g, int n, int dim, double lambda, const CommGroup *shard) {
-    double G[DAM_MAX_SOURCES * DAM_MAX_SOURCES], s = 0;
-    gram(c, n, dim, shard, G);
+/* λ·Σ_i ‖c_i‖₂ (the norm, not its square); gradient λ·c_i/‖c_i‖. */
+static double l2(const DamModel *m, DevBuf c, DevBuf g, int n, int dim, double lambda,
+                 const CommGroup *shard) {
+    double G[DAM_MAX_SOURCES * DAM_MAX_SOURCES], A[DAM_MAX_SOURCES * DAM_MAX_SOURCES] = {0}, s = 0;
+    gram(m, c, n, dim, shard, G);
     for (int i = 0; i < n; i++) {
-        const float *a = c + (size_t)i * dim;
         double nrm = sqrt(G[i * n + i]);
         s += nrm;
-        if (nrm > 0)
-            for (int k = 0; k < dim; k++) g[(size_t)i * dim + k] += (float)(lambda * a[k] / nrm);
+        if (nrm > 0) A[i * n + i] = lambda / nrm;
     }
+    m->be->coef_mix_grad(m->ctx, g, c, A, n, dim);
     return lambda * s;
 }
 
 /* λ·mean_{a<b} Σ_col min(|c_a|, |c_b|); at a tie each side gets half, as torch.minimum does. */
-static double overlap(const float *c, float *g, int n, int dim, double lambda) {
+static double overlap(const DamModel *m, DevBuf c, DevBuf g, int n, int dim, double lambda) {
     int pairs = n * (n - 1) / 2;
     if (pairs == 0) return 0;
-    double s = 0, w = lambda / pairs;
-    for (int a = 0; a < n; a++)
-        for (int b = a + 1; b < n; b++)
-            for (int k = 0; k < dim; k++) {
-                float x = c[(size_t)a * dim + k], y = c[(size_t)b * dim + k], ax = fabsf(x), ay = fabsf(y);
-                s += ax < ay ? ax : ay;
-                float sx = (float)((x > 0) - (x < 0)), sy = (float)((y > 0) - (y < 0));
-                float share_a = ax < ay ? 1.0f : ax > ay ? 0.0f : 0.5f;
-                g[(size_t)a * dim + k] += (float)(w * share_a * sx);
-                g[(size_t)b * dim + k] += (float)(w * (1.0f - share_a) * sy);
-            }
-    return w * s;
+    return m->be->coef_overlap(m->ctx, g, c, n, dim, lambda / pairs);
 }
 
 /* A tensor whose coefficient columns are split over the tp group (else NULL: whole on every rank). */
@@ -99,11 +73,11 @@ void reg_apply(DamModel *m, const DamConfig *c, RegTerms *out) {
         int n = m->n_rows, dim = x->dim;
         const CommGroup *shard = shard_group(m, x);
         double vs = c->similarity > 0 && x->coef_full > 1
-                        ? similarity(x->c, x->grad, n, dim, c->similarity, shard)
+                        ? similarity(m, x->c, x->grad, n, dim, c->similarity, shard)
                         : 0;
-        double v2 = c->l2 > 0 ? l2(x->c, x->grad, n, dim, c->l2, shard) : 0;
-        double v1 = c->l1 > 0 ? l1(x->c, x->grad, (size_t)n * dim, c->l1) : 0;
-        double vo = c->overlap > 0 ? overlap(x->c, x->grad, n, dim, c->overlap) : 0;
+        double v2 = c->l2 > 0 ? l2(m, x->c, x->grad, n, dim, c->l2, shard) : 0;
+        double v1 = c->l1 > 0 ? m->be->coef_l1(m->ctx, x->grad, x->c, (size_t)n * dim, c->l1) : 0;
+        double vo = c->overlap > 0 ? overlap(m, x->c, x->grad, n, dim, c->overlap) : 0;
         if (!dam_model_owns(m, x)) continue; /* gradient applied, value counted on the first stage */
         out->similarity += vs, out->l2 += v2;
         if (shard)
@@ -123,7 +97,7 @@ double optim_clip_grad_norm(DamModel *m, float max_norm) {
     for (int t = 0; t < m->n_tensors; t++) {
         DamTensor *x = &m->tensors[t];
         if (!x->trainable) continue;
-        double v = dam_model_owns(m, x) ? dot(x->grad, x->grad, m->n_rows * x->dim) : 0;
+        double v = dam_model_owns(m, x) ? m->be->sumsq(m->ctx, x->grad, (size_t)m->n_rows * x->dim) : 0;
         if (shard_group(m, x))
             split += v;
         else
@@ -138,7 +112,7 @@ double optim_clip_grad_norm(DamModel *m, float max_norm) {
         for (int t = 0; t < m->n_tensors; t++) {
             DamTensor *x = &m->tensors[t];
             if (!x->trainable) continue;
-            for (size_t j = 0; j < (size_t)m->n_rows * x->dim; j++) x->grad[j] *= scale;
+            m->be->scale(m->ctx, x->grad, scale, (size_t)m->n_rows * x->dim);
         }
     }
     return norm;
@@ -154,41 +128,21 @@ float optim_lr(const DamConfig *c, int step, int total) {
 
 /* ---------------------------------------------------------------- AdamW / MoFO */
 
-static int cmp_desc(const void *a, const void *b) {
-    float x = *(const float *)a, y = *(const float *)b;
-    return (x < y) - (x > y);
-}
-
-/* |m| threshold above which MoFO updates an entry: the top alpha fraction of this tensor. */
-static float mofo_threshold(const float *mom, size_t n, float alpha, float *scratch) {
-    for (size_t j = 0; j < n; j++) scratch[j] = fabsf(mom[j]);
-    qsort(scratch, n, sizeof(float), cmp_desc);
-    size_t keep = (size_t)ceil(alpha * (double)n);
-    if (keep < 1) keep = 1;
-    return scratch[keep - 1];
-}
-
 void optim_step(DamModel *m, const DamConfig *c, float lr, int t) {
-    double bc1 = 1.0 - pow(c->beta1, t), bc2 = 1.0 - pow(c->beta2, t);
     for (int k = 0; k < m->n_tensors; k++) {
         DamTensor *x = &m->tensors[k];
         if (!x->trainable) continue;
-        size_t n = (size_t)m->n_rows * x->dim;
-        for (size_t j = 0; j < n; j++) {
-            x->adam_m[j] = c->beta1 * x->adam_m[j] + (1 - c->beta1) * x->grad[j];
-            x->adam_v[j] = c->beta2 * x->adam_v[j] + (1 - c->beta2) * x->grad[j] * x->grad[j];
-        }
-        float thr = -1.0f;
-        if (c->optimizer == OPT_MOFO) {
-            float *scratch = dam_malloc(n * sizeof(float), "mofo");
-            thr = mofo_threshold(x->adam_m, n, c->mofo_alpha, scratch);
-            free(scratch);
-        }
-        for (size_t j = 0; j < n; j++) {
-            if (thr >= 0 && fabsf(x->adam_m[j]) < thr) continue; /* MoFO: only the largest momenta move */
-            double mh = x->adam_m[j] / bc1, vh = x->adam_v[j] / bc2;
-            x->c[j] -= (float)(lr * (mh / (sqrt(vh) + c->adam_eps) + c->weight_decay * x->c[j]));
-        }
+        /* MoFO: the backend takes the |m| threshold (the top mofo_alpha of this tensor) over the
+         * moments after this step's update, then moves only those entries */
+        AdamParams p = {.lr = lr,
+                        .beta1 = c->beta1,
+                        .beta2 = c->beta2,
+                        .eps = c->adam_eps,
+                        .weight_decay = c->weight_decay,
+                        .t = t,
+                        .mofo_threshold = -1.0f,
+                        .mofo_alpha = c->optimizer == OPT_MOFO ? c->mofo_alpha : 0.0f};
+        m->be->adamw(m->ctx, x->c, x->grad, x->adam_m, x->adam_v, (size_t)m->n_rows * x->dim, &p);
     }
     dam_model_refresh(m);
 }

@@ -47,6 +47,7 @@ static void write_config(const char *donor_dir, const char *out_dir) {
 void output_load_coefficients(DamModel *m, const char *path) {
     StFile f;
     st_open(&f, path);
+    float *c = dam_model_coef_host(m, DAM_COEF_C); /* every tensor is overwritten below */
     for (int t = 0; t < m->n_tensors; t++) {
         DamTensor *x = &m->tensors[t];
         const StTensor *s = st_find(&f, x->name);
@@ -55,10 +56,12 @@ void output_load_coefficients(DamModel *m, const char *path) {
         if (s->dtype != DAM_F32 || s->ndim != 2 || s->shape[0] != m->n_rows || s->shape[1] != full)
             dam_fail("%s: tensor '%s': expected F32 [%d, %d]", path, x->name, m->n_rows, full);
         for (int i = 0; i < m->n_rows; i++) /* this rank's columns of a tensor-parallel split */
-            memcpy(x->c + (size_t)i * x->dim, (const float *)s->data + (size_t)i * full + x->coef_off,
-                   (size_t)x->dim * sizeof(float));
+            memcpy(c + x->coef_at + (size_t)i * x->dim,
+                   (const float *)s->data + (size_t)i * full + x->coef_off, (size_t)x->dim * sizeof(float));
     }
     st_close(&f);
+    dam_model_coef_upload(m, DAM_COEF_C, c);
+    free(c);
     dam_model_refresh(m);
 }
 
@@ -84,15 +87,85 @@ static void write_report(const DamModel *m, const DamConfig *cfg, const OutputRe
 
 /* ---------------------------------------------------------------- over stages and tp ranks */
 
+/* Floats of the device buffer a merged tensor goes through on a GPU (64 MiB; within the CUDA
+ * overhead plan counts): the tensor is materialized there in row chunks and downloaded.
+ * DAM_OUTPUT_CHUNK (floats) sets it and takes that path on any device (the tests' way to run the
+ * GPU's path on the CPU). */
+static size_t out_chunk(int *forced) {
+    const char *e = getenv("DAM_OUTPUT_CHUNK");
+    *forced = e && atol(e) > 0;
+    return *forced ? (size_t)atol(e) : (size_t)1 << 24;
+}
+
+/* Rows [r0, r0 + R) of x as a tensor of its own (views of its sources' rows; the coefficients are
+ * per column, so they stay whole). */
+static DamTensor row_range(const DamModel *m, const DamTensor *x, size_t r0, size_t R) {
+    DamTensor part = *x;
+    part.rows = R;
+    for (int i = 0; i < m->n_rows; i++) {
+        size_t ld = x->src[i].ld;
+        part.src[i].w = devbuf_slice(x->src[i].w, r0 * ld, (R - 1) * ld + x->cols);
+    }
+    return part;
+}
+
+/* Merged tensor x (F32) on the host (heap), from a GPU: materialized in row chunks of a bounded
+ * device buffer and downloaded; its source pages released after. */
+static float *merged_local(DamModel *m, const DamTensor *x) {
+    const Backend *be = m->be;
+    int forced;
+    size_t n = x->rows * x->cols, chunk = out_chunk(&forced), R = chunk / x->cols ? chunk / x->cols : 1;
+    float *host = dam_malloc(n * sizeof(float), "merged tensor");
+    if (R >= x->rows) R = x->rows;
+    DevBuf dev = be->alloc(m->ctx, R * x->cols, DAM_F32, "merged tensor");
+    for (size_t r0 = 0; r0 < x->rows; r0 += R) {
+        size_t k = x->rows - r0 < R ? x->rows - r0 : R;
+        DamTensor part = row_range(m, x, r0, k);
+        dam_model_materialize(m, &part, -1, dev);
+        be->download(m->ctx, host + r0 * x->cols, DAM_F32, dev, k * x->cols);
+    }
+    be->free(m->ctx, &dev);
+    dam_model_release(m, x);
+    return host;
+}
+
+/* Merged tensor x (F32) of every tp rank, gathered (dam_model_gather_split). On a host-addressable
+ * device (CPU, guard) materialized into one buffer and read where it lies (host_begin: no second
+ * copy of the tensor, the output-phase RSS plan counts); on a GPU through merged_local. */
+static float *merged_tensor(DamModel *m, const DamTensor *x, int cols_split) {
+    const Backend *be = m->be;
+    float *full;
+    int forced;
+    out_chunk(&forced);
+    if (be->device == DAM_DEVICE_CPU && !forced) { /* in place: the training-time RSS plan counts */
+        DevBuf dev = be->alloc(m->ctx, x->rows * x->cols, DAM_F32, "merged tensor");
+        dam_model_materialize(m, x, -1, dev);
+        dam_model_release(m, x);
+        float *host = be->host_begin(m->ctx, dev);
+        if (host) {
+            full = dam_model_gather_split(m, host, x->rows, x->cols, cols_split);
+            be->host_end(m->ctx, dev);
+        } else { /* (a host-side device that is not host-addressable after all) */
+            host = dam_malloc(x->rows * x->cols * sizeof(float), "merged tensor");
+            be->download(m->ctx, host, DAM_F32, dev, x->rows * x->cols);
+            full = dam_model_gather_split(m, host, x->rows, x->cols, cols_split);
+            free(host);
+        }
+        be->free(m->ctx, &dev);
+    } else {
+        float *host = merged_local(m, x);
+        full = dam_model_gather_split(m, host, x->rows, x->cols, cols_split);
+        free(host);
+    }
+    return full;
+}
+
 /* Merged tensors of this rank's stage, gathered over tp and written by tp rank 0 into dir; with
  * `coef_path`, their coefficients too. Every tp rank takes part. */
 static void write_stage_tensors(DamModel *m, const char *dir, size_t shard_bytes, const char *coef_path) {
     int writer = m->tp_rank == 0;
     StWriter *w = writer ? st_writer_new(dir, shard_bytes) : NULL;
-    size_t maxn = 0;
-    for (int t = 0; t < m->n_tensors; t++)
-        if (m->tensors[t].rows * m->tensors[t].cols > maxn) maxn = m->tensors[t].rows * m->tensors[t].cols;
-    float *buf = dam_malloc(maxn * sizeof(float), "merged tensor");
+    float *c = dam_model_coef_host(m, DAM_COEF_C);
     int n_out = 0;
     const char **names = dam_calloc((size_t)m->n_tensors, sizeof(char *), "names");
     float **coefs = dam_calloc((size_t)m->n_tensors, sizeof(float *), "coefficients");
@@ -100,22 +173,21 @@ static void write_stage_tensors(DamModel *m, const char *dir, size_t shard_bytes
     for (int t = 0; t < m->n_tensors; t++) { /* each merged tensor materialized once */
         const DamTensor *x = &m->tensors[t];
         if (!dam_model_owns(m, x)) continue;
-        dam_model_materialize(m, x, -1, buf);
-        dam_model_release(m, x);
         int split = dam_model_split_kind(m, x), tp = split ? m->tp_size : 1;
-        float *full = dam_model_gather_split(m, buf, x->rows, x->cols, split == 2);
+        float *full = merged_tensor(m, x, split == 2);
         int64_t shape[2] = {(int64_t)(x->rows * (split == 1 && x->kind != DT_BIAS ? tp : 1)),
                             (int64_t)(x->cols * (split == 2 || (split == 1 && x->kind == DT_BIAS) ? tp : 1))};
         int one_d = x->kind == DT_NORM || x->kind == DT_BIAS;
         if (writer) st_writer_add_f32(w, x->name, DAM_BF16, one_d ? 1 : 2, one_d ? &shape[1] : shape, full);
         free(full);
         /* coefficients: whole on every tp rank unless their columns are split with the weight */
-        coefs[n_out] = dam_model_gather_split(m, x->c, (size_t)m->n_rows, (size_t)x->dim, split == 2);
+        coefs[n_out] =
+            dam_model_gather_split(m, c + x->coef_at, (size_t)m->n_rows, (size_t)x->dim, split == 2);
         names[n_out] = x->name;
         cshape[2 * n_out] = m->n_rows, cshape[2 * n_out + 1] = split == 2 ? x->coef_full : x->dim;
         n_out++;
     }
-    free(buf);
+    free(c);
     if (writer) st_writer_finish(w, "pt");
     if (writer && coef_path) {
         dam_dtype *dt = dam_malloc((size_t)n_out * sizeof(dam_dtype), "dtypes");

@@ -22,6 +22,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "cli.h"
 #include "commands.h"
 #include "config.h"
 #include "dataset.h"
@@ -70,8 +71,9 @@ typedef struct {
     const char *dtype_note;     /* stored dtype, as config.json names it ("mixed" when they differ) */
     int B, T, micro_batches, K; /* batch_size, seq_len, micro_batches, loss.topk */
     PlanDevice dev;
-    double baseline; /* bytes per process (cpu) */
-    double folio;    /* bytes a fault on a mapped file page makes resident around it (cpu) */
+    size_t keep_budget; /* parallel.keep_activations: layers' activations kept when they fit */
+    double baseline;    /* bytes per process (cpu) */
+    double folio;       /* bytes a fault on a mapped file page makes resident around it (cpu) */
 } PlanModel;
 
 typedef struct {
@@ -81,6 +83,7 @@ typedef struct {
 /* One rank's estimate (bytes). For cuda the seven terms are GPU memory and `host` is the host's. */
 typedef struct {
     int rank, stage, tp_rank, layer0, layer1, first, last;
+    int kept; /* the run states keep the layers' activations (no recompute in the backward) */
     double sources, coefficients, workspace, run_states, inputs, output_phase, baseline, total;
     double host;       /* cuda: host memory of the process */
     double load_bytes; /* source bytes this rank reads (its shards) */
@@ -261,11 +264,17 @@ static void plan_rank(const PlanModel *pm, const PlanLayout *L, int rank, PlanRa
     int local_mb = pm->micro_batches / L->dp;
     int n_slots = pipeline_slots(local_mb, pp, r->stage); /* as train.c allocates them */
     if (n_slots > 64) n_slots = 64;
-    /* activations: model.c's own lists (dam_model_activation_bytes) for this rank's share */
+    /* activations: model.c's own lists (dam_model_activation_bytes) for this rank's share, in the
+     * backend's activation dtype (cpu F32; cuda BF16, its F32 buffers F32), the layers' activations
+     * kept in the run states when they fit parallel.keep_activations (as dam_model_keep_fits) */
     ModelConfig share = share_config(&pm->cfg, tp);
-    size_t ws, rs;
-    int Bt = pm->n_data * pm->B;
-    dam_model_activation_bytes(&share, r->layer1 - r->layer0, r->last, Bt, pm->T, &ws, &rs);
+    size_t ws, rs, rs_keep;
+    int Bt = pm->n_data * pm->B, nl = r->layer1 - r->layer0;
+    dam_dtype act = pm->dev == PLAN_CUDA ? DAM_BF16 : DAM_F32;
+    dam_model_activation_bytes(&share, nl, r->last, Bt, pm->T, act, 1, &ws, &rs_keep);
+    dam_model_activation_bytes(&share, nl, r->last, Bt, pm->T, act, 0, &ws, &rs);
+    r->kept = pm->keep_budget > 0 && (rs_keep - rs) * (size_t)n_slots <= pm->keep_budget;
+    if (r->kept) rs = rs_keep;
     /* the trainer's inputs (train.c open_data, alloc_step_buffers): ids int32 + mask int8 per token
      * of every dataset's micro-batch, once more per local micro-batch under pp; top-K caches */
     double rows = (double)Bt * pm->T, per_mb = rows * 5 + rows * pm->K * 8.0;
@@ -287,12 +296,11 @@ static void plan_rank(const PlanModel *pm, const PlanLayout *L, int rank, PlanRa
     } else {
         /* the CUDA contract (docs/memory.md): shards uploaded in their stored dtype; the step in bf16:
          * merged weights, lm_head buffers and activations (layer inputs kept for the backward
-         * included) in bf16, half the CPU's fp32 buffers (the loss chunks' fp32 statistics, at most
-         * 5 x 64 rows of V/tp floats, are counted at half too); the output materialized on the GPU
-         * in the workspace's buffers and written from the host; inputs stay on the host */
+         * included) in bf16, the F32 ones (norm statistics, log-sum-exps, the loss chunks' logits
+         * and dL/dz, top-K) in F32, as the model allocates them; the output materialized on the GPU
+         * and written from the host; inputs stay on the host */
         r->sources = st.src_split;
-        r->workspace = (double)ws / 2;
-        r->run_states = (double)rs / 2 * n_slots;
+        r->workspace = (double)ws;
         r->inputs = 0;
         r->output_phase = 0;
         r->baseline = PLAN_CUDA_OVERHEAD_GIB * GIB;
@@ -379,8 +387,8 @@ static void parse_args(PlanArgs *a, int argc, char **argv) {
             "--folio-kib", "--probe-folio", NULL};
         int known = 0;
         for (int k = 0; with_value[k]; k++) known |= !strcmp(o, with_value[k]);
-        if (!known) dam_fail("plan: unknown argument '%s' (%s)", o, plan_short);
-        if (i + 1 >= argc) dam_fail("plan: %s needs a value", o);
+        if (!known) cli_unknown_option("plan", o);
+        if (i + 1 >= argc) cli_missing_value("plan", o);
         const char *v = argv[++i];
         if (!strcmp(o, "--config"))
             a->config = v;
@@ -476,6 +484,7 @@ static void load_model(PlanModel *pm, const DamConfig *c, const PlanArgs *a, int
     pm->n_rows = n, pm->n_data = c->n_models;
     pm->B = c->batch_size, pm->micro_batches = c->micro_batches, pm->K = c->loss.topk;
     pm->dev = a->dev, pm->baseline = a->baseline_mib * MIB, pm->folio = a->folio_kib * 1024;
+    pm->keep_budget = c->keep_activations;
     pm->T = a->seq_len ? a->seq_len : c->seq_len;
     if (!pm->T) { /* train.seq_len 0: the datasets' row length, when they can be read */
         for (int k = 0; k < c->n_models; k++) {
@@ -680,6 +689,7 @@ static void print_json(const PlanModel *pm, const PlanArgs *a, const PlanReport 
                          r->inputs,  r->output_phase, r->baseline,  r->total};
         for (int k = 0; k < 8; k++) cJSON_AddNumberToObject(b, keys[k], round(vals[k]));
         if (a->dev == PLAN_CUDA) cJSON_AddNumberToObject(x, "host_bytes", round(r->host));
+        cJSON_AddBoolToObject(x, "activations_kept", r->kept);
         cJSON_AddBoolToObject(x, "fits", r->fits);
         cJSON_AddItemToArray(arr, x);
     }

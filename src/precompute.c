@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli.h"
 #include "comm.h"
 #include "commands.h"
 #include "config.h"
@@ -73,8 +74,7 @@ int cmd_precompute(int argc, char **argv) {
         else if (!strcmp(argv[i], "--topk") && i + 1 < argc)
             K = atoi(argv[++i]);
         else
-            dam_fail("precompute: unknown argument '%s' (usage: dam_dist precompute --config F [--topk K])",
-                     argv[i]);
+            cli_bad_option("precompute", argv[i], "--config --topk");
     }
     if (!config) dam_fail("precompute: --config is required");
     DamConfig c;
@@ -85,8 +85,10 @@ int cmd_precompute(int argc, char **argv) {
     layout_init(&g, &c);
     const char *dirs[DAM_MAX_SOURCES], *names[DAM_MAX_SOURCES];
     for (int i = 0; i < c.n_models; i++) dirs[i] = c.models[i].path, names[i] = c.models[i].name;
+    const Backend *be = config_backend(c.device);
+    BackendCtx *ctx = be->ctx_new(config_local_rank());
     DamModel m;
-    dam_model_open_parallel(&m, c.n_models, dirs, names, backend_cpu(), &g.tp_group, &g.pp_group);
+    dam_model_open_parallel(&m, c.n_models, dirs, names, be, ctx, &g.tp_group, &g.pp_group, c.transport);
     if (K > m.full_cfg.vocab_size)
         dam_fail("%s: top-%d exceeds the vocabulary (%d)", config, K, m.full_cfg.vocab_size);
     RunState *rs = NULL;
@@ -104,6 +106,7 @@ int cmd_precompute(int argc, char **argv) {
     }
     runstate_free(rs);
     dam_model_close(&m);
+    be->ctx_free(ctx);
     grid_free(&g);
     config_free(&c);
     return 0;

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli.h"
 #include "commands.h"
 #include "comm.h"
 #include "dataset.h"
@@ -163,7 +164,9 @@ static void parse_options(PrepareOptions *o, int argc, char **argv) {
             else if (!strcmp(a, "--no-eos"))
                 o->eos = 0;
             else
-                dam_fail("prepare: unknown option or missing value: %s (see docs/data.md)", a);
+                cli_bad_option(
+                    "prepare", a,
+                    "--tokenizer --input --out --field --template --format --seq-len --max-examples --seed");
         }
         i += takes;
     }
@@ -476,8 +479,7 @@ int cmd_tokenize(int argc, char **argv) {
         else if (!strcmp(argv[i], "--special"))
             special = 1;
         else
-            dam_fail("tokenize: unknown option %s (usage: tokenize --tokenizer DIR [--decode] [--special])",
-                     argv[i]);
+            cli_bad_option("tokenize", argv[i], "--tokenizer");
     }
     if (!dir) dam_fail("tokenize: needs --tokenizer DIR");
     Tokenizer t;

@@ -1,4 +1,5 @@
 /* runctl.c — see runctl.h. */
+#include "cli.h"
 #include "runctl.h"
 
 #include <signal.h>
@@ -8,9 +9,10 @@
 
 #include "util.h"
 
-const char train_usage[] = "dam_dist --config FILE [--out DIR] [--max-steps N] [--eval-rows N] "
-                           "[--resume | --resume auto] [--force] [--allow-config-change] "
-                           "[--allow-tokenizer-mismatch]";
+const char train_usage[] =
+    "dam_dist --config FILE [--out DIR] [--device cpu|cuda] [--max-steps N] [--eval-rows N] "
+    "[--resume | --resume auto] [--force] [--allow-config-change] "
+    "[--allow-tokenizer-mismatch]";
 
 /* ---------------------------------------------------------------- command line */
 
@@ -25,7 +27,11 @@ void train_args_parse(TrainArgs *a, int argc, char **argv) {
             a->config = argv[++i];
         else if (!strcmp(s, "--out") && next)
             a->out = argv[++i];
-        else if (!strcmp(s, "--max-steps") && next)
+        else if (!strcmp(s, "--device") && next) {
+            a->device = argv[++i];
+            if (strcmp(a->device, "cpu") && strcmp(a->device, "cuda"))
+                dam_fail("--device %s: unknown device (allowed: cpu, cuda)", a->device);
+        } else if (!strcmp(s, "--max-steps") && next)
             a->max_steps = (int)dam_parse_int(argv[++i], 0, 1000000000, "--max-steps");
         else if (!strcmp(s, "--eval-rows") && next)
             a->eval_rows = (int)dam_parse_int(argv[++i], 1, 1000000000, "--eval-rows");
@@ -37,11 +43,8 @@ void train_args_parse(TrainArgs *a, int argc, char **argv) {
             a->allow_config_change = 1;
         else if (!strcmp(s, "--allow-tokenizer-mismatch"))
             a->allow_tokenizer_mismatch = 1;
-        else {
-            char msg[300];
-            snprintf(msg, sizeof msg, "unknown or incomplete argument '%s'", s);
-            usage_fail(msg);
-        }
+        else
+            cli_bad_option(NULL, s, "--config --out --max-steps --eval-rows");
     }
     if (!a->config) usage_fail("--config is required");
 }

@@ -16,7 +16,8 @@ typedef enum { RESUME_NO = 0, RESUME_REQUIRED = 1, RESUME_AUTO = 2 } ResumeMode;
 
 typedef struct {
     const char *config, *out;
-    int max_steps; /* -1: run to the end */
+    const char *device; /* --device cpu|cuda: overrides the config's parallel.device (NULL: not given) */
+    int max_steps;      /* -1: run to the end */
     int eval_rows;
     ResumeMode resume;
     int force, allow_config_change, allow_tokenizer_mismatch;

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli.h"
 #include "commands.h"
 #include "dataset.h"
 #include "hfconfig.h"
@@ -185,9 +186,7 @@ int cmd_toy(int argc, char **argv) {
                 if (!strcmp(want, toy_sizes[k].name)) t.sz = &toy_sizes[k];
             if (!t.sz) dam_fail("toy: unknown --size '%s' (small, tiny, bench, smol)", want);
         } else
-            dam_fail("toy: unknown argument '%s' (usage: dam_dist toy --out DIR [--models N] [--seed S] "
-                     "[--size small|tiny|bench|smol] [--force])",
-                     argv[i]);
+            cli_bad_option("toy", argv[i], "--out --models --seed --size");
     }
     if (!t.out) dam_fail("toy: --out DIR is required");
     const char *final = t.out;

@@ -28,6 +28,8 @@ typedef struct {
     char *ckpt_dir;
     int start_step;
     int64_t tokens_seen;
+    const Backend *be; /* config's device (DAM_BACKEND overrides) */
+    BackendCtx *ctx;   /* on this rank's GPU (its local rank) */
     DamModel model;
     RunState *rs;                    /* = slots[0] */
     RunState *slots[64];             /* pipeline: one run state per micro-batch in flight */
@@ -54,14 +56,18 @@ static void init_coefficients(Trainer *tr) {
     if (c->init == INIT_RANDOM) { /* seeded random softmax over the sources, per column */
         dam_rng rng;
         dam_rng_seed(&rng, c->seed);
+        float *cc = dam_model_coef_host(m, DAM_COEF_C);
         for (int t = 0; t < m->n_tensors; t++) {
             DamTensor *x = &m->tensors[t];
             for (int j = 0; j < x->dim; j++) {
                 double e[DAM_MAX_SOURCES], s = 0;
                 for (int i = 0; i < m->n_rows; i++) s += (e[i] = exp(dam_rng_normal(&rng)));
-                for (int i = 0; i < m->n_rows; i++) x->c[(size_t)i * x->dim + j] = (float)(e[i] / s);
+                for (int i = 0; i < m->n_rows; i++)
+                    cc[x->coef_at + (size_t)i * x->dim + j] = (float)(e[i] / s);
             }
         }
+        dam_model_coef_upload(m, DAM_COEF_C, cc);
+        free(cc);
     } else if (c->init == INIT_FILE) {
         output_load_coefficients(m, c->init_file);
     }
@@ -75,8 +81,8 @@ static void open_model(Trainer *tr) {
     for (int i = 0; i < c->n_models; i++) dirs[n] = c->models[i].path, names[n++] = c->models[i].name;
     if (c->include_base) dirs[n] = c->base_model, names[n++] = "base";
     tr->n_data = c->n_models;
-    dam_model_open_parallel(&tr->model, n, dirs, names, backend_cpu(), &tr->grid.tp_group,
-                            &tr->grid.pp_group);
+    dam_model_open_parallel(&tr->model, n, dirs, names, tr->be, tr->ctx, &tr->grid.tp_group,
+                            &tr->grid.pp_group, c->transport);
     DamModel *m = &tr->model;
     m->nonlin = c->nonlinearity;
     for (int t = 0; t < m->n_tensors; t++) {
@@ -270,12 +276,15 @@ static double eval_kl(Trainer *tr, int k, int n_eval) {
 
 /* f(c) = 1/N on every source row (0 on the base row): the plain average of the sources. */
 static void set_plain_average(DamModel *m, int n_sources) {
+    float *fc = dam_malloc((m->coef.n ? m->coef.n : 1) * sizeof(float), "plain average");
     for (int t = 0; t < m->n_tensors; t++) {
         DamTensor *x = &m->tensors[t];
         for (int i = 0; i < m->n_rows; i++)
             for (int j = 0; j < x->dim; j++)
-                x->fc[(size_t)i * x->dim + j] = i < n_sources ? 1.0f / n_sources : 0.0f;
+                fc[x->coef_at + (size_t)i * x->dim + j] = i < n_sources ? 1.0f / n_sources : 0.0f;
     }
+    dam_model_coef_upload(m, DAM_COEF_FC, fc);
+    free(fc);
 }
 
 /* n_eval was checked before the first step (check_before_first_step). */
@@ -329,16 +338,20 @@ static void save_checkpoint(Trainer *tr, int step) {
         comm_barrier(&g->world);
         if (g->dp_idx != 0 || g->pp_idx != s) continue;
         CkptFile *f = g->tp_idx == 0 ? ckpt_append(tmp) : NULL;
+        float *blocks[3] = {dam_model_coef_host(m, DAM_COEF_C), dam_model_coef_host(m, DAM_COEF_ADAM_M),
+                            dam_model_coef_host(m, DAM_COEF_ADAM_V)};
         for (int t = 0; t < m->n_tensors; t++) {
             DamTensor *x = &m->tensors[t];
             if (!dam_model_owns(m, x)) continue;
             int split = dam_model_split_kind(m, x) == 2, full = split ? x->coef_full : x->dim;
-            float *v[3], *local[3] = {x->c, x->adam_m, x->adam_v};
+            float *v[3];
             for (int i = 0; i < 3; i++)
-                v[i] = dam_model_gather_split(m, local[i], (size_t)m->n_rows, (size_t)x->dim, split);
+                v[i] = dam_model_gather_split(m, blocks[i] + x->coef_at, (size_t)m->n_rows, (size_t)x->dim,
+                                              split);
             if (f) ckpt_put(f, x->name, m->n_rows, full, v[0], v[1], v[2]);
             for (int i = 0; i < 3; i++) free(v[i]);
         }
+        for (int i = 0; i < 3; i++) free(blocks[i]);
         ckpt_close(f);
     }
     comm_barrier(&g->world);
@@ -457,6 +470,19 @@ static void setup_grid(Trainer *tr) {
     tr->root = tr->grid.world.rank == 0;
 }
 
+/* The backend of the config's device (or --device; DAM_BACKEND overrides both) and its context on
+ * this rank's GPU, said in the job's first lines. */
+static void setup_backend(Trainer *tr) {
+    tr->be = config_backend(tr->cfg.device);
+    int local = config_local_rank();
+    tr->ctx = tr->be->ctx_new(local);
+    if (!tr->root) return;
+    static const char *const tn[] = {"auto", "mpi", "nccl"};
+    printf("dam_dist: backend %s (activations %s), device collectives: transport %s, local rank %d\n",
+           tr->be->name, dam_dtype_name(tr->be->act_dtype), tn[tr->cfg.transport], local);
+    fflush(stdout);
+}
+
 /* ---------------------------------------------------------------- command */
 
 /* Run states (one per pipeline micro-batch in flight) and the pipeline's per-micro-batch inputs. */
@@ -464,6 +490,12 @@ static void alloc_step_buffers(Trainer *tr) {
     tr->local_mb = tr->cfg.micro_batches / tr->grid.dp;
     tr->n_slots = pipeline_slots(tr->local_mb, tr->grid.pp, tr->grid.pp_idx); /* 1F1B's in flight here */
     if (tr->n_slots > 64) tr->n_slots = 64;
+    /* the backward skips recomputing the layers when their activations fit the budget (plan alike) */
+    if (dam_model_keep_fits(&tr->model, tr->n_slots, tr->n_data * tr->B, tr->T, tr->cfg.keep_activations) &&
+        tr->root)
+        printf("dam_dist: the backward keeps the layers' activations (within parallel.keep_activations = %zu "
+               "bytes per rank): no recompute\n",
+               tr->cfg.keep_activations);
     for (int i = 0; i < tr->n_slots; i++) tr->slots[i] = runstate_new(&tr->model, tr->n_data * tr->B, tr->T);
     tr->rs = tr->slots[0];
     size_t seg = (size_t)tr->n_data * tr->B * tr->T, K = (size_t)tr->cfg.loss.topk;
@@ -491,6 +523,7 @@ static void trainer_free(Trainer *tr) {
     for (int k = 0; k < tr->n_data; k++) dataset_close(&tr->data[k]);
     free(tr->ids), free(tr->mask), free(tr->topk_idx), free(tr->topk_val), free(tr->ckpt_dir);
     dam_model_close(&tr->model);
+    if (tr->ctx) tr->be->ctx_free(tr->ctx);
     grid_free(&tr->grid);
     config_free(&tr->cfg);
 }
@@ -557,6 +590,7 @@ int cmd_train(int argc, char **argv) {
     memset(&tr, 0, sizeof tr);
     config_load(&tr.cfg, a.config);
     tr.cfg.force = a.force;
+    if (a.device) tr.cfg.device = a.device;
     if (a.out) {
         free(tr.cfg.out_dir), free(tr.cfg.metrics_file);
         tr.cfg.out_dir = dam_strdup(a.out);
@@ -565,6 +599,7 @@ int cmd_train(int argc, char **argv) {
     /* preemption must always be able to save: without checkpoint.dir, beside the output */
     tr.ckpt_dir = tr.cfg.ckpt_dir ? dam_strdup(tr.cfg.ckpt_dir) : dam_asprintf("%s.ckpt", tr.cfg.out_dir);
     setup_grid(&tr);
+    setup_backend(&tr);
     open_model(&tr);
     open_data(&tr);
     check_before_first_step(&tr, &a);

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job over MPI on this machine (mpirun --oversubscribe): the same toy run under 1 rank and
-# under dp=2, pp=2, tp=2, pp=2 x dp=2 and pp=2 x tp=2 ends with the same coefficients (1e-5) and
+# under dp=2, pp=2, tp=2, pp=2 x dp=2 and pp=2 x tp=2 ends with the same coefficients (1e-5; 5e-5 with tp) and
 # the same loss curve; stopping (--max-steps, SIGTERM) and resuming equals an uninterrupted run,
 # also resumed on another layout; checkpoints read with h5ls under the documented names; a rank
 # killed with SIGKILL ends the job; bad layouts give one error line and end every rank.
@@ -26,13 +26,23 @@ layout() { # layout NAME DP PP TP : a config with that parallel section
 losses() { grep '^step' "$1" | sed 's/.*| loss \([0-9.]*\) .*/\1/' | tr '\n' ' '; }
 
 $BIN --config "$T/toy/config.json" --out "$T/ref" > "$T/ref.log" 2>&1 || bad "1-rank run: $(tail -2 "$T/ref.log")"
-for l in "dp2 2 1 1" "pp2 1 2 1" "tp2 1 1 2" "pp2dp2 2 2 1" "pp2tp2 1 2 2"; do
+# DAM_CLI_DIST_LAYOUTS_ONLY=1 (the suite's guard-backend pass, tests/run_tests.sh, where every run is
+# several times slower): dp=2 and pp=2 x tp=2 (every device collective: dp, pp, tp, tied) and 1F1B
+# on 2 stages; checkpoints, signals and precompute, which do not depend on the backend, are skipped
+quick=${DAM_CLI_DIST_LAYOUTS_ONLY:-0}
+layouts=("dp2 2 1 1" "pp2 1 2 1" "tp2 1 1 2" "pp2dp2 2 2 1" "pp2tp2 1 2 2")
+[ "$quick" = 1 ] && layouts=("dp2 2 1 1" "pp2tp2 1 2 2")
+for l in "${layouts[@]}"; do
   set -- $l
   layout "$1" "$2" "$3" "$4"
   if $MPI -n $(($2 * $3 * $4)) $BIN --config "$T/toy/$1.json" --out "$T/$1" > "$T/$1.log" 2>&1; then
-    if "$CMP" "$T/$1/dam_coefficients.safetensors" "$T/ref/dam_coefficients.safetensors" 1e-5 >/dev/null; then
-      ok "$1: final coefficients equal the 1-rank run's ($("$CMP" "$T/$1/dam_coefficients.safetensors" "$T/ref/dam_coefficients.safetensors" 1e-5 | sed 's/.*, max/max/'))"
-    else bad "$1: coefficients differ"; fi
+    # tp splits the GEMMs' sums over ranks: fp32 rounding of ~1e-7 in the gradients, which Adam
+    # (m/sqrt(v)) magnifies on entries whose gradient is near zero; 12 steps end 3e-6 to 1.4e-5 apart
+    # depending on incidental details (measured), so tp layouts get 5e-5; a wrong split is ~1e-2 off
+    tol=1e-5; [ "$4" -gt 1 ] && tol=5e-5
+    if "$CMP" "$T/$1/dam_coefficients.safetensors" "$T/ref/dam_coefficients.safetensors" $tol >/dev/null; then
+      ok "$1: final coefficients equal the 1-rank run's ($("$CMP" "$T/$1/dam_coefficients.safetensors" "$T/ref/dam_coefficients.safetensors" $tol | sed 's/.*, max/max/'))"
+    else bad "$1: coefficients differ ($("$CMP" "$T/$1/dam_coefficients.safetensors" "$T/ref/dam_coefficients.safetensors" $tol | sed 's/.*, max/max/'))"; fi
     [ "$(losses "$T/$1.log")" = "$(losses "$T/ref.log")" ] && ok "$1: same loss curve" || bad "$1: loss curve $(losses "$T/$1.log")"
   else
     bad "$1 run failed: $(tail -3 "$T/$1.log")"
@@ -49,6 +59,11 @@ if $MPI -n 2 $BIN --config "$T/toy/m4pp2.json" --out "$T/m4pp2" > "$T/m4pp2.log"
    && [ "$(losses "$T/m4pp2.log")" = "$(losses "$T/m4.log")" ]; then
   ok "1F1B, pp=2 with 4 micro-batches: same coefficients and loss curve as one process"
 else bad "1F1B pp=2 m=4: $(tail -2 "$T/m4pp2.log")"; fi
+
+if [ "$quick" = 1 ]; then
+  echo "cli_dist: layouts only (DAM_CLI_DIST_LAYOUTS_ONLY=1): $fails failure(s)"
+  [ $fails -eq 0 ]; exit
+fi
 
 # 1F1B on 4 stages with 8 micro-batches: stage s holds only the pp - s run states it needs, and the
 # result is one process's
@@ -77,8 +92,8 @@ cp -r "$T/toy" "$T/toy2"
 $BIN --config "$T/toy/config.json" --out "$T/lay" --max-steps 5 > /dev/null 2>&1
 sed "s/\"seed\": 1}/\"seed\": 1}, \"parallel\": {\"dp\": 1, \"pp\": 2, \"tp\": 2}/" "$T/toy/config.json" > "$T/toy/relayout.json"
 $MPI -n 4 $BIN --config "$T/toy/relayout.json" --out "$T/lay" --resume > "$T/lay.log" 2>&1 \
-  && "$CMP" "$T/lay/dam_coefficients.safetensors" "$T/ref/dam_coefficients.safetensors" 1e-5 > /dev/null \
-  && ok "1-rank checkpoint resumed under pp=2 x tp=2: coefficients within 1e-5" || bad "relayout resume: $(tail -3 "$T/lay.log")"
+  && "$CMP" "$T/lay/dam_coefficients.safetensors" "$T/ref/dam_coefficients.safetensors" 5e-5 > /dev/null \
+  && ok "1-rank checkpoint resumed under pp=2 x tp=2: coefficients within 5e-5 (tp, as above)" || bad "relayout resume: $(tail -3 "$T/lay.log")"
 
 # SIGTERM: a longer run, stopped after its second step, exits 75 (stopped, resume me), says how to
 # resume; resume equals

@@ -13,6 +13,21 @@
 #include "output.h"
 #include "safetensors.h"
 
+/* The backend the tests run on: "cpu", or DAM_BACKEND's (the suite's guard pass), with one context
+ * per test process (on the CPU and guard backends a context is cheap; never freed). */
+static inline const Backend *test_be(void) { return backend_by_name("cpu"); }
+static inline BackendCtx *test_ctx(void) {
+    static BackendCtx *ctx;
+    if (!ctx) ctx = test_be()->ctx_new(0);
+    return ctx;
+}
+
+/* Host copies of a coefficient block (heap; free them) and the way back. */
+static inline float *test_coef_get(const DamModel *m, DamCoefBlock b) { return dam_model_coef_host(m, b); }
+static inline void test_coef_put(DamModel *m, DamCoefBlock b, const float *host) {
+    dam_model_coef_upload(m, b, host);
+}
+
 typedef struct {
     DamModel m;
     RunState *rs;
@@ -68,7 +83,8 @@ static inline void dam_case_open_parallel(DamCase *dc, const char *name, const c
         snprintf(dirs[n], 600, "%s/%s/%s", dir, name, names[n]);
         n++;
     }
-    dam_model_open_parallel(&dc->m, n, (const char *const *)dirs, names, backend_cpu(), tp, pp);
+    dam_model_open_parallel(&dc->m, n, (const char *const *)dirs, names, test_be(), test_ctx(), tp, pp,
+                            DAM_TRANSPORT_AUTO);
     for (int i = 0; i < n; i++) free(dirs[i]);
     cJSON_Delete(s);
     dc->m.nonlin = c->nonlinearity;

@@ -61,18 +61,14 @@ static int fd_check(DamCase *dc, Kind kind, const char *term) {
     /* piecewise-linear terms (kinks of |c| and min) need a small step; smooth ones a larger one */
     const double h = (!strcmp(term, "overlap") || !strcmp(term, "l1")) ? 1e-4 : 1e-2;
     double lp = 0, lm = 0, fp32_part = 0;
-    /* perturb, evaluate, restore */
-    float **saved = dam_calloc((size_t)(unsigned)m->n_tensors, sizeof(float *), "saved");
-    for (int t = 0; t < m->n_tensors; t++)
-        if (dir[t])
-            saved[t] = malloc(ncoef(m, t) * sizeof(float)),
-            memcpy(saved[t], m->tensors[t].c, ncoef(m, t) * sizeof(float));
+    /* perturb, evaluate, restore (the coefficient block on the host, uploaded whole) */
+    float *saved = test_coef_get(m, DAM_COEF_C), *moved = test_coef_get(m, DAM_COEF_C);
     for (int sgn = 1; sgn >= -1; sgn -= 2) {
         for (int t = 0; t < m->n_tensors; t++)
             if (dir[t])
-                for (size_t j = 0; j < ncoef(m, t); j++) {
-                    m->tensors[t].c[j] = (float)(saved[t][j] + sgn * h * dir[t][j]);
-                }
+                for (size_t j = 0, o = m->tensors[t].coef_at; j < ncoef(m, t); j++)
+                    moved[o + j] = (float)(saved[o + j] + sgn * h * dir[t][j]);
+        test_coef_put(m, DAM_COEF_C, moved);
         DamLosses parts;
         double l = dam_case_loss(dc, &parts);
         for (int k = 0; k < dc->n_data;
@@ -82,20 +78,19 @@ static int fd_check(DamCase *dc, Kind kind, const char *term) {
             lp = l;
         else
             lm = l;
-        for (int t = 0; t < m->n_tensors; t++)
-            if (dir[t]) memcpy(m->tensors[t].c, saved[t], ncoef(m, t) * sizeof(float));
+        test_coef_put(m, DAM_COEF_C, saved);
     }
     dam_case_loss(dc, NULL); /* gradients at the centre again */
     double gu_step = 0;      /* g · (c₊ − c₋) / 2h with c± as rounded to fp32 */
+    float *grad = test_coef_get(m, DAM_COEF_GRAD);
     for (int t = 0; t < m->n_tensors; t++)
         if (dir[t])
-            for (size_t j = 0; j < ncoef(m, t); j++) {
-                float cp = (float)(saved[t][j] + h * dir[t][j]), cm = (float)(saved[t][j] - h * dir[t][j]);
-                gu_step += (double)m->tensors[t].grad[j] * ((double)cp - cm) / (2 * h);
+            for (size_t j = 0, o = m->tensors[t].coef_at; j < ncoef(m, t); j++) {
+                float cp = (float)(saved[o + j] + h * dir[t][j]), cm = (float)(saved[o + j] - h * dir[t][j]);
+                gu_step += (double)grad[o + j] * ((double)cp - cm) / (2 * h);
             }
     gu = gu_step;
-    for (int t = 0; t < m->n_tensors; t++) free(saved[t]);
-    free(saved);
+    free(saved), free(moved), free(grad);
     double fd = (lp - lm) / (2 * h);
     /* fp32 logits losses: rounding error of the difference ~ a few ulps of them divided by 2h */
     double round_bound = 4 * 6e-8 * fp32_part * dc->n_data / (2 * h);

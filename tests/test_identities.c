@@ -4,7 +4,8 @@
  *   - the merged model written to disk (bf16 shards + index.json) reloads and reproduces the
  *     in-memory merged logits: bit for bit when the merged weights are exactly representable
  *     (one-hot on a bf16 source), within bf16 rounding otherwise;
- *   - coefficients written and read back are identical. */
+ *   - coefficients written and read back are identical;
+ *   - the backward from kept activations equals the recomputing one bit for bit. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -16,11 +17,14 @@
 #include "loss.h"
 
 static void set_one_hot(DamModel *m, int k) {
+    float *c = test_coef_get(m, DAM_COEF_C);
     for (int t = 0; t < m->n_tensors; t++) {
         DamTensor *x = &m->tensors[t];
         for (int i = 0; i < m->n_rows; i++)
-            for (int j = 0; j < x->dim; j++) x->c[(size_t)i * x->dim + j] = i == k ? 1.0f : 0.0f;
+            for (int j = 0; j < x->dim; j++) c[x->coef_at + (size_t)i * x->dim + j] = i == k ? 1.0f : 0.0f;
     }
+    test_coef_put(m, DAM_COEF_C, c);
+    free(c);
     m->nonlin = NONLIN_NONE;
     dam_model_refresh(m);
 }
@@ -48,16 +52,20 @@ static void test_identical_sources(void **s) {
     char *dir = test_fixture("dam/llama3src/m1");
     const char *dirs[3] = {dir, dir, dir}, *names[3] = {"a", "b", "c"};
     DamModel m;
-    dam_model_open(&m, 3, dirs, names, backend_cpu());
+    dam_model_open(&m, 3, dirs, names, test_be(), test_ctx());
     dam_rng rng;
     dam_rng_seed(&rng, 7);
+    float *cb = test_coef_get(&m, DAM_COEF_C);
     for (int t = 0; t < m.n_tensors; t++) { /* random positive coefficients summing to 1 per column */
         DamTensor *x = &m.tensors[t];
+        float *c = cb + x->coef_at;
         for (int j = 0; j < x->dim; j++) {
             float a = dam_rng_uniform(&rng), b = dam_rng_uniform(&rng) * (1 - a);
-            x->c[j] = a, x->c[x->dim + j] = b, x->c[2 * (size_t)x->dim + j] = 1 - a - b;
+            c[j] = a, c[x->dim + j] = b, c[2 * (size_t)x->dim + j] = 1 - a - b;
         }
     }
+    test_coef_put(&m, DAM_COEF_C, cb);
+    free(cb);
     dam_model_refresh(&m);
     int B = 2, T = 16;
     int32_t ids[32];
@@ -94,7 +102,7 @@ static double written_vs_memory(DamCase *dc, const char *out_dir, int bitwise) {
     dam_model_logits(&dc->m, dc->rs, dc->ids[0], dc->B, dc->T, -1, mem);
     DamModel w;
     const char *dirs[1] = {out_dir}, *names[1] = {"written"};
-    dam_model_open(&w, 1, dirs, names, backend_cpu());
+    dam_model_open(&w, 1, dirs, names, test_be(), test_ctx());
     RunState *rs = runstate_new(&w, dc->B, dc->T);
     dam_model_logits(&w, rs, dc->ids[0], dc->B, dc->T, 0, disk);
     double rel = test_max_rel_diff(disk, mem, n, 1e-6);
@@ -113,6 +121,13 @@ static void test_written_model_reproduces_logits(void **s) {
     char *out = dam_path_join(tmp, "merged");
     set_one_hot(&dc.m, 2);
     assert_true(test_report("written one-hot merge (bitwise)", written_vs_memory(&dc, out, 1), 0));
+    /* the GPU's way (row chunks of a bounded device buffer, downloaded), on this backend */
+    setenv("DAM_OUTPUT_CHUNK", "1000", 1);
+    dam_rm_rf(out);
+    assert_true(
+        test_report("written one-hot merge, in row chunks (bitwise)", written_vs_memory(&dc, out, 1), 0));
+    unsetenv("DAM_OUTPUT_CHUNK");
+    dam_rm_rf(out);
     /* generic coefficients: the merged weights are rounded to bf16 on disk; logits of these tiny
      * models move by ~1e-2 of their scale under that rounding */
     char *init = test_fixture("dam/llama3src/coef_init.safetensors");
@@ -123,9 +138,10 @@ static void test_written_model_reproduces_logits(void **s) {
     DamCase again;
     dam_case_open(&again, "llama3src", "kl");
     output_load_coefficients(&again.m, coef);
-    for (int t = 0; t < dc.m.n_tensors; t++)
-        assert_memory_equal(again.m.tensors[t].c, dc.m.tensors[t].c,
-                            (size_t)dc.m.n_rows * dc.m.tensors[t].dim * 4);
+    float *ca = test_coef_get(&again.m, DAM_COEF_C), *cd = test_coef_get(&dc.m, DAM_COEF_C);
+    assert_int_equal(again.m.coef.n, dc.m.coef.n);
+    assert_memory_equal(ca, cd, dc.m.coef.n * 4);
+    free(ca), free(cd);
     dam_case_close(&again);
     dam_rm_rf(tmp);
     free(coef), free(init), free(out), free(tmp);
@@ -158,12 +174,7 @@ static void test_topk_cache_equals_on_the_fly(void **s) {
         dam_model_zero_grad(&dc.m);
         dam_model_step(&dc.m, dc.rs, n, teacher, ids, mask, pass ? idx : NULL, pass ? val : NULL, dc.B, dc.T,
                        &dc.cfg.loss, 1.0f, pass ? cache : fly);
-        float *g = pass ? g_cache : g_fly;
-        for (int t = 0; t < dc.m.n_tensors; t++) {
-            size_t nt = (size_t)dc.m.n_rows * dc.m.tensors[t].dim;
-            memcpy(g, dc.m.tensors[t].grad, nt * sizeof(float));
-            g += nt;
-        }
+        dam_model_coef_download(&dc.m, DAM_COEF_GRAD, pass ? g_cache : g_fly); /* (total = the block) */
     }
     for (int k = 0; k < n; k++) assert_float_equal(cache[k].kl, fly[k].kl, 1e-6 * fabs(fly[k].kl));
     assert_true(test_report("top-K cache vs on the fly: gradients",
@@ -176,12 +187,40 @@ static void test_topk_cache_equals_on_the_fly(void **s) {
     dam_case_close(&dc);
 }
 
+/* The backward from kept activations (DamModel.keep_acts) equals the one that recomputes each layer
+ * from its input, bit for bit: losses and every coefficient gradient, one batch of every dataset. */
+static void test_kept_activations_equal_recompute(void **s) {
+    (void)s;
+    DamCase dc;
+    dam_case_open(&dc, "qwen2base", "relu"); /* biases, a base row, relu: every tensor kind */
+    dc.batched = 1;
+    DamLosses l[2];
+    float *g[2];
+    for (int keep = 0; keep < 2; keep++) {
+        runstate_free(dc.rs);
+        dc.m.keep_acts = keep;
+        dc.rs = runstate_new(&dc.m, dc.n_data * dc.B, dc.T);
+        dam_case_loss(&dc, &l[keep]);
+        g[keep] = test_coef_get(&dc.m, DAM_COEF_GRAD);
+    }
+    printf("kept activations vs recompute: loss %.9g vs %.9g, gradients %s\n", l[1].total, l[0].total,
+           memcmp(g[0], g[1], dc.m.coef.n * 4) ? "differ" : "equal (bitwise)");
+    assert_true(l[0].total == l[1].total);
+    assert_memory_equal(g[0], g[1], dc.m.coef.n * 4);
+    assert_true(dam_model_keep_fits(&dc.m, 1, dc.n_data * dc.B, dc.T, (size_t)1 << 30));
+    assert_false(dam_model_keep_fits(&dc.m, 1, dc.n_data * dc.B, dc.T, 1));
+    assert_false(dam_model_keep_fits(&dc.m, 1, dc.n_data * dc.B, dc.T, 0));
+    free(g[0]), free(g[1]);
+    dam_case_close(&dc);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_one_hot_reproduces_source),
         cmocka_unit_test(test_identical_sources),
         cmocka_unit_test(test_written_model_reproduces_logits),
         cmocka_unit_test(test_topk_cache_equals_on_the_fly),
+        cmocka_unit_test(test_kept_activations_equal_recompute),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -47,21 +47,34 @@ static void test_adamw_two_steps(void **s) {
         DamConfig c = base_cfg();
         c.weight_decay = wd ? 0.01f : 0.0f;
         DamTensor *x = m->lm_head;
-        memset(x->adam_m, 0, (size_t)m->n_rows * x->dim * 4),
-            memset(x->adam_v, 0, (size_t)m->n_rows * x->dim * 4);
-        x->c[0] = 0.5f;
+        size_t o = x->coef_at, nx = (size_t)m->n_rows * x->dim;
+        float *cb = test_coef_get(m, DAM_COEF_C), *am = test_coef_get(m, DAM_COEF_ADAM_M),
+              *av = test_coef_get(m, DAM_COEF_ADAM_V);
+        memset(am + o, 0, nx * 4), memset(av + o, 0, nx * 4);
+        cb[o] = 0.5f;
+        test_coef_put(m, DAM_COEF_C, cb), test_coef_put(m, DAM_COEF_ADAM_M, am),
+            test_coef_put(m, DAM_COEF_ADAM_V, av);
+        free(cb), free(am), free(av);
         double p = 0.5, mm = 0, vv = 0;
         const float g[2] = {0.3f, -0.2f};
         for (int t = 1; t <= 2; t++) {
             dam_model_zero_grad(m);
-            x->grad[0] = g[t - 1];
+            float *gb = test_coef_get(m, DAM_COEF_GRAD);
+            gb[o] = g[t - 1];
+            test_coef_put(m, DAM_COEF_GRAD, gb);
+            free(gb);
             optim_step(m, &c, c.lr, t);
             mm = 0.9 * mm + 0.1 * g[t - 1], vv = 0.999 * vv + 0.001 * (double)g[t - 1] * g[t - 1];
             double mh = mm / (1 - pow(0.9, t)), vh = vv / (1 - pow(0.999, t));
             p -= 0.1 * (mh / (sqrt(vh) + 1e-8) + c.weight_decay * p);
-            assert_float_equal(x->c[0], p, 1e-6);
+            cb = test_coef_get(m, DAM_COEF_C);
+            assert_float_equal(cb[o], p, 1e-6);
+            free(cb);
         }
-        assert_float_equal(x->fc[0], x->c[0], 0); /* f(c) refreshed */
+        float *fc = test_coef_get(m, DAM_COEF_FC);
+        cb = test_coef_get(m, DAM_COEF_C);
+        assert_float_equal(fc[o], cb[o], 0); /* f(c) refreshed */
+        free(fc), free(cb);
     }
     dam_case_close(&dc);
 }
@@ -76,20 +89,22 @@ static void test_mofo_moves_top_fraction(void **s) {
     for (int t = 0; t < m->n_tensors; t++) m->tensors[t].trainable = 0;
     DamTensor *x = m->lm_head;
     x->trainable = 1;
-    size_t n = (size_t)m->n_rows * x->dim;
-    float *before = malloc(n * sizeof(float));
-    memcpy(before, x->c, n * sizeof(float));
+    size_t n = (size_t)m->n_rows * x->dim, o = x->coef_at;
+    float *before = test_coef_get(m, DAM_COEF_C);
     dam_model_zero_grad(m);
-    for (size_t j = 0; j < n; j++) x->grad[j] = (float)(j + 1); /* distinct magnitudes */
+    float *g = test_coef_get(m, DAM_COEF_GRAD);
+    for (size_t j = 0; j < n; j++) g[o + j] = (float)(j + 1); /* distinct magnitudes */
+    test_coef_put(m, DAM_COEF_GRAD, g);
     optim_step(m, &c, c.lr, 1);
+    float *after = test_coef_get(m, DAM_COEF_C);
     size_t moved = 0, keep = (size_t)ceil(0.25 * (double)n);
     for (size_t j = 0; j < n; j++) {
-        int changed = x->c[j] != before[j];
+        int changed = after[o + j] != before[o + j];
         moved += changed;
         assert_int_equal(changed, j >= n - keep); /* exactly the largest momenta */
     }
     assert_int_equal(moved, keep);
-    free(before);
+    free(before), free(after), free(g);
     dam_case_close(&dc);
 }
 
@@ -100,12 +115,15 @@ static void test_clip(void **s) {
     DamModel *m = &dc.m;
     dam_model_zero_grad(m);
     double ss = 0;
+    float *gb = test_coef_get(m, DAM_COEF_GRAD);
     for (int t = 0; t < m->n_tensors; t++)
         for (size_t j = 0; j < (size_t)m->n_rows * m->tensors[t].dim; j++) {
             float g = (float)((j % 7) - 3) * 0.1f;
-            m->tensors[t].grad[j] = g;
+            gb[m->tensors[t].coef_at + j] = g;
             ss += (double)g * g;
         }
+    test_coef_put(m, DAM_COEF_GRAD, gb);
+    free(gb);
     double norm = optim_clip_grad_norm(m, 1.0f);
     assert_float_equal(norm, sqrt(ss), 1e-6 * sqrt(ss));
     assert_float_equal(optim_clip_grad_norm(m, 0), 1.0, 1e-5); /* now at max_norm (0: no clipping) */

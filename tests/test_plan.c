@@ -40,6 +40,8 @@ static void check_fixture_model(const char *name, int max_pp) {
     hfconfig_load(&cfg, cp);
     free(cp);
     const int shares[][2] = {{1, 1}, {2, 1}, {1, 2}, {2, 2}}; /* tp, pp */
+    const Backend *be = backend_by_name("cpu");
+    BackendCtx *ctx = be->ctx_new(0);
     for (size_t k = 0; k < sizeof shares / sizeof *shares; k++) {
         int tp = shares[k][0], pp = shares[k][1];
         if (pp > max_pp) continue;
@@ -47,14 +49,14 @@ static void check_fixture_model(const char *name, int max_pp) {
             for (int r = 0; r < tp; r++) {
                 CommGroup tg = {MPI_COMM_NULL, r, tp, "tp"}, pg = {MPI_COMM_NULL, s, pp, "pp"};
                 DamModel m;
-                dam_model_open_parallel(&m, 3, dirs, names, backend_cpu(), &tg, &pg);
+                dam_model_open_parallel(&m, 3, dirs, names, be, ctx, &tg, &pg, DAM_TRANSPORT_AUTO);
                 size_t model_coefs = dam_model_num_coefs(&m, 0),
                        plan_coefs = plan_num_coefs(&cfg, 3, tp, pp, s);
-                double model_bytes = 0, es = (double)dam_dtype_size(m.tensors[0].src[0].dtype);
+                double model_bytes = 0, es = (double)dam_dtype_size(m.tensors[0].src[0].w.dtype);
                 for (int t = 0; t < m.n_tensors; t++)
                     for (int i = 0; i < m.n_rows; i++)
                         model_bytes += (double)m.tensors[t].rows * m.tensors[t].cols *
-                                       dam_dtype_size(m.tensors[t].src[i].dtype);
+                                       dam_dtype_size(m.tensors[t].src[i].w.dtype);
                 double plan_bytes = plan_source_bytes(&cfg, 3, es, tp, pp, s);
                 printf(
                     "  %-18s tp=%d pp=%d stage %d tp rank %d: coefficients %zu (model %zu), shard bytes %.0f "
@@ -65,6 +67,7 @@ static void check_fixture_model(const char *name, int max_pp) {
                 dam_model_close(&m);
             }
     }
+    be->ctx_free(ctx);
     free(dir);
 }
 
@@ -233,6 +236,22 @@ static void test_llama31_8b_one_node(void **state) {
     printf("  8B x3 on 1 GPU: sources %.2f GB (3 x %.2f GB), fits: %d\n", total / 1e9, per_source / 1e9, fit);
     assert_true(fit == 1 && fabs(total - 3 * per_source) <= 0.01 * 3 * per_source);
     assert_true(num(j, "bubble") == 0);
+    /* the layers' activations (32 layers x 3 x 2048 tokens) do not fit the default 256 MB budget:
+     * recomputed; with parallel.keep_activations large enough they are kept, in the run state */
+    const cJSON *r0 = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(j, "ranks"), 0);
+    assert_false(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r0, "activations_kept")));
+    double rs_recompute = num(cJSON_GetObjectItemCaseSensitive(r0, "bytes"), "run_states");
+    char *keep = make_run(tmp, "llama-3.1-8b", "{\"batch_size\": 1, \"micro_batches\": 8, \"seq_len\": 2048}",
+                          "1, \"pp\": 0, \"tp\": 1, \"keep_activations\": \"1000GB\"");
+    cJSON *jk = plan_json(keep, "--ranks 1 --gpu-mem 80 --device cuda");
+    const cJSON *k0 = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(jk, "ranks"), 0);
+    double rs_kept = num(cJSON_GetObjectItemCaseSensitive(k0, "bytes"), "run_states");
+    printf("  8B x3 on 1 GPU: run state %.2f GB recomputing, %.2f GB keeping the activations\n",
+           rs_recompute / 1e9, rs_kept / 1e9);
+    assert_true(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(k0, "activations_kept")));
+    assert_true(rs_kept > 5 * rs_recompute);
+    cJSON_Delete(jk);
+    free(keep);
     cJSON_Delete(j);
     /* one CPU node, 8 ranks of 64 GiB: the stages cover the 32 layers in order */
     j = plan_json(cfg, "--ranks 8 --mem-per-rank 64");
@@ -284,7 +303,7 @@ static void test_bad_input(void **state) {
     char *dp2 = make_run(tmp, "llama-3-70b", train, "2, \"pp\": 2, \"tp\": 1");
     expect_refused("--config", "--ranks 8");
     expect_refused("--ranks", "--config %s", cfg);
-    expect_refused("unknown argument", "--config %s --ranks 8 --frobnicate", cfg);
+    expect_refused("unknown option", "--config %s --ranks 8 --frobnicate", cfg);
     expect_refused("--gpu-mem", "--config %s --ranks 8 --device cuda", cfg);
     expect_refused("exceeds the 80 layers", "--config %s --ranks 96", cfg);
     /* layouts that do not divide: tp = 3 over 64 heads; 9 ranks over dp=2 x tp=3 */

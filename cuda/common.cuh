@@ -1,0 +1,225 @@
+/* common.cuh — the CUDA backend's context, error checks, dtype-generic loads and stores, scratch and
+ * staging buffers, and the launch helpers every other header of cuda/ uses. Included once, by
+ * backend_cuda.cu (one translation unit, llm.c style). */
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <limits.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern "C" {
+#include "backend.h"
+}
+#include "backend_cuda.h"
+
+/* ---------------------------------------------------------------- errors */
+
+/* The rank's prefix comes from dam_fail (dam_set_log_rank); the device is named here. */
+static int g_cuda_device_for_errors = -1;
+
+static void dam_cuda_fail(const char *call, const char *msg, const char *file, int line) {
+    if (g_cuda_device_for_errors < 0)
+        dam_fail("%s failed (no CUDA device in use yet): %s (%s:%d)", call, msg, file, line);
+    dam_fail("%s failed on CUDA device %d: %s (%s:%d)", call, g_cuda_device_for_errors, msg, file, line);
+}
+
+#define CUDA_CHECK(call)                                                                                     \
+    do {                                                                                                     \
+        cudaError_t dam_cuda_rc_ = (call);                                                                   \
+        if (dam_cuda_rc_ != cudaSuccess)                                                                     \
+            dam_cuda_fail(#call, cudaGetErrorString(dam_cuda_rc_), __FILE__, __LINE__);                      \
+    } while (0)
+
+#define CUBLAS_CHECK(call)                                                                                   \
+    do {                                                                                                     \
+        cublasStatus_t dam_cublas_rc_ = (call);                                                              \
+        if (dam_cublas_rc_ != CUBLAS_STATUS_SUCCESS)                                                         \
+            dam_cuda_fail(#call, cublasGetStatusString(dam_cublas_rc_), __FILE__, __LINE__);                 \
+    } while (0)
+
+/* After every launch: a bad configuration is reported at the launch, not at the next sync. */
+#define LAUNCH_CHECK(what) CUDA_CHECK(cudaGetLastError())
+
+/* ---------------------------------------------------------------- context */
+
+enum {
+    STAGE_HALF = 8 << 20
+}; /* bytes per pinned staging half (two halves: fill one while the other copies) */
+enum { PARTIALS_MAX = 4096 }; /* per-block partial sums of the scalar reductions */
+
+struct BackendEvent {
+    cudaEvent_t e;
+};
+
+struct BackendCtx {
+    int device;
+    cudaStream_t stream;
+    cublasHandle_t cublas;
+    void *cublas_ws;
+    /* Pinned staging for uploads/downloads, two halves guarded by events. */
+    unsigned char *stage;
+    cudaEvent_t stage_done[2];
+    /* Small host index lists (token ids, row lists) go through their own pinned buffer. */
+    int32_t *idx_host;
+    int32_t *idx_dev;
+    size_t idx_cap;
+    cudaEvent_t idx_done;
+    /* Per-call device scratch (bump allocator, reset at each op). */
+    unsigned char *scratch;
+    size_t scratch_cap, scratch_used;
+    /* Per-block partial sums of reductions, and their pinned host copy. */
+    double *partials;
+    double *partials_host;
+    int max_smem_optin;
+    int n_sm;
+};
+
+/* ---------------------------------------------------------------- dtypes */
+
+static inline int is_float_dtype(dam_dtype t) { return t == DAM_F32 || t == DAM_BF16; }
+
+static void need_float(DevBuf b, const char *op, const char *name) {
+    if (!is_float_dtype(b.dtype))
+        dam_fail("cuda %s: %s has dtype %s (F32 or BF16 expected)", op, name, dam_dtype_name(b.dtype));
+}
+
+static void need_f32(DevBuf b, const char *op, const char *name) {
+    if (b.dtype != DAM_F32)
+        dam_fail("cuda %s: %s has dtype %s (F32 expected)", op, name, dam_dtype_name(b.dtype));
+}
+
+static void need_n(DevBuf b, size_t n, const char *op, const char *name) {
+    if (b.n < n) dam_fail("cuda %s: %s holds %zu elements, %zu needed", op, name, b.n, n);
+}
+
+/* dtype codes passed to kernels (uniform across a launch, so the branch costs nothing) */
+enum { DT_F32 = 0, DT_BF16 = 1 };
+static inline int dtcode(dam_dtype t) { return t == DAM_BF16 ? DT_BF16 : DT_F32; }
+
+__device__ __forceinline__ float ldf(const void *p, int dt, size_t i) {
+    return dt == DT_BF16 ? __bfloat162float(((const __nv_bfloat16 *)p)[i]) : ((const float *)p)[i];
+}
+__device__ __forceinline__ void stf(void *p, int dt, size_t i, float v) {
+    if (dt == DT_BF16)
+        ((__nv_bfloat16 *)p)[i] = __float2bfloat16_rn(v);
+    else
+        ((float *)p)[i] = v;
+}
+
+/* ---------------------------------------------------------------- launch shapes */
+
+static inline unsigned grid_for(size_t n, int threads) {
+    size_t g = (n + threads - 1) / threads;
+    if (g > 65535u * 16u) g = 65535u * 16u; /* grid-stride loops cover the rest */
+    return (unsigned)(g ? g : 1);
+}
+
+#define GRID_STRIDE(i, n)                                                                                    \
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);                                  \
+         i += (size_t)gridDim.x * blockDim.x)
+
+/* ---------------------------------------------------------------- scratch and staging */
+
+/* Make room for `bytes` of scratch for the op about to run (synchronises only when it grows). */
+static void scratch_reserve(BackendCtx *ctx, size_t bytes) {
+    ctx->scratch_used = 0;
+    if (bytes <= ctx->scratch_cap) return;
+    CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
+    CUDA_CHECK(cudaFree(ctx->scratch));
+    size_t cap = bytes + bytes / 4;
+    CUDA_CHECK(cudaMalloc((void **)&ctx->scratch, cap));
+    ctx->scratch_cap = cap;
+}
+
+/* The next 256-byte aligned piece of the reserved scratch. */
+static void *scratch_take(BackendCtx *ctx, size_t bytes) {
+    size_t off = (ctx->scratch_used + 255) & ~(size_t)255;
+    if (off + bytes > ctx->scratch_cap)
+        dam_fail("cuda scratch: %zu bytes asked beyond the %zu reserved (internal error)", bytes,
+                 ctx->scratch_cap);
+    ctx->scratch_used = off + bytes;
+    return ctx->scratch + off;
+}
+
+static inline size_t align256(size_t b) { return (b + 255) & ~(size_t)255; }
+
+/* A host index list (n int32) onto the device; the pointer stays valid until the next call. */
+static const int32_t *upload_indices(BackendCtx *ctx, const int32_t *host, size_t n) {
+    if (n == 0) return ctx->idx_dev;
+    CUDA_CHECK(cudaEventSynchronize(ctx->idx_done)); /* the previous list has left the pinned buffer */
+    if (n > ctx->idx_cap) {
+        CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
+        CUDA_CHECK(cudaFreeHost(ctx->idx_host));
+        CUDA_CHECK(cudaFree(ctx->idx_dev));
+        ctx->idx_cap = n * 2;
+        CUDA_CHECK(cudaMallocHost((void **)&ctx->idx_host, ctx->idx_cap * sizeof(int32_t)));
+        CUDA_CHECK(cudaMalloc((void **)&ctx->idx_dev, ctx->idx_cap * sizeof(int32_t)));
+    }
+    memcpy(ctx->idx_host, host, n * sizeof(int32_t));
+    CUDA_CHECK(cudaMemcpyAsync(ctx->idx_dev, ctx->idx_host, n * sizeof(int32_t), cudaMemcpyHostToDevice,
+                               ctx->stream));
+    CUDA_CHECK(cudaEventRecord(ctx->idx_done, ctx->stream));
+    return ctx->idx_dev;
+}
+
+/* Sum of the first nblocks per-block partials (downloaded; summed on the host in block order, so
+ * the result is deterministic). */
+static double sum_partials(BackendCtx *ctx, int nblocks) {
+    CUDA_CHECK(cudaMemcpyAsync(ctx->partials_host, ctx->partials, (size_t)nblocks * sizeof(double),
+                               cudaMemcpyDeviceToHost, ctx->stream));
+    CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
+    double s = 0;
+    for (int b = 0; b < nblocks; b++) s += ctx->partials_host[b];
+    return s;
+}
+
+/* ---------------------------------------------------------------- block reductions */
+
+template <typename T> __device__ __forceinline__ T warp_sum(T v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+template <typename T> __device__ __forceinline__ T warp_max(T v) {
+    for (int o = 16; o > 0; o >>= 1) {
+        T w = __shfl_xor_sync(0xffffffffu, v, o);
+        v = w > v ? w : v;
+    }
+    return v;
+}
+
+/* Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result. */
+template <typename T> __device__ T block_sum(T v) {
+    __shared__ T sh[32];
+    __syncthreads(); /* sh may still be read by a previous call */
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_sum(v);
+    if (lane == 0) sh[w] = v;
+    __syncthreads();
+    T r = lane < nw ? sh[lane] : (T)0;
+    return warp_sum(r);
+}
+
+template <typename T> __device__ T block_max(T v) {
+    __shared__ T sh[32];
+    __syncthreads();
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_max(v);
+    if (lane == 0) sh[w] = v;
+    __syncthreads();
+    T r = lane < nw ? sh[lane] : (T)-INFINITY;
+    return warp_max(r);
+}
+
+/* Scalar reduction kernels write one partial per block. */
+enum { RED_THREADS = 256 };
+static inline int red_blocks(size_t n) {
+    size_t b = (n + RED_THREADS - 1) / RED_THREADS;
+    return (int)(b < 1 ? 1 : b > 1024 ? 1024 : b);
+}

@@ -1,0 +1,141 @@
+/* elementwise.cuh — fill, dtype-converting copy, residual add, scale, bias, the bias gradient
+ * (column sum) and row gather/scatter; every buffer in its own dtype, arithmetic in fp32. */
+#pragma once
+
+#include "common.cuh"
+
+__global__ void k_convert(void *dst, int ddt, const void *src, int sdt, size_t n) {
+    GRID_STRIDE(i, n) stf(dst, ddt, i, ldf(src, sdt, i));
+}
+
+__global__ void k_fill_f(void *dst, int dt, float v, size_t n) { GRID_STRIDE(i, n) stf(dst, dt, i, v); }
+
+__global__ void k_fill_i32(int32_t *dst, int32_t v, size_t n) { GRID_STRIDE(i, n) dst[i] = v; }
+
+__global__ void k_add(void *y, int ydt, const void *x, int xdt, size_t n) {
+    GRID_STRIDE(i, n) stf(y, ydt, i, ldf(y, ydt, i) + ldf(x, xdt, i));
+}
+
+__global__ void k_scale(void *y, int ydt, float s, size_t n) {
+    GRID_STRIDE(i, n) stf(y, ydt, i, ldf(y, ydt, i) * s);
+}
+
+__global__ void k_add_bias(void *y, int ydt, const void *b, int bdt, int T, int out) {
+    size_t n = (size_t)T * out;
+    GRID_STRIDE(i, n) stf(y, ydt, i, ldf(y, ydt, i) + ldf(b, bdt, i % out));
+}
+
+/* out[o] = Σ_t dy[t, o]: one thread per column, rows in chunks, one atomicAdd per chunk */
+enum { COLSUM_ROWS = 64 };
+__global__ void k_colsum(float *out, const void *dy, int dt, int T, int cols) {
+    int o = blockIdx.x * blockDim.x + threadIdx.x;
+    int t0 = blockIdx.y * COLSUM_ROWS, t1 = t0 + COLSUM_ROWS < T ? t0 + COLSUM_ROWS : T;
+    if (o >= cols) return;
+    float s = 0.0f;
+    for (int t = t0; t < t1; t++) s += ldf(dy, dt, (size_t)t * cols + o);
+    atomicAdd(&out[o], s);
+}
+
+/* dst[dr(r), :] = src[sr(r), :] with either index list given (the other the identity) */
+__global__ void k_move_rows(void *dst, int ddt, const void *src, int sdt, const int32_t *drow,
+                            const int32_t *srow, int n, int d) {
+    size_t total = (size_t)n * d;
+    GRID_STRIDE(e, total) {
+        size_t r = e / d, j = e - r * d;
+        size_t di = drow ? (size_t)drow[r] : r, si = srow ? (size_t)srow[r] : r;
+        stf(dst, ddt, di * d + j, ldf(src, sdt, si * d + j));
+    }
+}
+
+static void cu_fill(BackendCtx *ctx, DevBuf dst, float value, size_t n) {
+    need_n(dst, n, "fill", "dst");
+    if (n == 0) return;
+    if (value == 0.0f && !signbit(value)) {
+        CUDA_CHECK(cudaMemsetAsync(dst.ptr, 0, n * dam_dtype_size(dst.dtype), ctx->stream));
+        return;
+    }
+    if (dst.dtype == DAM_I32)
+        k_fill_i32<<<grid_for(n, 256), 256, 0, ctx->stream>>>((int32_t *)dst.ptr, (int32_t)value, n);
+    else {
+        need_float(dst, "fill", "dst");
+        k_fill_f<<<grid_for(n, 256), 256, 0, ctx->stream>>>(dst.ptr, dtcode(dst.dtype), value, n);
+    }
+    LAUNCH_CHECK("fill");
+}
+
+static void cu_copy(BackendCtx *ctx, DevBuf dst, DevBuf src, size_t n) {
+    need_n(dst, n, "copy", "dst"), need_n(src, n, "copy", "src");
+    if (n == 0) return;
+    if (dst.dtype == src.dtype) {
+        CUDA_CHECK(cudaMemcpyAsync(dst.ptr, src.ptr, n * dam_dtype_size(dst.dtype), cudaMemcpyDeviceToDevice,
+                                   ctx->stream));
+        return;
+    }
+    need_float(dst, "copy", "dst"), need_float(src, "copy", "src");
+    k_convert<<<grid_for(n, 256), 256, 0, ctx->stream>>>(dst.ptr, dtcode(dst.dtype), src.ptr,
+                                                         dtcode(src.dtype), n);
+    LAUNCH_CHECK("copy");
+}
+
+static void cu_add(BackendCtx *ctx, DevBuf y, DevBuf x, size_t n) {
+    need_float(y, "add", "y"), need_float(x, "add", "x"), need_n(y, n, "add", "y"), need_n(x, n, "add", "x");
+    if (n == 0) return;
+    k_add<<<grid_for(n, 256), 256, 0, ctx->stream>>>(y.ptr, dtcode(y.dtype), x.ptr, dtcode(x.dtype), n);
+    LAUNCH_CHECK("add");
+}
+
+static void cu_scale(BackendCtx *ctx, DevBuf y, float s, size_t n) {
+    need_float(y, "scale", "y"), need_n(y, n, "scale", "y");
+    if (n == 0) return;
+    k_scale<<<grid_for(n, 256), 256, 0, ctx->stream>>>(y.ptr, dtcode(y.dtype), s, n);
+    LAUNCH_CHECK("scale");
+}
+
+static void cu_add_bias(BackendCtx *ctx, DevBuf y, DevBuf b, int T, int out) {
+    need_float(y, "add_bias", "y"), need_float(b, "add_bias", "b");
+    need_n(y, (size_t)T * out, "add_bias", "y"), need_n(b, (size_t)out, "add_bias", "b");
+    if ((size_t)T * out == 0) return;
+    k_add_bias<<<grid_for((size_t)T * out, 256), 256, 0, ctx->stream>>>(y.ptr, dtcode(y.dtype), b.ptr,
+                                                                        dtcode(b.dtype), T, out);
+    LAUNCH_CHECK("add_bias");
+}
+
+/* out = Σ_t dy[t, :] (out overwritten, as the CPU backend's bias gradient) */
+static void cu_colsum(BackendCtx *ctx, DevBuf out, DevBuf dy, int T, int cols) {
+    need_f32(out, "colsum", "out"), need_float(dy, "colsum", "dy");
+    need_n(out, (size_t)cols, "colsum", "out"), need_n(dy, (size_t)T * cols, "colsum", "dy");
+    if (cols <= 0) return;
+    CUDA_CHECK(cudaMemsetAsync(out.ptr, 0, (size_t)cols * sizeof(float), ctx->stream));
+    if (T <= 0) return;
+    dim3 grid((unsigned)((cols + 255) / 256), (unsigned)((T + COLSUM_ROWS - 1) / COLSUM_ROWS));
+    k_colsum<<<grid, 256, 0, ctx->stream>>>((float *)out.ptr, dy.ptr, dtcode(dy.dtype), T, cols);
+    LAUNCH_CHECK("colsum");
+}
+
+static void check_rows(const int32_t *rows, int n, size_t limit, const char *op) {
+    for (int r = 0; r < n; r++)
+        if (rows[r] < 0 || (size_t)rows[r] >= limit)
+            dam_fail("cuda %s: row %d outside [0, %zu)", op, rows[r], limit);
+}
+
+static void cu_gather_rows(BackendCtx *ctx, DevBuf dst, DevBuf src, const int32_t *rows, int n, int d) {
+    const char *op = "gather_rows";
+    need_float(dst, op, "dst"), need_float(src, op, "src"), need_n(dst, (size_t)n * d, op, "dst");
+    if (n <= 0 || d <= 0) return;
+    check_rows(rows, n, src.n / (size_t)d, op);
+    const int32_t *ir = upload_indices(ctx, rows, (size_t)n);
+    k_move_rows<<<grid_for((size_t)n * d, 256), 256, 0, ctx->stream>>>(dst.ptr, dtcode(dst.dtype), src.ptr,
+                                                                       dtcode(src.dtype), NULL, ir, n, d);
+    LAUNCH_CHECK(op);
+}
+
+static void cu_scatter_rows(BackendCtx *ctx, DevBuf dst, DevBuf src, const int32_t *rows, int n, int d) {
+    const char *op = "scatter_rows";
+    need_float(dst, op, "dst"), need_float(src, op, "src"), need_n(src, (size_t)n * d, op, "src");
+    if (n <= 0 || d <= 0) return;
+    check_rows(rows, n, dst.n / (size_t)d, op);
+    const int32_t *ir = upload_indices(ctx, rows, (size_t)n);
+    k_move_rows<<<grid_for((size_t)n * d, 256), 256, 0, ctx->stream>>>(dst.ptr, dtcode(dst.dtype), src.ptr,
+                                                                       dtcode(src.dtype), ir, NULL, n, d);
+    LAUNCH_CHECK(op);
+}

@@ -1,0 +1,82 @@
+/* norm.cuh — RMSNorm forward and backward, one block per row, fp32 statistics. */
+#pragma once
+
+#include "common.cuh"
+
+enum { NORM_THREADS = 256 };
+
+/* out = w ⊙ (x·rstd), rstd = 1/sqrt(mean(x²) + eps) */
+__global__ void k_rmsnorm_fwd(void *out, int odt, float *rstd, const void *x, int xdt, const void *w, int wdt,
+                              int d, float eps) {
+    size_t row = (size_t)blockIdx.x * d;
+    float ss = 0.0f;
+    for (int j = threadIdx.x; j < d; j += blockDim.x) {
+        float v = ldf(x, xdt, row + j);
+        ss += v * v;
+    }
+    ss = block_sum(ss);
+    float r = rsqrtf(ss / d + eps);
+    if (threadIdx.x == 0) rstd[blockIdx.x] = r;
+    for (int j = threadIdx.x; j < d; j += blockDim.x)
+        stf(out, odt, row + j, ldf(w, wdt, j) * (ldf(x, xdt, row + j) * r));
+}
+
+/* dx (+)= rstd·(dx̂ − x̂·mean(dx̂ ⊙ x̂)), dx̂ = dout ⊙ w */
+__global__ void k_rmsnorm_bwd_dx(void *dx, int dxdt, const void *dout, int gdt, const void *x, int xdt,
+                                 const float *rstd, const void *w, int wdt, int d, int accumulate) {
+    size_t row = (size_t)blockIdx.x * d;
+    float r = rstd[blockIdx.x], dot = 0.0f;
+    for (int j = threadIdx.x; j < d; j += blockDim.x)
+        dot += ldf(dout, gdt, row + j) * ldf(w, wdt, j) * (ldf(x, xdt, row + j) * r);
+    float mean = block_sum(dot) / d;
+    for (int j = threadIdx.x; j < d; j += blockDim.x) {
+        float v = r * (ldf(dout, gdt, row + j) * ldf(w, wdt, j) - ldf(x, xdt, row + j) * r * mean);
+        if (accumulate) v += ldf(dx, dxdt, row + j);
+        stf(dx, dxdt, row + j, v);
+    }
+}
+
+/* dw[j] += Σ_t dout[t,j]·x[t,j]·rstd[t]: columns per thread, rows in chunks, one atomicAdd per chunk */
+enum { NORM_DW_ROWS = 64 };
+__global__ void k_rmsnorm_bwd_dw(float *dw, const void *dout, int gdt, const void *x, int xdt,
+                                 const float *rstd, int T, int d) {
+    int j = blockIdx.x * blockDim.x + threadIdx.x;
+    int t0 = blockIdx.y * NORM_DW_ROWS, t1 = t0 + NORM_DW_ROWS < T ? t0 + NORM_DW_ROWS : T;
+    if (j >= d) return;
+    float s = 0.0f;
+    for (int t = t0; t < t1; t++)
+        s += ldf(dout, gdt, (size_t)t * d + j) * (ldf(x, xdt, (size_t)t * d + j) * rstd[t]);
+    atomicAdd(&dw[j], s);
+}
+
+static void cu_rmsnorm_fwd(BackendCtx *ctx, DevBuf out, DevBuf rstd, DevBuf x, DevBuf w, int T, int d,
+                           float eps) {
+    const char *op = "rmsnorm_fwd";
+    need_float(out, op, "out"), need_float(x, op, "x"), need_float(w, op, "w"), need_f32(rstd, op, "rstd");
+    need_n(out, (size_t)T * d, op, "out"), need_n(x, (size_t)T * d, op, "x"), need_n(w, (size_t)d, op, "w");
+    need_n(rstd, (size_t)T, op, "rstd");
+    if (T <= 0) return;
+    k_rmsnorm_fwd<<<T, NORM_THREADS, 0, ctx->stream>>>(out.ptr, dtcode(out.dtype), (float *)rstd.ptr, x.ptr,
+                                                       dtcode(x.dtype), w.ptr, dtcode(w.dtype), d, eps);
+    LAUNCH_CHECK(op);
+}
+
+static void cu_rmsnorm_bwd(BackendCtx *ctx, DevBuf dx, DevBuf dw, DevBuf dout, DevBuf x, DevBuf rstd,
+                           DevBuf w, int T, int d, int accumulate_dx) {
+    const char *op = "rmsnorm_bwd";
+    need_float(dx, op, "dx"), need_float(dout, op, "dout"), need_float(x, op, "x"), need_float(w, op, "w");
+    need_f32(rstd, op, "rstd");
+    need_n(dx, (size_t)T * d, op, "dx"), need_n(dout, (size_t)T * d, op, "dout"),
+        need_n(x, (size_t)T * d, op, "x");
+    if (T <= 0) return;
+    k_rmsnorm_bwd_dx<<<T, NORM_THREADS, 0, ctx->stream>>>(
+        dx.ptr, dtcode(dx.dtype), dout.ptr, dtcode(dout.dtype), x.ptr, dtcode(x.dtype),
+        (const float *)rstd.ptr, w.ptr, dtcode(w.dtype), d, accumulate_dx);
+    LAUNCH_CHECK(op);
+    if (devbuf_null(dw)) return;
+    need_f32(dw, op, "dw"), need_n(dw, (size_t)d, op, "dw");
+    dim3 grid((unsigned)((d + 255) / 256), (unsigned)((T + NORM_DW_ROWS - 1) / NORM_DW_ROWS));
+    k_rmsnorm_bwd_dw<<<grid, 256, 0, ctx->stream>>>((float *)dw.ptr, dout.ptr, dtcode(dout.dtype), x.ptr,
+                                                    dtcode(x.dtype), (const float *)rstd.ptr, T, d);
+    LAUNCH_CHECK(op);
+}
