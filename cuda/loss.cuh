@@ -138,7 +138,7 @@ static void loss_full_vocab(BackendCtx *ctx, float *dz, LossSums *sums, const fl
                                                          p->mse > 0);
     LAUNCH_CHECK("loss partials");
     if (red) stat_reduce(ctx, part, 3 * C, red, 0);
-    LossGradArgs g = {s, p->kl ? (double)p->tau * p->inv_n * dz_scale : 0.0,
+    LossGradArgs g = {s, p->kl ? (double)p->tau * loss_kl_inv_n(p) * dz_scale : 0.0,
                       p->mse > 0 ? 2.0 * p->mse / p->V_full * p->inv_n * dz_scale : 0.0,
                       p->entropy > 0 ? -(double)p->entropy * p->tau * p->inv_n * dz_scale : 0.0};
     k_loss_grad<<<C, LOSS_THREADS, 0, ctx->stream>>>(dz, mx, part, z, t, C, V, g);
@@ -146,7 +146,7 @@ static void loss_full_vocab(BackendCtx *ctx, float *dz, LossSums *sums, const fl
     double *hl = download_doubles(ctx, mx, (size_t)C), *hp = download_doubles(ctx, part, (size_t)3 * C);
     for (int r = 0; r < C; r++) {
         double H = hl[r] - hp[C + r];
-        if (p->kl) sums->kl += tau2 * hp[r] * p->inv_n;
+        if (p->kl) sums->kl += tau2 * hp[r] * loss_kl_inv_n(p);
         if (p->mse > 0) sums->mse += p->mse * hp[2 * C + r] / p->V_full * p->inv_n;
         if (p->entropy > 0) sums->entropy += p->entropy * tau2 * H * p->inv_n;
     }
@@ -197,10 +197,10 @@ static void loss_topk_kl(BackendCtx *ctx, float *dz, LossSums *sums, const float
     LAUNCH_CHECK("topk gather");
     if (red) stat_reduce(ctx, zk, C * K, red, 0);
     k_topk_rows<<<(C + 127) / 128, 128, 0, ctx->stream>>>(dz, kl, zk, idx, val, C, V, K, p->vocab_offset, s,
-                                                          (double)p->tau * p->inv_n * dz_scale);
+                                                          (double)p->tau * loss_kl_inv_n(p) * dz_scale);
     LAUNCH_CHECK("topk rows");
     double *h = download_doubles(ctx, kl, (size_t)C);
-    for (int r = 0; r < C; r++) sums->kl += tau2 * h[r] * p->inv_n;
+    for (int r = 0; r < C; r++) sums->kl += tau2 * h[r] * loss_kl_inv_n(p);
     free(h);
 }
 

@@ -92,8 +92,11 @@ static void parse_models(DamConfig *c, const cJSON *root) {
 
 static void parse_merge(DamConfig *c, const cJSON *root) {
     const cJSON *s = cJSON_GetObjectItemCaseSensitive(root, "merge");
-    static const char *const keys[] = {"embeddings", "norms", "include_base", "nonlinearity", "init", NULL};
+    static const char *const keys[] = {"embeddings", "norms", "include_base", "nonlinearity", "init",
+                                       "bias_init",  NULL};
     check_keys(s, c->file, "merge", keys);
+    static const char *const bi[] = {"init", "one", NULL};
+    c->bias_init = (BiasInit)pick(c->file, "merge.bias_init", json_opt_string(s, "bias_init", "init"), bi);
     c->embeddings = json_opt_bool(s, "embeddings", 1);
     c->norms = json_opt_bool(s, "norms", 1);
     c->include_base = json_opt_bool(s, "include_base", 0);
@@ -113,9 +116,12 @@ static void parse_merge(DamConfig *c, const cJSON *root) {
 
 static void parse_loss(DamConfig *c, const cJSON *root) {
     const cJSON *s = cJSON_GetObjectItemCaseSensitive(root, "loss");
-    static const char *const keys[] = {"kl",  "temperature", "similarity", "l1",   "l2",
-                                       "mse", "entropy",     "overlap",    "topk", NULL};
+    static const char *const keys[] = {"kl",      "temperature", "similarity", "l1",           "l2", "mse",
+                                       "entropy", "overlap",     "topk",       "kl_reduction", NULL};
     check_keys(s, c->file, "loss", keys);
+    static const char *const red[] = {"token", "batchmean", NULL};
+    c->loss.kl_batchmean =
+        pick(c->file, "loss.kl_reduction", json_opt_string(s, "kl_reduction", "token"), red);
     c->loss.kl = json_opt_bool(s, "kl", 1);
     c->loss.temperature = (float)json_opt_number(s, "temperature", 2.0);
     c->similarity = (float)json_opt_number(s, "similarity", 0.01);
@@ -135,11 +141,33 @@ static void parse_loss(DamConfig *c, const cJSON *root) {
 static void parse_train(DamConfig *c, const cJSON *root) {
     const char *f = c->file;
     const cJSON *s = cJSON_GetObjectItemCaseSensitive(root, "train");
-    static const char *const keys[] = {
-        "optimizer", "lr",    "weight_decay", "betas",      "eps",           "mofo_alpha", "schedule",
-        "warmup",    "steps", "epochs",       "batch_size", "micro_batches", "seq_len",    "max_grad_norm",
-        "seed",      NULL};
+    static const char *const keys[] = {"optimizer",
+                                       "lr",
+                                       "weight_decay",
+                                       "betas",
+                                       "eps",
+                                       "mofo_alpha",
+                                       "schedule",
+                                       "warmup",
+                                       "steps",
+                                       "epochs",
+                                       "batch_size",
+                                       "micro_batches",
+                                       "seq_len",
+                                       "max_grad_norm",
+                                       "seed",
+                                       "mofo_scope",
+                                       "mofo_k",
+                                       "mofo_decay",
+                                       "warmup_under_constant",
+                                       NULL};
     check_keys(s, f, "train", keys);
+    static const char *const scope[] = {"tensor", "source", NULL}, *const kk[] = {"ceil", "floor", NULL},
+                             *const dec[] = {"selected", "all", NULL};
+    c->mofo_scope = (MofoScope)pick(f, "train.mofo_scope", json_opt_string(s, "mofo_scope", "tensor"), scope);
+    c->mofo_k = (MofoK)pick(f, "train.mofo_k", json_opt_string(s, "mofo_k", "ceil"), kk);
+    c->mofo_decay = (MofoDecay)pick(f, "train.mofo_decay", json_opt_string(s, "mofo_decay", "selected"), dec);
+    c->constant_skips_warmup = !json_opt_bool(s, "warmup_under_constant", 1);
     static const char *const opts[] = {"adamw", "mofo", NULL};
     c->optimizer = (OptimizerKind)pick(f, "train.optimizer", json_opt_string(s, "optimizer", "adamw"), opts);
     c->lr = (float)json_opt_number(s, "lr", 1e-3);
@@ -153,7 +181,7 @@ static void parse_train(DamConfig *c, const cJSON *root) {
         c->beta2 = (float)cJSON_GetArrayItem(betas, 1)->valuedouble;
     }
     c->adam_eps = (float)json_opt_number(s, "eps", 1e-8);
-    c->mofo_alpha = (float)json_opt_number(s, "mofo_alpha", 0.3);
+    c->mofo_alpha = json_opt_number(s, "mofo_alpha", 0.3);
     static const char *const sch[] = {"constant", "linear", "cosine", NULL};
     c->schedule = (ScheduleKind)pick(f, "train.schedule", json_opt_string(s, "schedule", "constant"), sch);
     c->warmup = json_opt_int(s, "warmup", 0);
@@ -236,6 +264,7 @@ cJSON *config_effective(const DamConfig *c) {
     static const char *const nl[] = {"none", "tanh", "sigmoid", "relu"};
     static const char *const opt[] = {"adamw", "mofo"}, *const sch[] = {"constant", "linear", "cosine"};
     cJSON *r = cJSON_CreateObject();
+    if (c->preset) cJSON_AddStringToObject(r, "preset", c->preset);
     add_real_path(r, "base_model", c->base_model);
     cJSON *models = cJSON_AddArrayToObject(r, "models");
     for (int i = 0; i < c->n_models; i++) {
@@ -254,6 +283,7 @@ cJSON *config_effective(const DamConfig *c) {
         add_real_path(mg, "init", c->init_file);
     else
         cJSON_AddStringToObject(mg, "init", c->init == INIT_RANDOM ? "random" : "uniform");
+    cJSON_AddStringToObject(mg, "bias_init", c->bias_init == BIAS_INIT_ONE ? "one" : "init");
     cJSON *l = cJSON_AddObjectToObject(r, "loss");
     cJSON_AddBoolToObject(l, "kl", c->loss.kl);
     add_float(l, "temperature", c->loss.temperature);
@@ -264,6 +294,7 @@ cJSON *config_effective(const DamConfig *c) {
     add_float(l, "entropy", c->loss.entropy);
     add_float(l, "overlap", c->overlap);
     cJSON_AddNumberToObject(l, "topk", c->loss.topk);
+    cJSON_AddStringToObject(l, "kl_reduction", c->loss.kl_batchmean ? "batchmean" : "token");
     cJSON *t = cJSON_AddObjectToObject(r, "train");
     cJSON_AddStringToObject(t, "optimizer", opt[c->optimizer]);
     add_float(t, "lr", c->lr);
@@ -272,8 +303,12 @@ cJSON *config_effective(const DamConfig *c) {
         t, "betas",
         cJSON_CreateDoubleArray((const double[]){float_setting(c->beta1), float_setting(c->beta2)}, 2));
     add_float(t, "eps", c->adam_eps);
-    add_float(t, "mofo_alpha", c->mofo_alpha);
+    cJSON_AddNumberToObject(t, "mofo_alpha", c->mofo_alpha);
+    cJSON_AddStringToObject(t, "mofo_scope", c->mofo_scope == MOFO_SCOPE_SOURCE ? "source" : "tensor");
+    cJSON_AddStringToObject(t, "mofo_k", c->mofo_k == MOFO_K_FLOOR ? "floor" : "ceil");
+    cJSON_AddStringToObject(t, "mofo_decay", c->mofo_decay == MOFO_DECAY_ALL ? "all" : "selected");
     cJSON_AddStringToObject(t, "schedule", sch[c->schedule]);
+    cJSON_AddBoolToObject(t, "warmup_under_constant", !c->constant_skips_warmup);
     cJSON_AddNumberToObject(t, "warmup", c->warmup);
     cJSON_AddNumberToObject(t, "steps", c->steps);
     cJSON_AddNumberToObject(t, "epochs", c->epochs);
@@ -324,6 +359,39 @@ int config_diff(const char *a, const char *b, char *out, size_t cap) {
     return n;
 }
 
+/* The reference's effective settings (arcee-ai/DAM at 3e9cb8a; docs/config.md lists each with the
+ * file and line it comes from). Written into the config's sections before they are parsed, for each
+ * key the config does not set itself: explicit keys override the preset. */
+static const char arcee_preset[] =
+    "{\"merge\": {\"embeddings\": false, \"norms\": false, \"nonlinearity\": \"tanh\", \"init\": \"uniform\","
+    "             \"bias_init\": \"one\"},"
+    " \"loss\": {\"kl\": true, \"temperature\": 2.0, \"similarity\": 0.01, \"l1\": 0, \"l2\": 0, \"mse\": 0,"
+    "          \"entropy\": 0, \"overlap\": 0, \"kl_reduction\": \"batchmean\"},"
+    " \"train\": {\"optimizer\": \"mofo\", \"lr\": 1e-3, \"weight_decay\": 0.01, \"betas\": [0.9, 0.999],"
+    "           \"eps\": 1e-8, \"mofo_alpha\": 0.3, \"mofo_scope\": \"source\", \"mofo_k\": \"floor\","
+    "           \"mofo_decay\": \"all\", \"schedule\": \"constant\", \"warmup_under_constant\": false,"
+    "           \"epochs\": 1, \"batch_size\": 1, \"micro_batches\": 1, \"max_grad_norm\": 1.0}}";
+
+static void apply_preset(DamConfig *c, cJSON *root) {
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, "preset");
+    if (!p) return;
+    if (!cJSON_IsString(p)) dam_fail("%s: field 'preset': expected a string (allowed: \"arcee\")", c->file);
+    static const char *const names[] = {"arcee", NULL};
+    pick(c->file, "preset", p->valuestring, names);
+    c->preset = "arcee";
+    cJSON *preset = cJSON_Parse(arcee_preset);
+    if (!preset) dam_fail("internal: the arcee preset does not parse");
+    for (cJSON *sec = preset->child; sec; sec = sec->next) {
+        cJSON *dst = cJSON_GetObjectItemCaseSensitive(root, sec->string);
+        if (!dst) dst = cJSON_AddObjectToObject(root, sec->string);
+        if (!cJSON_IsObject(dst)) dam_fail("%s: field '%s': expected an object", c->file, sec->string);
+        for (cJSON *it = sec->child; it; it = it->next)
+            if (!cJSON_GetObjectItemCaseSensitive(dst, it->string))
+                cJSON_AddItemToObject(dst, it->string, cJSON_Duplicate(it, 1));
+    }
+    cJSON_Delete(preset);
+}
+
 void config_load(DamConfig *c, const char *path) {
     memset(c, 0, sizeof *c);
     c->file = dam_strdup(path);
@@ -332,9 +400,10 @@ void config_load(DamConfig *c, const char *path) {
     json_set_context(path);
     cJSON *root = json_parse_text(text, n, path);
     if (!cJSON_IsObject(root)) dam_fail("%s: expected a JSON object at the top level", path);
-    static const char *const top[] = {"base_model", "models",     "merge",  "loss",    "train",
-                                      "parallel",   "checkpoint", "output", "comment", NULL};
+    static const char *const top[] = {"base_model", "models", "merge",  "loss",    "train", "parallel",
+                                      "checkpoint", "preset", "output", "comment", NULL};
     check_keys(root, path, "", top);
+    apply_preset(c, root);
     c->base_model = resolve(path, json_opt_string(root, "base_model", NULL));
     parse_models(c, root);
     parse_merge(c, root);
@@ -345,6 +414,10 @@ void config_load(DamConfig *c, const char *path) {
         dam_fail("%s: field 'merge.include_base' is true but 'base_model' is not set", path);
     if (c->loss.topk > 0 && c->loss.mse > 0)
         dam_fail("%s: loss.mse needs full teacher logits; it cannot be combined with loss.topk", path);
+    if (c->optimizer == OPT_MOFO && c->mofo_scope == MOFO_SCOPE_SOURCE && c->tp > 1)
+        dam_fail("%s: train.mofo_scope \"source\" is not supported with parallel.tp > 1 yet (a row-parallel "
+                 "tensor's source vector is split over the tp group); use \"tensor\" or tp 1",
+                 path);
     cJSON *eff = config_effective(c);
     c->effective = cJSON_PrintUnformatted(eff);
     c->hash = dam_hash64(c->effective, strlen(c->effective), 0);

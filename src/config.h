@@ -11,6 +11,17 @@
 typedef enum { OPT_ADAMW = 0, OPT_MOFO = 1 } OptimizerKind;
 typedef enum { SCHED_CONSTANT = 0, SCHED_LINEAR = 1, SCHED_COSINE = 2 } ScheduleKind;
 typedef enum { INIT_UNIFORM = 0, INIT_FILE = 1, INIT_RANDOM = 2 } InitKind;
+/* merge.bias_init: bias coefficients as merge.init sets them, or 1 for every source (the reference) */
+typedef enum { BIAS_INIT_INIT = 0, BIAS_INIT_ONE = 1 } BiasInit;
+/* train.mofo_scope: MoFO's top-alpha selection over a tensor's whole [N, dim] block, or per source
+ * vector c_i (the reference: every source's coefficient vector is its own torch Parameter) */
+typedef enum { MOFO_SCOPE_TENSOR = 0, MOFO_SCOPE_SOURCE = 1 } MofoScope;
+/* train.mofo_k: how many entries a selection keeps, ceil(alpha·n) (at least 1) or floor(alpha·n)
+ * (the reference's int(n·alpha); 0 moves nothing) */
+typedef enum { MOFO_K_CEIL = 0, MOFO_K_FLOOR = 1 } MofoK;
+/* train.mofo_decay: decoupled weight decay on the selected entries only, or on every entry (the
+ * reference decays every entry before the masked update) */
+typedef enum { MOFO_DECAY_SELECTED = 0, MOFO_DECAY_ALL = 1 } MofoDecay;
 
 typedef struct {
     char *path;    /* model directory */
@@ -19,8 +30,9 @@ typedef struct {
 } SourceSpec;
 
 typedef struct {
-    char *file;       /* the config file itself, for messages */
-    char *base_model; /* may be NULL */
+    char *file;         /* the config file itself, for messages */
+    char *base_model;   /* may be NULL */
+    const char *preset; /* "arcee" or NULL: the settings applied before the config's own keys */
     int n_models;
     SourceSpec models[DAM_MAX_SOURCES];
     /* merge */
@@ -28,13 +40,19 @@ typedef struct {
     Nonlinearity nonlinearity;
     InitKind init;
     char *init_file; /* INIT_FILE: a dam_coefficients.safetensors */
+    BiasInit bias_init;
     /* loss */
-    LossParams loss; /* temperature, kl, mse, entropy, topk */
+    LossParams loss; /* temperature, kl, mse, entropy, topk, kl_batchmean */
     float similarity, l1, l2, overlap;
     /* train */
     OptimizerKind optimizer;
-    float lr, weight_decay, beta1, beta2, adam_eps, mofo_alpha;
+    float lr, weight_decay, beta1, beta2, adam_eps;
+    double mofo_alpha; /* a double, as the reference's Python float: k = floor(n·alpha) exactly */
+    MofoScope mofo_scope;
+    MofoK mofo_k;
+    MofoDecay mofo_decay;
     ScheduleKind schedule;
+    int constant_skips_warmup; /* train.warmup_under_constant false: "constant" ignores the warmup (HF) */
     int warmup, steps, epochs, batch_size, micro_batches, seq_len;
     float max_grad_norm;
     uint64_t seed;

@@ -112,7 +112,7 @@ static void row_grad(float *dz, const float *z, const float *zt, int V, double s
                      double abar, const LossChunkParams *p) {
     double inv_n = p->inv_n;
     if (p->kl) {
-        double c = p->tau * inv_n;
+        double c = p->tau * loss_kl_inv_n(p);
         for (int v = 0; v < V; v++)
             dz[v] += (float)(c * ((double)dam_exp_approx((float)(z[v] * s - la)) -
                                   (double)dam_exp_approx((float)(zt[v] * s - lb))));
@@ -166,7 +166,7 @@ static void full_vocab_rows(float *dz, LossSums *sums, const float *z, const flo
         if (red) red->sum(red->ctx, part, 3 * n);
         for (int r = 0; r < n; r++) {
             double lse = mx[r], abar = part[n + r], H = lse - abar;
-            if (p->kl) sums->kl += tau2 * part[r] * p->inv_n;
+            if (p->kl) sums->kl += tau2 * part[r] * loss_kl_inv_n(p);
             if (p->mse > 0) sums->mse += p->mse * part[2 * n + r] / p->V_full * p->inv_n;
             if (p->entropy > 0) sums->entropy += p->entropy * tau2 * H * p->inv_n;
             row_grad(dz + (size_t)(r0 + r) * V, ZROW(r), TROW(r), V, s, lse, mx[n + r], abar, p);
@@ -201,9 +201,9 @@ static void topk_rows(float *dz, LossSums *sums, const float *z, const int32_t *
             double a = a_[k] * s - lse_a, b = b_[k] * s - lse_b, pt = exp(b), q = exp(a);
             kl += pt * (b - a);
             int v = idx[(size_t)r * K + k] - p->vocab_offset;
-            if (v >= 0 && v < V) dz[(size_t)r * V + v] += (float)(p->tau * (q - pt) * p->inv_n);
+            if (v >= 0 && v < V) dz[(size_t)r * V + v] += (float)(p->tau * (q - pt) * loss_kl_inv_n(p));
         }
-        sums->kl += tau2 * kl * p->inv_n;
+        sums->kl += tau2 * kl * loss_kl_inv_n(p);
     }
     free(zk);
 }

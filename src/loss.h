@@ -26,7 +26,15 @@ typedef struct {
     int V_full;       /* the whole vocabulary (MSE is a mean over it) */
     int vocab_offset; /* first vocabulary id of the columns this rank holds */
     const LossReduce *reduce;
+    /* loss.kl_reduction "batchmean": the KL term (value and dz) is also divided by this many rows
+     * (the dataset's micro-batch B), as torch's reduction='batchmean'; 0 or 1: per valid token */
+    int kl_rows;
 } LossChunkParams;
+
+/* The KL term's factor: 1/n_valid, divided by kl_rows under batchmean. */
+static inline double loss_kl_inv_n(const LossChunkParams *p) {
+    return (double)p->inv_n / (p->kl_rows > 1 ? p->kl_rows : 1);
+}
 
 typedef struct {
     double kl, mse, entropy;

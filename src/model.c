@@ -869,8 +869,8 @@ static void upload_topk_rows(DamModel *m, const int32_t *idx, const float *val, 
 /* Losses over the valid positions of the batch, in chunks of rows; dL/dhid scattered into
  * rs->dhid and the lm_head weight gradient into ws->lm_G. */
 static void logits_loss(DamModel *m, RunState *rs, const int32_t *valid, int n_valid, const int32_t *topk_idx,
-                        const float *topk_val, int need_teacher_logits, const LossParams *lp, float weight,
-                        int backward, int accumulate_G, LossTerms *out) {
+                        const float *topk_val, int need_teacher_logits, const LossParams *lp, int B,
+                        float weight, int backward, int accumulate_G, LossTerms *out) {
     struct Workspace *ws = m->work;
     const Backend *be = m->be;
     BackendCtx *cx = m->ctx;
@@ -885,7 +885,8 @@ static void logits_loss(DamModel *m, RunState *rs, const int32_t *valid, int n_v
                          1.0f / (float)n_valid,
                          m->full_cfg.vocab_size,
                          m->vocab_offset,
-                         m->tp ? &red : NULL};
+                         m->tp ? &red : NULL,
+                         lp->kl_batchmean ? B : 1};
     LossSums sums = {0, 0, 0};
     int lm_trainable = lm->trainable;
     for (int r0 = 0; r0 < n_valid; r0 += LOSS_CHUNK) {
@@ -1025,8 +1026,8 @@ static void sb_losses(StepBatch *sb, int mb) {
         if (!rs->n_valid[s]) continue;
         if (nt) materialize_w(m, lm, sb->teacher[s], ws->lm_t);
         logits_loss(m, rs, ws->valid + first, rs->n_valid[s], topk_idx_of(sb, mb),
-                    sb->topk_val ? sb->topk_val[mb] : NULL, nt, sb->lp, sb->weight, sb->backward, first > 0,
-                    &sb->out[(size_t)mb * sb->n_seg + s]);
+                    sb->topk_val ? sb->topk_val[mb] : NULL, nt, sb->lp, sb->B, sb->weight, sb->backward,
+                    first > 0, &sb->out[(size_t)mb * sb->n_seg + s]);
     }
     if (sb->backward) coef_grad(m, (DamTensor *)lm, ws->lm_G);
 }

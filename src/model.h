@@ -161,6 +161,7 @@ typedef struct {
     int kl;             /* KL term on */
     float mse, entropy; /* λ_mse, λ_ent (0 = off) */
     int topk;           /* 0: full vocabulary KL; K: KL over the teacher's top-K entries */
+    int kl_batchmean;   /* loss.kl_reduction "batchmean": KL also divided by the micro-batch's B rows */
 } LossParams;
 
 typedef struct {

@@ -119,6 +119,8 @@ double optim_clip_grad_norm(DamModel *m, float max_norm) {
 }
 
 float optim_lr(const DamConfig *c, int step, int total) {
+    /* Hugging Face's "constant" ignores the warmup (only constant_with_warmup warms up) */
+    if (c->schedule == SCHED_CONSTANT && c->constant_skips_warmup) return c->lr;
     if (step < c->warmup) return c->lr * (float)step / (float)(c->warmup > 1 ? c->warmup : 1);
     if (c->schedule == SCHED_CONSTANT) return c->lr;
     double span = total - c->warmup > 1 ? total - c->warmup : 1, progress = (step - c->warmup) / span;
@@ -127,6 +129,37 @@ float optim_lr(const DamConfig *c, int step, int total) {
 }
 
 /* ---------------------------------------------------------------- AdamW / MoFO */
+
+/* How many entries MoFO moves in a selection unit of n entries: ceil(alpha·n) (at least 1), or the
+ * reference's int(n·alpha) with alpha a double (dam/optimizer.py:80), which may be 0. */
+int64_t optim_mofo_keep(const DamConfig *c, size_t n) {
+    double k = c->mofo_alpha * (double)n;
+    if (c->mofo_k == MOFO_K_FLOOR) return (int64_t)floor(k);
+    int64_t keep = (int64_t)ceil(k);
+    return keep < 1 ? 1 : keep > (int64_t)n ? (int64_t)n : keep;
+}
+
+/* One selection unit (a tensor's whole block or one source's vector) through the backend's adamw.
+ * The backend selects the ceil(alpha'·n) largest |m|; keep k >= 1 is asked for as
+ * alpha' = (k − 1/2)/n, whose ceil is exactly k for any n below 2^23 (the float's rounding error of
+ * alpha'·n stays far under 1/2). k = 0: the moments are updated and nothing moves (the reference
+ * raises IndexError there). Decay "all": every entry is decayed first, c·(1 − lr·wd), as the
+ * reference does before its masked update (dam/optimizer.py:39). */
+static void mofo_unit(DamModel *m, const DamConfig *c, DevBuf cc, DevBuf g, DevBuf am, DevBuf av, size_t n,
+                      const AdamParams *base) {
+    AdamParams p = *base;
+    int64_t k = optim_mofo_keep(c, n);
+    if (c->mofo_decay == MOFO_DECAY_ALL) {
+        if (p.weight_decay > 0) m->be->scale(m->ctx, cc, 1.0f - p.lr * p.weight_decay, n);
+        p.weight_decay = 0;
+    }
+    if (k <= 0) {
+        p.mofo_alpha = 0, p.mofo_threshold = INFINITY;
+    } else if (c->mofo_k == MOFO_K_FLOOR) {
+        p.mofo_alpha = (float)(((double)k - 0.5) / (double)n);
+    }
+    m->be->adamw(m->ctx, cc, g, am, av, n, &p);
+}
 
 void optim_step(DamModel *m, const DamConfig *c, float lr, int t) {
     for (int k = 0; k < m->n_tensors; k++) {
@@ -141,8 +174,20 @@ void optim_step(DamModel *m, const DamConfig *c, float lr, int t) {
                         .weight_decay = c->weight_decay,
                         .t = t,
                         .mofo_threshold = -1.0f,
-                        .mofo_alpha = c->optimizer == OPT_MOFO ? c->mofo_alpha : 0.0f};
-        m->be->adamw(m->ctx, x->c, x->grad, x->adam_m, x->adam_v, (size_t)m->n_rows * x->dim, &p);
+                        .mofo_alpha = c->optimizer == OPT_MOFO ? (float)c->mofo_alpha : 0.0f};
+        size_t n = (size_t)m->n_rows * x->dim;
+        if (c->optimizer != OPT_MOFO || (c->mofo_scope == MOFO_SCOPE_TENSOR && c->mofo_k == MOFO_K_CEIL &&
+                                         c->mofo_decay == MOFO_DECAY_SELECTED)) {
+            m->be->adamw(m->ctx, x->c, x->grad, x->adam_m, x->adam_v, n, &p);
+            continue;
+        }
+        int units = c->mofo_scope == MOFO_SCOPE_SOURCE ? m->n_rows : 1;
+        size_t len = n / (size_t)units;
+        for (int u = 0; u < units; u++) {
+            size_t off = (size_t)u * len;
+            mofo_unit(m, c, devbuf_slice(x->c, off, len), devbuf_slice(x->grad, off, len),
+                      devbuf_slice(x->adam_m, off, len), devbuf_slice(x->adam_v, off, len), len, &p);
+        }
     }
     dam_model_refresh(m);
 }

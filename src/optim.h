@@ -22,5 +22,9 @@ float optim_lr(const DamConfig *c, int step, int total);
 
 /* One AdamW or MoFO-AdamW update of every trainable tensor (t = 1-based step count), then f(c). */
 void optim_step(DamModel *m, const DamConfig *c, float lr, int t);
+/* How many entries MoFO moves in a selection unit of n entries (train.mofo_k): ceil(alpha·n), at
+ * least 1; or floor(alpha·n) with alpha a double, as the reference, which may be 0 (the unit's
+ * moments are then updated and none of its entries moves). */
+int64_t optim_mofo_keep(const DamConfig *c, size_t n);
 
 #endif

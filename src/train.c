@@ -71,6 +71,10 @@ static void init_coefficients(Trainer *tr) {
     } else if (c->init == INIT_FILE) {
         output_load_coefficients(m, c->init_file);
     }
+    if (c->bias_init == BIAS_INIT_ONE && c->init != INIT_FILE) /* the reference: dam.py:241 */
+        for (int t = 0; t < m->n_tensors; t++)
+            if (m->tensors[t].kind == DT_BIAS)
+                m->be->fill(m->ctx, m->tensors[t].c, 1.0f, (size_t)m->n_rows * m->tensors[t].dim);
     dam_model_refresh(m);
 }
 
@@ -548,6 +552,25 @@ static void print_run_header(const Trainer *tr) {
            tr->model.n_rows, tr->model.full_cfg.architecture,
            (long long)hfconfig_num_params(&tr->model.full_cfg), tr->total_steps, tr->B, tr->T, tr->n_data,
            tr->grid.dp, tr->grid.pp, tr->grid.tp);
+    const DamConfig *c = &tr->cfg;
+    if (c->preset)
+        printf("dam_dist: preset \"%s\" (every resolved setting is in the run's config)\n", c->preset);
+    if (c->optimizer == OPT_MOFO) { /* vectors MoFO can never move (the reference raises IndexError) */
+        int said[4] = {0, 0, 0, 0};
+        for (int t = 0; t < tr->model.n_tensors; t++) {
+            const DamTensor *x = &tr->model.tensors[t];
+            size_t n =
+                c->mofo_scope == MOFO_SCOPE_SOURCE ? (size_t)x->dim : (size_t)tr->model.n_rows * x->dim;
+            if (!x->trainable || said[x->kind] || optim_mofo_keep(c, n) > 0) continue;
+            said[x->kind] = 1;
+            printf(
+                "dam_dist: note: MoFO keeps floor(%g x %zu) = 0 entries of %s (e.g. '%s'): their moments are "
+                "updated, the coefficients never move (train.mofo_k \"floor\"; the reference raises "
+                "IndexError there)\n",
+                c->mofo_alpha, n, c->mofo_scope == MOFO_SCOPE_SOURCE ? "each source's vector" : "the tensor",
+                x->name);
+        }
+    }
     fflush(stdout);
 }
 

@@ -2,7 +2,11 @@
  *   - learning-rate schedules (constant/linear/cosine with warmup) as transformers defines them;
  *   - AdamW: the first two updates of one coefficient, with and without weight decay;
  *   - MoFO: only the top-alpha fraction of entries by |momentum| moves;
- *   - global gradient-norm clipping to max_norm. */
+ *   - global gradient-norm clipping to max_norm;
+ *   - the reference's MoFO (train.mofo_scope "source", mofo_k "floor", mofo_decay "all"): k per
+ *     source vector, decay on every entry, k = 0 (moments only, nothing moves);
+ *   - "constant" with warmup ignored (train.warmup_under_constant false);
+ *   - loss.kl_reduction "batchmean" at B = 2 against "token"; frozen kinds keep their coefficients. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -108,6 +112,146 @@ static void test_mofo_moves_top_fraction(void **s) {
     dam_case_close(&dc);
 }
 
+/* k of a selection: ceil (at least 1) and the reference's int(n·alpha) with alpha a double. */
+static void test_mofo_keep(void **s) {
+    (void)s;
+    DamConfig c = base_cfg();
+    c.mofo_alpha = 0.3;
+    c.mofo_k = MOFO_K_CEIL;
+    assert_int_equal(optim_mofo_keep(&c, 4096), 1229);
+    assert_int_equal(optim_mofo_keep(&c, 3), 1);
+    assert_int_equal(optim_mofo_keep(&c, 1), 1);
+    c.mofo_k = MOFO_K_FLOOR;
+    assert_int_equal(optim_mofo_keep(&c, 4096), 1228);  /* int(4096 * 0.3) = 1228 */
+    assert_int_equal(optim_mofo_keep(&c, 14336), 4300); /* int(14336 * 0.3) = 4300 */
+    assert_int_equal(optim_mofo_keep(&c, 10), 3);       /* 10 * 0.3 = 3.0000000000000004 */
+    assert_int_equal(optim_mofo_keep(&c, 3), 0);
+    assert_int_equal(optim_mofo_keep(&c, 1), 0); /* a bias coefficient: the reference's IndexError */
+}
+
+/* One step of the reference's MoFOAdamW (dam/optimizer.py) on the lm_head's coefficients, computed
+ * here by hand: per source vector c_i of n = dim entries, every entry decayed by (1 − lr·wd), then
+ * the floor(0.3·n) entries of largest |m| (distinct here) moved by lr·m̂/(√v̂ + ε); at t = 1 m̂ = g,
+ * v̂ = g². Row i's gradient is g_j = (i + 1)·(j + 1)·(−1)^j·1e-3 over its columns j, so the selected
+ * entries are the last k columns of every row. Then alpha with floor(alpha·n) = 0: the moments
+ * move, the coefficients only decay. */
+static void test_mofo_source_floor(void **s) {
+    (void)s;
+    DamCase dc;
+    dam_case_open(&dc, "llama3src", "kl");
+    DamModel *m = &dc.m;
+    DamTensor *x = m->lm_head;
+    size_t o = x->coef_at, dim = (size_t)x->dim, nr = (size_t)m->n_rows, n = nr * dim;
+    for (int pass = 0; pass < 2; pass++) {
+        DamConfig c = base_cfg();
+        c.optimizer = OPT_MOFO, c.mofo_scope = MOFO_SCOPE_SOURCE, c.mofo_k = MOFO_K_FLOOR;
+        c.mofo_decay = MOFO_DECAY_ALL, c.weight_decay = 0.01f, c.lr = 1e-3f;
+        c.mofo_alpha = pass == 0 ? 0.3 : 0.5 / (double)dim;
+        for (int t = 0; t < m->n_tensors; t++) m->tensors[t].trainable = 0;
+        x->trainable = 1;
+        float *cb = test_coef_get(m, DAM_COEF_C), *am = test_coef_get(m, DAM_COEF_ADAM_M),
+              *av = test_coef_get(m, DAM_COEF_ADAM_V), *g = test_coef_get(m, DAM_COEF_GRAD);
+        for (size_t e = 0; e < n; e++) {
+            size_t i = e / dim, j = e % dim;
+            cb[o + e] = 0.25f + 0.01f * (float)i;
+            am[o + e] = av[o + e] = 0;
+            g[o + e] = (float)((double)(i + 1) * (double)(j + 1) * (j % 2 ? -1.0 : 1.0) * 1e-3);
+        }
+        test_coef_put(m, DAM_COEF_C, cb), test_coef_put(m, DAM_COEF_ADAM_M, am),
+            test_coef_put(m, DAM_COEF_ADAM_V, av), test_coef_put(m, DAM_COEF_GRAD, g);
+        optim_step(m, &c, c.lr, 1);
+        float *after = test_coef_get(m, DAM_COEF_C), *m1 = test_coef_get(m, DAM_COEF_ADAM_M);
+        size_t k = pass == 0 ? (size_t)(dim * 3 / 10) : 0; /* floor(0.3·dim), dim = 64: 19 */
+        if (pass == 0) assert_int_equal(optim_mofo_keep(&c, dim), (int64_t)k);
+        for (size_t e = 0; e < n; e++) {
+            size_t j = e % dim;
+            double c0 = cb[o + e], gg = g[o + e];
+            double want = c0 * (1.0 - 1e-3 * 0.01); /* decay on every entry */
+            if (j >= dim - k) want -= 1e-3 * gg / (fabs(gg) + 1e-8);
+            assert_float_equal(after[o + e], want, 2e-7);
+            assert_float_equal(m1[o + e], (1 - 0.9f) * g[o + e], 1e-12); /* moments move, selected or not */
+        }
+        free(cb), free(am), free(av), free(g), free(after), free(m1);
+    }
+    dam_case_close(&dc);
+}
+
+/* "constant" with warmup: dam_dist warms up; with warmup_under_constant false (the Hugging Face
+ * scheduler the reference uses) the warmup is ignored. Other schedules still warm up. */
+static void test_constant_skips_warmup(void **s) {
+    (void)s;
+    DamConfig c = base_cfg();
+    c.warmup = 10, c.constant_skips_warmup = 1;
+    c.schedule = SCHED_CONSTANT;
+    for (int step = 0; step < 20; step++) assert_float_equal(optim_lr(&c, step, 20), 0.1, 1e-7);
+    c.schedule = SCHED_LINEAR;
+    assert_float_equal(optim_lr(&c, 5, 20), 0.05, 1e-7);
+}
+
+/* loss.kl_reduction "batchmean" at B = 2: the KL terms and their gradients are exactly half those
+ * of "token" (T²·Σ/(B·n_valid) against T²·Σ/n_valid). No regularizer, so every gradient is KL's. */
+static void test_kl_batchmean(void **s) {
+    (void)s;
+    DamCase dc;
+    dam_case_open(&dc, "llama3src", "kl");
+    assert_int_equal(dc.B, 2);
+    dc.cfg.similarity = 0;
+    DamLosses l[2];
+    float *g[2];
+    for (int bm = 0; bm < 2; bm++) {
+        dc.cfg.loss.kl_batchmean = bm;
+        dam_case_loss(&dc, &l[bm]);
+        g[bm] = test_coef_get(&dc.m, DAM_COEF_GRAD);
+    }
+    double gmax = 0;
+    for (size_t e = 0; e < dc.m.coef.n; e++) gmax = fmax(gmax, fabs(g[0][e]));
+    assert_true(gmax > 0);
+    for (int k = 0; k < dc.n_data; k++) {
+        assert_true(l[0].kl[k] > 0);
+        assert_float_equal(l[1].kl[k], l[0].kl[k] / 2, 1e-12 * l[0].kl[k]);
+    }
+    for (size_t e = 0; e < dc.m.coef.n; e++) assert_float_equal(g[1][e], g[0][e] / 2, 1e-6 * gmax);
+    free(g[0]), free(g[1]);
+    dam_case_close(&dc);
+}
+
+/* Frozen embeddings and norms (merge.embeddings/norms false, as the reference): no gradient and no
+ * change through a MoFO step with decay on every entry. */
+static void test_frozen_kinds(void **s) {
+    (void)s;
+    DamCase dc;
+    dam_case_open(&dc, "llama3src", "kl");
+    DamModel *m = &dc.m;
+    int frozen = 0;
+    for (int t = 0; t < m->n_tensors; t++)
+        if (m->tensors[t].kind == DT_EMBED || m->tensors[t].kind == DT_NORM)
+            m->tensors[t].trainable = 0, frozen++;
+    assert_true(frozen > 0);
+    float *before = test_coef_get(m, DAM_COEF_C);
+    dam_case_loss(&dc, NULL);
+    DamConfig c = base_cfg();
+    c.optimizer = OPT_MOFO, c.mofo_scope = MOFO_SCOPE_SOURCE, c.mofo_k = MOFO_K_FLOOR;
+    c.mofo_decay = MOFO_DECAY_ALL, c.weight_decay = 0.01f, c.mofo_alpha = 0.3;
+    float *g = test_coef_get(m, DAM_COEF_GRAD);
+    optim_step(m, &c, c.lr, 1);
+    float *after = test_coef_get(m, DAM_COEF_C);
+    int moved_trainable = 0;
+    for (int t = 0; t < m->n_tensors; t++) {
+        const DamTensor *x = &m->tensors[t];
+        for (size_t e = 0; e < (size_t)m->n_rows * x->dim; e++) {
+            if (x->trainable) {
+                moved_trainable |= after[x->coef_at + e] != before[x->coef_at + e];
+                continue;
+            }
+            assert_true(g[x->coef_at + e] == 0.0f);
+            assert_true(after[x->coef_at + e] == before[x->coef_at + e]);
+        }
+    }
+    assert_true(moved_trainable);
+    free(before), free(g), free(after);
+    dam_case_close(&dc);
+}
+
 static void test_clip(void **s) {
     (void)s;
     DamCase dc;
@@ -136,6 +280,11 @@ int main(void) {
         cmocka_unit_test(test_adamw_two_steps),
         cmocka_unit_test(test_mofo_moves_top_fraction),
         cmocka_unit_test(test_clip),
+        cmocka_unit_test(test_mofo_keep),
+        cmocka_unit_test(test_mofo_source_floor),
+        cmocka_unit_test(test_constant_skips_warmup),
+        cmocka_unit_test(test_kl_batchmean),
+        cmocka_unit_test(test_frozen_kinds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -462,7 +462,8 @@ static void check_losses(int with_reducer) {
                              1.0f / 40,
                              V,
                              0,
-                             with_reducer ? &red : NULL};
+                             with_reducer ? &red : NULL,
+                             c % 2 ? 2 : 1}; /* every other case: loss.kl_reduction batchmean, B = 2 */
         LossSums sc = {0.1, 0.2, 0.3}, sg = sc;
         Pair dz = pair_poison((size_t)C * V, DAM_F32);
         C_->loss_rows(cctx, dz.c, &sc, z.c, zt.c, idx.c, val.c, C, V, &p, 0.5f);
