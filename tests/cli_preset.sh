@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# "preset": "arcee" on a tiny toy: the run completes, its recorded settings (dam_report.json's
+# "config", the same text checkpoints compare) hold the reference's values the preset resolves to
+# (docs/config.md, "Preset arcee"), explicit keys override the preset, and the new keys refuse bad
+# values with one line listing the allowed ones.
+set -u
+BIN=${DAM_BIN:-./dam_dist}
+case "$BIN" in /*) ;; *) BIN="$PWD/$BIN" ;; esac
+export ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0
+T=$(mktemp -d "${TMPDIR:-/tmp}/dam_cli_preset.XXXXXX")
+trap 'rm -rf "$T"' EXIT
+fails=0
+ok()  { echo "OK      $*"; }
+bad() { echo "NOT OK  $*"; fails=$((fails + 1)); }
+
+$BIN toy --out "$T/toy" --size tiny --models 2 --seed 3 >/dev/null || { bad "toy tiny"; exit 1; }
+MODELS='"base_model": "base", "models": [{"path": "m0", "dataset": "data/m0.h5"}, {"path": "m1", "dataset": "data/m1.h5"}]'
+
+# recorded settings, compact, of a finished run
+settings() { tr -d ' \n\t' < "$1/dam_report.json"; }
+has() { # has NAME FILE SUBSTRING...
+  local name=$1 f=$2; shift 2
+  for want in "$@"; do
+    case "$f" in *"$want"*) ;; *) bad "$name: recorded settings lack $want"; return ;; esac
+  done
+  ok "$name"
+}
+
+# 1. the preset alone: every resolved value recorded
+echo "{\"preset\": \"arcee\", $MODELS, \"train\": {\"steps\": 3, \"seq_len\": 32}}" > "$T/toy/arcee.json"
+if $BIN --config "$T/toy/arcee.json" --out "$T/run1" > "$T/run1.log" 2>&1; then
+  grep -q 'preset "arcee"' "$T/run1.log" && ok "the run names its preset" || bad "no preset line: $(head -3 "$T/run1.log")"
+  s=$(settings "$T/run1")
+  has "preset recorded" "$s" '"preset":"arcee"'
+  has "merge resolved" "$s" \
+    '"merge":{"embeddings":false,"norms":false,"include_base":false,"nonlinearity":"tanh","init":"uniform","bias_init":"one"}'
+  has "loss resolved" "$s" \
+    '"loss":{"kl":true,"temperature":2,"similarity":0.01,"l1":0,"l2":0,"mse":0,"entropy":0,"overlap":0,"topk":0,"kl_reduction":"batchmean"}'
+  has "train resolved" "$s" '"optimizer":"mofo","lr":0.001,"weight_decay":0.01,"betas":[0.9,0.999],"eps":1e-08' \
+    '"mofo_alpha":0.3,"mofo_scope":"source","mofo_k":"floor","mofo_decay":"all","schedule":"constant","warmup_under_constant":false' \
+    '"epochs":1,"batch_size":1,"micro_batches":1' '"max_grad_norm":1'
+else
+  bad "preset run failed: $(tail -3 "$T/run1.log")"
+fi
+
+# 2. explicit keys override the preset, the rest stays the preset's
+echo "{\"preset\": \"arcee\", $MODELS, \"merge\": {\"norms\": true},
+  \"loss\": {\"kl_reduction\": \"token\"},
+  \"train\": {\"steps\": 2, \"seq_len\": 32, \"weight_decay\": 0, \"mofo_k\": \"ceil\", \"batch_size\": 2}}" > "$T/toy/over.json"
+if $BIN --config "$T/toy/over.json" --out "$T/run2" > "$T/run2.log" 2>&1; then
+  s=$(settings "$T/run2")
+  has "explicit keys override" "$s" '"embeddings":false,"norms":true' '"kl_reduction":"token"' \
+    '"weight_decay":0,' '"mofo_k":"ceil"' '"batch_size":2' '"mofo_scope":"source"' '"nonlinearity":"tanh"'
+else
+  bad "override run failed: $(tail -3 "$T/run2.log")"
+fi
+
+# 3. refusals: one line naming the field and the allowed values
+refused() { # refused NAME CONFIG-TEXT SUBSTRING
+  echo "$2" > "$T/toy/bad.json"
+  rm -rf "$T/badout"
+  $BIN --config "$T/toy/bad.json" --out "$T/badout" > /dev/null 2> "$T/err.txt"
+  local rc=$?
+  if [ $rc -eq 1 ] && [ "$(wc -l < "$T/err.txt")" -eq 1 ] && grep -qF -- "$3" "$T/err.txt"; then ok "refused: $1"
+  else bad "$1: rc $rc, stderr: $(head -3 "$T/err.txt")"; fi
+}
+refused "unknown preset" "{\"preset\": \"torch\", $MODELS}" "field 'preset': unknown value 'torch' (allowed: \"arcee\")"
+refused "kl_reduction" "{$MODELS, \"loss\": {\"kl_reduction\": \"mean\"}}" \
+  "field 'loss.kl_reduction': unknown value 'mean' (allowed: \"token\", \"batchmean\")"
+refused "mofo_scope" "{$MODELS, \"train\": {\"mofo_scope\": \"row\"}}" \
+  "field 'train.mofo_scope': unknown value 'row' (allowed: \"tensor\", \"source\")"
+refused "mofo_k" "{$MODELS, \"train\": {\"mofo_k\": \"round\"}}" \
+  "field 'train.mofo_k': unknown value 'round' (allowed: \"ceil\", \"floor\")"
+refused "mofo_decay" "{$MODELS, \"train\": {\"mofo_decay\": \"none\"}}" \
+  "field 'train.mofo_decay': unknown value 'none' (allowed: \"selected\", \"all\")"
+refused "bias_init" "{$MODELS, \"merge\": {\"bias_init\": \"zero\"}}" \
+  "field 'merge.bias_init': unknown value 'zero' (allowed: \"init\", \"one\")"
+refused "preset not a string" "{\"preset\": 1, $MODELS}" "field 'preset': expected a string"
+
+echo "cli_preset: $fails failure(s)"
+[ $fails -eq 0 ]
