@@ -252,6 +252,55 @@ static void test_frozen_kinds(void **s) {
     dam_case_close(&dc);
 }
 
+/* The reference's own MoFOAdamW (dam/optimizer.py, run by tests/fixtures/make_mofo_fixture.py with
+ * torch in fp32) on the three source vectors of 64 entries of one tensor for 5 steps: dam_dist's
+ * per-source floor selection with decay on every entry gives the same coefficients (1e-6). */
+static void test_mofo_matches_reference(void **s) {
+    (void)s;
+    char *path = test_fixture("mofo_reference.safetensors");
+    StFile f;
+    st_open(&f, path);
+    DamCase dc;
+    dam_case_open(&dc, "llama3src", "kl");
+    DamModel *m = &dc.m;
+    DamTensor *x = m->lm_head;
+    size_t o = x->coef_at, n = (size_t)m->n_rows * x->dim;
+    const StTensor *init = st_find(&f, "init");
+    assert_int_equal(init->shape[0], m->n_rows);
+    assert_int_equal(init->shape[1], x->dim);
+    for (int t = 0; t < m->n_tensors; t++) m->tensors[t].trainable = 0;
+    x->trainable = 1;
+    DamConfig c = base_cfg();
+    c.optimizer = OPT_MOFO, c.mofo_scope = MOFO_SCOPE_SOURCE, c.mofo_k = MOFO_K_FLOOR;
+    c.mofo_decay = MOFO_DECAY_ALL, c.weight_decay = 0.01f, c.lr = 1e-3f, c.mofo_alpha = 0.3;
+    float *cb = test_coef_get(m, DAM_COEF_C), *am = test_coef_get(m, DAM_COEF_ADAM_M),
+          *av = test_coef_get(m, DAM_COEF_ADAM_V), *g = test_coef_get(m, DAM_COEF_GRAD);
+    memcpy(cb + o, init->data, n * sizeof(float));
+    memset(am + o, 0, n * sizeof(float)), memset(av + o, 0, n * sizeof(float));
+    test_coef_put(m, DAM_COEF_C, cb), test_coef_put(m, DAM_COEF_ADAM_M, am),
+        test_coef_put(m, DAM_COEF_ADAM_V, av);
+    double worst = 0;
+    for (int t = 1; t <= 5; t++) {
+        char key[32];
+        snprintf(key, sizeof key, "grad/%d", t);
+        memcpy(g + o, st_find(&f, key)->data, n * sizeof(float));
+        test_coef_put(m, DAM_COEF_GRAD, g);
+        optim_step(m, &c, c.lr, t);
+        snprintf(key, sizeof key, "after/%d", t);
+        const float *want = st_find(&f, key)->data;
+        float *got = test_coef_get(m, DAM_COEF_C);
+        for (size_t e = 0; e < n; e++) {
+            worst = fmax(worst, fabs((double)got[o + e] - want[e]));
+            assert_float_equal(got[o + e], want[e], 1e-6);
+        }
+        free(got);
+    }
+    printf("mofo against the reference's MoFOAdamW: max |diff| %.3g over 5 steps\n", worst);
+    free(cb), free(am), free(av), free(g), free(path);
+    st_close(&f);
+    dam_case_close(&dc);
+}
+
 static void test_clip(void **s) {
     (void)s;
     DamCase dc;
@@ -285,6 +334,7 @@ int main(void) {
         cmocka_unit_test(test_constant_skips_warmup),
         cmocka_unit_test(test_kl_batchmean),
         cmocka_unit_test(test_frozen_kinds),
+        cmocka_unit_test(test_mofo_matches_reference),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
