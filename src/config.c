@@ -160,6 +160,7 @@ static void parse_train(DamConfig *c, const cJSON *root) {
                                        "mofo_k",
                                        "mofo_decay",
                                        "warmup_under_constant",
+                                       "shuffle",
                                        NULL};
     check_keys(s, f, "train", keys);
     static const char *const scope[] = {"tensor", "source", NULL}, *const kk[] = {"ceil", "floor", NULL},
@@ -192,6 +193,7 @@ static void parse_train(DamConfig *c, const cJSON *root) {
     c->seq_len = json_opt_int(s, "seq_len", 0);
     c->max_grad_norm = (float)json_opt_number(s, "max_grad_norm", 1.0);
     c->seed = (uint64_t)json_opt_number(s, "seed", 1);
+    c->shuffle = json_opt_bool(s, "shuffle", 0);
     if (c->lr <= 0) dam_fail("%s: field 'train.lr': expected > 0", f);
     if (c->batch_size < 1 || c->micro_batches < 1 || c->epochs < 1 || c->steps < 0 || c->warmup < 0 ||
         c->seq_len < 0)
@@ -317,6 +319,7 @@ cJSON *config_effective(const DamConfig *c) {
     cJSON_AddNumberToObject(t, "seq_len", c->seq_len);
     add_float(t, "max_grad_norm", c->max_grad_norm);
     cJSON_AddNumberToObject(t, "seed", (double)c->seed);
+    cJSON_AddBoolToObject(t, "shuffle", c->shuffle);
     return r;
 }
 
@@ -370,7 +373,8 @@ static const char arcee_preset[] =
     " \"train\": {\"optimizer\": \"mofo\", \"lr\": 1e-3, \"weight_decay\": 0.01, \"betas\": [0.9, 0.999],"
     "           \"eps\": 1e-8, \"mofo_alpha\": 0.3, \"mofo_scope\": \"source\", \"mofo_k\": \"floor\","
     "           \"mofo_decay\": \"all\", \"schedule\": \"constant\", \"warmup_under_constant\": false,"
-    "           \"epochs\": 1, \"batch_size\": 1, \"micro_batches\": 1, \"max_grad_norm\": 1.0}}";
+    "           \"epochs\": 1, \"batch_size\": 1, \"micro_batches\": 1, \"max_grad_norm\": 1.0,"
+    "           \"shuffle\": true, \"seed\": 42}}";
 
 static void apply_preset(DamConfig *c, cJSON *root) {
     const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, "preset");

@@ -56,6 +56,7 @@ typedef struct {
     int warmup, steps, epochs, batch_size, micro_batches, seq_len;
     float max_grad_norm;
     uint64_t seed;
+    int shuffle; /* train.shuffle: a seeded order per epoch, shared by the datasets (train.c: data_row) */
     /* parallel */
     int dp, pp, tp;
     const char *device;     /* "cpu" (default) or "cuda": the backend (DAM_BACKEND overrides) */

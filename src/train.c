@@ -39,8 +39,11 @@ typedef struct {
     float **mb_topk_val;
     int n_data; /* datasets: one per source model (not the base) */
     DamDataset data[DAM_MAX_SOURCES];
-    int64_t cursor[DAM_MAX_SOURCES]; /* next row of each dataset */
-    int T, B;                        /* tokens per row used, rows per micro-batch */
+    int64_t cursor[DAM_MAX_SOURCES]; /* next row of each dataset (rows consumed; shuffled: see data_row) */
+    /* train.shuffle: the order of epoch perm_epoch over shuffle_rows rows (the smallest dataset's) */
+    int64_t *perm, perm_epoch, shuffle_rows;
+    int in_eval; /* evaluation reads its rows in order */
+    int T, B;    /* tokens per row used, rows per micro-batch */
     int32_t *ids, *topk_idx;
     int8_t *mask;
     float *topk_val;
@@ -130,6 +133,9 @@ static void open_data(Trainer *tr) {
         dam_fail("%s: sequence length %d exceeds max_position_embeddings %d of %s", tr->data[0].path, tr->T,
                  mc->max_position_embeddings, c->models[0].path);
     tr->B = c->batch_size;
+    tr->shuffle_rows = INT64_MAX;
+    for (int k = 0; k < tr->n_data; k++)
+        tr->shuffle_rows = tr->data[k].n_rows < tr->shuffle_rows ? tr->data[k].n_rows : tr->shuffle_rows;
     int64_t steps_per_epoch = INT64_MAX;
     for (int k = 0; k < tr->n_data; k++) {
         int64_t s = tr->data[k].n_rows / ((int64_t)tr->B * c->micro_batches);
@@ -152,6 +158,27 @@ static void open_data(Trainer *tr) {
     }
 }
 
+/* The dataset row that cursor value `cur` reads. In order: cur mod rows. Shuffled (train.shuffle):
+ * epoch e = cur / R and position cur mod R of a permutation of R rows (R the smallest dataset's
+ * rows, so every dataset reads the same rows in the same step, as the reference's zipped rows),
+ * a pure function of (train.seed, e): a resume rebuilds it from the checkpoint's cursor. */
+static int64_t data_row(Trainer *tr, const DamDataset *d, int64_t cur) {
+    if (!tr->cfg.shuffle || tr->in_eval) return cur % d->n_rows;
+    int64_t R = tr->shuffle_rows, e = cur / R;
+    if (!tr->perm || e != tr->perm_epoch) {
+        if (!tr->perm) tr->perm = dam_malloc((size_t)R * sizeof(int64_t), "shuffle order");
+        dam_rng rng; /* Fisher-Yates over the identity */
+        dam_rng_seed(&rng, dam_hash64(&e, sizeof e, tr->cfg.seed ^ 0x5348554646ull));
+        for (int64_t i = 0; i < R; i++) tr->perm[i] = i;
+        for (int64_t i = R - 1; i > 0; i--) {
+            int64_t j = (int64_t)(dam_rng_u64(&rng) % (uint64_t)(i + 1)), t = tr->perm[i];
+            tr->perm[i] = tr->perm[j], tr->perm[j] = t;
+        }
+        tr->perm_epoch = e;
+    }
+    return tr->perm[cur % R];
+}
+
 /* Read the next micro-batch of dataset k into segment `seg` of tr->ids/mask (and the teacher
  * cache): rows are read at stride L and compacted in place to stride T (segments at B*T), moving
  * data only downwards, so earlier segments are never overwritten. */
@@ -161,7 +188,7 @@ static void next_batch(Trainer *tr, int k, int seg) {
     int32_t *ids = tr->ids + seg * B * L;
     int8_t *mask = tr->mask + seg * B * L;
     for (int64_t b = 0; b < B; b++) {
-        int64_t row = tr->cursor[k]++ % d->n_rows;
+        int64_t row = data_row(tr, d, tr->cursor[k]++);
         dataset_read_rows(d, row, 1, ids + b * L, mask + b * L);
         if (tr->topk_idx)
             dataset_read_topk(d, row, 1, tr->topk_idx + (seg * B + b) * L * Kc,
@@ -267,6 +294,7 @@ static double eval_kl(Trainer *tr, int k, int n_eval) {
     LossParams lp = tr->cfg.loss;
     lp.mse = 0, lp.entropy = 0, lp.kl = 1;
     tr->cursor[k] = first;
+    tr->in_eval = 1;
     for (int64_t r = 0; r + tr->B <= n_eval; r += tr->B) {
         next_batch(tr, k, 0);
         LossTerms lt;
@@ -275,6 +303,7 @@ static double eval_kl(Trainer *tr, int k, int n_eval) {
         kl += lt.kl * (double)lt.n_valid, tokens += lt.n_valid;
     }
     tr->cursor[k] = saved;
+    tr->in_eval = 0;
     return tokens ? kl / (double)tokens : NAN;
 }
 
@@ -524,6 +553,7 @@ static void trainer_free(Trainer *tr) {
     for (int i = 0; tr->mb_ids && i < tr->local_mb; i++)
         free(tr->mb_ids[i]), free(tr->mb_mask[i]), free(tr->mb_topk_idx[i]), free(tr->mb_topk_val[i]);
     free(tr->mb_ids), free(tr->mb_mask), free(tr->mb_topk_idx), free(tr->mb_topk_val);
+    free(tr->perm);
     for (int k = 0; k < tr->n_data; k++) dataset_close(&tr->data[k]);
     free(tr->ids), free(tr->mask), free(tr->topk_idx), free(tr->topk_val), free(tr->ckpt_dir);
     dam_model_close(&tr->model);
