@@ -261,6 +261,12 @@ DamTensor *dam_model_find(DamModel *m, const char *name) {
     return NULL;
 }
 
+void dam_model_fill_kind(DamModel *m, DamTensorKind kind, float value) {
+    for (int t = 0; t < m->n_tensors; t++)
+        if (m->tensors[t].kind == kind)
+            m->be->fill(m->ctx, m->tensors[t].c, value, (size_t)m->n_rows * m->tensors[t].dim);
+}
+
 void dam_model_refresh(DamModel *m) { /* one call over the whole block: f is element-wise */
     if (m->coef.n)
         m->be->coef_nonlin(m->ctx, m->coef.block[DAM_COEF_FC], m->coef.block[DAM_COEF_C], m->coef.n,

@@ -120,6 +120,9 @@ void dam_model_close(DamModel *m);
 DamTensor *dam_model_find(DamModel *m, const char *name);
 /* fc = f(c) for every tensor (after any change of c). */
 void dam_model_refresh(DamModel *m);
+/* Every coefficient of the tensors of one kind set to value (merge.bias_init "one": DT_BIAS, 1);
+ * f(c) is not refreshed. */
+void dam_model_fill_kind(DamModel *m, DamTensorKind kind, float value);
 /* Zero the gradient accumulators. */
 void dam_model_zero_grad(DamModel *m);
 /* Every gradient reduction of a step, in one place: the whole gradient block summed over the

@@ -75,9 +75,7 @@ static void init_coefficients(Trainer *tr) {
         output_load_coefficients(m, c->init_file);
     }
     if (c->bias_init == BIAS_INIT_ONE && c->init != INIT_FILE) /* the reference: dam.py:241 */
-        for (int t = 0; t < m->n_tensors; t++)
-            if (m->tensors[t].kind == DT_BIAS)
-                m->be->fill(m->ctx, m->tensors[t].c, 1.0f, (size_t)m->n_rows * m->tensors[t].dim);
+        dam_model_fill_kind(m, DT_BIAS, 1.0f);
     dam_model_refresh(m);
 }
 

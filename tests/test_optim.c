@@ -301,6 +301,29 @@ static void test_mofo_matches_reference(void **s) {
     dam_case_close(&dc);
 }
 
+/* merge.bias_init "one" on a model with biases (Qwen2's q/k/v): every bias coefficient of every
+ * source is 1 (the reference's dam.py:241), every other coefficient keeps its value; under tanh the
+ * merged bias then starts at tanh(1)·Σ_i b_i. */
+static void test_bias_init_one(void **s) {
+    (void)s;
+    DamCase dc;
+    dam_case_open(&dc, "qwen2base", "relu");
+    DamModel *m = &dc.m;
+    float *before = test_coef_get(m, DAM_COEF_C);
+    dam_model_fill_kind(m, DT_BIAS, 1.0f);
+    float *after = test_coef_get(m, DAM_COEF_C);
+    int biases = 0;
+    for (int t = 0; t < m->n_tensors; t++) {
+        const DamTensor *x = &m->tensors[t];
+        biases += x->kind == DT_BIAS;
+        for (size_t e = 0; e < (size_t)m->n_rows * x->dim; e++)
+            assert_true(after[x->coef_at + e] == (x->kind == DT_BIAS ? 1.0f : before[x->coef_at + e]));
+    }
+    assert_true(biases > 0);
+    free(before), free(after);
+    dam_case_close(&dc);
+}
+
 static void test_clip(void **s) {
     (void)s;
     DamCase dc;
@@ -335,6 +358,7 @@ int main(void) {
         cmocka_unit_test(test_kl_batchmean),
         cmocka_unit_test(test_frozen_kinds),
         cmocka_unit_test(test_mofo_matches_reference),
+        cmocka_unit_test(test_bias_init_one),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
