@@ -167,7 +167,7 @@ static void check_staging(void) {
         G_->download(gctx, got, DAM_F32, view, rows * cols);
         report(sdts[k] == DAM_F32 ? "upload_source f32 ld>cols, chunked: row stride"
                                   : "upload_source bf16 ld>cols, chunked: row stride",
-               s.ld == cols, (double)s.ld, 0, NULL);
+               s.ld == cols, 0, 0, s.ld == cols ? NULL : "the device copy is not contiguous rows");
         compare_host(sdts[k] == DAM_F32 ? "upload_source f32 ld>cols, chunked"
                                         : "upload_source bf16 ld>cols, chunked",
                      want, got, rows * cols, 1e-12);
@@ -177,7 +177,7 @@ static void check_staging(void) {
 }
 
 static void check_transfers(void) {
-    size_t n = 100003; /* more than one staging chunk is not needed here; odd on purpose */
+    size_t n = 100003; /* one staging chunk (check_staging takes several); odd on purpose */
     float *h = rand_host(n, 1.0f), *back = dam_malloc(n * sizeof(float), "check");
     DevBuf f = G_->alloc(gctx, n, DAM_F32, "f"), b = G_->alloc(gctx, n, DAM_BF16, "b"),
            f2 = G_->alloc(gctx, n, DAM_F32, "f2");
