@@ -12,6 +12,7 @@ static const char *g_section = NULL;
 const char *json_set_context(const char *file) {
     const char *prev = g_context;
     g_context = file ? file : "JSON";
+    g_section = NULL; /* a new file: no section of the previous one (e.g. after a refusal a test caught) */
     return prev;
 }
 

@@ -23,8 +23,9 @@ int json_opt_int(const cJSON *obj, const char *key, int def);
 double json_opt_number(const cJSON *obj, const char *key, double def);
 int json_opt_bool(const cJSON *obj, const char *key, int def);
 
-/* The file name used by the optional getters' messages (set by the caller before parsing a file).
- * Returns the previous one, so that a nested reader can put it back. */
+/* The file name used by the optional getters' messages (set by the caller before parsing a file;
+ * it also clears the section below). Returns the previous one, so that a nested reader can put it
+ * back. */
 const char *json_set_context(const char *file);
 
 /* The section ("train", "models[1]") that the optional getters' messages put before the key, so
