@@ -16,6 +16,7 @@ HDF5_LIBS ?= -L$(HDF5_DIR) -Wl,-rpath,$(HDF5_DIR) -lhdf5
 CJSON_INC ?= /usr/include/cjson
 CJSON_LIBS ?= -lcjson
 PCRE2_LIBS ?= -lpcre2-8
+UTF8PROC_LIBS ?= -lutf8proc
 # any CBLAS links (BLAS_LIBS=-lblis, -lmkl_rt, "-L/opt/openblas/lib -lopenblas", ...): OpenBLAS's own
 # functions are looked up at run time
 BLAS_LIBS ?= -lopenblas
@@ -31,8 +32,8 @@ BUILD     ?= build
 OPT       ?= -O3 -march=$(MARCH) -ffp-contract=off
 CFLAGS    ?= $(OPT) -g
 CFLAGS    += $(CFLAGS_EXTRA) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -fno-strict-aliasing \
-             -Isrc -Impi -I$(HDF5_INC) -I$(CJSON_INC)
-LDLIBS    := $(HDF5_LIBS) $(CJSON_LIBS) $(BLAS_LIBS) $(LAPACK_LIBS) $(PCRE2_LIBS) -lm -lpthread -ldl
+             -Isrc -Isrc/tokenizer -Impi -I$(HDF5_INC) -I$(CJSON_INC)
+LDLIBS    := $(HDF5_LIBS) $(CJSON_LIBS) $(BLAS_LIBS) $(LAPACK_LIBS) $(PCRE2_LIBS) $(UTF8PROC_LIBS) -lm -lpthread -ldl
 
 NVCC      := $(shell command -v nvcc 2>/dev/null || { test -x $(CUDA_HOME)/bin/nvcc && echo $(CUDA_HOME)/bin/nvcc; })
 
@@ -44,7 +45,7 @@ VERSION_DEFS := -DDAM_VERSION='"$(DAM_VERSION)"' -DDAM_GIT_COMMIT='"$(GIT_COMMIT
                 -DDAM_BUILD_CC='"$(strip $(CC))"' -DDAM_BUILD_MARCH='"$(MARCH)"' \
                 -DDAM_BUILD_BLAS='"$(strip $(BLAS_LIBS))"' -DDAM_BUILD_LAPACK='"$(strip $(LAPACK_LIBS))"'
 
-LIB_SRC   := $(filter-out src/main.c,$(wildcard src/*.c)) $(wildcard mpi/*.c)
+LIB_SRC   := $(filter-out src/main.c,$(wildcard src/*.c)) $(wildcard src/tokenizer/*.c) $(wildcard mpi/*.c)
 LIB_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(LIB_SRC))
 TEST_SRC  := $(wildcard tests/test_*.c)
 TEST_BIN  := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
@@ -99,7 +100,7 @@ info:
 	@echo "  MPI         = $(shell $(CC) --showme:version 2>/dev/null || $(CC) -show 2>/dev/null | cut -c1-60 || echo unknown)"
 	@echo "  HDF5_DIR    = $(HDF5_DIR)$(if $(wildcard $(HDF5_DIR)/libhdf5.so $(HDF5_DIR)/libhdf5.a),, (no libhdf5 there!))"
 	@echo "  HDF5_INC    = $(HDF5_INC)$(if $(wildcard $(HDF5_INC)/hdf5.h),, (no hdf5.h there!))"
-	@echo "  CJSON_INC   = $(CJSON_INC)   CJSON_LIBS = $(CJSON_LIBS)   PCRE2_LIBS = $(PCRE2_LIBS)"
+	@echo "  CJSON_INC   = $(CJSON_INC)   CJSON_LIBS = $(CJSON_LIBS)   PCRE2_LIBS = $(PCRE2_LIBS)   UTF8PROC_LIBS = $(UTF8PROC_LIBS)"
 	@echo "  BLAS_LIBS   = $(BLAS_LIBS)   LAPACK_LIBS = $(LAPACK_LIBS)"
 	@echo "  MARCH       = $(MARCH)   (OPT = $(OPT))"
 	@echo "  CUDA        = $(CUDA) (CUDA backend built: $(CUDA_BUILT); cuda/cuda.mk: $(if $(wildcard cuda/cuda.mk),present,absent); nvcc: $(or $(NVCC),not found))"
@@ -187,16 +188,17 @@ bench: $(DEPS) dam_dist $(BENCH_BIN)
 fixtures:
 	python3 tests/fixtures/make_model_fixtures.py
 	python3 tests/fixtures/make_tokenizer_fixtures.py
+	python3 tests/fixtures/make_nfc_fixtures.py
 
 format:
-	clang-format -i src/*.c src/*.h mpi/*.c mpi/*.h tests/*.c tests/*.h bench/*.c cuda/*.cu cuda/*.cuh cuda/*.h tests/cuda/*.c 2>/dev/null || true
+	clang-format -i src/*.c src/*.h src/tokenizer/*.c src/tokenizer/*.h mpi/*.c mpi/*.h tests/*.c tests/*.h bench/*.c cuda/*.cu cuda/*.cuh cuda/*.h tests/cuda/*.c 2>/dev/null || true
 
 format-check:
-	clang-format --dry-run --Werror src/*.c src/*.h mpi/*.c mpi/*.h tests/*.c tests/*.h bench/*.c cuda/*.cu cuda/*.cuh cuda/*.h tests/cuda/*.c
+	clang-format --dry-run --Werror src/*.c src/*.h src/tokenizer/*.c src/tokenizer/*.h mpi/*.c mpi/*.h tests/*.c tests/*.h bench/*.c cuda/*.cu cuda/*.cuh cuda/*.h tests/cuda/*.c
 
 cppcheck:
 	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability --inline-suppr -D__GNUC__ \
-	  --suppress=missingIncludeSystem -Isrc -Impi src mpi
+	  --suppress=missingIncludeSystem -Isrc -Isrc/tokenizer -Impi src mpi
 
 FUZZ_CC    ?= clang
 FUZZ_FLAGS := -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \

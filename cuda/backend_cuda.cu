@@ -70,6 +70,9 @@ extern "C" int dam_cuda_device(BackendCtx *ctx) { return ctx->device; }
 /* ---------------------------------------------------------------- memory */
 
 static DevBuf cu_alloc(BackendCtx *ctx, size_t n, dam_dtype dtype, const char *what) {
+    if (dtype != DAM_F32 && dtype != DAM_BF16 && dtype != DAM_I32)
+        dam_fail("cuda alloc of %s: dtype %s is not F32, BF16 or I32", what, dam_dtype_name(dtype));
+    if (n > SIZE_MAX / dam_dtype_size(dtype)) dam_fail("cuda alloc of %s: %zu elements overflow", what, n);
     size_t bytes = n * dam_dtype_size(dtype);
     DevBuf b = {NULL, n, dtype, DAM_DEVICE_CUDA};
     cudaError_t rc = cudaMalloc(&b.ptr, bytes ? bytes : 256);
@@ -87,7 +90,7 @@ static DevBuf cu_alloc(BackendCtx *ctx, size_t n, dam_dtype dtype, const char *w
 static void cu_free(BackendCtx *ctx, DevBuf *b) {
     (void)ctx;
     if (b->ptr) CUDA_CHECK(cudaFree(b->ptr)); /* cudaFree waits for the device: no use is pending */
-    b->ptr = NULL;
+    b->ptr = NULL, b->n = 0;                  /* as the CPU backend leaves a freed buffer */
 }
 
 /* ---------------------------------------------------------------- transfers through pinned staging */

@@ -3,9 +3,9 @@
  * Row-major X[r, c] is column-major Xᵀ with leading dimension c, so each row-major product is
  * computed as its transpose in column-major (Cᵀ = Bᵀ·Aᵀ). dtypes:
  *  - every operand F32: an exact fp32 GEMM (CUBLAS_COMPUTE_32F, no TF32), the reference path;
- *  - any input BF16: the F32 inputs are rounded to BF16 in scratch (e.g. dL/dz of the lm_head) and
- *    the product runs on the tensor cores in bf16 with fp32 accumulation; the output keeps its own
- *    dtype (BF16 or F32). */
+ *  - any operand BF16 (an input or the output): the F32 inputs are rounded to BF16 in scratch (e.g.
+ *    dL/dz of the lm_head) and the product runs on the tensor cores in bf16 with fp32 accumulation;
+ *    the output keeps its own dtype (BF16 or F32). cublasGemmEx offers no F32 x F32 -> BF16. */
 #pragma once
 
 #include "common.cuh"
@@ -35,8 +35,14 @@ static void gemm_cm(BackendCtx *ctx, const char *op, DevBuf c, DevBuf a, size_t 
     need_n(c, (size_t)m * n, op, "output");
     need_n(a, a_n, op, "first input");
     need_n(b, b_n, op, "second input");
-    int bf16 = a.dtype == DAM_BF16 || b.dtype == DAM_BF16;
-    scratch_reserve(ctx, bf16 ? align256(a_n * 2) + align256(b_n * 2) + 512 : 0);
+    /* cublasGemmEx has no F32 x F32 -> BF16 combination (CUBLAS_STATUS_NOT_SUPPORTED): a BF16 output
+     * makes the product a bf16 one too (F32 inputs rounded in scratch), as a BF16 input does. */
+    int bf16 = a.dtype == DAM_BF16 || b.dtype == DAM_BF16 || c.dtype == DAM_BF16;
+    /* scratch only for the F32 inputs a bf16 product rounds (both inputs BF16, the usual case, need
+     * none: reserving for them cost the size of both operands, 2.6 GB for a 70B lm_head shard) */
+    size_t conv = (bf16 && a.dtype != DAM_BF16 ? align256(a_n * 2) : 0) +
+                  (bf16 && b.dtype != DAM_BF16 ? align256(b_n * 2) : 0);
+    scratch_reserve(ctx, conv ? conv + 512 : 0);
     const void *pa = gemm_operand(ctx, a, a_n, bf16), *pb = gemm_operand(ctx, b, b_n, bf16);
     cudaDataType_t ab = bf16 ? CUDA_R_16BF : CUDA_R_32F;
     float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;

@@ -5,9 +5,11 @@
 # `dam_dist plan --config CONFIG --ranks 8 --device cuda --gpu-mem 80`, then
 # `sbatch jobs/merge_llama8b.sh`. The same script runs configs/mistral7b-ja-math.json:
 # `CONFIG=configs/mistral7b-ja-math.json sbatch jobs/merge_llama8b.sh`.
-# Until the CUDA backend lands (README "Status"), the ranks compute on the CPUs of their node.
+# The config selects the CUDA backend ("device": "cuda"; dam_dist built with `make CUDA=1`), one GPU
+# per rank. That backend is compiled in CI but has not yet run on a GPU (README "Status"); with
+# "device": "cpu" the ranks compute on the CPUs of their node.
 #
-# Stops and requeues (the same in every script of jobs/):
+# Stops and requeues (jobs/dam_job.sh, shared by every script of jobs/):
 #   - Slurm sends SIGUSR1 to this shell T s before the time limit (--signal=B:USR1@T; `dam_dist
 #     plan` suggests T); the shell passes it to the launcher, every rank checkpoints at the next
 #     step boundary and dam_dist exits 75 ("stopped after a checkpoint, resume me"); the script then
@@ -53,13 +55,10 @@ export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}} #
 export SRUN_CPUS_PER_TASK=${SLURM_CPUS_PER_TASK:-1} # srun does not inherit --cpus-per-task (Slurm >= 22.05)
 
 # ---------------------------------------------------------------- checks before the launch
-say() { echo "job: $(date '+%F %T') $*"; }
-if [ -z "$DAM_DIST" ]; then
-  for b in "$DAM_HOME/dam_dist" "$DAM_HOME/../../bin/dam_dist" "$(command -v dam_dist)"; do
-    [ -n "$b" ] && [ -x "$b" ] && { DAM_DIST=$b; break; }
-  done
-fi
-[ -n "$DAM_DIST" ] && [ -x "$DAM_DIST" ] || { say "error: no dam_dist binary (set DAM_DIST)"; exit 1; }
+[ -f "$DAM_HOME/jobs/dam_job.sh" ] || { echo "job: error: no $DAM_HOME/jobs/dam_job.sh (set DAM_HOME)"; exit 1; }
+# shellcheck source=jobs/dam_job.sh
+. "$DAM_HOME/jobs/dam_job.sh"
+dam_job_find_binary
 [ -f "$CONFIG" ] || { say "error: no config $CONFIG (set CONFIG or DAM_HOME)"; exit 1; }
 if grep -q '/path/to/' "$CONFIG"; then
   say "error: $CONFIG still has /path/to/ placeholders: write your model, dataset and output paths into it"; exit 1
@@ -71,46 +70,5 @@ say "job ${SLURM_JOB_ID:-(no Slurm)} on ${SLURM_JOB_NODELIST:-$(hostname)}, star
 RUN_CONFIG=$CONFIG
 out_args=()
 [ -n "$OUT" ] && out_args=(--out "$OUT")
-# ---------------------------------------------------------------- launch, stop, requeue
-if [ "$LAUNCHER" = auto ]; then
-  if [ -n "${SLURM_JOB_ID:-}" ]; then LAUNCHER=srun; elif [ "$RANKS" -gt 1 ]; then LAUNCHER=mpirun; else LAUNCHER=none; fi
-fi
-case "$LAUNCHER" in
-  srun)   launch=(srun --mpi=pmix) ;;                        # srun forwards SIGUSR1 to every task
-  mpirun) launch=(mpirun); [ -n "${SLURM_JOB_ID:-}" ] || launch+=(-n "$RANKS")  # under Slurm: the allocation
-          # shellcheck disable=SC2206
-          launch+=($MPIRUN_ARGS) ;;                          # mpirun forwards SIGUSR1 to every rank
-  none)   launch=() ;;
-  *)      say "error: LAUNCHER is '$LAUNCHER': expected auto, srun, mpirun or none"; exit 1 ;;
-esac
-pid='' stop=0 term=0
-# Slurm's B: signal reaches only this shell: pass SIGUSR1 on to the launcher, which passes it to
-# every rank. SIGTERM is not passed on: Slurm sends it to the ranks itself, and srun given SIGTERM
-# kills its tasks at once, without a checkpoint.
-on_usr1() { stop=1; say "SIGUSR1: asking dam_dist to checkpoint and stop"; [ -n "$pid" ] && kill -USR1 "$pid" 2>/dev/null; }
-on_term() { term=1; say "SIGTERM (scancel, the time limit or scontrol requeue): the ranks checkpoint if they can"; }
-trap on_usr1 USR1
-trap on_term TERM
-rc=75
-if [ "$stop" = 0 ]; then
-  # shellcheck disable=SC2086
-  "${launch[@]}" "$DAM_DIST" --config "$RUN_CONFIG" "${out_args[@]}" --resume auto $EXTRA_ARGS &
-  pid=$!
-  while kill -0 "$pid" 2>/dev/null; do wait "$pid"; done  # a trapped signal ends `wait` early: wait again
-  wait "$pid"; rc=$?
-fi
-case "$rc" in
-  0) say "finished: the merged model is in ${OUT:-output.dir of the config}"; exit 0 ;;
-  75)
-    if [ "$term" = 1 ]; then
-      say "stopped by Slurm with a checkpoint (exit 75); not requeued by this script: a 'scontrol requeue' resumes by itself, after scancel submit this script again"
-    elif [ -n "${SLURM_JOB_ID:-}" ] && [ "${SLURM_RESTART_COUNT:-0}" -lt "$MAX_REQUEUES" ]; then
-      say "stopped with a checkpoint (exit 75): requeueing job $SLURM_JOB_ID, it resumes with --resume auto"
-      scontrol requeue "$SLURM_JOB_ID" && exit 0
-      say "scontrol requeue failed: submit this script again to resume"
-    else
-      say "stopped with a checkpoint (exit 75): run this script again to resume"
-    fi
-    exit 75 ;;
-  *) say "error: dam_dist exited with status $rc (its last line says why)"; exit "$rc" ;;
-esac
+# ---------------------------------------------------------------- launch, stop, requeue (jobs/dam_job.sh)
+dam_job_launch "$RUN_CONFIG" "${out_args[@]}"

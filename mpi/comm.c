@@ -16,6 +16,15 @@ static void abort_all_ranks(int status) {
     _exit(status); /* no exit handlers after an error (see util.c) */
 }
 
+/* The end of a failure that every rank saw alike (comm_fail_on_root). */
+static DAM_NORETURN void finalize_and_exit(int status) {
+    fflush(NULL);
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (!finalized) MPI_Finalize();
+    _exit(status);
+}
+
 void dam_mpi_fail(const char *call, int rc, const char *file, int line) {
     char msg[MPI_MAX_ERROR_STRING];
     int len = 0;
@@ -75,9 +84,13 @@ void comm_fail_on_root(int bad, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    if (comm_world_rank() == 0) dam_fail("%s", msg);
-    MPI_Barrier(MPI_COMM_WORLD); /* never completes: rank 0 aborts the job */
-    exit(1);
+    /* Every rank knows: no MPI_Abort (whose banner would bury the line, and which kills ranks
+     * mid-write); rank 0 prints, every rank finalizes and exits 1. */
+    if (comm_world_rank() == 0) {
+        dam_set_abort_hook(finalize_and_exit);
+        dam_fail("%s", msg);
+    }
+    finalize_and_exit(1);
 }
 
 void grid_init(ProcessGrid *g, int dp, int pp, int tp) {

@@ -66,7 +66,8 @@ void comm_wait(MPI_Request *req);
 void comm_bcast(const CommGroup *g, void *buf, size_t bytes, int root);
 void comm_barrier(const CommGroup *g);
 /* Fail with one line printed by world rank 0 only, when `bad` (which every rank computes alike):
- * the other ranks wait to be ended by rank 0's abort. */
+ * every rank then calls MPI_Finalize and exits with status 1 (no MPI_Abort, so no abort banner;
+ * Open MPI's mpirun still notes the nonzero exit unless run with -q, srun does not). */
 void comm_fail_on_root(int bad, const char *fmt, ...) DAM_PRINTF(2, 3);
 /* Logical OR of a flag over the group (errors). */
 int comm_any(const CommGroup *g, int flag);

@@ -29,7 +29,8 @@ typedef struct {
  * environment ("mpi" or "nccl") overrides. */
 void devcomm_init(DevComm *dc, const CommGroup *g, const Backend *be, BackendCtx *ctx, DamTransport t);
 void devcomm_free(DevComm *dc);
-/* In place over the group: buf[0..n) summed (F32 or BF16 buffers; sums in fp32). */
+/* In place over the group: buf[0..n) summed (F32 or BF16 buffers; MPI and host staging sum in fp32,
+ * NCCL sums a BF16 buffer in bf16, as tensor-parallel all-reduces of activations usually are). */
 void devcomm_allreduce_sum(DevComm *dc, DevBuf buf, size_t n);
 /* Point to point inside the group (pipeline activations and gradients): a blocking receive, and a
  * send that returns at once; devcomm_wait completes the send (req 0: none pending). */

@@ -90,9 +90,11 @@ NcclComm *nccl_comm_new(const CommGroup *g, BackendCtx *ctx) {
     }
     DAM_MPI_CHECK(MPI_Bcast(id, (int)sizeof id, MPI_BYTE, 0, g->comm));
     DAM_NCCL_CUDA_CHECK(c, cudaSetDevice(dam_cuda_device(ctx)));
-    DAM_NCCL_CHECK(c, ncclGroupStart()); /* two communicators from one thread: one group */
+    /* One after the other, [UP] then [DOWN] on every rank: each init blocks until the group has joined,
+     * so the same order everywhere cannot deadlock. (Grouped inits are meant for one thread driving
+     * several devices; two communicators of one device in one group is a case NCCL's documentation
+     * does not describe.) */
     for (int d = 0; d < 2; d++) DAM_NCCL_CHECK(c, ncclCommInitRank(&c->comm[d], g->size, id[d], g->rank));
-    DAM_NCCL_CHECK(c, ncclGroupEnd());
     for (int d = 0; d < 2; d++) {
         DAM_NCCL_CUDA_CHECK(c, cudaStreamCreateWithFlags(&c->send_stream[d], cudaStreamNonBlocking));
         DAM_NCCL_CUDA_CHECK(c, cudaEventCreateWithFlags(&c->ready[d], cudaEventDisableTiming));
@@ -122,12 +124,27 @@ void nccl_allreduce_sum(NcclComm *c, BackendCtx *ctx, DevBuf buf, size_t n) {
                                     ctx_stream(ctx)));
 }
 
+/* Whether slot s's last send has finished. cudaErrorNotReady is "not yet" (and is cleared from the
+ * runtime's last-error state, so that the backend's next launch check does not report it); any
+ * other error is a failure of the send (or of earlier work) and is reported here. */
+static int slot_idle(NcclComm *c, SendSlot *s) {
+    if (!s->used) return 1;
+    cudaError_t rc = cudaEventQuery(s->sent);
+    if (rc == cudaSuccess) return 1;
+    if (rc == cudaErrorNotReady) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    DAM_NCCL_CUDA_CHECK(c, rc);
+    return 0;
+}
+
 /* A slot of at least `bytes` whose previous send has finished: a free one, else a new one, else the
  * oldest after the context's stream waits for its send. */
 static SendSlot *send_slot(NcclComm *c, BackendCtx *ctx, int d, size_t bytes) {
     for (int i = 0; i < c->n_slots[d]; i++) {
         SendSlot *s = &c->slot[d][i];
-        if (s->bytes >= bytes && (!s->used || cudaEventQuery(s->sent) == cudaSuccess)) return s;
+        if (s->bytes >= bytes && slot_idle(c, s)) return s;
     }
     SendSlot *s;
     if (c->n_slots[d] < SEND_SLOTS) {

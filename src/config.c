@@ -78,15 +78,29 @@ static void parse_models(DamConfig *c, const cJSON *root) {
         if (!cJSON_IsObject(m)) dam_fail("%s: field '%s': expected an object", f, field);
         static const char *const keys[] = {"path", "dataset", "name", NULL};
         check_keys(m, f, field, keys);
-        c->models[i].path = resolve(f, json_get_string(m, "path", f, NULL));
-        c->models[i].dataset = resolve(f, json_get_string(m, "dataset", f, NULL));
+        json_set_section(field);
         const char *nm = json_opt_string(m, "name", NULL);
+        const cJSON *pv = cJSON_GetObjectItemCaseSensitive(m, "path");
+        const cJSON *dv = cJSON_GetObjectItemCaseSensitive(m, "dataset");
+        const char *shown = nm; /* the source as the user knows it: its name, else its directory */
+        if (!shown && cJSON_IsString(pv)) shown = pv->valuestring;
+        char who[320];
+        snprintf(who, sizeof who, "%s%s%s%s", field, shown ? " '" : "", shown ? shown : "", shown ? "'" : "");
+        if (!pv || cJSON_IsNull(pv))
+            dam_fail("%s: %s.path: missing (the Hugging Face model directory of source %s)", f, field, who);
+        if (!dv || cJSON_IsNull(dv))
+            dam_fail("%s: %s.dataset: missing (the HDF5 file that dam_dist prepare made for %s with its "
+                     "tokenizer)",
+                     f, field, who);
+        c->models[i].path = resolve(f, json_get_string(m, "path", f, field));
+        c->models[i].dataset = resolve(f, json_get_string(m, "dataset", f, field));
         if (!nm) {
             char *tmp = dam_strdup(c->models[i].path);
             c->models[i].name = dam_strdup(basename(tmp));
             free(tmp);
         } else
             c->models[i].name = dam_strdup(nm);
+        json_set_section(NULL); /* `field` goes out of scope */
     }
 }
 
@@ -95,6 +109,7 @@ static void parse_merge(DamConfig *c, const cJSON *root) {
     static const char *const keys[] = {"embeddings", "norms", "include_base", "nonlinearity", "init",
                                        "bias_init",  NULL};
     check_keys(s, c->file, "merge", keys);
+    json_set_section("merge");
     static const char *const bi[] = {"init", "one", NULL};
     c->bias_init = (BiasInit)pick(c->file, "merge.bias_init", json_opt_string(s, "bias_init", "init"), bi);
     c->embeddings = json_opt_bool(s, "embeddings", 1);
@@ -119,6 +134,7 @@ static void parse_loss(DamConfig *c, const cJSON *root) {
     static const char *const keys[] = {"kl",      "temperature", "similarity", "l1",           "l2", "mse",
                                        "entropy", "overlap",     "topk",       "kl_reduction", NULL};
     check_keys(s, c->file, "loss", keys);
+    json_set_section("loss");
     static const char *const red[] = {"token", "batchmean", NULL};
     c->loss.kl_batchmean =
         pick(c->file, "loss.kl_reduction", json_opt_string(s, "kl_reduction", "token"), red);
@@ -133,9 +149,10 @@ static void parse_loss(DamConfig *c, const cJSON *root) {
     c->loss.topk = json_opt_int(s, "topk", 0);
     if (c->loss.temperature <= 0) dam_fail("%s: field 'loss.temperature': expected > 0", c->file);
     if (c->loss.topk < 0) dam_fail("%s: field 'loss.topk': expected >= 0", c->file);
-    if (c->similarity < 0 || c->l1 < 0 || c->l2 < 0 || c->loss.mse < 0 || c->loss.entropy < 0 ||
-        c->overlap < 0)
-        dam_fail("%s: loss weights must be >= 0", c->file);
+    const char *const wn[] = {"similarity", "l1", "l2", "mse", "entropy", "overlap"};
+    const float wv[] = {c->similarity, c->l1, c->l2, c->loss.mse, c->loss.entropy, c->overlap};
+    for (int i = 0; i < 6; i++)
+        if (wv[i] < 0) dam_fail("%s: field 'loss.%s': expected a weight >= 0, got %g", c->file, wn[i], wv[i]);
 }
 
 static void parse_train(DamConfig *c, const cJSON *root) {
@@ -163,6 +180,7 @@ static void parse_train(DamConfig *c, const cJSON *root) {
                                        "shuffle",
                                        NULL};
     check_keys(s, f, "train", keys);
+    json_set_section("train");
     static const char *const scope[] = {"tensor", "source", NULL}, *const kk[] = {"ceil", "floor", NULL},
                              *const dec[] = {"selected", "all", NULL};
     c->mofo_scope = (MofoScope)pick(f, "train.mofo_scope", json_opt_string(s, "mofo_scope", "tensor"), scope);
@@ -195,9 +213,14 @@ static void parse_train(DamConfig *c, const cJSON *root) {
     c->seed = (uint64_t)json_opt_number(s, "seed", 1);
     c->shuffle = json_opt_bool(s, "shuffle", 0);
     if (c->lr <= 0) dam_fail("%s: field 'train.lr': expected > 0", f);
-    if (c->batch_size < 1 || c->micro_batches < 1 || c->epochs < 1 || c->steps < 0 || c->warmup < 0 ||
-        c->seq_len < 0)
-        dam_fail("%s: train: batch_size, micro_batches, epochs must be >= 1; steps, warmup, seq_len >= 0", f);
+    const char *const at_least_1[] = {"batch_size", "micro_batches", "epochs"};
+    const int v1[] = {c->batch_size, c->micro_batches, c->epochs};
+    for (int i = 0; i < 3; i++)
+        if (v1[i] < 1) dam_fail("%s: field 'train.%s': expected >= 1, got %d", f, at_least_1[i], v1[i]);
+    const char *const at_least_0[] = {"steps", "warmup", "seq_len"};
+    const int v0[] = {c->steps, c->warmup, c->seq_len};
+    for (int i = 0; i < 3; i++)
+        if (v0[i] < 0) dam_fail("%s: field 'train.%s': expected >= 0, got %d", f, at_least_0[i], v0[i]);
     if (c->mofo_alpha <= 0 || c->mofo_alpha > 1)
         dam_fail("%s: field 'train.mofo_alpha': expected in (0, 1]", f);
 }
@@ -207,6 +230,7 @@ static void parse_rest(DamConfig *c, const cJSON *root) {
     const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, "parallel");
     static const char *const pk[] = {"dp", "pp", "tp", "device", "transport", "keep_activations", NULL};
     check_keys(p, f, "parallel", pk);
+    json_set_section("parallel");
     c->dp = json_opt_int(p, "dp", 1), c->pp = json_opt_int(p, "pp", 0), c->tp = json_opt_int(p, "tp", 1);
     static const char *const dev[] = {"cpu", "cuda", NULL}, *const tr[] = {"auto", "mpi", "nccl", NULL};
     c->device = pick(f, "parallel.device", json_opt_string(p, "device", "cpu"), dev) ? "cuda" : "cpu";
@@ -220,12 +244,14 @@ static void parse_rest(DamConfig *c, const cJSON *root) {
     const cJSON *k = cJSON_GetObjectItemCaseSensitive(root, "checkpoint");
     static const char *const ck[] = {"dir", "every", "keep", NULL};
     check_keys(k, f, "checkpoint", ck);
+    json_set_section("checkpoint");
     c->ckpt_dir = resolve(f, json_opt_string(k, "dir", NULL));
     c->ckpt_every = json_opt_int(k, "every", 0);
     c->ckpt_keep = json_opt_int(k, "keep", 2);
     const cJSON *o = cJSON_GetObjectItemCaseSensitive(root, "output");
     static const char *const ok[] = {"dir", "dtype", "shard_size", "metrics", NULL};
     check_keys(o, f, "output", ok);
+    json_set_section("output");
     c->out_dir = resolve(f, json_opt_string(o, "dir", "out/merged"));
     const char *dt = json_opt_string(o, "dtype", "bfloat16");
     if (strcmp(dt, "bfloat16")) dam_fail("%s: field 'output.dtype': only \"bfloat16\" is supported", f);
@@ -342,6 +368,25 @@ static void flatten(const cJSON *v, const char *path, cJSON *out) {
     free(text);
 }
 
+/* Settings recorded since checkpoint format 2 was first written, with the value that reproduces the
+ * older behaviour: a checkpoint made before a key existed ran with that value, so "absent" there
+ * equals it here (a resume across an upgrade is not a change of settings). */
+static int later_key_at_old_default(const char *key, const char *value) {
+    static const char *const later[][2] = {
+        {"preset", NULL}, /* absent: no preset */
+        {"merge.bias_init", "\"init\""},
+        {"loss.kl_reduction", "\"token\""},
+        {"train.mofo_scope", "\"tensor\""},
+        {"train.mofo_k", "\"ceil\""},
+        {"train.mofo_decay", "\"selected\""},
+        {"train.warmup_under_constant", "true"},
+        {"train.shuffle", "false"},
+    };
+    for (size_t i = 0; i < sizeof later / sizeof later[0]; i++)
+        if (!strcmp(key, later[i][0])) return later[i][1] && !strcmp(value, later[i][1]);
+    return 0;
+}
+
 int config_diff(const char *a, const char *b, char *out, size_t cap) {
     cJSON *ja = cJSON_Parse(a), *jb = cJSON_Parse(b), *fa = cJSON_CreateObject(), *fb = cJSON_CreateObject();
     flatten(ja, "", fa), flatten(jb, "", fb);
@@ -351,6 +396,7 @@ int config_diff(const char *a, const char *b, char *out, size_t cap) {
         for (const cJSON *it = (pass ? fb : fa)->child; it; it = it->next) {
             const cJSON *other = cJSON_GetObjectItemCaseSensitive(pass ? fa : fb, it->string);
             if (pass && other) continue;
+            if (pass && later_key_at_old_default(it->string, it->valuestring)) continue;
             if (other && !strcmp(other->valuestring, it->valuestring)) continue;
             const char *va = pass ? "absent" : it->valuestring, *vb = pass ? it->valuestring : "absent";
             if (other) vb = other->valuestring;
@@ -407,6 +453,7 @@ void config_load(DamConfig *c, const char *path) {
     static const char *const top[] = {"base_model", "models", "merge",  "loss",    "train", "parallel",
                                       "checkpoint", "preset", "output", "comment", NULL};
     check_keys(root, path, "", top);
+    json_set_section(NULL);
     apply_preset(c, root);
     c->base_model = resolve(path, json_opt_string(root, "base_model", NULL));
     parse_models(c, root);
@@ -414,6 +461,7 @@ void config_load(DamConfig *c, const char *path) {
     parse_loss(c, root);
     parse_train(c, root);
     parse_rest(c, root);
+    json_set_section(NULL);
     if (c->include_base && !c->base_model)
         dam_fail("%s: field 'merge.include_base' is true but 'base_model' is not set", path);
     if (c->loss.topk > 0 && c->loss.mse > 0)

@@ -7,17 +7,65 @@
 #include "util.h"
 
 static const char *g_context = "JSON";
+static const char *g_section = NULL;
 
 const char *json_set_context(const char *file) {
     const char *prev = g_context;
     g_context = file ? file : "JSON";
+    g_section = NULL; /* a new file: no section of the previous one (e.g. after a refusal a test caught) */
     return prev;
+}
+
+const char *json_set_section(const char *section) {
+    const char *prev = g_section;
+    g_section = section && *section ? section : NULL;
+    return prev;
+}
+
+void json_line_column(const char *text, size_t offset, int *line, int *column) {
+    int l = 1, c = 1;
+    for (size_t i = 0; i < offset && text[i]; i++) {
+        if (text[i] == '\n')
+            l++, c = 1;
+        else if (((unsigned char)text[i] & 0xC0) != 0x80) /* count characters, not UTF-8 bytes */
+            c++;
+    }
+    *line = l, *column = c;
+}
+
+/* Whether text ends inside a string or with a bracket left open (a truncated file). */
+static int unclosed(const char *text, size_t n) {
+    int depth = 0, in_str = 0;
+    for (size_t i = 0; i < n; i++) {
+        char ch = text[i];
+        if (in_str) {
+            if (ch == '\\')
+                i++;
+            else if (ch == '"')
+                in_str = 0;
+        } else if (ch == '"')
+            in_str = 1;
+        else if (ch == '{' || ch == '[')
+            depth++;
+        else if (ch == '}' || ch == ']')
+            depth--;
+    }
+    return in_str || depth > 0;
 }
 
 cJSON *json_parse_text(const char *text, size_t n, const char *what) {
     const char *err = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(text, n, &err, 0);
-    if (!root) dam_fail("%s: malformed JSON near byte %zu", what, err ? (size_t)(err - text) : (size_t)0);
+    if (!root) {
+        size_t off = err && err >= text ? (size_t)(err - text) : 0;
+        if (off > n) off = n;
+        int line, col;
+        json_line_column(text, off, &line, &col);
+        const char *what_now = unclosed(text, n) ? "the text ends inside an object, array or string: a "
+                                                   "'}', ']' or '\"' missing?"
+                                                 : "a missing or extra ',', quote or bracket near there?";
+        dam_fail("%s:%d:%d: malformed JSON at line %d, column %d (%s)", what, line, col, line, col, what_now);
+    }
     return root;
 }
 
@@ -68,14 +116,14 @@ static const cJSON *optional(const cJSON *obj, const char *key) {
 const char *json_opt_string(const cJSON *obj, const char *key, const char *def) {
     const cJSON *it = optional(obj, key);
     if (!it) return def;
-    if (!cJSON_IsString(it)) wrong_type(g_context, NULL, key, "a string");
+    if (!cJSON_IsString(it)) wrong_type(g_context, g_section, key, "a string");
     return it->valuestring;
 }
 
 double json_opt_number(const cJSON *obj, const char *key, double def) {
     const cJSON *it = optional(obj, key);
     if (!it) return def;
-    if (!cJSON_IsNumber(it)) wrong_type(g_context, NULL, key, "a number");
+    if (!cJSON_IsNumber(it)) wrong_type(g_context, g_section, key, "a number");
     return it->valuedouble;
 }
 
@@ -83,14 +131,14 @@ int json_opt_int(const cJSON *obj, const char *key, int def) {
     const cJSON *it = optional(obj, key);
     if (!it) return def;
     if (!cJSON_IsNumber(it) || it->valuedouble != floor(it->valuedouble) || fabs(it->valuedouble) > 2.0e9)
-        wrong_type(g_context, NULL, key, "an integer");
+        wrong_type(g_context, g_section, key, "an integer");
     return (int)it->valuedouble;
 }
 
 int json_opt_bool(const cJSON *obj, const char *key, int def) {
     const cJSON *it = optional(obj, key);
     if (!it) return def;
-    if (!cJSON_IsBool(it)) wrong_type(g_context, NULL, key, "true or false");
+    if (!cJSON_IsBool(it)) wrong_type(g_context, g_section, key, "true or false");
     return cJSON_IsTrue(it);
 }
 
@@ -109,6 +157,6 @@ int json_get_int_range(const cJSON *obj, const char *key, int lo, int hi, const 
 
 int json_opt_int_range(const cJSON *obj, const char *key, int def, int lo, int hi) {
     int v = json_opt_int(obj, key, def);
-    if (v < lo || v > hi) out_of_range(g_context, NULL, key, v, lo, hi);
+    if (v < lo || v > hi) out_of_range(g_context, g_section, key, v, lo, hi);
     return v;
 }

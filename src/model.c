@@ -436,7 +436,8 @@ static int workspace_specs(const ModelConfig *c, int last, size_t BT, int T, str
     SPEC(ws->ids_local, BT, BUF_HOST_I32), SPEC(ws->valid, BT, BUF_HOST_I32);
     if (!last) return n;
     ACT(ws->hid, BT * d), ACT(ws->hid_t, BT * d);
-    ACT(ws->lm_w, V * d), ACT(ws->lm_t, V * d), ACT(ws->lm_G, V * d);
+    ACT(ws->lm_w, V * d), ACT(ws->lm_t, V * d);
+    F32(ws->lm_G, V * d); /* accumulated over loss chunks and segments: fp32, whatever the activations */
     ACT(ws->hc, LOSS_CHUNK * d), ACT(ws->htc, LOSS_CHUNK * d), ACT(ws->dhc, LOSS_CHUNK * d);
     F32(ws->z, LOSS_CHUNK * V), F32(ws->zt, LOSS_CHUNK * V), F32(ws->dz, LOSS_CHUNK * V);
     SPEC(ws->topk_idx, LOSS_CHUNK * V, BUF_I32), F32(ws->topk_val, LOSS_CHUNK * V);

@@ -370,10 +370,26 @@ static void build_rows(Rows *r, Tokenizer *t, const Examples *e, const int64_t *
 
 /* ---------------------------------------------------------------- the commands */
 
+/* --out's directory must exist before any work (tokenizing a large input first, then failing in
+ * an HDF5 call, wastes the time and names the wrong thing). */
+static void check_out_dir(const char *out) {
+    const char *slash = strrchr(out, '/');
+    if (!slash) return; /* the current directory */
+    char *dir = dam_strdup(out);
+    dir[slash == out ? 1 : slash - out] = 0;
+    if (!dam_is_dir(dir)) {
+        if (dam_file_exists(dir)) dam_fail("prepare: --out %s: %s is not a directory", out, dir);
+        dam_fail("prepare: --out %s: the directory %s does not exist (create it first, e.g. mkdir -p %s)",
+                 out, dir, dir);
+    }
+    free(dir);
+}
+
 int cmd_prepare(int argc, char **argv) {
     PrepareOptions o;
     parse_options(&o, argc, argv);
     if (comm_world_size() > 1 && comm_world_rank() != 0) return 0; /* a serial command: rank 0 works */
+    check_out_dir(o.out);
     double t0 = dam_now();
     Template tp = {0};
     if (o.template_src) template_compile(&tp, o.template_src);

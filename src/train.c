@@ -263,7 +263,8 @@ static void log_step(Trainer *tr, int step, const StepStats *st, float lr, doubl
     if (tr->cfg.loss.entropy > 0) printf(" | ent %.4g", st->entropy[0]);
     printf(" | sim %.5f", st->reg.similarity);
     if (tr->cfg.l1 > 0 || tr->cfg.l2 > 0) printf(" | l1 %.3g l2 %.3g", st->reg.l1, st->reg.l2);
-    printf(" | gnorm %.3g | lr %.2e | %.0f tok/s | ETA %s\n", st->grad_norm, lr, st->tokens / dt, eta);
+    printf(" | gnorm %.3g | lr %.2e | %lld tok/step | %.0f tok/s | ETA %s\n", st->grad_norm, lr,
+           (long long)st->tokens, st->tokens / dt, eta);
     fflush(stdout);
     if (!tr->metrics) return;
     FILE *f = tr->metrics;
@@ -329,8 +330,15 @@ static void eval_table(Trainer *tr, int n_eval) {
     printf("\nKL(source || merged) per token at temperature %.1f on the last %d rows of each dataset\n",
            tr->cfg.loss.temperature, n_eval);
     printf("%-16s %14s %14s %10s\n", "dataset", "DAM", "plain average", "DAM/avg");
-    for (int k = 0; k < tr->n_data; k++)
+    double sd = 0, sa = 0;
+    for (int k = 0; k < tr->n_data; k++) {
         printf("%-16s %14.6f %14.6f %10.3f\n", tr->cfg.models[k].name, dam[k], avg[k], dam[k] / avg[k]);
+        sd += dam[k], sa += avg[k];
+    }
+    double below = sa > 0 ? 100.0 * (sa - sd) / sa : 0;
+    printf("lower is better; summed over the datasets, DAM's KL is %.1f %% %s the plain average's (%.6f vs "
+           "%.6f)\n",
+           fabs(below), below >= 0 ? "below" : "above", sd, sa);
 }
 
 /* ---------------------------------------------------------------- checkpoints */
@@ -575,11 +583,13 @@ static int report_stop(Trainer *tr, const TrainArgs *a, int step, int sig) {
 
 static void print_run_header(const Trainer *tr) {
     if (!tr->root) return;
-    printf("dam_dist: %d sources (%s, %lld parameters per source), %d steps of %d x %d tokens x %d datasets, "
-           "layout dp=%d x pp=%d x tp=%d\n",
+    int mb = tr->cfg.micro_batches;
+    long long per_step = (long long)tr->n_data * tr->B * mb * tr->T;
+    printf("dam_dist: %d sources (%s, %lld parameters per source), %d steps of %lld tokens each "
+           "(%d datasets x batch_size %d x micro_batches %d x seq_len %d), layout dp=%d x pp=%d x tp=%d\n",
            tr->model.n_rows, tr->model.full_cfg.architecture,
-           (long long)hfconfig_num_params(&tr->model.full_cfg), tr->total_steps, tr->B, tr->T, tr->n_data,
-           tr->grid.dp, tr->grid.pp, tr->grid.tp);
+           (long long)hfconfig_num_params(&tr->model.full_cfg), tr->total_steps, per_step, tr->n_data, tr->B,
+           mb, tr->T, tr->grid.dp, tr->grid.pp, tr->grid.tp);
     const DamConfig *c = &tr->cfg;
     if (c->preset)
         printf("dam_dist: preset \"%s\" (every resolved setting is in the run's config)\n", c->preset);

@@ -70,23 +70,23 @@ done
 [ "$n" -ge 4 ] && ok "$n configs checked" || bad "only $n configs in configs/ (want the 70B, 8B, Mistral and toy ones)"
 
 # --- jobs/
-for j in "$ROOT"/jobs/*.sh; do
+for j in "$ROOT"/jobs/merge_*.sh; do
   b=jobs/$(basename "$j")
   bash -n "$j" || { bad "$b: bash syntax"; continue; }
   miss=""
   for want in '--signal=B:USR1@' '--requeue' '--output=' '--time=' '--open-mode=append'; do
     grep -q "^#SBATCH $want" "$j" || miss="$miss $want"
   done
-  grep -q 'scontrol requeue "$SLURM_JOB_ID"' "$j" || miss="$miss scontrol-requeue"
-  grep -q -- '--resume auto' "$j" || miss="$miss --resume-auto"
-  [ -z "$miss" ] && ok "$b: syntax, #SBATCH --signal=B:USR1@T --requeue, --resume auto, self-requeue" || bad "$b: missing$miss"
+  [ -z "$miss" ] && ok "$b: syntax, #SBATCH --signal=B:USR1@T --requeue --output --time --open-mode" || bad "$b: missing$miss"
 done
-block() { sed -n '/^# -* launch, stop, requeue$/,$p' "$1"; }
-block "$ROOT/jobs/merge_toy.sh" > "$T/block.toy"
-[ -s "$T/block.toy" ] || bad "jobs/merge_toy.sh: no launch, stop, requeue block"
-for j in merge_llama70b merge_llama8b; do
-  if block "$ROOT/jobs/$j.sh" | cmp -s - "$T/block.toy"; then ok "jobs/$j.sh: same launch/stop/requeue block as merge_toy.sh"
-  else bad "jobs/$j.sh: its launch/stop/requeue block differs from merge_toy.sh's"; fi
+bash -n "$ROOT/jobs/dam_job.sh" && grep -q 'scontrol requeue "$SLURM_JOB_ID"' "$ROOT/jobs/dam_job.sh" \
+  && grep -q -- '--resume auto' "$ROOT/jobs/dam_job.sh" && grep -q 'kill -USR1 "$pid"' "$ROOT/jobs/dam_job.sh" \
+  && ok "jobs/dam_job.sh: syntax, --resume auto, SIGUSR1 passed on, self-requeue" || bad "jobs/dam_job.sh: protocol incomplete"
+# the launch/stop/requeue protocol lives once, in jobs/dam_job.sh, which every job sources
+for j in merge_toy merge_llama70b merge_llama8b; do
+  if grep -q '^\. "$DAM_HOME/jobs/dam_job.sh"$' "$ROOT/jobs/$j.sh" && grep -q '^dam_job_launch ' "$ROOT/jobs/$j.sh" \
+     && ! grep -v '^#' "$ROOT/jobs/$j.sh" | grep -q 'kill -USR1'; then ok "jobs/$j.sh: launches through jobs/dam_job.sh"
+  else bad "jobs/$j.sh: does not launch through jobs/dam_job.sh (or keeps its own signal handling)"; fi
 done
 for j in merge_llama70b merge_llama8b; do
   out=$(DAM_DIST="$BIN" bash "$ROOT/jobs/$j.sh" 2>&1); rc=$?
@@ -97,7 +97,7 @@ for j in merge_llama70b merge_llama8b; do
   fi
 done
 if command -v shellcheck > /dev/null; then
-  if shellcheck -S warning "$ROOT"/jobs/*.sh "$ROOT"/slurm/local.sh > "$T/sc" 2>&1; then ok "shellcheck -S warning jobs/*.sh slurm/local.sh"
+  if shellcheck -x -S warning "$ROOT"/jobs/*.sh "$ROOT"/slurm/local.sh > "$T/sc" 2>&1; then ok "shellcheck -S warning jobs/*.sh slurm/local.sh"
   else bad "shellcheck: $(head -20 "$T/sc")"; fi
 fi
 

@@ -116,5 +116,16 @@ expect_error "unsupported model" "unsupported tokenizer model WordPiece" -- --to
 expect_error "unsupported model names file" "wordpiece/tokenizer.json" -- --tokenizer "$FIX/tokenizers/wordpiece" --input "$CORPUS" --field text
 expect_error "missing input" "nope.jsonl: input file not found" -- --tokenizer "$SPM" --input "$T/nope.jsonl" --field text
 
+# --out into a missing directory: said before any work (the tokenizer is not even loaded), not an HDF5 call
+"$BIN" prepare --tokenizer "$T/no_tokenizer_here" --input "$T/missing.jsonl" --field text --seq-len 16 \
+  --out "$T/nodir/sub/x.h5" >"$T/out" 2>"$T/err"
+rc=$?
+if [ $rc -eq 1 ] && [ "$(grep -c '' "$T/err")" -eq 1 ] && grep -qF "the directory $T/nodir/sub does not exist" "$T/err" \
+   && ! grep -q HDF5 "$T/err" && [ ! -e "$T/nodir" ]; then
+  ok "--out into a missing directory: $(cat "$T/err")"
+else
+  bad "--out into a missing directory (rc $rc): $(cat "$T/err")"
+fi
+
 echo "cli_prepare: $fails failure(s)"
 [ "$fails" -eq 0 ]

@@ -51,7 +51,7 @@ mk() { # mk NAME SED-EXPR : a copy of the tiny config with one edit
   sed "$2" "$T/tiny/config.json" > "$T/tiny/$1.json"
 }
 printf '{"models": [' > "$T/tiny/malformed.json"
-expect_error "malformed config" "malformed.json" "$T/tiny/malformed.json"
+expect_error "malformed config (line and column)" "malformed.json:1:12: malformed JSON at line 1, column 12" "$T/tiny/malformed.json"
 echo '{"merge": {}}' > "$T/tiny/nomodels.json"
 expect_error "missing required field" "models" "$T/tiny/nomodels.json"
 mk typo 's/"temperature"/"temprature"/'

@@ -4,7 +4,8 @@
  * a config.json string) with one thing broken — and checks what a user sees: the process exited
  * normally (no signal), with status 1, and stderr is exactly one line containing "error:" and the
  * name of the bad file, tensor or field. A valid directory is inspected first, so that a binary
- * refusing everything cannot pass. */
+ * refusing everything cannot pass. The run config's refusals go through `$DAM_BIN --config FILE`
+ * (test_config_*). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -298,16 +299,97 @@ static void test_sources_disagree(void **state) {
     done(a), done(b);
 }
 
+/* Run configs (dam_dist --config FILE): refused while the file is read, before any model is opened,
+ * with the field's full path, the allowed values, or the line and column of a syntax error. */
+static void assert_config_refused(const char *text, const char *want1, const char *want2) {
+    char *dir = test_tmpdir();
+    char *cfg = write_text(dir, "run.json", text);
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "%s --config %s --out %s/out", test_dam_bin(), cfg, dir);
+    static TestRun r;
+    test_run(&r, cmd);
+    printf("  %s", r.err);
+    assert_true(r.exited);
+    assert_int_equal(r.status, 1);
+    assert_int_equal(test_count_lines(r.err), 1);
+    assert_non_null(strstr(r.err, "error:"));
+    assert_non_null(strstr(r.err, cfg));
+    assert_non_null(strstr(r.err, want1));
+    if (want2) assert_non_null(strstr(r.err, want2));
+    free(cfg);
+    done(dir);
+}
+
+static void test_config_missing_dataset(void **state) {
+    (void)state;
+    assert_config_refused("{\"models\": [{\"path\": \"a\", \"dataset\": \"a.h5\"}, {\"path\": \"b\"}]}",
+                          "models[1].dataset: missing", "dam_dist prepare made for models[1] 'b'");
+    assert_config_refused("{\"models\": [{\"dataset\": \"a.h5\", \"name\": \"ja\"}]}",
+                          "models[0].path: missing", "models[0] 'ja'");
+    assert_config_refused("{\"models\": [{\"path\": \"a\", \"dataset\": 3}]}", "field 'models[0].dataset'",
+                          "expected a string");
+}
+
+static void test_config_field_paths(void **state) {
+    (void)state;
+    const char *m = "{\"models\": [{\"path\": \"a\", \"dataset\": \"a.h5\"}], ";
+    char text[512];
+    snprintf(text, sizeof text, "%s\"train\": {\"lr\": \"big\"}}", m);
+    assert_config_refused(text, "field 'train.lr': expected a number", NULL);
+    snprintf(text, sizeof text, "%s\"train\": {\"batch_size\": 0}}", m);
+    assert_config_refused(text, "field 'train.batch_size': expected >= 1, got 0", NULL);
+    snprintf(text, sizeof text, "%s\"loss\": {\"l1\": -1}}", m);
+    assert_config_refused(text, "field 'loss.l1'", ">= 0");
+    snprintf(text, sizeof text, "%s\"parallel\": {\"dp\": \"2\"}}", m);
+    assert_config_refused(text, "field 'parallel.dp': expected an integer", NULL);
+    snprintf(text, sizeof text, "%s\"merge\": {\"norms\": 1}}", m);
+    assert_config_refused(text, "field 'merge.norms': expected true or false", NULL);
+}
+
+static void test_config_allowed_values(void **state) {
+    (void)state;
+    const char *m = "{\"models\": [{\"path\": \"a\", \"dataset\": \"a.h5\"}], ";
+    char text[512];
+    snprintf(text, sizeof text, "%s\"merge\": {\"nonlinearity\": \"x\"}}", m);
+    assert_config_refused(text, "field 'merge.nonlinearity': unknown value 'x'",
+                          "(allowed: \"none\", \"tanh\", \"sigmoid\", \"relu\")");
+    snprintf(text, sizeof text, "%s\"parallel\": {\"device\": \"gpu\"}}", m);
+    assert_config_refused(text, "field 'parallel.device': unknown value 'gpu'", "\"cpu\", \"cuda\"");
+    snprintf(text, sizeof text, "%s\"parallel\": {\"transport\": \"tcp\"}}", m);
+    assert_config_refused(text, "field 'parallel.transport'", "\"auto\", \"mpi\", \"nccl\"");
+    snprintf(text, sizeof text, "%s\"parallel\": {\"keep_activations\": \"lots\"}}", m);
+    assert_config_refused(text, "field 'parallel.keep_activations'", "\"256MB\" or \"0\"");
+}
+
+static void test_config_malformed_line_column(void **state) {
+    (void)state;
+    /* a missing comma: cJSON stops at the '"' of "dataset" on line 2, column 29 */
+    assert_config_refused("{\"models\": [\n  {\"path\": \"a\", \"name\": \"x\" \"dataset\": \"a.h5\"}]}\n",
+                          "run.json:2:29: malformed JSON at line 2, column 29", NULL);
+    assert_config_refused("{\"models\": [\n  {\"path\": \"a\"", "run.json:2:", "ends inside an object");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_valid_model_accepted),     cmocka_unit_test(test_truncated_safetensors),
-        cmocka_unit_test(test_header_length_past_end),   cmocka_unit_test(test_offsets_out_of_range),
-        cmocka_unit_test(test_overlapping_offsets),      cmocka_unit_test(test_unknown_dtype),
-        cmocka_unit_test(test_missing_tensor),           cmocka_unit_test(test_wrong_shape),
-        cmocka_unit_test(test_malformed_config),         cmocka_unit_test(test_missing_required_field),
-        cmocka_unit_test(test_unsupported_architecture), cmocka_unit_test(test_pickle_only_directory),
-        cmocka_unit_test(test_empty_directory),          cmocka_unit_test(test_index_names_absent_tensor),
+        cmocka_unit_test(test_valid_model_accepted),
+        cmocka_unit_test(test_truncated_safetensors),
+        cmocka_unit_test(test_header_length_past_end),
+        cmocka_unit_test(test_offsets_out_of_range),
+        cmocka_unit_test(test_overlapping_offsets),
+        cmocka_unit_test(test_unknown_dtype),
+        cmocka_unit_test(test_missing_tensor),
+        cmocka_unit_test(test_wrong_shape),
+        cmocka_unit_test(test_malformed_config),
+        cmocka_unit_test(test_missing_required_field),
+        cmocka_unit_test(test_unsupported_architecture),
+        cmocka_unit_test(test_pickle_only_directory),
+        cmocka_unit_test(test_empty_directory),
+        cmocka_unit_test(test_index_names_absent_tensor),
         cmocka_unit_test(test_sources_disagree),
+        cmocka_unit_test(test_config_missing_dataset),
+        cmocka_unit_test(test_config_field_paths),
+        cmocka_unit_test(test_config_allowed_values),
+        cmocka_unit_test(test_config_malformed_line_column),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -12,6 +12,7 @@
 #include <cmocka.h>
 
 #include "checkpoint.h"
+#include "config.h"
 #include "test_util.h"
 #include "test_dam.h"
 
@@ -207,12 +208,35 @@ static void test_wrong_sources_refused(void **s) {
     free(dir);
 }
 
+/* A checkpoint recorded before a setting existed resumes as unchanged when this run has the value
+ * that reproduces the old behaviour, and as changed when it has another; real changes still count. */
+static void test_config_diff_across_versions(void **s) {
+    (void)s;
+    char out[1024];
+    const char *old = "{\"merge\":{\"nonlinearity\":\"none\"},\"train\":{\"lr\":0.001}}";
+    const char *same =
+        "{\"merge\":{\"nonlinearity\":\"none\",\"bias_init\":\"init\"},\"train\":{\"lr\":0.001,"
+        "\"mofo_scope\":\"tensor\",\"mofo_k\":\"ceil\",\"mofo_decay\":\"selected\","
+        "\"warmup_under_constant\":true,\"shuffle\":false},\"loss\":{\"kl_reduction\":\"token\"}}";
+    assert_int_equal(config_diff(old, same, out, sizeof out), 0);
+    const char *other = "{\"merge\":{\"nonlinearity\":\"none\"},\"train\":{\"lr\":0.001,\"shuffle\":true}}";
+    assert_int_equal(config_diff(old, other, out, sizeof out), 1);
+    assert_non_null(strstr(out, "train.shuffle (absent -> true)"));
+    const char *lr = "{\"merge\":{\"nonlinearity\":\"none\"},\"train\":{\"lr\":0.002}}";
+    assert_int_equal(config_diff(old, lr, out, sizeof out), 1);
+    assert_non_null(strstr(out, "train.lr (0.001 -> 0.002)"));
+    const char *preset =
+        "{\"preset\":\"arcee\",\"merge\":{\"nonlinearity\":\"none\"},\"train\":{\"lr\":0.001}}";
+    assert_int_equal(config_diff(old, preset, out, sizeof out), 1);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip),
         cmocka_unit_test(test_list_orders_by_step),
         cmocka_unit_test(test_keep_newest),
         cmocka_unit_test(test_wrong_sources_refused),
+        cmocka_unit_test(test_config_diff_across_versions),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

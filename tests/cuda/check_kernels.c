@@ -133,8 +133,51 @@ static const char *dts(dam_dtype t) { return t == DAM_BF16 ? "bf16" : "f32"; }
 
 /* ---------------------------------------------------------------- transfers */
 
+/* Transfers larger than one pinned staging half (8 MiB): several chunks, both halves in turn, each
+ * refilled only after its previous copy; and upload_source of a row-strided slice (ld > cols) in
+ * chunks of whole rows, read back as the contiguous rows the device keeps. */
+static void check_staging(void) {
+    size_t n = 5000011; /* 20 MB of F32: three chunks */
+    float *h = rand_host(n, 1.0f), *back = dam_malloc(n * sizeof(float), "check");
+    DevBuf f = G_->alloc(gctx, n, DAM_F32, "f"), b = G_->alloc(gctx, n, DAM_BF16, "b");
+    G_->upload(gctx, f, h, DAM_F32, n);
+    G_->download(gctx, back, DAM_F32, f, n);
+    compare_host("upload/download f32, 3 staging chunks", h, back, n, 1e-12);
+    G_->upload(gctx, b, h, DAM_F32, n); /* converted on the host, chunk by chunk */
+    G_->download(gctx, back, DAM_F32, b, n);
+    for (size_t i = 0; i < n; i++) h[i] = bf16_round(h[i]);
+    compare_host("upload f32 -> bf16 buffer, chunked", h, back, n, 1e-12);
+    G_->free(gctx, &f), G_->free(gctx, &b);
+    free(h), free(back);
+    dam_dtype sdts[2] = {DAM_F32, DAM_BF16};
+    for (int k = 0; k < 2; k++) {
+        size_t rows = sdts[k] == DAM_F32 ? 2300 : 4500, cols = 1000, ld = 1024; /* two chunks of rows */
+        float *src = rand_host(rows * ld, 1.0f), *want = dam_malloc(rows * cols * sizeof(float), "check"),
+              *got = dam_malloc(rows * cols * sizeof(float), "check");
+        for (size_t r = 0; r < rows; r++)
+            for (size_t j = 0; j < cols; j++)
+                want[r * cols + j] = sdts[k] == DAM_BF16 ? bf16_round(src[r * ld + j]) : src[r * ld + j];
+        if (sdts[k] == DAM_BF16) {
+            uint16_t *hb = (uint16_t *)src;
+            for (size_t j = 0; j < rows * ld; j++) hb[j] = dam_f32_to_bf16(src[j]);
+        }
+        SrcWeight s = G_->upload_source(gctx, src, sdts[k], rows, cols, ld, "strided source");
+        DevBuf view = s.w;
+        view.n = rows * cols;
+        G_->download(gctx, got, DAM_F32, view, rows * cols);
+        report(sdts[k] == DAM_F32 ? "upload_source f32 ld>cols, chunked: row stride"
+                                  : "upload_source bf16 ld>cols, chunked: row stride",
+               s.ld == cols, 0, 0, s.ld == cols ? NULL : "the device copy is not contiguous rows");
+        compare_host(sdts[k] == DAM_F32 ? "upload_source f32 ld>cols, chunked"
+                                        : "upload_source bf16 ld>cols, chunked",
+                     want, got, rows * cols, 1e-12);
+        G_->free_source(gctx, &s);
+        free(src), free(want), free(got);
+    }
+}
+
 static void check_transfers(void) {
-    size_t n = 100003; /* more than one staging chunk is not needed here; odd on purpose */
+    size_t n = 100003; /* one staging chunk (check_staging takes several); odd on purpose */
     float *h = rand_host(n, 1.0f), *back = dam_malloc(n * sizeof(float), "check");
     DevBuf f = G_->alloc(gctx, n, DAM_F32, "f"), b = G_->alloc(gctx, n, DAM_BF16, "b"),
            f2 = G_->alloc(gctx, n, DAM_F32, "f2");
@@ -171,6 +214,7 @@ static void check_transfers(void) {
     G_->event_free(gctx, e0), G_->event_free(gctx, e1);
     G_->free(gctx, &f), G_->free(gctx, &b), G_->free(gctx, &f2), G_->free(gctx, &iv);
     free(h), free(back), free(hr), free(hb);
+    check_staging();
 }
 
 /* ---------------------------------------------------------------- GEMMs */
@@ -235,7 +279,7 @@ static void sources_free(Sources *s) {
 }
 
 static void check_dam(dam_dtype sdt, dam_dtype act, size_t ld_extra) {
-    size_t rows = 45, cols = 136, ld = cols + ld_extra;
+    size_t rows = 150, cols = 136, ld = cols + ld_extra; /* rows > 64: several row blocks' atomics */
     char name[96], tag[48];
     snprintf(tag, sizeof tag, "src %s out %s%s", dts(sdt), dts(act), ld_extra ? " ld>cols" : "");
     double tol = tol_for(act);
@@ -256,8 +300,8 @@ static void check_dam(dam_dtype sdt, dam_dtype act, size_t ld_extra) {
         pair_free(&fc), pair_free(&m), pair_free(&G), pair_free(&acc);
     }
     /* the embedding: rows are the vocabulary, cols = d */
-    int T = 29, d = (int)cols;
-    int32_t ids[29];
+    int T = 150, d = (int)cols;
+    int32_t ids[150];
     for (int t = 0; t < T; t++) ids[t] = t % 7 == 3 ? -1 : (int32_t)(dam_rng_u64(&rng) % rows);
     Pair fc = pair_rand((size_t)NS * d, DAM_F32, 1), out = pair_poison((size_t)T * d, act);
     C_->dam_embed_gather(cctx, out.c, s.c, NS, fc.c, ids, T, d);
@@ -276,7 +320,7 @@ static void check_dam(dam_dtype sdt, dam_dtype act, size_t ld_extra) {
 /* ---------------------------------------------------------------- transformer ops */
 
 static void check_norm(dam_dtype act) {
-    int T = 33, d = 200;
+    int T = 133, d = 200; /* T > 64: dw from several row blocks */
     char name[64];
     double tol = tol_for(act);
     Pair x = pair_rand((size_t)T * d, act, 1), w = pair_rand((size_t)d, act, 1);
@@ -355,7 +399,7 @@ static void check_attention(dam_dtype act, int B, int T, int H, int KV, int hd, 
 
 static void check_elementwise(dam_dtype act) {
     size_t n = 5000;
-    int T = 37, cols = 135;
+    int T = 137, cols = 135; /* T > 64: colsum from several row blocks; prime to 5 (rows below) */
     char name[64];
     double tol = tol_for(act);
     Pair gate = pair_rand(n, act, 2), up = pair_rand(n, act, 1), a = pair_poison(n, act);
@@ -584,6 +628,7 @@ int main(int argc, char **argv) {
     if (bf16) {
         check_gemms(DAM_F32, DAM_BF16, DAM_BF16); /* dL/dz (F32) against a bf16 weight */
         check_gemms(DAM_BF16, DAM_BF16, DAM_F32);
+        check_gemms(DAM_F32, DAM_F32, DAM_BF16); /* no such cublasGemmEx: computed in bf16 */
     }
     check_losses(0);
     check_losses(1);

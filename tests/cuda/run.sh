@@ -112,8 +112,12 @@ fi
 
 # ---- 7. memory errors, in the time left
 if [ $built -eq 0 ] && command -v compute-sanitizer > /dev/null; then
-  stage sanitizer 60 "$OUT/sanitizer.log" compute-sanitizer --tool memcheck --error-exitcode 9 \
-    "$BUILD/cuda/check_kernels" 7
+  if ! stage sanitizer 60 "$OUT/sanitizer.log" compute-sanitizer --tool memcheck --error-exitcode 9 \
+    "$BUILD/cuda/check_kernels" 7 && grep -q 'Device not supported' "$OUT/sanitizer.log"; then
+    # gVisor machines refuse compute-sanitizer (KINDS.md): the tool's limit, not a finding of ours
+    fail=$((fail - 1))
+    result sanitizer SKIP "compute-sanitizer does not support this machine's device (gVisor): the FAIL above is void"
+  fi
 else
   result sanitizer SKIP "no build or no compute-sanitizer"
 fi

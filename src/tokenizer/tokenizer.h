@@ -1,7 +1,7 @@
 /* tokenizer.h — Hugging Face tokenizer.json in C, for the two BPE families that causal LLMs use:
  *
  *   byte-level BPE   (GPT-2, Llama 3, Qwen2): Split(Regex) / ByteLevel pre-tokenizers, ByteLevel
- *                    decoder, optional NFC normalizer;
+ *                    decoder, optional NFC normalizer (utf8proc);
  *   sentencepiece BPE (Llama 2, Mistral): Metaspace pre-tokenizer or the Prepend("▁") + Replace(" ",
  *                    "▁") normalizer, byte_fallback <0xNN> tokens, Replace/ByteFallback/Fuse/Strip
  *                    (or Metaspace) decoder.
@@ -193,12 +193,12 @@ void tokenizer_free(Tokenizer *t);
 
 /* Append the ids of text[0..n) to out, without the post-processor's special tokens. Returns NULL,
  * or a message (owned by t) saying why the text cannot be encoded: invalid UTF-8 (with the byte
- * offset), a character NFC would change that this implementation cannot normalize, a character
- * outside the vocabulary with no <unk>. The caller adds the file and line. */
+ * offset), a character outside the vocabulary with no <unk>. The caller adds the file and line. */
 const char *tokenizer_encode(Tokenizer *t, const char *text, size_t n, TokIds *out);
 
 /* Decode ids to text as `tokenizers` decode(ids, skip_special_tokens=False) does (special tokens
- * appear as their content; invalid UTF-8 becomes U+FFFD). Heap string; *len_out gets its length. */
+ * appear as their content, normalized added tokens as their normalized content, both through the
+ * decoder; invalid UTF-8 becomes U+FFFD). Heap string; *len_out gets its length. */
 char *tokenizer_decode(const Tokenizer *t, const int32_t *ids, size_t n, size_t *len_out);
 
 /* The id of a token string (added token or vocabulary entry), -1 when absent. */
@@ -227,9 +227,12 @@ int tok_utf8_encode(uint32_t cp, char *out); /* returns 1..4 */
  * String::from_utf8_lossy). */
 void tok_utf8_lossy_append(TokBuf *b, const char *s, size_t n);
 int tok_is_whitespace(uint32_t cp); /* Unicode White_Space */
-/* Offset of the first code point NFC could change (a combining mark, a composition's second
- * character, a singleton decomposition), or n when the text is certainly already NFC. */
-size_t tok_nfc_unsafe_offset(const char *s, size_t n);
+/* Offset of the first code point that NFC might change (anything outside a few ranges known to be
+ * stable in any context), or n when the text is certainly already NFC: the fast path. */
+size_t tok_nfc_quick_check(const char *s, size_t n);
+/* Append the NFC form of valid UTF-8 s[0..n) to out (utf8proc). Returns 0, or -1 when utf8proc
+ * refuses (out of memory). */
+int tok_nfc_append(TokBuf *out, const char *s, size_t n);
 
 /* tok_hash.c: the canonical fingerprint of an already parsed tokenizer.json. */
 struct cJSON;

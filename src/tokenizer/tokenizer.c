@@ -474,11 +474,13 @@ void tokenizer_load(Tokenizer *t, const char *path) {
         TokBuf nb = {0};
         tokbuf_append(&nb, a->content, a->len);
         if (a->normalized && t->n_norm) {
-            /* only Prepend/Replace change text here; NFC content is assumed normalized already */
             for (int k = 0; k < t->n_norm; k++) {
                 TokNormalizer *s = &t->norm[k];
                 TokBuf out = {0};
-                if (s->kind == TOK_NORM_PREPEND) {
+                if (s->kind == TOK_NORM_NFC) {
+                    if (tok_nfc_append(&out, nb.data, nb.n) < 0)
+                        dam_fail("%s: cannot NFC-normalize added token %s", t->path, a->content);
+                } else if (s->kind == TOK_NORM_PREPEND) {
                     tokbuf_append(&out, s->a, strlen(s->a));
                     tokbuf_append(&out, nb.data, nb.n);
                 } else if (s->kind == TOK_NORM_REPLACE) {
@@ -613,21 +615,16 @@ static const char *normalize(Tokenizer *t, const char *s, size_t n, size_t *n_ou
     int which = 0;
     for (int k = 0; k < t->n_norm; k++) {
         TokNormalizer *z = &t->norm[k];
+        if (z->kind == TOK_NORM_NFC && tok_nfc_quick_check(s, n) == n) continue; /* already NFC */
+        TokBuf *out = &t->scratch[which];
+        out->n = 0;
         if (z->kind == TOK_NORM_NFC) {
-            size_t bad = tok_nfc_unsafe_offset(s, n);
-            if (bad < n) {
-                size_t len;
-                snprintf(t->err, sizeof t->err,
-                         "character U+%04X would need NFC normalization, which dam_dist does not implement",
-                         (unsigned)tok_utf8_decode(s + bad, &len));
+            if (tok_nfc_append(out, s, n) < 0) {
+                snprintf(t->err, sizeof t->err, "NFC normalization failed (out of memory)");
                 *err = t->err;
                 return NULL;
             }
-            continue;
-        }
-        TokBuf *out = &t->scratch[which];
-        out->n = 0;
-        if (z->kind == TOK_NORM_PREPEND) {
+        } else if (z->kind == TOK_NORM_PREPEND) {
             if (n) tokbuf_append(out, z->a, strlen(z->a));
             tokbuf_append(out, s, n);
         } else {
@@ -914,8 +911,8 @@ char *tokenizer_decode(const Tokenizer *t, const int32_t *ids, size_t n, size_t 
         int32_t id = ids[i];
         if (id < 0 || id >= t->vocab_size) continue;
         int k = t->added_of_id[id];
-        if (k >= 0)
-            pieces_add(&a, t->added[k].content, t->added[k].len);
+        if (k >= 0) /* a normalized added token decodes from its normalized content, as in tokenizers */
+            pieces_add(&a, t->added[k].norm_content ? t->added[k].norm_content : "", t->added[k].norm_len);
         else if (id < t->n_ids && t->tokens[id])
             pieces_add(&a, t->tokens[id], t->token_len[id]);
     }

@@ -1,0 +1,75 @@
+#!/bin/bash
+# jobs/dam_job.sh — what the three jobs share (sourced by jobs/merge_*.sh, not submitted itself):
+# finding the binary, and the launch with its stop/requeue protocol:
+#   - Slurm sends SIGUSR1 to the batch shell (--signal=B:USR1@T); the shell passes it to the launcher,
+#     every rank checkpoints at the next step boundary and dam_dist exits 75 ("stopped after a
+#     checkpoint, resume me"); the job then requeues itself (scontrol requeue) and the requeued job
+#     resumes from the checkpoint (--resume auto).
+#   - scancel, the time limit and `scontrol requeue` send SIGTERM: the ranks get it from Slurm and
+#     checkpoint too (if that ends within KillWait); the script does not requeue then.
+#   - exit status: 0 finished (or requeued), 75 stopped with a checkpoint and not requeued, anything
+#     else an error (the line before it says which).
+# The caller sets DAM_HOME, DAM_DIST (may be empty), LAUNCHER, RANKS, MAX_REQUEUES, MPIRUN_ARGS,
+# EXTRA_ARGS, OUT (may be empty) before sourcing.
+
+say() { echo "job: $(date '+%F %T') $*"; }
+
+# DAM_DIST, else $DAM_HOME/dam_dist (a build tree), PREFIX/bin/dam_dist (an install), PATH
+dam_job_find_binary() {
+  if [ -z "$DAM_DIST" ]; then
+    for b in "$DAM_HOME/dam_dist" "$DAM_HOME/../../bin/dam_dist" "$(command -v dam_dist)"; do
+      [ -n "$b" ] && [ -x "$b" ] && { DAM_DIST=$b; break; }
+    done
+  fi
+  [ -n "$DAM_DIST" ] && [ -x "$DAM_DIST" ] || { say "error: no dam_dist binary (set DAM_DIST)"; exit 1; }
+}
+
+# dam_job_launch CONFIG [dam_dist flags...]: run the merge under the launcher, pass SIGUSR1 on, and
+# end the script with the stop/requeue protocol above (never returns)
+dam_job_launch() {
+  local RUN_CONFIG=$1
+  shift
+  local out_args=("$@")
+  if [ "$LAUNCHER" = auto ]; then
+    if [ -n "${SLURM_JOB_ID:-}" ]; then LAUNCHER=srun; elif [ "$RANKS" -gt 1 ]; then LAUNCHER=mpirun; else LAUNCHER=none; fi
+  fi
+  case "$LAUNCHER" in
+    srun)   launch=(srun --mpi=pmix) ;;                        # srun forwards SIGUSR1 to every task
+    mpirun) launch=(mpirun); [ -n "${SLURM_JOB_ID:-}" ] || launch+=(-n "$RANKS")  # under Slurm: the allocation
+            # shellcheck disable=SC2206
+            launch+=($MPIRUN_ARGS) ;;                          # mpirun forwards SIGUSR1 to every rank
+    none)   launch=() ;;
+    *)      say "error: LAUNCHER is '$LAUNCHER': expected auto, srun, mpirun or none"; exit 1 ;;
+  esac
+  pid='' stop=0 term=0
+  # Slurm's B: signal reaches only this shell: pass SIGUSR1 on to the launcher, which passes it to
+  # every rank. SIGTERM is not passed on: Slurm sends it to the ranks itself, and srun given SIGTERM
+  # kills its tasks at once, without a checkpoint.
+  on_usr1() { stop=1; say "SIGUSR1: asking dam_dist to checkpoint and stop"; [ -n "$pid" ] && kill -USR1 "$pid" 2>/dev/null; }
+  on_term() { term=1; say "SIGTERM (scancel, the time limit or scontrol requeue): the ranks checkpoint if they can"; }
+  trap on_usr1 USR1
+  trap on_term TERM
+  rc=75
+  if [ "$stop" = 0 ]; then
+    # shellcheck disable=SC2086
+    "${launch[@]}" "$DAM_DIST" --config "$RUN_CONFIG" "${out_args[@]}" --resume auto $EXTRA_ARGS &
+    pid=$!
+    while kill -0 "$pid" 2>/dev/null; do wait "$pid"; done  # a trapped signal ends `wait` early: wait again
+    wait "$pid"; rc=$?
+  fi
+  case "$rc" in
+    0) say "finished: the merged model is in ${OUT:-output.dir of the config}"; exit 0 ;;
+    75)
+      if [ "$term" = 1 ]; then
+        say "stopped by Slurm with a checkpoint (exit 75); not requeued by this script: a 'scontrol requeue' resumes by itself, after scancel submit this script again"
+      elif [ -n "${SLURM_JOB_ID:-}" ] && [ "${SLURM_RESTART_COUNT:-0}" -lt "$MAX_REQUEUES" ]; then
+        say "stopped with a checkpoint (exit 75): requeueing job $SLURM_JOB_ID, it resumes with --resume auto"
+        scontrol requeue "$SLURM_JOB_ID" && exit 0
+        say "scontrol requeue failed: submit this script again to resume"
+      else
+        say "stopped with a checkpoint (exit 75): run this script again to resume"
+      fi
+      exit 75 ;;
+    *) say "error: dam_dist exited with status $rc (its last line says why)"; exit "$rc" ;;
+  esac
+}
