@@ -1062,11 +1062,15 @@ static int devcomm_main(int argc, char **argv) {
 }
 
 static void test_devcomm_two_ranks(void **state) {
-    char exe[4096], cmd[4200];
+    char exe[4096], cmd[8400];
     ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
     assert_true(n > 0);
     exe[n] = 0;
-    snprintf(cmd, sizeof cmd, "mpirun -np 2 %s --devcomm", exe);
+    /* no leak report from the ranks: Open MPI's plugins keep allocations until exit, from modules
+     * unloaded by then that the suppressions cannot name (ASan's other checks stay on) */
+    const char *asan = getenv("ASAN_OPTIONS");
+    snprintf(cmd, sizeof cmd, "ASAN_OPTIONS=%s%sdetect_leaks=0 mpirun -np 2 %s --devcomm", asan ? asan : "",
+             asan && *asan ? ":" : "", exe);
     TestRun *r = malloc(sizeof *r);
     test_run(r, cmd);
     if (!r->exited || r->status != 0 || !strstr(r->out, "devcomm ok"))
