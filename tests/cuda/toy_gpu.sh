@@ -4,6 +4,8 @@
 #     coefficients (tests/cuda/compare_runs.py);
 #   - pp=2 and tp=2 with two ranks on the one GPU over the host-staged transport (mpirun, carried)
 #     against the one-rank GPU run;
+#   - checkpoints are portable: half of the tiny run on the CPU resumed on the GPU, and the other
+#     way round, against the uninterrupted CPU run;
 #   - a bench-size toy on the GPU: step time, and the peak device memory sampled by nvidia-smi
 #     against `plan --device cuda` (within 10 %).
 # Figures go to FIGURES; every part runs even when an earlier one failed. Exit status 0 when all held.
@@ -35,6 +37,19 @@ layout() { # layout SIZE NAME PP TP : SIZE's config with that parallel section, 
     "$W/$1/config.json" > "$W/$1/$2.json"
 }
 
+# portable CHECKPOINT: the first half of the tiny run on device $1, resumed on $2 (the two logs
+# together hold every step), against the uninterrupted CPU run
+portable() {
+  local o="$W/tiny-$1to$2" total half
+  total=$(sed -n 's/^step *1\/\([0-9]*\) .*/\1/p' "$W/tiny-cpu.log" | head -1)
+  half=$((${total:-8} / 2))
+  run "tiny, $half steps on $1" "$o.a.log" "$D" --config "$W/tiny/config.json" --out "$o" --device "$1" \
+    --max-steps "$half" &&
+    run "tiny resumed on $2" "$o.b.log" "$D" --config "$W/tiny/config.json" --out "$o" --device "$2" --resume &&
+    cat "$o.a.log" "$o.b.log" > "$o.log" &&
+    compare "a checkpoint of $1 resumed on $2, against the cpu run" tiny-cpu "tiny-$1to$2"
+}
+
 for size in tiny small; do
   "$D" toy --out "$W/$size" --size "$size" --models 2 --seed 3 > /dev/null || { notok "toy $size"; continue; }
   run "$size on cpu" "$W/$size-cpu.log" "$D" --config "$W/$size/config.json" --out "$W/$size-cpu" --device cpu &&
@@ -53,6 +68,8 @@ for size in tiny small; do
     else
       echo "SKIP    multi-rank: no carried mpirun"
     fi
+    portable cpu cuda
+    portable cuda cpu
   fi
 done
 
