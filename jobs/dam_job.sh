@@ -73,3 +73,19 @@ dam_job_launch() {
     *) say "error: dam_dist exited with status $rc (its last line says why)"; exit "$rc" ;;
   esac
 }
+
+# dam_job_gpu_merge: the GPU jobs' tail (merge_llama70b.sh, merge_llama8b.sh): refuse a config with
+# placeholders, print `dam_dist plan` for RANKS ranks of GPU_MEM_GIB (a layout that cannot work ends
+# the job here), then launch (never returns)
+dam_job_gpu_merge() {
+  [ -f "$CONFIG" ] || { say "error: no config $CONFIG (set CONFIG or DAM_HOME)"; exit 1; }
+  if grep -q '/path/to/' "$CONFIG"; then
+    say "error: $CONFIG still has /path/to/ placeholders: write your model, dataset and output paths into it"; exit 1
+  fi
+  say "job ${SLURM_JOB_ID:-(no Slurm)} on ${SLURM_JOB_NODELIST:-$(hostname)}, start $((${SLURM_RESTART_COUNT:-0} + 1)), $DAM_DIST"
+  "$DAM_DIST" plan --config "$CONFIG" --ranks "$RANKS" --device cuda --gpu-mem "$GPU_MEM_GIB" \
+    || { say "error: dam_dist plan refused the config for $RANKS ranks"; exit 1; }
+  local out_args=()
+  [ -n "$OUT" ] && out_args=(--out "$OUT")
+  dam_job_launch "$CONFIG" "${out_args[@]}"
+}

@@ -59,16 +59,5 @@ export SRUN_CPUS_PER_TASK=${SLURM_CPUS_PER_TASK:-1} # srun does not inherit --cp
 # shellcheck source=jobs/dam_job.sh
 . "$DAM_HOME/jobs/dam_job.sh"
 dam_job_find_binary
-[ -f "$CONFIG" ] || { say "error: no config $CONFIG (set CONFIG or DAM_HOME)"; exit 1; }
-if grep -q '/path/to/' "$CONFIG"; then
-  say "error: $CONFIG still has /path/to/ placeholders: write your model, dataset and output paths into it"; exit 1
-fi
-say "job ${SLURM_JOB_ID:-(no Slurm)} on ${SLURM_JOB_NODELIST:-$(hostname)}, start $((${SLURM_RESTART_COUNT:-0} + 1)), $DAM_DIST"
-# the memory per rank of this layout (docs/memory.md); a layout that cannot work ends the job here
-"$DAM_DIST" plan --config "$CONFIG" --ranks "$RANKS" --device cuda --gpu-mem "$GPU_MEM_GIB" \
-  || { say "error: dam_dist plan refused the config for $RANKS ranks"; exit 1; }
-RUN_CONFIG=$CONFIG
-out_args=()
-[ -n "$OUT" ] && out_args=(--out "$OUT")
-# ---------------------------------------------------------------- launch, stop, requeue (jobs/dam_job.sh)
-dam_job_launch "$RUN_CONFIG" "${out_args[@]}"
+# ---------------------------------------------------------------- plan, launch, stop, requeue (jobs/dam_job.sh)
+dam_job_gpu_merge

@@ -84,7 +84,7 @@ bash -n "$ROOT/jobs/dam_job.sh" && grep -q 'scontrol requeue "$SLURM_JOB_ID"' "$
   && ok "jobs/dam_job.sh: syntax, --resume auto, SIGUSR1 passed on, self-requeue" || bad "jobs/dam_job.sh: protocol incomplete"
 # the launch/stop/requeue protocol lives once, in jobs/dam_job.sh, which every job sources
 for j in merge_toy merge_llama70b merge_llama8b; do
-  if grep -q '^\. "$DAM_HOME/jobs/dam_job.sh"$' "$ROOT/jobs/$j.sh" && grep -q '^dam_job_launch ' "$ROOT/jobs/$j.sh" \
+  if grep -q '^\. "$DAM_HOME/jobs/dam_job.sh"$' "$ROOT/jobs/$j.sh" && grep -qE '^dam_job_(launch |gpu_merge$)' "$ROOT/jobs/$j.sh" \
      && ! grep -v '^#' "$ROOT/jobs/$j.sh" | grep -q 'kill -USR1'; then ok "jobs/$j.sh: launches through jobs/dam_job.sh"
   else bad "jobs/$j.sh: does not launch through jobs/dam_job.sh (or keeps its own signal handling)"; fi
 done
