@@ -49,16 +49,22 @@ for l in "${layouts[@]}"; do
   fi
 done
 
+# pipelined RANKS NAME ONE.json PP.json WHAT: the pipelined run ends with one process's coefficients
+# and loss curve
+pipelined() {
+  $BIN --config "$3" --out "$T/$2-one" > "$T/$2-one.log" 2>&1
+  if $MPI -n "$1" $BIN --config "$4" --out "$T/$2" > "$T/$2.log" 2>&1 \
+     && "$CMP" "$T/$2/dam_coefficients.safetensors" "$T/$2-one/dam_coefficients.safetensors" 1e-5 > /dev/null \
+     && [ "$(losses "$T/$2.log")" = "$(losses "$T/$2-one.log")" ]; then
+    ok "$5: same coefficients and loss curve as one process"
+  else bad "$5: $(tail -2 "$T/$2.log")"; fi
+}
+
 # 1F1B with 4 micro-batches on 2 stages (warm-up, steady state, cool-down) against one process
 # running the same 4 micro-batches
 sed 's/"micro_batches": 2/"micro_batches": 4/' "$T/toy/config.json" > "$T/toy/m4.json"
 sed "s/\"seed\": 1}/\"seed\": 1}, \"parallel\": {\"dp\": 1, \"pp\": 2, \"tp\": 1}/" "$T/toy/m4.json" > "$T/toy/m4pp2.json"
-$BIN --config "$T/toy/m4.json" --out "$T/m4" > "$T/m4.log" 2>&1
-if $MPI -n 2 $BIN --config "$T/toy/m4pp2.json" --out "$T/m4pp2" > "$T/m4pp2.log" 2>&1 \
-   && "$CMP" "$T/m4pp2/dam_coefficients.safetensors" "$T/m4/dam_coefficients.safetensors" 1e-5 > /dev/null \
-   && [ "$(losses "$T/m4pp2.log")" = "$(losses "$T/m4.log")" ]; then
-  ok "1F1B, pp=2 with 4 micro-batches: same coefficients and loss curve as one process"
-else bad "1F1B pp=2 m=4: $(tail -2 "$T/m4pp2.log")"; fi
+pipelined 2 m4pp2 "$T/toy/m4.json" "$T/toy/m4pp2.json" "1F1B, pp=2 with 4 micro-batches"
 
 if [ "$quick" = 1 ]; then
   echo "cli_dist: layouts only (DAM_CLI_DIST_LAYOUTS_ONLY=1): $fails failure(s)"
@@ -70,12 +76,7 @@ fi
 $BIN toy --out "$T/p4" --size small --models 2 --seed 2 > /dev/null
 sed 's/"micro_batches": 1/"micro_batches": 8/; s/"batch_size": 2/"batch_size": 1/; s/"steps": 40/"steps": 3/' "$T/p4/config.json" > "$T/p4/m8.json"
 sed 's/"seed": 1}/"seed": 1}, "parallel": {"dp": 1, "pp": 4, "tp": 1}/' "$T/p4/m8.json" > "$T/p4/m8pp4.json"
-$BIN --config "$T/p4/m8.json" --out "$T/p4one" > "$T/p4one.log" 2>&1
-if $MPI -n 4 $BIN --config "$T/p4/m8pp4.json" --out "$T/p4pp4" > "$T/p4pp4.log" 2>&1 \
-   && "$CMP" "$T/p4pp4/dam_coefficients.safetensors" "$T/p4one/dam_coefficients.safetensors" 1e-5 > /dev/null \
-   && [ "$(losses "$T/p4pp4.log")" = "$(losses "$T/p4one.log")" ]; then
-  ok "1F1B, pp=4 with 8 micro-batches (pp - s run states on stage s): same coefficients and loss curve as one process"
-else bad "1F1B pp=4 m=8: $(tail -2 "$T/p4pp4.log")"; fi
+pipelined 4 p4pp4 "$T/p4/m8.json" "$T/p4/m8pp4.json" "1F1B, pp=4 with 8 micro-batches (pp - s run states on stage s)"
 
 # checkpoints under the documented names
 h5ls -r "$T/ref.ckpt/step_00000012.h5" | grep -q "^/coefficients/model.layers.0.mlp.down_proj.weight Dataset {2, 96}" \
