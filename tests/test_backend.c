@@ -724,23 +724,31 @@ static void ref_adamw(float *c, const float *g, float *m, float *v, size_t n, co
 
 enum { AN = 301 };
 
-static void case_adamw(Dev *d, uint64_t seed, Out *o) {
+/* The AdamW case's inputs (v >= 0; every 7th m and g zero: repeated |m| for the threshold) and its
+ * two first updates: plain AdamW at t = 3, then MoFO (alpha 0.3) at t = 4. */
+static void adamw_case_inputs(uint64_t seed, float **c, float **g, float **m, float **v, AdamParams *plain,
+                              AdamParams *mofo) {
     dam_rng r;
     dam_rng_seed(&r, seed);
-    float *c = randv(&r, AN, 1), *g = randv(&r, AN, 0.1f), *m = randv(&r, AN, 0.01f),
-          *v = randv(&r, AN, 0.001f);
-    for (int i = 0; i < AN; i++) v[i] = fabsf(v[i]);
-    for (int i = 0; i < AN; i += 7) m[i] = g[i] = 0; /* repeated |m| (zeros) for the threshold */
+    *c = randv(&r, AN, 1), *g = randv(&r, AN, 0.1f), *m = randv(&r, AN, 0.01f), *v = randv(&r, AN, 0.001f);
+    for (int i = 0; i < AN; i++) (*v)[i] = fabsf((*v)[i]);
+    for (int i = 0; i < AN; i += 7) (*m)[i] = (*g)[i] = 0;
+    *plain = (AdamParams){.lr = 1e-2f,
+                          .beta1 = 0.9f,
+                          .beta2 = 0.999f,
+                          .eps = 1e-8f,
+                          .weight_decay = 0.01f,
+                          .t = 3,
+                          .mofo_threshold = -1};
+    *mofo = *plain;
+    mofo->t = 4, mofo->mofo_alpha = 0.3f;
+}
+
+static void case_adamw(Dev *d, uint64_t seed, Out *o) {
+    float *c, *g, *m, *v;
+    AdamParams plain, mofo;
+    adamw_case_inputs(seed, &c, &g, &m, &v, &plain, &mofo);
     DevBuf C = up(d, c, AN), G = up(d, g, AN), M = up(d, m, AN), V = up(d, v, AN);
-    AdamParams plain = {.lr = 1e-2f,
-                        .beta1 = 0.9f,
-                        .beta2 = 0.999f,
-                        .eps = 1e-8f,
-                        .weight_decay = 0.01f,
-                        .t = 3,
-                        .mofo_threshold = -1};
-    AdamParams mofo = plain;
-    mofo.t = 4, mofo.mofo_alpha = 0.3f;
     d->be->adamw(d->ctx, C, G, M, V, AN, &plain);
     d->be->adamw(d->ctx, C, G, M, V, AN, &mofo);
     AdamParams fixed = plain; /* an explicit threshold, from the op */
@@ -755,21 +763,9 @@ static void case_adamw(Dev *d, uint64_t seed, Out *o) {
 
 static void test_adamw_mofo(void **state) {
     Out o = both("adamw/mofo_threshold", case_adamw, 12);
-    dam_rng r;
-    dam_rng_seed(&r, 12);
-    float *c = randv(&r, AN, 1), *g = randv(&r, AN, 0.1f), *m = randv(&r, AN, 0.01f),
-          *v = randv(&r, AN, 0.001f);
-    for (int i = 0; i < AN; i++) v[i] = fabsf(v[i]);
-    for (int i = 0; i < AN; i += 7) m[i] = g[i] = 0;
-    AdamParams plain = {.lr = 1e-2f,
-                        .beta1 = 0.9f,
-                        .beta2 = 0.999f,
-                        .eps = 1e-8f,
-                        .weight_decay = 0.01f,
-                        .t = 3,
-                        .mofo_threshold = -1};
-    AdamParams mofo = plain;
-    mofo.t = 4, mofo.mofo_alpha = 0.3f;
+    float *c, *g, *m, *v;
+    AdamParams plain, mofo;
+    adamw_case_inputs(12, &c, &g, &m, &v, &plain, &mofo);
     ref_adamw(c, g, m, v, AN, &plain, -1);
     ref_adamw(c, g, m, v, AN, &mofo, -1);
     AdamParams fixed = plain;
