@@ -201,9 +201,7 @@ static void write_stage_tensors(DamModel *m, const char *dir, size_t shard_bytes
     free(coefs), free(names), free(cshape);
 }
 
-/* Rank 0: the stages' shards renamed into one model-XXXXX-of-YYYYY series (or model.safetensors)
- * with an index, and their coefficient files merged, in stage order. */
-static void merge_stage_outputs(const char *tmp, int n_stages) {
+void output_join_shards(const char *tmp, int n_stages) {
     char **files = NULL;
     int n_files = 0;
     for (int s = 0; s < n_stages; s++) {
@@ -256,6 +254,20 @@ static void merge_stage_outputs(const char *tmp, int n_stages) {
         free(text), free(p);
     }
     cJSON_Delete(index);
+}
+
+void output_remove_stages(const char *tmp, int n_stages) {
+    for (int s = 0; s < n_stages; s++) {
+        char *dir = dam_asprintf("%s/stage-%03d", tmp, s);
+        dam_rm_rf(dir);
+        free(dir);
+    }
+}
+
+/* Rank 0: the stages' shards joined into one series, and their coefficient files merged, in stage
+ * order. */
+static void merge_stage_outputs(const char *tmp, int n_stages) {
+    output_join_shards(tmp, n_stages);
     /* one coefficients file, tensors in stage order */
     StFile *cf = dam_calloc((size_t)n_stages, sizeof(StFile), "stage coefficients");
     int n = 0;
@@ -281,22 +293,21 @@ static void merge_stage_outputs(const char *tmp, int n_stages) {
     free(coef), free(names), free(dt), free(nd), free(shapes), free(data);
     for (int s = 0; s < n_stages; s++) st_close(&cf[s]);
     free(cf);
-    for (int s = 0; s < n_stages; s++) {
-        char *dir = dam_asprintf("%s/stage-%03d", tmp, s);
-        dam_rm_rf(dir);
-        free(dir);
-    }
+    output_remove_stages(tmp, n_stages);
 }
 
 /* Everything but the tensors, by rank 0, then the directory renamed into place. */
-static void finish_output(const DamModel *m, const DamConfig *cfg, const OutputReport *rep, const char *tmp) {
-    const char *donor = cfg->base_model ? cfg->base_model : cfg->models[0].path;
-    write_config(donor, tmp);
+void output_copy_donor_files(const char *donor, const char *dir) {
+    write_config(donor, dir);
     for (const char *const *f = copied_files; *f; f++) {
-        char *src = dam_path_join(donor, *f), *dst = dam_path_join(tmp, *f);
+        char *src = dam_path_join(donor, *f), *dst = dam_path_join(dir, *f);
         if (dam_file_exists(src)) copy_file(src, dst);
         free(src), free(dst);
     }
+}
+
+static void finish_output(const DamModel *m, const DamConfig *cfg, const OutputReport *rep, const char *tmp) {
+    output_copy_donor_files(cfg->base_model ? cfg->base_model : cfg->models[0].path, tmp);
     char *report = dam_path_join(tmp, "dam_report.json");
     write_report(m, cfg, rep, report);
     free(report);

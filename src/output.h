@@ -35,6 +35,18 @@ void output_write(DamModel *m, const DamConfig *cfg, const OutputReport *rep);
 void output_write_parallel(DamModel *m, const DamConfig *cfg, const OutputReport *rep,
                            const CommGroup *writers);
 
+/* Pieces of the parallel write, for other commands that write a model directory the same way
+ * (merge): the safetensors files of <tmp>/stage-000, stage-001, ... (each model.safetensors or a
+ * model-XXXXX-of-YYYYY series), in that order, moved into tmp as one series named
+ * model-00001-of-0000N.safetensors (model.safetensors when there is one file) with
+ * model.safetensors.index.json when N > 1. Run by one rank after every stage directory is complete. */
+void output_join_shards(const char *tmp, int n_stages);
+/* Remove <tmp>/stage-000 ... (after output_join_shards). */
+void output_remove_stages(const char *tmp, int n_stages);
+/* config.json of the donor model directory (its stored dtype set to bfloat16) and its tokenizer and
+ * generation files, written into dir. */
+void output_copy_donor_files(const char *donor, const char *dir);
+
 /* Read a dam_coefficients.safetensors into m (names and shapes must match). */
 void output_load_coefficients(DamModel *m, const char *path);
 

@@ -381,8 +381,7 @@ const StTensor *st_model_find(const StModel *m, const char *name) {
     return NULL;
 }
 
-/* "[a, b, c]" into buf. */
-static const char *shape_str(char *buf, size_t cap, int ndim, const int64_t *shape) {
+const char *st_shape_str(char *buf, size_t cap, int ndim, const int64_t *shape) {
     size_t k = (size_t)snprintf(buf, cap, "[");
     for (int i = 0; i < ndim && k < cap; i++)
         k += (size_t)snprintf(buf + k, cap - k, "%s%lld", i ? ", " : "", (long long)shape[i]);
@@ -398,7 +397,8 @@ const StTensor *st_model_get(const StModel *m, const char *name, int ndim, const
     if (!same) {
         char got[160], want[160];
         dam_fail("%s: tensor '%s' has shape %s; config.json implies %s", t->file, name,
-                 shape_str(got, sizeof got, t->ndim, t->shape), shape_str(want, sizeof want, ndim, shape));
+                 st_shape_str(got, sizeof got, t->ndim, t->shape),
+                 st_shape_str(want, sizeof want, ndim, shape));
     }
     return t;
 }

@@ -61,6 +61,8 @@ const StTensor *st_model_find(const StModel *m, const char *name); /* NULL when 
 /* Like st_model_find but fails naming the directory and tensor when absent, and when the shape
  * differs from the expected one (ndim entries of shape). */
 const StTensor *st_model_get(const StModel *m, const char *name, int ndim, const int64_t *shape);
+/* "[a, b, c]" into buf (for messages). */
+const char *st_shape_str(char *buf, size_t cap, int ndim, const int64_t *shape);
 /* Total bytes of tensor data in the directory. */
 size_t st_model_bytes(const StModel *m);
 /* Advise the kernel that the mapped pages of this tensor will not be needed soon (MADV_DONTNEED
