@@ -4,7 +4,7 @@
 
 #include <string.h>
 
-const char cli_command_list[] = "toy, prepare, tokenize, precompute, inspect, plan, help, version";
+const char cli_command_list[] = "toy, prepare, tokenize, precompute, inspect, plan, merge, help, version";
 
 static const char train_help[] =
     "usage: dam_dist --config FILE [--out DIR] [--max-steps N] [--eval-rows N] [--resume | --resume auto]\n"
@@ -84,14 +84,40 @@ static const char inspect_help[] =
     "  --model DIR        a Hugging Face model directory (repeat for several)\n"
     "  -h, --help         this text\n";
 
+static const char merge_help[] =
+    "usage: dam_dist merge --method linear|task_arithmetic|ties|dare_ties|slerp --out DIR [--config F]\n"
+    "                      [--base DIR] [--model DIR ...] [--weights w1,w2,...] [--density D]\n"
+    "                      [--lambda L] [--t T] [--seed S] [--normalize | --no-normalize]\n"
+    "                      [--shard-size SIZE] [--force]\n"
+    "The classic weight-space merges, as mergekit defines them (docs/merge.md), streamed one tensor at\n"
+    "a time; under mpirun -n N the output shards are shared among the ranks. Writes a Hugging Face\n"
+    "directory (bf16 shards, config.json and tokenizer files of the base or first model) and\n"
+    "merge_report.json.\n"
+    "  --method M         linear: sum of w_i * model_i (over sum w_i when normalized); task_arithmetic:\n"
+    "                     base + lambda * sum of w_i * (model_i - base); ties: task vectors trimmed to\n"
+    "                     their top --density by magnitude, sign election; dare_ties: random drop (keep\n"
+    "                     --density, rescale 1/density), sign election; slerp: base -> model on a sphere\n"
+    "  --out DIR          the merged model's directory (built in DIR.tmp, renamed when complete)\n"
+    "  --config F         a DAM run configuration: base_model and models[].path from it\n"
+    "  --base DIR         the base model (task_arithmetic, ties, dare_ties; slerp's t = 0 end)\n"
+    "  --model DIR        a model to merge (repeat); slerp: one with --base, or two\n"
+    "  --weights LIST     one weight per --model, comma separated (default 1 each)\n"
+    "  --density D        ties, dare_ties: fraction of each task vector kept, in (0, 1] (default 1)\n"
+    "  --lambda L         task vector scale (default 1)\n"
+    "  --t T              slerp: position in [0, 1] (default 0.5)\n"
+    "  --seed S           dare_ties: random seed of the drop masks (default 1)\n"
+    "  --normalize        divide by the weights' sum (default: linear, ties)\n"
+    "  --no-normalize     do not (default: task_arithmetic, dare_ties)\n"
+    "  --shard-size SIZE  bytes per output shard, like 5GB (default) or 500MB\n"
+    "  --force            replace DIR even when it is not an earlier merge output\n"
+    "  -h, --help         this text\n";
+
 static const struct {
     const char *cmd, *text;
 } helps[] = {
-    {"", train_help},
-    {"toy", toy_help},
-    {"prepare", prepare_help},
-    {"tokenize", tokenize_help},
-    {"precompute", precompute_help},
+    {"merge", merge_help},       {"", train_help},
+    {"toy", toy_help},           {"prepare", prepare_help},
+    {"tokenize", tokenize_help}, {"precompute", precompute_help},
     {"inspect", inspect_help},
 };
 
