@@ -315,12 +315,7 @@ static void write_report(const MergeArgs *a, const Inputs *in, const ShardPlan *
         cJSON_AddItemToArray(per_rank, cJSON_CreateNumber(c));
     }
     cJSON_AddNumberToObject(r, "wall_time_s", wall);
-    cJSON_AddStringToObject(r, "written_by", "dam_dist merge");
-    cJSON_AddBoolToObject(r, "complete", 1); /* what lets a later merge replace this directory */
-    char *text = cJSON_Print(r);
-    dam_write_file_atomic(path, text, strlen(text));
-    free(text);
-    cJSON_Delete(r);
+    outdir_write_marker(r, "dam_dist merge", path);
 }
 
 /* ---------------------------------------------------------------- the command */

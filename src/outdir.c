@@ -32,6 +32,15 @@ int outdir_is_complete(const char *dir, const char *marker) {
     return ok;
 }
 
+void outdir_write_marker(cJSON *report, const char *written_by, const char *path) {
+    cJSON_AddStringToObject(report, "written_by", written_by);
+    cJSON_AddBoolToObject(report, "complete", 1);
+    char *text = cJSON_Print(report);
+    dam_write_file_atomic(path, text, strlen(text));
+    free(text);
+    cJSON_Delete(report);
+}
+
 static int is_partial(const char *dir) {
     char *p = dam_path_join(dir, PARTIAL_MARKER);
     int ok = dam_file_exists(p);

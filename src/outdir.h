@@ -33,6 +33,11 @@ char *outdir_begin(const OutDir *o);
 /* Swap the complete <dir>.tmp into place (atomically where the file system can exchange two
  * names), then remove what was there before. */
 void outdir_commit(const OutDir *o, const char *tmp);
+/* Write a command's report as its marker file at path (atomically): `report` with "written_by"
+ * and "complete": true added (what lets a later run of the command replace the directory); the
+ * report is freed. */
+struct cJSON;
+void outdir_write_marker(struct cJSON *report, const char *written_by, const char *path);
 /* 1 when dir holds o->marker with written_by starting with "dam_dist" and complete true. */
 int outdir_is_complete(const char *dir, const char *marker);
 

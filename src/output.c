@@ -77,12 +77,7 @@ static void write_report(const DamModel *m, const DamConfig *cfg, const OutputRe
     for (int i = 0; i < m->n_rows; i++) cJSON_AddItemToArray(rows, cJSON_CreateString(m->row_names[i]));
     cJSON_AddStringToObject(r, "architecture", m->full_cfg.architecture);
     cJSON_AddItemToObject(r, "config", cJSON_Parse(cfg->effective));
-    cJSON_AddStringToObject(r, "written_by", "dam_dist");
-    cJSON_AddBoolToObject(r, "complete", 1); /* what lets a later run replace this directory */
-    char *text = cJSON_Print(r);
-    dam_write_file_atomic(path, text, strlen(text));
-    free(text);
-    cJSON_Delete(r);
+    outdir_write_marker(r, "dam_dist", path);
 }
 
 /* ---------------------------------------------------------------- over stages and tp ranks */
