@@ -24,7 +24,7 @@ typedef struct {
     int64_t n_rows;  /* n */
     int64_t seq_len; /* L */
     int has_mask;
-    int has_answer; /* /answer_mask present */
+    int has_answer;     /* /answer_mask present */
     int topk;           /* K, 0 when no teacher cache */
     int topk_f16;       /* 1 when /topk_logits is float16 */
     int64_t vocab_size; /* from the attribute, -1 when absent */

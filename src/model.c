@@ -1177,7 +1177,7 @@ double dam_model_kl_sum(const DamModel *m, const float *z, const float *zt, cons
         val = own_val = dam_malloc((size_t)rows * K * sizeof(float), "top-k logits");
         dam_model_topk(m, zt, rows, K, own_idx, own_val);
     }
-    LossChunkParams p = {lp->temperature, 1, 0, 0, K, 1.0f, m->full_cfg.vocab_size, m->vocab_offset,
+    LossChunkParams p = {lp->temperature,     1, 0, 0, K, 1.0f, m->full_cfg.vocab_size, m->vocab_offset,
                          m->tp ? &red : NULL, 1};
     LossSums sums = {0, 0, 0};
     float *dz = dam_malloc((size_t)rows * V * sizeof(float), "loss gradient rows");
