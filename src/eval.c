@@ -203,10 +203,11 @@ static void eval_args_parse(EvalArgs *a, int argc, char **argv) {
         else
             cli_bad_option("eval", argv[i], "--config --model --rows");
     }
-    if (!a->config) dam_fail("eval: --config FILE is required");
-    if (!a->n_models) dam_fail("eval: at least one --model DIR is required");
+    /* every rank sees the same: one line from rank 0, every rank ends */
+    comm_fail_on_root(!a->config, "eval: --config FILE is required");
+    comm_fail_on_root(!a->n_models, "eval: at least one --model DIR is required");
     for (int i = 0; i < a->n_models; i++)
-        if (!dam_is_dir(a->models[i])) dam_fail("eval: --model %s: no such directory", a->models[i]);
+        comm_fail_on_root(!dam_is_dir(a->models[i]), "eval: --model %s: no such directory", a->models[i]);
 }
 
 typedef struct {
@@ -250,8 +251,8 @@ static void check_dataset(EvalRun *r, int k, DamDataset *d) {
         dam_fail("%s: rows of %d tokens exceed max_position_embeddings %d", d->path, T,
                  mc->max_position_embeddings);
     if (T < 2) dam_fail("%s: rows of %d token: cross-entropy needs at least 2", d->path, T);
-    if (r->a.rows > d->n_rows)
-        dam_fail("eval: --rows %lld: %s has only %lld rows", r->a.rows, d->path, (long long)d->n_rows);
+    comm_fail_on_root(r->a.rows > d->n_rows, "eval: --rows %lld: %s has only %lld rows", r->a.rows, d->path,
+                      (long long)d->n_rows);
     r->T[k] = T;
     r->first[k] = r->a.rows ? d->n_rows - r->a.rows : 0;
 }
