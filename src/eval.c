@@ -31,8 +31,6 @@ void eval_init(Evaluator *ev, DamModel *m, int T, int teacher, int n_models, con
     size_t TV = (size_t)T * m->cfg.vocab_size, K = lp->topk > 0 ? (size_t)lp->topk : 1;
     ev->z = dam_malloc(TV * sizeof(float), "logits");
     ev->zt = dam_malloc(TV * sizeof(float), "teacher logits");
-    ev->zc = dam_malloc(TV * sizeof(float), "logits");
-    ev->ztc = dam_malloc(TV * sizeof(float), "teacher logits");
     ev->arg_m = dam_malloc((size_t)T * sizeof(int32_t), "argmax");
     ev->arg_t = dam_malloc((size_t)T * sizeof(int32_t), "argmax");
     ev->seq = dam_malloc((size_t)T * sizeof(int32_t), "generated row");
@@ -46,7 +44,7 @@ void eval_init(Evaluator *ev, DamModel *m, int T, int teacher, int n_models, con
 
 void eval_free(Evaluator *ev) {
     runstate_free(ev->rs);
-    free(ev->z), free(ev->zt), free(ev->zc), free(ev->ztc), free(ev->arg_m), free(ev->arg_t);
+    free(ev->z), free(ev->zt), free(ev->arg_m), free(ev->arg_t);
     free(ev->seq), free(ev->target), free(ev->valid), free(ev->kidx), free(ev->kval), free(ev->scratch);
     free(ev->logp);
     memset(ev, 0, sizeof *ev);
@@ -57,10 +55,24 @@ static void argmax_rows(Evaluator *ev, const float *z, int rows, int32_t *arg) {
     dam_model_topk(ev->m, z, rows, 1, arg, ev->scratch);
 }
 
-/* Rows `valid[0..n)` of src [T, V] packed into dst [n, V]. */
-static void pack_rows(const Evaluator *ev, float *dst, const float *src, int n) {
-    size_t V = (size_t)ev->m->cfg.vocab_size;
-    for (int i = 0; i < n; i++) memcpy(dst + i * V, src + (size_t)ev->valid[i] * V, V * sizeof(float));
+/* The KL term over the valid positions, one run of consecutive valid positions at a time (the
+ * logits stay where they are; every tp rank sees the same mask, so all make the same calls).
+ * kidx/kval: the teacher cache per valid position (K each), or NULL. */
+static double kl_valid(Evaluator *ev, const int8_t *mask, const int32_t *kidx, const float *kval) {
+    size_t V = (size_t)ev->m->cfg.vocab_size, K = ev->lp.topk > 0 ? (size_t)ev->lp.topk : 0;
+    double kl = 0;
+    for (int t = 0, i = 0; t < ev->T;) { /* i: valid positions before t */
+        if (!mask[t]) {
+            t++;
+            continue;
+        }
+        int t1 = t;
+        while (t1 < ev->T && mask[t1]) t1++;
+        kl += dam_model_kl_sum(ev->m, ev->z + t * V, ev->zt + t * V, kidx ? kidx + i * K : NULL,
+                               kval ? kval + i * K : NULL, t1 - t, &ev->lp);
+        i += t1 - t, t = t1;
+    }
+    return kl;
 }
 
 /* Greedy generation by source `src` from the prompt ids[0, a0) of as many tokens as the row has
@@ -89,15 +101,14 @@ static int generate_matches(Evaluator *ev, int src, const int32_t *ids, const in
     return 1;
 }
 
-/* Model j's terms of the row, on the last stage (its logits in ev->z, the teacher's argmax in
- * ev->arg_t, the valid rows of the teacher's logits in ev->ztc; n_valid of them). */
+/* Model j's terms of the row, on the last stage (its logits in ev->z, the teacher's in ev->zt and
+ * their argmax in ev->arg_t; n_valid valid positions). */
 static void row_terms(Evaluator *ev, const int32_t *ids, const int8_t *mask, const int8_t *answer,
                       const int32_t *kidx, const float *kval, int n_valid, EvalSums *s) {
     DamModel *m = ev->m;
     int T = ev->T;
     argmax_rows(ev, ev->z, T, ev->arg_m);
-    pack_rows(ev, ev->zc, ev->z, n_valid);
-    double kl = dam_model_kl_sum(m, ev->zc, ev->ztc, kidx, kval, n_valid, &ev->lp);
+    double kl = kl_valid(ev, mask, kidx, kval);
     int n_targets = 0;
     for (int t = 0; t + 1 < T; t++) ev->target[t] = mask[t] && mask[t + 1] ? (n_targets++, ids[t + 1]) : -1;
     dam_model_log_prob(m, ev->z, T - 1, ev->target, ev->logp);
@@ -129,10 +140,7 @@ void eval_row(Evaluator *ev, const int32_t *ids, const int8_t *mask, const int8_
         kidx = ev->kidx, kval = ev->kval;
     }
     dam_model_logits(m, ev->rs, ids, 1, T, ev->teacher, ev->zt);
-    if (m->last) {
-        argmax_rows(ev, ev->zt, T, ev->arg_t);
-        pack_rows(ev, ev->ztc, ev->zt, n_valid);
-    }
+    if (m->last) argmax_rows(ev, ev->zt, T, ev->arg_t);
     for (int j = 0; j < ev->n_models; j++) {
         dam_model_logits(m, ev->rs, ids, 1, T, ev->models[j], ev->z);
         if (m->last) row_terms(ev, ids, mask, answer, kidx, kval, n_valid, &sums[j]);

@@ -43,7 +43,6 @@ typedef struct {
     int models[DAM_MAX_SOURCES];
     LossParams lp;
     float *z, *zt;          /* [T, V]: a model's and the teacher's logits (last stage) */
-    float *zc, *ztc;        /* [T, V]: their valid rows */
     int32_t *arg_m, *arg_t; /* argmax per position */
     int32_t *seq, *target, *valid, *kidx;
     float *kval, *scratch;

@@ -1177,11 +1177,17 @@ double dam_model_kl_sum(const DamModel *m, const float *z, const float *zt, cons
         val = own_val = dam_malloc((size_t)rows * K * sizeof(float), "top-k logits");
         dam_model_topk(m, zt, rows, K, own_idx, own_val);
     }
+    /* KL on, no MSE or entropy, top-K, 1/n = 1, no batchmean */
     LossChunkParams p = {lp->temperature,     1, 0, 0, K, 1.0f, m->full_cfg.vocab_size, m->vocab_offset,
                          m->tp ? &red : NULL, 1};
     LossSums sums = {0, 0, 0};
-    float *dz = dam_malloc((size_t)rows * V * sizeof(float), "loss gradient rows");
-    loss_rows(dz, &sums, z, zt, idx, val, rows, V, &p);
+    int chunk = rows < LOSS_CHUNK ? rows : LOSS_CHUNK; /* loss_rows writes dz [C, V]: chunks of rows */
+    float *dz = dam_malloc((size_t)chunk * V * sizeof(float), "loss gradient rows");
+    for (int r0 = 0; r0 < rows; r0 += chunk) {
+        int C = rows - r0 < chunk ? rows - r0 : chunk;
+        size_t at = (size_t)r0 * V, ak = (size_t)r0 * (K > 0 ? K : 0);
+        loss_rows(dz, &sums, z + at, zt + at, idx ? idx + ak : NULL, val ? val + ak : NULL, C, V, &p);
+    }
     free(dz), free(own_idx), free(own_val);
     return sums.kl;
 }

@@ -248,13 +248,14 @@ static void test_exact_match_and_generation(void **state) {
 }
 
 /* The eval KL of B against teacher A equals the training step's KL of the merged model when its
- * coefficients make it B (one-hot on B's row): full vocabulary and top-2, with a padded position. */
+ * coefficients make it B (one-hot on B's row): full vocabulary and top-2, with padding inside and at the end
+ * of a row. */
 static void kl_equals_training(int topk) {
     Hand h;
     hand_open(&h, 7); /* random decoder layers: positions interact */
     enum { B = 2, T = 6 };
     int32_t ids[B * T] = {0, 1, 2, 3, 2, 1, 3, 3, 0, 2, 1, 0};
-    int8_t mask[B * T] = {1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1};
+    int8_t mask[B * T] = {1, 1, 0, 1, 1, 0, 1, 1, 1, 1, 1, 1}; /* two runs of valid positions in row 0 */
     float *fc = dam_model_coef_host(&h.m, DAM_COEF_FC);
     for (int t = 0; t < h.m.n_tensors; t++) {
         DamTensor *x = &h.m.tensors[t];
