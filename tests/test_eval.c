@@ -133,22 +133,27 @@ static LossParams loss_at(float tau, int topk) {
     return lp;
 }
 
+/* One row through eval_row for source row `model` against teacher row 0: sums and metrics. */
+static void eval_one_row(DamModel *m, const int32_t *ids, const int8_t *mask, int T, int model,
+                         const LossParams *lp, EvalSums *s, EvalMetrics *e) {
+    Evaluator ev;
+    eval_init(&ev, m, T, 0, 1, &model, lp, 0);
+    memset(s, 0, sizeof *s);
+    eval_row(&ev, ids, mask, NULL, NULL, NULL, s);
+    eval_free(&ev);
+    eval_metrics(s, lp, 1, e);
+}
+
 /* ids [0, 2]: cross-entropy of target 2 after token 0; KL and top-1 at both positions. */
 static void test_two_tokens_by_hand(void **state) {
     Hand h;
     hand_open(&h, 0);
     int32_t ids[2] = {0, 2};
     int8_t mask[2] = {1, 1};
-    int model = 1;
     LossParams lp = loss_at(2.0f, 0);
-    Evaluator ev;
-    eval_init(&ev, &h.m, 2, 0, 1, &model, &lp, 0);
     EvalSums s;
-    memset(&s, 0, sizeof s);
-    eval_row(&ev, ids, mask, NULL, NULL, NULL, &s);
-    eval_free(&ev);
     EvalMetrics e;
-    eval_metrics(&s, &lp, 1, &e);
+    eval_one_row(&h.m, ids, mask, 2, 1, &lp, &s, &e);
     double za[2][V], zb[2][V];
     for (int t = 0; t < 2; t++) hand_logits(LA, ids[t], za[t]), hand_logits(LB, ids[t], zb[t]);
     double ce = -log_softmax_at(zb[0], V, ids[1], 1.0);
@@ -302,16 +307,10 @@ static void test_self_is_zero(void **state) {
     hand_open(&h, 11);
     int32_t ids[5] = {3, 1, 0, 2, 2};
     int8_t mask[5] = {1, 1, 1, 1, 0};
-    int model = 0; /* A against itself */
     LossParams lp = loss_at(2.0f, 0);
-    Evaluator ev;
-    eval_init(&ev, &h.m, 5, 0, 1, &model, &lp, 0);
     EvalSums s;
-    memset(&s, 0, sizeof s);
-    eval_row(&ev, ids, mask, NULL, NULL, NULL, &s);
-    eval_free(&ev);
     EvalMetrics e;
-    eval_metrics(&s, &lp, 1, &e);
+    eval_one_row(&h.m, ids, mask, 5, 0, &lp, &s, &e); /* A against itself */
     assert_true(fabs(e.kl) < 1e-12);
     assert_true(e.top1 == 1.0);
     assert_int_equal(e.tokens, 4);
