@@ -4,7 +4,9 @@
 # output after `dam_dist --config` equals the KL the trainer's --eval-rows prints for the same rows
 # within 1 % (the trainer evaluates the fp32 merge, eval the bf16 output: measured 2e-4 to 5e-4);
 # mpirun under dp=2, pp=2, tp=2 and dp=2 x pp=2 equals one process (1e-6 relative; tp splits the
-# fp32 GEMM sums, measured 4e-9); bad input gives one error line and exit status 1.
+# fp32 GEMM sums, measured 4e-9); on rows whose last two tokens are m0's greedy continuation (half
+# of them spoiled), exact match and --generate give 0.5 on every layout; bad input gives one error
+# line and exit status 1. Needs h5dump and h5import (hdf5-tools).
 set -u
 BIN=${DAM_BIN:-./dam_dist}
 BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN") # the test runs in the toy directory
@@ -66,11 +68,11 @@ fi
 
 # 4. layouts: the same numbers as one process
 $BIN eval --config config.json --model m1 --model "$T/dam" --json > "$T/ref.json" 2>/dev/null
-layout() { sed "s/\"seed\": 1}/\"seed\": 1}, \"parallel\": {\"dp\": $2, \"pp\": $3, \"tp\": $4}/" config.json > "$1.json"; }
+layout() { sed "s/\"seed\": 1}/\"seed\": 1}, \"parallel\": {\"dp\": $3, \"pp\": $4, \"tp\": $5}/" "$2" > "$1.json"; }
 flat() { jq -r '.models | to_entries[] | .key as $m | .value | to_entries[] | "\($m) \(.key) \(.value.cross_entropy) \(.value.kl) \(.value.top1) \(.value.rows) \(.value.tokens)"' "$1"; }
 for l in "dp2 2 1 1" "pp2 1 2 1" "tp2 1 1 2" "dp2pp2 2 2 1"; do
   set -- $l
-  layout "$1" "$2" "$3" "$4"
+  layout "$1" config.json "$2" "$3" "$4"
   if $MPI -n $(($2 * $3 * $4)) $BIN eval --config "$1.json" --model m1 --model "$T/dam" --json > "$T/$1.out" 2> "$T/$1.err"; then
     if paste -d' ' <(flat "$T/ref.json") <(flat "$T/$1.out") | awk '
         {for (i = 3; i <= 7; i++) {d = $i - $(i + 7); if (d < 0) d = -d; s = $i < 0 ? -$i : $i; if ($1 != $8 || d > 1e-6 * s + 1e-12) bad = 1}; n++}
@@ -84,7 +86,40 @@ for l in "dp2 2 1 1" "pp2 1 2 1" "tp2 1 1 2" "dp2pp2 2 2 1"; do
   fi
 done
 
-# 5. bad input: one line, exit status 1
+# 5. /answer_mask: rows whose last two tokens are m0's own greedy continuation (made with precompute's
+# top-1 teacher cache, one token at a time, and h5import), half of them with the last token changed:
+# exact match and greedy generation are both 0.5 for m0, on every layout
+mkdir -p ans
+num() { h5dump -d "$2" -y -w 0 -o "$T/dump.txt" "$1" > /dev/null && tr -s ', \n' '\n\n\n' < "$T/dump.txt" | grep -v '^$'; }
+put() { # put FILE.h5 NAME BITS TEXT: an int dataset [48, 32] from whitespace-separated numbers
+  printf 'PATH %s\nINPUT-CLASS TEXTIN\nRANK 2\nDIMENSION-SIZES 48 32\nOUTPUT-CLASS IN\nOUTPUT-SIZE %s\nOUTPUT-ARCHITECTURE STD\nOUTPUT-BYTE-ORDER LE\n' "$2" "$3" > "$T/h5import.conf"
+  h5import "$4" -c "$T/h5import.conf" -o "$1" > /dev/null
+}
+sed 's|data/m0.h5|ans/m0.h5|; s|data/m1.h5|ans/m1.h5|' config.json > ans.json
+cp data/m1.h5 ans/m1.h5
+num data/m0.h5 /input_ids > "$T/ids.txt"
+for pos in 30 31; do # ids[r][pos] = m0's argmax at pos - 1, given the row so far (odd rows: + 1 at 31)
+  rm -f ans/m0.h5; put ans/m0.h5 input_ids 32 "$T/ids.txt"
+  $BIN precompute --config ans.json --topk 1 > /dev/null 2>&1 || bad "precompute for the answer rows"
+  num ans/m0.h5 /topk_indices > "$T/top.txt"
+  awk -v pos=$pos 'NR == FNR {top[FNR - 1] = $1; next}
+       {r = int((FNR - 1) / 32); t = (FNR - 1) % 32; v = $1
+        if (t == pos) v = (top[r * 32 + t - 1] + (pos == 31 && r % 2 == 1)) % 256
+        print v}' "$T/top.txt" "$T/ids.txt" > "$T/ids2.txt" && mv "$T/ids2.txt" "$T/ids.txt"
+done
+rm -f ans/m0.h5; put ans/m0.h5 input_ids 32 "$T/ids.txt"
+awk 'BEGIN {for (i = 0; i < 48 * 32; i++) print (i % 32 >= 30)}' > "$T/ans.txt"
+put ans/m0.h5 answer_mask 8 "$T/ans.txt"
+for l in "one 1 1 1" "dp2 2 1 1" "pp2 1 2 1" "tp2 1 1 2"; do
+  set -- $l
+  layout "ans_$1" ans.json "$2" "$3" "$4"
+  $MPI -n $(($2 * $3 * $4)) $BIN eval --config "ans_$1.json" --model m0 --generate --json > "$T/ans_$1.json" 2> "$T/ans.err"
+  got=$(jq -r '.models.m0.m0 | "\(.exact_match) \(.generate) \(.answer_rows)"' "$T/ans_$1.json" 2>/dev/null)
+  [ "$got" = "0.5 0.5 48" ] && ok "answers on $1: exact match, generated, rows = $got" \
+    || bad "answers on $1: exact match, generated, rows = '$got' (want 0.5 0.5 48) $(head -2 "$T/ans.err")"
+done
+
+# 6. bad input: one line, exit status 1
 expect_error() { # expect_error NAME SUBSTRING ARGS...
   local name=$1 want=$2; shift 2
   $BIN eval "$@" > "$T/err.out" 2> "$T/err.txt"
