@@ -317,7 +317,8 @@ static void print_table(const EvalRun *r) {
     printf("CE: cross-entropy of the next token (nats), lower is better; KL: the training loss's KL to the "
            "dataset's source, lower is better;\ntop-1: agreement with the source's argmax, higher is better; "
            "exact: "
-           "rows whose answer tokens are all argmax (/answer_mask; \"-\": none), higher is better%s\n",
+           "rows whose answer tokens are all argmax (/answer_mask; \"-\": none), higher is better%s;\n"
+           "rows: rows evaluated; tokens: their valid positions (those of KL and top-1)\n",
            gen ? ";\ngen: rows whose answer greedy generation reproduces, higher is better" : "");
 }
 
