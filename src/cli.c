@@ -4,7 +4,8 @@
 
 #include <string.h>
 
-const char cli_command_list[] = "toy, prepare, tokenize, precompute, inspect, plan, merge, help, version";
+const char cli_command_list[] =
+    "toy, prepare, tokenize, precompute, inspect, plan, merge, eval, help, version";
 
 static const char train_help[] =
     "usage: dam_dist --config FILE [--out DIR] [--max-steps N] [--eval-rows N] [--resume | --resume auto]\n"
@@ -112,13 +113,26 @@ static const char merge_help[] =
     "  --force            replace DIR even when it is not an earlier merge output\n"
     "  -h, --help         this text\n";
 
+static const char eval_help[] =
+    "usage: dam_dist eval --config FILE --model DIR [--model DIR ...] [--rows N] [--json] [--generate]\n"
+    "Each model on each dataset of the config, against that dataset's source (its teacher): cross-entropy\n"
+    "of the next token, the training loss's KL at loss.temperature, top-1 agreement with the source, and\n"
+    "exact match where the file has /answer_mask. Rows split over the config's layout (mpirun).\n"
+    "  --config FILE      the run configuration (models[k].path teaches models[k].dataset)\n"
+    "  --model DIR        a Hugging Face model directory to evaluate (repeat for several); the same\n"
+    "                     architecture as the config's sources\n"
+    "  --rows N           the last N rows of each dataset (default: all)\n"
+    "  --json             one JSON document (models -> datasets -> metrics) instead of the table\n"
+    "  --generate         also generate each answer greedily from its prompt (slower)\n"
+    "  -h, --help         this text\n";
+
 static const struct {
     const char *cmd, *text;
 } helps[] = {
     {"merge", merge_help},       {"", train_help},
     {"toy", toy_help},           {"prepare", prepare_help},
     {"tokenize", tokenize_help}, {"precompute", precompute_help},
-    {"inspect", inspect_help},
+    {"inspect", inspect_help},   {"eval", eval_help},
 };
 
 const char *cli_help_text(const char *cmd) {

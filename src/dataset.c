@@ -88,6 +88,25 @@ int dataset_attr_string(const DamDataset *d, const char *key, char *out, size_t 
 
 /* ---------------------------------------------------------------- open / close */
 
+/* An optional int8 [n, L] dataset beside /input_ids (/attention_mask, /answer_mask): 1 when present
+ * with that shape and type, 0 when absent; fails naming it otherwise. */
+static int open_row_mask(const DamDataset *d, const char *name) {
+    hid_t f = (hid_t)d->hid;
+    if (!link_exists(f, name, d->path)) return 0;
+    char shown[64];
+    snprintf(shown, sizeof shown, "/%s", name);
+    hsize_t dims[3];
+    hid_t m = DAM_H5_CHECK(H5Dopen2(f, name, H5P_DEFAULT), d->path);
+    dataset_dims(m, d->path, shown, 2, dims);
+    check_type(m, d->path, shown, H5T_INTEGER, 1, "int8");
+    DAM_H5_CHECK(H5Dclose(m), d->path);
+    if ((int64_t)dims[0] != d->n_rows || (int64_t)dims[1] != d->seq_len)
+        dam_fail("%s: %s is [%llu, %llu] but /input_ids is [%lld, %lld]", d->path, shown,
+                 (unsigned long long)dims[0], (unsigned long long)dims[1], (long long)d->n_rows,
+                 (long long)d->seq_len);
+    return 1;
+}
+
 void dataset_open(DamDataset *d, const char *path) {
     memset(d, 0, sizeof *d);
     dam_h5_quiet();
@@ -109,17 +128,8 @@ void dataset_open(DamDataset *d, const char *path) {
         dam_fail("%s: empty dataset (/input_ids is [%lld, %lld])", path, (long long)d->n_rows,
                  (long long)d->seq_len);
 
-    if (link_exists(f, "attention_mask", path)) {
-        hid_t m = DAM_H5_CHECK(H5Dopen2(f, "attention_mask", H5P_DEFAULT), path);
-        dataset_dims(m, path, "/attention_mask", 2, dims);
-        check_type(m, path, "/attention_mask", H5T_INTEGER, 1, "int8");
-        DAM_H5_CHECK(H5Dclose(m), path);
-        if ((int64_t)dims[0] != d->n_rows || (int64_t)dims[1] != d->seq_len)
-            dam_fail("%s: /attention_mask is [%llu, %llu] but /input_ids is [%lld, %lld]", path,
-                     (unsigned long long)dims[0], (unsigned long long)dims[1], (long long)d->n_rows,
-                     (long long)d->seq_len);
-        d->has_mask = 1;
-    }
+    d->has_mask = open_row_mask(d, "attention_mask");
+    d->has_answer = open_row_mask(d, "answer_mask");
 
     int has_idx = link_exists(f, "topk_indices", path), has_val = link_exists(f, "topk_logits", path);
     if (has_idx != has_val) dam_fail("%s: /topk_indices and /topk_logits must come together", path);
@@ -179,6 +189,13 @@ void dataset_read_rows(const DamDataset *d, int64_t row0, int64_t nrows, int32_t
         read_slab(d, "attention_mask", 2, row0, nrows, H5T_NATIVE_INT8, mask);
     else
         memset(mask, 1, (size_t)(nrows * d->seq_len));
+}
+
+void dataset_read_answer(const DamDataset *d, int64_t row0, int64_t nrows, int8_t *answer) {
+    if (d->has_answer)
+        read_slab(d, "answer_mask", 2, row0, nrows, H5T_NATIVE_INT8, answer);
+    else
+        memset(answer, 0, (size_t)(nrows * d->seq_len));
 }
 
 void dataset_read_topk(const DamDataset *d, int64_t row0, int64_t nrows, int32_t *idx, float *logits) {

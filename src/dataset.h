@@ -2,6 +2,8 @@
  *
  *   /input_ids       int32 [n, L]
  *   /attention_mask  int8  [n, L]        optional; all ones when absent
+ *   /answer_mask     int8  [n, L]        optional; 1 marks ids[r][t] as an answer token, predicted
+ *                                        from position t-1 (t = 0 never is one): `eval`'s exact match
  *   /topk_indices    int32 [n, L, K]     optional teacher cache
  *   /topk_logits     float16|float32 [n, L, K]
  *   attributes on the root group (optional, informative): tokenizer_hash (string, 16 hex digits),
@@ -22,6 +24,7 @@ typedef struct {
     int64_t n_rows;  /* n */
     int64_t seq_len; /* L */
     int has_mask;
+    int has_answer;     /* /answer_mask present */
     int topk;           /* K, 0 when no teacher cache */
     int topk_f16;       /* 1 when /topk_logits is float16 */
     int64_t vocab_size; /* from the attribute, -1 when absent */
@@ -33,6 +36,8 @@ void dataset_open(DamDataset *d, const char *path);
 void dataset_close(DamDataset *d);
 /* Read rows [row0, row0 + nrows): ids [nrows*L]; mask [nrows*L] (ones when absent). */
 void dataset_read_rows(const DamDataset *d, int64_t row0, int64_t nrows, int32_t *ids, int8_t *mask);
+/* Read /answer_mask of rows [row0, row0 + nrows) into answer [nrows*L] (zeros when absent). */
+void dataset_read_answer(const DamDataset *d, int64_t row0, int64_t nrows, int8_t *answer);
 /* Read the teacher cache of rows [row0, row0 + nrows): idx and logits [nrows*L*K] (logits as fp32). */
 void dataset_read_topk(const DamDataset *d, int64_t row0, int64_t nrows, int32_t *idx, float *logits);
 /* A string attribute of the file into out; -1 when it is absent or not a string. */

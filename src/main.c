@@ -27,6 +27,8 @@ static const char usage_text[] =
     "                                  teacher top-K logits into the dataset files\n"
     "  dam_dist inspect --model DIR [--model DIR ...]\n"
     "                                  validate model directories, summarize them\n"
+    "  dam_dist eval --config F --model DIR [--model DIR ...] [--rows N] [--json] [--generate]\n"
+    "                                  cross-entropy, KL, top-1 and exact match per dataset\n"
     "  dam_dist plan --config F --ranks N [--device cpu|cuda] [--gpu-mem GiB] [--json] [options]\n"
     "                                  memory per rank before a job is submitted (docs/memory.md)\n"
     "  dam_dist merge --method linear|task_arithmetic|ties|dare_ties|slerp --out DIR [options]\n"
@@ -43,7 +45,7 @@ static const Subcommand subcommands[] = {
     {"toy", cmd_toy},           {"prepare", cmd_prepare},
     {"tokenize", cmd_tokenize}, {"precompute", cmd_precompute},
     {"inspect", cmd_inspect},   {"plan", cmd_plan},
-    {"merge", cmd_merge},
+    {"merge", cmd_merge},       {"eval", cmd_eval},
 };
 
 int main(int argc, char **argv) {

@@ -218,6 +218,17 @@ void dam_model_materialize(DamModel *m, const DamTensor *t, int src, DevBuf out)
  * slice of them (as dam_model_logits returns it on the last stage), chosen over the tp group. */
 void dam_model_topk(const DamModel *m, const float *logits, int rows, int K, int32_t *idx, float *val);
 
+/* The training loss's KL term summed over `rows` rows of logits as dam_model_logits returns them
+ * on the last stage (this rank's vocabulary slice; the tp group combines them): Σ τ²·KL(teacher ‖
+ * model) at lp->temperature, over the whole vocabulary, or with lp->topk = K over the teacher's
+ * top-K entries (idx/val [rows*K], global ids; NULL: chosen from zt as the training step does).
+ * Not divided by anything: the step's KL is this over its valid positions / n_valid (loss.c). */
+double dam_model_kl_sum(const DamModel *m, const float *z, const float *zt, const int32_t *idx,
+                        const float *val, int rows, const LossParams *lp);
+/* log softmax(z[r])[target[r]] (natural log, temperature 1) of each of `rows` rows of logits as
+ * dam_model_logits returns them, combined over the tp group; target[r] < 0: 0. */
+void dam_model_log_prob(const DamModel *m, const float *z, int rows, const int32_t *target, double *logp);
+
 /* Tensor-parallel splits: 0 whole, 1 rows (or a bias's only axis), 2 columns (with coefficients). */
 int dam_model_split_kind(const DamModel *m, const DamTensor *x);
 /* The whole of a split array from every tp rank's rows x cols piece (heap; a copy without tp). */
