@@ -29,6 +29,8 @@ static const char usage_text[] =
     "                                  validate model directories, summarize them\n"
     "  dam_dist plan --config F --ranks N [--device cpu|cuda] [--gpu-mem GiB] [--json] [options]\n"
     "                                  memory per rank before a job is submitted (docs/memory.md)\n"
+    "  dam_dist evolve --config F [--population P] [--generations G] [--sigma S] [--rows N] [options]\n"
+    "                                  CMA-ES over per-layer merge weights (the evolutionary baseline)\n"
     "  dam_dist help | --help          this text;  dam_dist COMMAND --help: that command's options\n"
     "  dam_dist version | --version    version, git commit, what was built in\n";
 
@@ -41,6 +43,7 @@ static const Subcommand subcommands[] = {
     {"toy", cmd_toy},           {"prepare", cmd_prepare},
     {"tokenize", cmd_tokenize}, {"precompute", cmd_precompute},
     {"inspect", cmd_inspect},   {"plan", cmd_plan},
+    {"evolve", cmd_evolve},
 };
 
 int main(int argc, char **argv) {
