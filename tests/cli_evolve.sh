@@ -13,7 +13,8 @@
 set -u
 BIN=${DAM_BIN:-$PWD/dam_dist}
 BUILD=${BUILD:-build}
-CMP="$PWD/$BUILD/tests/tool_compare_coefs" # make test builds it
+CMP="$PWD/$BUILD/tests/tool_compare_coefs" # make test builds both tools
+REPORT="$PWD/$BUILD/tests/tool_evolve_report"
 case "$BIN" in /*) ;; *) BIN=$PWD/$BIN ;; esac
 export ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
@@ -32,9 +33,8 @@ layout() { # layout NAME DP PP TP : a config with that parallel section, writing
     "$T/toy/config.json" > "$T/toy/$1.json"
 }
 gens() { grep '^gen ' "$1" | sed 's/ | [0-9.]* s$//'; } # progress lines without the wall time
-field() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
-# the report's trajectory and best genome (cJSON prints doubles so that they read back exactly)
-traj() { python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print([(g['best_fitness'], g['generation_best'], g['sigma'], g['evaluations'], g['tokens']) for g in r['per_generation']], r['best_weights'])" "$1"; }
+# the report's trajectory and best genome, exactly
+traj() { "$REPORT" "$1" traj; }
 # the same merged coefficients (tensor order in the file differs between layouts)
 same_coefs() { "$CMP" "$1/dam_coefficients.safetensors" "$2/dam_coefficients.safetensors" 0 > /dev/null; }
 layout one 1 1 1
@@ -54,27 +54,15 @@ if $BIN evolve --config "$T/toy/one.json" --rows 48 --generations 8 --seed 5 > "
     [ -f "$T/one/$f" ] || bad "output lacks $f"
   done
   [ "$(grep -c '^gen ' "$T/e1.log")" -eq 8 ] && ok "one progress line per generation" || bad "progress lines"
-  python3 - "$T/one/evolve_report.json" <<'EOF' && ok "best fitness never increases, ends below the initial; evals and tokens add up" || bad "report: best fitness or counts"
-import json, sys
-r = json.load(open(sys.argv[1]))
-g = r['per_generation']
-best = [x['best_fitness'] for x in g]
-assert len(g) == 8 == r['generations']
-assert all(b <= a for a, b in zip([r['initial_fitness']] + best, best)), best
-assert best[-1] < r['initial_fitness'] and best[-1] == r['best_fitness']
-assert all(x['generation_best'] >= x['best_fitness'] for x in g)
-lam = r['population']
-assert [x['evaluations'] for x in g] == [1 + lam * (i + 1) for i in range(8)]
-assert all(x['tokens'] == x['evaluations'] * r['tokens_per_evaluation'] for x in g)
-assert r['tokens_per_evaluation'] == 2 * 48 * 32 and r['evaluations'] == 1 + 8 * lam
-assert r['genome_length'] == 2 * 4  # 2 sources x (embeddings, 2 layers, final norm + lm_head)
-EOF
+  "$REPORT" "$T/one/evolve_report.json" check 8 8 > "$T/check.txt" \
+    && ok "best fitness never increases, ends below the initial; evals and tokens add up; genome 2 x (2 layers + 2)" \
+    || bad "report: $(cat "$T/check.txt")"
   # the written best merge, loaded by the main job (merge.init), has the reported best fitness
   sed "s|\"init\": \"uniform\"|\"init\": \"$T/one/dam_coefficients.safetensors\"|" "$T/toy/one.json" > "$T/toy/init.json"
   $BIN --config "$T/toy/init.json" --out "$T/dam1" --max-steps 0 --eval-rows 48 > "$T/dam1.log" 2>&1 \
     || bad "main job on the best merge: $(tail -2 "$T/dam1.log")"
   dam=$(sed -n 's/.*plain average.s (\([0-9.]*\) vs \([0-9.]*\))$/\1/p' "$T/dam1.log")
-  best=$(python3 -c "import json,sys; print('%.6f' % json.load(open(sys.argv[1]))['best_fitness'])" "$T/one/evolve_report.json")
+  best=$("$REPORT" "$T/one/evolve_report.json" best)
   [ -n "$dam" ] && [ "$dam" = "$best" ] && ok "the written best merge has the reported best fitness ($best)" \
     || bad "written merge's KL $dam, reported best $best"
 else
@@ -82,11 +70,11 @@ else
 fi
 
 # 3. 1 rank against mpirun -n 2: dp=2 and pp=2, the same trajectory and coefficients bit for bit
-$BIN evolve --config "$T/toy/one.json" --rows 24 --generations 4 --seed 2 --force > "$T/r1.log" 2>&1 || bad "1-rank run"
+$BIN evolve --config "$T/toy/one.json" --rows 24 --generations 6 --seed 2 --force > "$T/r1.log" 2>&1 || bad "1-rank run"
 for l in "dp2 2 1 1" "pp2 1 2 1"; do
   set -- $l
   layout "$1" "$2" "$3" "$4"
-  if $MPI -n 2 $BIN evolve --config "$T/toy/$1.json" --rows 24 --generations 4 --seed 2 > "$T/$1.log" 2>&1; then
+  if $MPI -n 2 $BIN evolve --config "$T/toy/$1.json" --rows 24 --generations 6 --seed 2 > "$T/$1.log" 2>&1; then
     grep -q "layout dp=$2 x pp=$3 x tp=$4" "$T/$1.log" || bad "$1: layout not in the header"
     if [ "$(gens "$T/$1.log")" = "$(gens "$T/r1.log")" ] && [ -n "$(gens "$T/r1.log")" ] \
        && same_coefs "$T/one" "$T/$1" \
@@ -105,7 +93,7 @@ stop_and_resume() { # NAME CONFIG LAUNCHER... : the run of section 3's settings,
   local name=$1 cfg=$2 dir; shift 2
   dir=$(sed -n 's|.*"dir": "\([^"]*\)".*|\1|p' "$cfg")
   rm -rf "$dir" "$dir.ckpt"
-  (cd "$T" && exec "$@" evolve --config "$cfg" --rows 24 --generations 4 --seed 2 > "$T/s.log" 2>&1) &
+  (cd "$T" && exec "$@" evolve --config "$cfg" --rows 24 --generations 6 --seed 2 > "$T/s.log" 2>&1) &
   local pid=$! i
   for i in $(seq 600); do grep -q '^gen    1/' "$T/s.log" 2>/dev/null && break; sleep 0.05; done
   kill -USR1 $pid
@@ -135,6 +123,11 @@ layout auto 1 1 1
 $BIN evolve --config "$T/toy/auto.json" --rows 24 --generations 1 --resume auto > "$T/auto.log" 2>&1 \
   && grep -q "no state in .*; starting fresh" "$T/auto.log" && ok "--resume auto without a state starts fresh" \
   || bad "--resume auto: $(tail -2 "$T/auto.log")"
+
+# --max-evals: no generation starts that would pass it (1 initial + 2 x 10 = 21 <= 25 < 31)
+$BIN evolve --config "$T/toy/auto.json" --rows 24 --generations 100 --max-evals 25 --force > "$T/me.log" 2>&1 \
+  && [ "$(grep -c '^gen ' "$T/me.log")" -eq 2 ] && grep -q "2 generations, 21 evaluations" "$T/me.log" \
+  && ok "--max-evals 25 at population 10: 2 generations, 21 evaluations" || bad "--max-evals: $(tail -2 "$T/me.log")"
 
 # 5. bad options and refused resumes: one line, exit 1
 expect_error() { # NAME SUBSTRING ARGS...
