@@ -280,13 +280,14 @@ typedef struct {
 } Bytes;
 
 static void put(Bytes *b, const void *v, size_t n) {
+    if (!n) return; /* an empty history is NULL */
     if (b->n + n > b->cap) b->p = dam_realloc(b->p, b->cap = 2 * (b->n + n), "evolve state");
     memcpy(b->p + b->n, v, n), b->n += n;
 }
 
 static void get(Bytes *b, void *v, size_t n) {
     if (b->at + n > b->n) dam_fail("%s: truncated evolve state (%zu bytes)", b->what, b->n);
-    memcpy(v, b->p + b->at, n), b->at += n;
+    if (n) memcpy(v, b->p + b->at, n), b->at += n;
 }
 
 static const char state_magic[8] = {'D', 'A', 'M', 'E', 'V', 'O', '0', '1'};
