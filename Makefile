@@ -20,6 +20,7 @@ UTF8PROC_LIBS ?= -lutf8proc
 # any CBLAS links (BLAS_LIBS=-lblis, -lmkl_rt, "-L/opt/openblas/lib -lopenblas", ...): OpenBLAS's own
 # functions are looked up at run time
 BLAS_LIBS ?= -lopenblas
+# LAPACK's dsyev_ (CMA-ES of `evolve`): in OpenBLAS, so empty with it; -llapack with a BLAS that has none
 LAPACK_LIBS ?=
 # CUDA=1: build the CUDA backend too (needs cuda/cuda.mk); CUDA and NCCL install locations
 CUDA      ?= 0

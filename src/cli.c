@@ -5,7 +5,7 @@
 #include <string.h>
 
 const char cli_command_list[] =
-    "toy, prepare, tokenize, precompute, inspect, plan, merge, eval, help, version";
+    "toy, prepare, tokenize, precompute, inspect, plan, merge, eval, evolve, help, version";
 
 static const char train_help[] =
     "usage: dam_dist --config FILE [--out DIR] [--max-steps N] [--eval-rows N] [--resume | --resume auto]\n"
@@ -125,14 +125,45 @@ static const char eval_help[] =
     "  --json             one JSON document (models -> datasets -> metrics) instead of the table\n"
     "  --generate         also generate each answer greedily from its prompt (slower)\n"
     "  -h, --help         this text\n";
+static const char evolve_help[] =
+    "usage: dam_dist evolve --config FILE [--population P] [--generations G] [--sigma S] [--rows N]\n"
+    "                       [--seed S] [--max-evals E] [--resume [auto|PATH]] [--force]\n"
+    "CMA-ES over merge weights, one per source per decoder layer (+ embeddings, + final norm and lm_head),\n"
+    "minimising the summed KL to each source on its own data (DAM's KL term); writes the best merge to the\n"
+    "config's output.dir with evolve_report.json (fitness per generation, evaluations, tokens, wall time).\n"
+    "Any layout of the config (mpirun): the data-parallel replicas evaluate candidates in parallel.\n"
+    "  --config FILE        the run configuration (models, datasets, loss.temperature, output.dir)\n"
+    "  --population P       candidates per generation (default 4 + floor(3 ln n), n the genome length)\n"
+    "  --generations G      generations (default 100)\n"
+    "  --sigma S            initial step size (default 0.1; the search starts at the plain average 1/N)\n"
+    "  --rows N             the first N rows of each dataset (default: those a DAM run of the config reads)\n"
+    "  --seed S             random seed (default train.seed)\n"
+    "  --max-evals E        no generation starts that would exceed E fitness evaluations in all\n"
+    "  --resume [auto|PATH] continue from the saved state (checkpoint dir's evolve_state.bin, or PATH);\n"
+    "                       auto: when one exists, else start fresh\n"
+    "  --force              replace an output.dir that is not an earlier dam_dist output\n"
+    "  -h, --help           this text\n"
+    "Exit status: 0 finished; 75 stopped by SIGUSR1, SIGTERM or SIGINT after saving its state (resume\n"
+    "with --resume); 1 an error (one line on stderr).\n";
 
 static const struct {
     const char *cmd, *text;
 } helps[] = {
-    {"merge", merge_help},       {"", train_help},
-    {"toy", toy_help},           {"prepare", prepare_help},
-    {"tokenize", tokenize_help}, {"precompute", precompute_help},
-    {"inspect", inspect_help},   {"eval", eval_help},
+    {"merge", merge_help},
+    {"", train_help},
+    {"toy", toy_help},
+    {"prepare", prepare_help},
+    {"tokenize", tokenize_help},
+    {"precompute", precompute_help},
+    {"inspect", inspect_help},
+    {"eval", eval_help},
+    {"", train_help},
+    {"toy", toy_help},
+    {"prepare", prepare_help},
+    {"tokenize", tokenize_help},
+    {"precompute", precompute_help},
+    {"inspect", inspect_help},
+    {"evolve", evolve_help},
 };
 
 const char *cli_help_text(const char *cmd) {

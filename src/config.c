@@ -496,3 +496,30 @@ int config_local_rank(void) {
     }
     return 0;
 }
+
+int config_open_datasets(const DamConfig *c, const ModelConfig *mc, DamDataset *data, int *topk_cache) {
+    int64_t L = -1, topk = -1;
+    for (int k = 0; k < c->n_models; k++) {
+        DamDataset *d = &data[k];
+        dataset_open(d, c->models[k].dataset);
+        dataset_check_ids(d, mc->vocab_size);
+        if (L >= 0 && d->seq_len != L)
+            dam_fail("%s: rows of %lld tokens; %s has %lld (all datasets must share one length)", d->path,
+                     (long long)d->seq_len, data[0].path, (long long)L);
+        L = d->seq_len;
+        int k_cache = c->loss.topk > 0 && d->topk > 0 ? d->topk : 0;
+        if (topk >= 0 && k_cache != topk)
+            dam_fail("%s: teacher cache differs from the other datasets'", d->path);
+        topk = k_cache;
+        if (k_cache && k_cache < c->loss.topk)
+            dam_fail("%s: teacher cache holds top-%d; loss.topk asks for %d", d->path, k_cache, c->loss.topk);
+    }
+    int T = c->seq_len > 0 ? c->seq_len : (int)L;
+    if (T > L)
+        dam_fail("%s: train.seq_len %d is longer than the dataset rows (%lld)", c->file, T, (long long)L);
+    if (T > mc->max_position_embeddings)
+        dam_fail("%s: sequence length %d exceeds max_position_embeddings %d of %s", data[0].path, T,
+                 mc->max_position_embeddings, c->models[0].path);
+    *topk_cache = (int)topk;
+    return T;
+}

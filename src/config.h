@@ -6,6 +6,7 @@
 
 #include <cJSON.h>
 
+#include "dataset.h"
 #include "model.h"
 
 typedef enum { OPT_ADAMW = 0, OPT_MOFO = 1 } OptimizerKind;
@@ -88,6 +89,12 @@ cJSON *config_effective(const DamConfig *c);
 int config_diff(const char *a, const char *b, char *out, size_t cap);
 /* Parse a size like "5GB", "500MB", "1024" (bytes). Returns 0 when malformed. */
 size_t config_parse_size(const char *s);
+
+/* Open dataset k of every source model (data[k], k < n_models) and check them as a run reads them:
+ * ids in the vocabulary of mc, one row length L for all, top-K teacher caches alike and holding at
+ * least loss.topk (*topk_cache: the K of the caches read, 0 when the teachers run). Returns the
+ * tokens per row used: train.seq_len (0: L), at most L and max_position_embeddings. */
+int config_open_datasets(const DamConfig *c, const ModelConfig *mc, DamDataset *data, int *topk_cache);
 
 /* The run's backend: `device` ("cpu" or "cuda"; DAM_BACKEND in the environment overrides it, e.g.
  * "guard" for the tests) through backend_by_name. */

@@ -33,6 +33,8 @@ static const char usage_text[] =
     "                                  memory per rank before a job is submitted (docs/memory.md)\n"
     "  dam_dist merge --method linear|task_arithmetic|ties|dare_ties|slerp --out DIR [options]\n"
     "                                  the classic merges of mergekit, streamed (docs/merge.md)\n"
+    "  dam_dist evolve --config F [--population P] [--generations G] [--sigma S] [--rows N] [options]\n"
+    "                                  CMA-ES over per-layer merge weights (the evolutionary baseline)\n"
     "  dam_dist help | --help          this text;  dam_dist COMMAND --help: that command's options\n"
     "  dam_dist version | --version    version, git commit, what was built in\n";
 
@@ -46,6 +48,7 @@ static const Subcommand subcommands[] = {
     {"tokenize", cmd_tokenize}, {"precompute", cmd_precompute},
     {"inspect", cmd_inspect},   {"plan", cmd_plan},
     {"merge", cmd_merge},       {"eval", cmd_eval},
+    {"evolve", cmd_evolve},
 };
 
 int main(int argc, char **argv) {

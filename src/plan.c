@@ -361,10 +361,9 @@ static const char plan_short[] =
     "usage: dam_dist plan --config F --ranks N [options]; dam_dist plan --help lists them";
 
 static double parse_positive(const char *s, const char *what) {
-    char *end;
-    double v = strtod(s, &end);
-    if (end == s || *end || !(v > 0) || !isfinite(v))
-        dam_fail("plan: %s: expected a positive number, got '%s'", what, s);
+    char *named = dam_asprintf("plan: %s", what);
+    double v = dam_parse_positive(s, named);
+    free(named);
     return v;
 }
 

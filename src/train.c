@@ -107,29 +107,9 @@ static void open_model(Trainer *tr) {
 
 static void open_data(Trainer *tr) {
     DamConfig *c = &tr->cfg;
-    const ModelConfig *mc = &tr->model.full_cfg;
-    int64_t L = -1, topk = -1;
-    for (int k = 0; k < tr->n_data; k++) {
-        DamDataset *d = &tr->data[k];
-        dataset_open(d, c->models[k].dataset);
-        dataset_check_ids(d, mc->vocab_size);
-        if (L >= 0 && d->seq_len != L)
-            dam_fail("%s: rows of %lld tokens; %s has %lld (all datasets must share one length)", d->path,
-                     (long long)d->seq_len, tr->data[0].path, (long long)L);
-        L = d->seq_len;
-        int k_cache = c->loss.topk > 0 && d->topk > 0 ? d->topk : 0;
-        if (topk >= 0 && k_cache != topk)
-            dam_fail("%s: teacher cache differs from the other datasets'", d->path);
-        topk = k_cache;
-        if (k_cache && k_cache < c->loss.topk)
-            dam_fail("%s: teacher cache holds top-%d; loss.topk asks for %d", d->path, k_cache, c->loss.topk);
-    }
-    tr->T = c->seq_len > 0 ? c->seq_len : (int)L;
-    if (tr->T > L)
-        dam_fail("%s: train.seq_len %d is longer than the dataset rows (%lld)", c->file, tr->T, (long long)L);
-    if (tr->T > mc->max_position_embeddings)
-        dam_fail("%s: sequence length %d exceeds max_position_embeddings %d of %s", tr->data[0].path, tr->T,
-                 mc->max_position_embeddings, c->models[0].path);
+    int topk;
+    tr->T = config_open_datasets(c, &tr->model.full_cfg, tr->data, &topk);
+    int64_t L = tr->data[0].seq_len;
     tr->B = c->batch_size;
     tr->shuffle_rows = INT64_MAX;
     for (int k = 0; k < tr->n_data; k++)

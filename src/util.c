@@ -330,6 +330,14 @@ long long dam_parse_int(const char *s, long long lo, long long hi, const char *w
     return v;
 }
 
+double dam_parse_positive(const char *s, const char *what) {
+    char *end = NULL;
+    double v = strtod(s, &end);
+    if (end == s || *end || !(v > 0) || !isfinite(v))
+        dam_fail("%s: expected a positive number, got '%s'", what, s);
+    return v;
+}
+
 void dam_rng_seed(dam_rng *r, uint64_t seed) {
     r->s = seed * 0x9E3779B97F4A7C15ull + 0x2545F4914F6CDD1Dull;
     if (!r->s) r->s = 1;

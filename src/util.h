@@ -102,6 +102,8 @@ char *dam_realpath_lenient(const char *path);
 int dam_path_within(const char *inner, const char *outer);
 /* Parse a whole decimal integer in [lo, hi]; fails naming `what` otherwise. */
 long long dam_parse_int(const char *s, long long lo, long long hi, const char *what);
+/* Parse a whole finite number > 0; fails with "<what>: expected a positive number, got '<s>'". */
+double dam_parse_positive(const char *s, const char *what);
 
 /* Deterministic RNG (xorshift64*), state kept by the caller: no hidden globals. */
 typedef struct {
