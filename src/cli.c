@@ -4,7 +4,7 @@
 
 #include <string.h>
 
-const char cli_command_list[] = "toy, prepare, tokenize, precompute, inspect, plan, help, version";
+const char cli_command_list[] = "toy, prepare, tokenize, precompute, inspect, plan, finetune, help, version";
 
 static const char train_help[] =
     "usage: dam_dist --config FILE [--out DIR] [--max-steps N] [--eval-rows N] [--resume | --resume auto]\n"
@@ -84,6 +84,27 @@ static const char inspect_help[] =
     "  --model DIR        a Hugging Face model directory (repeat for several)\n"
     "  -h, --help         this text\n";
 
+static const char finetune_help[] =
+    "usage: dam_dist finetune --model DIR --data F.h5 [--data F2.h5 ...] --out DIR [options]\n"
+    "       dam_dist finetune --model DIR --steps 0 --eval F.h5 [--eval F2.h5 ...]\n"
+    "Full fine-tuning of one model with AdamW on next-token cross-entropy, through the merge's own\n"
+    "forward and backward; writes a Hugging Face directory (bf16). One process (no mpirun).\n"
+    "  --model DIR            the model to fine-tune (its config.json and tokenizer files are copied)\n"
+    "  --data F.h5            a token file to train on (repeat: rows drawn uniformly from all of them)\n"
+    "  --out DIR              the fine-tuned model (refused if it holds something else, unless --force)\n"
+    "  --steps N              optimizer steps (default 100; 0: evaluate only)\n"
+    "  --batch B              sequences per step (default 16)\n"
+    "  --lr LR                AdamW learning rate, constant (default 0.001)\n"
+    "  --weight-decay W       decoupled weight decay of the matrices, not of norms or biases (default 0)\n"
+    "  --max-grad-norm G      clip the global gradient norm to G (default 1; 0: no clipping)\n"
+    "  --seed S               the order rows are drawn in (default 1)\n"
+    "  --answer-only          the loss on /answer_mask tokens only (else every valid next token)\n"
+    "  --eval F.h5            after training: teacher-forced cross-entropy and exact-match accuracy on\n"
+    "                         the file's answer tokens (repeat for several files)\n"
+    "  --device cpu|cuda      the backend (default cpu)\n"
+    "  --force                replace DIR even when it is not an earlier dam_dist output\n"
+    "  -h, --help             this text\n";
+
 static const struct {
     const char *cmd, *text;
 } helps[] = {
@@ -93,6 +114,7 @@ static const struct {
     {"tokenize", tokenize_help},
     {"precompute", precompute_help},
     {"inspect", inspect_help},
+    {"finetune", finetune_help},
 };
 
 const char *cli_help_text(const char *cmd) {

@@ -10,5 +10,6 @@ int cmd_tokenize(int argc, char **argv);   /* dam_dist tokenize --tokenizer DIR 
 int cmd_inspect(int argc, char **argv);    /* dam_dist inspect --model DIR : validate and summarize */
 int cmd_precompute(int argc, char **argv); /* dam_dist precompute --config F [--topk K] */
 int cmd_plan(int argc, char **argv);       /* dam_dist plan --config F --ranks N : memory per rank */
+int cmd_finetune(int argc, char **argv);   /* dam_dist finetune --model DIR --data F.h5 --out DIR ... */
 
 #endif

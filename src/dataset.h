@@ -37,6 +37,9 @@ void dataset_read_rows(const DamDataset *d, int64_t row0, int64_t nrows, int32_t
 void dataset_read_topk(const DamDataset *d, int64_t row0, int64_t nrows, int32_t *idx, float *logits);
 /* A string attribute of the file into out; -1 when it is absent or not a string. */
 int dataset_attr_string(const DamDataset *d, const char *key, char *out, size_t cap);
+/* The answer mask of rows [row0, row0 + nrows) (/answer_mask int8 [n, L]: 1 marks a token predicted
+ * from the previous position's logits as part of an answer); zeros when the file has none. */
+void dataset_read_answer(const DamDataset *d, int64_t row0, int64_t nrows, int8_t *answer);
 /* Check every id of the file in [0, vocab); fails naming file, row and column of the first bad one. */
 void dataset_check_ids(const DamDataset *d, int64_t vocab);
 
@@ -52,5 +55,7 @@ void dataset_write(const char *path, int64_t n_rows, int64_t seq_len, const int3
 /* Add (or replace) the teacher cache of a whole file: copies the file to "<path>.tmp", writes
  * /topk_indices and /topk_logits (float32) there, and renames it into place. */
 void dataset_write_topk(const char *path, int k, const int32_t *idx, const float *logits);
+/* Add (or replace) /answer_mask int8 [n, L] (answer[n*L]) of a whole file, the same way. */
+void dataset_write_answer(const char *path, const int8_t *answer);
 
 #endif

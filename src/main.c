@@ -29,6 +29,8 @@ static const char usage_text[] =
     "                                  validate model directories, summarize them\n"
     "  dam_dist plan --config F --ranks N [--device cpu|cuda] [--gpu-mem GiB] [--json] [options]\n"
     "                                  memory per rank before a job is submitted (docs/memory.md)\n"
+    "  dam_dist finetune --model DIR --data F.h5 --out DIR [--steps N] [--lr LR] [options]\n"
+    "                                  full fine-tuning of one model (AdamW, next-token cross-entropy)\n"
     "  dam_dist help | --help          this text;  dam_dist COMMAND --help: that command's options\n"
     "  dam_dist version | --version    version, git commit, what was built in\n";
 
@@ -41,6 +43,7 @@ static const Subcommand subcommands[] = {
     {"toy", cmd_toy},           {"prepare", cmd_prepare},
     {"tokenize", cmd_tokenize}, {"precompute", cmd_precompute},
     {"inspect", cmd_inspect},   {"plan", cmd_plan},
+    {"finetune", cmd_finetune},
 };
 
 int main(int argc, char **argv) {
