@@ -31,8 +31,12 @@ static const char train_help[] =
 
 static const char toy_help[] =
     "usage: dam_dist toy --out DIR [--models N] [--seed S] [--size small|tiny|bench|smol] [--force]\n"
+    "       dam_dist toy --tasks --out DIR [--seed S] [--force]\n"
     "A base model, N specialists fine-tuned from it, their datasets and a config.json, for trying the\n"
-    "merge: dam_dist --config DIR/config.json.\n"
+    "merge: dam_dist --config DIR/config.json. With --tasks: a randomly initialised character-level\n"
+    "model, its tokenizer and the tasks add, rev, sort (and their mix) as train/eval token files with\n"
+    "answer masks, for `finetune` (tools/make_specialists.sh).\n"
+    "  --tasks            the character-level toy tasks instead\n"
     "  --out DIR          where to write (refused if it holds something else, unless --force)\n"
     "  --models N         specialists, 2 to 8 (default 3)\n"
     "  --seed S           random seed (default 1)\n"

@@ -18,6 +18,7 @@ static const char usage_text[] =
     "                                  train DAM coefficients, write the merged model; exit status 0\n"
     "                                  finished, 75 stopped by a signal after a checkpoint (resume me)\n"
     "  dam_dist toy --out DIR [--models N] [--seed S] [--size small|tiny|bench|smol] [--force]\n"
+    "  dam_dist toy --tasks --out DIR [--seed S] [--force]\n"
     "                                  a base, specialists, their datasets and a config\n"
     "  dam_dist prepare --tokenizer DIR --input F --out F.h5 --seq-len L [options]\n"
     "                                  text to an HDF5 token file (docs/data.md)\n"
