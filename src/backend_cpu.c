@@ -328,7 +328,8 @@ static void cpu_embed_grad(BackendCtx *ctx, DevBuf acc_, DevBuf dh_, const int32
     size_t rows = acc_.n / (size_t)d;
     for (int t = 0; t < T; t++) {
         if (ids[t] < 0) continue;
-        if ((size_t)ids[t] >= rows) dam_fail("embed_grad: token id %d beyond the %zu rows of acc", ids[t], rows);
+        if ((size_t)ids[t] >= rows)
+            dam_fail("embed_grad: token id %d beyond the %zu rows of acc", ids[t], rows);
         float *a = acc + (size_t)ids[t] * d;
         const float *g = dh + (size_t)t * d;
         for (int j = 0; j < d; j++) a[j] += g[j];

@@ -270,7 +270,8 @@ static void output_config(DamConfig *cfg, const FinetuneArgs *a, char *effective
     cfg->base_model = (char *)a->model;
     cfg->n_models = a->n_data ? a->n_data : 1;
     for (int i = 0; i < cfg->n_models; i++)
-        cfg->models[i].path = (char *)a->model, cfg->models[i].dataset = (char *)(a->n_data ? a->data[i] : NULL);
+        cfg->models[i].path = (char *)a->model,
+        cfg->models[i].dataset = (char *)(a->n_data ? a->data[i] : NULL);
     cfg->out_dir = (char *)a->out;
     cfg->shard_bytes = (size_t)5 << 30;
     cfg->force = a->force;

@@ -17,11 +17,11 @@
 
 typedef struct {
     DamModel m;
-    float **host_w;        /* per tensor: the CPU's writable weights (the source is a view of them) */
+    float **host_w; /* per tensor: the CPU's writable weights (the source is a view of them) */
     DevBuf *adam_m, *adam_v;
-    int32_t *topk_idx;     /* [B*T*V]: 0..V-1 at every position (the one-hot teacher's ids) */
-    float *topk_val;       /* [B*T*V]: 0 at each target, -1e30 elsewhere */
-    int B, T;              /* capacity of the batch arrays */
+    int32_t *topk_idx; /* [B*T*V]: 0..V-1 at every position (the one-hot teacher's ids) */
+    float *topk_val;   /* [B*T*V]: 0 at each target, -1e30 elsewhere */
+    int B, T;          /* capacity of the batch arrays */
     RunState *rs;
 } Finetune;
 
@@ -33,8 +33,7 @@ void finetune_close(Finetune *f);
 /* Next-token targets of a batch: target[r*T + t] = 1 when ids[r*T + t + 1] is predicted at position
  * t, i.e. (answer_only ? answer[t + 1] : mask[t] && mask[t + 1]); the last position never. answer
  * may be NULL when !answer_only. Returns how many. */
-int finetune_targets(const int8_t *mask, const int8_t *answer, int answer_only, int B, int T,
-                     int8_t *target);
+int finetune_targets(const int8_t *mask, const int8_t *answer, int answer_only, int B, int T, int8_t *target);
 
 /* The mean cross-entropy of ids[r*T + t + 1] at the target positions of B sequences (B <= f->B, T
  * <= f->T), its weight gradients left in every tensor's wgrad (zeroed first). 0 when no target. */
