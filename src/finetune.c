@@ -216,7 +216,7 @@ static float parse_float(const char *s, float lo, float hi, const char *what) {
     char *end;
     double v = strtod(s, &end);
     if (end == s || *end || !(v >= lo && v <= hi))
-        dam_fail("%s: '%s' is not a number in [%g, %g]", what, s, (double)lo, (double)hi);
+        dam_fail("%s: expected a number from %g to %g, got '%s'", what, (double)lo, (double)hi, s);
     return (float)v;
 }
 

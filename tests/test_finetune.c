@@ -61,14 +61,19 @@ static void check_tensor(Finetune *f, DamTensor *x, const int32_t *ids, const in
     free(w), free(g), free(dir), free(moved);
 }
 
-/* Every tensor of the fixture model `name` (tests/fixtures/models). */
-static void check_model(const char *name) {
+/* The fixture model `name` (tests/fixtures/models) opened for fine-tuning batches of B x T. */
+static void open_fixture(Finetune *f, const char *name) {
     char *dir = test_fixture("models");
     char path[600];
     snprintf(path, sizeof path, "%s/%s", dir, name);
     free(dir);
+    finetune_open(f, path, test_be(), test_ctx(), B, T);
+}
+
+/* Every tensor of the fixture model `name`. */
+static void check_model(const char *name) {
     Finetune f;
-    finetune_open(&f, path, test_be(), test_ctx(), B, T);
+    open_fixture(&f, name);
     int32_t ids[B * T];
     int8_t target[B * T];
     make_batch(f.m.cfg.vocab_size, ids, target);
@@ -94,12 +99,8 @@ static void test_targets(void **state) {
 /* The loss by hand: all weights of the lm_head zero gives uniform logits,
  * so the cross-entropy is log V exactly, whatever the inputs. */
 static void test_uniform_loss(void **state) {
-    char *dir = test_fixture("models");
-    char path[600];
-    snprintf(path, sizeof path, "%s/llama_untied_bf16", dir);
-    free(dir);
     Finetune f;
-    finetune_open(&f, path, test_be(), test_ctx(), B, T);
+    open_fixture(&f, "llama_untied_bf16");
     DamTensor *lm = f.m.lm_head;
     size_t n = lm->rows * lm->cols;
     f.m.be->fill(f.m.ctx, lm->src[0].w, 0.0f, n);
@@ -112,12 +113,8 @@ static void test_uniform_loss(void **state) {
 
 /* AdamW on one batch: the loss falls to well under half of where it started (memorisation). */
 static void test_loss_falls(void **state) {
-    char *dir = test_fixture("models");
-    char path[600];
-    snprintf(path, sizeof path, "%s/qwen2_bias", dir);
-    free(dir);
     Finetune f;
-    finetune_open(&f, path, test_be(), test_ctx(), B, T);
+    open_fixture(&f, "qwen2_bias");
     int32_t ids[B * T];
     int8_t target[B * T];
     make_batch(f.m.cfg.vocab_size, ids, target);
