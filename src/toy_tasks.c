@@ -1,6 +1,6 @@
 /* toy_tasks.c — see toy_tasks.h. Three tasks that one small model can learn and that pull its weights
  * in different directions (the same letters go to reversal and to sorting, told apart only by the
- * first character):
+ * first character; no train row repeats an eval row):
  *   add   two numbers below 100 and their sum:      "12+35=47"
  *   rev   3 to 5 letters and the letters reversed:  "Rcab=bac"
  *   sort  3 to 5 letters and the letters sorted:    "Scab=abc"
@@ -134,17 +134,35 @@ static void write_tokenizer(const char *dir) {
     free(path);
 }
 
-/* Rows of every task (n each) from one generator, and the mix: the same rows in a seeded order. */
-static void write_split(const char *dir, const char *split, int64_t n, dam_rng *r, const char *hash) {
+/* The texts of one split of a task, sorted: the eval rows that the train rows must not repeat. */
+typedef struct {
+    char (*text)[TOY_TASK_SEQ];
+    int64_t n;
+} TextSet;
+
+static int cmp_text(const void *a, const void *b) { return strcmp(a, b); }
+
+static int text_in(const TextSet *set, const char *text) {
+    return set && bsearch(text, set->text, (size_t)set->n, sizeof *set->text, cmp_text) != NULL;
+}
+
+/* Rows of every task (n each) from one generator, none of them in exclude[task] (when given), their
+ * texts into keep[task] (when given); and the mix: the same rows in a seeded order. */
+static void write_split(const char *dir, const char *split, int64_t n, dam_rng *r, const char *hash,
+                        const TextSet *exclude, TextSet *keep) {
     Rows task[N_TASKS], mix;
     rows_alloc(&mix, n * N_TASKS);
     char text[32], name[32];
     for (int k = 0; k < N_TASKS; k++) {
         rows_alloc(&task[k], n);
+        if (keep) keep[k].text = dam_calloc((size_t)n, sizeof *keep[k].text, "toy eval texts"), keep[k].n = n;
         for (int64_t i = 0; i < n; i++) {
-            task_text((TaskKind)k, r, text, sizeof text);
+            do task_text((TaskKind)k, r, text, sizeof text);
+            while (exclude && text_in(&exclude[k], text));
             put_row(&task[k], i, text);
+            if (keep) memcpy(keep[k].text[i], text, strlen(text) + 1); /* put_row: it fits */
         }
+        if (keep) qsort(keep[k].text, (size_t)n, sizeof *keep[k].text, cmp_text);
         snprintf(name, sizeof name, "%s_%s", task_names[k], split);
         write_rows(&task[k], dir, name, hash);
     }
@@ -181,6 +199,8 @@ void toy_tasks_write(const char *dir, uint64_t seed) {
     free(data);
     dam_rng r;
     dam_rng_seed(&r, seed ^ 0x7A5C5u);
-    write_split(dir, "train", TRAIN_ROWS, &r, hash);
-    write_split(dir, "eval", EVAL_ROWS, &r, hash);
+    TextSet eval[N_TASKS];
+    write_split(dir, "eval", EVAL_ROWS, &r, hash, NULL, eval);
+    write_split(dir, "train", TRAIN_ROWS, &r, hash, eval, NULL); /* no eval row trained on */
+    for (int k = 0; k < N_TASKS; k++) free(eval[k].text);
 }

@@ -4,7 +4,7 @@
 #    (hand-written below) through `tokenize`, and `prepare` makes the generator's own rows from their
 #    decoded text;
 #  - every eval row says what its task says (sums checked with shell arithmetic, reversal and sorting
-#    with rev / sort), and /answer_mask is 1 exactly after '=' up to and including </s>;
+#    with rev / sort), no eval row is trained on, and /answer_mask is 1 exactly after '=' up to and including </s>;
 #  - finetune: the loss falls on the addition task, the fine-tuned model's eval cross-entropy is below
 #    the random model's, the output is a model directory `inspect` accepts;
 #  - refusals: one line, exit 1 (two ranks, no data, writing over its input).
@@ -48,6 +48,11 @@ texts() { # FILE -> one text per row
 texts "$D/add_eval.h5" >"$T/add.txt"
 texts "$D/rev_eval.h5" >"$T/rev.txt"
 texts "$D/sort_eval.h5" >"$T/sort.txt"
+for task in add rev sort; do
+  texts "$D/${task}_train.h5" | sort -u >"$T/train.txt"
+  texts "$D/${task}_eval.h5" | sort -u >"$T/eval.txt"
+  check "$task: no eval row is a train row" test -z "$(comm -12 "$T/train.txt" "$T/eval.txt")"
+done
 check "add: 256 rows" test "$(grep -c . "$T/add.txt")" = 256
 check "add: every row is a+b=c with c the sum" \
   test "$(awk -F'[+=]' 'NF == 3 && $1 + $2 == $3 && $1 < 100 && $2 < 100' "$T/add.txt" | wc -l)" = 256

@@ -8,14 +8,14 @@
 #   OUT/config.json  a DAM config merging the three specialists over OUT/base
 # then prints every model's exact-match accuracy (teacher forced, on the answer tokens) on every
 # task's eval rows, as a markdown table, and the wall time.
-# Environment: DAM_BIN (default ./dam_dist), SEED (1), BASE_STEPS (300), SPEC_STEPS (300), BATCH (32),
+# Environment: DAM_BIN (default ./dam_dist), SEED (1), BASE_STEPS (300), SPEC_STEPS (600), BATCH (32),
 # LR (0.003).
 set -euo pipefail
 OUT=${1:?usage: tools/make_specialists.sh OUT}
 DAM=${DAM_BIN:-./dam_dist}
 SEED=${SEED:-1}
 BASE_STEPS=${BASE_STEPS:-300}
-SPEC_STEPS=${SPEC_STEPS:-300}
+SPEC_STEPS=${SPEC_STEPS:-600}
 BATCH=${BATCH:-32}
 LR=${LR:-0.003}
 TASKS="add rev sort"
