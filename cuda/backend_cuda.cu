@@ -256,6 +256,7 @@ static const Backend cuda_backend = {
     .dam_coef_grad = cu_dam_coef_grad,
     .dam_embed_gather = cu_dam_embed_gather,
     .dam_embed_coef_grad = cu_dam_embed_coef_grad,
+    .embed_grad = cu_embed_grad,
     .rmsnorm_fwd = cu_rmsnorm_fwd,
     .rmsnorm_bwd = cu_rmsnorm_bwd,
     .rope = cu_rope,

@@ -260,6 +260,31 @@ static void cu_dam_embed_gather(BackendCtx *ctx, DevBuf out, const SrcWeight *sr
     LAUNCH_CHECK(op);
 }
 
+/* acc[ids[t], j] += dh[t, j] (atomic: a token may repeat in the batch). */
+__global__ void k_embed_grad(float *acc, const void *dh, int ddt, const int32_t *ids, int T, int d) {
+    size_t n = (size_t)T * d;
+    GRID_STRIDE(e, n) {
+        size_t t = e / d, j = e - t * d;
+        int id = ids[t];
+        if (id >= 0) atomicAdd(&acc[(size_t)id * d + j], ldf(dh, ddt, e));
+    }
+}
+
+static void cu_embed_grad(BackendCtx *ctx, DevBuf acc, DevBuf dh, const int32_t *ids, int T, int d) {
+    const char *op = "embed_grad";
+    need_f32(acc, op, "acc");
+    need_float(dh, op, "dh");
+    need_n(dh, (size_t)T * d, op, "dh");
+    if (T <= 0 || d <= 0) return;
+    for (int t = 0; t < T; t++)
+        if (ids[t] >= 0 && ((size_t)ids[t] + 1) * d > acc.n)
+            dam_fail("cuda %s: token id %d beyond the %zu rows of acc", op, ids[t], acc.n / d);
+    const int32_t *dids = upload_indices(ctx, ids, (size_t)T);
+    k_embed_grad<<<grid_for((size_t)T * d, 256), 256, 0, ctx->stream>>>((float *)acc.ptr, dh.ptr,
+                                                                        dtcode(dh.dtype), dids, T, d);
+    LAUNCH_CHECK(op);
+}
+
 static void cu_dam_embed_coef_grad(BackendCtx *ctx, DevBuf acc, const SrcWeight *src, int n_src, DevBuf dh,
                                    const int32_t *ids, int T, int d) {
     const char *op = "dam_embed_coef_grad";

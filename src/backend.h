@@ -133,6 +133,9 @@ typedef struct Backend {
     /* acc[i, j] += Σ_t E_i[ids[t], j] · dh[t, j] (negative ids skipped) */
     void (*dam_embed_coef_grad)(BackendCtx *ctx, DevBuf acc, const SrcWeight *src, int n_src, DevBuf dh,
                                 const int32_t *ids, int T, int d);
+    /* Full fine-tuning (`finetune`): the embedding's weight gradient, acc[ids[t], j] += dh[t, j] for
+     * t < T, j < d (acc F32 [rows, d]; ids a host array, negative ids skipped). */
+    void (*embed_grad)(BackendCtx *ctx, DevBuf acc, DevBuf dh, const int32_t *ids, int T, int d);
 
     /* ---- transformer */
     /* out = x̂ ⊙ w with x̂ = x·rstd, rstd[t] = 1/sqrt(mean(x[t]²) + eps) (rstd F32, saved). */

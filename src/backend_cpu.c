@@ -322,6 +322,20 @@ static void cpu_dam_embed_coef_grad(BackendCtx *ctx, DevBuf acc_, const SrcWeigh
     free(row);
 }
 
+static void cpu_embed_grad(BackendCtx *ctx, DevBuf acc_, DevBuf dh_, const int32_t *ids, int T, int d) {
+    float *acc = F32(acc_, (size_t)d);
+    const float *dh = F32(dh_, (size_t)T * d);
+    size_t rows = acc_.n / (size_t)d;
+    for (int t = 0; t < T; t++) {
+        if (ids[t] < 0) continue;
+        if ((size_t)ids[t] >= rows)
+            dam_fail("embed_grad: token id %d beyond the %zu rows of acc", ids[t], rows);
+        float *a = acc + (size_t)ids[t] * d;
+        const float *g = dh + (size_t)t * d;
+        for (int j = 0; j < d; j++) a[j] += g[j];
+    }
+}
+
 /* ---------------------------------------------------------------- transformer */
 
 static void cpu_rmsnorm_fwd(BackendCtx *ctx, DevBuf out_, DevBuf rstd_, DevBuf x_, DevBuf w_, int T, int d,
@@ -805,6 +819,7 @@ static const Backend cpu_backend = {
     .dam_coef_grad = cpu_dam_coef_grad,
     .dam_embed_gather = cpu_dam_embed_gather,
     .dam_embed_coef_grad = cpu_dam_embed_coef_grad,
+    .embed_grad = cpu_embed_grad,
     .rmsnorm_fwd = cpu_rmsnorm_fwd,
     .rmsnorm_bwd = cpu_rmsnorm_bwd,
     .rope = cpu_rope,

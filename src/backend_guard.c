@@ -210,6 +210,8 @@ WRAP(dam_embed_coef_grad,
      (BackendCtx * ctx, DevBuf acc, const SrcWeight *src, int n_src, DevBuf dh, const int32_t *ids, int T,
       int d),
      (acc, src, n_src, dh, ids, T, d))
+WRAP(embed_grad, (BackendCtx * ctx, DevBuf acc, DevBuf dh, const int32_t *ids, int T, int d),
+     (acc, dh, ids, T, d))
 WRAP(rmsnorm_fwd, (BackendCtx * ctx, DevBuf out, DevBuf rstd, DevBuf x, DevBuf w, int T, int d, float eps),
      (out, rstd, x, w, T, d, eps))
 WRAP(rmsnorm_bwd,
@@ -287,6 +289,7 @@ static const Backend guard_backend = {
     .dam_coef_grad = guard_dam_coef_grad,
     .dam_embed_gather = guard_dam_embed_gather,
     .dam_embed_coef_grad = guard_dam_embed_coef_grad,
+    .embed_grad = guard_embed_grad,
     .rmsnorm_fwd = guard_rmsnorm_fwd,
     .rmsnorm_bwd = guard_rmsnorm_bwd,
     .rope = guard_rope,

@@ -5,7 +5,7 @@
 #include <string.h>
 
 const char cli_command_list[] =
-    "toy, prepare, tokenize, precompute, inspect, plan, merge, eval, evolve, help, version";
+    "toy, prepare, tokenize, precompute, inspect, plan, merge, eval, evolve, finetune, help, version";
 
 static const char train_help[] =
     "usage: dam_dist --config FILE [--out DIR] [--max-steps N] [--eval-rows N] [--resume | --resume auto]\n"
@@ -32,8 +32,12 @@ static const char train_help[] =
 
 static const char toy_help[] =
     "usage: dam_dist toy --out DIR [--models N] [--seed S] [--size small|tiny|bench|smol] [--force]\n"
+    "       dam_dist toy --tasks --out DIR [--seed S] [--force]\n"
     "A base model, N specialists fine-tuned from it, their datasets and a config.json, for trying the\n"
-    "merge: dam_dist --config DIR/config.json.\n"
+    "merge: dam_dist --config DIR/config.json. With --tasks: a randomly initialised character-level\n"
+    "model, its tokenizer and the tasks add, rev, sort (and their mix) as train/eval token files with\n"
+    "answer masks, for `finetune` (tools/make_specialists.sh).\n"
+    "  --tasks            the character-level toy tasks instead\n"
     "  --out DIR          where to write (refused if it holds something else, unless --force)\n"
     "  --models N         specialists, 2 to 8 (default 3)\n"
     "  --seed S           random seed (default 1)\n"
@@ -145,6 +149,26 @@ static const char evolve_help[] =
     "  -h, --help           this text\n"
     "Exit status: 0 finished; 75 stopped by SIGUSR1, SIGTERM or SIGINT after saving its state (resume\n"
     "with --resume); 1 an error (one line on stderr).\n";
+static const char finetune_help[] =
+    "usage: dam_dist finetune --model DIR --data F.h5 [--data F2.h5 ...] --out DIR [options]\n"
+    "       dam_dist finetune --model DIR --steps 0 --eval F.h5 [--eval F2.h5 ...]\n"
+    "Full fine-tuning of one model with AdamW on next-token cross-entropy, through the merge's own\n"
+    "forward and backward; writes a Hugging Face directory (bf16). One process (no mpirun).\n"
+    "  --model DIR            the model to fine-tune (its config.json and tokenizer files are copied)\n"
+    "  --data F.h5            a token file to train on (repeat: rows drawn uniformly from all of them)\n"
+    "  --out DIR              the fine-tuned model (refused if it holds something else, unless --force)\n"
+    "  --steps N              optimizer steps (default 100; 0: evaluate only)\n"
+    "  --batch B              sequences per step (default 16)\n"
+    "  --lr LR                AdamW learning rate, constant (default 0.001)\n"
+    "  --weight-decay W       decoupled weight decay of the matrices, not of norms or biases (default 0)\n"
+    "  --max-grad-norm G      clip the global gradient norm to G (default 1; 0: no clipping)\n"
+    "  --seed S               the order rows are drawn in (default 1)\n"
+    "  --answer-only          the loss on /answer_mask tokens only (else every valid next token)\n"
+    "  --eval F.h5            after training: teacher-forced cross-entropy and exact-match accuracy on\n"
+    "                         the file's answer tokens (repeat for several files)\n"
+    "  --device cpu|cuda      the backend (default cpu)\n"
+    "  --force                replace DIR even when it is not an earlier dam_dist output\n"
+    "  -h, --help             this text\n";
 
 static const struct {
     const char *cmd, *text;
@@ -164,6 +188,7 @@ static const struct {
     {"precompute", precompute_help},
     {"inspect", inspect_help},
     {"evolve", evolve_help},
+    {"finetune", finetune_help},
 };
 
 const char *cli_help_text(const char *cmd) {

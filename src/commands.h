@@ -11,7 +11,8 @@ int cmd_inspect(int argc, char **argv);    /* dam_dist inspect --model DIR : val
 int cmd_precompute(int argc, char **argv); /* dam_dist precompute --config F [--topk K] */
 int cmd_plan(int argc, char **argv);       /* dam_dist plan --config F --ranks N : memory per rank */
 int cmd_merge(int argc, char **argv);      /* dam_dist merge --method M --out DIR ... : mergekit's merges */
-int cmd_eval(int argc, char **argv);   /* dam_dist eval --config F --model DIR ... : metrics per dataset */
-int cmd_evolve(int argc, char **argv); /* dam_dist evolve --config F ... : CMA-ES over merge weights */
+int cmd_eval(int argc, char **argv);     /* dam_dist eval --config F --model DIR ... : metrics per dataset */
+int cmd_evolve(int argc, char **argv);   /* dam_dist evolve --config F ... : CMA-ES over merge weights */
+int cmd_finetune(int argc, char **argv); /* dam_dist finetune --model DIR --data F.h5 --out DIR ... */
 
 #endif

@@ -278,29 +278,49 @@ void dataset_write(const char *path, int64_t n_rows, int64_t seq_len, const int3
     free(tmp);
 }
 
-void dataset_write_topk(const char *path, int k, const int32_t *idx, const float *logits) {
-    if (k <= 0) dam_fail("%s: teacher cache needs k > 0 (got %d)", path, k);
+/* A copy of the token file `path` as "<path>.tmp" (heap name in *tmp), opened for writing, without
+ * the datasets `names` (about to be written again); n and L of the file (validated by dataset_open)
+ * in dims[0], dims[1]. */
+static hid_t open_copy(const char *path, const char *const *names, int n_names, hsize_t *dims, char **tmp) {
     DamDataset d;
-    dataset_open(&d, path); /* validates the file and gives n and L */
-    int64_t n = d.n_rows, L = d.seq_len;
+    dataset_open(&d, path);
+    dims[0] = (hsize_t)d.n_rows, dims[1] = (hsize_t)d.seq_len;
     dataset_close(&d);
-
     size_t bytes;
     char *data = dam_read_file(path, &bytes);
-    char *tmp = dam_asprintf("%s.tmp", path);
-    FILE *out = fopen(tmp, "wb");
+    *tmp = dam_asprintf("%s.tmp", path);
+    FILE *out = fopen(*tmp, "wb");
     if (!out || fwrite(data, 1, bytes, out) != bytes || fclose(out) != 0) {
-        remove(tmp);
-        dam_fail("%s: cannot write %s", path, tmp);
+        remove(*tmp);
+        dam_fail("%s: cannot write %s", path, *tmp);
     }
     free(data);
+    hid_t f = DAM_H5_CHECK(H5Fopen(*tmp, H5F_ACC_RDWR, H5P_DEFAULT), *tmp);
+    for (int i = 0; i < n_names; i++)
+        if (link_exists(f, names[i], *tmp)) DAM_H5_CHECK(H5Ldelete(f, names[i], H5P_DEFAULT), *tmp);
+    return f;
+}
 
-    hid_t f = DAM_H5_CHECK(H5Fopen(tmp, H5F_ACC_RDWR, H5P_DEFAULT), tmp);
-    if (link_exists(f, "topk_indices", tmp)) DAM_H5_CHECK(H5Ldelete(f, "topk_indices", H5P_DEFAULT), tmp);
-    if (link_exists(f, "topk_logits", tmp)) DAM_H5_CHECK(H5Ldelete(f, "topk_logits", H5P_DEFAULT), tmp);
-    hsize_t dims[3] = {(hsize_t)n, (hsize_t)L, (hsize_t)k};
+void dataset_write_topk(const char *path, int k, const int32_t *idx, const float *logits) {
+    if (k <= 0) dam_fail("%s: teacher cache needs k > 0 (got %d)", path, k);
+    const char *names[] = {"topk_indices", "topk_logits"};
+    hsize_t dims[3];
+    char *tmp;
+    hid_t f = open_copy(path, names, 2, dims, &tmp);
+    dims[2] = (hsize_t)k;
     write_array(f, "topk_indices", 3, dims, H5T_STD_I32LE, H5T_NATIVE_INT32, idx, tmp);
     write_array(f, "topk_logits", 3, dims, H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, logits, tmp);
+    DAM_H5_CHECK(H5Fclose(f), tmp);
+    rename_into_place(tmp, path);
+    free(tmp);
+}
+
+void dataset_write_answer(const char *path, const int8_t *answer) {
+    const char *names[] = {"answer_mask"};
+    hsize_t dims[3];
+    char *tmp;
+    hid_t f = open_copy(path, names, 1, dims, &tmp);
+    write_array(f, "answer_mask", 2, dims, H5T_STD_I8LE, H5T_NATIVE_INT8, answer, tmp);
     DAM_H5_CHECK(H5Fclose(f), tmp);
     rename_into_place(tmp, path);
     free(tmp);

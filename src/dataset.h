@@ -36,7 +36,8 @@ void dataset_open(DamDataset *d, const char *path);
 void dataset_close(DamDataset *d);
 /* Read rows [row0, row0 + nrows): ids [nrows*L]; mask [nrows*L] (ones when absent). */
 void dataset_read_rows(const DamDataset *d, int64_t row0, int64_t nrows, int32_t *ids, int8_t *mask);
-/* Read /answer_mask of rows [row0, row0 + nrows) into answer [nrows*L] (zeros when absent). */
+/* Read /answer_mask of rows [row0, row0 + nrows) into answer [nrows*L] (zeros when absent): 1 marks
+ * a token predicted from the previous position's logits as part of an answer. */
 void dataset_read_answer(const DamDataset *d, int64_t row0, int64_t nrows, int8_t *answer);
 /* Read the teacher cache of rows [row0, row0 + nrows): idx and logits [nrows*L*K] (logits as fp32). */
 void dataset_read_topk(const DamDataset *d, int64_t row0, int64_t nrows, int32_t *idx, float *logits);
@@ -57,5 +58,7 @@ void dataset_write(const char *path, int64_t n_rows, int64_t seq_len, const int3
 /* Add (or replace) the teacher cache of a whole file: copies the file to "<path>.tmp", writes
  * /topk_indices and /topk_logits (float32) there, and renames it into place. */
 void dataset_write_topk(const char *path, int k, const int32_t *idx, const float *logits);
+/* Add (or replace) /answer_mask int8 [n, L] (answer[n*L]) of a whole file, the same way. */
+void dataset_write_answer(const char *path, const int8_t *answer);
 
 #endif

@@ -18,6 +18,7 @@ static const char usage_text[] =
     "                                  train DAM coefficients, write the merged model; exit status 0\n"
     "                                  finished, 75 stopped by a signal after a checkpoint (resume me)\n"
     "  dam_dist toy --out DIR [--models N] [--seed S] [--size small|tiny|bench|smol] [--force]\n"
+    "  dam_dist toy --tasks --out DIR [--seed S] [--force]\n"
     "                                  a base, specialists, their datasets and a config\n"
     "  dam_dist prepare --tokenizer DIR --input F --out F.h5 --seq-len L [options]\n"
     "                                  text to an HDF5 token file (docs/data.md)\n"
@@ -35,6 +36,8 @@ static const char usage_text[] =
     "                                  the classic merges of mergekit, streamed (docs/merge.md)\n"
     "  dam_dist evolve --config F [--population P] [--generations G] [--sigma S] [--rows N] [options]\n"
     "                                  CMA-ES over per-layer merge weights (the evolutionary baseline)\n"
+    "  dam_dist finetune --model DIR --data F.h5 --out DIR [--steps N] [--lr LR] [options]\n"
+    "                                  full fine-tuning of one model (AdamW, next-token cross-entropy)\n"
     "  dam_dist help | --help          this text;  dam_dist COMMAND --help: that command's options\n"
     "  dam_dist version | --version    version, git commit, what was built in\n";
 
@@ -48,7 +51,7 @@ static const Subcommand subcommands[] = {
     {"tokenize", cmd_tokenize}, {"precompute", cmd_precompute},
     {"inspect", cmd_inspect},   {"plan", cmd_plan},
     {"merge", cmd_merge},       {"eval", cmd_eval},
-    {"evolve", cmd_evolve},
+    {"evolve", cmd_evolve},     {"finetune", cmd_finetune},
 };
 
 int main(int argc, char **argv) {

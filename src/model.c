@@ -782,9 +782,11 @@ void dam_model_logits(DamModel *m, RunState *rs, const int32_t *ids, int B, int 
 
 /* ---------------------------------------------------------------- backward */
 
-/* grad accumulator += Σ_r W_i[r,:]·G[r,:] for a trainable tensor. */
+/* grad accumulator += Σ_r W_i[r,:]·G[r,:] for a trainable tensor (fine-tuning: wgrad += G). */
 static void coef_grad(DamModel *m, DamTensor *t, DevBuf G) {
-    if (t && t->trainable)
+    if (t && t->trainable && !devbuf_null(t->wgrad))
+        m->be->add(m->ctx, t->wgrad, G, t->rows * t->cols);
+    else if (t && t->trainable)
         m->be->dam_coef_grad(m->ctx, t->grad, t->src, m->n_rows, G, t->rows, t->cols, t->kind == DT_BIAS);
 }
 
@@ -800,7 +802,9 @@ static void linear_backward(DamModel *m, DamTensor *t, DevBuf w, DevBuf dx, DevB
                             int in, int out, int accumulate) {
     struct Workspace *ws = m->work;
     m->be->matmul_dyw(m->ctx, dx, dy, w, BT, in, out, accumulate);
-    if (t->trainable) {
+    if (t->trainable && !devbuf_null(t->wgrad)) /* fine-tuning: the G GEMM accumulates into wgrad */
+        m->be->matmul_dytx(m->ctx, t->wgrad, dy, x, BT, in, out, 1);
+    else if (t->trainable) {
         m->be->matmul_dytx(m->ctx, ws->G, dy, x, BT, in, out, 0);
         coef_grad(m, t, ws->G);
     }
@@ -942,7 +946,9 @@ static void merged_backward(DamModel *m, RunState *rs, const int32_t *ids, int B
         layer_backward(m, &A, L, x_in, grad_out, ws->dx, B, T);
         m->be->copy(m->ctx, grad_out, ws->dx, BT * d);
     }
-    if (m->first && m->embed->trainable) /* else the pipeline sends grad_out back */
+    if (m->first && m->embed->trainable && !devbuf_null(m->embed->wgrad)) /* fine-tuning */
+        m->be->embed_grad(m->ctx, m->embed->wgrad, grad_out, local_ids(m, ids, BT), (int)BT, (int)d);
+    else if (m->first && m->embed->trainable) /* else the pipeline sends grad_out back */
         m->be->dam_embed_coef_grad(m->ctx, m->embed->grad, m->embed->src, m->n_rows, grad_out,
                                    local_ids(m, ids, BT), (int)BT, (int)d);
 }

@@ -40,6 +40,9 @@ typedef struct {
      * (row-parallel layers), and grad_partial marks gradients that are partial sums over the tp
      * group (column-parallel layers, vocabulary-parallel embedding and lm_head) */
     int coef_off, coef_full, grad_partial;
+    /* full fine-tuning (finetune.c): when set (F32, rows * cols), the backward adds the weight
+     * gradient dL/dW (the G that DAM reduces into the coefficient gradient) here instead */
+    DevBuf wgrad;
 } DamTensor;
 
 typedef struct {

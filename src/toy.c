@@ -16,6 +16,7 @@
 #include "hfconfig.h"
 #include "outdir.h"
 #include "safetensors.h"
+#include "toy_tasks.h"
 
 typedef struct {
     const char *name;
@@ -32,6 +33,9 @@ static const ToySize toy_sizes[] = {
      * bf16 per model */
     {"smol", 576, 30, 9, 3, 1536, 49152, 128, 8, 2, 4, 1},
 };
+
+/* toy --tasks: the randomly initialised character-level model the tasks' base is fine-tuned from */
+static const ToySize tasks_size = {"tasks", 64, 2, 4, 2, 128, TOY_TASK_VOCAB, TOY_TASK_SEQ, 0, 0, 0, 0};
 
 typedef struct {
     const ToySize *sz;
@@ -169,12 +173,14 @@ static void write_marker(const Toy *t, uint64_t seed) {
 int cmd_toy(int argc, char **argv) {
     Toy t = {.sz = &toy_sizes[0], .n_models = 3, .out = NULL};
     uint64_t seed = 1;
-    int force = 0;
+    int force = 0, tasks = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--out") && i + 1 < argc)
             t.out = argv[++i];
         else if (!strcmp(argv[i], "--force"))
             force = 1;
+        else if (!strcmp(argv[i], "--tasks"))
+            tasks = 1;
         else if (!strcmp(argv[i], "--models") && i + 1 < argc)
             t.n_models = (int)dam_parse_int(argv[++i], 2, 8, "toy --models");
         else if (!strcmp(argv[i], "--seed") && i + 1 < argc)
@@ -189,6 +195,7 @@ int cmd_toy(int argc, char **argv) {
             cli_bad_option("toy", argv[i], "--out --models --seed --size");
     }
     if (!t.out) dam_fail("toy: --out DIR is required");
+    if (tasks) t.sz = &tasks_size, t.n_models = 0;
     const char *final = t.out;
     OutDir od = {.dir = final, .what = "toy --out", .marker = "dam_toy.json", .force = force};
     char *tmp = outdir_begin(&od); /* built aside, swapped into place when complete */
@@ -197,6 +204,16 @@ int cmd_toy(int argc, char **argv) {
     char *sub = dam_path_join(t.out, "base");
     write_model(&t, -1, sub);
     free(sub);
+    if (tasks) {
+        toy_tasks_write(t.out, seed);
+        write_marker(&t, seed);
+        outdir_commit(&od, tmp);
+        free(tmp);
+        printf("toy: wrote %s: a random character-level base (%s) and the tasks add, rev, sort and their mix "
+               "(data/<task>_train.h5, data/<task>_eval.h5)\n",
+               final, t.sz->name);
+        return 0;
+    }
     char *data = dam_path_join(t.out, "data");
     dam_mkdir_p(data);
     for (int k = 0; k < t.n_models; k++) {

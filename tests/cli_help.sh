@@ -17,7 +17,7 @@ trap 'rm -rf "$T"' EXIT
 fails=0
 ok()  { echo "OK      $*"; }
 bad() { echo "NOT OK  $*"; fails=$((fails + 1)); }
-CMDS="toy prepare tokenize precompute inspect plan merge eval evolve"
+CMDS="toy prepare tokenize precompute inspect plan merge eval evolve finetune"
 
 # --- help
 for c in "" $CMDS; do

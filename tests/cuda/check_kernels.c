@@ -313,7 +313,12 @@ static void check_dam(dam_dtype sdt, dam_dtype act, size_t ld_extra) {
     G_->dam_embed_coef_grad(gctx, acc.g, s.g, NS, dh.g, ids, T, d);
     snprintf(name, sizeof name, "dam_embed_coef_grad %s", tag);
     check_pair(name, acc, act == DAM_BF16 ? TOL_BF16 : 1e-5);
-    pair_free(&fc), pair_free(&out), pair_free(&dh), pair_free(&acc);
+    Pair wg = pair_rand(rows * (size_t)d, DAM_F32, 1); /* finetune's embedding weight gradient */
+    C_->embed_grad(cctx, wg.c, dh.c, ids, T, d);
+    G_->embed_grad(gctx, wg.g, dh.g, ids, T, d);
+    snprintf(name, sizeof name, "embed_grad %s", tag);
+    check_pair(name, wg, act == DAM_BF16 ? TOL_BF16 : 1e-5);
+    pair_free(&fc), pair_free(&out), pair_free(&dh), pair_free(&acc), pair_free(&wg);
     sources_free(&s);
 }
 
