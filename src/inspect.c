@@ -1,5 +1,7 @@
 /* inspect.c — `dam_dist inspect --model DIR [--model DIR2 ...]`: validate model directories the
- * way a merge would read them, and summarize each.
+ * way a merge would read them, and summarize each. `--coefficients FILE`: the mean learned
+ * coefficient per source, per layer and tensor kind of a dam_coefficients.safetensors (the data of
+ * the experiment's heat map).
  *
  * For each directory: the weights are opened (every header validated), config.json is parsed, and
  * every tensor the architecture implies is looked up with the shape config.json implies. With
@@ -94,27 +96,94 @@ static void print_summary(const char *dir, const StModel *m, const ModelConfig *
     if (s->n_extra) printf("  ignored        %d extra tensor(s), e.g. '%s'\n", s->n_extra, s->first_extra);
 }
 
-static int parse_args(int argc, char **argv, const char **dirs) {
+/* "model.layers.12.mlp.up_proj.weight" -> layer 12, kind "up_proj"; outside the layers layer -1 and
+ * the kind is the name without "model." and ".weight" (embed_tokens, norm, lm_head). */
+static int coef_layer_kind(const char *name, char *kind, size_t cap) {
+    int layer = -1, used = 0;
+    const char *rest = name;
+    if (sscanf(name, "model.layers.%d.%n", &layer, &used) == 1 && used > 0) {
+        rest = name + used;
+        const char *dot = strchr(rest, '.');
+        if (dot && (!strncmp(rest, "self_attn.", 10) || !strncmp(rest, "mlp.", 4))) rest = dot + 1;
+    } else if (!strncmp(name, "model.", 6)) {
+        rest = name + 6;
+    }
+    snprintf(kind, cap, "%s", rest);
+    char *suffix = strstr(kind, ".weight");
+    if (suffix && suffix[7] == 0)
+        *suffix = 0;
+    else if ((suffix = strstr(kind, ".bias")) && suffix[5] == 0)
+        memcpy(suffix, "_bias", 6);
+    return layer;
+}
+
+/* One line per tensor: layer (-1 outside the decoder layers), kind, then the mean coefficient of
+ * each source row. A whitespace table, so that gnuplot and awk read it as it is. */
+static int print_coefficients(const char *path) {
+    StFile f;
+    st_open(&f, path);
+    if (f.n_tensors == 0) dam_fail("%s: no coefficient tensors", path);
+    int rows = -1;
+    for (int i = 0; i < f.n_tensors; i++) {
+        const StTensor *t = &f.tensors[i];
+        if (t->dtype != DAM_F32 || t->ndim != 2 || t->shape[0] < 1 || t->shape[1] < 1)
+            dam_fail("%s: tensor '%s' is not a 2-D F32 [sources, columns] array of coefficients", path,
+                     t->name);
+        if (rows >= 0 && t->shape[0] != rows)
+            dam_fail("%s: tensor '%s' has %lld source rows; the first tensor has %d", path, t->name,
+                     (long long)t->shape[0], rows);
+        rows = (int)t->shape[0];
+    }
+    printf("# %s: mean coefficient per source row\n# layer kind", path);
+    for (int r = 0; r < rows; r++) printf(" source%d", r);
+    printf("\n");
+    for (int i = 0; i < f.n_tensors; i++) {
+        const StTensor *t = &f.tensors[i];
+        char kind[128];
+        int layer = coef_layer_kind(t->name, kind, sizeof kind);
+        printf("%d %s", layer, kind);
+        const unsigned char *bytes = t->data; /* safetensors offsets need not be 4-byte aligned */
+        for (int64_t r = 0; r < rows; r++) {
+            double s = 0;
+            for (int64_t j = 0; j < t->shape[1]; j++) {
+                float v;
+                memcpy(&v, bytes + 4 * (r * t->shape[1] + j), 4);
+                s += v;
+            }
+            printf(" %.6f", s / (double)t->shape[1]);
+        }
+        printf("\n");
+    }
+    st_close(&f);
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, const char **dirs, const char **coef_file) {
     int n = 0;
     for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--model") == 0) {
+        if (strcmp(argv[i], "--coefficients") == 0) {
+            if (i + 1 >= argc) cli_missing_value("inspect", argv[i]);
+            *coef_file = argv[++i];
+        } else if (strcmp(argv[i], "--model") == 0) {
             if (i + 1 >= argc) cli_missing_value("inspect", argv[i]);
             if (n == INSPECT_MAX_MODELS) dam_fail("inspect: at most %d --model flags", INSPECT_MAX_MODELS);
             dirs[n++] = argv[++i];
         } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            printf("usage: dam_dist inspect --model DIR [--model DIR ...]\n");
+            printf("%s", cli_help_text("inspect"));
             exit(0);
         } else {
             cli_unknown_option("inspect", argv[i]);
         }
     }
-    if (n == 0) dam_fail("inspect: --model DIR is required");
+    if (n == 0 && !*coef_file) dam_fail("inspect: --model DIR or --coefficients FILE is required");
+    if (n > 0 && *coef_file) dam_fail("inspect: give either --model or --coefficients, not both");
     return n;
 }
 
 int cmd_inspect(int argc, char **argv) {
-    const char *dirs[INSPECT_MAX_MODELS];
-    int n = parse_args(argc, argv, dirs);
+    const char *dirs[INSPECT_MAX_MODELS], *coef_file = NULL;
+    int n = parse_args(argc, argv, dirs, &coef_file);
+    if (coef_file) return print_coefficients(coef_file);
     ModelConfig first;
     for (int i = 0; i < n; i++) {
         StModel m;

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# tools/experiment_report.sh OUT "METHODS" "TASKS" "method=tokens:wall ..." — the experiment's table
+# (OUT/results.md) and plots (OUT/*.png) from what tools/experiment.sh left in OUT: eval.json,
+# merged_dam.metrics.jsonl, merged_evolve/evolve_report.json, merged_dam/dam_coefficients.safetensors.
+set -euo pipefail
+OUT=$1 METHODS=$2 TASKS=$3 COMPUTE=$4
+DAM=$(realpath "${DAM_BIN:-./dam_dist}")
+EV="$OUT/eval.json"
+declare -A TOK WALL
+for kv in $COMPUTE; do m=${kv%%=*} v=${kv#*=}; TOK[$m]=${v%%:*} WALL[$m]=${v#*:}; done
+
+metric() { # metric MODEL_DIR DATASET KEY -> the number, or "-" when null
+    jq -r --arg m "$1" --arg d "$2" --arg k "$3" '.models[$m][$d][$k] // "-"' "$EV"
+}
+mean_kl() { jq -r --arg m "$1" '[.models[$m][] | .kl] | add / length' "$EV"; }
+fmt() { [ "$1" = "-" ] && printf -- '-' || printf '%.3f' "$1"; }
+
+row() { # row LABEL DIR TOKENS WALL
+    printf '| %s |' "$1"
+    for task in $TASKS; do printf ' %s |' "$(fmt "$(metric "$2" "$task" exact_match)")"; done
+    printf ' %s | %s | %s |\n' "$(printf '%.4f' "$(mean_kl "$2")")" "$3" "$4"
+}
+
+{
+    echo "# DAM against the baselines (dam_dist experiment)"
+    echo
+    echo "Exact match: the share of held-out rows whose answer tokens are all the model's argmax under"
+    echo "teacher forcing (higher is better). Mean KL: the KL to each task's specialist on that task's"
+    echo "held-out rows at the config's temperature, averaged over the tasks (lower is better)."
+    echo "Compute: forwarded tokens (4 per token for a DAM step, 2 for an evolve evaluation, 0 for"
+    echo "hand-set merges) and wall seconds on this machine."
+    echo
+    printf '| model |'; for task in $TASKS; do printf ' %s |' "$task"; done; echo ' mean KL | tokens forwarded | wall s |'
+    printf '|---|'; for task in $TASKS; do printf -- '---:|'; done; echo -- '---:|---:|---:|'
+    row base "$OUT/base" - -
+    for task in $TASKS; do row "specialist $task" "$OUT/$task" - -; done
+    for m in $METHODS; do row "$m" "$OUT/merged_$m" "${TOK[$m]}" "${WALL[$m]}"; done
+    echo
+} >"$OUT/results.md"
+
+# DAM against evolve: the first DAM step whose step KL (summed over the tasks) reaches evolve's best
+# fitness (the same sum on the same rows), and the compute each used to get there.
+jq -r '"\(.step) \(.tokens) \(.loss) \(.kl | add) \(.kl | map(tostring) | join(" "))"' \
+    "$OUT/merged_dam.metrics.jsonl" | awk '{ cum += 4 * $2; $2 = cum; print }' >"$OUT/dam_curve.dat"
+jq -r '.per_generation[] | "\(.generation) \(2 * .tokens) \(.best_fitness) \(.evaluations)"' \
+    "$OUT/merged_evolve/evolve_report.json" >"$OUT/evolve_curve.dat"
+best=$(jq '.best_fitness' "$OUT/merged_evolve/evolve_report.json")
+evo_tok=$(awk -v b="$best" '$3 <= b { print $2; exit }' "$OUT/evolve_curve.dat")
+reach=$(awk -v b="$best" '$4 <= b { print $1, $2; exit }' "$OUT/dam_curve.dat")
+{
+    echo "DAM against evolve on the training rows (KL summed over the tasks):"
+    if [ -n "$reach" ]; then
+        read -r step tok <<<"$reach"
+        awk -v s="$step" -v t="$tok" -v e="$evo_tok" -v b="$best" 'BEGIN {
+            printf "DAM reached evolve'"'"'s best KL (%.4f) at step %d after %d forwarded tokens; evolve needed %d: ", b, s, t, e
+            if (t < e) printf "DAM used %.1fx less compute.\n", e / t; else printf "DAM used %.1fx MORE compute.\n", t / e }'
+    else
+        echo "DAM did NOT reach evolve's best KL ($best) within its $(wc -l <"$OUT/dam_curve.dat") steps (a DAM step's KL is measured on that step's rows only)."
+    fi
+    echo
+    echo "![DAM loss](dam_loss.png) ![KL against compute](kl_vs_compute.png) ![coefficients](coefficients.png)"
+} >>"$OUT/results.md"
+
+# The heat map's data: one column per tensor (layer, kind), one row per source.
+"$DAM" inspect --coefficients "$OUT/merged_dam/dam_coefficients.safetensors" | grep -v '^#' |
+    sort -k1,1n -k2,2 >"$OUT/coefficients.dat"
+n_src=$(awk '{ print NF - 2; exit }' "$OUT/coefficients.dat")
+awk '{ for (s = 3; s <= NF; s++) print NR - 1, s - 3, $s }' "$OUT/coefficients.dat" >"$OUT/coefficients_xyz.dat"
+xtics=$(awk '{ printf "%s\"%s %s\" %d", NR > 1 ? ", " : "", ($1 < 0 ? "-" : "L" $1), $2, NR - 1 }' "$OUT/coefficients.dat")
+ytics=$(i=0; for task in $TASKS; do printf '%s"%s" %d' "$([ $i -gt 0 ] && echo ', ')" "$task" $i; i=$((i + 1)); done)
+[ "$n_src" -eq "$(wc -w <<<"$TASKS")" ] || ytics=""
+
+gnuplot <<EOF
+set terminal pngcairo size 900,500 noenhanced
+set output "$OUT/dam_loss.png"
+set title "DAM: loss and KL to each source per step"
+set xlabel "step"; set ylabel "loss (lower is better)"; set key top right
+plot "$OUT/dam_curve.dat" using 1:3 with lines lw 2 title "total loss", \
+     for [k=1:$(wc -w <<<"$TASKS")] "$OUT/dam_curve.dat" using 1:(column(4 + k)) with lines title sprintf("KL %s", word("$TASKS", k))
+set output "$OUT/kl_vs_compute.png"
+set title "KL summed over tasks against compute (training rows)"
+set xlabel "forwarded tokens"; set ylabel "KL (lower is better)"; set logscale x
+plot "$OUT/dam_curve.dat" using 2:4 with lines lw 2 title "DAM (step KL)", \
+     "$OUT/evolve_curve.dat" using 2:3 with steps lw 2 title "evolve (best so far)"
+unset logscale x
+set output "$OUT/coefficients.png"
+set terminal pngcairo size 1200,420 noenhanced
+set title "mean learned coefficient per source, layer and tensor kind"
+set xtics rotate by 90 right font ",8" ($xtics)
+$( [ -n "$ytics" ] && echo "set ytics ($ytics)" )
+set xlabel ""; set ylabel "source"; unset key; set palette rgbformulae 33,13,10
+plot "$OUT/coefficients_xyz.dat" using 1:2:3 with image
+EOF
+cat "$OUT/results.md"
