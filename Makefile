@@ -75,7 +75,7 @@ else
 endif
 EXTRA_OBJ :=
 
-.PHONY: all help deps test test-asan test-asan-run demo bench format format-check cppcheck clean info fixtures \
+.PHONY: all help deps test test-asan test-asan-run demo experiment bench format format-check cppcheck clean info fixtures \
         fuzz install
 
 all: info dam_dist
@@ -88,6 +88,8 @@ help:
 	@echo "make test       build, run every test (summary: N passed, N failed); make deps test on a fresh machine"
 	@echo "make test-asan  the same suite built with AddressSanitizer + UBSan"
 	@echo "make demo       toy base + specialists, a short DAM run, the table DAM vs plain average"
+	@echo "make experiment DAM vs linear, task arithmetic, TIES, DARE-TIES and evolve on fine-tuned task"
+	@echo "                specialists: experiment/results.md and PNG plots (SIZE=ci|full, default ci)"
 	@echo "make bench      benchmarks (bench/, tables; results go to bench/RESULTS.md by hand)"
 	@echo "make fixtures   regenerate tests/fixtures with torch/transformers/tokenizers (needs Python; not CI)"
 	@echo "make format     clang-format every C file;  make format-check  fail on unformatted files"
@@ -182,6 +184,9 @@ install: dam_dist
 
 demo: $(DEPS) dam_dist
 	@bash tools/demo.sh
+
+experiment: $(DEPS) dam_dist
+	@bash tools/experiment.sh experiment
 
 bench: $(DEPS) dam_dist $(BENCH_BIN)
 	@bash bench/run_bench.sh

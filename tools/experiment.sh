@@ -29,8 +29,8 @@ RANKS=${RANKS:-1}
 DENSITY=${DENSITY:-0.5}
 TASKS="add rev sort"
 case $SIZE in
-ci) SPEC_ENV=(BASE_STEPS=300 SPEC_STEPS=200) DAM_STEPS=60 EVOLVE_EVALS=${EVOLVE_EVALS:-240} ;;
-full) SPEC_ENV=(BASE_STEPS=1500 SPEC_STEPS=800) DAM_STEPS=300 EVOLVE_EVALS=${EVOLVE_EVALS:-2000} ;;
+ci) SPEC_ENV=(BASE_STEPS=400 SPEC_STEPS=600) DAM_STEPS=100 EVOLVE_EVALS=${EVOLVE_EVALS:-160} ;;
+full) SPEC_ENV=(BASE_STEPS=2000 SPEC_STEPS=3000) DAM_STEPS=200 EVOLVE_EVALS=${EVOLVE_EVALS:-500} ;;
 *) echo "experiment: SIZE must be ci or full, not '$SIZE'" >&2; exit 1 ;;
 esac
 for tool in jq gnuplot; do
@@ -64,14 +64,15 @@ say "DAM"
 t=$(now)
 run --config "$cfg" --out "$OUT/merged_dam" | tee "$OUT/dam.log" | grep -E '^step .*(/|$)' | awk 'NR % 10 == 0'
 WALL[dam]=$(secs "$t")
-TOKENS[dam]=$(jq -s 'map(.tokens) | add * 4' "$OUT/merged_dam.metrics.jsonl")
+# every position of every row is computed, padding included (as evolve counts them)
+TOKENS[dam]=$(jq '.train.steps * .train.batch_size * .train.micro_batches * .train.seq_len * (.models | length) * 4' "$cfg")
 
 for method in linear task_arithmetic ties dare_ties; do
     say "merge $method"
     extra=()
-    case $method in ties | dare_ties) extra=(--density "$DENSITY") ;; esac
+    case $method in ties) extra=(--density "$DENSITY") ;; dare_ties) extra=(--density "$DENSITY" --seed "$SEED") ;; esac
     t=$(now)
-    run merge --config "$cfg" --method "$method" --seed "$SEED" "${extra[@]}" --out "$OUT/merged_$method" | tail -n 2
+    run merge --config "$cfg" --method "$method" "${extra[@]}" --out "$OUT/merged_$method" | tail -n 2
     WALL[$method]=$(secs "$t")
     TOKENS[$method]=0
 done

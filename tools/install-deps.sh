@@ -6,7 +6,8 @@
 set -euo pipefail
 pkgs=(build-essential pkg-config libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools
       libcjson-dev libopenblas-dev libpcre2-dev libutf8proc-dev libcmocka-dev
-      slurm-wlm munge)   # the one-node Slurm of slurm/local.sh (tests/cli_slurm.sh)
+      slurm-wlm munge    # the one-node Slurm of slurm/local.sh (tests/cli_slurm.sh)
+      gnuplot-nox jq)    # make experiment: its plots and its table from eval's JSON
 if ! command -v dpkg-query >/dev/null 2>&1; then
   echo "install-deps: not a Debian system (no dpkg-query): install MPI, parallel HDF5, cJSON, a CBLAS," \
        "PCRE2, utf8proc and cmocka yourself and set the Makefile's variables (make info; docs/operators.md)" >&2
