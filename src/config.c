@@ -131,8 +131,9 @@ static void parse_merge(DamConfig *c, const cJSON *root) {
 
 static void parse_loss(DamConfig *c, const cJSON *root) {
     const cJSON *s = cJSON_GetObjectItemCaseSensitive(root, "loss");
-    static const char *const keys[] = {"kl",      "temperature", "similarity", "l1",           "l2", "mse",
-                                       "entropy", "overlap",     "topk",       "kl_reduction", NULL};
+    static const char *const keys[] = {"kl",   "temperature",  "similarity",       "l1",
+                                       "l2",   "mse",          "entropy",          "overlap",
+                                       "topk", "kl_reduction", "weighted_overlap", NULL};
     check_keys(s, c->file, "loss", keys);
     json_set_section("loss");
     static const char *const red[] = {"token", "batchmean", NULL};
@@ -146,12 +147,14 @@ static void parse_loss(DamConfig *c, const cJSON *root) {
     c->loss.mse = (float)json_opt_number(s, "mse", 0);
     c->loss.entropy = (float)json_opt_number(s, "entropy", 0);
     c->overlap = (float)json_opt_number(s, "overlap", 0);
+    c->weighted_overlap = (float)json_opt_number(s, "weighted_overlap", 0);
     c->loss.topk = json_opt_int(s, "topk", 0);
     if (c->loss.temperature <= 0) dam_fail("%s: field 'loss.temperature': expected > 0", c->file);
     if (c->loss.topk < 0) dam_fail("%s: field 'loss.topk': expected >= 0", c->file);
-    const char *const wn[] = {"similarity", "l1", "l2", "mse", "entropy", "overlap"};
-    const float wv[] = {c->similarity, c->l1, c->l2, c->loss.mse, c->loss.entropy, c->overlap};
-    for (int i = 0; i < 6; i++)
+    const char *const wn[] = {"similarity", "l1", "l2", "mse", "entropy", "overlap", "weighted_overlap"};
+    const float wv[] = {c->similarity,      c->l1, c->l2, c->loss.mse, c->loss.entropy, c->overlap,
+                        c->weighted_overlap};
+    for (int i = 0; i < 7; i++)
         if (wv[i] < 0) dam_fail("%s: field 'loss.%s': expected a weight >= 0, got %g", c->file, wn[i], wv[i]);
 }
 
@@ -323,6 +326,7 @@ cJSON *config_effective(const DamConfig *c) {
     add_float(l, "overlap", c->overlap);
     cJSON_AddNumberToObject(l, "topk", c->loss.topk);
     cJSON_AddStringToObject(l, "kl_reduction", c->loss.kl_batchmean ? "batchmean" : "token");
+    add_float(l, "weighted_overlap", c->weighted_overlap);
     cJSON *t = cJSON_AddObjectToObject(r, "train");
     cJSON_AddStringToObject(t, "optimizer", opt[c->optimizer]);
     add_float(t, "lr", c->lr);
@@ -376,6 +380,7 @@ static int later_key_at_old_default(const char *key, const char *value) {
         {"preset", NULL}, /* absent: no preset */
         {"merge.bias_init", "\"init\""},
         {"loss.kl_reduction", "\"token\""},
+        {"loss.weighted_overlap", "0"},
         {"train.mofo_scope", "\"tensor\""},
         {"train.mofo_k", "\"ceil\""},
         {"train.mofo_decay", "\"selected\""},
@@ -415,7 +420,7 @@ static const char arcee_preset[] =
     "{\"merge\": {\"embeddings\": false, \"norms\": false, \"nonlinearity\": \"tanh\", \"init\": \"uniform\","
     "             \"bias_init\": \"one\"},"
     " \"loss\": {\"kl\": true, \"temperature\": 2.0, \"similarity\": 0.01, \"l1\": 0, \"l2\": 0, \"mse\": 0,"
-    "          \"entropy\": 0, \"overlap\": 0, \"kl_reduction\": \"batchmean\"},"
+    "          \"entropy\": 0, \"overlap\": 0, \"kl_reduction\": \"batchmean\", \"weighted_overlap\": 0},"
     " \"train\": {\"optimizer\": \"mofo\", \"lr\": 1e-3, \"weight_decay\": 0.01, \"betas\": [0.9, 0.999],"
     "           \"eps\": 1e-8, \"mofo_alpha\": 0.3, \"mofo_scope\": \"source\", \"mofo_k\": \"floor\","
     "           \"mofo_decay\": \"all\", \"schedule\": \"constant\", \"warmup_under_constant\": false,"
@@ -464,6 +469,11 @@ void config_load(DamConfig *c, const char *path) {
     json_set_section(NULL);
     if (c->include_base && !c->base_model)
         dam_fail("%s: field 'merge.include_base' is true but 'base_model' is not set", path);
+    if (c->weighted_overlap > 0 && !c->base_model)
+        dam_fail(
+            "%s: field 'loss.weighted_overlap' is > 0 but 'base_model' is not set (its weights come from "
+            "the sources' task vectors against the base)",
+            path);
     if (c->loss.topk > 0 && c->loss.mse > 0)
         dam_fail("%s: loss.mse needs full teacher logits; it cannot be combined with loss.topk", path);
     if (c->optimizer == OPT_MOFO && c->mofo_scope == MOFO_SCOPE_SOURCE && c->tp > 1)

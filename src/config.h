@@ -44,6 +44,7 @@ typedef struct {
     /* loss */
     LossParams loss; /* temperature, kl, mse, entropy, topk, kl_batchmean */
     float similarity, l1, l2, overlap;
+    float weighted_overlap; /* λ of the reference's weighted overlap (wov.h); needs base_model */
     /* train */
     OptimizerKind optimizer;
     float lr, weight_decay, beta1, beta2, adam_eps;

@@ -40,6 +40,7 @@ typedef struct {
      * (row-parallel layers), and grad_partial marks gradients that are partial sums over the tp
      * group (column-parallel layers, vocabulary-parallel embedding and lm_head) */
     int coef_off, coef_full, grad_partial;
+    DevBuf wov; /* loss.weighted_overlap: F32 [P, dim] pair weights of a linear tensor (wov.h), else null */
 } DamTensor;
 
 typedef struct {

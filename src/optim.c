@@ -59,6 +59,13 @@ static double overlap(const DamModel *m, DevBuf c, DevBuf g, int n, int dim, dou
     return m->be->coef_overlap(m->ctx, g, c, n, dim, lambda / pairs);
 }
 
+/* λ·mean_{a<b} Σ_col min(|c_a|, |c_b|)·w_ab (wov.h); at a tie the lower row gets the gradient. */
+static double weighted_overlap(const DamModel *m, const DamTensor *x, int n, double lambda) {
+    int pairs = n * (n - 1) / 2;
+    if (pairs == 0 || devbuf_null(x->wov)) return 0;
+    return m->be->coef_weighted_overlap(m->ctx, x->grad, x->c, x->wov, n, x->dim, lambda / pairs);
+}
+
 /* A tensor whose coefficient columns are split over the tp group (else NULL: whole on every rank). */
 static const CommGroup *shard_group(const DamModel *m, const DamTensor *x) {
     return m->tp && x->coef_full != x->dim ? m->tp : NULL;
@@ -66,7 +73,8 @@ static const CommGroup *shard_group(const DamModel *m, const DamTensor *x) {
 
 void reg_apply(DamModel *m, const DamConfig *c, RegTerms *out) {
     memset(out, 0, sizeof *out);
-    double split_sums[2] = {0, 0}; /* l1 and overlap of split tensors: this rank's columns only */
+    double split_sums[3] = {0, 0,
+                            0}; /* l1, overlap, weighted overlap of split tensors: this rank's columns */
     for (int t = 0; t < m->n_tensors; t++) {
         DamTensor *x = &m->tensors[t];
         if (!x->trainable) continue;
@@ -78,16 +86,17 @@ void reg_apply(DamModel *m, const DamConfig *c, RegTerms *out) {
         double v2 = c->l2 > 0 ? l2(m, x->c, x->grad, n, dim, c->l2, shard) : 0;
         double v1 = c->l1 > 0 ? m->be->coef_l1(m->ctx, x->grad, x->c, (size_t)n * dim, c->l1) : 0;
         double vo = c->overlap > 0 ? overlap(m, x->c, x->grad, n, dim, c->overlap) : 0;
+        double vw = c->weighted_overlap > 0 ? weighted_overlap(m, x, n, c->weighted_overlap) : 0;
         if (!dam_model_owns(m, x)) continue; /* gradient applied, value counted on the first stage */
         out->similarity += vs, out->l2 += v2;
         if (shard)
-            split_sums[0] += v1, split_sums[1] += vo;
+            split_sums[0] += v1, split_sums[1] += vo, split_sums[2] += vw;
         else
-            out->l1 += v1, out->overlap += vo;
+            out->l1 += v1, out->overlap += vo, out->weighted_overlap += vw;
     }
-    if (m->tp) comm_allreduce_sum_f64(m->tp, split_sums, 2);
-    out->l1 += split_sums[0], out->overlap += split_sums[1];
-    if (m->pp) comm_allreduce_sum_f64(m->pp, (double *)out, 4); /* each stage's own tensors */
+    if (m->tp) comm_allreduce_sum_f64(m->tp, split_sums, 3);
+    out->l1 += split_sums[0], out->overlap += split_sums[1], out->weighted_overlap += split_sums[2];
+    if (m->pp) comm_allreduce_sum_f64(m->pp, (double *)out, 5); /* each stage's own tensors */
 }
 
 /* ---------------------------------------------------------------- clipping and schedule */

@@ -6,12 +6,18 @@
 #include "config.h"
 #include "model.h"
 
-typedef struct { /* four doubles in this order: reduced as an array over pipeline stages */
-    double similarity, l1, l2, overlap;
+typedef struct { /* five doubles in this order: reduced as an array over pipeline stages */
+    double similarity, l1, l2, overlap, weighted_overlap;
 } RegTerms;
 
+/* The regularizers' sum. */
+static inline double reg_total(const RegTerms *r) {
+    return r->similarity + r->l1 + r->l2 + r->overlap + r->weighted_overlap;
+}
+
 /* Add the regularizers' values to *out and their gradients to each trainable tensor's grad
- * (call after dam_model_finish_grad). Similarity skips scalar (bias) coefficient tensors. */
+ * (call after dam_model_finish_grad). Similarity skips scalar (bias) coefficient tensors; the
+ * weighted overlap covers the linear tensors whose weights wov_setup made. */
 void reg_apply(DamModel *m, const DamConfig *c, RegTerms *out);
 
 /* Global L2 norm of the trainable gradients; scales them to max_norm when above (max_norm > 0). */

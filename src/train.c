@@ -20,6 +20,7 @@
 #include "safetensors.h"
 #include "step.h"
 #include "tokenizer.h"
+#include "wov.h"
 
 typedef struct {
     DamConfig cfg;
@@ -102,6 +103,7 @@ static void open_model(Trainer *tr) {
         free(p);
         hfconfig_check_same(&m->full_cfg, names[0], &bc, "base");
     }
+    if (c->weighted_overlap > 0) wov_setup(m, c->include_base ? NULL : c->base_model);
     init_coefficients(tr);
 }
 
@@ -263,6 +265,7 @@ static void log_step(Trainer *tr, int step, const StepStats *st, float lr, doubl
     if (tr->cfg.loss.entropy > 0) printf(" | ent %.4g", st->entropy[0]);
     printf(" | sim %.5f", st->reg.similarity);
     if (tr->cfg.l1 > 0 || tr->cfg.l2 > 0) printf(" | l1 %.3g l2 %.3g", st->reg.l1, st->reg.l2);
+    if (tr->cfg.weighted_overlap > 0) printf(" | wov %.4g", st->reg.weighted_overlap);
     printf(" | gnorm %.3g | lr %.2e | %lld tok/step | %.0f tok/s | ETA %s\n", st->grad_norm, lr,
            (long long)st->tokens, st->tokens / dt, eta);
     fflush(stdout);
@@ -275,10 +278,10 @@ static void log_step(Trainer *tr, int step, const StepStats *st, float lr, doubl
     fprintf(f, "],\"entropy\":[");
     for (int k = 0; k < tr->n_data; k++) fprintf(f, "%s%.9g", k ? "," : "", st->entropy[k]);
     fprintf(f,
-            "],\"similarity\":%.9g,\"l1\":%.9g,\"l2\":%.9g,\"overlap\":%.9g,\"grad_norm\":%.9g,\"lr\":%.9g,"
-            "\"tokens\":%lld,\"tokens_per_s\":%.3f,\"elapsed_s\":%.3f}\n",
-            st->reg.similarity, st->reg.l1, st->reg.l2, st->reg.overlap, st->grad_norm, lr,
-            (long long)st->tokens, st->tokens / dt, elapsed);
+            "],\"similarity\":%.9g,\"l1\":%.9g,\"l2\":%.9g,\"overlap\":%.9g,\"weighted_overlap\":%.9g,"
+            "\"grad_norm\":%.9g,\"lr\":%.9g,\"tokens\":%lld,\"tokens_per_s\":%.3f,\"elapsed_s\":%.3f}\n",
+            st->reg.similarity, st->reg.l1, st->reg.l2, st->reg.overlap, st->reg.weighted_overlap,
+            st->grad_norm, lr, (long long)st->tokens, st->tokens / dt, elapsed);
     fflush(f);
 }
 

@@ -35,7 +35,7 @@ if $BIN --config "$T/toy/arcee.json" --out "$T/run1" > "$T/run1.log" 2>&1; then
   has "merge resolved" "$s" \
     '"merge":{"embeddings":false,"norms":false,"include_base":false,"nonlinearity":"tanh","init":"uniform","bias_init":"one"}'
   has "loss resolved" "$s" \
-    '"loss":{"kl":true,"temperature":2,"similarity":0.01,"l1":0,"l2":0,"mse":0,"entropy":0,"overlap":0,"topk":0,"kl_reduction":"batchmean"}'
+    '"loss":{"kl":true,"temperature":2,"similarity":0.01,"l1":0,"l2":0,"mse":0,"entropy":0,"overlap":0,"topk":0,"kl_reduction":"batchmean","weighted_overlap":0}'
   has "train resolved" "$s" '"optimizer":"mofo","lr":0.001,"weight_decay":0.01,"betas":[0.9,0.999],"eps":1e-08' \
     '"mofo_alpha":0.3,"mofo_scope":"source","mofo_k":"floor","mofo_decay":"all","schedule":"constant","warmup_under_constant":false' \
     '"epochs":1,"batch_size":1,"micro_batches":1' '"max_grad_norm":1,"seed":42,"shuffle":true'
@@ -94,6 +94,10 @@ refused "mofo_decay" "{$MODELS, \"train\": {\"mofo_decay\": \"none\"}}" \
   "field 'train.mofo_decay': unknown value 'none' (allowed: \"selected\", \"all\")"
 refused "bias_init" "{$MODELS, \"merge\": {\"bias_init\": \"zero\"}}" \
   "field 'merge.bias_init': unknown value 'zero' (allowed: \"init\", \"one\")"
+refused "weighted_overlap without base_model" "{${MODELS#*\"base\", }, \"loss\": {\"weighted_overlap\": 0.01}}" \
+  "field 'loss.weighted_overlap' is > 0 but 'base_model' is not set"
+refused "weighted_overlap < 0" "{$MODELS, \"loss\": {\"weighted_overlap\": -1}}" \
+  "field 'loss.weighted_overlap': expected a weight >= 0, got -1"
 refused "preset not a string" "{\"preset\": 1, $MODELS}" "field 'preset': expected a string"
 
 echo "cli_preset: $fails failure(s)"

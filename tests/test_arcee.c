@@ -3,10 +3,10 @@
  * optimizer (tests/fixtures/make_arcee_fixture.py, torch float64, not run in CI) on the three
  * sources of the llama3src fixture, and the dam_dist binary on the same rows with the preset,
  * train.shuffle false (torch's sampler order cannot be reproduced) and batch_size 2 (so that KL's
- * batchmean differs from per-token). Both must agree within 1e-4 relative on every step's loss,
- * KL per dataset and similarity, and on every coefficient after every step. The coefficients'
- * displacement from their initial values is also compared (1e-3 of the largest displacement of
- * the tensor): a value check alone cannot see the weight decay (1e-5 relative a step). */
+ * batchmean differs from per-token); also with the weighted overlap loss. Both must agree within 1e-4
+ * relative on every step's loss, KL per dataset and similarity, and on every coefficient after every step.
+ * The coefficients' displacement from their initial values is also compared (1e-3 of the largest displacement
+ * of the tensor): a value check alone cannot see the weight decay (1e-5 relative a step). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -48,7 +48,7 @@ static void write_config(const char *path, const char *dir, const char *case_dir
                          const char *top, const char *train) {
     FILE *f = fopen(path, "w");
     assert_non_null(f);
-    fprintf(f, "{%s\"preset\": \"arcee\", \"models\": [", top);
+    fprintf(f, "{%s\"preset\": \"arcee\", \"base_model\": \"%s/base\", \"models\": [", top, case_dir);
     for (int k = 0; k < N_SRC; k++)
         fprintf(f, "%s{\"path\": \"%s/m%d\", \"dataset\": \"%s/d%d.h5\", \"name\": \"m%d\"}", k ? ", " : "",
                 case_dir, k, dir, k, k);
@@ -68,8 +68,8 @@ static double expected_scalar(const StFile *e, const char *key) {
 
 static double rel_err(double got, double want) { return fabs(got - want) / fmax(fabs(want), 1e-30); }
 
-/* Every metrics line (steps 1..5) against loss/<s>/{total, kl/<k>, similarity}: the largest
- * relative difference. */
+/* Every metrics line (steps 1..5) against loss/<s>/{total, kl/<k>, similarity, weighted_overlap}:
+ * the largest relative difference. */
 static double loss_diff(const char *metrics_path, const StFile *e) {
     size_t n;
     char *text = dam_read_file(metrics_path, &n);
@@ -84,6 +84,9 @@ static double loss_diff(const char *metrics_path, const StFile *e) {
         worst = fmax(worst, rel_err(json_opt_number(j, "loss", NAN), expected_scalar(e, key)));
         snprintf(key, sizeof key, "loss/%d/similarity", s);
         worst = fmax(worst, rel_err(json_opt_number(j, "similarity", NAN), expected_scalar(e, key)));
+        snprintf(key, sizeof key, "loss/%d/weighted_overlap", s);
+        double wov = expected_scalar(e, key), got = json_opt_number(j, "weighted_overlap", NAN);
+        worst = fmax(worst, wov != 0 ? rel_err(got, wov) : fabs(got)); /* 0 when off */
         const cJSON *kl = cJSON_GetObjectItemCaseSensitive(j, "kl");
         assert_int_equal(cJSON_GetArraySize(kl), N_SRC);
         for (int k = 0; k < N_SRC; k++) {
@@ -191,6 +194,27 @@ static void test_arcee_kl(void **s) {
     expect_match("preset arcee against the reference", run_variant("kl", "", ""));
 }
 
+/* Top-level settings of the wov variant: loss.weighted_overlap λ from the fixture's initial values. */
+static const char *wov_settings(char *top, size_t cap, double lambda) {
+    char *init = test_fixture("arcee/coef_init_wov.safetensors"), real[PATH_MAX];
+    assert_non_null(realpath(init, real));
+    snprintf(top, cap, "\"loss\": {\"weighted_overlap\": %g}, \"merge\": {\"init\": \"%s\"},", lambda, real);
+    free(init);
+    return top;
+}
+
+/* The reference's weighted overlap (--weighted_overlap, its lambda_coef_overlap at 0.01) on top:
+ * sin²(2θ) weights of the sources' task vectors against the base. From seeded random coefficients
+ * (merge.init): from the uniform start Adam's sign-like first step leaves |c_a| and |c_b| equal in
+ * fp32 where float64 differs by 1e-11, and a tie gives its whole gradient to one side (test_optim
+ * checks the tie rule). */
+static void test_arcee_weighted_overlap(void **s) {
+    (void)s;
+    char top[PATH_MAX + 100];
+    expect_match("preset arcee with loss.weighted_overlap against the reference",
+                 run_variant("wov", wov_settings(top, sizeof top, 0.01), ""));
+}
+
 /* The comparison can fail: each of the preset's settings that this case exercises, changed
  * alone, moves the results past the tolerances (loss for the KL reduction and the nonlinearity,
  * displacement for the optimizer's details, values for a frozen kind trained). */
@@ -219,11 +243,16 @@ static void test_arcee_detects_each_setting(void **s) {
     d = run_variant("kl", "\"merge\": {\"embeddings\": true},", "");
     printf("embeddings trained: coefficient diff %.3g\n", d.value);
     assert_true(d.value > 2 * TOL_COEF);
+    char top[PATH_MAX + 100];
+    d = run_variant("wov", wov_settings(top, sizeof top, 0.02), "");
+    printf("weighted_overlap doubled: loss diff %.3g, displacement diff %.3g\n", d.loss, d.move);
+    assert_true(d.loss > 100 * TOL_LOSS && d.move > 2 * TOL_MOVE);
 }
 
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_arcee_kl),
+        cmocka_unit_test(test_arcee_weighted_overlap),
         cmocka_unit_test(test_arcee_detects_each_setting),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

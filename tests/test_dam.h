@@ -163,7 +163,7 @@ static inline double dam_case_loss(DamCase *dc, DamLosses *out) {
         dam_model_reduce_grad(&dc->m, NULL);
         dam_model_finish_grad(&dc->m);
         reg_apply(&dc->m, &dc->cfg, &l.reg);
-        l.total += l.reg.similarity + l.reg.l1 + l.reg.l2 + l.reg.overlap;
+        l.total += reg_total(&l.reg);
     }
     if (out) *out = l;
     return l.total;

@@ -6,7 +6,9 @@
  *   - the reference's MoFO (train.mofo_scope "source", mofo_k "floor", mofo_decay "all"): k per
  *     source vector, decay on every entry, k = 0 (moments only, nothing moves);
  *   - "constant" with warmup ignored (train.warmup_under_constant false);
- *   - loss.kl_reduction "batchmean" at B = 2 against "token"; frozen kinds keep their coefficients. */
+ *   - loss.kl_reduction "batchmean" at B = 2 against "token"; frozen kinds keep their coefficients;
+ *   - the weighted overlap: its pair weights sin²(2θ) at known angles, its value and gradient by hand
+ *     with ties (the lower row takes a tie's whole gradient, as the reference's torch.min). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -15,6 +17,7 @@
 
 #include "test_util.h"
 #include "test_dam.h"
+#include "wov.h"
 
 static DamConfig base_cfg(void) {
     DamConfig c;
@@ -324,6 +327,53 @@ static void test_bias_init_one(void **s) {
     dam_case_close(&dc);
 }
 
+/* Task vectors of 3 rows over 2 stored rows and 4 columns; row 2 is a base row (τ = 0). Columns:
+ * 45°, parallel, orthogonal, 30° between rows 0 and 1. */
+static void known_angles(void *ctx, int row, size_t o, double *out) {
+    (void)ctx;
+    static const double tv[2][2][4] = {{{1, 1, 1, 1}, {0, 0, 0, 0}},
+                                       {{1, 2, 0, 1.7320508075688772}, {1, 0, 3, 1}}};
+    for (int j = 0; j < 4; j++) out[j] = row == 2 ? 0 : tv[row][o][j];
+}
+
+static void test_wov_pair_weights(void **s) {
+    (void)s;
+    double w[3 * 4];
+    wov_pair_weights(3, 2, 4, known_angles, NULL, w);
+    /* sin²(2θ) = 4cos²θ(1 − cos²θ), cos with the reference's 1e-8 added to each norm: 1 at 45°, 0.75
+     * at 30°, ~1e-7 for parallel columns (cos = 1 − 1.5e-8), 0 for orthogonal ones */
+    const double dot[4] = {1, 2, 0, 1.7320508075688772}, n0[4] = {1, 1, 1, 1}, n1[4] = {sqrt(2), 2, 3, 2};
+    for (int j = 0; j < 4; j++) {
+        double cs = dot[j] / ((n0[j] + 1e-8) * (n1[j] + 1e-8)), want = 4 * cs * cs * (1 - cs * cs);
+        assert_float_equal(w[j], want, 1e-12);
+        assert_true(fabs(want - (double[]){1, 0, 0, 0.75}[j]) < 2e-7);
+        assert_float_equal(w[4 + j], 0, 1e-12); /* pairs with the base row: cos 0, sin²(180°) */
+        assert_float_equal(w[8 + j], 0, 1e-12);
+    }
+}
+
+/* The weighted overlap op by hand: c rows [0.3, -0.2], [0.3, 0.5], [-0.3, 0.2]; column 0 ties three
+ * ways, column 1 ties between rows 0 and 2. */
+static void test_weighted_overlap_ties(void **s) {
+    (void)s;
+    const Backend *be = test_be();
+    BackendCtx *ctx = test_ctx();
+    const float c[6] = {0.3f, -0.2f, 0.3f, 0.5f, -0.3f, 0.2f}, wts[6] = {1, 0.5f, 0.25f, 2, 4, 1};
+    DevBuf dc = be->alloc(ctx, 6, DAM_F32, "c"), dw = be->alloc(ctx, 6, DAM_F32, "wts"),
+           dg = be->alloc(ctx, 6, DAM_F32, "g");
+    be->upload(ctx, dc, c, DAM_F32, 6), be->upload(ctx, dw, wts, DAM_F32, 6);
+    double v = be->coef_weighted_overlap(ctx, dg, dc, dw, 3, 2, 0.1);
+    float g[6];
+    be->download(ctx, g, DAM_F32, dg, 6);
+    /* column 0: 0.3·(1 + 0.25 + 4); column 1: 0.2·0.5 + 0.2·2 + 0.2·1 */
+    assert_float_equal(v, 0.1 * (0.3 * 5.25 + 0.2 * 3.5), 1e-7);
+    /* (0,1) and (0,2) tie in column 0: row 0 takes both; (1,2) ties: row 1 takes it. Column 1: row 0
+     * is the smaller of (0,1) (sign −), takes the tie (0,2) (sign −); row 2 the smaller of (1,2). */
+    const float want[6] = {0.1f * 1.25f, 0.1f * (-0.5f - 2), 0.1f * 4, 0, 0, 0.1f * 1};
+    for (int j = 0; j < 6; j++) assert_float_equal(g[j], want[j], 1e-7);
+    be->free(ctx, &dc), be->free(ctx, &dw), be->free(ctx, &dg);
+}
+
 static void test_clip(void **s) {
     (void)s;
     DamCase dc;
@@ -359,6 +409,8 @@ int main(void) {
         cmocka_unit_test(test_frozen_kinds),
         cmocka_unit_test(test_mofo_matches_reference),
         cmocka_unit_test(test_bias_init_one),
+        cmocka_unit_test(test_wov_pair_weights),
+        cmocka_unit_test(test_weighted_overlap_ties),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
