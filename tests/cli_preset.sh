@@ -74,7 +74,35 @@ else
   bad "shuffle runs failed: $(tail -2 "$T"/sh_*.log)"
 fi
 
-# 4. refusals: one line naming the field and the allowed values
+# 4. loss.weighted_overlap under tensor parallelism: its pair weights are per input column over
+# all output rows, a row-parallel tensor's columns split over tp, its value summed over them; tp=2
+# equals one process (from distinct coefficients: from the uniform start Adam's first step leaves
+# near-ties |c_a| ≈ |c_b| that any rounding difference flips, with the whole gradient of a tie
+# going to one side). The llama3src fixture's sources, the arcee fixture's rows and initial values.
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
+FX=$(cd "${DAM_FIXTURES:-tests/fixtures}" && pwd)
+BUILD=${BUILD:-build}
+if "$BUILD/tests/tool_arcee_data" "$FX/arcee/inputs.safetensors" "$T/wov" 2>"$T/wov.err"; then
+  for tp in 1 2; do
+    echo "{\"base_model\": \"$FX/dam/llama3src/base\", \"models\": [
+      {\"path\": \"$FX/dam/llama3src/m0\", \"dataset\": \"$T/wov/d0.h5\"},
+      {\"path\": \"$FX/dam/llama3src/m1\", \"dataset\": \"$T/wov/d1.h5\"},
+      {\"path\": \"$FX/dam/llama3src/m2\", \"dataset\": \"$T/wov/d2.h5\"}],
+      \"merge\": {\"init\": \"$FX/arcee/coef_init_wov.safetensors\"}, \"loss\": {\"weighted_overlap\": 0.05},
+      \"train\": {\"steps\": 5, \"batch_size\": 2, \"lr\": 0.01}, \"parallel\": {\"tp\": $tp}}" > "$T/wov/tp$tp.json"
+  done
+  if $BIN --config "$T/wov/tp1.json" --out "$T/wov/o1" > "$T/wov/o1.log" 2>&1 \
+    && timeout 300 mpirun -n 2 --oversubscribe $BIN --config "$T/wov/tp2.json" --out "$T/wov/o2" > "$T/wov/o2.log" 2>&1; then
+    "$BUILD/tests/tool_compare_coefs" "$T/wov/o2/dam_coefficients.safetensors" "$T/wov/o1/dam_coefficients.safetensors" 5e-5 \
+      && ok "weighted_overlap: tp=2 equals one process" || bad "weighted_overlap: tp=2 differs from one process"
+  else
+    bad "weighted_overlap runs failed: $(tail -2 "$T"/wov/o*.log)"
+  fi
+else
+  bad "tool_arcee_data: $(cat "$T/wov.err")"
+fi
+
+# 5. refusals: one line naming the field and the allowed values
 refused() { # refused NAME CONFIG-TEXT SUBSTRING
   echo "$2" > "$T/toy/bad.json"
   rm -rf "$T/badout"

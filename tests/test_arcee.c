@@ -16,7 +16,6 @@
 
 #include "test_util.h"
 #include "checkpoint.h"
-#include "dataset.h"
 #include "json_util.h"
 #include "safetensors.h"
 
@@ -26,19 +25,14 @@
 #define TOL_COEF 1e-4
 #define TOL_MOVE 1e-3
 
-/* The fixture's ids/<k> and mask/<k> as dataset files d<k>.h5 in dir. */
-static void write_datasets(const StFile *in, const char *dir) {
-    for (int k = 0; k < N_SRC; k++) {
-        char key[32], path[600];
-        snprintf(key, sizeof key, "ids/%d", k);
-        const StTensor *ids = st_find(in, key);
-        snprintf(key, sizeof key, "mask/%d", k);
-        const StTensor *mask = st_find(in, key);
-        assert_non_null(ids), assert_non_null(mask);
-        assert_int_equal(ids->dtype, DAM_I32), assert_int_equal(mask->dtype, DAM_I8);
-        snprintf(path, sizeof path, "%s/d%d.h5", dir, k);
-        dataset_write(path, ids->shape[0], ids->shape[1], ids->data, mask->data, 0, NULL);
-    }
+/* The fixture's ids/<k> and mask/<k> as dataset files d<k>.h5 in dir (tests/tool_arcee_data). */
+static void write_datasets(const char *inputs, const char *dir) {
+    const char *b = getenv("BUILD");
+    char cmd[2000];
+    snprintf(cmd, sizeof cmd, "%s/tests/tool_arcee_data %s %s", b && *b ? b : "build", inputs, dir);
+    TestRun r;
+    test_run(&r, cmd);
+    if (!r.exited || r.status != 0) fail_msg("%s: %s%s", cmd, r.out, r.err);
 }
 
 /* The run's config: the preset, the three sources, 5 steps of 2 rows in file order, a checkpoint
@@ -160,7 +154,7 @@ static ArceeDiff run_variant(const char *variant, const char *top, const char *t
     st_open(&in, fx);
     st_open(&e, exp_path);
     char *dir = test_tmpdir(), cfg[600], cmd[2000], metrics[700], ckpt[700];
-    write_datasets(&in, dir);
+    write_datasets(fx, dir);
     write_config(strcat(strcpy(cfg, dir), "/arcee.json"), dir, case_dir, (int)st_find(&in, "ids/0")->shape[1],
                  top, train);
     snprintf(cmd, sizeof cmd, "%s --config %s --out %s/out", test_dam_bin(), cfg, dir);
