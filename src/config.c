@@ -158,6 +158,33 @@ static void parse_loss(DamConfig *c, const cJSON *root) {
         if (wv[i] < 0) dam_fail("%s: field 'loss.%s': expected a weight >= 0, got %g", c->file, wn[i], wv[i]);
 }
 
+static const char *const schedule_names[] = {
+    "constant",   "linear",       "cosine", "constant_with_warmup", "cosine_with_restarts",
+    "polynomial", "inverse_sqrt", NULL};
+
+/* train.schedule_args, with transformers' defaults (get_cosine_schedule_with_warmup num_cycles 0.5,
+ * ..._with_hard_restarts 1, get_polynomial_decay_schedule_with_warmup lr_end 1e-7 and power 1,
+ * get_inverse_sqrt_schedule timescale = the warmup steps or 10000). */
+static void parse_schedule_args(DamConfig *c, const cJSON *a) {
+    const char *f = c->file;
+    if (a && !cJSON_IsObject(a)) dam_fail("%s: field 'train.schedule_args': expected an object", f);
+    static const char *const keys[] = {"num_cycles", "lr_end", "power", "timescale", NULL};
+    check_keys(a, f, "train.schedule_args", keys);
+    json_set_section("train.schedule_args");
+    c->num_cycles = json_opt_number(a, "num_cycles", c->schedule == SCHED_COSINE_WITH_RESTARTS ? 1 : 0.5);
+    c->lr_end = json_opt_number(a, "lr_end", 1e-7);
+    c->power = json_opt_number(a, "power", 1.0);
+    c->timescale = json_opt_int(a, "timescale", 0);
+    json_set_section("train");
+    if (c->num_cycles <= 0) dam_fail("%s: field 'train.schedule_args.num_cycles': expected > 0", f);
+    if (c->power <= 0) dam_fail("%s: field 'train.schedule_args.power': expected > 0", f);
+    if (c->timescale < 0)
+        dam_fail("%s: field 'train.schedule_args.timescale': expected >= 0 (0: default)", f);
+    if (c->lr_end < 0 || (c->schedule == SCHED_POLYNOMIAL && c->lr_end >= c->lr))
+        dam_fail("%s: field 'train.schedule_args.lr_end': expected >= 0 and below train.lr (%g), got %g", f,
+                 (double)c->lr, c->lr_end);
+}
+
 static void parse_train(DamConfig *c, const cJSON *root) {
     const char *f = c->file;
     const cJSON *s = cJSON_GetObjectItemCaseSensitive(root, "train");
@@ -181,6 +208,8 @@ static void parse_train(DamConfig *c, const cJSON *root) {
                                        "mofo_decay",
                                        "warmup_under_constant",
                                        "shuffle",
+                                       "warmup_ratio",
+                                       "schedule_args",
                                        NULL};
     check_keys(s, f, "train", keys);
     json_set_section("train");
@@ -204,9 +233,10 @@ static void parse_train(DamConfig *c, const cJSON *root) {
     }
     c->adam_eps = (float)json_opt_number(s, "eps", 1e-8);
     c->mofo_alpha = json_opt_number(s, "mofo_alpha", 0.3);
-    static const char *const sch[] = {"constant", "linear", "cosine", NULL};
-    c->schedule = (ScheduleKind)pick(f, "train.schedule", json_opt_string(s, "schedule", "constant"), sch);
+    c->schedule =
+        (ScheduleKind)pick(f, "train.schedule", json_opt_string(s, "schedule", "constant"), schedule_names);
     c->warmup = json_opt_int(s, "warmup", 0);
+    c->warmup_ratio = json_opt_number(s, "warmup_ratio", 0);
     c->steps = json_opt_int(s, "steps", 0);
     c->epochs = json_opt_int(s, "epochs", 1);
     c->batch_size = json_opt_int(s, "batch_size", 1);
@@ -226,6 +256,11 @@ static void parse_train(DamConfig *c, const cJSON *root) {
         if (v0[i] < 0) dam_fail("%s: field 'train.%s': expected >= 0, got %d", f, at_least_0[i], v0[i]);
     if (c->mofo_alpha <= 0 || c->mofo_alpha > 1)
         dam_fail("%s: field 'train.mofo_alpha': expected in (0, 1]", f);
+    if (c->warmup_ratio < 0 || c->warmup_ratio >= 1)
+        dam_fail("%s: field 'train.warmup_ratio': expected in [0, 1), got %g", f, c->warmup_ratio);
+    if (c->warmup_ratio > 0 && c->warmup > 0)
+        dam_fail("%s: fields 'train.warmup' and 'train.warmup_ratio': give one of them", f);
+    parse_schedule_args(c, s ? cJSON_GetObjectItemCaseSensitive(s, "schedule_args") : NULL);
 }
 
 static void parse_rest(DamConfig *c, const cJSON *root) {
@@ -291,9 +326,23 @@ static void add_real_path(cJSON *o, const char *key, const char *path) {
     free(real);
 }
 
+/* The schedule_args the schedule reads (none for constant, constant_with_warmup and linear). */
+static void add_schedule_args(cJSON *t, const DamConfig *c) {
+    ScheduleKind k = c->schedule;
+    if (k != SCHED_COSINE && k != SCHED_COSINE_WITH_RESTARTS && k != SCHED_POLYNOMIAL &&
+        k != SCHED_INVERSE_SQRT)
+        return;
+    cJSON *a = cJSON_AddObjectToObject(t, "schedule_args");
+    if (k == SCHED_COSINE || k == SCHED_COSINE_WITH_RESTARTS)
+        cJSON_AddNumberToObject(a, "num_cycles", c->num_cycles);
+    if (k == SCHED_POLYNOMIAL)
+        cJSON_AddNumberToObject(a, "lr_end", c->lr_end), cJSON_AddNumberToObject(a, "power", c->power);
+    if (k == SCHED_INVERSE_SQRT) cJSON_AddNumberToObject(a, "timescale", c->timescale);
+}
+
 cJSON *config_effective(const DamConfig *c) {
     static const char *const nl[] = {"none", "tanh", "sigmoid", "relu"};
-    static const char *const opt[] = {"adamw", "mofo"}, *const sch[] = {"constant", "linear", "cosine"};
+    static const char *const opt[] = {"adamw", "mofo"};
     cJSON *r = cJSON_CreateObject();
     if (c->preset) cJSON_AddStringToObject(r, "preset", c->preset);
     add_real_path(r, "base_model", c->base_model);
@@ -339,9 +388,11 @@ cJSON *config_effective(const DamConfig *c) {
     cJSON_AddStringToObject(t, "mofo_scope", c->mofo_scope == MOFO_SCOPE_SOURCE ? "source" : "tensor");
     cJSON_AddStringToObject(t, "mofo_k", c->mofo_k == MOFO_K_FLOOR ? "floor" : "ceil");
     cJSON_AddStringToObject(t, "mofo_decay", c->mofo_decay == MOFO_DECAY_ALL ? "all" : "selected");
-    cJSON_AddStringToObject(t, "schedule", sch[c->schedule]);
+    cJSON_AddStringToObject(t, "schedule", schedule_names[c->schedule]);
     cJSON_AddBoolToObject(t, "warmup_under_constant", !c->constant_skips_warmup);
     cJSON_AddNumberToObject(t, "warmup", c->warmup);
+    cJSON_AddNumberToObject(t, "warmup_ratio", c->warmup_ratio);
+    add_schedule_args(t, c);
     cJSON_AddNumberToObject(t, "steps", c->steps);
     cJSON_AddNumberToObject(t, "epochs", c->epochs);
     cJSON_AddNumberToObject(t, "batch_size", c->batch_size);
@@ -386,6 +437,8 @@ static int later_key_at_old_default(const char *key, const char *value) {
         {"train.mofo_decay", "\"selected\""},
         {"train.warmup_under_constant", "true"},
         {"train.shuffle", "false"},
+        {"train.warmup_ratio", "0"},
+        {"train.schedule_args.num_cycles", "0.5"}, /* cosine's, which had no arguments before */
     };
     for (size_t i = 0; i < sizeof later / sizeof later[0]; i++)
         if (!strcmp(key, later[i][0])) return later[i][1] && !strcmp(value, later[i][1]);

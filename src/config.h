@@ -9,7 +9,16 @@
 #include "model.h"
 
 typedef enum { OPT_ADAMW = 0, OPT_MOFO = 1 } OptimizerKind;
-typedef enum { SCHED_CONSTANT = 0, SCHED_LINEAR = 1, SCHED_COSINE = 2 } ScheduleKind;
+/* train.schedule: the Hugging Face schedule set (transformers' get_scheduler) */
+typedef enum {
+    SCHED_CONSTANT = 0,
+    SCHED_LINEAR = 1,
+    SCHED_COSINE = 2,
+    SCHED_CONSTANT_WITH_WARMUP = 3,
+    SCHED_COSINE_WITH_RESTARTS = 4,
+    SCHED_POLYNOMIAL = 5,
+    SCHED_INVERSE_SQRT = 6
+} ScheduleKind;
 typedef enum { INIT_UNIFORM = 0, INIT_FILE = 1, INIT_RANDOM = 2 } InitKind;
 /* merge.bias_init: bias coefficients as merge.init sets them, or 1 for every source (the reference) */
 typedef enum { BIAS_INIT_INIT = 0, BIAS_INIT_ONE = 1 } BiasInit;
@@ -55,6 +64,11 @@ typedef struct {
     ScheduleKind schedule;
     int constant_skips_warmup; /* train.warmup_under_constant false: "constant" ignores the warmup (HF) */
     int warmup, steps, epochs, batch_size, micro_batches, seq_len;
+    double warmup_ratio; /* warmup = ceil(total steps · ratio) when warmup is 0 (Hugging Face's rule) */
+    /* train.schedule_args: num_cycles (cosine 0.5, cosine_with_restarts 1), lr_end (1e-7) and power (1)
+     * of polynomial, timescale of inverse_sqrt (0: the warmup steps, or 10000 without warmup) */
+    double num_cycles, lr_end, power;
+    int timescale;
     float max_grad_norm;
     uint64_t seed;
     int shuffle; /* train.shuffle: a seeded order per epoch, shared by the datasets (train.c: data_row) */

@@ -127,14 +127,36 @@ double optim_clip_grad_norm(DamModel *m, float max_norm) {
     return norm;
 }
 
+int optim_warmup_steps(const DamConfig *c, int total) {
+    return c->warmup > 0 ? c->warmup : (int)ceil(total * c->warmup_ratio);
+}
+
 float optim_lr(const DamConfig *c, int step, int total) {
     /* Hugging Face's "constant" ignores the warmup (only constant_with_warmup warms up) */
     if (c->schedule == SCHED_CONSTANT && c->constant_skips_warmup) return c->lr;
-    if (step < c->warmup) return c->lr * (float)step / (float)(c->warmup > 1 ? c->warmup : 1);
-    if (c->schedule == SCHED_CONSTANT) return c->lr;
-    double span = total - c->warmup > 1 ? total - c->warmup : 1, progress = (step - c->warmup) / span;
-    if (c->schedule == SCHED_LINEAR) return (float)(c->lr * fmax(0.0, 1.0 - progress));
-    return (float)(c->lr * 0.5 * (1.0 + cos(M_PI * fmin(progress, 1.0))));
+    int w = optim_warmup_steps(c, total);
+    if (step < w) return c->lr * (float)step / (float)(w > 1 ? w : 1);
+    double span = total - w > 1 ? total - w : 1, progress = (step - w) / span;
+    switch (c->schedule) {
+    case SCHED_CONSTANT:
+    case SCHED_CONSTANT_WITH_WARMUP: return c->lr;
+    case SCHED_LINEAR: return (float)(c->lr * fmax(0.0, 1.0 - progress));
+    case SCHED_COSINE:
+        return (float)fmax(0.0, c->lr * 0.5 * (1.0 + cos(M_PI * 2.0 * c->num_cycles * progress)));
+    case SCHED_COSINE_WITH_RESTARTS:
+        if (progress >= 1.0) return 0;
+        return (float)(c->lr * fmax(0.0, 0.5 * (1.0 + cos(M_PI * fmod(c->num_cycles * progress, 1.0)))));
+    case SCHED_POLYNOMIAL: { /* lr_end + (lr − lr_end)·(1 − (step − w)/(total − w))^power */
+        if (step > total) return (float)c->lr_end;
+        double remaining = 1.0 - (double)(step - w) / (double)(total - w);
+        return (float)((c->lr - c->lr_end) * pow(remaining, c->power) + c->lr_end);
+    }
+    case SCHED_INVERSE_SQRT: { /* 1/sqrt((step + timescale − w)/timescale) */
+        double ts = c->timescale > 0 ? c->timescale : w > 0 ? w : 10000;
+        return (float)(c->lr / sqrt((step + ts - w) / ts));
+    }
+    }
+    return c->lr;
 }
 
 /* ---------------------------------------------------------------- AdamW / MoFO */

@@ -126,6 +126,14 @@ refused "weighted_overlap without base_model" "{${MODELS#*\"base\", }, \"loss\":
   "field 'loss.weighted_overlap' is > 0 but 'base_model' is not set"
 refused "weighted_overlap < 0" "{$MODELS, \"loss\": {\"weighted_overlap\": -1}}" \
   "field 'loss.weighted_overlap': expected a weight >= 0, got -1"
+refused "schedule" "{$MODELS, \"train\": {\"schedule\": \"cosine_with_min_lr\"}}" \
+  "field 'train.schedule': unknown value 'cosine_with_min_lr' (allowed: \"constant\", \"linear\", \"cosine\", \"constant_with_warmup\", \"cosine_with_restarts\", \"polynomial\", \"inverse_sqrt\")"
+refused "warmup and warmup_ratio" "{$MODELS, \"train\": {\"warmup\": 3, \"warmup_ratio\": 0.1}}" \
+  "fields 'train.warmup' and 'train.warmup_ratio': give one of them"
+refused "polynomial lr_end" "{$MODELS, \"train\": {\"schedule\": \"polynomial\", \"schedule_args\": {\"lr_end\": 0.01}}}" \
+  "field 'train.schedule_args.lr_end': expected >= 0 and below train.lr (0.001), got 0.01"
+refused "schedule_args key" "{$MODELS, \"train\": {\"schedule_args\": {\"cycles\": 2}}}" \
+  "unknown key 'train.schedule_args.cycles'"
 refused "preset not a string" "{\"preset\": 1, $MODELS}" "field 'preset': expected a string"
 
 echo "cli_preset: $fails failure(s)"

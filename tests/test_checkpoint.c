@@ -217,7 +217,8 @@ static void test_config_diff_across_versions(void **s) {
     const char *same =
         "{\"merge\":{\"nonlinearity\":\"none\",\"bias_init\":\"init\"},\"train\":{\"lr\":0.001,"
         "\"mofo_scope\":\"tensor\",\"mofo_k\":\"ceil\",\"mofo_decay\":\"selected\","
-        "\"warmup_under_constant\":true,\"shuffle\":false},\"loss\":{\"kl_reduction\":\"token\","
+        "\"warmup_under_constant\":true,\"shuffle\":false,\"warmup_ratio\":0,"
+        "\"schedule_args\":{\"num_cycles\":0.5}},\"loss\":{\"kl_reduction\":\"token\","
         "\"weighted_overlap\":0}}";
     assert_int_equal(config_diff(old, same, out, sizeof out), 0);
     const char *wov = "{\"merge\":{\"nonlinearity\":\"none\"},\"train\":{\"lr\":0.001},"

@@ -1,5 +1,6 @@
 /* test_optim.c — the optimizer side against closed forms computed here independently:
- *   - learning-rate schedules (constant/linear/cosine with warmup) as transformers defines them;
+ *   - learning-rate schedules (constant/linear/cosine with warmup) as transformers defines them, and
+ *     the whole Hugging Face set against values transformers' get_scheduler printed, warmup_ratio;
  *   - AdamW: the first two updates of one coefficient, with and without weight decay;
  *   - MoFO: only the top-alpha fraction of entries by |momentum| moves;
  *   - global gradient-norm clipping to max_norm;
@@ -23,6 +24,7 @@ static DamConfig base_cfg(void) {
     DamConfig c;
     memset(&c, 0, sizeof c);
     c.lr = 0.1f, c.beta1 = 0.9f, c.beta2 = 0.999f, c.adam_eps = 1e-8f, c.mofo_alpha = 0.25f;
+    c.num_cycles = 0.5, c.lr_end = 1e-7, c.power = 1; /* config.c's defaults for schedule_args */
     return c;
 }
 
@@ -327,6 +329,62 @@ static void test_bias_init_one(void **s) {
     dam_case_close(&dc);
 }
 
+/* Every schedule at lr 0.1, 10 warmup steps of 110, against the learning rates transformers 5.24's
+ * get_scheduler(name, SGD(lr=0.1), num_warmup_steps=10, num_training_steps=110,
+ * scheduler_specific_kwargs=...) gave the optimizer at steps 0, 5, 10, 37, 60, 109. */
+static void test_hf_schedules(void **s) {
+    (void)s;
+    static const int steps[6] = {0, 5, 10, 37, 60, 109};
+    static const struct {
+        ScheduleKind kind;
+        double num_cycles, lr_end, power;
+        int timescale;
+        double lr[6];
+    } want[] = {
+        {SCHED_CONSTANT_WITH_WARMUP, 0.5, 1e-7, 1, 0, {0.0, 0.05, 0.1, 0.1, 0.1, 0.1}},
+        {SCHED_LINEAR, 0.5, 1e-7, 1, 0, {0.0, 0.05, 0.1, 0.073, 0.05, 0.001}},
+        {SCHED_COSINE, 0.5, 1e-7, 1, 0, {0.0, 0.05, 0.1, 0.0830655932661826, 0.05, 2.467198171342e-05}},
+        {SCHED_COSINE_WITH_RESTARTS,
+         3,
+         1e-7,
+         1,
+         0,
+         {0.0, 0.05, 0.1, 0.008645971286271903, 0.05, 0.00022190176984600575}},
+        {SCHED_POLYNOMIAL,
+         0.5,
+         1e-3,
+         2,
+         0,
+         {0.0, 0.05, 0.1, 0.053757099999999995, 0.025750000000000002, 0.0010099}},
+        {SCHED_INVERSE_SQRT,
+         0.5,
+         1e-7,
+         1,
+         0,
+         {0.0, 0.05, 0.1, 0.051987524491003634, 0.04082482904638631, 0.030289126640769132}},
+        {SCHED_INVERSE_SQRT,
+         0.5,
+         1e-7,
+         1,
+         25,
+         {0.0, 0.05, 0.1, 0.06933752452815364, 0.05773502691896259, 0.04490132550669373}},
+    };
+    for (size_t i = 0; i < sizeof want / sizeof *want; i++) {
+        DamConfig c = base_cfg();
+        c.schedule = want[i].kind, c.warmup = 10, c.num_cycles = want[i].num_cycles;
+        c.lr_end = want[i].lr_end, c.power = want[i].power, c.timescale = want[i].timescale;
+        for (int j = 0; j < 6; j++) {
+            double got = optim_lr(&c, steps[j], 110), w = want[i].lr[j];
+            if (fabs(got - w) > 1e-7 * 0.1 + 1e-6 * w)
+                fail_msg("schedule %d step %d: %.9g, transformers %.9g", (int)want[i].kind, steps[j], got, w);
+        }
+        /* warmup_ratio 0.09 of 110 steps: ceil(9.9) = 10 warmup steps, the same schedule */
+        c.warmup = 0, c.warmup_ratio = 0.09;
+        assert_int_equal(optim_warmup_steps(&c, 110), 10);
+        for (int j = 0; j < 6; j++) assert_float_equal(optim_lr(&c, steps[j], 110), want[i].lr[j], 1e-7);
+    }
+}
+
 /* Task vectors of 3 rows over 2 stored rows and 4 columns; row 2 is a base row (τ = 0). Columns:
  * 45°, parallel, orthogonal, 30° between rows 0 and 1. */
 static void known_angles(void *ctx, int row, size_t o, double *out) {
@@ -410,6 +468,7 @@ int main(void) {
         cmocka_unit_test(test_mofo_matches_reference),
         cmocka_unit_test(test_bias_init_one),
         cmocka_unit_test(test_wov_pair_weights),
+        cmocka_unit_test(test_hf_schedules),
         cmocka_unit_test(test_weighted_overlap_ties),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
