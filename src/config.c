@@ -346,6 +346,7 @@ cJSON *config_effective(const DamConfig *c) {
     cJSON *r = cJSON_CreateObject();
     if (c->preset) cJSON_AddStringToObject(r, "preset", c->preset);
     add_real_path(r, "base_model", c->base_model);
+    if (c->base_dataset) add_real_path(r, "base_dataset", c->base_dataset); /* absent before it existed */
     cJSON *models = cJSON_AddArrayToObject(r, "models");
     for (int i = 0; i < c->n_models; i++) {
         cJSON *m = cJSON_CreateObject();
@@ -508,12 +509,13 @@ void config_load(DamConfig *c, const char *path) {
     json_set_context(path);
     cJSON *root = json_parse_text(text, n, path);
     if (!cJSON_IsObject(root)) dam_fail("%s: expected a JSON object at the top level", path);
-    static const char *const top[] = {"base_model", "models", "merge",  "loss",    "train", "parallel",
-                                      "checkpoint", "preset", "output", "comment", NULL};
+    static const char *const top[] = {"base_model", "models", "merge",  "loss",         "train",   "parallel",
+                                      "checkpoint", "preset", "output", "base_dataset", "comment", NULL};
     check_keys(root, path, "", top);
     json_set_section(NULL);
     apply_preset(c, root);
     c->base_model = resolve(path, json_opt_string(root, "base_model", NULL));
+    c->base_dataset = resolve(path, json_opt_string(root, "base_dataset", NULL));
     parse_models(c, root);
     parse_merge(c, root);
     parse_loss(c, root);
@@ -522,6 +524,13 @@ void config_load(DamConfig *c, const char *path) {
     json_set_section(NULL);
     if (c->include_base && !c->base_model)
         dam_fail("%s: field 'merge.include_base' is true but 'base_model' is not set", path);
+    if (c->base_dataset && !c->include_base)
+        dam_fail("%s: field 'base_dataset' needs 'merge.include_base': true (the base row is its teacher)",
+                 path);
+    if (c->base_dataset && c->loss.topk > 0)
+        dam_fail(
+            "%s: field 'base_dataset' cannot be combined with loss.topk yet (no teacher cache for the base)",
+            path);
     if (c->weighted_overlap > 0 && !c->base_model)
         dam_fail(
             "%s: field 'loss.weighted_overlap' is > 0 but 'base_model' is not set (its weights come from "
@@ -544,8 +553,8 @@ void config_load(DamConfig *c, const char *path) {
 void config_free(DamConfig *c) {
     for (int i = 0; i < c->n_models; i++)
         free(c->models[i].path), free(c->models[i].dataset), free(c->models[i].name);
-    free(c->file), free(c->base_model), free(c->init_file), free(c->ckpt_dir), free(c->out_dir),
-        free(c->metrics_file), free(c->effective);
+    free(c->file), free(c->base_model), free(c->base_dataset), free(c->init_file), free(c->ckpt_dir),
+        free(c->out_dir), free(c->metrics_file), free(c->effective);
     memset(c, 0, sizeof *c);
 }
 

@@ -41,6 +41,7 @@ typedef struct {
 typedef struct {
     char *file;         /* the config file itself, for messages */
     char *base_model;   /* may be NULL */
+    char *base_dataset; /* may be NULL: a dataset the base teaches (needs include_base), the last one */
     const char *preset; /* "arcee" or NULL: the settings applied before the config's own keys */
     int n_models;
     SourceSpec models[DAM_MAX_SOURCES];

@@ -485,7 +485,7 @@ static void load_model(PlanModel *pm, const DamConfig *c, const PlanArgs *a, int
         pm->dtype_note = !pm->dtype_note || !strcmp(pm->dtype_note, name) ? name : "mixed dtypes";
     }
     if (pm->cfg.mlp_bias) dam_fail("%s: mlp_bias is not supported", dirs[0]);
-    pm->n_rows = n, pm->n_data = c->n_models;
+    pm->n_rows = n, pm->n_data = c->n_models + (c->base_dataset != NULL);
     pm->B = c->batch_size, pm->micro_batches = c->micro_batches, pm->K = c->loss.topk;
     pm->dev = a->dev, pm->baseline = a->baseline_mib * MIB, pm->folio = a->folio_kib * 1024;
     pm->keep_budget = c->keep_activations;

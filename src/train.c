@@ -38,8 +38,12 @@ typedef struct {
     int32_t **mb_ids, **mb_topk_idx; /* pipeline: every local micro-batch's inputs, read up front */
     int8_t **mb_mask;
     float **mb_topk_val;
-    int n_data; /* datasets: one per source model (not the base) */
+    int n_data; /* datasets: one per source model, and base_dataset last when given */
     DamDataset data[DAM_MAX_SOURCES];
+    /* dataset k: its file, the name logs give it, the model whose tokenizer made it, its teacher row
+     * (source k; the base row for base_dataset) */
+    const char *data_path[DAM_MAX_SOURCES], *data_name[DAM_MAX_SOURCES], *data_src[DAM_MAX_SOURCES];
+    int teacher[DAM_MAX_SOURCES];
     int64_t cursor[DAM_MAX_SOURCES]; /* next row of each dataset (rows consumed; shuffled: see data_row) */
     /* train.shuffle: the order of epoch perm_epoch over shuffle_rows rows (the smallest dataset's) */
     int64_t *perm, perm_epoch, shuffle_rows;
@@ -87,6 +91,15 @@ static void open_model(Trainer *tr) {
     for (int i = 0; i < c->n_models; i++) dirs[n] = c->models[i].path, names[n++] = c->models[i].name;
     if (c->include_base) dirs[n] = c->base_model, names[n++] = "base";
     tr->n_data = c->n_models;
+    for (int k = 0; k < c->n_models; k++) {
+        tr->data_path[k] = c->models[k].dataset, tr->data_name[k] = c->models[k].name;
+        tr->data_src[k] = c->models[k].path, tr->teacher[k] = k;
+    }
+    if (c->base_dataset) { /* the base teaches it (the reference's --base_model_dataset_name) */
+        int k = tr->n_data++;
+        tr->data_path[k] = c->base_dataset, tr->data_name[k] = "base", tr->data_src[k] = c->base_model;
+        tr->teacher[k] = n - 1;
+    }
     dam_model_open_parallel(&tr->model, n, dirs, names, tr->be, tr->ctx, &tr->grid.tp_group,
                             &tr->grid.pp_group, c->transport);
     DamModel *m = &tr->model;
@@ -113,7 +126,7 @@ static void open_data(Trainer *tr) {
     int64_t L = -1, topk = -1;
     for (int k = 0; k < tr->n_data; k++) {
         DamDataset *d = &tr->data[k];
-        dataset_open(d, c->models[k].dataset);
+        dataset_open(d, tr->data_path[k]);
         dataset_check_ids(d, mc->vocab_size);
         if (L >= 0 && d->seq_len != L)
             dam_fail("%s: rows of %lld tokens; %s has %lld (all datasets must share one length)", d->path,
@@ -230,15 +243,13 @@ static void read_micro_batches(Trainer *tr) {
 
 /* One step (src/step.c): the same code the tests run. */
 static void train_step(Trainer *tr, int step, StepStats *st) {
-    int teacher[DAM_MAX_SOURCES];
-    for (int k = 0; k < tr->n_data; k++) teacher[k] = k; /* dataset k is taught by source k */
     read_micro_batches(tr);
     StepInputs in = {tr->local_mb,
                      tr->n_data,
                      tr->B,
                      tr->T,
                      tr->cfg.micro_batches,
-                     teacher,
+                     tr->teacher,
                      (const int32_t *const *)tr->mb_ids,
                      (const int8_t *const *)tr->mb_mask,
                      tr->topk_idx ? (const int32_t *const *)tr->mb_topk_idx : NULL,
@@ -300,8 +311,8 @@ static double eval_kl(Trainer *tr, int k, int n_eval) {
     for (int64_t r = 0; r + tr->B <= n_eval; r += tr->B) {
         next_batch(tr, k, 0);
         LossTerms lt;
-        dam_model_eval(&tr->model, tr->rs, k, tr->ids, tr->mask, tr->topk_idx, tr->topk_val, tr->B, tr->T,
-                       &lp, &lt);
+        dam_model_eval(&tr->model, tr->rs, tr->teacher[k], tr->ids, tr->mask, tr->topk_idx, tr->topk_val,
+                       tr->B, tr->T, &lp, &lt);
         kl += lt.kl * (double)lt.n_valid, tokens += lt.n_valid;
     }
     tr->cursor[k] = saved;
@@ -326,7 +337,7 @@ static void set_plain_average(DamModel *m, int n_sources) {
 static void eval_table(Trainer *tr, int n_eval) {
     double dam[DAM_MAX_SOURCES] = {0}, avg[DAM_MAX_SOURCES] = {0};
     for (int k = 0; k < tr->n_data; k++) dam[k] = eval_kl(tr, k, n_eval);
-    set_plain_average(&tr->model, tr->n_data);
+    set_plain_average(&tr->model, tr->cfg.n_models);
     for (int k = 0; k < tr->n_data; k++) avg[k] = eval_kl(tr, k, n_eval);
     dam_model_refresh(&tr->model);
     if (!tr->root) return;
@@ -335,7 +346,7 @@ static void eval_table(Trainer *tr, int n_eval) {
     printf("%-16s %14s %14s %10s\n", "dataset", "DAM", "plain average", "DAM/avg");
     double sd = 0, sa = 0;
     for (int k = 0; k < tr->n_data; k++) {
-        printf("%-16s %14.6f %14.6f %10.3f\n", tr->cfg.models[k].name, dam[k], avg[k], dam[k] / avg[k]);
+        printf("%-16s %14.6f %14.6f %10.3f\n", tr->data_name[k], dam[k], avg[k], dam[k] / avg[k]);
         sd += dam[k], sa += avg[k];
     }
     double below = sa > 0 ? 100.0 * (sa - sd) / sa : 0;
@@ -453,7 +464,7 @@ static int resume_checkpoint(Trainer *tr, const TrainArgs *a) {
 static void check_tokenizers(Trainer *tr, int allow) {
     char skipped[512] = "";
     for (int k = 0; k < tr->n_data; k++) {
-        const char *src = tr->cfg.models[k].path;
+        const char *src = tr->data_src[k];
         char have[64] = "", kind[64] = "";
         uint64_t want;
         int got = dataset_attr_string(&tr->data[k], "tokenizer_hash", have, sizeof have) == 0 &&
@@ -461,7 +472,7 @@ static void check_tokenizers(Trainer *tr, int allow) {
                   !strcmp(kind, TOKENIZER_HASH_KIND);
         if (!got || tokenizer_canonical_hash(src, &want) != 0) {
             size_t n = strlen(skipped);
-            snprintf(skipped + n, sizeof skipped - n, "%s%s", n ? ", " : "", tr->cfg.models[k].name);
+            snprintf(skipped + n, sizeof skipped - n, "%s%s", n ? ", " : "", tr->data_name[k]);
             continue;
         }
         char want_hex[32];
@@ -471,9 +482,9 @@ static void check_tokenizers(Trainer *tr, int allow) {
             dam_fail("%s was prepared with another tokenizer (hash %s) than source %s (%s/tokenizer.json, "
                      "hash %s); "
                      "prepare it with that tokenizer, or pass --allow-tokenizer-mismatch",
-                     tr->data[k].path, have, tr->cfg.models[k].name, src, want_hex);
+                     tr->data[k].path, have, tr->data_name[k], src, want_hex);
         printf("dam_dist: note: %s: tokenizer differs from %s's (--allow-tokenizer-mismatch)\n",
-               tr->data[k].path, tr->cfg.models[k].name);
+               tr->data[k].path, tr->data_name[k]);
     }
     if (*skipped)
         printf(
@@ -626,7 +637,7 @@ static void finish_run(Trainer *tr, const TrainArgs *a, int step, const StepStat
     if (a->eval_rows > 0) eval_table(tr, a->eval_rows);
     OutputReport rep = {
         .steps = step, .total_steps = tr->total_steps, .wall_s = dam_now() - t0, .n_data = tr->n_data};
-    for (int k = 0; k < tr->n_data; k++) rep.kl[k] = st->kl[k], rep.names[k] = tr->cfg.models[k].name;
+    for (int k = 0; k < tr->n_data; k++) rep.kl[k] = st->kl[k], rep.names[k] = tr->data_name[k];
     rep.loss = st->total;
     if (tr->grid.dp_idx == 0) output_write_parallel(&tr->model, &tr->cfg, &rep, &tr->grid.replica);
     comm_barrier(&tr->grid.world);

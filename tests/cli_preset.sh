@@ -134,6 +134,8 @@ refused "polynomial lr_end" "{$MODELS, \"train\": {\"schedule\": \"polynomial\",
   "field 'train.schedule_args.lr_end': expected >= 0 and below train.lr (0.001), got 0.01"
 refused "schedule_args key" "{$MODELS, \"train\": {\"schedule_args\": {\"cycles\": 2}}}" \
   "unknown key 'train.schedule_args.cycles'"
+refused "base_dataset without include_base" "{$MODELS, \"base_dataset\": \"data/m0.h5\"}" \
+  "field 'base_dataset' needs 'merge.include_base': true"
 refused "preset not a string" "{\"preset\": 1, $MODELS}" "field 'preset': expected a string"
 
 echo "cli_preset: $fails failure(s)"

@@ -145,12 +145,38 @@ static void run_case(const char *name, const char *variant, int expect_kinds) {
     assert_true(ok);
 }
 
+/* The base as a teacher (base_dataset): qwen2base's datasets taught by its base row (include_base,
+ * the last row) instead of their sources; the KL term alone, every kind. */
+static void test_fd_base_teacher(void **s) {
+    (void)s;
+    DamCase dc;
+    dam_case_open(&dc, "qwen2base", "relu");
+    dc.batched = 1;
+    for (int t = 0; t < dc.m.n_tensors; t++) dc.m.tensors[t].trainable = 1;
+    only_term(&dc.cfg, T_KL);
+    double by_source = dam_case_loss(&dc, NULL);
+    dc.base_teacher = 1;
+    double by_base = dam_case_loss(&dc, NULL);
+    printf("KL taught by the sources %.6f, by the base %.6f\n", by_source, by_base);
+    assert_true(fabs(by_base - by_source) > 1e-3 * by_source); /* another teacher indeed */
+    int ok = 1, kinds = 0;
+    for (int k = K_LINEAR; k <= K_BIAS; k++) {
+        int r = fd_check(&dc, (Kind)k, "kl-base");
+        if (r < 0) continue;
+        ok &= r, kinds++;
+    }
+    dam_case_close(&dc);
+    assert_int_equal(kinds, 4);
+    assert_true(ok);
+}
+
 /* llama3src: untied (linear, lm_head, embedding, norm), tanh */
 static void test_fd_llama(void **s) { (void)s, run_case("llama3src", "all", 4); }
 /* qwen2base: tied embeddings (lm_head is the embedding), biases, sigmoid, include_base */
 static void test_fd_qwen2(void **s) { (void)s, run_case("qwen2base", "topk", 4); }
 
 int main(void) {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_fd_llama), cmocka_unit_test(test_fd_qwen2)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_fd_llama), cmocka_unit_test(test_fd_qwen2),
+                                       cmocka_unit_test(test_fd_base_teacher)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
