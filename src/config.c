@@ -131,9 +131,9 @@ static void parse_merge(DamConfig *c, const cJSON *root) {
 
 static void parse_loss(DamConfig *c, const cJSON *root) {
     const cJSON *s = cJSON_GetObjectItemCaseSensitive(root, "loss");
-    static const char *const keys[] = {"kl",   "temperature",  "similarity",       "l1",
-                                       "l2",   "mse",          "entropy",          "overlap",
-                                       "topk", "kl_reduction", "weighted_overlap", NULL};
+    static const char *const keys[] = {
+        "kl",   "temperature",  "similarity",       "l1",         "l2", "mse", "entropy", "overlap",
+        "topk", "kl_reduction", "weighted_overlap", "reg_biases", NULL};
     check_keys(s, c->file, "loss", keys);
     json_set_section("loss");
     static const char *const red[] = {"token", "batchmean", NULL};
@@ -148,6 +148,7 @@ static void parse_loss(DamConfig *c, const cJSON *root) {
     c->loss.entropy = (float)json_opt_number(s, "entropy", 0);
     c->overlap = (float)json_opt_number(s, "overlap", 0);
     c->weighted_overlap = (float)json_opt_number(s, "weighted_overlap", 0);
+    c->reg_biases = json_opt_bool(s, "reg_biases", 1);
     c->loss.topk = json_opt_int(s, "topk", 0);
     if (c->loss.temperature <= 0) dam_fail("%s: field 'loss.temperature': expected > 0", c->file);
     if (c->loss.topk < 0) dam_fail("%s: field 'loss.topk': expected >= 0", c->file);
@@ -377,6 +378,7 @@ cJSON *config_effective(const DamConfig *c) {
     cJSON_AddNumberToObject(l, "topk", c->loss.topk);
     cJSON_AddStringToObject(l, "kl_reduction", c->loss.kl_batchmean ? "batchmean" : "token");
     add_float(l, "weighted_overlap", c->weighted_overlap);
+    cJSON_AddBoolToObject(l, "reg_biases", c->reg_biases);
     cJSON *t = cJSON_AddObjectToObject(r, "train");
     cJSON_AddStringToObject(t, "optimizer", opt[c->optimizer]);
     add_float(t, "lr", c->lr);
@@ -433,6 +435,7 @@ static int later_key_at_old_default(const char *key, const char *value) {
         {"merge.bias_init", "\"init\""},
         {"loss.kl_reduction", "\"token\""},
         {"loss.weighted_overlap", "0"},
+        {"loss.reg_biases", "true"},
         {"train.mofo_scope", "\"tensor\""},
         {"train.mofo_k", "\"ceil\""},
         {"train.mofo_decay", "\"selected\""},
@@ -474,7 +477,8 @@ static const char arcee_preset[] =
     "{\"merge\": {\"embeddings\": false, \"norms\": false, \"nonlinearity\": \"tanh\", \"init\": \"uniform\","
     "             \"bias_init\": \"one\"},"
     " \"loss\": {\"kl\": true, \"temperature\": 2.0, \"similarity\": 0.01, \"l1\": 0, \"l2\": 0, \"mse\": 0,"
-    "          \"entropy\": 0, \"overlap\": 0, \"kl_reduction\": \"batchmean\", \"weighted_overlap\": 0},"
+    "          \"entropy\": 0, \"overlap\": 0, \"kl_reduction\": \"batchmean\", \"weighted_overlap\": 0,"
+    "          \"reg_biases\": false},"
     " \"train\": {\"optimizer\": \"mofo\", \"lr\": 1e-3, \"weight_decay\": 0.01, \"betas\": [0.9, 0.999],"
     "           \"eps\": 1e-8, \"mofo_alpha\": 0.3, \"mofo_scope\": \"source\", \"mofo_k\": \"floor\","
     "           \"mofo_decay\": \"all\", \"schedule\": \"constant\", \"warmup_under_constant\": false,"

@@ -55,6 +55,7 @@ typedef struct {
     LossParams loss; /* temperature, kl, mse, entropy, topk, kl_batchmean */
     float similarity, l1, l2, overlap;
     float weighted_overlap; /* λ of the reference's weighted overlap (wov.h); needs base_model */
+    int reg_biases; /* loss.reg_biases: L1, L2 and overlap also on bias coefficients (the reference: no) */
     /* train */
     OptimizerKind optimizer;
     float lr, weight_decay, beta1, beta2, adam_eps;

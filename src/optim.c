@@ -83,9 +83,10 @@ void reg_apply(DamModel *m, const DamConfig *c, RegTerms *out) {
         double vs = c->similarity > 0 && x->coef_full > 1
                         ? similarity(m, x->c, x->grad, n, dim, c->similarity, shard)
                         : 0;
-        double v2 = c->l2 > 0 ? l2(m, x->c, x->grad, n, dim, c->l2, shard) : 0;
-        double v1 = c->l1 > 0 ? m->be->coef_l1(m->ctx, x->grad, x->c, (size_t)n * dim, c->l1) : 0;
-        double vo = c->overlap > 0 ? overlap(m, x->c, x->grad, n, dim, c->overlap) : 0;
+        int norms = c->reg_biases || x->kind != DT_BIAS; /* loss.reg_biases false: as the reference */
+        double v2 = norms && c->l2 > 0 ? l2(m, x->c, x->grad, n, dim, c->l2, shard) : 0;
+        double v1 = norms && c->l1 > 0 ? m->be->coef_l1(m->ctx, x->grad, x->c, (size_t)n * dim, c->l1) : 0;
+        double vo = norms && c->overlap > 0 ? overlap(m, x->c, x->grad, n, dim, c->overlap) : 0;
         double vw = c->weighted_overlap > 0 ? weighted_overlap(m, x, n, c->weighted_overlap) : 0;
         if (!dam_model_owns(m, x)) continue; /* gradient applied, value counted on the first stage */
         out->similarity += vs, out->l2 += v2;

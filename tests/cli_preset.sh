@@ -35,7 +35,7 @@ if $BIN --config "$T/toy/arcee.json" --out "$T/run1" > "$T/run1.log" 2>&1; then
   has "merge resolved" "$s" \
     '"merge":{"embeddings":false,"norms":false,"include_base":false,"nonlinearity":"tanh","init":"uniform","bias_init":"one"}'
   has "loss resolved" "$s" \
-    '"loss":{"kl":true,"temperature":2,"similarity":0.01,"l1":0,"l2":0,"mse":0,"entropy":0,"overlap":0,"topk":0,"kl_reduction":"batchmean","weighted_overlap":0}'
+    '"loss":{"kl":true,"temperature":2,"similarity":0.01,"l1":0,"l2":0,"mse":0,"entropy":0,"overlap":0,"topk":0,"kl_reduction":"batchmean","weighted_overlap":0,"reg_biases":false}'
   has "train resolved" "$s" '"optimizer":"mofo","lr":0.001,"weight_decay":0.01,"betas":[0.9,0.999],"eps":1e-08' \
     '"mofo_alpha":0.3,"mofo_scope":"source","mofo_k":"floor","mofo_decay":"all","schedule":"constant","warmup_under_constant":false' \
     '"epochs":1,"batch_size":1,"micro_batches":1' '"max_grad_norm":1,"seed":42,"shuffle":true'

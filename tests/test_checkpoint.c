@@ -219,7 +219,7 @@ static void test_config_diff_across_versions(void **s) {
         "\"mofo_scope\":\"tensor\",\"mofo_k\":\"ceil\",\"mofo_decay\":\"selected\","
         "\"warmup_under_constant\":true,\"shuffle\":false,\"warmup_ratio\":0,"
         "\"schedule_args\":{\"num_cycles\":0.5}},\"loss\":{\"kl_reduction\":\"token\","
-        "\"weighted_overlap\":0}}";
+        "\"weighted_overlap\":0,\"reg_biases\":true}}";
     assert_int_equal(config_diff(old, same, out, sizeof out), 0);
     const char *wov = "{\"merge\":{\"nonlinearity\":\"none\"},\"train\":{\"lr\":0.001},"
                       "\"loss\":{\"weighted_overlap\":0.01}}";

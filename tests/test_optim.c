@@ -329,6 +329,47 @@ static void test_bias_init_one(void **s) {
     dam_case_close(&dc);
 }
 
+/* loss.reg_biases false (the reference's L1/L2/overlap see only self.mergers, dam.py:117-135): on
+ * qwen2base (q/k/v biases) the regularizers lose exactly the bias tensors' terms, computed here by
+ * hand, and the bias coefficients get no gradient from them. */
+static void test_reg_biases(void **s) {
+    (void)s;
+    DamCase dc;
+    dam_case_open(&dc, "qwen2base", "relu");
+    DamModel *m = &dc.m;
+    for (int t = 0; t < m->n_tensors; t++) m->tensors[t].trainable = 1;
+    DamConfig c = base_cfg();
+    c.l1 = 0.01f, c.l2 = 0.02f, c.overlap = 0.03f, c.reg_biases = 1;
+    float *cc = test_coef_get(m, DAM_COEF_C), *zero = calloc(m->coef.n, sizeof(float));
+    double want_l1 = 0, want_l2 = 0, want_ov = 0;
+    int n = m->n_rows, pairs = n * (n - 1) / 2, biases = 0;
+    for (int t = 0; t < m->n_tensors; t++) {
+        const DamTensor *x = &m->tensors[t];
+        if (x->kind != DT_BIAS) continue;
+        biases++;
+        const float *b = cc + x->coef_at; /* dim 1: one scalar per row */
+        for (int i = 0; i < n; i++) want_l1 += c.l1 * fabs(b[i]), want_l2 += c.l2 * fabs(b[i]);
+        for (int i = 0; i < n; i++)
+            for (int j = i + 1; j < n; j++) want_ov += c.overlap / pairs * fmin(fabs(b[i]), fabs(b[j]));
+    }
+    assert_true(biases > 0);
+    RegTerms with, without;
+    test_coef_put(m, DAM_COEF_GRAD, zero);
+    reg_apply(m, &c, &with);
+    c.reg_biases = 0;
+    test_coef_put(m, DAM_COEF_GRAD, zero);
+    reg_apply(m, &c, &without);
+    float *g = test_coef_get(m, DAM_COEF_GRAD);
+    assert_float_equal(with.l1 - without.l1, (float)want_l1, 1e-6);
+    assert_float_equal(with.l2 - without.l2, (float)want_l2, 1e-6);
+    assert_float_equal(with.overlap - without.overlap, (float)want_ov, 1e-6);
+    for (int t = 0; t < m->n_tensors; t++)
+        if (m->tensors[t].kind == DT_BIAS)
+            for (int i = 0; i < n; i++) assert_true(g[m->tensors[t].coef_at + i] == 0.0f);
+    free(cc), free(zero), free(g);
+    dam_case_close(&dc);
+}
+
 /* Every schedule at lr 0.1, 10 warmup steps of 110, against the learning rates transformers 5.24's
  * get_scheduler(name, SGD(lr=0.1), num_warmup_steps=10, num_training_steps=110,
  * scheduler_specific_kwargs=...) gave the optimizer at steps 0, 5, 10, 37, 60, 109. */
@@ -469,6 +510,7 @@ int main(void) {
         cmocka_unit_test(test_bias_init_one),
         cmocka_unit_test(test_wov_pair_weights),
         cmocka_unit_test(test_hf_schedules),
+        cmocka_unit_test(test_reg_biases),
         cmocka_unit_test(test_weighted_overlap_ties),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
