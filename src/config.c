@@ -123,6 +123,8 @@ static void parse_merge(DamConfig *c, const cJSON *root) {
         c->init = INIT_UNIFORM;
     else if (!strcmp(init, "random"))
         c->init = INIT_RANDOM;
+    else if (!strcmp(init, "random_tensor"))
+        c->init = INIT_RANDOM_TENSOR;
     else {
         c->init = INIT_FILE;
         c->init_file = resolve(c->file, init);
@@ -364,7 +366,10 @@ cJSON *config_effective(const DamConfig *c) {
     if (c->init == INIT_FILE)
         add_real_path(mg, "init", c->init_file);
     else
-        cJSON_AddStringToObject(mg, "init", c->init == INIT_RANDOM ? "random" : "uniform");
+        cJSON_AddStringToObject(mg, "init",
+                                c->init == INIT_RANDOM          ? "random"
+                                : c->init == INIT_RANDOM_TENSOR ? "random_tensor"
+                                                                : "uniform");
     cJSON_AddStringToObject(mg, "bias_init", c->bias_init == BIAS_INIT_ONE ? "one" : "init");
     cJSON *l = cJSON_AddObjectToObject(r, "loss");
     cJSON_AddBoolToObject(l, "kl", c->loss.kl);

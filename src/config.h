@@ -19,7 +19,9 @@ typedef enum {
     SCHED_POLYNOMIAL = 5,
     SCHED_INVERSE_SQRT = 6
 } ScheduleKind;
-typedef enum { INIT_UNIFORM = 0, INIT_FILE = 1, INIT_RANDOM = 2 } InitKind;
+/* merge.init: 1/N, a coefficients file, seeded random per column, or the reference's random init (one
+ * softmax of U(0,1) draws per tensor, coefinit.h) */
+typedef enum { INIT_UNIFORM = 0, INIT_FILE = 1, INIT_RANDOM = 2, INIT_RANDOM_TENSOR = 3 } InitKind;
 /* merge.bias_init: bias coefficients as merge.init sets them, or 1 for every source (the reference) */
 typedef enum { BIAS_INIT_INIT = 0, BIAS_INIT_ONE = 1 } BiasInit;
 /* train.mofo_scope: MoFO's top-alpha selection over a tensor's whole [N, dim] block, or per source

@@ -21,6 +21,7 @@
 #include "step.h"
 #include "tokenizer.h"
 #include "wov.h"
+#include "coefinit.h"
 
 typedef struct {
     DamConfig cfg;
@@ -76,6 +77,8 @@ static void init_coefficients(Trainer *tr) {
         }
         dam_model_coef_upload(m, DAM_COEF_C, cc);
         free(cc);
+    } else if (c->init == INIT_RANDOM_TENSOR) {
+        coef_init_random_tensor(m, c->seed);
     } else if (c->init == INIT_FILE) {
         output_load_coefficients(m, c->init_file);
     }

@@ -19,6 +19,7 @@
 #include "test_util.h"
 #include "test_dam.h"
 #include "wov.h"
+#include "coefinit.h"
 
 static DamConfig base_cfg(void) {
     DamConfig c;
@@ -370,6 +371,44 @@ static void test_reg_biases(void **s) {
     dam_case_close(&dc);
 }
 
+/* merge.init random_tensor: per tensor one softmax of N draws from U[0,1), the same on every column
+ * (rows sum to 1, each within [1/(1 + (N−1)e), e/(e + N − 1)]), tensors differ, and the values
+ * depend only on the seed and the tensor's name (the same under any layout). */
+static void test_random_tensor_init(void **s) {
+    (void)s;
+    DamCase dc;
+    dam_case_open(&dc, "llama3src", "kl");
+    DamModel *m = &dc.m;
+    coef_init_random_tensor(m, 42);
+    float *a = test_coef_get(m, DAM_COEF_C);
+    int n = m->n_rows;
+    double lo = 1 / (1 + (n - 1) * M_E), hi = M_E / (M_E + n - 1);
+    for (int t = 0; t < m->n_tensors; t++) {
+        const DamTensor *x = &m->tensors[t];
+        const float *c = a + x->coef_at;
+        double sum = 0;
+        for (int i = 0; i < n; i++) {
+            sum += c[(size_t)i * x->dim];
+            assert_true(c[(size_t)i * x->dim] >= lo && c[(size_t)i * x->dim] <= hi);
+            for (int j = 1; j < x->dim; j++) assert_true(c[(size_t)i * x->dim + j] == c[(size_t)i * x->dim]);
+        }
+        assert_float_equal(sum, 1.0, 1e-6);
+        if (t > 0) assert_true(c[0] != a[m->tensors[t - 1].coef_at]); /* another draw per tensor */
+    }
+    /* the same tensor names in another order: the same values (what another layout sees) */
+    DamTensor first = m->tensors[0];
+    m->tensors[0] = m->tensors[1], m->tensors[1] = first;
+    coef_init_random_tensor(m, 42);
+    float *b = test_coef_get(m, DAM_COEF_C);
+    for (size_t e = 0; e < m->coef.n; e++) assert_true(a[e] == b[e]);
+    m->tensors[1] = m->tensors[0], m->tensors[0] = first;
+    coef_init_random_tensor(m, 43);
+    float *d = test_coef_get(m, DAM_COEF_C);
+    assert_true(d[0] != a[0]); /* the seed matters */
+    free(a), free(b), free(d);
+    dam_case_close(&dc);
+}
+
 /* Every schedule at lr 0.1, 10 warmup steps of 110, against the learning rates transformers 5.24's
  * get_scheduler(name, SGD(lr=0.1), num_warmup_steps=10, num_training_steps=110,
  * scheduler_specific_kwargs=...) gave the optimizer at steps 0, 5, 10, 37, 60, 109. */
@@ -511,6 +550,7 @@ int main(void) {
         cmocka_unit_test(test_wov_pair_weights),
         cmocka_unit_test(test_hf_schedules),
         cmocka_unit_test(test_reg_biases),
+        cmocka_unit_test(test_random_tensor_init),
         cmocka_unit_test(test_weighted_overlap_ties),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
