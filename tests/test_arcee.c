@@ -216,31 +216,29 @@ static void test_arcee_detects_each_setting(void **s) {
     (void)s;
     const char *be = getenv("DAM_BACKEND");
     if (be && !strcmp(be, "guard")) skip(); /* about the comparison, not the backend: once is enough */
-    ArceeDiff d = run_variant("kl", "\"loss\": {\"kl_reduction\": \"token\"},", "");
-    printf("kl_reduction token: loss diff %.3g\n", d.loss);
-    assert_true(d.loss > 100 * TOL_LOSS);
-    d = run_variant("kl", "", "\"mofo_decay\": \"selected\",");
-    printf("mofo_decay selected: displacement diff %.3g\n", d.move);
-    assert_true(d.move > 2 * TOL_MOVE);
-    d = run_variant("kl", "", "\"mofo_k\": \"ceil\",");
-    printf("mofo_k ceil: displacement diff %.3g\n", d.move);
-    assert_true(d.move > 100 * TOL_MOVE);
-    d = run_variant("kl", "", "\"mofo_scope\": \"tensor\",");
-    printf("mofo_scope tensor: displacement diff %.3g\n", d.move);
-    assert_true(d.move > 100 * TOL_MOVE);
-    d = run_variant("kl", "", "\"weight_decay\": 0,");
-    printf("weight_decay 0: displacement diff %.3g\n", d.move);
-    assert_true(d.move > 2 * TOL_MOVE);
-    d = run_variant("kl", "\"merge\": {\"nonlinearity\": \"none\"},", "");
-    printf("nonlinearity none: loss diff %.3g, coefficient diff %.3g\n", d.loss, d.value);
-    assert_true(d.loss > 100 * TOL_LOSS);
-    d = run_variant("kl", "\"merge\": {\"embeddings\": true},", "");
-    printf("embeddings trained: coefficient diff %.3g\n", d.value);
-    assert_true(d.value > 2 * TOL_COEF);
-    char top[PATH_MAX + 100];
-    d = run_variant("wov", wov_settings(top, sizeof top, 0.02), "");
-    printf("weighted_overlap doubled: loss diff %.3g, displacement diff %.3g\n", d.loss, d.move);
-    assert_true(d.loss > 100 * TOL_LOSS && d.move > 2 * TOL_MOVE);
+    char wov[PATH_MAX + 100];
+    /* which: 0 loss, 1 displacement, 2 value; each must exceed `factor` times its tolerance */
+    const struct {
+        const char *what, *variant, *top, *train;
+        int which;
+        double factor;
+    } cases[] = {
+        {"kl_reduction token", "kl", "\"loss\": {\"kl_reduction\": \"token\"},", "", 0, 100},
+        {"mofo_decay selected", "kl", "", "\"mofo_decay\": \"selected\",", 1, 2},
+        {"mofo_k ceil", "kl", "", "\"mofo_k\": \"ceil\",", 1, 100},
+        {"mofo_scope tensor", "kl", "", "\"mofo_scope\": \"tensor\",", 1, 100},
+        {"weight_decay 0", "kl", "", "\"weight_decay\": 0,", 1, 2},
+        {"nonlinearity none", "kl", "\"merge\": {\"nonlinearity\": \"none\"},", "", 0, 100},
+        {"embeddings trained", "kl", "\"merge\": {\"embeddings\": true},", "", 2, 2},
+        {"weighted_overlap doubled", "wov", wov_settings(wov, sizeof wov, 0.02), "", 1, 2},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        ArceeDiff d = run_variant(cases[i].variant, cases[i].top, cases[i].train);
+        double got[3] = {d.loss, d.move, d.value}, tol[3] = {TOL_LOSS, TOL_MOVE, TOL_COEF};
+        printf("%-26s loss diff %.3g, displacement diff %.3g, coefficient diff %.3g\n", cases[i].what, d.loss,
+               d.move, d.value);
+        assert_true(got[cases[i].which] > cases[i].factor * tol[cases[i].which]);
+    }
 }
 
 int main(void) {
