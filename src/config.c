@@ -150,7 +150,7 @@ static void parse_loss(DamConfig *c, const cJSON *root) {
     c->loss.entropy = (float)json_opt_number(s, "entropy", 0);
     c->overlap = (float)json_opt_number(s, "overlap", 0);
     c->weighted_overlap = (float)json_opt_number(s, "weighted_overlap", 0);
-    c->reg_biases = json_opt_bool(s, "reg_biases", 1);
+    c->reg_skip_biases = !json_opt_bool(s, "reg_biases", 1);
     c->loss.topk = json_opt_int(s, "topk", 0);
     if (c->loss.temperature <= 0) dam_fail("%s: field 'loss.temperature': expected > 0", c->file);
     if (c->loss.topk < 0) dam_fail("%s: field 'loss.topk': expected >= 0", c->file);
@@ -383,7 +383,7 @@ cJSON *config_effective(const DamConfig *c) {
     cJSON_AddNumberToObject(l, "topk", c->loss.topk);
     cJSON_AddStringToObject(l, "kl_reduction", c->loss.kl_batchmean ? "batchmean" : "token");
     add_float(l, "weighted_overlap", c->weighted_overlap);
-    cJSON_AddBoolToObject(l, "reg_biases", c->reg_biases);
+    cJSON_AddBoolToObject(l, "reg_biases", !c->reg_skip_biases);
     cJSON *t = cJSON_AddObjectToObject(r, "train");
     cJSON_AddStringToObject(t, "optimizer", opt[c->optimizer]);
     add_float(t, "lr", c->lr);

@@ -57,7 +57,9 @@ typedef struct {
     LossParams loss; /* temperature, kl, mse, entropy, topk, kl_batchmean */
     float similarity, l1, l2, overlap;
     float weighted_overlap; /* λ of the reference's weighted overlap (wov.h); needs base_model */
-    int reg_biases; /* loss.reg_biases: L1, L2 and overlap also on bias coefficients (the reference: no) */
+    /* loss.reg_biases false: L1, L2 and overlap leave bias coefficients alone (the reference); 0, the
+     * default, keeps them in, so that a zeroed DamConfig (tests, tools) has today's behaviour */
+    int reg_skip_biases;
     /* train */
     OptimizerKind optimizer;
     float lr, weight_decay, beta1, beta2, adam_eps;

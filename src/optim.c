@@ -83,7 +83,7 @@ void reg_apply(DamModel *m, const DamConfig *c, RegTerms *out) {
         double vs = c->similarity > 0 && x->coef_full > 1
                         ? similarity(m, x->c, x->grad, n, dim, c->similarity, shard)
                         : 0;
-        int norms = c->reg_biases || x->kind != DT_BIAS; /* loss.reg_biases false: as the reference */
+        int norms = !c->reg_skip_biases || x->kind != DT_BIAS; /* loss.reg_biases false: the reference */
         double v2 = norms && c->l2 > 0 ? l2(m, x->c, x->grad, n, dim, c->l2, shard) : 0;
         double v1 = norms && c->l1 > 0 ? m->be->coef_l1(m->ctx, x->grad, x->c, (size_t)n * dim, c->l1) : 0;
         double vo = norms && c->overlap > 0 ? overlap(m, x->c, x->grad, n, dim, c->overlap) : 0;
@@ -138,19 +138,21 @@ float optim_lr(const DamConfig *c, int step, int total) {
     int w = optim_warmup_steps(c, total);
     if (step < w) return c->lr * (float)step / (float)(w > 1 ? w : 1);
     double span = total - w > 1 ? total - w : 1, progress = (step - w) / span;
+    /* a zeroed DamConfig (tests, tools) gets transformers' defaults, as config.c gives them */
+    double cycles = c->num_cycles > 0 ? c->num_cycles : c->schedule == SCHED_COSINE_WITH_RESTARTS ? 1 : 0.5;
+    double power = c->power > 0 ? c->power : 1;
     switch (c->schedule) {
     case SCHED_CONSTANT:
     case SCHED_CONSTANT_WITH_WARMUP: return c->lr;
     case SCHED_LINEAR: return (float)(c->lr * fmax(0.0, 1.0 - progress));
-    case SCHED_COSINE:
-        return (float)fmax(0.0, c->lr * 0.5 * (1.0 + cos(M_PI * 2.0 * c->num_cycles * progress)));
+    case SCHED_COSINE: return (float)fmax(0.0, c->lr * 0.5 * (1.0 + cos(M_PI * 2.0 * cycles * progress)));
     case SCHED_COSINE_WITH_RESTARTS:
         if (progress >= 1.0) return 0;
-        return (float)(c->lr * fmax(0.0, 0.5 * (1.0 + cos(M_PI * fmod(c->num_cycles * progress, 1.0)))));
+        return (float)(c->lr * fmax(0.0, 0.5 * (1.0 + cos(M_PI * fmod(cycles * progress, 1.0)))));
     case SCHED_POLYNOMIAL: { /* lr_end + (lr − lr_end)·(1 − (step − w)/(total − w))^power */
         if (step > total) return (float)c->lr_end;
         double remaining = 1.0 - (double)(step - w) / (double)(total - w);
-        return (float)((c->lr - c->lr_end) * pow(remaining, c->power) + c->lr_end);
+        return (float)((c->lr - c->lr_end) * pow(remaining, power) + c->lr_end);
     }
     case SCHED_INVERSE_SQRT: { /* 1/sqrt((step + timescale − w)/timescale) */
         double ts = c->timescale > 0 ? c->timescale : w > 0 ? w : 10000;

@@ -340,7 +340,7 @@ static void test_reg_biases(void **s) {
     DamModel *m = &dc.m;
     for (int t = 0; t < m->n_tensors; t++) m->tensors[t].trainable = 1;
     DamConfig c = base_cfg();
-    c.l1 = 0.01f, c.l2 = 0.02f, c.overlap = 0.03f, c.reg_biases = 1;
+    c.l1 = 0.01f, c.l2 = 0.02f, c.overlap = 0.03f, c.reg_skip_biases = 0;
     float *cc = test_coef_get(m, DAM_COEF_C), *zero = calloc(m->coef.n, sizeof(float));
     double want_l1 = 0, want_l2 = 0, want_ov = 0;
     int n = m->n_rows, pairs = n * (n - 1) / 2, biases = 0;
@@ -357,7 +357,7 @@ static void test_reg_biases(void **s) {
     RegTerms with, without;
     test_coef_put(m, DAM_COEF_GRAD, zero);
     reg_apply(m, &c, &with);
-    c.reg_biases = 0;
+    c.reg_skip_biases = 1;
     test_coef_put(m, DAM_COEF_GRAD, zero);
     reg_apply(m, &c, &without);
     float *g = test_coef_get(m, DAM_COEF_GRAD);
