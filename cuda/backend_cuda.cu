@@ -279,6 +279,7 @@ static const Backend cuda_backend = {
     .coef_mix_grad = cu_coef_mix_grad,
     .coef_l1 = cu_coef_l1,
     .coef_overlap = cu_coef_overlap,
+    .coef_weighted_overlap = cu_coef_weighted_overlap,
     .mofo_threshold = cu_mofo_threshold,
     .adamw = cu_adamw,
 };

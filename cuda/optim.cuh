@@ -1,6 +1,6 @@
 /* optim.cuh — coefficients and optimizer on the device (all F32): f(c) and f'(c), Σx², the Gram
- * matrix, the mixing gradient of the similarity / L2 terms, L1, overlap, the MoFO threshold (a CUB
- * radix sort of |m|) and AdamW. Scalars come back through per-block partials summed on the host in
+ * matrix, the mixing gradient of the similarity / L2 terms, L1, overlap, weighted overlap, the MoFO threshold
+ * (a CUB radix sort of |m|) and AdamW. Scalars come back through per-block partials summed on the host in
  * block order (deterministic). Math as src/optim.c. */
 #pragma once
 
@@ -170,6 +170,41 @@ static double cu_coef_overlap(BackendCtx *ctx, DevBuf g, DevBuf c, int n_src, in
     k_overlap<<<nb, RED_THREADS, 0, ctx->stream>>>(ctx->partials, (float *)g.ptr, (const float *)c.ptr, n_src,
                                                    dim, (float)w);
     LAUNCH_CHECK("coef_overlap");
+    return w * sum_partials(ctx, nb);
+}
+
+/* partial = Σ_{a<b} min(|c_a|, |c_b|)·wts[pair] over the block's columns; the gradient w·wts·sign into
+ * g of the smaller side, of a at a tie (torch.min over the stacked pair, in the reference) */
+__global__ void k_weighted_overlap(double *partial, float *g, const float *c, const float *wts, int n,
+                                   int dim, float w) {
+    double s = 0;
+    GRID_STRIDE(k, (size_t)dim) {
+        for (int a = 0, p = 0; a < n; a++)
+            for (int b = a + 1; b < n; b++, p++) {
+                float x = c[(size_t)a * dim + k], y = c[(size_t)b * dim + k], ax = fabsf(x), ay = fabsf(y);
+                float wk = wts[(size_t)p * dim + k];
+                int to_a = ax <= ay;
+                s += (double)(to_a ? ax : ay) * wk;
+                float sg = to_a ? (float)((x > 0) - (x < 0)) : (float)((y > 0) - (y < 0));
+                g[(size_t)(to_a ? a : b) * dim + k] += w * wk * sg;
+            }
+    }
+    s = block_sum(s);
+    if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+
+static double cu_coef_weighted_overlap(BackendCtx *ctx, DevBuf g, DevBuf c, DevBuf wts, int n_src, int dim,
+                                       double w) {
+    need_f32(g, "coef_weighted_overlap", "g"), need_f32(c, "coef_weighted_overlap", "c");
+    need_f32(wts, "coef_weighted_overlap", "wts");
+    need_n(g, (size_t)n_src * dim, "coef_weighted_overlap", "g");
+    need_n(c, (size_t)n_src * dim, "coef_weighted_overlap", "c");
+    need_n(wts, (size_t)(n_src * (n_src - 1) / 2) * dim, "coef_weighted_overlap", "wts");
+    if (n_src < 2 || dim <= 0) return 0;
+    int nb = red_blocks((size_t)dim);
+    k_weighted_overlap<<<nb, RED_THREADS, 0, ctx->stream>>>(
+        ctx->partials, (float *)g.ptr, (const float *)c.ptr, (const float *)wts.ptr, n_src, dim, (float)w);
+    LAUNCH_CHECK("coef_weighted_overlap");
     return w * sum_partials(ctx, nb);
 }
 

@@ -191,6 +191,10 @@ typedef struct Backend {
     double (*coef_l1)(BackendCtx *ctx, DevBuf g, DevBuf c, size_t n, double lambda);
     /* w·Σ_{a<b} Σ_k min(|c_a|,|c_b|) returned, its gradient into g (half each at a tie) */
     double (*coef_overlap)(BackendCtx *ctx, DevBuf g, DevBuf c, int n_src, int dim, double w);
+    /* w·Σ_{a<b} Σ_col min(|c_a|, |c_b|)·wts[pair, col] (wts F32 [P, dim], pairs in combinations
+     * order); gradient w·wts·sign into g of the smaller side, of a at a tie (loss.weighted_overlap) */
+    double (*coef_weighted_overlap)(BackendCtx *ctx, DevBuf g, DevBuf c, DevBuf wts, int n_src, int dim,
+                                    double w);
     /* The |m| threshold of MoFO: the ceil(alpha·n)-th largest |m| (alpha in (0,1]). */
     float (*mofo_threshold)(BackendCtx *ctx, DevBuf m, size_t n, float alpha);
     /* m, v moments updated from g, then c updated (only where |m| >= p->mofo_threshold if >= 0) */

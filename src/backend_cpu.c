@@ -728,6 +728,25 @@ static double cpu_coef_overlap(BackendCtx *ctx, DevBuf g_, DevBuf c_, int n, int
     return w * s;
 }
 
+/* At a tie the whole gradient goes to the lower row, as torch.min over the stacked pair does. */
+static double cpu_coef_weighted_overlap(BackendCtx *ctx, DevBuf g_, DevBuf c_, DevBuf wts_, int n, int dim,
+                                        double w) {
+    float *g = F32(g_, (size_t)n * dim);
+    const float *c = F32(c_, (size_t)n * dim), *wts = F32(wts_, (size_t)(n * (n - 1) / 2) * dim);
+    double s = 0;
+    for (int a = 0, p = 0; a < n; a++)
+        for (int b = a + 1; b < n; b++, p++)
+            for (int k = 0; k < dim; k++) {
+                float x = c[(size_t)a * dim + k], y = c[(size_t)b * dim + k], ax = fabsf(x), ay = fabsf(y);
+                float wk = wts[(size_t)p * dim + k];
+                int to_a = ax <= ay;
+                s += (double)(to_a ? ax : ay) * wk;
+                float sg = to_a ? (float)((x > 0) - (x < 0)) : (float)((y > 0) - (y < 0));
+                g[(size_t)(to_a ? a : b) * dim + k] += (float)(w * wk * sg);
+            }
+    return w * s;
+}
+
 static void swapf(float *x, size_t i, size_t j) {
     float t = x[i];
     x[i] = x[j], x[j] = t;
@@ -842,6 +861,7 @@ static const Backend cpu_backend = {
     .coef_mix_grad = cpu_coef_mix_grad,
     .coef_l1 = cpu_coef_l1,
     .coef_overlap = cpu_coef_overlap,
+    .coef_weighted_overlap = cpu_coef_weighted_overlap,
     .mofo_threshold = cpu_mofo_threshold,
     .adamw = cpu_adamw,
 };

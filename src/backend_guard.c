@@ -256,6 +256,9 @@ WRAP_RET(double, coef_l1, (BackendCtx * ctx, DevBuf gr, DevBuf c, size_t n, doub
          (gr, c, n, lambda))
 WRAP_RET(double, coef_overlap, (BackendCtx * ctx, DevBuf gr, DevBuf c, int n_src, int dim, double w),
          (gr, c, n_src, dim, w))
+WRAP_RET(double, coef_weighted_overlap,
+         (BackendCtx * ctx, DevBuf gr, DevBuf c, DevBuf wts, int n_src, int dim, double w),
+         (gr, c, wts, n_src, dim, w))
 WRAP_RET(float, mofo_threshold, (BackendCtx * ctx, DevBuf m, size_t n, float alpha), (m, n, alpha))
 WRAP(adamw, (BackendCtx * ctx, DevBuf c, DevBuf gr, DevBuf m, DevBuf v, size_t n, const AdamParams *p),
      (c, gr, m, v, n, p))
@@ -312,6 +315,7 @@ static const Backend guard_backend = {
     .coef_mix_grad = guard_coef_mix_grad,
     .coef_l1 = guard_coef_l1,
     .coef_overlap = guard_coef_overlap,
+    .coef_weighted_overlap = guard_coef_weighted_overlap,
     .mofo_threshold = guard_mofo_threshold,
     .adamw = guard_adamw,
 };

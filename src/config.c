@@ -123,6 +123,8 @@ static void parse_merge(DamConfig *c, const cJSON *root) {
         c->init = INIT_UNIFORM;
     else if (!strcmp(init, "random"))
         c->init = INIT_RANDOM;
+    else if (!strcmp(init, "random_tensor"))
+        c->init = INIT_RANDOM_TENSOR;
     else {
         c->init = INIT_FILE;
         c->init_file = resolve(c->file, init);
@@ -131,8 +133,9 @@ static void parse_merge(DamConfig *c, const cJSON *root) {
 
 static void parse_loss(DamConfig *c, const cJSON *root) {
     const cJSON *s = cJSON_GetObjectItemCaseSensitive(root, "loss");
-    static const char *const keys[] = {"kl",      "temperature", "similarity", "l1",           "l2", "mse",
-                                       "entropy", "overlap",     "topk",       "kl_reduction", NULL};
+    static const char *const keys[] = {
+        "kl",   "temperature",  "similarity",       "l1",         "l2", "mse", "entropy", "overlap",
+        "topk", "kl_reduction", "weighted_overlap", "reg_biases", NULL};
     check_keys(s, c->file, "loss", keys);
     json_set_section("loss");
     static const char *const red[] = {"token", "batchmean", NULL};
@@ -146,13 +149,43 @@ static void parse_loss(DamConfig *c, const cJSON *root) {
     c->loss.mse = (float)json_opt_number(s, "mse", 0);
     c->loss.entropy = (float)json_opt_number(s, "entropy", 0);
     c->overlap = (float)json_opt_number(s, "overlap", 0);
+    c->weighted_overlap = (float)json_opt_number(s, "weighted_overlap", 0);
+    c->reg_skip_biases = !json_opt_bool(s, "reg_biases", 1);
     c->loss.topk = json_opt_int(s, "topk", 0);
     if (c->loss.temperature <= 0) dam_fail("%s: field 'loss.temperature': expected > 0", c->file);
     if (c->loss.topk < 0) dam_fail("%s: field 'loss.topk': expected >= 0", c->file);
-    const char *const wn[] = {"similarity", "l1", "l2", "mse", "entropy", "overlap"};
-    const float wv[] = {c->similarity, c->l1, c->l2, c->loss.mse, c->loss.entropy, c->overlap};
-    for (int i = 0; i < 6; i++)
+    const char *const wn[] = {"similarity", "l1", "l2", "mse", "entropy", "overlap", "weighted_overlap"};
+    const float wv[] = {c->similarity,      c->l1, c->l2, c->loss.mse, c->loss.entropy, c->overlap,
+                        c->weighted_overlap};
+    for (int i = 0; i < 7; i++)
         if (wv[i] < 0) dam_fail("%s: field 'loss.%s': expected a weight >= 0, got %g", c->file, wn[i], wv[i]);
+}
+
+static const char *const schedule_names[] = {
+    "constant",   "linear",       "cosine", "constant_with_warmup", "cosine_with_restarts",
+    "polynomial", "inverse_sqrt", NULL};
+
+/* train.schedule_args, with transformers' defaults (get_cosine_schedule_with_warmup num_cycles 0.5,
+ * ..._with_hard_restarts 1, get_polynomial_decay_schedule_with_warmup lr_end 1e-7 and power 1,
+ * get_inverse_sqrt_schedule timescale = the warmup steps or 10000). */
+static void parse_schedule_args(DamConfig *c, const cJSON *a) {
+    const char *f = c->file;
+    if (a && !cJSON_IsObject(a)) dam_fail("%s: field 'train.schedule_args': expected an object", f);
+    static const char *const keys[] = {"num_cycles", "lr_end", "power", "timescale", NULL};
+    check_keys(a, f, "train.schedule_args", keys);
+    json_set_section("train.schedule_args");
+    c->num_cycles = json_opt_number(a, "num_cycles", c->schedule == SCHED_COSINE_WITH_RESTARTS ? 1 : 0.5);
+    c->lr_end = json_opt_number(a, "lr_end", 1e-7);
+    c->power = json_opt_number(a, "power", 1.0);
+    c->timescale = json_opt_int(a, "timescale", 0);
+    json_set_section("train");
+    if (c->num_cycles <= 0) dam_fail("%s: field 'train.schedule_args.num_cycles': expected > 0", f);
+    if (c->power <= 0) dam_fail("%s: field 'train.schedule_args.power': expected > 0", f);
+    if (c->timescale < 0)
+        dam_fail("%s: field 'train.schedule_args.timescale': expected >= 0 (0: default)", f);
+    if (c->lr_end < 0 || (c->schedule == SCHED_POLYNOMIAL && c->lr_end >= c->lr))
+        dam_fail("%s: field 'train.schedule_args.lr_end': expected >= 0 and below train.lr (%g), got %g", f,
+                 (double)c->lr, c->lr_end);
 }
 
 static void parse_train(DamConfig *c, const cJSON *root) {
@@ -178,6 +211,8 @@ static void parse_train(DamConfig *c, const cJSON *root) {
                                        "mofo_decay",
                                        "warmup_under_constant",
                                        "shuffle",
+                                       "warmup_ratio",
+                                       "schedule_args",
                                        NULL};
     check_keys(s, f, "train", keys);
     json_set_section("train");
@@ -201,9 +236,10 @@ static void parse_train(DamConfig *c, const cJSON *root) {
     }
     c->adam_eps = (float)json_opt_number(s, "eps", 1e-8);
     c->mofo_alpha = json_opt_number(s, "mofo_alpha", 0.3);
-    static const char *const sch[] = {"constant", "linear", "cosine", NULL};
-    c->schedule = (ScheduleKind)pick(f, "train.schedule", json_opt_string(s, "schedule", "constant"), sch);
+    c->schedule =
+        (ScheduleKind)pick(f, "train.schedule", json_opt_string(s, "schedule", "constant"), schedule_names);
     c->warmup = json_opt_int(s, "warmup", 0);
+    c->warmup_ratio = json_opt_number(s, "warmup_ratio", 0);
     c->steps = json_opt_int(s, "steps", 0);
     c->epochs = json_opt_int(s, "epochs", 1);
     c->batch_size = json_opt_int(s, "batch_size", 1);
@@ -223,6 +259,11 @@ static void parse_train(DamConfig *c, const cJSON *root) {
         if (v0[i] < 0) dam_fail("%s: field 'train.%s': expected >= 0, got %d", f, at_least_0[i], v0[i]);
     if (c->mofo_alpha <= 0 || c->mofo_alpha > 1)
         dam_fail("%s: field 'train.mofo_alpha': expected in (0, 1]", f);
+    if (c->warmup_ratio < 0 || c->warmup_ratio >= 1)
+        dam_fail("%s: field 'train.warmup_ratio': expected in [0, 1), got %g", f, c->warmup_ratio);
+    if (c->warmup_ratio > 0 && c->warmup > 0)
+        dam_fail("%s: fields 'train.warmup' and 'train.warmup_ratio': give one of them", f);
+    parse_schedule_args(c, s ? cJSON_GetObjectItemCaseSensitive(s, "schedule_args") : NULL);
 }
 
 static void parse_rest(DamConfig *c, const cJSON *root) {
@@ -288,12 +329,27 @@ static void add_real_path(cJSON *o, const char *key, const char *path) {
     free(real);
 }
 
+/* The schedule_args the schedule reads (none for constant, constant_with_warmup and linear). */
+static void add_schedule_args(cJSON *t, const DamConfig *c) {
+    ScheduleKind k = c->schedule;
+    if (k != SCHED_COSINE && k != SCHED_COSINE_WITH_RESTARTS && k != SCHED_POLYNOMIAL &&
+        k != SCHED_INVERSE_SQRT)
+        return;
+    cJSON *a = cJSON_AddObjectToObject(t, "schedule_args");
+    if (k == SCHED_COSINE || k == SCHED_COSINE_WITH_RESTARTS)
+        cJSON_AddNumberToObject(a, "num_cycles", c->num_cycles);
+    if (k == SCHED_POLYNOMIAL)
+        cJSON_AddNumberToObject(a, "lr_end", c->lr_end), cJSON_AddNumberToObject(a, "power", c->power);
+    if (k == SCHED_INVERSE_SQRT) cJSON_AddNumberToObject(a, "timescale", c->timescale);
+}
+
 cJSON *config_effective(const DamConfig *c) {
     static const char *const nl[] = {"none", "tanh", "sigmoid", "relu"};
-    static const char *const opt[] = {"adamw", "mofo"}, *const sch[] = {"constant", "linear", "cosine"};
+    static const char *const opt[] = {"adamw", "mofo"};
     cJSON *r = cJSON_CreateObject();
     if (c->preset) cJSON_AddStringToObject(r, "preset", c->preset);
     add_real_path(r, "base_model", c->base_model);
+    if (c->base_dataset) add_real_path(r, "base_dataset", c->base_dataset); /* absent before it existed */
     cJSON *models = cJSON_AddArrayToObject(r, "models");
     for (int i = 0; i < c->n_models; i++) {
         cJSON *m = cJSON_CreateObject();
@@ -310,7 +366,10 @@ cJSON *config_effective(const DamConfig *c) {
     if (c->init == INIT_FILE)
         add_real_path(mg, "init", c->init_file);
     else
-        cJSON_AddStringToObject(mg, "init", c->init == INIT_RANDOM ? "random" : "uniform");
+        cJSON_AddStringToObject(mg, "init",
+                                c->init == INIT_RANDOM          ? "random"
+                                : c->init == INIT_RANDOM_TENSOR ? "random_tensor"
+                                                                : "uniform");
     cJSON_AddStringToObject(mg, "bias_init", c->bias_init == BIAS_INIT_ONE ? "one" : "init");
     cJSON *l = cJSON_AddObjectToObject(r, "loss");
     cJSON_AddBoolToObject(l, "kl", c->loss.kl);
@@ -323,6 +382,8 @@ cJSON *config_effective(const DamConfig *c) {
     add_float(l, "overlap", c->overlap);
     cJSON_AddNumberToObject(l, "topk", c->loss.topk);
     cJSON_AddStringToObject(l, "kl_reduction", c->loss.kl_batchmean ? "batchmean" : "token");
+    add_float(l, "weighted_overlap", c->weighted_overlap);
+    cJSON_AddBoolToObject(l, "reg_biases", !c->reg_skip_biases);
     cJSON *t = cJSON_AddObjectToObject(r, "train");
     cJSON_AddStringToObject(t, "optimizer", opt[c->optimizer]);
     add_float(t, "lr", c->lr);
@@ -335,9 +396,11 @@ cJSON *config_effective(const DamConfig *c) {
     cJSON_AddStringToObject(t, "mofo_scope", c->mofo_scope == MOFO_SCOPE_SOURCE ? "source" : "tensor");
     cJSON_AddStringToObject(t, "mofo_k", c->mofo_k == MOFO_K_FLOOR ? "floor" : "ceil");
     cJSON_AddStringToObject(t, "mofo_decay", c->mofo_decay == MOFO_DECAY_ALL ? "all" : "selected");
-    cJSON_AddStringToObject(t, "schedule", sch[c->schedule]);
+    cJSON_AddStringToObject(t, "schedule", schedule_names[c->schedule]);
     cJSON_AddBoolToObject(t, "warmup_under_constant", !c->constant_skips_warmup);
     cJSON_AddNumberToObject(t, "warmup", c->warmup);
+    cJSON_AddNumberToObject(t, "warmup_ratio", c->warmup_ratio);
+    add_schedule_args(t, c);
     cJSON_AddNumberToObject(t, "steps", c->steps);
     cJSON_AddNumberToObject(t, "epochs", c->epochs);
     cJSON_AddNumberToObject(t, "batch_size", c->batch_size);
@@ -376,11 +439,15 @@ static int later_key_at_old_default(const char *key, const char *value) {
         {"preset", NULL}, /* absent: no preset */
         {"merge.bias_init", "\"init\""},
         {"loss.kl_reduction", "\"token\""},
+        {"loss.weighted_overlap", "0"},
+        {"loss.reg_biases", "true"},
         {"train.mofo_scope", "\"tensor\""},
         {"train.mofo_k", "\"ceil\""},
         {"train.mofo_decay", "\"selected\""},
         {"train.warmup_under_constant", "true"},
         {"train.shuffle", "false"},
+        {"train.warmup_ratio", "0"},
+        {"train.schedule_args.num_cycles", "0.5"}, /* cosine's, which had no arguments before */
     };
     for (size_t i = 0; i < sizeof later / sizeof later[0]; i++)
         if (!strcmp(key, later[i][0])) return later[i][1] && !strcmp(value, later[i][1]);
@@ -415,7 +482,8 @@ static const char arcee_preset[] =
     "{\"merge\": {\"embeddings\": false, \"norms\": false, \"nonlinearity\": \"tanh\", \"init\": \"uniform\","
     "             \"bias_init\": \"one\"},"
     " \"loss\": {\"kl\": true, \"temperature\": 2.0, \"similarity\": 0.01, \"l1\": 0, \"l2\": 0, \"mse\": 0,"
-    "          \"entropy\": 0, \"overlap\": 0, \"kl_reduction\": \"batchmean\"},"
+    "          \"entropy\": 0, \"overlap\": 0, \"kl_reduction\": \"batchmean\", \"weighted_overlap\": 0,"
+    "          \"reg_biases\": false},"
     " \"train\": {\"optimizer\": \"mofo\", \"lr\": 1e-3, \"weight_decay\": 0.01, \"betas\": [0.9, 0.999],"
     "           \"eps\": 1e-8, \"mofo_alpha\": 0.3, \"mofo_scope\": \"source\", \"mofo_k\": \"floor\","
     "           \"mofo_decay\": \"all\", \"schedule\": \"constant\", \"warmup_under_constant\": false,"
@@ -450,12 +518,13 @@ void config_load(DamConfig *c, const char *path) {
     json_set_context(path);
     cJSON *root = json_parse_text(text, n, path);
     if (!cJSON_IsObject(root)) dam_fail("%s: expected a JSON object at the top level", path);
-    static const char *const top[] = {"base_model", "models", "merge",  "loss",    "train", "parallel",
-                                      "checkpoint", "preset", "output", "comment", NULL};
+    static const char *const top[] = {"base_model", "models", "merge",  "loss",         "train",   "parallel",
+                                      "checkpoint", "preset", "output", "base_dataset", "comment", NULL};
     check_keys(root, path, "", top);
     json_set_section(NULL);
     apply_preset(c, root);
     c->base_model = resolve(path, json_opt_string(root, "base_model", NULL));
+    c->base_dataset = resolve(path, json_opt_string(root, "base_dataset", NULL));
     parse_models(c, root);
     parse_merge(c, root);
     parse_loss(c, root);
@@ -464,6 +533,18 @@ void config_load(DamConfig *c, const char *path) {
     json_set_section(NULL);
     if (c->include_base && !c->base_model)
         dam_fail("%s: field 'merge.include_base' is true but 'base_model' is not set", path);
+    if (c->base_dataset && !c->include_base)
+        dam_fail("%s: field 'base_dataset' needs 'merge.include_base': true (the base row is its teacher)",
+                 path);
+    if (c->base_dataset && c->loss.topk > 0)
+        dam_fail(
+            "%s: field 'base_dataset' cannot be combined with loss.topk yet (no teacher cache for the base)",
+            path);
+    if (c->weighted_overlap > 0 && !c->base_model)
+        dam_fail(
+            "%s: field 'loss.weighted_overlap' is > 0 but 'base_model' is not set (its weights come from "
+            "the sources' task vectors against the base)",
+            path);
     if (c->loss.topk > 0 && c->loss.mse > 0)
         dam_fail("%s: loss.mse needs full teacher logits; it cannot be combined with loss.topk", path);
     if (c->optimizer == OPT_MOFO && c->mofo_scope == MOFO_SCOPE_SOURCE && c->tp > 1)
@@ -481,8 +562,8 @@ void config_load(DamConfig *c, const char *path) {
 void config_free(DamConfig *c) {
     for (int i = 0; i < c->n_models; i++)
         free(c->models[i].path), free(c->models[i].dataset), free(c->models[i].name);
-    free(c->file), free(c->base_model), free(c->init_file), free(c->ckpt_dir), free(c->out_dir),
-        free(c->metrics_file), free(c->effective);
+    free(c->file), free(c->base_model), free(c->base_dataset), free(c->init_file), free(c->ckpt_dir),
+        free(c->out_dir), free(c->metrics_file), free(c->effective);
     memset(c, 0, sizeof *c);
 }
 
@@ -497,11 +578,12 @@ int config_local_rank(void) {
     return 0;
 }
 
-int config_open_datasets(const DamConfig *c, const ModelConfig *mc, DamDataset *data, int *topk_cache) {
+int config_open_datasets(const DamConfig *c, const ModelConfig *mc, int n, const char *const *paths,
+                         DamDataset *data, int *topk_cache) {
     int64_t L = -1, topk = -1;
-    for (int k = 0; k < c->n_models; k++) {
+    for (int k = 0; k < n; k++) {
         DamDataset *d = &data[k];
-        dataset_open(d, c->models[k].dataset);
+        dataset_open(d, paths[k]);
         dataset_check_ids(d, mc->vocab_size);
         if (L >= 0 && d->seq_len != L)
             dam_fail("%s: rows of %lld tokens; %s has %lld (all datasets must share one length)", d->path,

@@ -10,8 +10,19 @@
 #include "model.h"
 
 typedef enum { OPT_ADAMW = 0, OPT_MOFO = 1 } OptimizerKind;
-typedef enum { SCHED_CONSTANT = 0, SCHED_LINEAR = 1, SCHED_COSINE = 2 } ScheduleKind;
-typedef enum { INIT_UNIFORM = 0, INIT_FILE = 1, INIT_RANDOM = 2 } InitKind;
+/* train.schedule: the Hugging Face schedule set (transformers' get_scheduler) */
+typedef enum {
+    SCHED_CONSTANT = 0,
+    SCHED_LINEAR = 1,
+    SCHED_COSINE = 2,
+    SCHED_CONSTANT_WITH_WARMUP = 3,
+    SCHED_COSINE_WITH_RESTARTS = 4,
+    SCHED_POLYNOMIAL = 5,
+    SCHED_INVERSE_SQRT = 6
+} ScheduleKind;
+/* merge.init: 1/N, a coefficients file, seeded random per column, or the reference's random init (one
+ * softmax of U(0,1) draws per tensor, coefinit.h) */
+typedef enum { INIT_UNIFORM = 0, INIT_FILE = 1, INIT_RANDOM = 2, INIT_RANDOM_TENSOR = 3 } InitKind;
 /* merge.bias_init: bias coefficients as merge.init sets them, or 1 for every source (the reference) */
 typedef enum { BIAS_INIT_INIT = 0, BIAS_INIT_ONE = 1 } BiasInit;
 /* train.mofo_scope: MoFO's top-alpha selection over a tensor's whole [N, dim] block, or per source
@@ -33,6 +44,7 @@ typedef struct {
 typedef struct {
     char *file;         /* the config file itself, for messages */
     char *base_model;   /* may be NULL */
+    char *base_dataset; /* may be NULL: a dataset the base teaches (needs include_base), the last one */
     const char *preset; /* "arcee" or NULL: the settings applied before the config's own keys */
     int n_models;
     SourceSpec models[DAM_MAX_SOURCES];
@@ -45,6 +57,10 @@ typedef struct {
     /* loss */
     LossParams loss; /* temperature, kl, mse, entropy, topk, kl_batchmean */
     float similarity, l1, l2, overlap;
+    float weighted_overlap; /* λ of the reference's weighted overlap (wov.h); needs base_model */
+    /* loss.reg_biases false: L1, L2 and overlap leave bias coefficients alone (the reference); 0, the
+     * default, keeps them in, so that a zeroed DamConfig (tests, tools) has today's behaviour */
+    int reg_skip_biases;
     /* train */
     OptimizerKind optimizer;
     float lr, weight_decay, beta1, beta2, adam_eps;
@@ -55,6 +71,11 @@ typedef struct {
     ScheduleKind schedule;
     int constant_skips_warmup; /* train.warmup_under_constant false: "constant" ignores the warmup (HF) */
     int warmup, steps, epochs, batch_size, micro_batches, seq_len;
+    double warmup_ratio; /* warmup = ceil(total steps · ratio) when warmup is 0 (Hugging Face's rule) */
+    /* train.schedule_args: num_cycles (cosine 0.5, cosine_with_restarts 1), lr_end (1e-7) and power (1)
+     * of polynomial, timescale of inverse_sqrt (0: the warmup steps, or 10000 without warmup) */
+    double num_cycles, lr_end, power;
+    int timescale;
     float max_grad_norm;
     uint64_t seed;
     int shuffle; /* train.shuffle: a seeded order per epoch, shared by the datasets (train.c: data_row) */
@@ -90,11 +111,13 @@ int config_diff(const char *a, const char *b, char *out, size_t cap);
 /* Parse a size like "5GB", "500MB", "1024" (bytes). Returns 0 when malformed. */
 size_t config_parse_size(const char *s);
 
-/* Open dataset k of every source model (data[k], k < n_models) and check them as a run reads them:
- * ids in the vocabulary of mc, one row length L for all, top-K teacher caches alike and holding at
- * least loss.topk (*topk_cache: the K of the caches read, 0 when the teachers run). Returns the
- * tokens per row used: train.seq_len (0: L), at most L and max_position_embeddings. */
-int config_open_datasets(const DamConfig *c, const ModelConfig *mc, DamDataset *data, int *topk_cache);
+/* Open the n token files paths[k] into data[k] (the sources' models[k].dataset, and a run's
+ * base_dataset after them) and check them as a run reads them: ids in the vocabulary of mc, one row
+ * length L for all, top-K teacher caches alike and holding at least loss.topk (*topk_cache: the K of
+ * the caches read, 0 when the teachers run). Returns the tokens per row used: train.seq_len (0: L),
+ * at most L and max_position_embeddings. */
+int config_open_datasets(const DamConfig *c, const ModelConfig *mc, int n, const char *const *paths,
+                         DamDataset *data, int *topk_cache);
 
 /* The run's backend: `device` ("cpu" or "cuda"; DAM_BACKEND in the environment overrides it, e.g.
  * "guard" for the tests) through backend_by_name. */

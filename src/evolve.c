@@ -175,7 +175,9 @@ static void default_rows(Evolver *ev) {
 
 static void open_data(Evolver *ev, int rows) {
     const DamConfig *c = &ev->cfg;
-    ev->T = config_open_datasets(c, &ev->model.full_cfg, ev->data, &ev->topk_cache);
+    const char *paths[DAM_MAX_SOURCES];
+    for (int k = 0; k < c->n_models; k++) paths[k] = c->models[k].dataset;
+    ev->T = config_open_datasets(c, &ev->model.full_cfg, c->n_models, paths, ev->data, &ev->topk_cache);
     int64_t L = ev->data[0].seq_len;
     for (int k = 0; k < ev->n_data; k++) {
         if (rows > ev->data[k].n_rows)

@@ -244,8 +244,10 @@ void dam_model_close(DamModel *m) {
     comm_group_free(&m->tied);
     for (int b = 0; b < DAM_COEF_BLOCKS; b++) be->free(m->ctx, &m->coef.block[b]);
     be->free(m->ctx, &m->ones);
-    for (int t = 0; t < m->n_tensors; t++)
+    for (int t = 0; t < m->n_tensors; t++) {
         for (int i = 0; i < m->n_rows; i++) be->free_source(m->ctx, &m->tensors[t].src[i]);
+        if (!devbuf_null(m->tensors[t].wov)) be->free(m->ctx, &m->tensors[t].wov);
+    }
     for (int i = 0; i < m->n_rows; i++) {
         st_model_close(&m->files[i]);
         free(m->row_names[i]);

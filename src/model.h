@@ -43,6 +43,7 @@ typedef struct {
     /* full fine-tuning (finetune.c): when set (F32, rows * cols), the backward adds the weight
      * gradient dL/dW (the G that DAM reduces into the coefficient gradient) here instead */
     DevBuf wgrad;
+    DevBuf wov; /* loss.weighted_overlap: F32 [P, dim] pair weights of a linear tensor (wov.h), else null */
 } DamTensor;
 
 typedef struct {

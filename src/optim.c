@@ -59,6 +59,13 @@ static double overlap(const DamModel *m, DevBuf c, DevBuf g, int n, int dim, dou
     return m->be->coef_overlap(m->ctx, g, c, n, dim, lambda / pairs);
 }
 
+/* λ·mean_{a<b} Σ_col min(|c_a|, |c_b|)·w_ab (wov.h); at a tie the lower row gets the gradient. */
+static double weighted_overlap(const DamModel *m, const DamTensor *x, int n, double lambda) {
+    int pairs = n * (n - 1) / 2;
+    if (pairs == 0 || devbuf_null(x->wov)) return 0;
+    return m->be->coef_weighted_overlap(m->ctx, x->grad, x->c, x->wov, n, x->dim, lambda / pairs);
+}
+
 /* A tensor whose coefficient columns are split over the tp group (else NULL: whole on every rank). */
 static const CommGroup *shard_group(const DamModel *m, const DamTensor *x) {
     return m->tp && x->coef_full != x->dim ? m->tp : NULL;
@@ -66,7 +73,8 @@ static const CommGroup *shard_group(const DamModel *m, const DamTensor *x) {
 
 void reg_apply(DamModel *m, const DamConfig *c, RegTerms *out) {
     memset(out, 0, sizeof *out);
-    double split_sums[2] = {0, 0}; /* l1 and overlap of split tensors: this rank's columns only */
+    double split_sums[3] = {0, 0,
+                            0}; /* l1, overlap, weighted overlap of split tensors: this rank's columns */
     for (int t = 0; t < m->n_tensors; t++) {
         DamTensor *x = &m->tensors[t];
         if (!x->trainable) continue;
@@ -75,19 +83,21 @@ void reg_apply(DamModel *m, const DamConfig *c, RegTerms *out) {
         double vs = c->similarity > 0 && x->coef_full > 1
                         ? similarity(m, x->c, x->grad, n, dim, c->similarity, shard)
                         : 0;
-        double v2 = c->l2 > 0 ? l2(m, x->c, x->grad, n, dim, c->l2, shard) : 0;
-        double v1 = c->l1 > 0 ? m->be->coef_l1(m->ctx, x->grad, x->c, (size_t)n * dim, c->l1) : 0;
-        double vo = c->overlap > 0 ? overlap(m, x->c, x->grad, n, dim, c->overlap) : 0;
+        int norms = !c->reg_skip_biases || x->kind != DT_BIAS; /* loss.reg_biases false: the reference */
+        double v2 = norms && c->l2 > 0 ? l2(m, x->c, x->grad, n, dim, c->l2, shard) : 0;
+        double v1 = norms && c->l1 > 0 ? m->be->coef_l1(m->ctx, x->grad, x->c, (size_t)n * dim, c->l1) : 0;
+        double vo = norms && c->overlap > 0 ? overlap(m, x->c, x->grad, n, dim, c->overlap) : 0;
+        double vw = c->weighted_overlap > 0 ? weighted_overlap(m, x, n, c->weighted_overlap) : 0;
         if (!dam_model_owns(m, x)) continue; /* gradient applied, value counted on the first stage */
         out->similarity += vs, out->l2 += v2;
         if (shard)
-            split_sums[0] += v1, split_sums[1] += vo;
+            split_sums[0] += v1, split_sums[1] += vo, split_sums[2] += vw;
         else
-            out->l1 += v1, out->overlap += vo;
+            out->l1 += v1, out->overlap += vo, out->weighted_overlap += vw;
     }
-    if (m->tp) comm_allreduce_sum_f64(m->tp, split_sums, 2);
-    out->l1 += split_sums[0], out->overlap += split_sums[1];
-    if (m->pp) comm_allreduce_sum_f64(m->pp, (double *)out, 4); /* each stage's own tensors */
+    if (m->tp) comm_allreduce_sum_f64(m->tp, split_sums, 3);
+    out->l1 += split_sums[0], out->overlap += split_sums[1], out->weighted_overlap += split_sums[2];
+    if (m->pp) comm_allreduce_sum_f64(m->pp, (double *)out, 5); /* each stage's own tensors */
 }
 
 /* ---------------------------------------------------------------- clipping and schedule */
@@ -118,14 +128,38 @@ double optim_clip_grad_norm(DamModel *m, float max_norm) {
     return norm;
 }
 
+int optim_warmup_steps(const DamConfig *c, int total) {
+    return c->warmup > 0 ? c->warmup : (int)ceil(total * c->warmup_ratio);
+}
+
 float optim_lr(const DamConfig *c, int step, int total) {
     /* Hugging Face's "constant" ignores the warmup (only constant_with_warmup warms up) */
     if (c->schedule == SCHED_CONSTANT && c->constant_skips_warmup) return c->lr;
-    if (step < c->warmup) return c->lr * (float)step / (float)(c->warmup > 1 ? c->warmup : 1);
-    if (c->schedule == SCHED_CONSTANT) return c->lr;
-    double span = total - c->warmup > 1 ? total - c->warmup : 1, progress = (step - c->warmup) / span;
-    if (c->schedule == SCHED_LINEAR) return (float)(c->lr * fmax(0.0, 1.0 - progress));
-    return (float)(c->lr * 0.5 * (1.0 + cos(M_PI * fmin(progress, 1.0))));
+    int w = optim_warmup_steps(c, total);
+    if (step < w) return c->lr * (float)step / (float)(w > 1 ? w : 1);
+    double span = total - w > 1 ? total - w : 1, progress = (step - w) / span;
+    /* a zeroed DamConfig (tests, tools) gets transformers' defaults, as config.c gives them */
+    double cycles = c->num_cycles > 0 ? c->num_cycles : c->schedule == SCHED_COSINE_WITH_RESTARTS ? 1 : 0.5;
+    double power = c->power > 0 ? c->power : 1;
+    switch (c->schedule) {
+    case SCHED_CONSTANT:
+    case SCHED_CONSTANT_WITH_WARMUP: return c->lr;
+    case SCHED_LINEAR: return (float)(c->lr * fmax(0.0, 1.0 - progress));
+    case SCHED_COSINE: return (float)fmax(0.0, c->lr * 0.5 * (1.0 + cos(M_PI * 2.0 * cycles * progress)));
+    case SCHED_COSINE_WITH_RESTARTS:
+        if (progress >= 1.0) return 0;
+        return (float)(c->lr * fmax(0.0, 0.5 * (1.0 + cos(M_PI * fmod(cycles * progress, 1.0)))));
+    case SCHED_POLYNOMIAL: { /* lr_end + (lr − lr_end)·(1 − (step − w)/(total − w))^power */
+        if (step > total) return (float)c->lr_end;
+        double remaining = 1.0 - (double)(step - w) / (double)(total - w);
+        return (float)((c->lr - c->lr_end) * pow(remaining, power) + c->lr_end);
+    }
+    case SCHED_INVERSE_SQRT: { /* 1/sqrt((step + timescale − w)/timescale) */
+        double ts = c->timescale > 0 ? c->timescale : w > 0 ? w : 10000;
+        return (float)(c->lr / sqrt((step + ts - w) / ts));
+    }
+    }
+    return c->lr;
 }
 
 /* ---------------------------------------------------------------- AdamW / MoFO */

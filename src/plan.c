@@ -72,6 +72,7 @@ typedef struct {
     int B, T, micro_batches, K; /* batch_size, seq_len, micro_batches, loss.topk */
     PlanDevice dev;
     size_t keep_budget; /* parallel.keep_activations: layers' activations kept when they fit */
+    int wov;            /* loss.weighted_overlap on: P pair weights per linear column (wov.h) */
     double baseline;    /* bytes per process (cpu) */
     double folio;       /* bytes a fault on a mapped file page makes resident around it (cpu) */
 } PlanModel;
@@ -99,6 +100,7 @@ typedef struct {
     double src_rss;     /* the same as resident pages on the CPU (see plan_stage_tensors) */
     double src_largest; /* stored bytes of the largest tensor's shards, every row */
     size_t coefs;       /* coefficients: Σ n_rows × dim */
+    size_t wov;         /* weighted overlap pair weights: Σ over linear tensors P × dim (fp32) */
     double out_cpu;     /* output phase on top of training, with the sources' pages released as written */
     double out_host;    /* the same without any release (cuda: the sources are not resident) */
 } StageTensors;
@@ -190,6 +192,7 @@ static void plan_stage_tensors(const PlanModel *pm, int tp, int l0, int l1, int 
         st->src_rss += resident;
         st->src_largest = fmax(st->src_largest, shard);
         st->coefs += (size_t)pm->n_rows * dim;
+        if (pm->wov && kind == DT_LINEAR) st->wov += (size_t)(pm->n_rows * (pm->n_rows - 1) / 2) * dim;
         if (pp > 1 && !first && kind == DT_EMBED) continue; /* a tied embedding is the first stage's */
         buf_hw = fmax(buf_hw, (double)local * 4);
         double full = (double)local * tp * 4;
@@ -279,7 +282,8 @@ static void plan_rank(const PlanModel *pm, const PlanLayout *L, int rank, PlanRa
      * of every dataset's micro-batch, once more per local micro-batch under pp; top-K caches */
     double rows = (double)Bt * pm->T, per_mb = rows * 5 + rows * pm->K * 8.0;
     double inputs = per_mb * (1 + (pp > 1 ? local_mb : 0));
-    r->coefficients = (double)st.coefs * 5 * 4; /* c, f(c), grad, Adam m, Adam v: fp32 */
+    r->coefficients = (double)st.coefs * 5 * 4 /* c, f(c), grad, Adam m, Adam v: fp32 */
+                      + (double)st.wov * 4;    /* the weighted overlap's pair weights */
     r->run_states = (double)rs * n_slots;
     r->load_bytes = st.src_split;
     double tokens = rows;
@@ -480,10 +484,11 @@ static void load_model(PlanModel *pm, const DamConfig *c, const PlanArgs *a, int
         pm->dtype_note = !pm->dtype_note || !strcmp(pm->dtype_note, name) ? name : "mixed dtypes";
     }
     if (pm->cfg.mlp_bias) dam_fail("%s: mlp_bias is not supported", dirs[0]);
-    pm->n_rows = n, pm->n_data = c->n_models;
+    pm->n_rows = n, pm->n_data = c->n_models + (c->base_dataset != NULL);
     pm->B = c->batch_size, pm->micro_batches = c->micro_batches, pm->K = c->loss.topk;
     pm->dev = a->dev, pm->baseline = a->baseline_mib * MIB, pm->folio = a->folio_kib * 1024;
     pm->keep_budget = c->keep_activations;
+    pm->wov = c->weighted_overlap > 0;
     pm->T = a->seq_len ? a->seq_len : c->seq_len;
     if (!pm->T) { /* train.seq_len 0: the datasets' row length, when they can be read */
         for (int k = 0; k < c->n_models; k++) {

@@ -31,7 +31,7 @@ void dam_step_grad(DamModel *m, RunState *const *slots, int n_slots, const StepI
     dam_model_reduce_grad(m, dp);
     dam_model_finish_grad(m);
     reg_apply(m, c, &st->reg);
-    st->total = st->reg.similarity + st->reg.l1 + st->reg.l2 + st->reg.overlap;
+    st->total = reg_total(&st->reg);
     for (int k = 0; k < in->n_seg; k++) st->total += st->kl[k] + st->mse[k] + st->entropy[k];
 }
 

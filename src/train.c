@@ -20,6 +20,8 @@
 #include "safetensors.h"
 #include "step.h"
 #include "tokenizer.h"
+#include "wov.h"
+#include "coefinit.h"
 
 typedef struct {
     DamConfig cfg;
@@ -37,8 +39,12 @@ typedef struct {
     int32_t **mb_ids, **mb_topk_idx; /* pipeline: every local micro-batch's inputs, read up front */
     int8_t **mb_mask;
     float **mb_topk_val;
-    int n_data; /* datasets: one per source model (not the base) */
+    int n_data; /* datasets: one per source model, and base_dataset last when given */
     DamDataset data[DAM_MAX_SOURCES];
+    /* dataset k: its file, the name logs give it, the model whose tokenizer made it, its teacher row
+     * (source k; the base row for base_dataset) */
+    const char *data_path[DAM_MAX_SOURCES], *data_name[DAM_MAX_SOURCES], *data_src[DAM_MAX_SOURCES];
+    int teacher[DAM_MAX_SOURCES];
     int64_t cursor[DAM_MAX_SOURCES]; /* next row of each dataset (rows consumed; shuffled: see data_row) */
     /* train.shuffle: the order of epoch perm_epoch over shuffle_rows rows (the smallest dataset's) */
     int64_t *perm, perm_epoch, shuffle_rows;
@@ -71,6 +77,8 @@ static void init_coefficients(Trainer *tr) {
         }
         dam_model_coef_upload(m, DAM_COEF_C, cc);
         free(cc);
+    } else if (c->init == INIT_RANDOM_TENSOR) {
+        coef_init_random_tensor(m, c->seed);
     } else if (c->init == INIT_FILE) {
         output_load_coefficients(m, c->init_file);
     }
@@ -86,6 +94,15 @@ static void open_model(Trainer *tr) {
     for (int i = 0; i < c->n_models; i++) dirs[n] = c->models[i].path, names[n++] = c->models[i].name;
     if (c->include_base) dirs[n] = c->base_model, names[n++] = "base";
     tr->n_data = c->n_models;
+    for (int k = 0; k < c->n_models; k++) {
+        tr->data_path[k] = c->models[k].dataset, tr->data_name[k] = c->models[k].name;
+        tr->data_src[k] = c->models[k].path, tr->teacher[k] = k;
+    }
+    if (c->base_dataset) { /* the base teaches it (the reference's --base_model_dataset_name) */
+        int k = tr->n_data++;
+        tr->data_path[k] = c->base_dataset, tr->data_name[k] = "base", tr->data_src[k] = c->base_model;
+        tr->teacher[k] = n - 1;
+    }
     dam_model_open_parallel(&tr->model, n, dirs, names, tr->be, tr->ctx, &tr->grid.tp_group,
                             &tr->grid.pp_group, c->transport);
     DamModel *m = &tr->model;
@@ -102,13 +119,14 @@ static void open_model(Trainer *tr) {
         free(p);
         hfconfig_check_same(&m->full_cfg, names[0], &bc, "base");
     }
+    if (c->weighted_overlap > 0) wov_setup(m, c->include_base ? NULL : c->base_model);
     init_coefficients(tr);
 }
 
 static void open_data(Trainer *tr) {
     DamConfig *c = &tr->cfg;
     int topk;
-    tr->T = config_open_datasets(c, &tr->model.full_cfg, tr->data, &topk);
+    tr->T = config_open_datasets(c, &tr->model.full_cfg, tr->n_data, tr->data_path, tr->data, &topk);
     int64_t L = tr->data[0].seq_len;
     tr->B = c->batch_size;
     tr->shuffle_rows = INT64_MAX;
@@ -208,15 +226,13 @@ static void read_micro_batches(Trainer *tr) {
 
 /* One step (src/step.c): the same code the tests run. */
 static void train_step(Trainer *tr, int step, StepStats *st) {
-    int teacher[DAM_MAX_SOURCES];
-    for (int k = 0; k < tr->n_data; k++) teacher[k] = k; /* dataset k is taught by source k */
     read_micro_batches(tr);
     StepInputs in = {tr->local_mb,
                      tr->n_data,
                      tr->B,
                      tr->T,
                      tr->cfg.micro_batches,
-                     teacher,
+                     tr->teacher,
                      (const int32_t *const *)tr->mb_ids,
                      (const int8_t *const *)tr->mb_mask,
                      tr->topk_idx ? (const int32_t *const *)tr->mb_topk_idx : NULL,
@@ -243,6 +259,7 @@ static void log_step(Trainer *tr, int step, const StepStats *st, float lr, doubl
     if (tr->cfg.loss.entropy > 0) printf(" | ent %.4g", st->entropy[0]);
     printf(" | sim %.5f", st->reg.similarity);
     if (tr->cfg.l1 > 0 || tr->cfg.l2 > 0) printf(" | l1 %.3g l2 %.3g", st->reg.l1, st->reg.l2);
+    if (tr->cfg.weighted_overlap > 0) printf(" | wov %.4g", st->reg.weighted_overlap);
     printf(" | gnorm %.3g | lr %.2e | %lld tok/step | %.0f tok/s | ETA %s\n", st->grad_norm, lr,
            (long long)st->tokens, st->tokens / dt, eta);
     fflush(stdout);
@@ -255,10 +272,10 @@ static void log_step(Trainer *tr, int step, const StepStats *st, float lr, doubl
     fprintf(f, "],\"entropy\":[");
     for (int k = 0; k < tr->n_data; k++) fprintf(f, "%s%.9g", k ? "," : "", st->entropy[k]);
     fprintf(f,
-            "],\"similarity\":%.9g,\"l1\":%.9g,\"l2\":%.9g,\"overlap\":%.9g,\"grad_norm\":%.9g,\"lr\":%.9g,"
-            "\"tokens\":%lld,\"tokens_per_s\":%.3f,\"elapsed_s\":%.3f}\n",
-            st->reg.similarity, st->reg.l1, st->reg.l2, st->reg.overlap, st->grad_norm, lr,
-            (long long)st->tokens, st->tokens / dt, elapsed);
+            "],\"similarity\":%.9g,\"l1\":%.9g,\"l2\":%.9g,\"overlap\":%.9g,\"weighted_overlap\":%.9g,"
+            "\"grad_norm\":%.9g,\"lr\":%.9g,\"tokens\":%lld,\"tokens_per_s\":%.3f,\"elapsed_s\":%.3f}\n",
+            st->reg.similarity, st->reg.l1, st->reg.l2, st->reg.overlap, st->reg.weighted_overlap,
+            st->grad_norm, lr, (long long)st->tokens, st->tokens / dt, elapsed);
     fflush(f);
 }
 
@@ -277,8 +294,8 @@ static double eval_kl(Trainer *tr, int k, int n_eval) {
     for (int64_t r = 0; r + tr->B <= n_eval; r += tr->B) {
         next_batch(tr, k, 0);
         LossTerms lt;
-        dam_model_eval(&tr->model, tr->rs, k, tr->ids, tr->mask, tr->topk_idx, tr->topk_val, tr->B, tr->T,
-                       &lp, &lt);
+        dam_model_eval(&tr->model, tr->rs, tr->teacher[k], tr->ids, tr->mask, tr->topk_idx, tr->topk_val,
+                       tr->B, tr->T, &lp, &lt);
         kl += lt.kl * (double)lt.n_valid, tokens += lt.n_valid;
     }
     tr->cursor[k] = saved;
@@ -303,7 +320,7 @@ static void set_plain_average(DamModel *m, int n_sources) {
 static void eval_table(Trainer *tr, int n_eval) {
     double dam[DAM_MAX_SOURCES] = {0}, avg[DAM_MAX_SOURCES] = {0};
     for (int k = 0; k < tr->n_data; k++) dam[k] = eval_kl(tr, k, n_eval);
-    set_plain_average(&tr->model, tr->n_data);
+    set_plain_average(&tr->model, tr->cfg.n_models);
     for (int k = 0; k < tr->n_data; k++) avg[k] = eval_kl(tr, k, n_eval);
     dam_model_refresh(&tr->model);
     if (!tr->root) return;
@@ -312,7 +329,7 @@ static void eval_table(Trainer *tr, int n_eval) {
     printf("%-16s %14s %14s %10s\n", "dataset", "DAM", "plain average", "DAM/avg");
     double sd = 0, sa = 0;
     for (int k = 0; k < tr->n_data; k++) {
-        printf("%-16s %14.6f %14.6f %10.3f\n", tr->cfg.models[k].name, dam[k], avg[k], dam[k] / avg[k]);
+        printf("%-16s %14.6f %14.6f %10.3f\n", tr->data_name[k], dam[k], avg[k], dam[k] / avg[k]);
         sd += dam[k], sa += avg[k];
     }
     double below = sa > 0 ? 100.0 * (sa - sd) / sa : 0;
@@ -430,7 +447,7 @@ static int resume_checkpoint(Trainer *tr, const TrainArgs *a) {
 static void check_tokenizers(Trainer *tr, int allow) {
     char skipped[512] = "";
     for (int k = 0; k < tr->n_data; k++) {
-        const char *src = tr->cfg.models[k].path;
+        const char *src = tr->data_src[k];
         char have[64] = "", kind[64] = "";
         uint64_t want;
         int got = dataset_attr_string(&tr->data[k], "tokenizer_hash", have, sizeof have) == 0 &&
@@ -438,7 +455,7 @@ static void check_tokenizers(Trainer *tr, int allow) {
                   !strcmp(kind, TOKENIZER_HASH_KIND);
         if (!got || tokenizer_canonical_hash(src, &want) != 0) {
             size_t n = strlen(skipped);
-            snprintf(skipped + n, sizeof skipped - n, "%s%s", n ? ", " : "", tr->cfg.models[k].name);
+            snprintf(skipped + n, sizeof skipped - n, "%s%s", n ? ", " : "", tr->data_name[k]);
             continue;
         }
         char want_hex[32];
@@ -448,9 +465,9 @@ static void check_tokenizers(Trainer *tr, int allow) {
             dam_fail("%s was prepared with another tokenizer (hash %s) than source %s (%s/tokenizer.json, "
                      "hash %s); "
                      "prepare it with that tokenizer, or pass --allow-tokenizer-mismatch",
-                     tr->data[k].path, have, tr->cfg.models[k].name, src, want_hex);
+                     tr->data[k].path, have, tr->data_name[k], src, want_hex);
         printf("dam_dist: note: %s: tokenizer differs from %s's (--allow-tokenizer-mismatch)\n",
-               tr->data[k].path, tr->cfg.models[k].name);
+               tr->data[k].path, tr->data_name[k]);
     }
     if (*skipped)
         printf(
@@ -603,7 +620,7 @@ static void finish_run(Trainer *tr, const TrainArgs *a, int step, const StepStat
     if (a->eval_rows > 0) eval_table(tr, a->eval_rows);
     OutputReport rep = {
         .steps = step, .total_steps = tr->total_steps, .wall_s = dam_now() - t0, .n_data = tr->n_data};
-    for (int k = 0; k < tr->n_data; k++) rep.kl[k] = st->kl[k], rep.names[k] = tr->cfg.models[k].name;
+    for (int k = 0; k < tr->n_data; k++) rep.kl[k] = st->kl[k], rep.names[k] = tr->data_name[k];
     rep.loss = st->total;
     if (tr->grid.dp_idx == 0) output_write_parallel(&tr->model, &tr->cfg, &rep, &tr->grid.replica);
     comm_barrier(&tr->grid.world);

@@ -35,7 +35,7 @@ if $BIN --config "$T/toy/arcee.json" --out "$T/run1" > "$T/run1.log" 2>&1; then
   has "merge resolved" "$s" \
     '"merge":{"embeddings":false,"norms":false,"include_base":false,"nonlinearity":"tanh","init":"uniform","bias_init":"one"}'
   has "loss resolved" "$s" \
-    '"loss":{"kl":true,"temperature":2,"similarity":0.01,"l1":0,"l2":0,"mse":0,"entropy":0,"overlap":0,"topk":0,"kl_reduction":"batchmean"}'
+    '"loss":{"kl":true,"temperature":2,"similarity":0.01,"l1":0,"l2":0,"mse":0,"entropy":0,"overlap":0,"topk":0,"kl_reduction":"batchmean","weighted_overlap":0,"reg_biases":false}'
   has "train resolved" "$s" '"optimizer":"mofo","lr":0.001,"weight_decay":0.01,"betas":[0.9,0.999],"eps":1e-08' \
     '"mofo_alpha":0.3,"mofo_scope":"source","mofo_k":"floor","mofo_decay":"all","schedule":"constant","warmup_under_constant":false' \
     '"epochs":1,"batch_size":1,"micro_batches":1' '"max_grad_norm":1,"seed":42,"shuffle":true'
@@ -74,7 +74,35 @@ else
   bad "shuffle runs failed: $(tail -2 "$T"/sh_*.log)"
 fi
 
-# 4. refusals: one line naming the field and the allowed values
+# 4. loss.weighted_overlap under tensor parallelism: its pair weights are per input column over
+# all output rows, a row-parallel tensor's columns split over tp, its value summed over them; tp=2
+# equals one process (from distinct coefficients: from the uniform start Adam's first step leaves
+# near-ties |c_a| ≈ |c_b| that any rounding difference flips, with the whole gradient of a tie
+# going to one side). The llama3src fixture's sources, the arcee fixture's rows and initial values.
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
+FX=$(cd "${DAM_FIXTURES:-tests/fixtures}" && pwd)
+BUILD=${BUILD:-build}
+if "$BUILD/tests/tool_arcee_data" "$FX/arcee/inputs.safetensors" "$T/wov" 2>"$T/wov.err"; then
+  for tp in 1 2; do
+    echo "{\"base_model\": \"$FX/dam/llama3src/base\", \"models\": [
+      {\"path\": \"$FX/dam/llama3src/m0\", \"dataset\": \"$T/wov/d0.h5\"},
+      {\"path\": \"$FX/dam/llama3src/m1\", \"dataset\": \"$T/wov/d1.h5\"},
+      {\"path\": \"$FX/dam/llama3src/m2\", \"dataset\": \"$T/wov/d2.h5\"}],
+      \"merge\": {\"init\": \"$FX/arcee/coef_init_wov.safetensors\"}, \"loss\": {\"weighted_overlap\": 0.05},
+      \"train\": {\"steps\": 5, \"batch_size\": 2, \"lr\": 0.01}, \"parallel\": {\"tp\": $tp}}" > "$T/wov/tp$tp.json"
+  done
+  if $BIN --config "$T/wov/tp1.json" --out "$T/wov/o1" > "$T/wov/o1.log" 2>&1 \
+    && timeout 300 mpirun -n 2 --oversubscribe $BIN --config "$T/wov/tp2.json" --out "$T/wov/o2" > "$T/wov/o2.log" 2>&1; then
+    "$BUILD/tests/tool_compare_coefs" "$T/wov/o2/dam_coefficients.safetensors" "$T/wov/o1/dam_coefficients.safetensors" 5e-5 \
+      && ok "weighted_overlap: tp=2 equals one process" || bad "weighted_overlap: tp=2 differs from one process"
+  else
+    bad "weighted_overlap runs failed: $(tail -2 "$T"/wov/o*.log)"
+  fi
+else
+  bad "tool_arcee_data: $(cat "$T/wov.err")"
+fi
+
+# 5. refusals: one line naming the field and the allowed values
 refused() { # refused NAME CONFIG-TEXT SUBSTRING
   echo "$2" > "$T/toy/bad.json"
   rm -rf "$T/badout"
@@ -94,6 +122,20 @@ refused "mofo_decay" "{$MODELS, \"train\": {\"mofo_decay\": \"none\"}}" \
   "field 'train.mofo_decay': unknown value 'none' (allowed: \"selected\", \"all\")"
 refused "bias_init" "{$MODELS, \"merge\": {\"bias_init\": \"zero\"}}" \
   "field 'merge.bias_init': unknown value 'zero' (allowed: \"init\", \"one\")"
+refused "weighted_overlap without base_model" "{${MODELS#*\"base\", }, \"loss\": {\"weighted_overlap\": 0.01}}" \
+  "field 'loss.weighted_overlap' is > 0 but 'base_model' is not set"
+refused "weighted_overlap < 0" "{$MODELS, \"loss\": {\"weighted_overlap\": -1}}" \
+  "field 'loss.weighted_overlap': expected a weight >= 0, got -1"
+refused "schedule" "{$MODELS, \"train\": {\"schedule\": \"cosine_with_min_lr\"}}" \
+  "field 'train.schedule': unknown value 'cosine_with_min_lr' (allowed: \"constant\", \"linear\", \"cosine\", \"constant_with_warmup\", \"cosine_with_restarts\", \"polynomial\", \"inverse_sqrt\")"
+refused "warmup and warmup_ratio" "{$MODELS, \"train\": {\"warmup\": 3, \"warmup_ratio\": 0.1}}" \
+  "fields 'train.warmup' and 'train.warmup_ratio': give one of them"
+refused "polynomial lr_end" "{$MODELS, \"train\": {\"schedule\": \"polynomial\", \"schedule_args\": {\"lr_end\": 0.01}}}" \
+  "field 'train.schedule_args.lr_end': expected >= 0 and below train.lr (0.001), got 0.01"
+refused "schedule_args key" "{$MODELS, \"train\": {\"schedule_args\": {\"cycles\": 2}}}" \
+  "unknown key 'train.schedule_args.cycles'"
+refused "base_dataset without include_base" "{$MODELS, \"base_dataset\": \"data/m0.h5\"}" \
+  "field 'base_dataset' needs 'merge.include_base': true"
 refused "preset not a string" "{\"preset\": 1, $MODELS}" "field 'preset': expected a string"
 
 echo "cli_preset: $fails failure(s)"

@@ -217,8 +217,14 @@ static void test_config_diff_across_versions(void **s) {
     const char *same =
         "{\"merge\":{\"nonlinearity\":\"none\",\"bias_init\":\"init\"},\"train\":{\"lr\":0.001,"
         "\"mofo_scope\":\"tensor\",\"mofo_k\":\"ceil\",\"mofo_decay\":\"selected\","
-        "\"warmup_under_constant\":true,\"shuffle\":false},\"loss\":{\"kl_reduction\":\"token\"}}";
+        "\"warmup_under_constant\":true,\"shuffle\":false,\"warmup_ratio\":0,"
+        "\"schedule_args\":{\"num_cycles\":0.5}},\"loss\":{\"kl_reduction\":\"token\","
+        "\"weighted_overlap\":0,\"reg_biases\":true}}";
     assert_int_equal(config_diff(old, same, out, sizeof out), 0);
+    const char *wov = "{\"merge\":{\"nonlinearity\":\"none\"},\"train\":{\"lr\":0.001},"
+                      "\"loss\":{\"weighted_overlap\":0.01}}";
+    assert_int_equal(config_diff(old, wov, out, sizeof out), 1);
+    assert_non_null(strstr(out, "loss.weighted_overlap (absent -> 0.01)"));
     const char *other = "{\"merge\":{\"nonlinearity\":\"none\"},\"train\":{\"lr\":0.001,\"shuffle\":true}}";
     assert_int_equal(config_diff(old, other, out, sizeof out), 1);
     assert_non_null(strstr(out, "train.shuffle (absent -> true)"));

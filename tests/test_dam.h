@@ -34,7 +34,8 @@ typedef struct {
     DamConfig cfg; /* only the loss/merge fields are used */
     StFile inputs;
     int n_data, B, T;
-    int batched; /* 1: all datasets in one dam_model_step; 0: one dam_model_microbatch each */
+    int batched;      /* 1: all datasets in one dam_model_step; 0: one dam_model_microbatch each */
+    int base_teacher; /* batched: every dataset taught by the last row (the base; train.c's base_dataset) */
     const int32_t *ids[DAM_MAX_SOURCES];
     const int8_t *mask[DAM_MAX_SOURCES];
 } DamCase;
@@ -140,7 +141,7 @@ static inline double dam_case_loss(DamCase *dc, DamLosses *out) {
         for (int k = 0; k < dc->n_data; k++) {
             memcpy(ids + k * seg, dc->ids[k], seg * sizeof(int32_t));
             memcpy(mask + k * seg, dc->mask[k], seg);
-            teacher[k] = k;
+            teacher[k] = dc->base_teacher ? dc->m.n_rows - 1 : k;
         }
         const int32_t *ids_p = ids;
         const int8_t *mask_p = mask;
@@ -163,7 +164,7 @@ static inline double dam_case_loss(DamCase *dc, DamLosses *out) {
         dam_model_reduce_grad(&dc->m, NULL);
         dam_model_finish_grad(&dc->m);
         reg_apply(&dc->m, &dc->cfg, &l.reg);
-        l.total += l.reg.similarity + l.reg.l1 + l.reg.l2 + l.reg.overlap;
+        l.total += reg_total(&l.reg);
     }
     if (out) *out = l;
     return l.total;

@@ -1,6 +1,6 @@
 /* test_gradcheck.c — central finite differences of the full DAM loss against the analytic
  * coefficient gradients, for every tensor kind (linear, lm_head, embedding, RMSNorm, bias) and every
- * loss term taken alone (KL, top-K KL, MSE, entropy, similarity, L1, L2, overlap).
+ * loss term taken alone (KL, top-K KL, MSE, entropy, similarity, L1, L2, overlap, weighted overlap).
  *
  * Tolerance: the loss is computed in fp32 (accumulated in double), so a central difference with step
  * h = 1e-2 along a unit direction has rounding error ~1e-7·L/h and truncation error ~h²·L''' — both
@@ -15,6 +15,7 @@
 
 #include "test_util.h"
 #include "test_dam.h"
+#include "wov.h"
 
 static size_t ncoef(const DamModel *m, int t) {
     return (size_t)m->n_rows * (size_t)(unsigned)m->tensors[t].dim;
@@ -59,7 +60,7 @@ static int fd_check(DamCase *dc, Kind kind, const char *term) {
         if (dir[t])
             for (size_t j = 0; j < ncoef(m, t); j++) dir[t][j] = (float)(dir[t][j] / norm);
     /* piecewise-linear terms (kinks of |c| and min) need a small step; smooth ones a larger one */
-    const double h = (!strcmp(term, "overlap") || !strcmp(term, "l1")) ? 1e-4 : 1e-2;
+    const double h = (strstr(term, "overlap") || !strcmp(term, "l1")) ? 1e-4 : 1e-2;
     double lp = 0, lm = 0, fp32_part = 0;
     /* perturb, evaluate, restore (the coefficient block on the host, uploaded whole) */
     float *saved = test_coef_get(m, DAM_COEF_C), *moved = test_coef_get(m, DAM_COEF_C);
@@ -103,9 +104,9 @@ static int fd_check(DamCase *dc, Kind kind, const char *term) {
     return ok;
 }
 
-typedef enum { T_KL, T_TOPK, T_MSE, T_ENTROPY, T_SIM, T_L1, T_L2, T_OVERLAP, T_COUNT } Term;
-static const char *const term_names[] = {"kl",         "topk-kl", "mse", "entropy",
-                                         "similarity", "l1",      "l2",  "overlap"};
+typedef enum { T_KL, T_TOPK, T_MSE, T_ENTROPY, T_SIM, T_L1, T_L2, T_OVERLAP, T_WOV, T_COUNT } Term;
+static const char *const term_names[] = {"kl", "topk-kl", "mse",     "entropy",  "similarity",
+                                         "l1", "l2",      "overlap", "w-overlap"};
 
 static void only_term(DamConfig *c, Term t) {
     c->loss.kl = t == T_KL || t == T_TOPK;
@@ -116,6 +117,7 @@ static void only_term(DamConfig *c, Term t) {
     c->l1 = t == T_L1 ? 0.01f : 0;
     c->l2 = t == T_L2 ? 0.05f : 0;
     c->overlap = t == T_OVERLAP ? 0.01f : 0;
+    c->weighted_overlap = t == T_WOV ? 0.05f : 0;
 }
 
 static void run_case(const char *name, const char *variant, int expect_kinds) {
@@ -123,6 +125,11 @@ static void run_case(const char *name, const char *variant, int expect_kinds) {
     dam_case_open(&dc, name, variant);
     dc.batched = 1;                                                         /* the path training uses */
     for (int t = 0; t < dc.m.n_tensors; t++) dc.m.tensors[t].trainable = 1; /* cover every kind */
+    char base_rel[64];
+    snprintf(base_rel, sizeof base_rel, "dam/%s/base", name);
+    char *base = dc.cfg.include_base ? NULL : test_fixture(base_rel); /* else the base is the last row */
+    wov_setup(&dc.m, base); /* the weighted overlap's pair weights from the task vectors */
+    free(base);
     int ok = 1, kinds_seen = 0;
     for (int term = 0; term < T_COUNT; term++) {
         only_term(&dc.cfg, (Term)term);
@@ -138,12 +145,38 @@ static void run_case(const char *name, const char *variant, int expect_kinds) {
     assert_true(ok);
 }
 
+/* The base as a teacher (base_dataset): qwen2base's datasets taught by its base row (include_base,
+ * the last row) instead of their sources; the KL term alone, every kind. */
+static void test_fd_base_teacher(void **s) {
+    (void)s;
+    DamCase dc;
+    dam_case_open(&dc, "qwen2base", "relu");
+    dc.batched = 1;
+    for (int t = 0; t < dc.m.n_tensors; t++) dc.m.tensors[t].trainable = 1;
+    only_term(&dc.cfg, T_KL);
+    double by_source = dam_case_loss(&dc, NULL);
+    dc.base_teacher = 1;
+    double by_base = dam_case_loss(&dc, NULL);
+    printf("KL taught by the sources %.6f, by the base %.6f\n", by_source, by_base);
+    assert_true(fabs(by_base - by_source) > 1e-3 * by_source); /* another teacher indeed */
+    int ok = 1, kinds = 0;
+    for (int k = K_LINEAR; k <= K_BIAS; k++) {
+        int r = fd_check(&dc, (Kind)k, "kl-base");
+        if (r < 0) continue;
+        ok &= r, kinds++;
+    }
+    dam_case_close(&dc);
+    assert_int_equal(kinds, 4);
+    assert_true(ok);
+}
+
 /* llama3src: untied (linear, lm_head, embedding, norm), tanh */
 static void test_fd_llama(void **s) { (void)s, run_case("llama3src", "all", 4); }
 /* qwen2base: tied embeddings (lm_head is the embedding), biases, sigmoid, include_base */
 static void test_fd_qwen2(void **s) { (void)s, run_case("qwen2base", "topk", 4); }
 
 int main(void) {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_fd_llama), cmocka_unit_test(test_fd_qwen2)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_fd_llama), cmocka_unit_test(test_fd_qwen2),
+                                       cmocka_unit_test(test_fd_base_teacher)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,12 +1,15 @@
 /* test_optim.c — the optimizer side against closed forms computed here independently:
- *   - learning-rate schedules (constant/linear/cosine with warmup) as transformers defines them;
+ *   - learning-rate schedules (constant/linear/cosine with warmup) as transformers defines them, and
+ *     the whole Hugging Face set against values transformers' get_scheduler printed, warmup_ratio;
  *   - AdamW: the first two updates of one coefficient, with and without weight decay;
  *   - MoFO: only the top-alpha fraction of entries by |momentum| moves;
  *   - global gradient-norm clipping to max_norm;
  *   - the reference's MoFO (train.mofo_scope "source", mofo_k "floor", mofo_decay "all"): k per
  *     source vector, decay on every entry, k = 0 (moments only, nothing moves);
  *   - "constant" with warmup ignored (train.warmup_under_constant false);
- *   - loss.kl_reduction "batchmean" at B = 2 against "token"; frozen kinds keep their coefficients. */
+ *   - loss.kl_reduction "batchmean" at B = 2 against "token"; frozen kinds keep their coefficients;
+ *   - the weighted overlap: its pair weights sin²(2θ) at known angles, its value and gradient by hand
+ *     with ties (the lower row takes a tie's whole gradient, as the reference's torch.min). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -15,11 +18,14 @@
 
 #include "test_util.h"
 #include "test_dam.h"
+#include "wov.h"
+#include "coefinit.h"
 
 static DamConfig base_cfg(void) {
     DamConfig c;
     memset(&c, 0, sizeof c);
     c.lr = 0.1f, c.beta1 = 0.9f, c.beta2 = 0.999f, c.adam_eps = 1e-8f, c.mofo_alpha = 0.25f;
+    c.num_cycles = 0.5, c.lr_end = 1e-7, c.power = 1; /* config.c's defaults for schedule_args */
     return c;
 }
 
@@ -324,6 +330,188 @@ static void test_bias_init_one(void **s) {
     dam_case_close(&dc);
 }
 
+/* loss.reg_biases false (the reference's L1/L2/overlap see only self.mergers, dam.py:117-135): on
+ * qwen2base (q/k/v biases) the regularizers lose exactly the bias tensors' terms, computed here by
+ * hand, and the bias coefficients get no gradient from them. */
+static void test_reg_biases(void **s) {
+    (void)s;
+    DamCase dc;
+    dam_case_open(&dc, "qwen2base", "relu");
+    DamModel *m = &dc.m;
+    for (int t = 0; t < m->n_tensors; t++) m->tensors[t].trainable = 1;
+    DamConfig c = base_cfg();
+    c.l1 = 0.01f, c.l2 = 0.02f, c.overlap = 0.03f, c.reg_skip_biases = 0;
+    float *cc = test_coef_get(m, DAM_COEF_C), *zero = calloc(m->coef.n, sizeof(float));
+    double want_l1 = 0, want_l2 = 0, want_ov = 0;
+    int n = m->n_rows, pairs = n * (n - 1) / 2, biases = 0;
+    for (int t = 0; t < m->n_tensors; t++) {
+        const DamTensor *x = &m->tensors[t];
+        if (x->kind != DT_BIAS) continue;
+        biases++;
+        const float *b = cc + x->coef_at; /* dim 1: one scalar per row */
+        for (int i = 0; i < n; i++) want_l1 += c.l1 * fabs(b[i]), want_l2 += c.l2 * fabs(b[i]);
+        for (int i = 0; i < n; i++)
+            for (int j = i + 1; j < n; j++) want_ov += c.overlap / pairs * fmin(fabs(b[i]), fabs(b[j]));
+    }
+    assert_true(biases > 0);
+    RegTerms with, without;
+    test_coef_put(m, DAM_COEF_GRAD, zero);
+    reg_apply(m, &c, &with);
+    c.reg_skip_biases = 1;
+    test_coef_put(m, DAM_COEF_GRAD, zero);
+    reg_apply(m, &c, &without);
+    float *g = test_coef_get(m, DAM_COEF_GRAD);
+    assert_float_equal(with.l1 - without.l1, (float)want_l1, 1e-6);
+    assert_float_equal(with.l2 - without.l2, (float)want_l2, 1e-6);
+    assert_float_equal(with.overlap - without.overlap, (float)want_ov, 1e-6);
+    for (int t = 0; t < m->n_tensors; t++)
+        if (m->tensors[t].kind == DT_BIAS)
+            for (int i = 0; i < n; i++) assert_true(g[m->tensors[t].coef_at + i] == 0.0f);
+    free(cc), free(zero), free(g);
+    dam_case_close(&dc);
+}
+
+/* merge.init random_tensor: per tensor one softmax of N draws from U[0,1), the same on every column
+ * (rows sum to 1, each within [1/(1 + (N−1)e), e/(e + N − 1)]), tensors differ, and the values
+ * depend only on the seed and the tensor's name (the same under any layout). */
+static void test_random_tensor_init(void **s) {
+    (void)s;
+    DamCase dc;
+    dam_case_open(&dc, "llama3src", "kl");
+    DamModel *m = &dc.m;
+    coef_init_random_tensor(m, 42);
+    float *a = test_coef_get(m, DAM_COEF_C);
+    int n = m->n_rows;
+    double lo = 1 / (1 + (n - 1) * M_E), hi = M_E / (M_E + n - 1);
+    for (int t = 0; t < m->n_tensors; t++) {
+        const DamTensor *x = &m->tensors[t];
+        const float *c = a + x->coef_at;
+        double sum = 0;
+        for (int i = 0; i < n; i++) {
+            sum += c[(size_t)i * x->dim];
+            assert_true(c[(size_t)i * x->dim] >= lo && c[(size_t)i * x->dim] <= hi);
+            for (int j = 1; j < x->dim; j++) assert_true(c[(size_t)i * x->dim + j] == c[(size_t)i * x->dim]);
+        }
+        assert_float_equal(sum, 1.0, 1e-6);
+        if (t > 0) assert_true(c[0] != a[m->tensors[t - 1].coef_at]); /* another draw per tensor */
+    }
+    /* the same tensor names in another order: the same values (what another layout sees) */
+    DamTensor first = m->tensors[0];
+    m->tensors[0] = m->tensors[1], m->tensors[1] = first;
+    coef_init_random_tensor(m, 42);
+    float *b = test_coef_get(m, DAM_COEF_C);
+    for (size_t e = 0; e < m->coef.n; e++) assert_true(a[e] == b[e]);
+    m->tensors[1] = m->tensors[0], m->tensors[0] = first;
+    coef_init_random_tensor(m, 43);
+    float *d = test_coef_get(m, DAM_COEF_C);
+    assert_true(d[0] != a[0]); /* the seed matters */
+    free(a), free(b), free(d);
+    dam_case_close(&dc);
+}
+
+/* Every schedule at lr 0.1, 10 warmup steps of 110, against the learning rates transformers 5.24's
+ * get_scheduler(name, SGD(lr=0.1), num_warmup_steps=10, num_training_steps=110,
+ * scheduler_specific_kwargs=...) gave the optimizer at steps 0, 5, 10, 37, 60, 109. */
+static void test_hf_schedules(void **s) {
+    (void)s;
+    static const int steps[6] = {0, 5, 10, 37, 60, 109};
+    static const struct {
+        ScheduleKind kind;
+        double num_cycles, lr_end, power;
+        int timescale;
+        double lr[6];
+    } want[] = {
+        {SCHED_CONSTANT_WITH_WARMUP, 0.5, 1e-7, 1, 0, {0.0, 0.05, 0.1, 0.1, 0.1, 0.1}},
+        {SCHED_LINEAR, 0.5, 1e-7, 1, 0, {0.0, 0.05, 0.1, 0.073, 0.05, 0.001}},
+        {SCHED_COSINE, 0.5, 1e-7, 1, 0, {0.0, 0.05, 0.1, 0.0830655932661826, 0.05, 2.467198171342e-05}},
+        {SCHED_COSINE_WITH_RESTARTS,
+         3,
+         1e-7,
+         1,
+         0,
+         {0.0, 0.05, 0.1, 0.008645971286271903, 0.05, 0.00022190176984600575}},
+        {SCHED_POLYNOMIAL,
+         0.5,
+         1e-3,
+         2,
+         0,
+         {0.0, 0.05, 0.1, 0.053757099999999995, 0.025750000000000002, 0.0010099}},
+        {SCHED_INVERSE_SQRT,
+         0.5,
+         1e-7,
+         1,
+         0,
+         {0.0, 0.05, 0.1, 0.051987524491003634, 0.04082482904638631, 0.030289126640769132}},
+        {SCHED_INVERSE_SQRT,
+         0.5,
+         1e-7,
+         1,
+         25,
+         {0.0, 0.05, 0.1, 0.06933752452815364, 0.05773502691896259, 0.04490132550669373}},
+    };
+    for (size_t i = 0; i < sizeof want / sizeof *want; i++) {
+        DamConfig c = base_cfg();
+        c.schedule = want[i].kind, c.warmup = 10, c.num_cycles = want[i].num_cycles;
+        c.lr_end = want[i].lr_end, c.power = want[i].power, c.timescale = want[i].timescale;
+        for (int j = 0; j < 6; j++) {
+            double got = optim_lr(&c, steps[j], 110), w = want[i].lr[j];
+            if (fabs(got - w) > 1e-7 * 0.1 + 1e-6 * w)
+                fail_msg("schedule %d step %d: %.9g, transformers %.9g", (int)want[i].kind, steps[j], got, w);
+        }
+        /* warmup_ratio 0.09 of 110 steps: ceil(9.9) = 10 warmup steps, the same schedule */
+        c.warmup = 0, c.warmup_ratio = 0.09;
+        assert_int_equal(optim_warmup_steps(&c, 110), 10);
+        for (int j = 0; j < 6; j++) assert_float_equal(optim_lr(&c, steps[j], 110), want[i].lr[j], 1e-7);
+    }
+}
+
+/* Task vectors of 3 rows over 2 stored rows and 4 columns; row 2 is a base row (τ = 0). Columns:
+ * 45°, parallel, orthogonal, 30° between rows 0 and 1. */
+static void known_angles(void *ctx, int row, size_t o, double *out) {
+    (void)ctx;
+    static const double tv[2][2][4] = {{{1, 1, 1, 1}, {0, 0, 0, 0}},
+                                       {{1, 2, 0, 1.7320508075688772}, {1, 0, 3, 1}}};
+    for (int j = 0; j < 4; j++) out[j] = row == 2 ? 0 : tv[row][o][j];
+}
+
+static void test_wov_pair_weights(void **s) {
+    (void)s;
+    double w[3 * 4];
+    wov_pair_weights(3, 2, 4, known_angles, NULL, w);
+    /* sin²(2θ) = 4cos²θ(1 − cos²θ), cos with the reference's 1e-8 added to each norm: 1 at 45°, 0.75
+     * at 30°, ~1e-7 for parallel columns (cos = 1 − 1.5e-8), 0 for orthogonal ones */
+    const double dot[4] = {1, 2, 0, 1.7320508075688772}, n0[4] = {1, 1, 1, 1}, n1[4] = {sqrt(2), 2, 3, 2};
+    for (int j = 0; j < 4; j++) {
+        double cs = dot[j] / ((n0[j] + 1e-8) * (n1[j] + 1e-8)), want = 4 * cs * cs * (1 - cs * cs);
+        assert_float_equal(w[j], want, 1e-12);
+        assert_true(fabs(want - (double[]){1, 0, 0, 0.75}[j]) < 2e-7);
+        assert_float_equal(w[4 + j], 0, 1e-12); /* pairs with the base row: cos 0, sin²(180°) */
+        assert_float_equal(w[8 + j], 0, 1e-12);
+    }
+}
+
+/* The weighted overlap op by hand: c rows [0.3, -0.2], [0.3, 0.5], [-0.3, 0.2]; column 0 ties three
+ * ways, column 1 ties between rows 0 and 2. */
+static void test_weighted_overlap_ties(void **s) {
+    (void)s;
+    const Backend *be = test_be();
+    BackendCtx *ctx = test_ctx();
+    const float c[6] = {0.3f, -0.2f, 0.3f, 0.5f, -0.3f, 0.2f}, wts[6] = {1, 0.5f, 0.25f, 2, 4, 1};
+    DevBuf dc = be->alloc(ctx, 6, DAM_F32, "c"), dw = be->alloc(ctx, 6, DAM_F32, "wts"),
+           dg = be->alloc(ctx, 6, DAM_F32, "g");
+    be->upload(ctx, dc, c, DAM_F32, 6), be->upload(ctx, dw, wts, DAM_F32, 6);
+    double v = be->coef_weighted_overlap(ctx, dg, dc, dw, 3, 2, 0.1);
+    float g[6];
+    be->download(ctx, g, DAM_F32, dg, 6);
+    /* column 0: 0.3·(1 + 0.25 + 4); column 1: 0.2·0.5 + 0.2·2 + 0.2·1 */
+    assert_float_equal(v, 0.1 * (0.3 * 5.25 + 0.2 * 3.5), 1e-7);
+    /* (0,1) and (0,2) tie in column 0: row 0 takes both; (1,2) ties: row 1 takes it. Column 1: row 0
+     * is the smaller of (0,1) (sign −), takes the tie (0,2) (sign −); row 2 the smaller of (1,2). */
+    const float want[6] = {0.1f * 1.25f, 0.1f * (-0.5f - 2), 0.1f * 4, 0, 0, 0.1f * 1};
+    for (int j = 0; j < 6; j++) assert_float_equal(g[j], want[j], 1e-7);
+    be->free(ctx, &dc), be->free(ctx, &dw), be->free(ctx, &dg);
+}
+
 static void test_clip(void **s) {
     (void)s;
     DamCase dc;
@@ -359,6 +547,11 @@ int main(void) {
         cmocka_unit_test(test_frozen_kinds),
         cmocka_unit_test(test_mofo_matches_reference),
         cmocka_unit_test(test_bias_init_one),
+        cmocka_unit_test(test_wov_pair_weights),
+        cmocka_unit_test(test_hf_schedules),
+        cmocka_unit_test(test_reg_biases),
+        cmocka_unit_test(test_random_tensor_init),
+        cmocka_unit_test(test_weighted_overlap_ties),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

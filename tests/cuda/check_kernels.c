@@ -571,6 +571,13 @@ static void check_optim(void) {
     compare_scalar("coef_overlap value", C_->coef_overlap(cctx, g.c, c2.c, ns, dim, 0.2),
                    G_->coef_overlap(gctx, g.g, c2.g, ns, dim, 0.2), 1e-9);
     check_pair("coef_overlap gradient", g, TOL_F32);
+    size_t np = (size_t)(ns * (ns - 1) / 2) * dim; /* the weighted overlap: the ties go to row 0 */
+    Pair wts = pair_rand(np, DAM_F32, 1);
+    compare_scalar("coef_weighted_overlap value",
+                   C_->coef_weighted_overlap(cctx, g.c, c2.c, wts.c, ns, dim, 0.2),
+                   G_->coef_weighted_overlap(gctx, g.g, c2.g, wts.g, ns, dim, 0.2), 1e-9);
+    check_pair("coef_weighted_overlap gradient", g, TOL_F32);
+    pair_free(&wts);
     float ta = C_->mofo_threshold(cctx, c.c, n, 0.1f), tb = G_->mofo_threshold(gctx, c.g, n, 0.1f);
     report("mofo_threshold (exact)", ta == tb, fabs((double)ta - tb), fabs((double)ta - tb), NULL);
     for (int mofo = 0; mofo < 3; mofo++) {
