@@ -176,20 +176,14 @@ static const char finetune_help[] =
 static const struct {
     const char *cmd, *text;
 } helps[] = {
-    {"merge", merge_help},
     {"", train_help},
+    {"merge", merge_help},
     {"toy", toy_help},
     {"prepare", prepare_help},
     {"tokenize", tokenize_help},
     {"precompute", precompute_help},
     {"inspect", inspect_help},
     {"eval", eval_help},
-    {"", train_help},
-    {"toy", toy_help},
-    {"prepare", prepare_help},
-    {"tokenize", tokenize_help},
-    {"precompute", precompute_help},
-    {"inspect", inspect_help},
     {"evolve", evolve_help},
     {"finetune", finetune_help},
 };
