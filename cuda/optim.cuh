@@ -7,6 +7,7 @@
 #include <cub/device/device_radix_sort.cuh>
 
 #include "common.cuh"
+#include "adam_bf16.h"
 
 __device__ __forceinline__ float nonlin_f(int f, float c) {
     switch (f) {
@@ -238,6 +239,7 @@ static float cu_mofo_threshold(BackendCtx *ctx, DevBuf m, size_t n, float alpha)
 struct AdamArgs {
     float lr, beta1, beta2, eps, wd, thr;
     double bc1, bc2;
+    AdamBf16 bf16; /* mode != ADAM_F32: bf16 coefficients, torch's ops each rounded (adam_bf16.h) */
 };
 
 /* optim.c's optim_step for one tensor: moments in fp32, the update in double. moments_only: the
@@ -247,6 +249,12 @@ __global__ void k_adamw(float *c, const float *g, float *m, float *v, size_t n, 
                         int update) {
     GRID_STRIDE(j, n) {
         float mj = m[j], vj = v[j];
+        if (a.bf16.mode != ADAM_F32) {
+            if (moments)
+                c[j] = adam_bf16(c[j]), adam_bf16_moments(&a.bf16, g[j], &mj, &vj), m[j] = mj, v[j] = vj;
+            if (update && (a.thr < 0 || fabsf(mj) >= a.thr)) c[j] = adam_bf16_update(&a.bf16, c[j], mj, vj);
+            continue;
+        }
         if (moments) {
             float gj = g[j];
             mj = a.beta1 * mj + (1 - a.beta1) * gj;
@@ -271,7 +279,8 @@ static void cu_adamw(BackendCtx *ctx, DevBuf c, DevBuf g, DevBuf m, DevBuf v, si
                   p->weight_decay,
                   p->mofo_threshold,
                   1.0 - pow(p->beta1, p->t),
-                  1.0 - pow(p->beta2, p->t)};
+                  1.0 - pow(p->beta2, p->t),
+                  p->bf16};
     unsigned grid = grid_for(n, 256);
     if (p->mofo_alpha > 0) { /* moments, the threshold of the updated |m|, then the update */
         k_adamw<<<grid, 256, 0, ctx->stream>>>((float *)c.ptr, (const float *)g.ptr, (float *)m.ptr,

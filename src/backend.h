@@ -62,11 +62,31 @@ typedef struct {
  * moment update; the backend's mofo_threshold call computes it). mofo_alpha > 0 (MoFO as the
  * trainer runs it): the backend computes that threshold itself from the updated moments,
  * mofo_threshold(m, n, mofo_alpha), and mofo_threshold is ignored. */
+/* merge.coef_dtype bfloat16: the update as torch runs it on bf16 tensors (the reference loads its
+ * models in bf16, so its coefficients, grads and Adam moments are bf16): c, g, m, v are bf16 values
+ * held in F32 (each read rounded to nearest even, so an F32 value from a scale or a regularizer
+ * enters as torch's bf16 tensor would hold it) and every elementwise op's result is rounded, in the
+ * order of torch.optim.AdamW's single-tensor path (mode ADAM_BF16_ADAMW: decay, lerp_, mul_ and
+ * addcmul_, sqrt / div / add eps, addcdiv_) or of the reference's MoFOAdamW, dam/optimizer.py
+ * (ADAM_BF16_MOFO: decay, mul_ and add_ with alpha, ..., div, add_ with alpha); src/adam_bf16.h.
+ * The scalars are formed on the host as Python forms them, from the config's decimal values. */
+typedef enum { ADAM_F32 = 0, ADAM_BF16_ADAMW = 1, ADAM_BF16_MOFO = 2 } AdamRounding;
+typedef struct {
+    AdamRounding mode;
+    float decay; /* (float)(1 − lr·wd) on every entry that moves (1: none, or decayed before) */
+    float b1, w1; /* (float)β1; ADAMW: lerp_'s weight (float)(1 − β1); MOFO: add_'s alpha bf16(1 − β1) */
+    float b2, w2;   /* (float)β2, addcmul_'s value (float)(1 − β2) */
+    float sqrt_bc2; /* (float)sqrt(1 − β2^t) */
+    float eps;      /* (float)eps */
+    float step;     /* −lr/(1 − β1^t): ADAMW (float) (addcdiv_'s value); MOFO bf16 (add_'s alpha) */
+} AdamBf16;
+
 typedef struct {
     float lr, beta1, beta2, eps, weight_decay;
     int t;
     float mofo_threshold;
     float mofo_alpha;
+    AdamBf16 bf16; /* mode ADAM_F32 (zero): the fp32 update from the fields above */
 } AdamParams;
 
 typedef struct BackendCtx BackendCtx;

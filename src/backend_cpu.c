@@ -17,6 +17,7 @@
 
 #include <cblas.h>
 
+#include "adam_bf16.h"
 #include "backend.h"
 #include "vmath.h"
 
@@ -796,6 +797,14 @@ static void cpu_adamw(BackendCtx *ctx, DevBuf c_, DevBuf g_, DevBuf m_, DevBuf v
                       const AdamParams *p) {
     float *c = F32(c_, n), *m = F32(m_, n), *v = F32(v_, n);
     const float *g = F32(g_, n);
+    if (p->bf16.mode != ADAM_F32) { /* bf16 coefficients: torch's ops, each rounded (adam_bf16.h) */
+        for (size_t j = 0; j < n; j++)
+            c[j] = adam_bf16(c[j]), adam_bf16_moments(&p->bf16, g[j], &m[j], &v[j]);
+        float thr = p->mofo_alpha > 0 ? cpu_mofo_threshold(ctx, m_, n, p->mofo_alpha) : p->mofo_threshold;
+        for (size_t j = 0; j < n; j++)
+            if (thr < 0 || fabsf(m[j]) >= thr) c[j] = adam_bf16_update(&p->bf16, c[j], m[j], v[j]);
+        return;
+    }
     for (size_t j = 0; j < n; j++) {
         m[j] = p->beta1 * m[j] + (1 - p->beta1) * g[j];
         v[j] = p->beta2 * v[j] + (1 - p->beta2) * g[j] * g[j];

@@ -106,12 +106,16 @@ static void parse_models(DamConfig *c, const cJSON *root) {
 
 static void parse_merge(DamConfig *c, const cJSON *root) {
     const cJSON *s = cJSON_GetObjectItemCaseSensitive(root, "merge");
-    static const char *const keys[] = {"embeddings", "norms", "include_base", "nonlinearity", "init",
-                                       "bias_init",  NULL};
+    static const char *const keys[] = {"embeddings", "norms",     "include_base", "nonlinearity",
+                                       "init",       "bias_init", "coef_dtype",   NULL};
     check_keys(s, c->file, "merge", keys);
     json_set_section("merge");
     static const char *const bi[] = {"init", "one", NULL};
     c->bias_init = (BiasInit)pick(c->file, "merge.bias_init", json_opt_string(s, "bias_init", "init"), bi);
+    static const char *const cd[] = {"float32", "bfloat16", NULL};
+    c->coef_dtype = pick(c->file, "merge.coef_dtype", json_opt_string(s, "coef_dtype", "float32"), cd)
+                        ? DAM_BF16
+                        : DAM_F32;
     c->embeddings = json_opt_bool(s, "embeddings", 1);
     c->norms = json_opt_bool(s, "norms", 1);
     c->include_base = json_opt_bool(s, "include_base", 0);
@@ -304,9 +308,8 @@ static void parse_rest(DamConfig *c, const cJSON *root) {
     c->metrics_file = mf ? resolve(f, mf) : dam_asprintf("%s.metrics.jsonl", c->out_dir);
 }
 
-/* A float setting as the shortest decimal that reads back as the same float ("0.01", not
- * 0.00999999977648258), so that settings compare and print as the user wrote them. */
-static double float_setting(float f) {
+/* Settings compare and print as the user wrote them (config.h). */
+double config_decimal(float f) {
     char b[32];
     for (int digits = 6; digits <= 9; digits++) {
         snprintf(b, sizeof b, "%.*g", digits, (double)f);
@@ -316,7 +319,7 @@ static double float_setting(float f) {
 }
 
 static void add_float(cJSON *o, const char *key, float f) {
-    cJSON_AddNumberToObject(o, key, float_setting(f));
+    cJSON_AddNumberToObject(o, key, config_decimal(f));
 }
 
 static void add_real_path(cJSON *o, const char *key, const char *path) {
@@ -363,6 +366,7 @@ cJSON *config_effective(const DamConfig *c) {
     cJSON_AddBoolToObject(mg, "norms", c->norms);
     cJSON_AddBoolToObject(mg, "include_base", c->include_base);
     cJSON_AddStringToObject(mg, "nonlinearity", nl[c->nonlinearity]);
+    cJSON_AddStringToObject(mg, "coef_dtype", c->coef_dtype == DAM_BF16 ? "bfloat16" : "float32");
     if (c->init == INIT_FILE)
         add_real_path(mg, "init", c->init_file);
     else
@@ -390,7 +394,7 @@ cJSON *config_effective(const DamConfig *c) {
     add_float(t, "weight_decay", c->weight_decay);
     cJSON_AddItemToObject(
         t, "betas",
-        cJSON_CreateDoubleArray((const double[]){float_setting(c->beta1), float_setting(c->beta2)}, 2));
+        cJSON_CreateDoubleArray((const double[]){config_decimal(c->beta1), config_decimal(c->beta2)}, 2));
     add_float(t, "eps", c->adam_eps);
     cJSON_AddNumberToObject(t, "mofo_alpha", c->mofo_alpha);
     cJSON_AddStringToObject(t, "mofo_scope", c->mofo_scope == MOFO_SCOPE_SOURCE ? "source" : "tensor");
@@ -438,6 +442,7 @@ static int later_key_at_old_default(const char *key, const char *value) {
     static const char *const later[][2] = {
         {"preset", NULL}, /* absent: no preset */
         {"merge.bias_init", "\"init\""},
+        {"merge.coef_dtype", "\"float32\""},
         {"loss.kl_reduction", "\"token\""},
         {"loss.weighted_overlap", "0"},
         {"loss.reg_biases", "true"},
@@ -480,7 +485,7 @@ int config_diff(const char *a, const char *b, char *out, size_t cap) {
  * key the config does not set itself: explicit keys override the preset. */
 static const char arcee_preset[] =
     "{\"merge\": {\"embeddings\": false, \"norms\": false, \"nonlinearity\": \"tanh\", \"init\": \"uniform\","
-    "             \"bias_init\": \"one\"},"
+    "             \"bias_init\": \"one\", \"coef_dtype\": \"bfloat16\"},"
     " \"loss\": {\"kl\": true, \"temperature\": 2.0, \"similarity\": 0.01, \"l1\": 0, \"l2\": 0, \"mse\": 0,"
     "          \"entropy\": 0, \"overlap\": 0, \"kl_reduction\": \"batchmean\", \"weighted_overlap\": 0,"
     "          \"reg_biases\": false},"

@@ -54,6 +54,7 @@ typedef struct {
     InitKind init;
     char *init_file; /* INIT_FILE: a dam_coefficients.safetensors */
     BiasInit bias_init;
+    dam_dtype coef_dtype; /* merge.coef_dtype: DAM_F32, or DAM_BF16 (values rounded as the reference's) */
     /* loss */
     LossParams loss; /* temperature, kl, mse, entropy, topk, kl_batchmean */
     float similarity, l1, l2, overlap;
@@ -108,6 +109,9 @@ cJSON *config_effective(const DamConfig *c);
 /* The keys (dotted paths) whose values differ between two effective configs in JSON text, as
  * "key (a -> b)" joined by ", " into out; returns how many differ. */
 int config_diff(const char *a, const char *b, char *out, size_t cap);
+/* A float setting as the shortest decimal that reads back as the same float ("0.9", not
+ * 0.899999976), as a double: the value the config's text gave. */
+double config_decimal(float f);
 /* Parse a size like "5GB", "500MB", "1024" (bytes). Returns 0 when malformed. */
 size_t config_parse_size(const char *s);
 

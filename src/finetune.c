@@ -122,7 +122,7 @@ void finetune_adamw(Finetune *f, int t, float lr, float weight_decay) {
     for (int k = 0; k < m->n_tensors; k++) {
         DamTensor *x = &m->tensors[k];
         int matrix = x->kind == DT_LINEAR || x->kind == DT_EMBED;
-        AdamParams p = {lr, 0.9f, 0.999f, 1e-8f, matrix ? weight_decay : 0.0f, t, -1.0f, 0.0f};
+        AdamParams p = {lr, 0.9f, 0.999f, 1e-8f, matrix ? weight_decay : 0.0f, t, -1.0f, 0.0f, {ADAM_F32}};
         m->be->adamw(m->ctx, x->src[0].w, x->wgrad, f->adam_m[k], f->adam_v[k], x->rows * x->cols, &p);
     }
 }

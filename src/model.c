@@ -244,6 +244,7 @@ void dam_model_close(DamModel *m) {
     comm_group_free(&m->tied);
     for (int b = 0; b < DAM_COEF_BLOCKS; b++) be->free(m->ctx, &m->coef.block[b]);
     be->free(m->ctx, &m->ones);
+    if (!devbuf_null(m->bf16_scratch)) be->free(m->ctx, &m->bf16_scratch);
     for (int t = 0; t < m->n_tensors; t++) {
         for (int i = 0; i < m->n_rows; i++) be->free_source(m->ctx, &m->tensors[t].src[i]);
         if (!devbuf_null(m->tensors[t].wov)) be->free(m->ctx, &m->tensors[t].wov);
@@ -269,10 +270,22 @@ void dam_model_fill_kind(DamModel *m, DamTensorKind kind, float value) {
             m->be->fill(m->ctx, m->tensors[t].c, value, (size_t)m->n_rows * m->tensors[t].dim);
 }
 
+/* A whole coefficient block rounded to bf16 values (merge.coef_dtype bfloat16), through a BF16
+ * copy: the backends' F32 -> BF16 conversion rounds to nearest even. */
+static void round_block_bf16(DamModel *m, DamCoefBlock which) {
+    if (devbuf_null(m->bf16_scratch))
+        m->bf16_scratch = m->be->alloc(m->ctx, m->coef.n, DAM_BF16, "bf16 coefficient rounding");
+    m->be->copy(m->ctx, m->bf16_scratch, m->coef.block[which], m->coef.n);
+    m->be->copy(m->ctx, m->coef.block[which], m->bf16_scratch, m->coef.n);
+}
+
+/* bf16: c is rounded first (an initial 1/3 becomes 0.333984375, as the reference's bf16 Parameter
+ * holds it), then f(c) = bf16(f(c)), as torch's tanh of a bf16 tensor. */
 void dam_model_refresh(DamModel *m) { /* one call over the whole block: f is element-wise */
-    if (m->coef.n)
-        m->be->coef_nonlin(m->ctx, m->coef.block[DAM_COEF_FC], m->coef.block[DAM_COEF_C], m->coef.n,
-                           m->nonlin);
+    if (!m->coef.n) return;
+    if (m->coef_bf16) round_block_bf16(m, DAM_COEF_C);
+    m->be->coef_nonlin(m->ctx, m->coef.block[DAM_COEF_FC], m->coef.block[DAM_COEF_C], m->coef.n, m->nonlin);
+    if (m->coef_bf16) round_block_bf16(m, DAM_COEF_FC);
 }
 
 void dam_model_zero_grad(DamModel *m) {
@@ -307,6 +320,7 @@ void dam_model_finish_grad(DamModel *m) {
         else
             m->be->fill(m->ctx, x->grad, 0.0f, n);
     }
+    if (m->coef_bf16 && m->coef.n) round_block_bf16(m, DAM_COEF_GRAD); /* the reference's grads are bf16 */
 }
 
 size_t dam_model_num_coefs(const DamModel *m, int trainable_only) {

@@ -84,6 +84,10 @@ typedef struct {
     DamLayer *layers;
     DamTensor *embed, *final_norm, *lm_head; /* lm_head NULL when tied */
     Nonlinearity nonlin;
+    /* merge.coef_dtype bfloat16: c, f(c) and the gradient after dam_model_finish_grad are bf16
+     * values (rounded to nearest even) held in the F32 blocks; bf16_scratch: the rounding's buffer */
+    int coef_bf16;
+    DevBuf bf16_scratch;
     const Backend *be;
     BackendCtx *ctx;        /* the caller's (be->ctx_new with the local rank); not freed by the model */
     DamTransport transport; /* of the device communicators below */

@@ -1,6 +1,8 @@
 /* optim.c — see optim.h. */
 #include "optim.h"
 
+#include "adam_bf16.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -179,13 +181,33 @@ int64_t optim_mofo_keep(const DamConfig *c, size_t n) {
  * alpha'·n stays far under 1/2). k = 0: the moments are updated and nothing moves (the reference
  * raises IndexError there). Decay "all": every entry is decayed first, c·(1 − lr·wd), as the
  * reference does before its masked update (dam/optimizer.py:39). */
+/* merge.coef_dtype bfloat16: the scalars of torch's ops (backend.h AdamBf16) formed as Python forms
+ * them, in double from the config's decimal values, then cast as each op casts its scalar. lr_t is
+ * the scheduled rate as a float's shortest decimal: under "constant" (the reference's) the config's
+ * lr exactly. */
+static AdamBf16 bf16_scalars(const DamConfig *c, float lr_t, int t) {
+    int mofo = c->optimizer == OPT_MOFO;
+    double lr = config_decimal(lr_t), b1 = config_decimal(c->beta1), b2 = config_decimal(c->beta2);
+    double bc1 = 1.0 - pow(b1, t), bc2 = 1.0 - pow(b2, t);
+    return (AdamBf16){.mode = mofo ? ADAM_BF16_MOFO : ADAM_BF16_ADAMW,
+                      .decay = (float)(1.0 - lr * config_decimal(c->weight_decay)),
+                      .b1 = (float)b1,
+                      .w1 = mofo ? adam_bf16((float)(1.0 - b1)) : (float)(1.0 - b1),
+                      .b2 = (float)b2,
+                      .w2 = (float)(1.0 - b2),
+                      .sqrt_bc2 = (float)(mofo ? sqrt(bc2) : pow(bc2, 0.5)), /* math.sqrt; AdamW's ** 0.5 */
+                      .eps = (float)config_decimal(c->adam_eps),
+                      .step = mofo ? adam_bf16((float)(-lr / bc1)) : (float)(-lr / bc1)};
+}
+
 static void mofo_unit(DamModel *m, const DamConfig *c, DevBuf cc, DevBuf g, DevBuf am, DevBuf av, size_t n,
                       const AdamParams *base) {
     AdamParams p = *base;
     int64_t k = optim_mofo_keep(c, n);
     if (c->mofo_decay == MOFO_DECAY_ALL) {
-        if (p.weight_decay > 0) m->be->scale(m->ctx, cc, 1.0f - p.lr * p.weight_decay, n);
-        p.weight_decay = 0;
+        if (p.weight_decay > 0) /* bf16: p.mul_(1 − lr·wd), rounded where adamw reads c */
+            m->be->scale(m->ctx, cc, p.bf16.mode ? p.bf16.decay : 1.0f - p.lr * p.weight_decay, n);
+        p.weight_decay = 0, p.bf16.decay = 1;
     }
     if (k <= 0) {
         p.mofo_alpha = 0, p.mofo_threshold = INFINITY;
@@ -209,6 +231,7 @@ void optim_step(DamModel *m, const DamConfig *c, float lr, int t) {
                         .t = t,
                         .mofo_threshold = -1.0f,
                         .mofo_alpha = c->optimizer == OPT_MOFO ? (float)c->mofo_alpha : 0.0f};
+        if (c->coef_dtype == DAM_BF16) p.bf16 = bf16_scalars(c, lr, t);
         size_t n = (size_t)m->n_rows * x->dim;
         if (c->optimizer != OPT_MOFO || (c->mofo_scope == MOFO_SCOPE_TENSOR && c->mofo_k == MOFO_K_CEIL &&
                                          c->mofo_decay == MOFO_DECAY_SELECTED)) {

@@ -107,6 +107,7 @@ static void open_model(Trainer *tr) {
                             &tr->grid.pp_group, c->transport);
     DamModel *m = &tr->model;
     m->nonlin = c->nonlinearity;
+    m->coef_bf16 = c->coef_dtype == DAM_BF16;
     for (int t = 0; t < m->n_tensors; t++) {
         DamTensor *x = &m->tensors[t];
         if (x->kind == DT_EMBED) x->trainable = c->embeddings;

@@ -33,7 +33,7 @@ if $BIN --config "$T/toy/arcee.json" --out "$T/run1" > "$T/run1.log" 2>&1; then
   s=$(settings "$T/run1")
   has "preset recorded" "$s" '"preset":"arcee"'
   has "merge resolved" "$s" \
-    '"merge":{"embeddings":false,"norms":false,"include_base":false,"nonlinearity":"tanh","init":"uniform","bias_init":"one"}'
+    '"merge":{"embeddings":false,"norms":false,"include_base":false,"nonlinearity":"tanh","coef_dtype":"bfloat16","init":"uniform","bias_init":"one"}'
   has "loss resolved" "$s" \
     '"loss":{"kl":true,"temperature":2,"similarity":0.01,"l1":0,"l2":0,"mse":0,"entropy":0,"overlap":0,"topk":0,"kl_reduction":"batchmean","weighted_overlap":0,"reg_biases":false}'
   has "train resolved" "$s" '"optimizer":"mofo","lr":0.001,"weight_decay":0.01,"betas":[0.9,0.999],"eps":1e-08' \
@@ -72,6 +72,25 @@ if $BIN --config "$T/toy/sh_true.json" --out "$T/sh_full" > "$T/sh_full.log" 2>&
     && bad "shuffled and in-order runs gave the same coefficients" || ok "shuffled order differs from the order of the rows"
 else
   bad "shuffle runs failed: $(tail -2 "$T"/sh_*.log)"
+fi
+
+# 3b. merge.coef_dtype bfloat16: every coefficient the run writes is a bf16
+# value; a run stopped and resumed equals the uninterrupted one (c, m, v travel as bf16 values in F32)
+echo "{$MODELS, \"merge\": {\"coef_dtype\": \"bfloat16\", \"nonlinearity\": \"tanh\"},
+  \"train\": {\"steps\": 6, \"seq_len\": 32, \"lr\": 0.02, \"optimizer\": \"mofo\"}}" > "$T/toy/bf16.json"
+if $BIN --config "$T/toy/bf16.json" --out "$T/bf_full" > "$T/bf_full.log" 2>&1 \
+  && $BIN --config "$T/toy/bf16.json" --out "$T/bf_cut" --max-steps 3 > "$T/bf_cut.log" 2>&1 \
+  && $BIN --config "$T/toy/bf16.json" --out "$T/bf_cut" --resume > "$T/bf_cut2.log" 2>&1; then
+  cmp -s "$T/bf_full/dam_coefficients.safetensors" "$T/bf_cut/dam_coefficients.safetensors" \
+    && ok "bfloat16: stopped at step 3, resumed to 6: coefficients identical" || bad "bfloat16 resume differs"
+  f="$T/bf_full/dam_coefficients.safetensors" # F32 values after the 8-byte header length and the header
+  hl=$(od -An -t u8 -N8 "$f" | tr -d ' ')
+  words=$(od -An -v -t x4 -j $((8 + hl)) "$f" | tr -s ' ' '\n' | grep -c .)
+  low=$(od -An -v -t x4 -j $((8 + hl)) "$f" | tr -s ' ' '\n' | grep . | grep -vc '0000$')
+  [ "$words" -gt 0 ] && [ "$low" -eq 0 ] && ok "bfloat16: all $words coefficients are bf16 values" \
+    || bad "bfloat16: $low of $words coefficients are not bf16 values"
+else
+  bad "bfloat16 runs failed: $(tail -2 "$T"/bf_*.log)"
 fi
 
 # 4. loss.weighted_overlap under tensor parallelism: its pair weights are per input column over
@@ -122,6 +141,8 @@ refused "mofo_decay" "{$MODELS, \"train\": {\"mofo_decay\": \"none\"}}" \
   "field 'train.mofo_decay': unknown value 'none' (allowed: \"selected\", \"all\")"
 refused "bias_init" "{$MODELS, \"merge\": {\"bias_init\": \"zero\"}}" \
   "field 'merge.bias_init': unknown value 'zero' (allowed: \"init\", \"one\")"
+refused "coef_dtype" "{$MODELS, \"merge\": {\"coef_dtype\": \"bf16\"}}" \
+  "field 'merge.coef_dtype': unknown value 'bf16' (allowed: \"float32\", \"bfloat16\")"
 refused "weighted_overlap without base_model" "{${MODELS#*\"base\", }, \"loss\": {\"weighted_overlap\": 0.01}}" \
   "field 'loss.weighted_overlap' is > 0 but 'base_model' is not set"
 refused "weighted_overlap < 0" "{$MODELS, \"loss\": {\"weighted_overlap\": -1}}" \

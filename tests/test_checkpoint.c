@@ -215,7 +215,8 @@ static void test_config_diff_across_versions(void **s) {
     char out[1024];
     const char *old = "{\"merge\":{\"nonlinearity\":\"none\"},\"train\":{\"lr\":0.001}}";
     const char *same =
-        "{\"merge\":{\"nonlinearity\":\"none\",\"bias_init\":\"init\"},\"train\":{\"lr\":0.001,"
+        "{\"merge\":{\"nonlinearity\":\"none\",\"bias_init\":\"init\",\"coef_dtype\":\"float32\"},"
+        "\"train\":{\"lr\":0.001,"
         "\"mofo_scope\":\"tensor\",\"mofo_k\":\"ceil\",\"mofo_decay\":\"selected\","
         "\"warmup_under_constant\":true,\"shuffle\":false,\"warmup_ratio\":0,"
         "\"schedule_args\":{\"num_cycles\":0.5}},\"loss\":{\"kl_reduction\":\"token\","
@@ -228,6 +229,10 @@ static void test_config_diff_across_versions(void **s) {
     const char *other = "{\"merge\":{\"nonlinearity\":\"none\"},\"train\":{\"lr\":0.001,\"shuffle\":true}}";
     assert_int_equal(config_diff(old, other, out, sizeof out), 1);
     assert_non_null(strstr(out, "train.shuffle (absent -> true)"));
+    const char *bf16 =
+        "{\"merge\":{\"nonlinearity\":\"none\",\"coef_dtype\":\"bfloat16\"},\"train\":{\"lr\":0.001}}";
+    assert_int_equal(config_diff(old, bf16, out, sizeof out), 1);
+    assert_non_null(strstr(out, "merge.coef_dtype (absent -> \"bfloat16\")"));
     const char *lr = "{\"merge\":{\"nonlinearity\":\"none\"},\"train\":{\"lr\":0.002}}";
     assert_int_equal(config_diff(old, lr, out, sizeof out), 1);
     assert_non_null(strstr(out, "train.lr (0.001 -> 0.002)"));

@@ -307,6 +307,146 @@ static void test_mofo_matches_reference(void **s) {
     dam_case_close(&dc);
 }
 
+/* A BF16 fixture tensor [rows, n] as floats (exact). */
+static void bf16_rows(const StFile *f, const char *key, float *out, size_t n) {
+    const StTensor *t = st_find(f, key);
+    assert_non_null(t);
+    assert_int_equal(t->dtype, DAM_BF16);
+    assert_int_equal(t->numel, n);
+    const uint16_t *h = t->data;
+    for (size_t e = 0; e < n; e++) out[e] = dam_bf16_to_f32(h[e]);
+}
+
+/* bf16 values apart (both bf16 values of one sign: their bit patterns differ by that much). */
+static unsigned bf16_ulps(float a, float b) {
+    int ia = (int)dam_f32_to_bf16(a), ib = (int)dam_f32_to_bf16(b);
+    return (unsigned)abs(ia - ib);
+}
+
+/* The lm_head's coefficients, zero moments, every other tensor frozen: the unit the bf16 tests step. */
+static DamTensor *bf16_case(DamCase *dc, DamConfig *c, OptimizerKind opt, float lr) {
+    dam_case_open(dc, "llama3src", "kl");
+    DamModel *m = &dc->m;
+    for (int t = 0; t < m->n_tensors; t++) m->tensors[t].trainable = 0;
+    m->lm_head->trainable = 1;
+    m->coef_bf16 = 1;
+    *c = base_cfg();
+    c->coef_dtype = DAM_BF16, c->optimizer = opt, c->weight_decay = 0.01f, c->lr = lr, c->mofo_alpha = 0.3;
+    c->mofo_scope = MOFO_SCOPE_SOURCE, c->mofo_k = MOFO_K_FLOOR, c->mofo_decay = MOFO_DECAY_ALL;
+    return m->lm_head;
+}
+
+/* merge.coef_dtype "bfloat16" against torch on bf16 tensors (tests/fixtures/
+ * make_bf16_optim_fixture.py, torch's CPU kernels): the reference's own MoFOAdamW and
+ * torch.optim.AdamW over 10 steps of bf16 gradients on three source vectors of 64 entries, at lr
+ * 1e-3 and 1e-2: c, m and v bit for bit after every step. */
+static void test_bf16_optim_matches_torch(void **s) {
+    (void)s;
+    char *path = test_fixture("bf16_optim_reference.safetensors");
+    StFile f;
+    st_open(&f, path);
+    static const char *const lrs[] = {"lr1e-3", "lr1e-2"};
+    static const float lr_value[] = {1e-3f, 1e-2f};
+    static const char *const kinds[] = {"mofo", "adamw"};
+    for (int v = 0; v < 4; v++) {
+        DamCase dc;
+        DamConfig c;
+        DamTensor *x = bf16_case(&dc, &c, v / 2 ? OPT_ADAMW : OPT_MOFO, lr_value[v % 2]);
+        DamModel *m = &dc.m;
+        size_t o = x->coef_at, n = (size_t)m->n_rows * x->dim;
+        float *blk[5], want[3 * 64];
+        assert_true(n <= 3 * 64);
+        static const DamCoefBlock which[] = {DAM_COEF_C, DAM_COEF_GRAD, DAM_COEF_ADAM_M, DAM_COEF_ADAM_V};
+        for (int b = 0; b < 4; b++) blk[b] = test_coef_get(m, which[b]);
+        bf16_rows(&f, "init", blk[0] + o, n);
+        memset(blk[2] + o, 0, n * sizeof(float)), memset(blk[3] + o, 0, n * sizeof(float));
+        test_coef_put(m, DAM_COEF_C, blk[0]), test_coef_put(m, DAM_COEF_ADAM_M, blk[2]);
+        test_coef_put(m, DAM_COEF_ADAM_V, blk[3]);
+        unsigned worst = 0, moved = 0;
+        for (int t = 1; t <= 10; t++) {
+            char key[64];
+            snprintf(key, sizeof key, "grad/%d", t);
+            bf16_rows(&f, key, blk[1] + o, n);
+            test_coef_put(m, DAM_COEF_GRAD, blk[1]);
+            float *before = test_coef_get(m, DAM_COEF_C);
+            optim_step(m, &c, c.lr, t);
+            static const char *const names[] = {"c", "m", "v"};
+            for (int q = 0; q < 3; q++) {
+                snprintf(key, sizeof key, "%s/%s/%s/%d", kinds[v / 2], lrs[v % 2], names[q], t);
+                bf16_rows(&f, key, want, n);
+                float *got = test_coef_get(m, which[q ? q + 1 : 0]);
+                for (size_t e = 0; e < n; e++) {
+                    worst = bf16_ulps(got[o + e], want[e]) > worst ? bf16_ulps(got[o + e], want[e]) : worst;
+                    if (!q) moved += got[o + e] != before[o + e];
+                }
+                assert_memory_equal(got + o, want, n * sizeof(float));
+                free(got);
+            }
+            free(before);
+        }
+        printf("bf16 %s %s against torch: max %u bf16 ulp over 10 steps, %u coefficient moves\n",
+               kinds[v / 2], lrs[v % 2], worst, moved);
+        assert_true(moved > 0);
+        for (int b = 0; b < 4; b++) free(blk[b]);
+        dam_case_close(&dc);
+    }
+    free(path);
+    st_close(&f);
+}
+
+/* bf16 at 1/3 with lr 1e-3 (the reference's start for three sources): c is held as 0.333984375;
+ * weight decay alone, c·(1 − 1e-5), rounds back to c; the first Adam step of 1e-3 becomes one bf16
+ * spacing, 2^-9; the second, |m̂/√v̂| = 0.9·0.1/0.19 / √(0.999·0.001/0.001999) ≈ 0.67, is under half a
+ * spacing and is rounded away. f(c) = bf16(tanh(0.333984375)) = 0.322265625. Exact identities. */
+static void test_bf16_third(void **s) {
+    (void)s;
+    DamCase dc;
+    DamConfig c;
+    DamTensor *x = bf16_case(&dc, &c, OPT_ADAMW, 1e-3f);
+    DamModel *m = &dc.m;
+    m->nonlin = NONLIN_TANH;
+    size_t o = x->coef_at, n = (size_t)m->n_rows * x->dim;
+    m->be->fill(m->ctx, x->c, 1.0f / 3.0f, n);
+    dam_model_refresh(m);
+    float *cc = test_coef_get(m, DAM_COEF_C), *fc = test_coef_get(m, DAM_COEF_FC);
+    assert_true(cc[o] == 0.333984375f && fc[o] == 0.322265625f);
+    free(cc), free(fc);
+    float *g = test_coef_get(m, DAM_COEF_GRAD);
+    for (int t = 1; t <= 3; t++) { /* no gradient: decay only */
+        memset(g + o, 0, n * sizeof(float)), test_coef_put(m, DAM_COEF_GRAD, g);
+        optim_step(m, &c, c.lr, t);
+    }
+    cc = test_coef_get(m, DAM_COEF_C);
+    for (size_t e = 0; e < n; e++) assert_true(cc[o + e] == 0.333984375f);
+    free(cc);
+    float *zero = calloc(n, sizeof(float)); /* fresh moments for the two steps below */
+    float *am = test_coef_get(m, DAM_COEF_ADAM_M), *av = test_coef_get(m, DAM_COEF_ADAM_V);
+    memcpy(am + o, zero, n * sizeof(float)), memcpy(av + o, zero, n * sizeof(float));
+    test_coef_put(m, DAM_COEF_ADAM_M, am), test_coef_put(m, DAM_COEF_ADAM_V, av);
+    for (size_t e = 0; e < n; e++) g[o + e] = 0.0625f;
+    test_coef_put(m, DAM_COEF_GRAD, g);
+    optim_step(m, &c, c.lr, 1);
+    cc = test_coef_get(m, DAM_COEF_C);
+    for (size_t e = 0; e < n; e++) assert_true(cc[o + e] == 0.333984375f - 0x1p-9f);
+    free(cc);
+    memset(g + o, 0, n * sizeof(float)), test_coef_put(m, DAM_COEF_GRAD, g);
+    optim_step(m, &c, c.lr, 2);
+    cc = test_coef_get(m, DAM_COEF_C);
+    for (size_t e = 0; e < n; e++) assert_true(cc[o + e] == 0.333984375f - 0x1p-9f);
+    free(cc), free(zero), free(am), free(av), free(g);
+    dam_case_close(&dc);
+    /* the same three steps in fp32 move c every time: the identities above are bf16's */
+    DamTensor *y = bf16_case(&dc, &c, OPT_ADAMW, 1e-3f);
+    m = &dc.m, m->coef_bf16 = 0, c.coef_dtype = DAM_F32, o = y->coef_at;
+    m->be->fill(m->ctx, y->c, 1.0f / 3.0f, n);
+    dam_model_refresh(m);
+    optim_step(m, &c, c.lr, 1);
+    cc = test_coef_get(m, DAM_COEF_C);
+    assert_true(cc[o] < 1.0f / 3.0f && cc[o] > 0.3333f);
+    free(cc);
+    dam_case_close(&dc);
+}
+
 /* merge.bias_init "one" on a model with biases (Qwen2's q/k/v): every bias coefficient of every
  * source is 1 (the reference's dam.py:241), every other coefficient keeps its value; under tanh the
  * merged bias then starts at tanh(1)·Σ_i b_i. */
@@ -546,6 +686,8 @@ int main(void) {
         cmocka_unit_test(test_kl_batchmean),
         cmocka_unit_test(test_frozen_kinds),
         cmocka_unit_test(test_mofo_matches_reference),
+        cmocka_unit_test(test_bf16_optim_matches_torch),
+        cmocka_unit_test(test_bf16_third),
         cmocka_unit_test(test_bias_init_one),
         cmocka_unit_test(test_wov_pair_weights),
         cmocka_unit_test(test_hf_schedules),

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "adam_bf16.h"
 #include "backend.h"
 
 static const Backend *C_, *G_;
@@ -580,7 +581,7 @@ static void check_optim(void) {
     pair_free(&wts);
     float ta = C_->mofo_threshold(cctx, c.c, n, 0.1f), tb = G_->mofo_threshold(gctx, c.g, n, 0.1f);
     report("mofo_threshold (exact)", ta == tb, fabs((double)ta - tb), fabs((double)ta - tb), NULL);
-    for (int mofo = 0; mofo < 3; mofo++) {
+    for (int mofo = 0; mofo < 5; mofo++) {
         Pair cc = pair_rand(n, DAM_F32, 1), gg = pair_rand(n, DAM_F32, 1), m = pair_rand(n, DAM_F32, 0.1f);
         Pair v = pair_rand(n, DAM_F32, 0.1f);
         float *hv = dam_malloc(n * sizeof(float), "v");
@@ -588,18 +589,39 @@ static void check_optim(void) {
         for (size_t i = 0; i < n; i++) hv[i] = fabsf(hv[i]); /* a second moment is >= 0 */
         pair_set(v, hv);
         free(hv);
-        /* mofo 0: plain AdamW; 1: a given threshold; 2: the threshold from the updated moments */
-        AdamParams p = {
-            1e-2f, 0.9f, 0.999f, 1e-8f, 0.01f, 3, mofo == 1 ? 0.05f : -1.0f, mofo == 2 ? 0.3f : 0.0f};
+        /* mofo 0: plain AdamW; 1: a given threshold; 2: the threshold from the updated moments;
+         * 3, 4: AdamW and MoFO on bf16 coefficients (merge.coef_dtype bfloat16: bit for bit) */
+        AdamParams p = {1e-2f,
+                        0.9f,
+                        0.999f,
+                        1e-8f,
+                        0.01f,
+                        3,
+                        mofo == 1 ? 0.05f : -1.0f,
+                        mofo == 2 || mofo == 4 ? 0.3f : 0.0f,
+                        {ADAM_F32}};
+        if (mofo >= 3) /* the scalars of optim.c's bf16_scalars at lr 1e-2, wd 0.01, t = 3 */
+            p.bf16 = (AdamBf16){mofo == 3 ? ADAM_BF16_ADAMW : ADAM_BF16_MOFO,
+                                (float)(1.0 - 1e-2 * 0.01),
+                                0.9f,
+                                mofo == 3 ? 0.1f : adam_bf16(0.1f),
+                                0.999f,
+                                (float)(1.0 - 0.999),
+                                (float)sqrt(1.0 - pow(0.999, 3)),
+                                1e-8f,
+                                mofo == 3 ? (float)(-1e-2 / (1.0 - pow(0.9, 3)))
+                                          : adam_bf16((float)(-1e-2 / (1.0 - pow(0.9, 3))))};
         C_->adamw(cctx, cc.c, gg.c, m.c, v.c, n, &p);
         G_->adamw(gctx, cc.g, gg.g, m.g, v.g, n, &p);
-        const char *how = mofo == 0 ? "" : mofo == 1 ? " (mofo threshold)" : " (mofo alpha)";
-        snprintf(name, sizeof name, "adamw c%s", how);
-        check_pair(name, cc, TOL_F32);
-        snprintf(name, sizeof name, "adamw m%s", how);
-        check_pair(name, m, TOL_F32);
-        snprintf(name, sizeof name, "adamw v%s", how);
-        check_pair(name, v, TOL_F32);
+        static const char *const hows[] = {"", " (mofo threshold)", " (mofo alpha)", " (bf16)",
+                                           " (bf16 mofo)"};
+        double tol = mofo >= 3 ? 1e-30 : TOL_F32; /* bf16: no difference at all (rel < tol) */
+        snprintf(name, sizeof name, "adamw c%s", hows[mofo]);
+        check_pair(name, cc, tol);
+        snprintf(name, sizeof name, "adamw m%s", hows[mofo]);
+        check_pair(name, m, tol);
+        snprintf(name, sizeof name, "adamw v%s", hows[mofo]);
+        check_pair(name, v, tol);
         pair_free(&cc), pair_free(&gg), pair_free(&m), pair_free(&v);
     }
     free(h);
