@@ -34,8 +34,8 @@ dnnl_status_t dnnl_gemm_bf16bf16f32(char transa, char transb, dnnl_dim_t M, dnnl
 /* Attention tiles: queries and keys in blocks of ATTN_TILE, so that the scratch is constant in T. */
 enum { ATTN_TILE = 128, ATTN_SCRATCH = 2 * ATTN_TILE * ATTN_TILE + 2 * ATTN_TILE };
 
-/* bf16 copies of GEMM weight operands, reused while nothing else was written (see gemm_input). */
-enum { BF16_CACHE = 4 };
+/* bf16 copies of GEMM operands, reused while nothing else was written (see bf16_copy). */
+enum { BF16_CACHE = 6 };
 typedef struct {
     const void *src; /* the fp32 buffer it was made from, NULL: unused */
     size_t n;
@@ -51,7 +51,7 @@ struct BackendCtx {
     /* Bumped by every op that writes device memory other than a GEMM's output: a bf16 copy made at
      * an earlier epoch may be stale. */
     unsigned long epoch;
-    Bf16Copy weights[BF16_CACHE], act; /* act: the other operand, converted at every call */
+    Bf16Copy copies[BF16_CACHE];
     unsigned next_slot;
 };
 
@@ -112,8 +112,7 @@ static void cpu_ctx_free(BackendCtx *c) {
     if (!c) return;
     pool_free(c->pool);
     free(c->attn_scratch);
-    for (int i = 0; i < BF16_CACHE; i++) free(c->weights[i].bf16);
-    free(c->act.bf16);
+    for (int i = 0; i < BF16_CACHE; i++) free(c->copies[i].bf16);
     free(c);
 }
 
@@ -283,14 +282,15 @@ static const uint16_t *round_into(BackendCtx *ctx, Bf16Copy *c, const float *src
     return c->bf16;
 }
 
-/* The bf16 copy of a weight operand: reused while no op wrote memory since it was made (the
- * lm_head's chunks reuse one weight for many GEMMs), else made again in a round-robin slot. */
-static const uint16_t *gemm_weight(BackendCtx *ctx, const float *w, size_t n) {
+/* The bf16 copy of a GEMM operand: reused while no op but a GEMM wrote memory since it was made
+ * and no GEMM wrote over it (the lm_head's chunks reuse one weight for many GEMMs; q, k and v one
+ * input), else made again in a round-robin slot. */
+static const uint16_t *bf16_copy(BackendCtx *ctx, const float *x, size_t n) {
     for (int i = 0; i < BF16_CACHE; i++) {
-        Bf16Copy *c = &ctx->weights[i];
-        if (c->src == w && c->n == n && c->epoch == ctx->epoch) return c->bf16;
+        Bf16Copy *c = &ctx->copies[i];
+        if (c->src == x && c->n == n && c->epoch == ctx->epoch) return c->bf16;
     }
-    return round_into(ctx, &ctx->weights[ctx->next_slot++ % BF16_CACHE], w, n);
+    return round_into(ctx, &ctx->copies[ctx->next_slot++ % BF16_CACHE], x, n);
 }
 
 #endif
@@ -298,16 +298,14 @@ static const uint16_t *gemm_weight(BackendCtx *ctx, const float *w, size_t n) {
 /* A GEMM's output overlapping a bf16 copy's source makes it stale. */
 static void gemm_wrote(BackendCtx *ctx, const float *out, size_t n) {
     for (int i = 0; i < BF16_CACHE; i++) {
-        Bf16Copy *c = &ctx->weights[i];
+        Bf16Copy *c = &ctx->copies[i];
         if (c->src && (const float *)c->src < out + n && out < (const float *)c->src + c->n) c->src = NULL;
     }
 }
 
-/* C[M,N] = op(A)·op(B) (+ C when acc), row-major; a_is_weight/b_is_weight: that operand is a weight
- * whose bf16 copy may be reused. A spans sa elements, B sb. */
+/* C[M,N] = op(A)·op(B) (+ C when acc), row-major; A spans sa elements, B sb. */
 static void gemm(BackendCtx *ctx, int ta, int tb, int M, int N, int K, const float *A, int lda, size_t sa,
-                 int a_is_weight, const float *B, int ldb, size_t sb, int b_is_weight, int acc, float *C,
-                 int ldc) {
+                 const float *B, int ldb, size_t sb, int acc, float *C, int ldc) {
     float beta = acc ? 1.0f : 0.0f;
     if (ctx->gemm_inputs == DAM_F32) {
         cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K,
@@ -316,9 +314,7 @@ static void gemm(BackendCtx *ctx, int ta, int tb, int M, int N, int K, const flo
         return;
     }
 #ifdef DAM_WITH_DNNL
-    const uint16_t *a = a_is_weight ? gemm_weight(ctx, A, sa) : round_into(ctx, &ctx->act, A, sa);
-    /* both operands are never activations here: one of them is the weight */
-    const uint16_t *b = b_is_weight ? gemm_weight(ctx, B, sb) : round_into(ctx, &ctx->act, B, sb);
+    const uint16_t *a = bf16_copy(ctx, A, sa), *b = bf16_copy(ctx, B, sb);
     dnnl_status_t st =
         dnnl_gemm_bf16bf16f32(ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K, 1.0f, a, lda, b, ldb, beta, C, ldc);
     if (st != dnnl_success)
@@ -333,19 +329,17 @@ static void gemm(BackendCtx *ctx, int ta, int tb, int M, int N, int K, const flo
 
 static void cpu_matmul_xwt(BackendCtx *ctx, DevBuf y, DevBuf x, DevBuf w, int T, int in, int out, int acc) {
     size_t Ti = (size_t)T * in, To = (size_t)T * out, io = (size_t)in * out;
-    gemm(ctx, 0, 1, T, out, in, F32(x, Ti), in, Ti, 0, F32(w, io), in, io, 1, acc, F32(y, To), out);
+    gemm(ctx, 0, 1, T, out, in, F32(x, Ti), in, Ti, F32(w, io), in, io, acc, F32(y, To), out);
 }
 
 static void cpu_matmul_dyw(BackendCtx *ctx, DevBuf dx, DevBuf dy, DevBuf w, int T, int in, int out, int acc) {
     size_t Ti = (size_t)T * in, To = (size_t)T * out, io = (size_t)in * out;
-    gemm(ctx, 0, 0, T, in, out, F32(dy, To), out, To, 0, F32(w, io), in, io, 1, acc, F32(dx, Ti), in);
+    gemm(ctx, 0, 0, T, in, out, F32(dy, To), out, To, F32(w, io), in, io, acc, F32(dx, Ti), in);
 }
 
-/* Neither operand is a weight: dy is converted into the activation slot, x then goes through a
- * weight slot (it is the same for the lm_head's chunks only by chance, so the epoch decides). */
 static void cpu_matmul_dytx(BackendCtx *ctx, DevBuf g, DevBuf dy, DevBuf x, int T, int in, int out, int acc) {
     size_t Ti = (size_t)T * in, To = (size_t)T * out, io = (size_t)in * out;
-    gemm(ctx, 1, 0, out, in, T, F32(dy, To), out, To, 0, F32(x, Ti), in, Ti, 1, acc, F32(g, io), in);
+    gemm(ctx, 1, 0, out, in, T, F32(dy, To), out, To, F32(x, Ti), in, Ti, acc, F32(g, io), in);
 }
 
 /* ---------------------------------------------------------------- DAM */
@@ -695,12 +689,29 @@ typedef struct {
     const float *q, *k, *v; /* this (sequence, head)'s rows, strides qs and ks */
     int qs, ks, hd, T, window;
     float scale;
+    int dnnl; /* the GEMMs run in oneDNN (bf16 mode): its fp32 GEMM here too, so that one threading
+               * runtime runs (OpenBLAS's idle threads spin against oneDNN's) */
 } AttnHead;
+
+/* Attention's GEMMs, fp32 always (row-major). */
+static void attn_gemm(const AttnHead *a, int ta, int tb, int M, int N, int K, float alpha, const float *A,
+                      int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+#ifdef DAM_WITH_DNNL
+    if (a->dnnl) {
+        if (dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K, alpha, A, lda, B, ldb, beta, C, ldc) !=
+            dnnl_success)
+            dam_fail("attention: oneDNN's dnnl_sgemm failed on %dx%dx%d", M, N, K);
+        return;
+    }
+#endif
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha,
+                A, lda, B, ldb, beta, C, ldc);
+}
 
 /* S[nq, nk] = scale · Q[i0..] K[j0..]ᵀ, with the keys a row may not see set to -inf. */
 static void attn_scores(float *S, const AttnHead *a, int i0, int nq, int j0, int nk) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, a->hd, a->scale, a->q + (size_t)i0 * a->qs,
-                a->qs, a->k + (size_t)j0 * a->ks, a->ks, 0.0f, S, nk);
+    attn_gemm(a, 0, 1, nq, nk, a->hd, a->scale, a->q + (size_t)i0 * a->qs, a->qs, a->k + (size_t)j0 * a->ks,
+              a->ks, 0.0f, S, nk);
     for (int r = 0; r < nq; r++) {
         int i = i0 + r, lo = attn_lo(i, a->window);
         for (int c = 0; c < nk; c++)
@@ -746,8 +757,8 @@ static void attn_head_fwd(float *out, int os, float *lse, const AttnHead *a, flo
                 float *o = out + (size_t)(i0 + r) * os;
                 for (int e = 0; e < a->hd; e++) o[e] *= corr;
             }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, a->hd, nk, 1.0f, S, nk,
-                        a->v + (size_t)j0 * a->ks, a->ks, 1.0f, out + (size_t)i0 * os, os);
+            attn_gemm(a, 0, 0, nq, a->hd, nk, 1.0f, S, nk, a->v + (size_t)j0 * a->ks, a->ks, 1.0f,
+                      out + (size_t)i0 * os, os);
         }
         for (int r = 0; r < nq; r++) {
             float *o = out + (size_t)(i0 + r) * os, inv = 1.0f / sum[r];
@@ -760,7 +771,7 @@ static void attn_head_fwd(float *out, int os, float *lse, const AttnHead *a, flo
 static AttnHead attn_head(const float *q, const float *k, const float *v, const AttnShape *s, int b, int h) {
     int qs = s->H * s->hd, ks = s->KV * s->hd, kvh = h / (s->H / s->KV);
     size_t qo = (size_t)b * s->T * qs + (size_t)h * s->hd, ko = (size_t)b * s->T * ks + (size_t)kvh * s->hd;
-    return (AttnHead){q + qo, k + ko, v + ko, qs, ks, s->hd, s->T, s->window, s->scale};
+    return (AttnHead){q + qo, k + ko, v + ko, qs, ks, s->hd, s->T, s->window, s->scale, 0};
 }
 
 static void check_shape(const AttnShape *s, const char *op) {
@@ -780,6 +791,7 @@ static void cpu_attention_fwd(BackendCtx *ctx, DevBuf out_, DevBuf lse_, DevBuf 
     for (int b = 0; b < s->B; b++)
         for (int h = 0; h < s->H; h++) {
             AttnHead a = attn_head(q, k, v, s, b, h);
+            a.dnnl = ctx->gemm_inputs == DAM_BF16;
             attn_head_fwd(out + (size_t)b * s->T * qs + (size_t)h * s->hd, qs,
                           lse + ((size_t)b * s->H + h) * s->T, &a, ctx->attn_scratch);
         }
@@ -809,19 +821,17 @@ static void attn_head_bwd(float *dq, float *dk, float *dv, const float *dout, co
             }
             const float *dO = dout + (size_t)i0 * qs;
             /* dV += Pᵀ dO ; dP = dO Vᵀ ; dS = P ⊙ (dP − D) · scale ; dQ += dS K ; dK += dSᵀ Q */
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, a->hd, nq, 1.0f, P, nk, dO, qs, 1.0f,
-                        dv + (size_t)j0 * ks, ks);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, a->hd, 1.0f, dO, qs,
-                        a->v + (size_t)j0 * ks, ks, 0.0f, dS, nk);
+            attn_gemm(a, 1, 0, nk, a->hd, nq, 1.0f, P, nk, dO, qs, 1.0f, dv + (size_t)j0 * ks, ks);
+            attn_gemm(a, 0, 1, nq, nk, a->hd, 1.0f, dO, qs, a->v + (size_t)j0 * ks, ks, 0.0f, dS, nk);
             for (int r = 0; r < nq; r++)
                 for (int c = 0; c < nk; c++) {
                     size_t x = (size_t)r * nk + c;
                     dS[x] = P[x] * (dS[x] - D[r]) * a->scale;
                 }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, a->hd, nk, 1.0f, dS, nk,
-                        a->k + (size_t)j0 * ks, ks, 1.0f, dq + (size_t)i0 * qs, qs);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, a->hd, nq, 1.0f, dS, nk,
-                        a->q + (size_t)i0 * qs, qs, 1.0f, dk + (size_t)j0 * ks, ks);
+            attn_gemm(a, 0, 0, nq, a->hd, nk, 1.0f, dS, nk, a->k + (size_t)j0 * ks, ks, 1.0f,
+                      dq + (size_t)i0 * qs, qs);
+            attn_gemm(a, 1, 0, nk, a->hd, nq, 1.0f, dS, nk, a->q + (size_t)i0 * qs, qs, 1.0f,
+                      dk + (size_t)j0 * ks, ks);
         }
     }
 }
@@ -840,6 +850,7 @@ static void cpu_attention_bwd(BackendCtx *ctx, DevBuf dq_, DevBuf dk_, DevBuf dv
     for (int b = 0; b < s->B; b++)
         for (int h = 0; h < s->H; h++) {
             AttnHead a = attn_head(q, k, v, s, b, h);
+            a.dnnl = ctx->gemm_inputs == DAM_BF16;
             size_t qo = (size_t)b * s->T * qs + (size_t)h * s->hd, ko = a.k - k;
             attn_head_bwd(dq + qo, dk + ko, dv + ko, dout + qo, out + qo, lse + ((size_t)b * s->H + h) * s->T,
                           &a, ctx->attn_scratch);

@@ -12,7 +12,8 @@
  *       |y − y_exact| <= (2u + u² + K·2^-24) · Σ_k |a_k·b_k|   element by element.
  *   On inputs exactly representable in bf16 (small integers) with exact sums the result equals the
  *   fp32 GEMM's bit for bit, which pins the operands' layouts (transposes, leading dimensions).
- *   The bf16 copy of a weight that the backend reuses is made again after the weight is written. */
+ *   The bf16 copy of a weight that the backend reuses is made again after the weight is written.
+ *   Attention stays fp32 in bf16 mode (its GEMMs then run in oneDNN's sgemm). */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -420,6 +421,49 @@ static void test_bf16_weight_copy_refreshed(void **state) {
     f.be->ctx_free(f.ctx), b.be->ctx_free(b.ctx);
     free(x), free(w1), free(w2), free(dy), free(hot);
 }
+
+/* In bf16 mode attention runs its fp32 GEMMs in oneDNN instead of the BLAS: the same math, fp32
+ * rounding apart (relative 1e-5 of the largest value). Two query tiles, grouped KV heads. */
+static void test_bf16_mode_attention_fp32(void **state) {
+    AttnShape sh = {2, 150, 4, 2, 16, 0, 0.25f};
+    size_t nq = (size_t)sh.B * sh.T * sh.H * sh.hd, nk = (size_t)sh.B * sh.T * sh.KV * sh.hd,
+           nl = (size_t)sh.B * sh.H * sh.T;
+    dam_rng r;
+    dam_rng_seed(&r, 17);
+    float *q = randv(&r, nq, 1), *k = randv(&r, nk, 1), *v = randv(&r, nk, 1), *g = randv(&r, nq, 1);
+    float *res[2][6];
+    for (int mode = 0; mode < 2; mode++) {
+        Dev d = dev_threads(2);
+        if (mode) d.be->set_gemm_inputs(d.ctx, DAM_BF16);
+        DevBuf Q = up(&d, q, nq), K = up(&d, k, nk), V = up(&d, v, nk), G = up(&d, g, nq);
+        DevBuf O = d.be->alloc(d.ctx, nq, DAM_F32, "out"), L = d.be->alloc(d.ctx, nl, DAM_F32, "lse");
+        DevBuf dQ = d.be->alloc(d.ctx, nq, DAM_F32, "dq"), dK = d.be->alloc(d.ctx, nk, DAM_F32, "dk"),
+               dV = d.be->alloc(d.ctx, nk, DAM_F32, "dv");
+        d.be->attention_fwd(d.ctx, O, L, Q, K, V, &sh);
+        d.be->attention_bwd(d.ctx, dQ, dK, dV, G, O, L, Q, K, V, &sh);
+        DevBuf outs[6] = {O, L, dQ, dK, dV, Q};
+        const size_t ns[6] = {nq, nl, nq, nk, nk, nq};
+        for (int i = 0; i < 6; i++) res[mode][i] = down(&d, outs[i], ns[i]);
+        DevBuf fr[] = {Q, K, V, G, O, L, dQ, dK, dV};
+        for (size_t i = 0; i < sizeof fr / sizeof *fr; i++) d.be->free(d.ctx, &fr[i]);
+        d.be->ctx_free(d.ctx);
+    }
+    const char *what[5] = {"out", "lse", "dq", "dk", "dv"};
+    const size_t ns[5] = {nq, nl, nq, nk, nk};
+    for (int i = 0; i < 5; i++) {
+        double md = 0, mr = 1e-30;
+        for (size_t j = 0; j < ns[i]; j++) {
+            double e = fabs((double)res[0][i][j] - res[1][i][j]);
+            md = e > md || isnan(e) ? e : md;
+            mr = fabs(res[0][i][j]) > mr ? fabs(res[0][i][j]) : mr;
+        }
+        if (!(md <= 1e-5 * mr))
+            fail_msg("attention %s: oneDNN's fp32 GEMMs differ by %.3g of %.3g", what[i], md, mr);
+    }
+    for (int m = 0; m < 2; m++)
+        for (int i = 0; i < 6; i++) free(res[m][i]);
+    free(q), free(k), free(v), free(g);
+}
 #endif
 
 int main(void) {
@@ -433,6 +477,7 @@ int main(void) {
         cmocka_unit_test(test_bf16_gemm_bound),
         cmocka_unit_test(test_bf16_gemm_exact_layouts),
         cmocka_unit_test(test_bf16_weight_copy_refreshed),
+        cmocka_unit_test(test_bf16_mode_attention_fp32),
 #endif
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
