@@ -252,6 +252,12 @@ static void cpu_set_gemm_inputs(BackendCtx *ctx, dam_dtype dtype) {
         dam_fail(
             "parallel.cpu_matmul \"bf16\": this dam_dist was built without oneDNN (libdnnl-dev; make info "
             "says whether it is found)");
+#elif defined(__x86_64__)
+    /* oneDNN's bf16 GEMM needs AVX-512 (native bf16 dot products with AVX512_BF16 or AMX) */
+    if (dtype == DAM_BF16 && !__builtin_cpu_supports("avx512f"))
+        dam_fail(
+            "parallel.cpu_matmul \"bf16\": oneDNN's bf16 GEMM needs a CPU with AVX-512; this one has none "
+            "(use \"fp32\")");
 #endif
     ctx->gemm_inputs = dtype;
     /* oneDNN runs its GEMMs on OpenMP threads: as many as the pool has, unless the user said */
