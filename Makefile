@@ -22,6 +22,11 @@ UTF8PROC_LIBS ?= -lutf8proc
 BLAS_LIBS ?= -lopenblas
 # LAPACK's dsyev_ (CMA-ES of `evolve`): in OpenBLAS, so empty with it; -llapack with a BLAS that has none
 LAPACK_LIBS ?=
+# oneDNN (optional; Debian: libdnnl-dev): bf16 GEMMs for parallel.cpu_matmul "bf16" on CPUs with
+# AVX512-BF16 or AMX. Found when its header is there; DNNL=0 builds without it.
+DNNL_INC  ?= /usr/include
+DNNL_LIBS ?= -ldnnl
+DNNL      ?= $(if $(wildcard $(DNNL_INC)/oneapi/dnnl/dnnl.h),1,0)
 # CUDA=1: build the CUDA backend too (needs cuda/cuda.mk); CUDA and NCCL install locations
 CUDA      ?= 0
 CUDA_HOME ?= $(or $(CUDA_PATH),/usr/local/cuda)
@@ -35,6 +40,10 @@ CFLAGS    ?= $(OPT) -g
 CFLAGS    += $(CFLAGS_EXTRA) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -fno-strict-aliasing \
              -Isrc -Isrc/tokenizer -Impi -I$(HDF5_INC) -I$(CJSON_INC)
 LDLIBS    := $(HDF5_LIBS) $(CJSON_LIBS) $(BLAS_LIBS) $(LAPACK_LIBS) $(PCRE2_LIBS) $(UTF8PROC_LIBS) -lm -lpthread -ldl
+ifeq ($(DNNL),1)
+  CFLAGS  += -DDAM_WITH_DNNL $(if $(filter-out /usr/include,$(DNNL_INC)),-I$(DNNL_INC))
+  LDLIBS  += $(DNNL_LIBS)
+endif
 
 NVCC      := $(shell command -v nvcc 2>/dev/null || { test -x $(CUDA_HOME)/bin/nvcc && echo $(CUDA_HOME)/bin/nvcc; })
 
@@ -105,6 +114,7 @@ info:
 	@echo "  HDF5_INC    = $(HDF5_INC)$(if $(wildcard $(HDF5_INC)/hdf5.h),, (no hdf5.h there!))"
 	@echo "  CJSON_INC   = $(CJSON_INC)   CJSON_LIBS = $(CJSON_LIBS)   PCRE2_LIBS = $(PCRE2_LIBS)   UTF8PROC_LIBS = $(UTF8PROC_LIBS)"
 	@echo "  BLAS_LIBS   = $(BLAS_LIBS)   LAPACK_LIBS = $(LAPACK_LIBS)"
+	@echo "  DNNL        = $(DNNL) (oneDNN bf16 GEMMs, parallel.cpu_matmul \"bf16\": $(if $(filter 1,$(DNNL)),enabled,disabled: no $(DNNL_INC)/oneapi/dnnl/dnnl.h; Debian: libdnnl-dev))   DNNL_LIBS = $(DNNL_LIBS)"
 	@echo "  MARCH       = $(MARCH)   (OPT = $(OPT))"
 	@echo "  CUDA        = $(CUDA) (CUDA backend built: $(CUDA_BUILT); cuda/cuda.mk: $(if $(wildcard cuda/cuda.mk),present,absent); nvcc: $(or $(NVCC),not found))"
 	@echo "  CUDA_HOME   = $(CUDA_HOME)   NCCL_HOME = $(NCCL_HOME)"

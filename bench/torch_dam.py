@@ -16,7 +16,11 @@ All datasets go through the merged model in one batch (the merged weights are bu
 Rows are read in order, batch_size per dataset per step, like dam_dist, so the step losses of both
 can be compared line by line.
 
-usage: torch_dam.py --config RUN_CONFIG.json [--steps N] [--threads T]
+With --bf16 the forwards run under torch.autocast("cpu", dtype=torch.bfloat16): the linear layers'
+inputs and weights rounded to bf16 with fp32 accumulation (what dam_dist's parallel.cpu_matmul "bf16"
+does to its GEMMs); the losses stay fp32.
+
+usage: torch_dam.py --config RUN_CONFIG.json [--steps N] [--threads T] [--bf16]
 Prints one line per step and, last, "torch_dam: median s/step S (steps 3..N), peak RSS R KiB".
 """
 import argparse
@@ -93,6 +97,7 @@ def main():
     ap.add_argument("--config", required=True, help="a dam_dist run config (JSON)")
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--bf16", action="store_true", help="forwards under bf16 autocast")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -121,16 +126,19 @@ def main():
     max_norm = float(train.get("max_grad_norm", 1.0))
     cos, sin = rope_tables(cfg, T)
     times = []
-    print(f"torch_dam: torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, "
+    print(f"torch_dam: torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{'bf16 autocast' if a.bf16 else 'fp32'}, "
           f"{N} sources, {sum(v.numel() for v in srcs[0].values())} parameters per source, "
           f"{B} x {T} tokens x {N} datasets per step", flush=True)
     for step in range(a.steps):
         t0 = time.perf_counter()
         batches = [d[[(step * B + b) % d.shape[0] for b in range(B)]] for d in data]
-        with torch.no_grad():  # each source on its own dataset
-            teacher = [llama_forward(cfg, srcs[k], batches[k], cos, sin) for k in range(N)]
+        # each source on its own dataset
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
+            teacher = [llama_forward(cfg, srcs[k], batches[k], cos, sin).float() for k in range(N)]
         merged = {n: sum(srcs[i][n] * coefs[n][i] for i in range(N)) for n in names}
-        z = llama_forward(cfg, merged, torch.cat(batches), cos, sin)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
+            z = llama_forward(cfg, merged, torch.cat(batches), cos, sin).float()
         kls = []
         for k in range(N):
             logq = F.log_softmax(z[k * B:(k + 1) * B].float() / tau, dim=-1)

@@ -137,6 +137,10 @@ typedef struct Backend {
     /* G[out,in] = dy[T,out]ᵀ · x[T,in] (+ G when accumulate): the weight-gradient GEMM */
     void (*matmul_dytx)(BackendCtx *ctx, DevBuf g, DevBuf dy, DevBuf x, int T, int in, int out,
                         int accumulate);
+    /* The three GEMMs' input precision (parallel.cpu_matmul): DAM_F32 (the default), or DAM_BF16:
+     * inputs rounded to bf16, products accumulated in fp32 (CPU: oneDNN on AVX512-BF16/AMX; fails
+     * when built without it). NULL on a backend with one precision (CUDA: bf16 always). */
+    void (*set_gemm_inputs)(BackendCtx *ctx, dam_dtype dtype);
 
     /* ---- DAM */
     /* merged[r, j] = Σ_i fc[i*cols + j] · W_i[r, j] for r < rows (a norm is rows = 1); with

@@ -9,6 +9,7 @@
  * weights read in their stored dtype straight from the mapping (upload_source is a view, never a
  * copy, and never expanded wholesale). Every op checks its buffers' dtypes and lengths and fails
  * with one line naming the op and the argument. */
+#include <dlfcn.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,14 +20,44 @@
 
 #include "adam_bf16.h"
 #include "backend.h"
+#include "threadpool.h"
 #include "vmath.h"
+
+#ifdef DAM_WITH_DNNL
+#include <oneapi/dnnl/dnnl.h>
+/* oneDNN 2.x exports its bf16 GEMM (row-major, as dnnl_sgemm; fp32 accumulation and output) without
+ * declaring it in the public header; bf16 values are passed as their 16 bits. */
+dnnl_status_t dnnl_gemm_bf16bf16f32(char transa, char transb, dnnl_dim_t M, dnnl_dim_t N, dnnl_dim_t K,
+                                    float alpha, const uint16_t *A, dnnl_dim_t lda, const uint16_t *B,
+                                    dnnl_dim_t ldb, float beta, float *C, dnnl_dim_t ldc);
+#endif
 
 /* Attention tiles: queries and keys in blocks of ATTN_TILE, so that the scratch is constant in T. */
 enum { ATTN_TILE = 128, ATTN_SCRATCH = 2 * ATTN_TILE * ATTN_TILE + 2 * ATTN_TILE };
 
+/* bf16 copies of GEMM operands, reused while nothing else was written (see bf16_copy). */
+enum { BF16_CACHE = 6 };
+typedef struct {
+    const void *src; /* the fp32 buffer it was made from, NULL: unused */
+    size_t n;
+    unsigned long epoch; /* ctx->epoch when made */
+    uint16_t *bf16;
+    size_t cap;
+} Bf16Copy;
+
 struct BackendCtx {
-    float *attn_scratch; /* ATTN_SCRATCH floats: one (sequence, head) at a time */
+    ThreadPool *pool;      /* the non-GEMM ops' threads (threadpool.h) */
+    float *attn_scratch;   /* ATTN_SCRATCH floats per thread: one (sequence, head) at a time */
+    dam_dtype gemm_inputs; /* DAM_F32, or DAM_BF16: GEMM inputs rounded to bf16 (set_gemm_inputs) */
+    /* Bumped by every op that writes device memory other than a GEMM's output: a bf16 copy made at
+     * an earlier epoch may be stale. */
+    unsigned long epoch;
+    Bf16Copy copies[BF16_CACHE];
+    unsigned next_slot;
 };
+
+/* An op that writes device memory (other than a GEMM's output) invalidates the bf16 copies. */
+#define WRITES(ctx) ((ctx)->epoch++)
 
 struct BackendEvent {
     double t;
@@ -71,14 +102,53 @@ static void convert(void *dst, dam_dtype dt, const void *src, dam_dtype st, size
 
 static BackendCtx *cpu_ctx_new(int device_index) {
     BackendCtx *c = dam_calloc(1, sizeof *c, "CPU backend context");
-    c->attn_scratch = dam_malloc(ATTN_SCRATCH * sizeof(float), "attention scratch");
+    c->pool = pool_new(pool_default_threads());
+    c->attn_scratch =
+        dam_malloc((size_t)pool_threads(c->pool) * ATTN_SCRATCH * sizeof(float), "attention scratch");
+    c->gemm_inputs = DAM_F32;
     return c;
 }
 
 static void cpu_ctx_free(BackendCtx *c) {
     if (!c) return;
+    pool_free(c->pool);
     free(c->attn_scratch);
+    for (int i = 0; i < BF16_CACHE; i++) free(c->copies[i].bf16);
     free(c);
+}
+
+/* Elements [lo, hi) of an op's range (its arguments in `op`). */
+typedef void (*RangeBody)(const void *op, size_t lo, size_t hi);
+typedef struct {
+    RangeBody body;
+    const void *op;
+    size_t n;
+    int parts;
+} RangeJob;
+
+static void range_part(void *arg, int part, int thread) {
+    const RangeJob *j = arg;
+    size_t lo, hi;
+    pool_split(j->n, j->parts, part, &lo, &hi);
+    j->body(j->op, lo, hi);
+}
+
+static int parts_for(const BackendCtx *c, size_t n, size_t grain);
+
+/* body over [0, n) in parts of at least `grain` units on the pool's threads: for ops whose every
+ * unit (element, row, column) is computed the same way in any split. */
+static void parallel_range(BackendCtx *ctx, size_t n, size_t grain, RangeBody body, const void *op) {
+    RangeJob j = {body, op, n, parts_for(ctx, n, grain)};
+    pool_run(ctx->pool, j.parts, range_part, &j);
+}
+
+/* Parts for n units of work of which each part should have at least `grain`: a few per thread
+ * (balance), one when single-threaded. Only ops whose result does not depend on the split use it. */
+static int parts_for(const BackendCtx *c, size_t n, size_t grain) {
+    int t = pool_threads(c->pool);
+    if (t == 1 || n < 2 * grain) return 1;
+    size_t p = n / grain;
+    return p < (size_t)(4 * t) ? (int)p : 4 * t;
 }
 
 static DevBuf cpu_alloc(BackendCtx *ctx, size_t n, dam_dtype dtype, const char *what) {
@@ -94,6 +164,7 @@ static DevBuf cpu_alloc(BackendCtx *ctx, size_t n, dam_dtype dtype, const char *
 }
 
 static void cpu_free(BackendCtx *ctx, DevBuf *b) {
+    WRITES(ctx);
     free(b->ptr);
     b->ptr = NULL, b->n = 0;
 }
@@ -124,6 +195,7 @@ static void cpu_release_source(BackendCtx *ctx, const SrcWeight *s, size_t rows,
 }
 
 static void cpu_upload(BackendCtx *ctx, DevBuf dst, const void *host, dam_dtype host_dtype, size_t n) {
+    WRITES(ctx);
     checked(dst, n, dst.dtype, "upload", "dst");
     convert(dst.ptr, dst.dtype, host, host_dtype, n, "upload");
 }
@@ -134,12 +206,14 @@ static void cpu_download(BackendCtx *ctx, void *host, dam_dtype host_dtype, DevB
 }
 
 static void cpu_copy(BackendCtx *ctx, DevBuf dst, DevBuf src, size_t n) {
+    WRITES(ctx);
     checked(dst, n, dst.dtype, "copy", "dst");
     checked(src, n, src.dtype, "copy", "src");
     convert(dst.ptr, dst.dtype, src.ptr, src.dtype, n, "copy");
 }
 
 static void cpu_fill(BackendCtx *ctx, DevBuf dst, float value, size_t n) {
+    WRITES(ctx);
     checked(dst, n, dst.dtype, "fill", "dst");
     if (value == 0.0f && !signbit(value)) {
         memset(dst.ptr, 0, n * dam_dtype_size(dst.dtype));
@@ -161,27 +235,118 @@ static void cpu_event_record(BackendCtx *ctx, BackendEvent *e) { e->t = dam_now(
 static double cpu_event_elapsed(BackendCtx *ctx, BackendEvent *a, BackendEvent *b) { return b->t - a->t; }
 
 /* The memory is the host's: MPI works on it directly. */
-static void *cpu_host_begin(BackendCtx *ctx, DevBuf b) { return b.ptr; }
+static void *cpu_host_begin(BackendCtx *ctx, DevBuf b) {
+    WRITES(ctx); /* the caller may write it (MPI) */
+    return b.ptr;
+}
 static void cpu_host_end(BackendCtx *ctx, DevBuf b) {}
 
 /* ---------------------------------------------------------------- GEMMs */
 
+/* The GEMMs' inputs: fp32 (sgemm), or rounded to bf16 with fp32 accumulation (oneDNN's
+ * dnnl_gemm_bf16bf16f32 on AVX512-BF16/AMX CPUs; the CUDA backend's contract, cuda/gemm.h). */
+static void cpu_set_gemm_inputs(BackendCtx *ctx, dam_dtype dtype) {
+    if (dtype != DAM_F32 && dtype != DAM_BF16)
+        dam_fail("set_gemm_inputs: %s is not F32 or BF16", dam_dtype_name(dtype));
+#ifndef DAM_WITH_DNNL
+    if (dtype == DAM_BF16)
+        dam_fail(
+            "parallel.cpu_matmul \"bf16\": this dam_dist was built without oneDNN (libdnnl-dev; make info "
+            "says whether it is found)");
+#elif defined(__x86_64__)
+    /* oneDNN's bf16 GEMM needs AVX-512 (native bf16 dot products with AVX512_BF16 or AMX) */
+    if (dtype == DAM_BF16 && !__builtin_cpu_supports("avx512f"))
+        dam_fail(
+            "parallel.cpu_matmul \"bf16\": oneDNN's bf16 GEMM needs a CPU with AVX-512; this one has none "
+            "(use \"fp32\")");
+#endif
+    ctx->gemm_inputs = dtype;
+    /* oneDNN runs its GEMMs on OpenMP threads: as many as the pool has, unless the user said */
+    void (*omp_threads)(int) = (void (*)(int))dlsym(RTLD_DEFAULT, "omp_set_num_threads");
+    if (dtype == DAM_BF16 && omp_threads && !getenv("OMP_NUM_THREADS")) omp_threads(pool_threads(ctx->pool));
+}
+
+#ifdef DAM_WITH_DNNL
+typedef struct {
+    uint16_t *dst;
+    const float *src;
+} RoundOp;
+
+static void round_range(const void *op, size_t lo, size_t hi) {
+    const RoundOp *o = op;
+    for (size_t i = lo; i < hi; i++) o->dst[i] = dam_f32_to_bf16(o->src[i]);
+}
+
+/* n fp32 values rounded to bf16 into c (grown as needed), on the pool's threads. */
+static const uint16_t *round_into(BackendCtx *ctx, Bf16Copy *c, const float *src, size_t n) {
+    if (c->cap < n) {
+        free(c->bf16);
+        c->bf16 = dam_malloc(n * sizeof(uint16_t), "bf16 GEMM input"), c->cap = n;
+    }
+    RoundOp op = {c->bf16, src};
+    parallel_range(ctx, n, 1 << 15, round_range, &op);
+    c->src = src, c->n = n, c->epoch = ctx->epoch;
+    return c->bf16;
+}
+
+/* The bf16 copy of a GEMM operand: reused while no op but a GEMM wrote memory since it was made
+ * and no GEMM wrote over it (the lm_head's chunks reuse one weight for many GEMMs; q, k and v one
+ * input), else made again in a round-robin slot. */
+static const uint16_t *bf16_copy(BackendCtx *ctx, const float *x, size_t n) {
+    for (int i = 0; i < BF16_CACHE; i++) {
+        Bf16Copy *c = &ctx->copies[i];
+        if (c->src == x && c->n == n && c->epoch == ctx->epoch) return c->bf16;
+    }
+    return round_into(ctx, &ctx->copies[ctx->next_slot++ % BF16_CACHE], x, n);
+}
+
+#endif
+
+/* A GEMM's output overlapping a bf16 copy's source makes it stale. */
+static void gemm_wrote(BackendCtx *ctx, const float *out, size_t n) {
+    for (int i = 0; i < BF16_CACHE; i++) {
+        Bf16Copy *c = &ctx->copies[i];
+        if (c->src && (const float *)c->src < out + n && out < (const float *)c->src + c->n) c->src = NULL;
+    }
+}
+
+/* C[M,N] = op(A)·op(B) (+ C when acc), row-major; A spans sa elements, B sb. */
+static void gemm(BackendCtx *ctx, int ta, int tb, int M, int N, int K, const float *A, int lda, size_t sa,
+                 const float *B, int ldb, size_t sb, int acc, float *C, int ldc) {
+    float beta = acc ? 1.0f : 0.0f;
+    if (ctx->gemm_inputs == DAM_F32) {
+        cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K,
+                    1.0f, A, lda, B, ldb, beta, C, ldc);
+        gemm_wrote(ctx, C, (size_t)M * ldc);
+        return;
+    }
+#ifdef DAM_WITH_DNNL
+    const uint16_t *a = bf16_copy(ctx, A, sa), *b = bf16_copy(ctx, B, sb);
+    dnnl_status_t st =
+        dnnl_gemm_bf16bf16f32(ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K, 1.0f, a, lda, b, ldb, beta, C, ldc);
+    if (st != dnnl_success)
+        dam_fail("bf16 GEMM %dx%dx%d: oneDNN's dnnl_gemm_bf16bf16f32 returned status %d (this CPU may lack "
+                 "AVX-512; set parallel.cpu_matmul to \"fp32\")",
+                 M, N, K, (int)st);
+    gemm_wrote(ctx, C, (size_t)M * ldc);
+#else
+    dam_fail("bf16 GEMM: built without oneDNN");
+#endif
+}
+
 static void cpu_matmul_xwt(BackendCtx *ctx, DevBuf y, DevBuf x, DevBuf w, int T, int in, int out, int acc) {
     size_t Ti = (size_t)T * in, To = (size_t)T * out, io = (size_t)in * out;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, out, in, 1.0f, F32(x, Ti), in, F32(w, io), in,
-                acc ? 1.0f : 0.0f, F32(y, To), out);
+    gemm(ctx, 0, 1, T, out, in, F32(x, Ti), in, Ti, F32(w, io), in, io, acc, F32(y, To), out);
 }
 
 static void cpu_matmul_dyw(BackendCtx *ctx, DevBuf dx, DevBuf dy, DevBuf w, int T, int in, int out, int acc) {
     size_t Ti = (size_t)T * in, To = (size_t)T * out, io = (size_t)in * out;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, in, out, 1.0f, F32(dy, To), out, F32(w, io), in,
-                acc ? 1.0f : 0.0f, F32(dx, Ti), in);
+    gemm(ctx, 0, 0, T, in, out, F32(dy, To), out, To, F32(w, io), in, io, acc, F32(dx, Ti), in);
 }
 
 static void cpu_matmul_dytx(BackendCtx *ctx, DevBuf g, DevBuf dy, DevBuf x, int T, int in, int out, int acc) {
     size_t Ti = (size_t)T * in, To = (size_t)T * out, io = (size_t)in * out;
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, T, 1.0f, F32(dy, To), out, F32(x, Ti), in,
-                acc ? 1.0f : 0.0f, F32(g, io), in);
+    gemm(ctx, 1, 0, out, in, T, F32(dy, To), out, To, F32(x, Ti), in, Ti, acc, F32(g, io), in);
 }
 
 /* ---------------------------------------------------------------- DAM */
@@ -199,26 +364,44 @@ static void check_sources(const SrcWeight *src, int n_src, size_t rows, size_t c
     }
 }
 
-/* Row r of a stored tensor as fp32 into buf (cols entries). */
-static inline void load_row(float *buf, const SrcWeight *s, size_t r, size_t cols) {
-    size_t off = r * (s->ld ? s->ld : cols);
+/* Columns [j0, j0 + n) of row r of a stored tensor of `cols` columns as fp32 into buf. */
+static inline void load_cols(float *buf, const SrcWeight *s, size_t r, size_t cols, size_t j0, size_t n) {
+    size_t off = r * (s->ld ? s->ld : cols) + j0;
     if (s->w.dtype == DAM_BF16) {
         const uint16_t *p = (const uint16_t *)s->w.ptr + off;
-        for (size_t j = 0; j < cols; j++) buf[j] = dam_bf16_to_f32(p[j]);
+        for (size_t j = 0; j < n; j++) buf[j] = dam_bf16_to_f32(p[j]);
     } else if (s->w.dtype == DAM_F32) {
-        memcpy(buf, (const float *)s->w.ptr + off, cols * sizeof(float));
+        memcpy(buf, (const float *)s->w.ptr + off, n * sizeof(float));
     } else {
-        dam_to_f32(buf, (const uint16_t *)s->w.ptr + off, s->w.dtype, cols);
+        dam_to_f32(buf, (const uint16_t *)s->w.ptr + off, s->w.dtype, n);
     }
 }
 
-static void cpu_dam_materialize(BackendCtx *ctx, DevBuf merged_, const SrcWeight *src, int n_src, DevBuf fc_,
-                                size_t rows, size_t cols, int scalar_coef) {
-    float *merged = F32(merged_, rows * cols);
-    const float *fc = F32(fc_, scalar_coef ? (size_t)n_src : (size_t)n_src * cols);
-    check_sources(src, n_src, rows, cols, "dam_materialize");
-    float *row = dam_malloc(cols * sizeof(float) + 1, "materialize row");
-    for (size_t r = 0; r < rows; r++) {
+/* Row r of a stored tensor as fp32 into buf (cols entries). */
+static inline void load_row(float *buf, const SrcWeight *s, size_t r, size_t cols) {
+    load_cols(buf, s, r, cols, 0, cols);
+}
+
+/* A DAM op over a tensor's rows or columns, split into parts (each row and column is computed the
+ * same way in any split). */
+typedef struct {
+    float *out;
+    double *sums;
+    const float *in; /* fc (materialize) or G (coefficient gradient) */
+    const SrcWeight *src;
+    int n_src, scalar_coef, parts;
+    size_t rows, cols;
+} DamJob;
+
+static void materialize_part(void *arg, int part, int thread) {
+    const DamJob *job = arg;
+    size_t r0, r1, cols = job->cols;
+    pool_split(job->rows, job->parts, part, &r0, &r1);
+    float *merged = job->out, *row = dam_malloc(cols * sizeof(float) + 1, "materialize row");
+    const float *fc = job->in;
+    int n_src = job->n_src, scalar_coef = job->scalar_coef;
+    const SrcWeight *src = job->src;
+    for (size_t r = r0; r < r1; r++) {
         float *m = merged + r * cols;
         for (int i = 0; i < n_src; i++) {
             load_row(row, &src[i], r, cols);
@@ -240,21 +423,61 @@ static void cpu_dam_materialize(BackendCtx *ctx, DevBuf merged_, const SrcWeight
     free(row);
 }
 
+static void cpu_dam_materialize(BackendCtx *ctx, DevBuf merged_, const SrcWeight *src, int n_src, DevBuf fc_,
+                                size_t rows, size_t cols, int scalar_coef) {
+    WRITES(ctx);
+    DamJob job = {F32(merged_, rows * cols),
+                  NULL,
+                  F32(fc_, scalar_coef ? (size_t)n_src : (size_t)n_src * cols),
+                  src,
+                  n_src,
+                  scalar_coef,
+                  parts_for(ctx, rows * cols, 1 << 14),
+                  rows,
+                  cols};
+    check_sources(src, n_src, rows, cols, "dam_materialize");
+    if ((size_t)job.parts > rows) job.parts = rows ? (int)rows : 1;
+    pool_run(ctx->pool, job.parts, materialize_part, &job);
+}
+
+/* Per-source column sums in double over columns [j0, j1) of the part: the sum runs over `rows`
+ * terms (up to the vocabulary), in row order whatever the split. */
+static void coef_grad_part(void *arg, int part, int thread) {
+    const DamJob *job = arg;
+    size_t j0, j1, cols = job->cols;
+    pool_split(cols, job->parts, part, &j0, &j1);
+    float *row = dam_malloc((j1 - j0) * sizeof(float) + 1, "coefficient gradient row");
+    for (int i = 0; i < job->n_src; i++) {
+        double *sum = job->sums + (size_t)i * cols;
+        for (size_t j = j0; j < j1; j++) sum[j] = 0;
+        for (size_t r = 0; r < job->rows; r++) {
+            load_cols(row, &job->src[i], r, cols, j0, j1 - j0);
+            const float *gr = job->in + r * cols;
+            for (size_t j = j0; j < j1; j++) sum[j] += (double)(row[j - j0] * gr[j]);
+        }
+    }
+    free(row);
+}
+
 static void cpu_dam_coef_grad(BackendCtx *ctx, DevBuf acc_, const SrcWeight *src, int n_src, DevBuf g_,
                               size_t rows, size_t cols, int scalar_coef) {
+    WRITES(ctx);
     float *acc = F32(acc_, scalar_coef ? (size_t)n_src : (size_t)n_src * cols);
-    const float *g = F32(g_, rows * cols);
     check_sources(src, n_src, rows, cols, "dam_coef_grad");
-    float *row = dam_malloc(cols * sizeof(float) + 1, "coefficient gradient row");
-    /* Per-source column sums in double: the sum runs over `rows` terms (up to the vocabulary). */
-    double *sum = dam_calloc(cols + 1, sizeof(double), "coefficient gradient sums");
+    double *sums = dam_calloc((size_t)n_src * cols + 1, sizeof(double), "coefficient gradient sums");
+    /* columns in parts of at least 64 (whole cache lines of G) */
+    DamJob job = {NULL,
+                  sums,
+                  F32(g_, rows * cols),
+                  src,
+                  n_src,
+                  scalar_coef,
+                  rows * cols >= (1 << 15) ? parts_for(ctx, cols, 64) : 1,
+                  rows,
+                  cols};
+    pool_run(ctx->pool, job.parts, coef_grad_part, &job);
     for (int i = 0; i < n_src; i++) {
-        memset(sum, 0, cols * sizeof(double));
-        for (size_t r = 0; r < rows; r++) {
-            load_row(row, &src[i], r, cols);
-            const float *gr = g + r * cols;
-            for (size_t j = 0; j < cols; j++) sum[j] += (double)(row[j] * gr[j]);
-        }
+        const double *sum = sums + (size_t)i * cols;
         if (scalar_coef) {
             double s = 0;
             for (size_t j = 0; j < cols; j++) s += sum[j];
@@ -264,8 +487,7 @@ static void cpu_dam_coef_grad(BackendCtx *ctx, DevBuf acc_, const SrcWeight *src
             for (size_t j = 0; j < cols; j++) a[j] += (float)sum[j];
         }
     }
-    free(sum);
-    free(row);
+    free(sums);
 }
 
 /* Embedding rows named by ids exist in every source (negative ids are skipped by the callers). */
@@ -281,6 +503,7 @@ static void check_ids(const SrcWeight *src, int n_src, const int32_t *ids, int T
 
 static void cpu_dam_embed_gather(BackendCtx *ctx, DevBuf out_, const SrcWeight *src, int n_src, DevBuf fc_,
                                  const int32_t *ids, int T, int d) {
+    WRITES(ctx);
     float *out = F32(out_, (size_t)T * d);
     const float *fc = F32(fc_, (size_t)n_src * d);
     check_sources(src, n_src, 0, (size_t)d, "dam_embed_gather");
@@ -306,6 +529,7 @@ static void cpu_dam_embed_gather(BackendCtx *ctx, DevBuf out_, const SrcWeight *
 
 static void cpu_dam_embed_coef_grad(BackendCtx *ctx, DevBuf acc_, const SrcWeight *src, int n_src, DevBuf dh_,
                                     const int32_t *ids, int T, int d) {
+    WRITES(ctx);
     float *acc = F32(acc_, (size_t)n_src * d);
     const float *dh = F32(dh_, (size_t)T * d);
     check_sources(src, n_src, 0, (size_t)d, "dam_embed_coef_grad");
@@ -339,12 +563,38 @@ static void cpu_embed_grad(BackendCtx *ctx, DevBuf acc_, DevBuf dh_, const int32
 
 /* ---------------------------------------------------------------- transformer */
 
+/* RMSNorm's arguments, for its row and column ranges. */
+typedef struct {
+    float *out, *rstd, *dx, *dw;
+    const float *x, *w, *dout, *rstd_in;
+    int d, acc, T;
+    float eps;
+} NormOp;
+
+/* Rows of d elements per part: about 16K elements. */
+static size_t row_grain(int d) { return d > 0 && d < (1 << 14) ? (size_t)(1 << 14) / (size_t)d : 1; }
+
+static void rmsnorm_fwd_rows(const void *op_, size_t t0, size_t t1);
+
 static void cpu_rmsnorm_fwd(BackendCtx *ctx, DevBuf out_, DevBuf rstd_, DevBuf x_, DevBuf w_, int T, int d,
                             float eps) {
+    WRITES(ctx);
     size_t Td = (size_t)T * d;
-    float *out = F32(out_, Td), *rstd = F32(rstd_, (size_t)T);
-    const float *x = F32(x_, Td), *w = F32(w_, (size_t)d);
-    for (int t = 0; t < T; t++) {
+    NormOp op = {.out = F32(out_, Td),
+                 .rstd = F32(rstd_, (size_t)T),
+                 .x = F32(x_, Td),
+                 .w = F32(w_, (size_t)d),
+                 .d = d,
+                 .eps = eps};
+    parallel_range(ctx, (size_t)T, row_grain(d), rmsnorm_fwd_rows, &op);
+}
+
+static void rmsnorm_fwd_rows(const void *op_, size_t t0, size_t t1) {
+    const NormOp *op = op_;
+    float *out = op->out, *rstd = op->rstd, eps = op->eps;
+    const float *x = op->x, *w = op->w;
+    int d = op->d;
+    for (size_t t = t0; t < t1; t++) {
         const float *xr = x + (size_t)t * d;
         double ss = 0;
         for (int j = 0; j < d; j++) ss += (double)xr[j] * xr[j];
@@ -355,21 +605,50 @@ static void cpu_rmsnorm_fwd(BackendCtx *ctx, DevBuf out_, DevBuf rstd_, DevBuf x
     }
 }
 
+static void rmsnorm_bwd_rows(const void *op_, size_t t0, size_t t1);
+static void rmsnorm_dw_cols(const void *op_, size_t j0, size_t j1);
+
 static void cpu_rmsnorm_bwd(BackendCtx *ctx, DevBuf dx_, DevBuf dw_, DevBuf dout_, DevBuf x_, DevBuf rstd_,
                             DevBuf w_, int T, int d, int acc) {
+    WRITES(ctx);
     size_t Td = (size_t)T * d;
-    float *dx = F32(dx_, Td), *dw = devbuf_null(dw_) ? NULL : F32(dw_, (size_t)d);
-    const float *dout = F32(dout_, Td), *x = F32(x_, Td), *rstd = F32(rstd_, (size_t)T),
-                *w = F32(w_, (size_t)d);
-    for (int t = 0; t < T; t++) {
+    NormOp op = {.dx = F32(dx_, Td),
+                 .dw = devbuf_null(dw_) ? NULL : F32(dw_, (size_t)d),
+                 .dout = F32(dout_, Td),
+                 .x = F32(x_, Td),
+                 .rstd_in = F32(rstd_, (size_t)T),
+                 .w = F32(w_, (size_t)d),
+                 .d = d,
+                 .acc = acc};
+    parallel_range(ctx, (size_t)T, row_grain(d), rmsnorm_bwd_rows, &op);
+    /* dw over columns, each summed in t order as one thread would */
+    if (op.dw)
+        parallel_range(
+            ctx, (size_t)d, 64, rmsnorm_dw_cols,
+            &(NormOp){.dw = op.dw, .dout = op.dout, .x = op.x, .rstd_in = op.rstd_in, .d = d, .T = T});
+}
+
+/* dw[j] += Σ_t dout[t,j]·x̂[t,j] for columns [j0, j1). */
+static void rmsnorm_dw_cols(const void *op_, size_t j0, size_t j1) {
+    const NormOp *op = op_;
+    size_t d = (size_t)op->d;
+    for (int t = 0; t < op->T; t++) {
+        const float *xr = op->x + (size_t)t * d, *go = op->dout + (size_t)t * d;
+        float r = op->rstd_in[t];
+        for (size_t j = j0; j < j1; j++) op->dw[j] += go[j] * (xr[j] * r);
+    }
+}
+
+static void rmsnorm_bwd_rows(const void *op_, size_t t0, size_t t1) {
+    const NormOp *op = op_;
+    const float *x = op->x, *dout = op->dout, *rstd = op->rstd_in, *w = op->w;
+    float *dx = op->dx;
+    int d = op->d, acc = op->acc;
+    for (size_t t = t0; t < t1; t++) {
         const float *xr = x + (size_t)t * d, *go = dout + (size_t)t * d;
         float r = rstd[t];
         double dot = 0; /* Σ_j dx̂ ⊙ x̂ */
-        for (int j = 0; j < d; j++) {
-            float xh = xr[j] * r;
-            dot += (double)(go[j] * w[j]) * xh;
-            if (dw) dw[j] += go[j] * xh;
-        }
+        for (int j = 0; j < d; j++) dot += (double)(go[j] * w[j]) * (xr[j] * r);
         float mean = (float)(dot / d);
         float *o = dx + (size_t)t * d;
         for (int j = 0; j < d; j++) {
@@ -379,13 +658,35 @@ static void cpu_rmsnorm_bwd(BackendCtx *ctx, DevBuf dx_, DevBuf dw_, DevBuf dout
     }
 }
 
+typedef struct {
+    float *x;
+    const float *cos, *sin;
+    int T, heads, hd;
+    float sgn;
+} RopeOp;
+
+static void rope_rows(const void *op_, size_t bt0, size_t bt1);
+
 static void cpu_rope(BackendCtx *ctx, DevBuf x_, DevBuf cos_, DevBuf sin_, int BT, int T, int heads, int hd,
                      int inverse) {
+    WRITES(ctx);
     int half = hd / 2;
-    float *x = F32(x_, (size_t)BT * heads * hd);
-    const float *cos = F32(cos_, (size_t)T * half), *sin = F32(sin_, (size_t)T * half);
-    float sgn = inverse ? -1.0f : 1.0f;
-    for (int bt = 0; bt < BT; bt++) {
+    RopeOp op = {F32(x_, (size_t)BT * heads * hd),
+                 F32(cos_, (size_t)T * half),
+                 F32(sin_, (size_t)T * half),
+                 T,
+                 heads,
+                 hd,
+                 inverse ? -1.0f : 1.0f};
+    parallel_range(ctx, (size_t)BT, row_grain(heads * hd), rope_rows, &op);
+}
+
+static void rope_rows(const void *op_, size_t bt0, size_t bt1) {
+    const RopeOp *op = op_;
+    float *x = op->x, sgn = op->sgn;
+    const float *cos = op->cos, *sin = op->sin;
+    int T = op->T, heads = op->heads, hd = op->hd, half = hd / 2;
+    for (size_t bt = bt0; bt < bt1; bt++) {
         const float *c = cos + (size_t)(bt % T) * half, *s = sin + (size_t)(bt % T) * half;
         for (int h = 0; h < heads; h++) {
             float *v = x + ((size_t)bt * heads + h) * hd;
@@ -409,12 +710,29 @@ typedef struct {
     const float *q, *k, *v; /* this (sequence, head)'s rows, strides qs and ks */
     int qs, ks, hd, T, window;
     float scale;
+    int dnnl; /* the GEMMs run in oneDNN (bf16 mode): its fp32 GEMM here too, so that one threading
+               * runtime runs (OpenBLAS's idle threads spin against oneDNN's) */
 } AttnHead;
+
+/* Attention's GEMMs, fp32 always (row-major). */
+static void attn_gemm(const AttnHead *a, int ta, int tb, int M, int N, int K, float alpha, const float *A,
+                      int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+#ifdef DAM_WITH_DNNL
+    if (a->dnnl) {
+        if (dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K, alpha, A, lda, B, ldb, beta, C, ldc) !=
+            dnnl_success)
+            dam_fail("attention: oneDNN's dnnl_sgemm failed on %dx%dx%d", M, N, K);
+        return;
+    }
+#endif
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha,
+                A, lda, B, ldb, beta, C, ldc);
+}
 
 /* S[nq, nk] = scale · Q[i0..] K[j0..]ᵀ, with the keys a row may not see set to -inf. */
 static void attn_scores(float *S, const AttnHead *a, int i0, int nq, int j0, int nk) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, a->hd, a->scale, a->q + (size_t)i0 * a->qs,
-                a->qs, a->k + (size_t)j0 * a->ks, a->ks, 0.0f, S, nk);
+    attn_gemm(a, 0, 1, nq, nk, a->hd, a->scale, a->q + (size_t)i0 * a->qs, a->qs, a->k + (size_t)j0 * a->ks,
+              a->ks, 0.0f, S, nk);
     for (int r = 0; r < nq; r++) {
         int i = i0 + r, lo = attn_lo(i, a->window);
         for (int c = 0; c < nk; c++)
@@ -460,8 +778,8 @@ static void attn_head_fwd(float *out, int os, float *lse, const AttnHead *a, flo
                 float *o = out + (size_t)(i0 + r) * os;
                 for (int e = 0; e < a->hd; e++) o[e] *= corr;
             }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, a->hd, nk, 1.0f, S, nk,
-                        a->v + (size_t)j0 * a->ks, a->ks, 1.0f, out + (size_t)i0 * os, os);
+            attn_gemm(a, 0, 0, nq, a->hd, nk, 1.0f, S, nk, a->v + (size_t)j0 * a->ks, a->ks, 1.0f,
+                      out + (size_t)i0 * os, os);
         }
         for (int r = 0; r < nq; r++) {
             float *o = out + (size_t)(i0 + r) * os, inv = 1.0f / sum[r];
@@ -474,7 +792,7 @@ static void attn_head_fwd(float *out, int os, float *lse, const AttnHead *a, flo
 static AttnHead attn_head(const float *q, const float *k, const float *v, const AttnShape *s, int b, int h) {
     int qs = s->H * s->hd, ks = s->KV * s->hd, kvh = h / (s->H / s->KV);
     size_t qo = (size_t)b * s->T * qs + (size_t)h * s->hd, ko = (size_t)b * s->T * ks + (size_t)kvh * s->hd;
-    return (AttnHead){q + qo, k + ko, v + ko, qs, ks, s->hd, s->T, s->window, s->scale};
+    return (AttnHead){q + qo, k + ko, v + ko, qs, ks, s->hd, s->T, s->window, s->scale, 0};
 }
 
 static void check_shape(const AttnShape *s, const char *op) {
@@ -485,6 +803,7 @@ static void check_shape(const AttnShape *s, const char *op) {
 
 static void cpu_attention_fwd(BackendCtx *ctx, DevBuf out_, DevBuf lse_, DevBuf q_, DevBuf k_, DevBuf v_,
                               const AttnShape *s) {
+    WRITES(ctx);
     check_shape(s, "attention_fwd");
     size_t nq = (size_t)s->B * s->T * s->H * s->hd, nk = (size_t)s->B * s->T * s->KV * s->hd;
     float *out = F32(out_, nq), *lse = F32(lse_, (size_t)s->B * s->H * s->T);
@@ -493,6 +812,7 @@ static void cpu_attention_fwd(BackendCtx *ctx, DevBuf out_, DevBuf lse_, DevBuf 
     for (int b = 0; b < s->B; b++)
         for (int h = 0; h < s->H; h++) {
             AttnHead a = attn_head(q, k, v, s, b, h);
+            a.dnnl = ctx->gemm_inputs == DAM_BF16;
             attn_head_fwd(out + (size_t)b * s->T * qs + (size_t)h * s->hd, qs,
                           lse + ((size_t)b * s->H + h) * s->T, &a, ctx->attn_scratch);
         }
@@ -522,25 +842,24 @@ static void attn_head_bwd(float *dq, float *dk, float *dv, const float *dout, co
             }
             const float *dO = dout + (size_t)i0 * qs;
             /* dV += Pᵀ dO ; dP = dO Vᵀ ; dS = P ⊙ (dP − D) · scale ; dQ += dS K ; dK += dSᵀ Q */
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, a->hd, nq, 1.0f, P, nk, dO, qs, 1.0f,
-                        dv + (size_t)j0 * ks, ks);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, a->hd, 1.0f, dO, qs,
-                        a->v + (size_t)j0 * ks, ks, 0.0f, dS, nk);
+            attn_gemm(a, 1, 0, nk, a->hd, nq, 1.0f, P, nk, dO, qs, 1.0f, dv + (size_t)j0 * ks, ks);
+            attn_gemm(a, 0, 1, nq, nk, a->hd, 1.0f, dO, qs, a->v + (size_t)j0 * ks, ks, 0.0f, dS, nk);
             for (int r = 0; r < nq; r++)
                 for (int c = 0; c < nk; c++) {
                     size_t x = (size_t)r * nk + c;
                     dS[x] = P[x] * (dS[x] - D[r]) * a->scale;
                 }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, a->hd, nk, 1.0f, dS, nk,
-                        a->k + (size_t)j0 * ks, ks, 1.0f, dq + (size_t)i0 * qs, qs);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, a->hd, nq, 1.0f, dS, nk,
-                        a->q + (size_t)i0 * qs, qs, 1.0f, dk + (size_t)j0 * ks, ks);
+            attn_gemm(a, 0, 0, nq, a->hd, nk, 1.0f, dS, nk, a->k + (size_t)j0 * ks, ks, 1.0f,
+                      dq + (size_t)i0 * qs, qs);
+            attn_gemm(a, 1, 0, nk, a->hd, nq, 1.0f, dS, nk, a->q + (size_t)i0 * qs, qs, 1.0f,
+                      dk + (size_t)j0 * ks, ks);
         }
     }
 }
 
 static void cpu_attention_bwd(BackendCtx *ctx, DevBuf dq_, DevBuf dk_, DevBuf dv_, DevBuf dout_, DevBuf out_,
                               DevBuf lse_, DevBuf q_, DevBuf k_, DevBuf v_, const AttnShape *s) {
+    WRITES(ctx);
     check_shape(s, "attention_bwd");
     size_t nq = (size_t)s->B * s->T * s->H * s->hd, nk = (size_t)s->B * s->T * s->KV * s->hd;
     float *dq = F32(dq_, nq), *dk = F32(dk_, nk), *dv = F32(dv_, nk);
@@ -552,6 +871,7 @@ static void cpu_attention_bwd(BackendCtx *ctx, DevBuf dq_, DevBuf dk_, DevBuf dv
     for (int b = 0; b < s->B; b++)
         for (int h = 0; h < s->H; h++) {
             AttnHead a = attn_head(q, k, v, s, b, h);
+            a.dnnl = ctx->gemm_inputs == DAM_BF16;
             size_t qo = (size_t)b * s->T * qs + (size_t)h * s->hd, ko = a.k - k;
             attn_head_bwd(dq + qo, dk + ko, dv + ko, dout + qo, out + qo, lse + ((size_t)b * s->H + h) * s->T,
                           &a, ctx->attn_scratch);
@@ -561,48 +881,93 @@ static void cpu_attention_bwd(BackendCtx *ctx, DevBuf dq_, DevBuf dk_, DevBuf dv
 /* silu's sigmoid with the vectorizable exponential (relative error of e^x < 2e-7). */
 static inline float sigmoid_fast(float x) { return 1.0f / (1.0f + dam_exp_approx(-x)); }
 
+/* The element-wise ops' arguments: outputs y, y2; inputs a, b, c; a scalar. */
+typedef struct {
+    float *y, *y2;
+    const float *a, *b, *c;
+    float s;
+} ElemOp;
+
+enum { ELEM_GRAIN = 1 << 14 };
+
+static void swiglu_fwd_range(const void *op_, size_t lo, size_t hi) {
+    const ElemOp *o = op_;
+    for (size_t i = lo; i < hi; i++) o->y[i] = o->a[i] * sigmoid_fast(o->a[i]) * o->b[i];
+}
+
 static void cpu_swiglu_fwd(BackendCtx *ctx, DevBuf act_, DevBuf gate_, DevBuf up_, size_t n) {
-    float *act = F32(act_, n);
-    const float *gate = F32(gate_, n), *up = F32(up_, n);
-    for (size_t i = 0; i < n; i++) act[i] = gate[i] * sigmoid_fast(gate[i]) * up[i];
+    WRITES(ctx);
+    ElemOp op = {.y = F32(act_, n), .a = F32(gate_, n), .b = F32(up_, n)};
+    parallel_range(ctx, n, ELEM_GRAIN, swiglu_fwd_range, &op);
+}
+
+static void swiglu_bwd_range(const void *op_, size_t lo, size_t hi) {
+    const ElemOp *o = op_;
+    const float *gate = o->a, *up = o->b, *dact = o->c;
+    for (size_t i = lo; i < hi; i++) {
+        float sg = sigmoid_fast(gate[i]), silu = gate[i] * sg;
+        o->y2[i] = dact[i] * silu;
+        o->y[i] = dact[i] * up[i] * (sg * (1.0f + gate[i] * (1.0f - sg)));
+    }
 }
 
 static void cpu_swiglu_bwd(BackendCtx *ctx, DevBuf dgate_, DevBuf dup_, DevBuf dact_, DevBuf gate_,
                            DevBuf up_, size_t n) {
-    float *dgate = F32(dgate_, n), *dup = F32(dup_, n);
-    const float *dact = F32(dact_, n), *gate = F32(gate_, n), *up = F32(up_, n);
-    for (size_t i = 0; i < n; i++) {
-        float sg = sigmoid_fast(gate[i]), silu = gate[i] * sg;
-        dup[i] = dact[i] * silu;
-        dgate[i] = dact[i] * up[i] * (sg * (1.0f + gate[i] * (1.0f - sg)));
-    }
+    WRITES(ctx);
+    ElemOp op = {
+        .y = F32(dgate_, n), .y2 = F32(dup_, n), .a = F32(gate_, n), .b = F32(up_, n), .c = F32(dact_, n)};
+    parallel_range(ctx, n, ELEM_GRAIN, swiglu_bwd_range, &op);
 }
 
 static void cpu_add_bias(BackendCtx *ctx, DevBuf y_, DevBuf b_, int T, int out) {
+    WRITES(ctx);
     float *y = F32(y_, (size_t)T * out);
     const float *b = F32(b_, (size_t)out);
     for (int t = 0; t < T; t++)
         for (int o = 0; o < out; o++) y[(size_t)t * out + o] += b[o];
 }
 
+static void add_range(const void *op_, size_t lo, size_t hi) {
+    const ElemOp *o = op_;
+    for (size_t i = lo; i < hi; i++) o->y[i] += o->a[i];
+}
+
 static void cpu_add(BackendCtx *ctx, DevBuf y_, DevBuf x_, size_t n) {
-    float *y = F32(y_, n);
-    const float *x = F32(x_, n);
-    for (size_t i = 0; i < n; i++) y[i] += x[i];
+    WRITES(ctx);
+    ElemOp op = {.y = F32(y_, n), .a = F32(x_, n)};
+    parallel_range(ctx, n, ELEM_GRAIN, add_range, &op);
+}
+
+static void scale_range(const void *op_, size_t lo, size_t hi) {
+    const ElemOp *o = op_;
+    for (size_t i = lo; i < hi; i++) o->y[i] *= o->s;
 }
 
 static void cpu_scale(BackendCtx *ctx, DevBuf y_, float s, size_t n) {
-    float *y = F32(y_, n);
-    for (size_t i = 0; i < n; i++) y[i] *= s;
+    WRITES(ctx);
+    ElemOp op = {.y = F32(y_, n), .s = s};
+    parallel_range(ctx, n, ELEM_GRAIN, scale_range, &op);
 }
 
-/* In t order, in float: the sums the model computed before the port. */
+/* out[o] = Σ_t dy[t, o] over T rows of cols. */
+typedef struct {
+    float *out;
+    const float *dy;
+    int T, cols;
+} ColsumOp;
+
+/* In t order, in float: the sums the model computed before the port, per column whatever the split. */
+static void colsum_cols(const void *op_, size_t o0, size_t o1) {
+    const ColsumOp *op = op_;
+    for (size_t o = o0; o < o1; o++) op->out[o] = 0;
+    for (int t = 0; t < op->T; t++)
+        for (size_t o = o0; o < o1; o++) op->out[o] += op->dy[(size_t)t * op->cols + o];
+}
+
 static void cpu_colsum(BackendCtx *ctx, DevBuf out_, DevBuf dy_, int T, int cols) {
-    float *out = F32(out_, (size_t)cols);
-    const float *dy = F32(dy_, (size_t)T * cols);
-    memset(out, 0, (size_t)cols * sizeof(float));
-    for (int t = 0; t < T; t++)
-        for (int o = 0; o < cols; o++) out[o] += dy[(size_t)t * cols + o];
+    WRITES(ctx);
+    ColsumOp op = {F32(out_, (size_t)cols), F32(dy_, (size_t)T * cols), T, cols};
+    parallel_range(ctx, (size_t)cols, 64, colsum_cols, &op);
 }
 
 /* Row r of the n x d rows lies inside b. */
@@ -614,6 +979,7 @@ static void check_rows(DevBuf b, const int32_t *rows, int n, int d, const char *
 }
 
 static void cpu_gather_rows(BackendCtx *ctx, DevBuf dst, DevBuf src, const int32_t *rows, int n, int d) {
+    WRITES(ctx);
     checked(dst, (size_t)n * d, dst.dtype, "gather_rows", "dst");
     checked(src, 0, src.dtype, "gather_rows", "src");
     check_rows(src, rows, n, d, "gather_rows", "src");
@@ -624,6 +990,7 @@ static void cpu_gather_rows(BackendCtx *ctx, DevBuf dst, DevBuf src, const int32
 }
 
 static void cpu_scatter_rows(BackendCtx *ctx, DevBuf dst, DevBuf src, const int32_t *rows, int n, int d) {
+    WRITES(ctx);
     checked(src, (size_t)n * d, src.dtype, "scatter_rows", "src");
     checked(dst, 0, dst.dtype, "scatter_rows", "dst");
     check_rows(dst, rows, n, d, "scatter_rows", "dst");
@@ -635,21 +1002,71 @@ static void cpu_scatter_rows(BackendCtx *ctx, DevBuf dst, DevBuf src, const int3
 
 /* ---------------------------------------------------------------- losses */
 
+typedef struct {
+    float *dz;
+    LossSums *row_sums;
+    const float *z, *zt;
+    const int32_t *idx;
+    const float *val;
+    int V;
+    const LossChunkParams *p;
+    float dz_scale;
+} LossOp;
+
+/* Rows [r0, r1) as one loss_rows call, their sums into *row_sums. */
+static void loss_chunk_rows(const LossOp *op, size_t r0, size_t r1) {
+    size_t V = (size_t)op->V, K = op->p->K > 0 ? (size_t)op->p->K : 0;
+    float *dz = op->dz + r0 * V;
+    loss_rows(dz, op->row_sums, op->z + r0 * V, op->zt ? op->zt + r0 * V : NULL,
+              op->idx ? op->idx + r0 * K : NULL, op->val ? op->val + r0 * K : NULL, (int)(r1 - r0), op->V,
+              op->p);
+    if (op->dz_scale != 1.0f)
+        for (size_t j = 0; j < (r1 - r0) * V; j++) dz[j] *= op->dz_scale;
+}
+
+static void loss_each_row(const void *op_, size_t r0, size_t r1) {
+    const LossOp *op = op_;
+    for (size_t r = r0; r < r1; r++) {
+        LossOp one = *op;
+        one.row_sums = op->row_sums + r;
+        loss_chunk_rows(&one, r, r + 1);
+    }
+}
+
 static void cpu_loss_rows(BackendCtx *ctx, DevBuf dz_, LossSums *sums, DevBuf z_, DevBuf zt_, DevBuf idx_,
                           DevBuf val_, int C, int V, const LossChunkParams *p, float dz_scale) {
+    WRITES(ctx);
     size_t CV = (size_t)C * V, CK = (size_t)C * (p->K > 0 ? p->K : 0);
     int need_t = (p->kl && p->K <= 0) || p->mse > 0; /* full-vocabulary terms read the teacher's logits */
-    float *dz = F32(dz_, CV);
-    const float *z = F32(z_, CV), *zt = need_t || !devbuf_null(zt_) ? F32(zt_, need_t ? CV : 0) : NULL;
-    const int32_t *idx = p->K > 0 ? I32(idx_, CK) : NULL;
-    const float *val = p->K > 0 ? F32(val_, CK) : NULL;
-    loss_rows(dz, sums, z, zt, idx, val, C, V, p);
-    if (dz_scale != 1.0f)
-        for (size_t j = 0; j < CV; j++) dz[j] *= dz_scale;
+    LossOp op = {F32(dz_, CV),
+                 NULL,
+                 F32(z_, CV),
+                 need_t || !devbuf_null(zt_) ? F32(zt_, need_t ? CV : 0) : NULL,
+                 p->K > 0 ? I32(idx_, CK) : NULL,
+                 p->K > 0 ? F32(val_, CK) : NULL,
+                 V,
+                 p,
+                 dz_scale};
+    if (p->reduce) { /* a group's reductions (MPI): on this thread, all rows in one call */
+        op.row_sums = sums;
+        loss_chunk_rows(&op, 0, (size_t)C);
+        return;
+    }
+    /* Row by row, each row's sums apart, then added in row order: what one call over the C rows
+     * adds, in the same order, whatever the split. */
+    op.row_sums = dam_calloc((size_t)C + 1, sizeof(LossSums), "loss row sums");
+    parallel_range(ctx, (size_t)C, 1, loss_each_row, &op);
+    for (int r = 0; r < C; r++) {
+        sums->kl += op.row_sums[r].kl;
+        sums->mse += op.row_sums[r].mse;
+        sums->entropy += op.row_sums[r].entropy;
+    }
+    free(op.row_sums);
 }
 
 static void cpu_loss_topk(BackendCtx *ctx, DevBuf idx_, DevBuf val_, DevBuf zt_, int C, int V, int K,
                           int vocab_offset, const LossReduce *reduce) {
+    WRITES(ctx);
     size_t CK = (size_t)C * K;
     if (K < 1 || K > V) dam_fail("loss_topk: K = %d is outside [1, %d]", K, V);
     loss_topk_sharded(I32(idx_, CK), F32(val_, CK), F32(zt_, (size_t)C * V), C, V, K, vocab_offset, reduce);
@@ -660,12 +1077,14 @@ static void cpu_loss_topk(BackendCtx *ctx, DevBuf idx_, DevBuf val_, DevBuf zt_,
  * that a run's coefficients do not change with it. */
 
 static void cpu_coef_nonlin(BackendCtx *ctx, DevBuf fc_, DevBuf c_, size_t n, Nonlinearity f) {
+    WRITES(ctx);
     float *fc = F32(fc_, n);
     const float *c = F32(c_, n);
     for (size_t j = 0; j < n; j++) fc[j] = dam_nonlin(f, c[j]);
 }
 
 static void cpu_coef_nonlin_grad(BackendCtx *ctx, DevBuf g_, DevBuf c_, size_t n, Nonlinearity f) {
+    WRITES(ctx);
     float *g = F32(g_, n);
     const float *c = F32(c_, n);
     for (size_t j = 0; j < n; j++) g[j] = g[j] * dam_nonlin_grad(f, c[j]);
@@ -690,6 +1109,7 @@ static void cpu_coef_gram(BackendCtx *ctx, double *G, DevBuf c_, int n_src, int 
 }
 
 static void cpu_coef_mix_grad(BackendCtx *ctx, DevBuf g_, DevBuf c_, const double *A, int n_src, int dim) {
+    WRITES(ctx);
     float *g = F32(g_, (size_t)n_src * dim);
     const float *c = F32(c_, (size_t)n_src * dim);
     for (int i = 0; i < n_src; i++)
@@ -701,6 +1121,7 @@ static void cpu_coef_mix_grad(BackendCtx *ctx, DevBuf g_, DevBuf c_, const doubl
 }
 
 static double cpu_coef_l1(BackendCtx *ctx, DevBuf g_, DevBuf c_, size_t n, double lambda) {
+    WRITES(ctx);
     float *g = F32(g_, n);
     const float *c = F32(c_, n);
     double s = 0;
@@ -713,6 +1134,7 @@ static double cpu_coef_l1(BackendCtx *ctx, DevBuf g_, DevBuf c_, size_t n, doubl
 
 /* At a tie each side gets half, as torch.minimum's gradient does. */
 static double cpu_coef_overlap(BackendCtx *ctx, DevBuf g_, DevBuf c_, int n, int dim, double w) {
+    WRITES(ctx);
     float *g = F32(g_, (size_t)n * dim);
     const float *c = F32(c_, (size_t)n * dim);
     double s = 0;
@@ -795,6 +1217,7 @@ static float cpu_mofo_threshold(BackendCtx *ctx, DevBuf m_, size_t n, float alph
  * weight decay inside the learning rate's factor, as optim_step did it. */
 static void cpu_adamw(BackendCtx *ctx, DevBuf c_, DevBuf g_, DevBuf m_, DevBuf v_, size_t n,
                       const AdamParams *p) {
+    WRITES(ctx);
     float *c = F32(c_, n), *m = F32(m_, n), *v = F32(v_, n);
     const float *g = F32(g_, n);
     if (p->bf16.mode != ADAM_F32) { /* bf16 coefficients: torch's ops, each rounded (adam_bf16.h) */
@@ -843,6 +1266,7 @@ static const Backend cpu_backend = {
     .matmul_xwt = cpu_matmul_xwt,
     .matmul_dyw = cpu_matmul_dyw,
     .matmul_dytx = cpu_matmul_dytx,
+    .set_gemm_inputs = cpu_set_gemm_inputs,
     .dam_materialize = cpu_dam_materialize,
     .dam_coef_grad = cpu_dam_coef_grad,
     .dam_embed_gather = cpu_dam_embed_gather,

@@ -273,7 +273,8 @@ static void parse_train(DamConfig *c, const cJSON *root) {
 static void parse_rest(DamConfig *c, const cJSON *root) {
     const char *f = c->file;
     const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, "parallel");
-    static const char *const pk[] = {"dp", "pp", "tp", "device", "transport", "keep_activations", NULL};
+    static const char *const pk[] = {"dp",         "pp", "tp", "device", "transport", "keep_activations",
+                                     "cpu_matmul", NULL};
     check_keys(p, f, "parallel", pk);
     json_set_section("parallel");
     c->dp = json_opt_int(p, "dp", 1), c->pp = json_opt_int(p, "pp", 0), c->tp = json_opt_int(p, "tp", 1);
@@ -281,6 +282,8 @@ static void parse_rest(DamConfig *c, const cJSON *root) {
     c->device = pick(f, "parallel.device", json_opt_string(p, "device", "cpu"), dev) ? "cuda" : "cpu";
     /* (DamTransport's values are the names' indices) */
     c->transport = (DamTransport)pick(f, "parallel.transport", json_opt_string(p, "transport", "auto"), tr);
+    static const char *const mm[] = {"fp32", "bf16", NULL};
+    c->cpu_matmul_bf16 = pick(f, "parallel.cpu_matmul", json_opt_string(p, "cpu_matmul", "fp32"), mm);
     const char *keep = json_opt_string(p, "keep_activations", "256MB");
     c->keep_activations = !strcmp(keep, "0") ? 0 : config_parse_size(keep);
     if (!c->keep_activations && strcmp(keep, "0"))

@@ -87,6 +87,8 @@ typedef struct {
     /* bytes this rank may spend keeping every layer's activations of the merged forward for the
      * backward (no recompute) when they fit; 0: always recompute */
     size_t keep_activations;
+    /* parallel.cpu_matmul "bf16": the CPU backend's GEMM inputs rounded to bf16 (fp32 accumulation) */
+    int cpu_matmul_bf16;
     /* checkpoint */
     char *ckpt_dir;
     int ckpt_every, ckpt_keep;

@@ -6,6 +6,7 @@
 set -euo pipefail
 pkgs=(build-essential pkg-config libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools
       libcjson-dev libopenblas-dev libpcre2-dev libutf8proc-dev libcmocka-dev
+      libdnnl-dev        # optional (oneDNN): bf16 GEMMs on AVX512-BF16 CPUs, parallel.cpu_matmul "bf16"
       slurm-wlm munge    # the one-node Slurm of slurm/local.sh (tests/cli_slurm.sh)
       gnuplot-nox jq)    # make experiment: its plots and its table from eval's JSON
 if ! command -v dpkg-query >/dev/null 2>&1; then
