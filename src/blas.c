@@ -54,16 +54,32 @@ static const char *openblas_str(const char *sym) {
     return f ? f() : NULL;
 }
 
+/* The idle-thread variables the user left unset, set now; 1 when any was (once: the marker). */
+static int set_thread_env(void) {
+    static const char *const env[][2] = {{BLAS_THREAD_TIMEOUT_ENV, BLAS_THREAD_TIMEOUT},
+                                         {BLAS_OMP_WAIT_ENV, BLAS_OMP_WAIT}};
+    const char *marker = getenv(BLAS_ENV_MARKER);
+    if (marker && *marker) return 0;
+    int set = 0;
+    for (size_t i = 0; i < sizeof env / sizeof *env; i++)
+        if (!getenv(env[i][0]) && setenv(env[i][0], env[i][1], 1) == 0) set = 1;
+    return set && setenv(BLAS_ENV_MARKER, "1", 1) == 0;
+}
+
 void blas_fix_kernel(char **argv) {
+    if (!argv || !argv[0]) return;
     const char *want =
         blas_reexec_coretype(openblas_str("openblas_get_corename"), openblas_str("openblas_get_config"),
                              cpu_has_avx2_fma(), getenv("OPENBLAS_CORETYPE"), getenv(BLAS_REEXEC_ENV));
-    if (!want || !argv || !argv[0]) return;
     const char *was = openblas_str("openblas_get_corename");
-    if (setenv(BLAS_REEXEC_ENV, was, 1) != 0 || setenv("OPENBLAS_CORETYPE", want, 1) != 0) return;
+    if (want && (setenv(BLAS_REEXEC_ENV, was, 1) != 0 || setenv("OPENBLAS_CORETYPE", want, 1) != 0))
+        want = NULL;
+    int env_set = set_thread_env();
+    if (!want && !env_set) return;
     fflush(NULL);
     execv("/proc/self/exe", argv); /* returns only on failure */
     int err = errno;
+    if (!want) return;
     unsetenv("OPENBLAS_CORETYPE");
     unsetenv(BLAS_REEXEC_ENV);
     fprintf(stderr,
@@ -103,6 +119,13 @@ const char *blas_describe(void) {
         snprintf(note, sizeof note, " (a generic kernel on this AVX2+FMA CPU: slow%s)",
                  config && strstr(config, "DYNAMIC_ARCH") ? ""
                                                           : "; this OpenBLAS has no other kernel built in");
+    const char *timeout = getenv(BLAS_THREAD_TIMEOUT_ENV), *ours = getenv(BLAS_ENV_MARKER);
+    if (threads > 1 && timeout) {
+        size_t used = strlen(note);
+        snprintf(note + used, sizeof note - used, " (idle threads: %s=%s, %s)", BLAS_THREAD_TIMEOUT_ENV,
+                 timeout,
+                 ours && *ours && !strcmp(timeout, BLAS_THREAD_TIMEOUT) ? "set by dam_dist" : "the user's");
+    }
     if (threads > 0)
         snprintf(line, sizeof line, "BLAS: %s, kernel %s, %d thread%s%s", name, core, threads,
                  threads == 1 ? "" : "s", note);

@@ -26,10 +26,23 @@ const char *blas_reexec_coretype(const char *corename, const char *config, int c
 /* Is corename a kernel for CPUs without AVX2 and FMA (Prescott, Core2, Nehalem, Sandybridge, ...)? */
 int blas_core_is_generic(const char *corename);
 
+/* Set in the re-executed process when dam_dist set the idle-thread variables below. */
+#define BLAS_ENV_MARKER "DAM_THREAD_ENV"
+/* Variables the libraries read once, when they load, that dam_dist sets where the user has not:
+ * OpenBLAS's idle threads spin for 2^28 cycles after every call (its default THREAD_TIMEOUT), and
+ * an OpenMP runtime's (oneDNN's, parallel.cpu_matmul bf16) as its wait policy says, on the very
+ * cores the CPU backend's thread pool works on next (measured: 15 % of a step at the SmolLM2 shape,
+ * bench/RESULTS.md). 4 is OpenBLAS's smallest timeout: its threads sleep almost at once. */
+#define BLAS_THREAD_TIMEOUT_ENV "OPENBLAS_THREAD_TIMEOUT"
+#define BLAS_THREAD_TIMEOUT "4"
+#define BLAS_OMP_WAIT_ENV "OMP_WAIT_POLICY"
+#define BLAS_OMP_WAIT "PASSIVE"
+
 /* Call first in main, before MPI_Init (and before any thread starts): re-executes /proc/self/exe
- * with the same arguments and OPENBLAS_CORETYPE=Haswell when blas_reexec_coretype says so, which
- * keeps the process id, so it works under mpirun and srun. Returns when no re-execution is needed,
- * or when it failed (a note on stderr). */
+ * with the same arguments, OPENBLAS_CORETYPE=Haswell when blas_reexec_coretype says so, and the
+ * idle-thread variables above where they are unset, which keeps the process id, so it works under
+ * mpirun and srun. Returns when no re-execution is needed, or when it failed (a note on stderr for
+ * the kernel; the idle threads then only cost time). */
 void blas_fix_kernel(char **argv);
 
 /* One line naming the BLAS and the kernel it runs, e.g. "BLAS: OpenBLAS 0.3.21, kernel Haswell,

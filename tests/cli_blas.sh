@@ -42,6 +42,17 @@ if ! grep -q 'not OpenBLAS' <<<"$first"; then
   cat "$T/run2.log" "$T/run2.err" | grep -q 're-execut' && bad "re-executed despite the user's OPENBLAS_CORETYPE" || ok "no re-execution"
 fi
 
+# 2b. idle BLAS threads sleep: dam_dist sets OPENBLAS_THREAD_TIMEOUT (and OMP_WAIT_POLICY) where the
+#     user has not, by re-executing itself once (the libraries read them only when they load)
+if ! grep -q 'not OpenBLAS' <<<"$first"; then
+  line=$(env -u OPENBLAS_THREAD_TIMEOUT -u OMP_WAIT_POLICY OPENBLAS_NUM_THREADS=2 timeout 60 $BIN --config "$T/tiny/config.json" --out "$T/run2b" --max-steps 1 2>&1 | head -1)
+  grep -q '(idle threads: OPENBLAS_THREAD_TIMEOUT=4, set by dam_dist)' <<<"$line" && ok "thread timeout set: $line" \
+    || bad "no thread timeout set: '$line'"
+  line=$(OPENBLAS_THREAD_TIMEOUT=20 OPENBLAS_NUM_THREADS=2 timeout 60 $BIN --config "$T/tiny/config.json" --out "$T/run2c" --max-steps 1 2>&1 | head -1)
+  grep -q '(idle threads: OPENBLAS_THREAD_TIMEOUT=20, the user.s)' <<<"$line" && ok "the user's thread timeout kept: $line" \
+    || bad "the user's OPENBLAS_THREAD_TIMEOUT=20: '$line'"
+fi
+
 # 3. one line from rank 0 under mpirun
 if command -v mpirun >/dev/null; then
   mpirun --oversubscribe -n 2 $BIN --config "$T/tiny/config.json" --out "$T/run3" --max-steps 1 > "$T/run3.log" 2> "$T/run3.err"
