@@ -170,10 +170,11 @@ static void evaluate(Finetune *f, const char *path, EvalResult *res) {
                 if (!target[i]) continue;
                 const float *z = logits + i * V;
                 int best = 0, y = ids[i + 1];
-                double mx = z[0], se = 0;
+                double mx = z[0], se = 1; /* the largest logit's own term, exp(0) */
                 for (int v = 1; v < V; v++)
                     if (z[v] > z[best]) best = v, mx = z[v];
-                for (int v = 0; v < V; v++) se += exp(z[v] - mx);
+                for (int v = 0; v < V; v++)
+                    if (v != best) se += exp(z[v] - mx);
                 res->ce += mx + log(se) - z[y], res->n_tokens++;
                 answered = 1, right &= best == y;
             }
@@ -299,6 +300,8 @@ static char *settings_json(const FinetuneArgs *a) {
 /* The training files, opened and checked: one sequence length, ids inside the vocabulary. */
 static int64_t open_data(DamDataset *d, const FinetuneArgs *a, int V, int *T) {
     int64_t rows = 0;
+    *T = 0;
+    if (a->n_data < 1) return 0;
     for (int i = 0; i < a->n_data; i++) {
         dataset_open(&d[i], a->data[i]);
         dataset_check_ids(&d[i], V);
