@@ -21,29 +21,13 @@
 #include "backend.h"
 #include "devcomm.h"
 #include "pipeline.h"
+#include "test_dev.h"
 #include "test_util.h"
 
 /* ---------------------------------------------------------------- helpers */
 
-typedef struct {
-    const Backend *be;
-    BackendCtx *ctx;
-} Dev;
-
 static Dev dev_new(const Backend *be) { return (Dev){be, be->ctx_new(0)}; }
 static void dev_free(Dev *d) { d->be->ctx_free(d->ctx); }
-
-static float *randv(dam_rng *r, size_t n, float scale) {
-    float *x = malloc((n ? n : 1) * sizeof(float));
-    for (size_t i = 0; i < n; i++) x[i] = scale * dam_rng_normal(r);
-    return x;
-}
-
-static DevBuf up(Dev *d, const float *h, size_t n) {
-    DevBuf b = d->be->alloc(d->ctx, n, DAM_F32, "test");
-    d->be->upload(d->ctx, b, h, DAM_F32, n);
-    return b;
-}
 
 static DevBuf up_i32(Dev *d, const int32_t *h, size_t n) {
     DevBuf b = d->be->alloc(d->ctx, n, DAM_I32, "test");

@@ -210,6 +210,13 @@ static void test_wrong_sources_refused(void **s) {
 
 /* A checkpoint recorded before a setting existed resumes as unchanged when this run has the value
  * that reproduces the old behaviour, and as changed when it has another; real changes still count. */
+/* config_diff finds a change between two recorded settings, and its message names it. */
+static void expect_changed(const char *old, const char *now, const char *named) {
+    char out[1024];
+    assert_int_equal(config_diff(old, now, out, sizeof out), 1);
+    assert_non_null(strstr(out, named));
+}
+
 static void test_config_diff_across_versions(void **s) {
     (void)s;
     char out[1024];
@@ -224,18 +231,14 @@ static void test_config_diff_across_versions(void **s) {
     assert_int_equal(config_diff(old, same, out, sizeof out), 0);
     const char *wov = "{\"merge\":{\"nonlinearity\":\"none\"},\"train\":{\"lr\":0.001},"
                       "\"loss\":{\"weighted_overlap\":0.01}}";
-    assert_int_equal(config_diff(old, wov, out, sizeof out), 1);
-    assert_non_null(strstr(out, "loss.weighted_overlap (absent -> 0.01)"));
+    expect_changed(old, wov, "loss.weighted_overlap (absent -> 0.01)");
     const char *other = "{\"merge\":{\"nonlinearity\":\"none\"},\"train\":{\"lr\":0.001,\"shuffle\":true}}";
-    assert_int_equal(config_diff(old, other, out, sizeof out), 1);
-    assert_non_null(strstr(out, "train.shuffle (absent -> true)"));
+    expect_changed(old, other, "train.shuffle (absent -> true)");
     const char *bf16 =
         "{\"merge\":{\"nonlinearity\":\"none\",\"coef_dtype\":\"bfloat16\"},\"train\":{\"lr\":0.001}}";
-    assert_int_equal(config_diff(old, bf16, out, sizeof out), 1);
-    assert_non_null(strstr(out, "merge.coef_dtype (absent -> \"bfloat16\")"));
+    expect_changed(old, bf16, "merge.coef_dtype (absent -> \"bfloat16\")");
     const char *lr = "{\"merge\":{\"nonlinearity\":\"none\"},\"train\":{\"lr\":0.002}}";
-    assert_int_equal(config_diff(old, lr, out, sizeof out), 1);
-    assert_non_null(strstr(out, "train.lr (0.001 -> 0.002)"));
+    expect_changed(old, lr, "train.lr (0.001 -> 0.002)");
     const char *preset =
         "{\"preset\":\"arcee\",\"merge\":{\"nonlinearity\":\"none\"},\"train\":{\"lr\":0.001}}";
     assert_int_equal(config_diff(old, preset, out, sizeof out), 1);

@@ -27,6 +27,7 @@
 
 #include "backend.h"
 #include "threadpool.h"
+#include "test_dev.h"
 #include "test_util.h"
 
 /* ---------------------------------------------------------------- the pool */
@@ -81,11 +82,6 @@ static void test_pool_split_tiles(void **state) {
 
 /* ---------------------------------------------------------------- devices */
 
-typedef struct {
-    const Backend *be;
-    BackendCtx *ctx;
-} Dev;
-
 /* A CPU context with `threads` threads (DAM_CPU_THREADS is read when a context is made). */
 static Dev dev_threads(int threads) {
     char v[16];
@@ -94,18 +90,6 @@ static Dev dev_threads(int threads) {
     Dev d = {backend_cpu(), backend_cpu()->ctx_new(0)};
     unsetenv("DAM_CPU_THREADS");
     return d;
-}
-
-static float *randv(dam_rng *r, size_t n, float scale) {
-    float *x = malloc((n ? n : 1) * sizeof(float));
-    for (size_t i = 0; i < n; i++) x[i] = scale * dam_rng_normal(r);
-    return x;
-}
-
-static DevBuf up(Dev *d, const float *h, size_t n) {
-    DevBuf b = d->be->alloc(d->ctx, n, DAM_F32, "test");
-    d->be->upload(d->ctx, b, h, DAM_F32, n);
-    return b;
 }
 
 static float *down(Dev *d, DevBuf b, size_t n) {
