@@ -390,7 +390,7 @@ int cmd_finetune(int argc, char **argv) {
         evaluate(&f, a.eval[i], &e);
         print_eval(a.eval[i], &e);
     }
-    if (a.out) { /* last: writing releases the weights' pages */
+    if (a.out) {
         OutputReport rep = {.steps = a.steps, .total_steps = a.steps, .wall_s = wall, .loss = loss};
         output_write(&f.m, &cfg, &rep);
         printf("finetune: wrote %s (%d steps, %.1f s)\n", a.out, a.steps, wall);

@@ -345,6 +345,9 @@ float *dam_model_coef_host(const DamModel *m, DamCoefBlock which) {
 }
 
 void dam_model_release(const DamModel *m, const DamTensor *t) {
+    /* weights under fine-tuning (wgrad set) live in writable memory, not in a file mapping: their
+     * pages cannot be read back, so they stay */
+    if (t->wgrad.ptr) return;
     for (int i = 0; i < m->n_rows; i++) m->be->release_source(m->ctx, &t->src[i], t->rows, t->cols);
 }
 

@@ -215,7 +215,8 @@ void dam_model_eval(DamModel *m, RunState *rs, int k, const int32_t *ids, const 
                     LossTerms *out);
 
 /* Drop the resident pages of t's source tensors (they are mapped read-only from the files, so
- * the kernel reads them again if needed): keeps RSS to what is being worked on. */
+ * the kernel reads them again if needed): keeps RSS to what is being worked on. Weights under
+ * fine-tuning (t->wgrad set) are kept. */
 void dam_model_release(const DamModel *m, const DamTensor *t);
 
 /* Materialize one merged tensor (rows*cols, in out's dtype) into the device buffer out; src >= 0:
