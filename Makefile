@@ -43,6 +43,9 @@ LDLIBS    := $(HDF5_LIBS) $(CJSON_LIBS) $(BLAS_LIBS) $(LAPACK_LIBS) $(PCRE2_LIBS
 ifeq ($(DNNL),1)
   CFLAGS  += -DDAM_WITH_DNNL $(if $(filter-out /usr/include,$(DNNL_INC)),-I$(DNNL_INC))
   LDLIBS  += $(DNNL_LIBS)
+  # the CPU backend's thread pool runs on oneDNN's OpenMP threads under bf16 GEMMs (threadpool.c)
+  CFLAGS  += -fopenmp
+  LDLIBS  += -fopenmp
 endif
 
 NVCC      := $(shell command -v nvcc 2>/dev/null || { test -x $(CUDA_HOME)/bin/nvcc && echo $(CUDA_HOME)/bin/nvcc; })

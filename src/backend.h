@@ -141,6 +141,10 @@ typedef struct Backend {
      * inputs rounded to bf16, products accumulated in fp32 (CPU: oneDNN on AVX512-BF16/AMX; fails
      * when built without it). NULL on a backend with one precision (CUDA: bf16 always). */
     void (*set_gemm_inputs)(BackendCtx *ctx, dam_dtype dtype);
+    /* The dtype the driver materializes GEMM weights in (the merged and teacher linear weights and
+     * lm_head): BF16 when the GEMMs round their inputs to bf16 anyway (the merge then writes the
+     * operand once, in half the bytes), else F32. NULL: act_dtype. */
+    dam_dtype (*weight_dtype)(BackendCtx *ctx);
 
     /* ---- DAM */
     /* merged[r, j] = Σ_i fc[i*cols + j] · W_i[r, j] for r < rows (a norm is rows = 1); with

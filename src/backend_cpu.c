@@ -261,9 +261,11 @@ static void cpu_set_gemm_inputs(BackendCtx *ctx, dam_dtype dtype) {
             "(use \"fp32\")");
 #endif
     ctx->gemm_inputs = dtype;
-    /* oneDNN runs its GEMMs on OpenMP threads: as many as the pool has, unless the user said */
+    /* oneDNN runs its GEMMs on OpenMP threads: as many as the pool has, unless the user said; and
+     * the pool's own ops run on those same threads */
     void (*omp_threads)(int) = (void (*)(int))dlsym(RTLD_DEFAULT, "omp_set_num_threads");
     if (dtype == DAM_BF16 && omp_threads && !getenv("OMP_NUM_THREADS")) omp_threads(pool_threads(ctx->pool));
+    if (dtype == DAM_BF16) pool_use_openmp(ctx->pool);
 }
 
 #ifdef DAM_WITH_DNNL
@@ -272,9 +274,13 @@ typedef struct {
     const float *src;
 } RoundOp;
 
+/* (The ops' pointers are copied into restrict locals: a store through a struct's pointer could
+ * alias the struct under -fno-strict-aliasing, which kept these loops scalar.) */
 static void round_range(const void *op, size_t lo, size_t hi) {
     const RoundOp *o = op;
-    for (size_t i = lo; i < hi; i++) o->dst[i] = dam_f32_to_bf16(o->src[i]);
+    uint16_t *restrict dst = o->dst;
+    const float *restrict src = o->src;
+    for (size_t i = lo; i < hi; i++) dst[i] = dam_f32_to_bf16(src[i]);
 }
 
 /* n fp32 values rounded to bf16 into c (grown as needed), on the pool's threads. */
@@ -310,18 +316,28 @@ static void gemm_wrote(BackendCtx *ctx, const float *out, size_t n) {
     }
 }
 
-/* C[M,N] = op(A)·op(B) (+ C when acc), row-major; A spans sa elements, B sb. */
-static void gemm(BackendCtx *ctx, int ta, int tb, int M, int N, int K, const float *A, int lda, size_t sa,
-                 const float *B, int ldb, size_t sb, int acc, float *C, int ldc) {
+#ifdef DAM_WITH_DNNL
+/* A bf16 GEMM operand of n elements: a BF16 buffer as it is (weights the merge wrote in bf16), an
+ * F32 one through its rounded copy. */
+static const uint16_t *bf16_operand(BackendCtx *ctx, DevBuf b, size_t n) {
+    if (b.dtype == DAM_BF16) return checked(b, n, DAM_BF16, "bf16 GEMM", "operand");
+    return bf16_copy(ctx, checked(b, n, DAM_F32, "bf16 GEMM", "operand"), n);
+}
+#endif
+
+/* C[M,N] = op(A)·op(B) (+ C when acc), row-major; A spans sa elements, B sb. The operands are F32,
+ * or (bf16 GEMM inputs) F32 or BF16. */
+static void gemm(BackendCtx *ctx, int ta, int tb, int M, int N, int K, DevBuf A_, int lda, size_t sa,
+                 DevBuf B_, int ldb, size_t sb, int acc, float *C, int ldc) {
     float beta = acc ? 1.0f : 0.0f;
     if (ctx->gemm_inputs == DAM_F32) {
         cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K,
-                    1.0f, A, lda, B, ldb, beta, C, ldc);
+                    1.0f, F32(A_, sa), lda, F32(B_, sb), ldb, beta, C, ldc);
         gemm_wrote(ctx, C, (size_t)M * ldc);
         return;
     }
 #ifdef DAM_WITH_DNNL
-    const uint16_t *a = bf16_copy(ctx, A, sa), *b = bf16_copy(ctx, B, sb);
+    const uint16_t *a = bf16_operand(ctx, A_, sa), *b = bf16_operand(ctx, B_, sb);
     dnnl_status_t st =
         dnnl_gemm_bf16bf16f32(ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K, 1.0f, a, lda, b, ldb, beta, C, ldc);
     if (st != dnnl_success)
@@ -334,20 +350,30 @@ static void gemm(BackendCtx *ctx, int ta, int tb, int M, int N, int K, const flo
 #endif
 }
 
+/* A GEMM input of n elements, checked under the op's and argument's names: F32, or BF16 when the
+ * GEMMs take bf16 inputs. */
+static DevBuf gemm_input(const BackendCtx *ctx, DevBuf b, size_t n, const char *op, const char *arg) {
+    checked(b, n, b.dtype == DAM_BF16 && ctx->gemm_inputs == DAM_BF16 ? DAM_BF16 : DAM_F32, op, arg);
+    return b;
+}
+#define GEMM_IN(b, n) gemm_input(ctx, (b), (n), __func__, #b)
+
 static void cpu_matmul_xwt(BackendCtx *ctx, DevBuf y, DevBuf x, DevBuf w, int T, int in, int out, int acc) {
     size_t Ti = (size_t)T * in, To = (size_t)T * out, io = (size_t)in * out;
-    gemm(ctx, 0, 1, T, out, in, F32(x, Ti), in, Ti, F32(w, io), in, io, acc, F32(y, To), out);
+    gemm(ctx, 0, 1, T, out, in, GEMM_IN(x, Ti), in, Ti, GEMM_IN(w, io), in, io, acc, F32(y, To), out);
 }
 
 static void cpu_matmul_dyw(BackendCtx *ctx, DevBuf dx, DevBuf dy, DevBuf w, int T, int in, int out, int acc) {
     size_t Ti = (size_t)T * in, To = (size_t)T * out, io = (size_t)in * out;
-    gemm(ctx, 0, 0, T, in, out, F32(dy, To), out, To, F32(w, io), in, io, acc, F32(dx, Ti), in);
+    gemm(ctx, 0, 0, T, in, out, GEMM_IN(dy, To), out, To, GEMM_IN(w, io), in, io, acc, F32(dx, Ti), in);
 }
 
 static void cpu_matmul_dytx(BackendCtx *ctx, DevBuf g, DevBuf dy, DevBuf x, int T, int in, int out, int acc) {
     size_t Ti = (size_t)T * in, To = (size_t)T * out, io = (size_t)in * out;
-    gemm(ctx, 1, 0, out, in, T, F32(dy, To), out, To, F32(x, Ti), in, Ti, acc, F32(g, io), in);
+    gemm(ctx, 1, 0, out, in, T, GEMM_IN(dy, To), out, To, GEMM_IN(x, Ti), in, Ti, acc, F32(g, io), in);
 }
+
+static dam_dtype cpu_weight_dtype(BackendCtx *ctx) { return ctx->gemm_inputs; }
 
 /* ---------------------------------------------------------------- DAM */
 
@@ -385,75 +411,115 @@ static inline void load_row(float *buf, const SrcWeight *s, size_t r, size_t col
 /* A DAM op over a tensor's rows or columns, split into parts (each row and column is computed the
  * same way in any split). */
 typedef struct {
-    float *out;
+    void *out; /* F32, or BF16 (out_bf16: materialize into bf16 GEMM weights) */
     double *sums;
     const float *in; /* fc (materialize) or G (coefficient gradient) */
     const SrcWeight *src;
-    int n_src, scalar_coef, parts;
+    int n_src, scalar_coef, parts, out_bf16;
     size_t rows, cols;
 } DamJob;
 
+/* Row r of the merged tensor into m (fp32); row: a scratch row. */
+static void materialize_row(const DamJob *job, size_t r, float *m, float *row) {
+    size_t cols = job->cols;
+    const float *fc = job->in;
+    for (int i = 0; i < job->n_src; i++) {
+        load_row(row, &job->src[i], r, cols);
+        if (job->scalar_coef) {
+            float a = fc[i];
+            if (i == 0)
+                for (size_t j = 0; j < cols; j++) m[j] = a * row[j];
+            else
+                for (size_t j = 0; j < cols; j++) m[j] += a * row[j];
+        } else {
+            const float *a = fc + (size_t)i * cols;
+            if (i == 0)
+                for (size_t j = 0; j < cols; j++) m[j] = a[j] * row[j];
+            else
+                for (size_t j = 0; j < cols; j++) m[j] += a[j] * row[j];
+        }
+    }
+}
+
+/* bf16 output: each fp32 merged row rounded once (as the bf16 GEMM would round an fp32 weight). */
 static void materialize_part(void *arg, int part, int thread) {
     const DamJob *job = arg;
     size_t r0, r1, cols = job->cols;
     pool_split(job->rows, job->parts, part, &r0, &r1);
-    float *merged = job->out, *row = dam_malloc(cols * sizeof(float) + 1, "materialize row");
-    const float *fc = job->in;
-    int n_src = job->n_src, scalar_coef = job->scalar_coef;
-    const SrcWeight *src = job->src;
+    float *row = dam_malloc(2 * cols * sizeof(float) + 1, "materialize row"), *tmp = row + cols;
     for (size_t r = r0; r < r1; r++) {
-        float *m = merged + r * cols;
-        for (int i = 0; i < n_src; i++) {
-            load_row(row, &src[i], r, cols);
-            if (scalar_coef) {
-                float a = fc[i];
-                if (i == 0)
-                    for (size_t j = 0; j < cols; j++) m[j] = a * row[j];
-                else
-                    for (size_t j = 0; j < cols; j++) m[j] += a * row[j];
-            } else {
-                const float *a = fc + (size_t)i * cols;
-                if (i == 0)
-                    for (size_t j = 0; j < cols; j++) m[j] = a[j] * row[j];
-                else
-                    for (size_t j = 0; j < cols; j++) m[j] += a[j] * row[j];
-            }
+        if (!job->out_bf16) {
+            materialize_row(job, r, (float *)job->out + r * cols, row);
+            continue;
         }
+        materialize_row(job, r, tmp, row);
+        uint16_t *o = (uint16_t *)job->out + r * cols;
+        for (size_t j = 0; j < cols; j++) o[j] = dam_f32_to_bf16(tmp[j]);
     }
     free(row);
+}
+
+/* A bf16 tensor copied as stored: a teacher's weight (one bf16 source, coefficient 1) in bf16. */
+static int materialize_is_copy(const DamJob *job) {
+    const SrcWeight *s = job->src;
+    return job->out_bf16 && job->n_src == 1 && job->scalar_coef && job->in[0] == 1.0f &&
+           s->w.dtype == DAM_BF16 && (!s->ld || s->ld == job->cols);
 }
 
 static void cpu_dam_materialize(BackendCtx *ctx, DevBuf merged_, const SrcWeight *src, int n_src, DevBuf fc_,
                                 size_t rows, size_t cols, int scalar_coef) {
     WRITES(ctx);
-    DamJob job = {F32(merged_, rows * cols),
+    int bf16 = merged_.dtype == DAM_BF16;
+    DamJob job = {bf16 ? checked(merged_, rows * cols, DAM_BF16, "dam_materialize", "merged")
+                       : (void *)F32(merged_, rows * cols),
                   NULL,
                   F32(fc_, scalar_coef ? (size_t)n_src : (size_t)n_src * cols),
                   src,
                   n_src,
                   scalar_coef,
                   parts_for(ctx, rows * cols, 1 << 14),
+                  bf16,
                   rows,
                   cols};
     check_sources(src, n_src, rows, cols, "dam_materialize");
+    if (materialize_is_copy(&job)) {
+        memcpy(job.out, src->w.ptr, rows * cols * sizeof(uint16_t));
+        return;
+    }
     if ((size_t)job.parts > rows) job.parts = rows ? (int)rows : 1;
     pool_run(ctx->pool, job.parts, materialize_part, &job);
 }
 
-/* Per-source column sums in double over columns [j0, j1) of the part: the sum runs over `rows`
- * terms (up to the vocabulary), in row order whatever the split. */
+/* The coefficient gradient sums over a tensor's rows in fixed blocks of rows (their number depends
+ * on the shape alone, so any thread count gives the same bits): each block's per-source column sums
+ * in double, in row order, then the blocks' sums in block order. Rows, not columns, are split so
+ * that every pass reads whole rows of G and of the sources (the stride-free walk the prefetcher
+ * follows; a column split read 72-float pieces of each row). */
+enum { COEF_BLOCK_ROWS = 64, COEF_MAX_BLOCKS = 64, COEF_PARTIAL_BUDGET = 1 << 21 /* doubles */ };
+
+static int coef_grad_blocks(size_t rows, size_t cols, int n_src) {
+    size_t nb = rows / COEF_BLOCK_ROWS, cap = COEF_PARTIAL_BUDGET / ((size_t)n_src * cols + 1);
+    if (nb > COEF_MAX_BLOCKS) nb = COEF_MAX_BLOCKS;
+    if (nb > cap) nb = cap;
+    return nb > 1 ? (int)nb : 1;
+}
+
+/* acc[j] += Σ w[j]·g[j] in double (restrict: the loop vectorizes). */
+static void coef_grad_row(double *restrict acc, const float *restrict w, const float *restrict g, size_t n) {
+    for (size_t j = 0; j < n; j++) acc[j] += (double)(w[j] * g[j]);
+}
+
 static void coef_grad_part(void *arg, int part, int thread) {
     const DamJob *job = arg;
-    size_t j0, j1, cols = job->cols;
-    pool_split(cols, job->parts, part, &j0, &j1);
-    float *row = dam_malloc((j1 - j0) * sizeof(float) + 1, "coefficient gradient row");
-    for (int i = 0; i < job->n_src; i++) {
-        double *sum = job->sums + (size_t)i * cols;
-        for (size_t j = j0; j < j1; j++) sum[j] = 0;
-        for (size_t r = 0; r < job->rows; r++) {
-            load_cols(row, &job->src[i], r, cols, j0, j1 - j0);
-            const float *gr = job->in + r * cols;
-            for (size_t j = j0; j < j1; j++) sum[j] += (double)(row[j - j0] * gr[j]);
+    size_t r0, r1, cols = job->cols;
+    pool_split(job->rows, job->parts, part, &r0, &r1);
+    double *sums = job->sums + (size_t)part * job->n_src * cols;
+    float *row = dam_malloc(cols * sizeof(float) + 1, "coefficient gradient row");
+    for (size_t r = r0; r < r1; r++) {
+        const float *gr = job->in + r * cols;
+        for (int i = 0; i < job->n_src; i++) {
+            load_row(row, &job->src[i], r, cols);
+            coef_grad_row(sums + (size_t)i * cols, row, gr, cols);
         }
     }
     free(row);
@@ -464,18 +530,13 @@ static void cpu_dam_coef_grad(BackendCtx *ctx, DevBuf acc_, const SrcWeight *src
     WRITES(ctx);
     float *acc = F32(acc_, scalar_coef ? (size_t)n_src : (size_t)n_src * cols);
     check_sources(src, n_src, rows, cols, "dam_coef_grad");
-    double *sums = dam_calloc((size_t)n_src * cols + 1, sizeof(double), "coefficient gradient sums");
-    /* columns in parts of at least 64 (whole cache lines of G) */
-    DamJob job = {NULL,
-                  sums,
-                  F32(g_, rows * cols),
-                  src,
-                  n_src,
-                  scalar_coef,
-                  rows * cols >= (1 << 15) ? parts_for(ctx, cols, 64) : 1,
-                  rows,
-                  cols};
+    int nb = coef_grad_blocks(rows, cols, n_src);
+    size_t per_block = (size_t)n_src * cols;
+    double *sums = dam_calloc((size_t)nb * per_block + 1, sizeof(double), "coefficient gradient sums");
+    DamJob job = {NULL, sums, F32(g_, rows * cols), src, n_src, scalar_coef, nb, 0, rows, cols};
     pool_run(ctx->pool, job.parts, coef_grad_part, &job);
+    for (int b = 1; b < nb; b++) /* the blocks' sums, in block order, into block 0's */
+        for (size_t k = 0; k < per_block; k++) sums[k] += sums[(size_t)b * per_block + k];
     for (int i = 0; i < n_src; i++) {
         const double *sum = sums + (size_t)i * cols;
         if (scalar_coef) {
@@ -890,9 +951,12 @@ typedef struct {
 
 enum { ELEM_GRAIN = 1 << 14 };
 
+/* (restrict locals, as in round_range: the loops vectorize) */
 static void swiglu_fwd_range(const void *op_, size_t lo, size_t hi) {
     const ElemOp *o = op_;
-    for (size_t i = lo; i < hi; i++) o->y[i] = o->a[i] * sigmoid_fast(o->a[i]) * o->b[i];
+    float *restrict y = o->y;
+    const float *restrict gate = o->a, *restrict up = o->b;
+    for (size_t i = lo; i < hi; i++) y[i] = gate[i] * sigmoid_fast(gate[i]) * up[i];
 }
 
 static void cpu_swiglu_fwd(BackendCtx *ctx, DevBuf act_, DevBuf gate_, DevBuf up_, size_t n) {
@@ -903,11 +967,12 @@ static void cpu_swiglu_fwd(BackendCtx *ctx, DevBuf act_, DevBuf gate_, DevBuf up
 
 static void swiglu_bwd_range(const void *op_, size_t lo, size_t hi) {
     const ElemOp *o = op_;
-    const float *gate = o->a, *up = o->b, *dact = o->c;
+    const float *restrict gate = o->a, *restrict up = o->b, *restrict dact = o->c;
+    float *restrict dgate = o->y, *restrict dup = o->y2;
     for (size_t i = lo; i < hi; i++) {
         float sg = sigmoid_fast(gate[i]), silu = gate[i] * sg;
-        o->y2[i] = dact[i] * silu;
-        o->y[i] = dact[i] * up[i] * (sg * (1.0f + gate[i] * (1.0f - sg)));
+        dup[i] = dact[i] * silu;
+        dgate[i] = dact[i] * up[i] * (sg * (1.0f + gate[i] * (1.0f - sg)));
     }
 }
 
@@ -929,7 +994,9 @@ static void cpu_add_bias(BackendCtx *ctx, DevBuf y_, DevBuf b_, int T, int out) 
 
 static void add_range(const void *op_, size_t lo, size_t hi) {
     const ElemOp *o = op_;
-    for (size_t i = lo; i < hi; i++) o->y[i] += o->a[i];
+    float *restrict y = o->y;
+    const float *restrict a = o->a;
+    for (size_t i = lo; i < hi; i++) y[i] += a[i];
 }
 
 static void cpu_add(BackendCtx *ctx, DevBuf y_, DevBuf x_, size_t n) {
@@ -940,7 +1007,8 @@ static void cpu_add(BackendCtx *ctx, DevBuf y_, DevBuf x_, size_t n) {
 
 static void scale_range(const void *op_, size_t lo, size_t hi) {
     const ElemOp *o = op_;
-    for (size_t i = lo; i < hi; i++) o->y[i] *= o->s;
+    float *restrict y = o->y, s = o->s;
+    for (size_t i = lo; i < hi; i++) y[i] *= s;
 }
 
 static void cpu_scale(BackendCtx *ctx, DevBuf y_, float s, size_t n) {
@@ -1267,6 +1335,7 @@ static const Backend cpu_backend = {
     .matmul_dyw = cpu_matmul_dyw,
     .matmul_dytx = cpu_matmul_dytx,
     .set_gemm_inputs = cpu_set_gemm_inputs,
+    .weight_dtype = cpu_weight_dtype,
     .dam_materialize = cpu_dam_materialize,
     .dam_coef_grad = cpu_dam_coef_grad,
     .dam_embed_gather = cpu_dam_embed_gather,

@@ -195,6 +195,7 @@ WRAP(matmul_dyw, (BackendCtx * ctx, DevBuf dx, DevBuf dy, DevBuf w, int T, int i
 WRAP(matmul_dytx, (BackendCtx * ctx, DevBuf gr, DevBuf dy, DevBuf x, int T, int in, int out, int acc),
      (gr, dy, x, T, in, out, acc))
 WRAP(set_gemm_inputs, (BackendCtx * ctx, dam_dtype dtype), (dtype))
+static dam_dtype guard_weight_dtype(BackendCtx *ctx) { return cpu()->weight_dtype(G(ctx)->cpu); }
 WRAP(dam_materialize,
      (BackendCtx * ctx, DevBuf merged, const SrcWeight *src, int n_src, DevBuf fc, size_t rows, size_t cols,
       int scalar),
@@ -290,6 +291,7 @@ static const Backend guard_backend = {
     .matmul_dyw = guard_matmul_dyw,
     .matmul_dytx = guard_matmul_dytx,
     .set_gemm_inputs = guard_set_gemm_inputs,
+    .weight_dtype = guard_weight_dtype,
     .dam_materialize = guard_dam_materialize,
     .dam_coef_grad = guard_dam_coef_grad,
     .dam_embed_gather = guard_dam_embed_gather,

@@ -56,8 +56,7 @@ static const char *openblas_str(const char *sym) {
 
 /* The idle-thread variables the user left unset, set now; 1 when any was (once: the marker). */
 static int set_thread_env(void) {
-    static const char *const env[][2] = {{BLAS_THREAD_TIMEOUT_ENV, BLAS_THREAD_TIMEOUT},
-                                         {BLAS_OMP_WAIT_ENV, BLAS_OMP_WAIT}};
+    static const char *const env[][2] = {{BLAS_THREAD_TIMEOUT_ENV, BLAS_THREAD_TIMEOUT}};
     const char *marker = getenv(BLAS_ENV_MARKER);
     if (marker && *marker) return 0;
     int set = 0;

@@ -29,14 +29,14 @@ int blas_core_is_generic(const char *corename);
 /* Set in the re-executed process when dam_dist set the idle-thread variables below. */
 #define BLAS_ENV_MARKER "DAM_THREAD_ENV"
 /* Variables the libraries read once, when they load, that dam_dist sets where the user has not:
- * OpenBLAS's idle threads spin for 2^28 cycles after every call (its default THREAD_TIMEOUT), and
- * an OpenMP runtime's (oneDNN's, parallel.cpu_matmul bf16) as its wait policy says, on the very
- * cores the CPU backend's thread pool works on next (measured: 15 % of a step at the SmolLM2 shape,
- * bench/RESULTS.md). 4 is OpenBLAS's smallest timeout: its threads sleep almost at once. */
+ * OpenBLAS's idle threads spin for 2^28 cycles after every call (its default THREAD_TIMEOUT), on the
+ * very cores the CPU backend's thread pool works on next (measured: 15 % of a step at the SmolLM2
+ * shape, bench/RESULTS.md). 4 is OpenBLAS's smallest timeout: its threads sleep almost at once.
+ * OpenMP's wait policy is left alone: under bf16 GEMMs the pool runs on oneDNN's OpenMP team itself
+ * (pool_use_openmp), so its threads spinning between ops is what keeps them fast (a PASSIVE policy,
+ * which this used to set, cost 25 % of the bf16 step there). */
 #define BLAS_THREAD_TIMEOUT_ENV "OPENBLAS_THREAD_TIMEOUT"
 #define BLAS_THREAD_TIMEOUT "4"
-#define BLAS_OMP_WAIT_ENV "OMP_WAIT_POLICY"
-#define BLAS_OMP_WAIT "PASSIVE"
 
 /* Call first in main, before MPI_Init (and before any thread starts): re-executes /proc/self/exe
  * with the same arguments, OPENBLAS_CORETYPE=Haswell when blas_reexec_coretype says so, and the

@@ -408,7 +408,7 @@ enum { LOSS_CHUNK = 64 };
 /* One buffer of a list: where its handle goes (a DevBuf, or an int32_t * for host index lists),
  * how many elements, of which kind. The allocator and the memory estimate
  * (dam_model_activation_bytes, used by `plan`) walk the same lists. */
-typedef enum { BUF_ACT, BUF_F32, BUF_I32, BUF_HOST_I32 } BufKind;
+typedef enum { BUF_ACT, BUF_WEIGHT, BUF_F32, BUF_I32, BUF_HOST_I32 } BufKind;
 typedef struct {
     void *ptr;
     size_t n;
@@ -417,6 +417,7 @@ typedef struct {
 
 #define SPEC(field, count, k) (specs[n++] = (BufSpec){(void *)&(field), (count), (k)})
 #define ACT(field, count) SPEC(field, count, BUF_ACT)
+#define WGT(field, count) SPEC(field, count, BUF_WEIGHT)
 #define F32(field, count) SPEC(field, count, BUF_F32)
 
 /* Elements per row (token) of each LayerAct buffer, and its kind, for this rank's share c. */
@@ -440,8 +441,8 @@ static int workspace_specs(const ModelConfig *c, int last, size_t BT, int T, str
     int n = 0;
     LayerW *w = &ws->w;
     ACT(w->attn_norm, d), ACT(w->mlp_norm, d), ACT(ws->final_norm_w, d);
-    ACT(w->q, qd * d), ACT(w->k, kvd * d), ACT(w->v, kvd * d), ACT(w->o, d * qd);
-    ACT(w->gate, F * d), ACT(w->up, F * d), ACT(w->down, d * F);
+    WGT(w->q, qd * d), WGT(w->k, kvd * d), WGT(w->v, kvd * d), WGT(w->o, d * qd);
+    WGT(w->gate, F * d), WGT(w->up, F * d), WGT(w->down, d * F);
     ACT(w->qb, qd), ACT(w->kb, kvd), ACT(w->vb, kvd), ACT(w->ob, d);
     ACT(ws->G, F * d > qd * d ? F * d : qd * d), F32(ws->colsum, maxcol), F32(ws->dnorm, d);
     size_t per[N_ACT];
@@ -455,7 +456,7 @@ static int workspace_specs(const ModelConfig *c, int last, size_t BT, int T, str
     SPEC(ws->ids_local, BT, BUF_HOST_I32), SPEC(ws->valid, BT, BUF_HOST_I32);
     if (!last) return n;
     ACT(ws->hid, BT * d), ACT(ws->hid_t, BT * d);
-    ACT(ws->lm_w, V * d), ACT(ws->lm_t, V * d);
+    WGT(ws->lm_w, V * d), WGT(ws->lm_t, V * d);
     F32(ws->lm_G, V * d); /* accumulated over loss chunks and segments: fp32, whatever the activations */
     ACT(ws->hc, LOSS_CHUNK * d), ACT(ws->htc, LOSS_CHUNK * d), ACT(ws->dhc, LOSS_CHUNK * d);
     F32(ws->z, LOSS_CHUNK * V), F32(ws->zt, LOSS_CHUNK * V), F32(ws->dz, LOSS_CHUNK * V);
@@ -480,33 +481,45 @@ static int runstate_specs(const ModelConfig *c, int n_layers, int last, int keep
 }
 #undef SPEC
 #undef ACT
+#undef WGT
 #undef F32
 
 enum { MAX_SPECS = 96 };
 
-static size_t specs_bytes(const BufSpec *specs, int n, dam_dtype act) {
+static size_t spec_size(BufKind kind, dam_dtype act, dam_dtype wdt) {
+    return kind == BUF_ACT ? dam_dtype_size(act) : kind == BUF_WEIGHT ? dam_dtype_size(wdt) : 4;
+}
+
+static size_t specs_bytes(const BufSpec *specs, int n, dam_dtype act, dam_dtype wdt) {
     size_t b = 0;
-    for (int i = 0; i < n; i++) b += specs[i].n * (specs[i].kind == BUF_ACT ? dam_dtype_size(act) : 4);
+    for (int i = 0; i < n; i++) b += specs[i].n * spec_size(specs[i].kind, act, wdt);
     return b;
 }
 
+/* The materialized GEMM weights' dtype: the backend's (BF16 under bf16 CPU GEMMs, so that the merge
+ * writes the GEMM's operand once instead of fp32 rounded again at every GEMM), else the activations'. */
+static dam_dtype weight_dtype(const DamModel *m) {
+    return m->be->weight_dtype ? m->be->weight_dtype(m->ctx) : m->be->act_dtype;
+}
+
 void dam_model_activation_bytes(const ModelConfig *c, int n_layers, int last, int B, int T, dam_dtype act,
-                                int keep, size_t *workspace, size_t *run_state) {
+                                dam_dtype wdt, int keep, size_t *workspace, size_t *run_state) {
     struct Workspace ws;
     RunState rs;
     BufSpec specs[MAX_SPECS];
     size_t BT = (size_t)B * T;
     int n = workspace_specs(c, last, BT, T, &ws, specs); /* (fills specs first) */
-    *workspace = specs_bytes(specs, n, act);
+    *workspace = specs_bytes(specs, n, act, wdt);
     n = runstate_specs(c, n_layers, last, keep, BT, &rs, specs);
-    *run_state = specs_bytes(specs, n, act);
+    *run_state = specs_bytes(specs, n, act, wdt);
 }
 
 int dam_model_keep_fits(DamModel *m, int n_slots, int B, int T, size_t budget) {
     size_t ws, with, without;
     int nl = m->layer1 - m->layer0;
-    dam_model_activation_bytes(&m->cfg, nl, m->last, B, T, m->be->act_dtype, 1, &ws, &with);
-    dam_model_activation_bytes(&m->cfg, nl, m->last, B, T, m->be->act_dtype, 0, &ws, &without);
+    dam_dtype act = m->be->act_dtype, wdt = weight_dtype(m);
+    dam_model_activation_bytes(&m->cfg, nl, m->last, B, T, act, wdt, 1, &ws, &with);
+    dam_model_activation_bytes(&m->cfg, nl, m->last, B, T, act, wdt, 0, &ws, &without);
     m->keep_acts = budget > 0 && (with - without) * (size_t)n_slots <= budget;
     return m->keep_acts;
 }
@@ -517,9 +530,10 @@ static void specs_alloc(const DamModel *m, const BufSpec *specs, int n, const ch
             *(int32_t **)specs[i].ptr = dam_calloc(specs[i].n, sizeof(int32_t), what);
             continue;
         }
-        dam_dtype dt = specs[i].kind == BUF_ACT   ? m->be->act_dtype
-                       : specs[i].kind == BUF_I32 ? DAM_I32
-                                                  : DAM_F32;
+        dam_dtype dt = specs[i].kind == BUF_ACT      ? m->be->act_dtype
+                       : specs[i].kind == BUF_WEIGHT ? weight_dtype(m)
+                       : specs[i].kind == BUF_I32    ? DAM_I32
+                                                     : DAM_F32;
         *(DevBuf *)specs[i].ptr = m->be->alloc(m->ctx, specs[i].n, dt, what);
     }
 }

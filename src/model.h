@@ -160,11 +160,12 @@ int dam_model_keep_fits(DamModel *m, int n_slots, int B, int T, size_t budget);
 /* Bytes of the workspace and of one run state, from the config alone: c is this rank's share
  * (heads, FFN width, vocabulary / tp), n_layers its stage's layers, last whether it holds the
  * lm_head and the losses; batches of B sequences (all datasets of a step) of T tokens; act the
- * backend's activation dtype (F32 on the CPU, BF16 on CUDA; the F32 buffers stay F32). With
+ * backend's activation dtype (F32 on the CPU, BF16 on CUDA; the F32 buffers stay F32), wdt that of
+ * the materialized GEMM weights (dam_model_weight_dtype: act, or BF16 under bf16 CPU GEMMs). With
  * `keep` the run state also holds every layer's activations of the merged forward (see
  * DamModel.keep_budget), so that the backward does not recompute them. */
 void dam_model_activation_bytes(const ModelConfig *c, int n_layers, int last, int B, int T, dam_dtype act,
-                                int keep, size_t *workspace, size_t *run_state);
+                                dam_dtype wdt, int keep, size_t *workspace, size_t *run_state);
 
 /* Loss settings per dataset term. */
 typedef struct {

@@ -73,6 +73,7 @@ typedef struct {
     PlanDevice dev;
     size_t keep_budget; /* parallel.keep_activations: layers' activations kept when they fit */
     int wov;            /* loss.weighted_overlap on: P pair weights per linear column (wov.h) */
+    int cpu_bf16;       /* parallel.cpu_matmul bf16: the merged weights are materialized in bf16 */
     double baseline;    /* bytes per process (cpu) */
     double folio;       /* bytes a fault on a mapped file page makes resident around it (cpu) */
 } PlanModel;
@@ -274,8 +275,9 @@ static void plan_rank(const PlanModel *pm, const PlanLayout *L, int rank, PlanRa
     size_t ws, rs, rs_keep;
     int Bt = pm->n_data * pm->B, nl = r->layer1 - r->layer0;
     dam_dtype act = pm->dev == PLAN_CUDA ? DAM_BF16 : DAM_F32;
-    dam_model_activation_bytes(&share, nl, r->last, Bt, pm->T, act, 1, &ws, &rs_keep);
-    dam_model_activation_bytes(&share, nl, r->last, Bt, pm->T, act, 0, &ws, &rs);
+    dam_dtype wdt = pm->dev == PLAN_CUDA || pm->cpu_bf16 ? DAM_BF16 : DAM_F32; /* the merged weights */
+    dam_model_activation_bytes(&share, nl, r->last, Bt, pm->T, act, wdt, 1, &ws, &rs_keep);
+    dam_model_activation_bytes(&share, nl, r->last, Bt, pm->T, act, wdt, 0, &ws, &rs);
     r->kept = pm->keep_budget > 0 && (rs_keep - rs) * (size_t)n_slots <= pm->keep_budget;
     if (r->kept) rs = rs_keep;
     /* the trainer's inputs (train.c open_data, alloc_step_buffers): ids int32 + mask int8 per token
@@ -489,6 +491,7 @@ static void load_model(PlanModel *pm, const DamConfig *c, const PlanArgs *a, int
     pm->dev = a->dev, pm->baseline = a->baseline_mib * MIB, pm->folio = a->folio_kib * 1024;
     pm->keep_budget = c->keep_activations;
     pm->wov = c->weighted_overlap > 0;
+    pm->cpu_bf16 = c->cpu_matmul_bf16;
     pm->T = a->seq_len ? a->seq_len : c->seq_len;
     if (!pm->T) { /* train.seq_len 0: the datasets' row length, when they can be read */
         for (int k = 0; k < c->n_models; k++) {

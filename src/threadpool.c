@@ -5,6 +5,9 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "util.h"
 
@@ -25,6 +28,7 @@ struct ThreadPool {
     void *arg;
     int n_parts;
     atomic_int next; /* the next part to take */
+    int openmp;      /* pool_use_openmp */
 };
 
 /* Takes parts until none is left. */
@@ -82,11 +86,29 @@ void pool_free(ThreadPool *p) {
 
 int pool_threads(const ThreadPool *p) { return p ? p->threads : 1; }
 
+int pool_use_openmp(ThreadPool *p) {
+#ifdef _OPENMP
+    if (p) p->openmp = 1;
+    return 1;
+#else
+    return 0;
+#endif
+}
+
 void pool_run(ThreadPool *p, int n_parts, PoolFn fn, void *arg) {
     if (!p || p->threads == 1 || n_parts <= 1) {
         for (int part = 0; part < n_parts; part++) fn(arg, part, 0);
         return;
     }
+#ifdef _OPENMP
+    if (p->openmp) { /* the team's size is at most p->threads: thread numbers stay in range */
+        p->fn = fn, p->arg = arg, p->n_parts = n_parts;
+        atomic_store(&p->next, 0);
+#pragma omp parallel num_threads(p->threads)
+        run_parts(p, omp_get_thread_num());
+        return;
+    }
+#endif
     pthread_mutex_lock(&p->mu);
     p->fn = fn, p->arg = arg, p->n_parts = n_parts;
     atomic_store(&p->next, 0);

@@ -26,6 +26,11 @@ int pool_threads(const ThreadPool *p); /* 1 for NULL */
  * on the caller. */
 typedef void (*PoolFn)(void *arg, int part, int thread);
 void pool_run(ThreadPool *p, int n_parts, PoolFn fn, void *arg);
+/* From now on run the parts on the OpenMP runtime's threads (the team oneDNN's bf16 GEMMs use)
+ * instead of the pool's own: one set of threads for every op, not two sets taking turns on the
+ * same cores and waking each other through the kernel. Returns 0 (and changes nothing) when built
+ * without OpenMP. */
+int pool_use_openmp(ThreadPool *p);
 
 /* Part `part` of n_parts of the range [0, n): [*lo, *hi), even sizes (the first n % n_parts one
  * longer). */

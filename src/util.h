@@ -73,9 +73,9 @@ static inline uint16_t dam_f32_to_bf16(float f) {
         float f;
     } v;
     v.f = f;
-    if ((v.u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((v.u >> 16) | 0x40u);
-    uint32_t rounding = 0x7fffu + ((v.u >> 16) & 1u);
-    return (uint16_t)((v.u + rounding) >> 16);
+    /* a select, not an early return: loops over arrays vectorize */
+    uint32_t rounded = (v.u + 0x7fffu + ((v.u >> 16) & 1u)) >> 16, quiet_nan = (v.u >> 16) | 0x40u;
+    return (uint16_t)((v.u & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
 }
 float dam_f16_to_f32(uint16_t h);
 uint16_t dam_f32_to_f16(float f);

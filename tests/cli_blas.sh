@@ -42,7 +42,7 @@ if ! grep -q 'not OpenBLAS' <<<"$first"; then
   cat "$T/run2.log" "$T/run2.err" | grep -q 're-execut' && bad "re-executed despite the user's OPENBLAS_CORETYPE" || ok "no re-execution"
 fi
 
-# 2b. idle BLAS threads sleep: dam_dist sets OPENBLAS_THREAD_TIMEOUT (and OMP_WAIT_POLICY) where the
+# 2b. idle BLAS threads sleep: dam_dist sets OPENBLAS_THREAD_TIMEOUT where the
 #     user has not, by re-executing itself once (the libraries read them only when they load)
 if ! grep -q 'not OpenBLAS' <<<"$first"; then
   line=$(env -u OPENBLAS_THREAD_TIMEOUT -u OMP_WAIT_POLICY OPENBLAS_NUM_THREADS=2 timeout 60 $BIN --config "$T/tiny/config.json" --out "$T/run2b" --max-steps 1 2>&1 | head -1)

@@ -3,7 +3,12 @@
  * - The pool: every part runs exactly once, on any thread count; pool_split tiles a range.
  * - Threads change no result: every op the pool runs gives bit-identical outputs with 1 thread and
  *   with 3 (DAM_CPU_THREADS; sizes large enough that every op splits), including the reductions
- *   (coefficient gradients over 300 rows, RMSNorm's weight gradient, column sums, loss sums).
+ *   (coefficient gradients over 300 rows, RMSNorm's weight gradient, column sums, loss sums); and
+ *   with 3 threads of the OpenMP team the pool moves to under bf16 GEMMs (pool_use_openmp).
+ * - The coefficient gradient, summed in blocks of rows, against a double-precision sum over the
+ *   rows: within the one final rounding to fp32 (plus double's own, 2^-50 of Σ|w·g|).
+ * - Materializing into bf16 (the GEMM weights under bf16 GEMMs) is the fp32 merge rounded once, bit
+ *   for bit; a bf16 teacher's weight (one source, coefficient 1) comes out as stored.
  * - bf16 GEMM inputs (parallel.cpu_matmul "bf16", when built with oneDNN): each of the three GEMMs
  *   against a double-precision reference of the fp32 inputs within a bound derived from rounding:
  *   an input rounded to bf16 (8 significant bits, round to nearest) carries a relative error of at
@@ -12,7 +17,8 @@
  *       |y − y_exact| <= (2u + u² + K·2^-24) · Σ_k |a_k·b_k|   element by element.
  *   On inputs exactly representable in bf16 (small integers) with exact sums the result equals the
  *   fp32 GEMM's bit for bit, which pins the operands' layouts (transposes, leading dimensions).
- *   The bf16 copy of a weight that the backend reuses is made again after the weight is written.
+ *   The bf16 copy of a weight that the backend reuses is made again after the weight is written. A
+ *   BF16 weight buffer gives the same bits as the F32 buffer it was rounded from.
  *   Attention stays fp32 in bf16 mode (its GEMMs then run in oneDNN's sgemm). */
 #include <math.h>
 #include <setjmp.h>
@@ -108,7 +114,45 @@ static void expect_identical(const char *what, Dev *a, DevBuf ba, Dev *b, DevBuf
 
 /* ---------------------------------------------------------------- threads change nothing */
 
+/* 3 threads of the OpenMP team (the pool under bf16 GEMMs); ctx NULL where that is not built or
+ * this CPU cannot run bf16 GEMMs. */
+static Dev dev_openmp(int threads) {
+    Dev d = {backend_cpu(), NULL};
+#ifdef DAM_WITH_DNNL
+#if defined(__x86_64__)
+    if (!__builtin_cpu_supports("avx512f")) return d;
+#endif
+    d = dev_threads(threads);
+    d.be->set_gemm_inputs(d.ctx, DAM_BF16);
+#endif
+    return d;
+}
+
 enum { ROWS = 300, COLS = 200, NSRC = 3 };
+
+/* acc = fc + Σ_r W_i[r, j]·G[r, j] (per column) against the same sum in double over the rows in
+ * order: the backend rounds each product to fp32 (2^-24 of Σ|w·g| in all), sums in double (2^-50 of
+ * Σ|w·g| covers 300 terms) and rounds once to fp32; a lost or repeated block of rows is far outside. */
+static void expect_coef_grad_exact(Dev *d, DevBuf acc, uint16_t *const src[NSRC], const float *fc,
+                                   const float *g) {
+    float *got = malloc((size_t)NSRC * COLS * sizeof(float));
+    d->be->download(d->ctx, got, DAM_F32, acc, (size_t)NSRC * COLS);
+    for (int i = 0; i < NSRC; i++)
+        for (int j = 0; j < COLS; j++) {
+            double s = 0, sa = 0;
+            for (int r = 0; r < ROWS; r++) {
+                double p = (double)dam_bf16_to_f32(src[i][(size_t)r * COLS + j]) * g[(size_t)r * COLS + j];
+                s += p, sa += fabs(p);
+            }
+            double want = (double)fc[i * COLS + j] + s, e = fabs(got[i * COLS + j] - want);
+            double bound = ldexp(fabs(want) + fabs((float)s) + fabs(fc[i * COLS + j]), -24) + ldexp(sa, -24) +
+                           ldexp(sa, -50);
+            if (e > bound)
+                fail_msg("dam_coef_grad source %d column %d: %.9g, want %.9g (bound %.3g)", i, j,
+                         got[i * COLS + j], want, bound);
+        }
+    free(got);
+}
 
 /* The DAM ops on one device; outputs left in out[]. Sources are bf16 as stored. */
 static void dam_ops(Dev *d, uint16_t *const src[NSRC], const float *fc_h, const float *g_h, DevBuf out[4]) {
@@ -138,20 +182,77 @@ static void test_dam_ops_threads(void **state) {
         free(w);
     }
     float *fc = randv(&r, (size_t)NSRC * COLS, 1), *g = randv(&r, (size_t)ROWS * COLS, 1);
-    Dev one = dev_threads(1), three = dev_threads(3);
-    DevBuf a[4], b[4];
+    Dev one = dev_threads(1);
+    DevBuf a[4];
     dam_ops(&one, src, fc, g, a);
-    dam_ops(&three, src, fc, g, b);
     const char *what[] = {"dam_materialize", "dam_materialize (scalar)", "dam_coef_grad",
                           "dam_coef_grad (scalar)"};
     const size_t n[] = {(size_t)ROWS * COLS, (size_t)ROWS * COLS, (size_t)NSRC * COLS, NSRC};
-    for (int k = 0; k < 4; k++) {
-        expect_identical(what[k], &one, a[k], &three, b[k], n[k]);
-        one.be->free(one.ctx, &a[k]), three.be->free(three.ctx, &b[k]);
+    for (int openmp = 0; openmp < 2; openmp++) {
+        Dev three = openmp ? dev_openmp(3) : dev_threads(3);
+        if (!three.ctx) continue;
+        DevBuf b[4];
+        dam_ops(&three, src, fc, g, b);
+        for (int k = 0; k < 4; k++) {
+            expect_identical(what[k], &one, a[k], &three, b[k], n[k]);
+            three.be->free(three.ctx, &b[k]);
+        }
+        three.be->ctx_free(three.ctx);
     }
-    one.be->ctx_free(one.ctx), three.be->ctx_free(three.ctx);
+    expect_coef_grad_exact(&one, a[2], src, fc, g);
+    for (int k = 0; k < 4; k++) one.be->free(one.ctx, &a[k]);
+    one.be->ctx_free(one.ctx);
     for (int i = 0; i < NSRC; i++) free(src[i]);
     free(fc), free(g);
+}
+
+/* Materializing into a BF16 buffer is the F32 merge rounded once (both coefficient kinds, 1 and 3
+ * threads); one bf16 source with the scalar coefficient 1 (a teacher) is copied as stored. */
+static void test_materialize_bf16_output(void **state) {
+    dam_rng r;
+    dam_rng_seed(&r, 17);
+    size_t n = (size_t)ROWS * COLS;
+    uint16_t *src[NSRC];
+    for (int i = 0; i < NSRC; i++) {
+        float *w = randv(&r, n, 0.5f);
+        src[i] = malloc(n * sizeof(uint16_t));
+        for (size_t k = 0; k < n; k++) src[i][k] = dam_f32_to_bf16(w[k]);
+        free(w);
+    }
+    float *fc = randv(&r, (size_t)NSRC * COLS, 1), one_coef = 1.0f;
+    uint16_t *got = malloc(n * sizeof(uint16_t));
+    float *want = malloc(n * sizeof(float));
+    for (int threads = 1; threads <= 3; threads += 2) {
+        Dev d = dev_threads(threads);
+        SrcWeight s[NSRC];
+        for (int i = 0; i < NSRC; i++)
+            s[i] = d.be->upload_source(d.ctx, src[i], DAM_BF16, ROWS, COLS, COLS, "src");
+        DevBuf FC = up(&d, fc, (size_t)NSRC * COLS), ONE = up(&d, &one_coef, 1);
+        DevBuf m32 = d.be->alloc(d.ctx, n, DAM_F32, "merged"),
+               m16 = d.be->alloc(d.ctx, n, DAM_BF16, "merged");
+        for (int scalar = 0; scalar <= 2; scalar++) { /* 2: the teacher's copy */
+            int ns = scalar == 2 ? 1 : NSRC;
+            DevBuf coef = scalar == 2 ? ONE : FC;
+            d.be->dam_materialize(d.ctx, m32, s, ns, coef, ROWS, COLS, scalar > 0);
+            d.be->dam_materialize(d.ctx, m16, s, ns, coef, ROWS, COLS, scalar > 0);
+            d.be->download(d.ctx, want, DAM_F32, m32, n);
+            d.be->download(d.ctx, got, DAM_BF16, m16, n);
+            for (size_t k = 0; k < n; k++) {
+                uint16_t w16 = scalar == 2 ? src[0][k] : dam_f32_to_bf16(want[k]);
+                if (got[k] != w16)
+                    fail_msg("materialize into bf16 (%s, %d threads): element %zu is %#x, want %#x",
+                             scalar == 2 ? "teacher copy"
+                             : scalar    ? "scalar"
+                                         : "per column",
+                             threads, k, got[k], w16);
+            }
+        }
+        DevBuf fr[] = {FC, ONE, m32, m16};
+        for (int i = 0; i < 4; i++) d.be->free(d.ctx, &fr[i]);
+        d.be->ctx_free(d.ctx);
+    }
+    for (int i = 0; i < NSRC; i++) free(src[i]);
+    free(fc), free(got), free(want);
 }
 
 enum { T = 203, D = 300, H = 5, HD = 60, NE = 100003 };
@@ -190,18 +291,25 @@ static void test_layer_ops_threads(void **state) {
     dam_rng_seed(&r, 12);
     float *x = randv(&r, NE + 16, 1), *y = randv(&r, NE + 16, 1), *w = randv(&r, D, 1),
           *cs = randv(&r, (size_t)T * HD, 1);
-    Dev one = dev_threads(1), three = dev_threads(3);
-    DevBuf a[9], b[9];
+    Dev one = dev_threads(1);
+    DevBuf a[9];
     layer_ops(&one, x, y, w, cs, a);
-    layer_ops(&three, x, y, w, cs, b);
     const char *what[] = {"rmsnorm_fwd",      "rmsnorm_bwd dx", "rmsnorm_bwd dw", "rope",  "swiglu_fwd",
                           "swiglu_bwd dgate", "swiglu_bwd dup", "add, scale",     "colsum"};
     const size_t n[] = {(size_t)T * D, (size_t)T * D, D, (size_t)T * D, NE, NE, NE, NE, D};
-    for (int k = 0; k < 9; k++) {
-        expect_identical(what[k], &one, a[k], &three, b[k], n[k]);
-        one.be->free(one.ctx, &a[k]), three.be->free(three.ctx, &b[k]);
+    for (int openmp = 0; openmp < 2; openmp++) {
+        Dev three = openmp ? dev_openmp(3) : dev_threads(3);
+        if (!three.ctx) continue;
+        DevBuf b[9];
+        layer_ops(&three, x, y, w, cs, b);
+        for (int k = 0; k < 9; k++) {
+            expect_identical(what[k], &one, a[k], &three, b[k], n[k]);
+            three.be->free(three.ctx, &b[k]);
+        }
+        three.be->ctx_free(three.ctx);
     }
-    one.be->ctx_free(one.ctx), three.be->ctx_free(three.ctx);
+    for (int k = 0; k < 9; k++) one.be->free(one.ctx, &a[k]);
+    one.be->ctx_free(one.ctx);
     free(x), free(y), free(w), free(cs);
 }
 
@@ -414,6 +522,40 @@ static void test_bf16_weight_copy_refreshed(void **state) {
     free(x), free(w1), free(w2), free(dy), free(hot);
 }
 
+/* A BF16 weight buffer (what the merge writes under bf16 GEMMs) and the F32 buffer it was rounded
+ * from give the same bits in each GEMM that reads a weight (random values: the rounding is real). */
+static void test_bf16_weight_operand(void **state) {
+    dam_rng r;
+    dam_rng_seed(&r, 18);
+    float *x = randv(&r, (size_t)MT * MIN, 1), *w = randv(&r, (size_t)MOUT * MIN, 0.1f),
+          *dy = randv(&r, (size_t)MT * MOUT, 1);
+    Dev b = dev_threads(2);
+    b.be->set_gemm_inputs(b.ctx, DAM_BF16);
+    assert_int_equal(b.be->weight_dtype(b.ctx), DAM_BF16);
+    DevBuf X = up(&b, x, (size_t)MT * MIN), W32 = up(&b, w, (size_t)MOUT * MIN),
+           DY = up(&b, dy, (size_t)MT * MOUT);
+    DevBuf W16 = b.be->alloc(b.ctx, (size_t)MOUT * MIN, DAM_BF16, "w bf16");
+    b.be->copy(b.ctx, W16, W32, (size_t)MOUT * MIN); /* F32 -> BF16: rounded to nearest even */
+    for (int which = 0; which < 2; which++) {
+        size_t n = gemm_out_n[which];
+        DevBuf o32 = b.be->alloc(b.ctx, n, DAM_F32, "y"), o16 = b.be->alloc(b.ctx, n, DAM_F32, "y");
+        run_gemm(&b, which, o32, X, W32, DY, 0);
+        run_gemm(&b, which, o16, X, W16, DY, 0);
+        float *y32 = down(&b, o32, n), *y16 = down(&b, o16, n);
+        if (memcmp(y32, y16, n * sizeof(float)) != 0)
+            fail_msg("%s: a BF16 weight and its F32 source give different results", gemm_name[which]);
+        free(y32), free(y16);
+        b.be->free(b.ctx, &o32), b.be->free(b.ctx, &o16);
+    }
+    DevBuf fr[] = {X, W32, DY, W16};
+    for (int i = 0; i < 4; i++) b.be->free(b.ctx, &fr[i]);
+    b.be->ctx_free(b.ctx);
+    Dev f = dev_threads(1); /* fp32 GEMMs: the weights stay F32 */
+    assert_int_equal(f.be->weight_dtype(f.ctx), DAM_F32);
+    f.be->ctx_free(f.ctx);
+    free(x), free(w), free(dy);
+}
+
 /* In bf16 mode attention runs its fp32 GEMMs in oneDNN instead of the BLAS: the same math, fp32
  * rounding apart (relative 1e-5 of the largest value). Two query tiles, grouped KV heads. */
 static void test_bf16_mode_attention_fp32(void **state) {
@@ -463,12 +605,14 @@ int main(void) {
         cmocka_unit_test(test_pool_runs_every_part_once),
         cmocka_unit_test(test_pool_split_tiles),
         cmocka_unit_test(test_dam_ops_threads),
+        cmocka_unit_test(test_materialize_bf16_output),
         cmocka_unit_test(test_layer_ops_threads),
         cmocka_unit_test(test_losses_threads),
 #ifdef DAM_WITH_DNNL
         cmocka_unit_test_setup(test_bf16_gemm_bound, bf16_setup),
         cmocka_unit_test_setup(test_bf16_gemm_exact_layouts, bf16_setup),
         cmocka_unit_test_setup(test_bf16_weight_copy_refreshed, bf16_setup),
+        cmocka_unit_test_setup(test_bf16_weight_operand, bf16_setup),
         cmocka_unit_test_setup(test_bf16_mode_attention_fp32, bf16_setup),
 #endif
     };
