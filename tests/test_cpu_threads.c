@@ -1,6 +1,7 @@
 /* test_cpu_threads.c — the CPU backend's thread pool and its bf16 GEMMs.
  *
- * - The pool: every part runs exactly once, on any thread count; pool_split tiles a range.
+ * - The pool: every part runs exactly once, on any thread count, on its own threads and on the
+ *   OpenMP team; pool_split tiles a range.
  * - Threads change no result: every op the pool runs gives bit-identical outputs with 1 thread and
  *   with 3 (DAM_CPU_THREADS; sizes large enough that every op splits), including the reductions
  *   (coefficient gradients over 300 rows, RMSNorm's weight gradient, column sums, loss sums); and
@@ -52,17 +53,22 @@ static void count_part(void *arg, int part, int thread) {
 
 static void test_pool_runs_every_part_once(void **state) {
     const int threads[] = {1, 2, 3, 5}, parts[] = {0, 1, 2, 7, 64, 1000};
-    for (size_t a = 0; a < sizeof threads / sizeof *threads; a++) {
-        ThreadPool *p = pool_new(threads[a]);
-        assert_int_equal(pool_threads(p), threads[a]);
+    for (size_t a = 0; a < 2 * sizeof threads / sizeof *threads; a++) {
+        ThreadPool *p = pool_new(threads[a / 2]);
+        if (a % 2 && !pool_use_openmp(p)) { /* the second time on the OpenMP team, where built */
+            pool_free(p);
+            continue;
+        }
+        assert_int_equal(pool_threads(p), threads[a / 2]);
         for (int rep = 0; rep < 20; rep++) /* again and again: the workers' wake-up and hand-back */
             for (size_t b = 0; b < sizeof parts / sizeof *parts; b++) {
                 int n = parts[b], *count = calloc((size_t)n + 1, sizeof(int));
-                CountJob j = {count, threads[a], 0};
+                CountJob j = {count, threads[a / 2], 0};
                 pool_run(p, n, count_part, &j);
                 for (int i = 0; i < n; i++)
                     if (count[i] != 1)
-                        fail_msg("%d threads, %d parts: part %d ran %d times", threads[a], n, i, count[i]);
+                        fail_msg("%d threads%s, %d parts: part %d ran %d times", threads[a / 2],
+                                 a % 2 ? " (OpenMP)" : "", n, i, count[i]);
                 assert_int_equal(j.bad_thread, 0);
                 free(count);
             }
@@ -114,9 +120,9 @@ static void expect_identical(const char *what, Dev *a, DevBuf ba, Dev *b, DevBuf
 
 /* ---------------------------------------------------------------- threads change nothing */
 
-/* 3 threads of the OpenMP team (the pool under bf16 GEMMs); ctx NULL where that is not built or
- * this CPU cannot run bf16 GEMMs. */
-static Dev dev_openmp(int threads) {
+/* A context with bf16 GEMMs, whose pool runs on the OpenMP team (pool_use_openmp); ctx NULL where
+ * that is not built or this CPU cannot run bf16 GEMMs. */
+static Dev dev_bf16(int threads) {
     Dev d = {backend_cpu(), NULL};
 #ifdef DAM_WITH_DNNL
 #if defined(__x86_64__)
@@ -189,7 +195,7 @@ static void test_dam_ops_threads(void **state) {
                           "dam_coef_grad (scalar)"};
     const size_t n[] = {(size_t)ROWS * COLS, (size_t)ROWS * COLS, (size_t)NSRC * COLS, NSRC};
     for (int openmp = 0; openmp < 2; openmp++) {
-        Dev three = openmp ? dev_openmp(3) : dev_threads(3);
+        Dev three = openmp ? dev_bf16(3) : dev_threads(3);
         if (!three.ctx) continue;
         DevBuf b[4];
         dam_ops(&three, src, fc, g, b);
@@ -298,7 +304,7 @@ static void test_layer_ops_threads(void **state) {
                           "swiglu_bwd dgate", "swiglu_bwd dup", "add, scale",     "colsum"};
     const size_t n[] = {(size_t)T * D, (size_t)T * D, D, (size_t)T * D, NE, NE, NE, NE, D};
     for (int openmp = 0; openmp < 2; openmp++) {
-        Dev three = openmp ? dev_openmp(3) : dev_threads(3);
+        Dev three = openmp ? dev_bf16(3) : dev_threads(3);
         if (!three.ctx) continue;
         DevBuf b[9];
         layer_ops(&three, x, y, w, cs, b);
@@ -411,8 +417,7 @@ static void test_bf16_gemm_bound(void **state) {
     dam_rng_seed(&r, 14);
     float *x = randv(&r, (size_t)MT * MIN, 1), *w = randv(&r, (size_t)MOUT * MIN, 0.1f),
           *dy = randv(&r, (size_t)MT * MOUT, 1), *prev = randv(&r, (size_t)MOUT * MIN, 1);
-    Dev d = dev_threads(2);
-    d.be->set_gemm_inputs(d.ctx, DAM_BF16);
+    Dev d = dev_bf16(2);
     DevBuf X = up(&d, x, (size_t)MT * MIN), W = up(&d, w, (size_t)MOUT * MIN),
            DY = up(&d, dy, (size_t)MT * MOUT);
     const double u = ldexp(1, -9);
@@ -460,8 +465,7 @@ static void test_bf16_gemm_exact_layouts(void **state) {
     dam_rng_seed(&r, 15);
     float *x = small_ints(&r, (size_t)MT * MIN), *w = small_ints(&r, (size_t)MOUT * MIN),
           *dy = small_ints(&r, (size_t)MT * MOUT), *prev = small_ints(&r, (size_t)MOUT * MIN);
-    Dev f = dev_threads(1), b = dev_threads(2);
-    b.be->set_gemm_inputs(b.ctx, DAM_BF16);
+    Dev f = dev_threads(1), b = dev_bf16(2);
     for (int which = 0; which < 3; which++)
         for (int acc = 0; acc <= 1; acc++) {
             size_t n = gemm_out_n[which];
@@ -490,8 +494,7 @@ static void test_bf16_weight_copy_refreshed(void **state) {
     dam_rng_seed(&r, 16);
     float *x = small_ints(&r, (size_t)MT * MIN), *w1 = small_ints(&r, (size_t)MOUT * MIN),
           *w2 = small_ints(&r, (size_t)MOUT * MIN), *dy = small_ints(&r, (size_t)MT * MOUT);
-    Dev f = dev_threads(1), b = dev_threads(2);
-    b.be->set_gemm_inputs(b.ctx, DAM_BF16);
+    Dev f = dev_threads(1), b = dev_bf16(2);
     size_t n = (size_t)MT * MOUT;
     DevBuf Xf = up(&f, x, (size_t)MT * MIN), Wf = up(&f, w1, (size_t)MOUT * MIN),
            Yf = f.be->alloc(f.ctx, n, DAM_F32, "y");
@@ -529,8 +532,7 @@ static void test_bf16_weight_operand(void **state) {
     dam_rng_seed(&r, 18);
     float *x = randv(&r, (size_t)MT * MIN, 1), *w = randv(&r, (size_t)MOUT * MIN, 0.1f),
           *dy = randv(&r, (size_t)MT * MOUT, 1);
-    Dev b = dev_threads(2);
-    b.be->set_gemm_inputs(b.ctx, DAM_BF16);
+    Dev b = dev_bf16(2);
     assert_int_equal(b.be->weight_dtype(b.ctx), DAM_BF16);
     DevBuf X = up(&b, x, (size_t)MT * MIN), W32 = up(&b, w, (size_t)MOUT * MIN),
            DY = up(&b, dy, (size_t)MT * MOUT);
