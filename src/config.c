@@ -577,6 +577,12 @@ void config_free(DamConfig *c) {
 
 const Backend *config_backend(const char *device) { return backend_by_name(device ? device : "cpu"); }
 
+BackendCtx *config_backend_ctx(const DamConfig *c, const Backend *be) {
+    BackendCtx *ctx = be->ctx_new(config_local_rank());
+    if (c->cpu_matmul_bf16 && be->set_gemm_inputs) be->set_gemm_inputs(ctx, DAM_BF16);
+    return ctx;
+}
+
 int config_local_rank(void) {
     const char *vars[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID"};
     for (int i = 0; i < 3; i++) {

@@ -131,5 +131,8 @@ const Backend *config_backend(const char *device);
 /* This process's rank on its node (OMPI_COMM_WORLD_LOCAL_RANK, SLURM_LOCALID, MPI_LOCALRANKID;
  * else 0): the GPU its backend context takes (be->ctx_new). */
 int config_local_rank(void);
+/* be's context on this rank's GPU (config_local_rank), its GEMMs as parallel.cpu_matmul says: every
+ * command that runs the model (train, precompute, eval, evolve) makes it here. */
+BackendCtx *config_backend_ctx(const DamConfig *c, const Backend *be);
 
 #endif

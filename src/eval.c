@@ -241,7 +241,7 @@ static void open_models(EvalRun *r) {
     for (int i = 0; i < c->n_models; i++) dirs[i] = c->models[i].path, names[i] = c->models[i].name;
     for (int j = 0; j < r->a.n_models; j++) dirs[c->n_models + j] = names[c->n_models + j] = r->a.models[j];
     r->be = config_backend(c->device);
-    r->ctx = r->be->ctx_new(config_local_rank());
+    r->ctx = config_backend_ctx(c, r->be);
     dam_model_open_parallel(&r->m, n, dirs, names, r->be, r->ctx, &r->g.tp_group, &r->g.pp_group,
                             c->transport);
 }

@@ -141,7 +141,7 @@ static void open_model(Evolver *ev) {
     if (c->include_base) dirs[n] = c->base_model, names[n++] = "base";
     ev->n_data = c->n_models;
     ev->be = config_backend(c->device);
-    ev->ctx = ev->be->ctx_new(config_local_rank());
+    ev->ctx = config_backend_ctx(c, ev->be);
     dam_model_open_parallel(&ev->model, n, dirs, names, ev->be, ev->ctx, &ev->grid.tp_group,
                             &ev->grid.pp_group, c->transport);
     DamModel *m = &ev->model;

@@ -86,8 +86,7 @@ int cmd_precompute(int argc, char **argv) {
     const char *dirs[DAM_MAX_SOURCES], *names[DAM_MAX_SOURCES];
     for (int i = 0; i < c.n_models; i++) dirs[i] = c.models[i].path, names[i] = c.models[i].name;
     const Backend *be = config_backend(c.device);
-    BackendCtx *ctx = be->ctx_new(config_local_rank());
-    if (c.cpu_matmul_bf16 && be->set_gemm_inputs) be->set_gemm_inputs(ctx, DAM_BF16);
+    BackendCtx *ctx = config_backend_ctx(&c, be);
     DamModel m;
     dam_model_open_parallel(&m, c.n_models, dirs, names, be, ctx, &g.tp_group, &g.pp_group, c.transport);
     if (K > m.full_cfg.vocab_size)

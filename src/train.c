@@ -512,8 +512,7 @@ static void setup_grid(Trainer *tr) {
 static void setup_backend(Trainer *tr) {
     tr->be = config_backend(tr->cfg.device);
     int local = config_local_rank();
-    tr->ctx = tr->be->ctx_new(local);
-    if (tr->cfg.cpu_matmul_bf16 && tr->be->set_gemm_inputs) tr->be->set_gemm_inputs(tr->ctx, DAM_BF16);
+    tr->ctx = config_backend_ctx(&tr->cfg, tr->be);
     if (!tr->root) return;
     static const char *const tn[] = {"auto", "mpi", "nccl"};
     printf("dam_dist: backend %s (activations %s), device collectives: transport %s, local rank %d\n",

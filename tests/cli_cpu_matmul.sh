@@ -8,7 +8,8 @@
 #      bf16 (relative error <= 2^-9), so each logit moves by a few 1e-3 of its size at most (errors of
 #      random sign partly cancel over a dot product), and the losses, smooth functions of the
 #      logits, move by about as much; measured: 3e-4 here, 1.5e-4 to 8e-4 on the SmolLM2 shape
-#      (bench/RESULTS.md). Built without oneDNN, the setting is refused in one line instead;
+#      (bench/RESULTS.md); `eval` on the same config runs its GEMMs in bf16 too (KL within 1 %, not
+#      identical). Built without oneDNN, the setting is refused in one line instead;
 #   3. a bad value is refused in one line naming the field.
 set -u
 BIN=${DAM_BIN:-./dam_dist}
@@ -57,6 +58,20 @@ else
     ok "bf16 GEMMs: losses within 1 % of fp32 (largest relative difference $rel), not identical"
   else
     bad "bf16 GEMMs: $n steps, largest relative difference $rel, differs $differs (fp32: $(losses "$T/t2.log" | tr '\n' ' '), bf16: $(losses "$T/b.log" | tr '\n' ' '))"
+  fi
+  # eval follows the config's GEMMs too: the same model's KL within 1 %, not identical
+  for m in fp32 bf16; do
+    cfg=$CFG; [ $m = bf16 ] && cfg=$T/toy/bf16.json
+    $BIN eval --config "$cfg" --model "$T/t2" --rows 2 --json 2> "$T/e$m.err" | sed -n 's/.*"kl":[[:space:]]*\([0-9.e+-]*\),*/\1/p' > "$T/e$m.kl"
+  done
+  res=$(paste "$T/efp32.kl" "$T/ebf16.kl" | awk '
+    NF == 2 {n++; d = $1 - $2; if (d < 0) d = -d; r = d / $1; if (r > m) m = r; if (d > 0) diff = 1}
+    END {printf "%d %.2e %d", n, m, diff}')
+  read -r n rel differs <<<"$res"
+  if [ "$n" -eq 2 ] && awk -v r="$rel" 'BEGIN {exit !(r <= 0.01)}' && [ "$differs" -eq 1 ]; then
+    ok "eval with bf16 GEMMs: KL within 1 % of fp32 (largest relative difference $rel), not identical"
+  else
+    bad "eval with bf16 GEMMs: $n datasets, relative difference $rel, differs $differs ($(cat "$T/ebf16.err" | tail -1))"
   fi
 fi
 
