@@ -9,7 +9,8 @@
 #      random sign partly cancel over a dot product), and the losses, smooth functions of the
 #      logits, move by about as much; measured: 3e-4 here, 1.5e-4 to 8e-4 on the SmolLM2 shape
 #      (bench/RESULTS.md); `eval` on the same config runs its GEMMs in bf16 too (KL within 1 %, not
-#      identical). Built without oneDNN, the setting is refused in one line instead;
+#      identical), and the run under the guard backend writes the same bytes. Built without oneDNN,
+#      the setting is refused in one line instead;
 #   3. a bad value is refused in one line naming the field.
 set -u
 BIN=${DAM_BIN:-./dam_dist}
@@ -59,6 +60,13 @@ else
   else
     bad "bf16 GEMMs: $n steps, largest relative difference $rel, differs $differs (fp32: $(losses "$T/t2.log" | tr '\n' ' '), bf16: $(losses "$T/b.log" | tr '\n' ' '))"
   fi
+  # the same bf16 run under the guard backend (every buffer inaccessible outside backend calls: the
+  # bf16 weight buffers are the backend's alone) writes the same bytes
+  DAM_BACKEND=guard DAM_CPU_THREADS=2 $BIN --config "$T/toy/bf16.json" --out "$T/bg" --max-steps 2 > "$T/bg.log" 2>&1
+  cmp -s "$T/b/model.safetensors" "$T/bg/model.safetensors" \
+    && cmp -s "$T/b/dam_coefficients.safetensors" "$T/bg/dam_coefficients.safetensors" \
+    && ok "bf16 GEMMs under the guard backend: identical merged model and coefficients" \
+    || bad "bf16 GEMMs under the guard backend: $(tail -2 "$T/bg.log")"
   # eval follows the config's GEMMs too: the same model's KL within 1 %, not identical
   for m in fp32 bf16; do
     cfg=$CFG; [ $m = bf16 ] && cfg=$T/toy/bf16.json
