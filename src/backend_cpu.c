@@ -390,22 +390,17 @@ static void check_sources(const SrcWeight *src, int n_src, size_t rows, size_t c
     }
 }
 
-/* Columns [j0, j0 + n) of row r of a stored tensor of `cols` columns as fp32 into buf. */
-static inline void load_cols(float *buf, const SrcWeight *s, size_t r, size_t cols, size_t j0, size_t n) {
-    size_t off = r * (s->ld ? s->ld : cols) + j0;
-    if (s->w.dtype == DAM_BF16) {
-        const uint16_t *p = (const uint16_t *)s->w.ptr + off;
-        for (size_t j = 0; j < n; j++) buf[j] = dam_bf16_to_f32(p[j]);
-    } else if (s->w.dtype == DAM_F32) {
-        memcpy(buf, (const float *)s->w.ptr + off, n * sizeof(float));
-    } else {
-        dam_to_f32(buf, (const uint16_t *)s->w.ptr + off, s->w.dtype, n);
-    }
-}
-
 /* Row r of a stored tensor as fp32 into buf (cols entries). */
 static inline void load_row(float *buf, const SrcWeight *s, size_t r, size_t cols) {
-    load_cols(buf, s, r, cols, 0, cols);
+    size_t off = r * (s->ld ? s->ld : cols);
+    if (s->w.dtype == DAM_BF16) {
+        const uint16_t *p = (const uint16_t *)s->w.ptr + off;
+        for (size_t j = 0; j < cols; j++) buf[j] = dam_bf16_to_f32(p[j]);
+    } else if (s->w.dtype == DAM_F32) {
+        memcpy(buf, (const float *)s->w.ptr + off, cols * sizeof(float));
+    } else {
+        dam_to_f32(buf, (const uint16_t *)s->w.ptr + off, s->w.dtype, cols);
+    }
 }
 
 /* A DAM op over a tensor's rows or columns, split into parts (each row and column is computed the
@@ -441,12 +436,15 @@ static void materialize_row(const DamJob *job, size_t r, float *m, float *row) {
     }
 }
 
-/* bf16 output: each fp32 merged row rounded once (as the bf16 GEMM would round an fp32 weight). */
+/* The part's rows of the merged tensor; a bf16 output gets each fp32 merged row rounded once (as the
+ * bf16 GEMM would round an fp32 weight). */
 static void materialize_part(void *arg, int part, int thread) {
     const DamJob *job = arg;
     size_t r0, r1, cols = job->cols;
     pool_split(job->rows, job->parts, part, &r0, &r1);
-    float *row = dam_malloc(2 * cols * sizeof(float) + 1, "materialize row"), *tmp = row + cols;
+    /* row: a source's row; tmp (bf16 output only): the fp32 merged row before its rounding */
+    float *row = dam_malloc((job->out_bf16 ? 2 : 1) * cols * sizeof(float) + 1, "materialize row"),
+          *tmp = row + cols;
     for (size_t r = r0; r < r1; r++) {
         if (!job->out_bf16) {
             materialize_row(job, r, (float *)job->out + r * cols, row);
