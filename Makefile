@@ -183,14 +183,18 @@ test-asan-run: $(DEPS) $(BUILD)/dam_dist $(TEST_BIN) $(MPI_TEST_BIN)
 $(BUILD)/dam_dist: $(BUILD)/src/main.o $(BUILD)/libdam.a $(EXTRA_OBJ)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
-# bin/dam_dist, and share/dam_dist/ with configs/, jobs/, docs/ and the README (the jobs find the
-# configs beside them and the binary in ../../bin)
+# bin/dam_dist, and share/dam_dist/ with configs/, jobs/, docs/ and the README. The jobs get the
+# path of share/dam_dist written into their installed_home line: sbatch runs a copy of a job from
+# its spool, where the job cannot find its configs/, jobs/dam_job.sh and ../../bin/dam_dist by
+# its own path
 install: dam_dist
+	@case '$(PREFIX)' in /*) ;; *) echo "make install: PREFIX=$(PREFIX) is not an absolute path (the jobs record it)" >&2; exit 1 ;; esac
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/dam_dist/configs \
 	  $(DESTDIR)$(PREFIX)/share/dam_dist/jobs $(DESTDIR)$(PREFIX)/share/dam_dist/docs
 	install -m 755 dam_dist $(DESTDIR)$(PREFIX)/bin/dam_dist
 	install -m 644 configs/*.json $(DESTDIR)$(PREFIX)/share/dam_dist/configs/
 	install -m 755 jobs/*.sh $(DESTDIR)$(PREFIX)/share/dam_dist/jobs/
+	sed -i "s|^installed_home=''|installed_home='$(PREFIX)/share/dam_dist'|" $(DESTDIR)$(PREFIX)/share/dam_dist/jobs/*.sh
 	install -m 644 docs/*.md $(DESTDIR)$(PREFIX)/share/dam_dist/docs/
 	install -m 644 README.md $(DESTDIR)$(PREFIX)/share/dam_dist/
 	@echo "installed: $(DESTDIR)$(PREFIX)/bin/dam_dist and $(DESTDIR)$(PREFIX)/share/dam_dist/"
