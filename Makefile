@@ -67,6 +67,22 @@ BENCH_SRC := $(wildcard bench/bench_*.c)
 BENCH_BIN := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 # `make deps test`: deps first even with -j (only when deps is asked for; a plain build never runs it)
 DEPS      := $(filter deps,$(MAKECMDGOALS))
+# `make deps X`: deps installs the packages while make reads its makefiles, before anything is
+# decided from them: it is the recipe of the included $(BUILD)/deps.mk, and GNU make reads every
+# makefile again after remaking one, so X is built with what deps installed (DNNL=1 once
+# libdnnl-dev is there; before, the first build of a fresh machine lacked oneDNN and the next make
+# rebuilt everything). A failed install stops make there. Not under make -n/-q/-t (make remakes
+# its makefiles even then): deps is then an ordinary target that prints its command.
+NOEXEC    := $(findstring n,$(firstword -$(MAKEFLAGS)))$(findstring q,$(firstword -$(MAKEFLAGS)))$(findstring t,$(firstword -$(MAKEFLAGS)))
+ifneq ($(DEPS),)
+  ifeq ($(MAKE_RESTARTS)$(NOEXEC),)
+    include $(BUILD)/deps.mk
+    $(BUILD)/deps.mk: deps-force
+	@bash tools/install-deps.sh
+	@mkdir -p $(@D) && echo '# written by make deps (tools/install-deps.sh ran); sets nothing' > $@
+    deps-force: ;
+  endif
+endif
 
 # ---------------------------------------------------------------- CUDA backend
 # `make CUDA=1` adds cuda/ and NCCL (cuda/cuda.mk appends CUDA_OBJ to LIB_OBJ, -DDAM_WITH_CUDA
@@ -123,8 +139,9 @@ info:
 	@echo "  CUDA_HOME   = $(CUDA_HOME)   NCCL_HOME = $(NCCL_HOME)"
 	@echo "  PREFIX      = $(PREFIX)   BUILD = $(BUILD)"
 
+# (after the restart above, deps has run: nothing left to do)
 deps:
-	@bash tools/install-deps.sh
+	$(if $(MAKE_RESTARTS),@:,@bash tools/install-deps.sh)
 
 dam_dist: $(BUILD)/src/main.o $(BUILD)/libdam.a $(EXTRA_OBJ)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
