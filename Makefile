@@ -103,14 +103,15 @@ else
 endif
 EXTRA_OBJ :=
 
-.PHONY: all help deps test test-asan test-asan-run demo experiment bench format format-check cppcheck clean info fixtures \
+.PHONY: all help deps deps-slurm test test-asan test-asan-run demo experiment bench format format-check cppcheck clean info fixtures \
         fuzz install
 
 all: info dam_dist
 
 help:
 	@echo "make            build ./dam_dist (CPU backend; prints the settings, as make info does)"
-	@echo "make deps       install the missing Debian packages (root; the only target that does)"
+	@echo "make deps       install the missing Debian packages (root; the only target that does, with deps-slurm)"
+	@echo "make deps-slurm slurm-wlm and munge for tests/cli_slurm*.sh (daemons: not on a node that runs Slurm)"
 	@echo "make info       compilers, MPI, HDF5, BLAS, CUDA/NCCL locations, -march, version: the variables to set"
 	@echo "make install    PREFIX=DIR: bin/dam_dist, share/dam_dist/{configs,jobs,docs,README.md}"
 	@echo "make test       build, run every test (summary: N passed, N failed); make deps test on a fresh machine"
@@ -142,6 +143,11 @@ info:
 # (after the restart above, deps has run: nothing left to do)
 deps:
 	$(if $(MAKE_RESTARTS),@:,@bash tools/install-deps.sh)
+
+# slurmctld, slurmd and munge for the tests under a one-node Slurm (tests/cli_slurm*.sh;
+# slurm/local.sh): not in deps, since on a node that runs Slurm they would be installed next to it
+deps-slurm:
+	@bash tools/install-deps.sh --slurm
 
 dam_dist: $(BUILD)/src/main.o $(BUILD)/libdam.a $(EXTRA_OBJ)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
