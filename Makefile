@@ -90,6 +90,7 @@ endif
 # `make CUDA=1 cuda-check` compiles every CUDA source without a GPU.
 .DEFAULT_GOAL := all
 -include cuda/cuda.mk
+include cuda/emu/emu.mk
 ifeq ($(CUDA),1)
   ifeq ($(wildcard cuda/cuda.mk),)
     $(error CUDA=1 needs cuda/cuda.mk (the CUDA backend); it is not in this tree)
@@ -103,7 +104,7 @@ else
 endif
 EXTRA_OBJ :=
 
-.PHONY: all help deps deps-slurm test test-asan test-asan-run demo experiment bench format format-check cppcheck clean info fixtures \
+.PHONY: cuda-emu-test all help deps deps-slurm test test-asan test-asan-run demo experiment bench format format-check cppcheck clean info fixtures \
         fuzz install
 
 all: info dam_dist

@@ -47,7 +47,7 @@ static size_t att_bwd_smem(int hd) {
 
 __global__ void k_attn_fwd(void *out, int odt, float *lse, const void *q, const void *k, const void *v,
                            AttnArgs a) {
-    extern __shared__ float sm[];
+    DYNAMIC_SHARED(float, sm);
     int hd = a.hd, ld = hd + 1, i0 = blockIdx.x * ATT_B, h = blockIdx.y, b = blockIdx.z, g = h / a.rep;
     float *Qs = sm, *Ks = Qs + ATT_B * ld, *Vs = Ks + ATT_B * ld, *Os = Vs + ATT_B * ld;
     float *S = Os + ATT_B * ld, *mx = S + ATT_B * (ATT_B + 1), *sum = mx + ATT_B, *corr = sum + ATT_B;
@@ -144,7 +144,7 @@ __device__ void att_load_rowstats(float *lse_s, float *D_s, const float *lse, co
 __global__ void k_attn_bwd_kv(void *dk, int dkdt, void *dv, int dvdt, const void *dout, int gdt,
                               const float *lse, const float *D, const void *q, const void *k, const void *v,
                               AttnArgs a) {
-    extern __shared__ float sm[];
+    DYNAMIC_SHARED(float, sm);
     int hd = a.hd, ld = hd + 1, j0 = blockIdx.x * ATT_B, g = blockIdx.y, b = blockIdx.z;
     float *Ks = sm, *Vs = Ks + ATT_B * ld, *dKs = Vs + ATT_B * ld, *dVs = dKs + ATT_B * ld,
           *Qs = dVs + ATT_B * ld;
@@ -192,7 +192,7 @@ __global__ void k_attn_bwd_kv(void *dk, int dkdt, void *dv, int dvdt, const void
 /* One query tile of one head: dQ = Σ over visible key tiles of dS K. */
 __global__ void k_attn_bwd_q(void *dq, int dqdt, const void *dout, int gdt, const float *lse, const float *D,
                              const void *q, const void *k, const void *v, AttnArgs a) {
-    extern __shared__ float sm[];
+    DYNAMIC_SHARED(float, sm);
     int hd = a.hd, ld = hd + 1, i0 = blockIdx.x * ATT_B, h = blockIdx.y, b = blockIdx.z, g = h / a.rep;
     float *Qs = sm, *dOs = Qs + ATT_B * ld, *Ks = dOs + ATT_B * ld, *Vs = Ks + ATT_B * ld,
           *dQs = Vs + ATT_B * ld;
@@ -262,7 +262,7 @@ static void cu_attention_fwd(BackendCtx *ctx, DevBuf out, DevBuf lse, DevBuf q, 
     size_t smem = att_fwd_smem(s->hd);
     att_smem(ctx, k_attn_fwd, smem, op);
     dim3 grid((unsigned)((s->T + ATT_B - 1) / ATT_B), (unsigned)s->H, (unsigned)s->B);
-    k_attn_fwd<<<grid, ATT_THREADS, smem, ctx->stream>>>(out.ptr, dtcode(out.dtype), (float *)lse.ptr, q.ptr,
+    LAUNCH(k_attn_fwd, grid, ATT_THREADS, smem, ctx->stream)(out.ptr, dtcode(out.dtype), (float *)lse.ptr, q.ptr,
                                                          k.ptr, v.ptr, a);
     LAUNCH_CHECK(op);
 }
@@ -280,18 +280,18 @@ static void cu_attention_bwd(BackendCtx *ctx, DevBuf dq, DevBuf dk, DevBuf dv, D
     size_t rows = (size_t)s->B * s->H * s->T;
     scratch_reserve(ctx, rows * sizeof(float));
     float *D = (float *)scratch_take(ctx, rows * sizeof(float));
-    k_attn_rowdot<<<grid_for(rows * 32, 256), 256, 0, ctx->stream>>>(D, dout.ptr, dtcode(dout.dtype), out.ptr,
+    LAUNCH(k_attn_rowdot, grid_for(rows * 32, 256), 256, 0, ctx->stream)(D, dout.ptr, dtcode(dout.dtype), out.ptr,
                                                                      dtcode(out.dtype), a);
     LAUNCH_CHECK(op);
     size_t smem = att_bwd_smem(s->hd);
     att_smem(ctx, k_attn_bwd_kv, smem, op);
     att_smem(ctx, k_attn_bwd_q, smem, op);
     unsigned tiles = (unsigned)((s->T + ATT_B - 1) / ATT_B);
-    k_attn_bwd_kv<<<dim3(tiles, (unsigned)s->KV, (unsigned)s->B), ATT_THREADS, smem, ctx->stream>>>(
+    LAUNCH(k_attn_bwd_kv, dim3(tiles, (unsigned)s->KV, (unsigned)s->B), ATT_THREADS, smem, ctx->stream)(
         dk.ptr, dtcode(dk.dtype), dv.ptr, dtcode(dv.dtype), dout.ptr, dtcode(dout.dtype),
         (const float *)lse.ptr, D, q.ptr, k.ptr, v.ptr, a);
     LAUNCH_CHECK(op);
-    k_attn_bwd_q<<<dim3(tiles, (unsigned)s->H, (unsigned)s->B), ATT_THREADS, smem, ctx->stream>>>(
+    LAUNCH(k_attn_bwd_q, dim3(tiles, (unsigned)s->H, (unsigned)s->B), ATT_THREADS, smem, ctx->stream)(
         dq.ptr, dtcode(dq.dtype), dout.ptr, dtcode(dout.dtype), (const float *)lse.ptr, D, q.ptr, k.ptr,
         v.ptr, a);
     LAUNCH_CHECK(op);

@@ -19,6 +19,16 @@ extern "C" {
 }
 #include "backend_cuda.h"
 
+/* ---------------------------------------------------------------- launches */
+
+/* LAUNCH(kernel, grid, block, smem, stream)(args...): a kernel launch. With nvcc it is the <<<>>>
+ * syntax; the CPU emulation (cuda/emu, `make cuda-emu-test`) defines it as a queued launch that a
+ * host compiler can parse. DYNAMIC_SHARED(type, name): the block's dynamic shared memory. */
+#ifndef DAM_CUDA_EMU
+#define LAUNCH(kernel, grid, block, smem, stream) kernel<<<grid, block, smem, stream>>>
+#define DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#endif
+
 /* ---------------------------------------------------------------- errors */
 
 /* The rank's prefix comes from dam_fail (dam_set_log_rank); the device is named here. */

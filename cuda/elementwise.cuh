@@ -55,10 +55,10 @@ static void cu_fill(BackendCtx *ctx, DevBuf dst, float value, size_t n) {
         return;
     }
     if (dst.dtype == DAM_I32)
-        k_fill_i32<<<grid_for(n, 256), 256, 0, ctx->stream>>>((int32_t *)dst.ptr, (int32_t)value, n);
+        LAUNCH(k_fill_i32, grid_for(n, 256), 256, 0, ctx->stream)((int32_t *)dst.ptr, (int32_t)value, n);
     else {
         need_float(dst, "fill", "dst");
-        k_fill_f<<<grid_for(n, 256), 256, 0, ctx->stream>>>(dst.ptr, dtcode(dst.dtype), value, n);
+        LAUNCH(k_fill_f, grid_for(n, 256), 256, 0, ctx->stream)(dst.ptr, dtcode(dst.dtype), value, n);
     }
     LAUNCH_CHECK("fill");
 }
@@ -72,7 +72,7 @@ static void cu_copy(BackendCtx *ctx, DevBuf dst, DevBuf src, size_t n) {
         return;
     }
     need_float(dst, "copy", "dst"), need_float(src, "copy", "src");
-    k_convert<<<grid_for(n, 256), 256, 0, ctx->stream>>>(dst.ptr, dtcode(dst.dtype), src.ptr,
+    LAUNCH(k_convert, grid_for(n, 256), 256, 0, ctx->stream)(dst.ptr, dtcode(dst.dtype), src.ptr,
                                                          dtcode(src.dtype), n);
     LAUNCH_CHECK("copy");
 }
@@ -80,14 +80,14 @@ static void cu_copy(BackendCtx *ctx, DevBuf dst, DevBuf src, size_t n) {
 static void cu_add(BackendCtx *ctx, DevBuf y, DevBuf x, size_t n) {
     need_float(y, "add", "y"), need_float(x, "add", "x"), need_n(y, n, "add", "y"), need_n(x, n, "add", "x");
     if (n == 0) return;
-    k_add<<<grid_for(n, 256), 256, 0, ctx->stream>>>(y.ptr, dtcode(y.dtype), x.ptr, dtcode(x.dtype), n);
+    LAUNCH(k_add, grid_for(n, 256), 256, 0, ctx->stream)(y.ptr, dtcode(y.dtype), x.ptr, dtcode(x.dtype), n);
     LAUNCH_CHECK("add");
 }
 
 static void cu_scale(BackendCtx *ctx, DevBuf y, float s, size_t n) {
     need_float(y, "scale", "y"), need_n(y, n, "scale", "y");
     if (n == 0) return;
-    k_scale<<<grid_for(n, 256), 256, 0, ctx->stream>>>(y.ptr, dtcode(y.dtype), s, n);
+    LAUNCH(k_scale, grid_for(n, 256), 256, 0, ctx->stream)(y.ptr, dtcode(y.dtype), s, n);
     LAUNCH_CHECK("scale");
 }
 
@@ -95,7 +95,7 @@ static void cu_add_bias(BackendCtx *ctx, DevBuf y, DevBuf b, int T, int out) {
     need_float(y, "add_bias", "y"), need_float(b, "add_bias", "b");
     need_n(y, (size_t)T * out, "add_bias", "y"), need_n(b, (size_t)out, "add_bias", "b");
     if ((size_t)T * out == 0) return;
-    k_add_bias<<<grid_for((size_t)T * out, 256), 256, 0, ctx->stream>>>(y.ptr, dtcode(y.dtype), b.ptr,
+    LAUNCH(k_add_bias, grid_for((size_t)T * out, 256), 256, 0, ctx->stream)(y.ptr, dtcode(y.dtype), b.ptr,
                                                                         dtcode(b.dtype), T, out);
     LAUNCH_CHECK("add_bias");
 }
@@ -108,7 +108,7 @@ static void cu_colsum(BackendCtx *ctx, DevBuf out, DevBuf dy, int T, int cols) {
     CUDA_CHECK(cudaMemsetAsync(out.ptr, 0, (size_t)cols * sizeof(float), ctx->stream));
     if (T <= 0) return;
     dim3 grid((unsigned)((cols + 255) / 256), (unsigned)((T + COLSUM_ROWS - 1) / COLSUM_ROWS));
-    k_colsum<<<grid, 256, 0, ctx->stream>>>((float *)out.ptr, dy.ptr, dtcode(dy.dtype), T, cols);
+    LAUNCH(k_colsum, grid, 256, 0, ctx->stream)((float *)out.ptr, dy.ptr, dtcode(dy.dtype), T, cols);
     LAUNCH_CHECK("colsum");
 }
 
@@ -124,7 +124,7 @@ static void cu_gather_rows(BackendCtx *ctx, DevBuf dst, DevBuf src, const int32_
     if (n <= 0 || d <= 0) return;
     check_rows(rows, n, src.n / (size_t)d, op);
     const int32_t *ir = upload_indices(ctx, rows, (size_t)n);
-    k_move_rows<<<grid_for((size_t)n * d, 256), 256, 0, ctx->stream>>>(dst.ptr, dtcode(dst.dtype), src.ptr,
+    LAUNCH(k_move_rows, grid_for((size_t)n * d, 256), 256, 0, ctx->stream)(dst.ptr, dtcode(dst.dtype), src.ptr,
                                                                        dtcode(src.dtype), NULL, ir, n, d);
     LAUNCH_CHECK(op);
 }
@@ -135,7 +135,7 @@ static void cu_scatter_rows(BackendCtx *ctx, DevBuf dst, DevBuf src, const int32
     if (n <= 0 || d <= 0) return;
     check_rows(rows, n, dst.n / (size_t)d, op);
     const int32_t *ir = upload_indices(ctx, rows, (size_t)n);
-    k_move_rows<<<grid_for((size_t)n * d, 256), 256, 0, ctx->stream>>>(dst.ptr, dtcode(dst.dtype), src.ptr,
+    LAUNCH(k_move_rows, grid_for((size_t)n * d, 256), 256, 0, ctx->stream)(dst.ptr, dtcode(dst.dtype), src.ptr,
                                                                        dtcode(src.dtype), ir, NULL, n, d);
     LAUNCH_CHECK(op);
 }

@@ -20,7 +20,7 @@ static cudaDataType_t cuda_type(dam_dtype t) { return t == DAM_BF16 ? CUDA_R_16B
 static const void *gemm_operand(BackendCtx *ctx, DevBuf b, size_t n, int bf16) {
     if (!bf16 || b.dtype == DAM_BF16) return b.ptr;
     __nv_bfloat16 *t = (__nv_bfloat16 *)scratch_take(ctx, n * sizeof(__nv_bfloat16));
-    k_f32_to_bf16<<<grid_for(n, 256), 256, 0, ctx->stream>>>(t, (const float *)b.ptr, n);
+    LAUNCH(k_f32_to_bf16, grid_for(n, 256), 256, 0, ctx->stream)(t, (const float *)b.ptr, n);
     LAUNCH_CHECK("f32_to_bf16");
     return t;
 }

@@ -126,22 +126,22 @@ static void loss_full_vocab(BackendCtx *ctx, float *dz, LossSums *sums, const fl
     double *mx = (double *)scratch_take(ctx, (size_t)2 * C * sizeof(double));
     double *se = (double *)scratch_take(ctx, (size_t)2 * C * sizeof(double));
     double *part = (double *)scratch_take(ctx, (size_t)3 * C * sizeof(double));
-    k_loss_max<<<C, LOSS_THREADS, 0, ctx->stream>>>(mx, z, t, C, V, s);
+    LAUNCH(k_loss_max, C, LOSS_THREADS, 0, ctx->stream)(mx, z, t, C, V, s);
     LAUNCH_CHECK("loss max");
     if (red) stat_reduce(ctx, mx, 2 * C, red, 1);
-    k_loss_sumexp<<<C, LOSS_THREADS, 0, ctx->stream>>>(se, mx, z, t, C, V, s);
+    LAUNCH(k_loss_sumexp, C, LOSS_THREADS, 0, ctx->stream)(se, mx, z, t, C, V, s);
     LAUNCH_CHECK("loss sumexp");
     if (red) stat_reduce(ctx, se, 2 * C, red, 0);
-    k_loss_lse<<<(C + 255) / 256, 256, 0, ctx->stream>>>(mx, se, C, need_t);
+    LAUNCH(k_loss_lse, (C + 255) / 256, 256, 0, ctx->stream)(mx, se, C, need_t);
     LAUNCH_CHECK("loss lse");
-    k_loss_partials<<<C, LOSS_THREADS, 0, ctx->stream>>>(part, mx, z, t, C, V, s, p->kl, p->entropy > 0,
+    LAUNCH(k_loss_partials, C, LOSS_THREADS, 0, ctx->stream)(part, mx, z, t, C, V, s, p->kl, p->entropy > 0,
                                                          p->mse > 0);
     LAUNCH_CHECK("loss partials");
     if (red) stat_reduce(ctx, part, 3 * C, red, 0);
     LossGradArgs g = {s, p->kl ? (double)p->tau * loss_kl_inv_n(p) * dz_scale : 0.0,
                       p->mse > 0 ? 2.0 * p->mse / p->V_full * p->inv_n * dz_scale : 0.0,
                       p->entropy > 0 ? -(double)p->entropy * p->tau * p->inv_n * dz_scale : 0.0};
-    k_loss_grad<<<C, LOSS_THREADS, 0, ctx->stream>>>(dz, mx, part, z, t, C, V, g);
+    LAUNCH(k_loss_grad, C, LOSS_THREADS, 0, ctx->stream)(dz, mx, part, z, t, C, V, g);
     LAUNCH_CHECK("loss grad");
     double *hl = download_doubles(ctx, mx, (size_t)C), *hp = download_doubles(ctx, part, (size_t)3 * C);
     for (int r = 0; r < C; r++) {
@@ -192,11 +192,11 @@ static void loss_topk_kl(BackendCtx *ctx, float *dz, LossSums *sums, const float
     scratch_reserve(ctx, align256((size_t)C * K * sizeof(double)) + align256((size_t)C * sizeof(double)));
     double *zk = (double *)scratch_take(ctx, (size_t)C * K * sizeof(double));
     double *kl = (double *)scratch_take(ctx, (size_t)C * sizeof(double));
-    k_topk_gather<<<grid_for((size_t)C * K, 256), 256, 0, ctx->stream>>>(zk, z, idx, C, V, K,
+    LAUNCH(k_topk_gather, grid_for((size_t)C * K, 256), 256, 0, ctx->stream)(zk, z, idx, C, V, K,
                                                                          p->vocab_offset);
     LAUNCH_CHECK("topk gather");
     if (red) stat_reduce(ctx, zk, C * K, red, 0);
-    k_topk_rows<<<(C + 127) / 128, 128, 0, ctx->stream>>>(dz, kl, zk, idx, val, C, V, K, p->vocab_offset, s,
+    LAUNCH(k_topk_rows, (C + 127) / 128, 128, 0, ctx->stream)(dz, kl, zk, idx, val, C, V, K, p->vocab_offset, s,
                                                           (double)p->tau * loss_kl_inv_n(p) * dz_scale);
     LAUNCH_CHECK("topk rows");
     double *h = download_doubles(ctx, kl, (size_t)C);
@@ -300,7 +300,7 @@ static void cu_loss_topk(BackendCtx *ctx, DevBuf idx, DevBuf val, DevBuf zt, int
         need_n(zt, (size_t)C * V, op, "zt");
     if (K < 1 || K > V) dam_fail("cuda %s: K = %d is outside [1, %d]", op, K, V);
     if (C <= 0) return;
-    k_topk_select<<<C, 256, 0, ctx->stream>>>((int32_t *)idx.ptr, (float *)val.ptr, (const float *)zt.ptr, V,
+    LAUNCH(k_topk_select, C, 256, 0, ctx->stream)((int32_t *)idx.ptr, (float *)val.ptr, (const float *)zt.ptr, V,
                                               K, vocab_offset);
     LAUNCH_CHECK(op);
     if (!reduce || reduce->group_size <= 1) return;

@@ -45,7 +45,7 @@ static void cu_coef_nonlin(BackendCtx *ctx, DevBuf fc, DevBuf c, size_t n, Nonli
     need_f32(fc, "coef_nonlin", "fc"), need_f32(c, "coef_nonlin", "c");
     need_n(fc, n, "coef_nonlin", "fc"), need_n(c, n, "coef_nonlin", "c");
     if (n == 0) return;
-    k_coef_nonlin<<<grid_for(n, 256), 256, 0, ctx->stream>>>((float *)fc.ptr, (const float *)c.ptr, n,
+    LAUNCH(k_coef_nonlin, grid_for(n, 256), 256, 0, ctx->stream)((float *)fc.ptr, (const float *)c.ptr, n,
                                                              (int)f);
     LAUNCH_CHECK("coef_nonlin");
 }
@@ -54,7 +54,7 @@ static void cu_coef_nonlin_grad(BackendCtx *ctx, DevBuf g, DevBuf c, size_t n, N
     need_f32(g, "coef_nonlin_grad", "g"), need_f32(c, "coef_nonlin_grad", "c");
     need_n(g, n, "coef_nonlin_grad", "g"), need_n(c, n, "coef_nonlin_grad", "c");
     if (n == 0) return;
-    k_coef_nonlin_grad<<<grid_for(n, 256), 256, 0, ctx->stream>>>((float *)g.ptr, (const float *)c.ptr, n,
+    LAUNCH(k_coef_nonlin_grad, grid_for(n, 256), 256, 0, ctx->stream)((float *)g.ptr, (const float *)c.ptr, n,
                                                                   (int)f);
     LAUNCH_CHECK("coef_nonlin_grad");
 }
@@ -70,7 +70,7 @@ __global__ void k_dot(double *partial, const float *a, const float *b, size_t n)
 static double dev_dot(BackendCtx *ctx, const float *a, const float *b, size_t n) {
     if (n == 0) return 0;
     int nb = red_blocks(n);
-    k_dot<<<nb, RED_THREADS, 0, ctx->stream>>>(ctx->partials, a, b, n);
+    LAUNCH(k_dot, nb, RED_THREADS, 0, ctx->stream)(ctx->partials, a, b, n);
     LAUNCH_CHECK("dot");
     return sum_partials(ctx, nb);
 }
@@ -117,7 +117,7 @@ static void cu_coef_mix_grad(BackendCtx *ctx, DevBuf g, DevBuf c, const double *
     MixArgs m;
     m.n = n_src;
     for (int e = 0; e < n_src * n_src; e++) m.A[e] = A[e];
-    k_mix_grad<<<grid_for((size_t)dim, 256), 256, 0, ctx->stream>>>((float *)g.ptr, (const float *)c.ptr, m,
+    LAUNCH(k_mix_grad, grid_for((size_t)dim, 256), 256, 0, ctx->stream)((float *)g.ptr, (const float *)c.ptr, m,
                                                                     dim);
     LAUNCH_CHECK("coef_mix_grad");
 }
@@ -139,7 +139,7 @@ static double cu_coef_l1(BackendCtx *ctx, DevBuf g, DevBuf c, size_t n, double l
         need_n(c, n, "coef_l1", "c");
     if (n == 0) return 0;
     int nb = red_blocks(n);
-    k_l1<<<nb, RED_THREADS, 0, ctx->stream>>>(ctx->partials, (float *)g.ptr, (const float *)c.ptr, n,
+    LAUNCH(k_l1, nb, RED_THREADS, 0, ctx->stream)(ctx->partials, (float *)g.ptr, (const float *)c.ptr, n,
                                               (float)lambda);
     LAUNCH_CHECK("coef_l1");
     return lambda * sum_partials(ctx, nb);
@@ -168,7 +168,7 @@ static double cu_coef_overlap(BackendCtx *ctx, DevBuf g, DevBuf c, int n_src, in
     need_n(g, (size_t)n_src * dim, "coef_overlap", "g"), need_n(c, (size_t)n_src * dim, "coef_overlap", "c");
     if (n_src < 2 || dim <= 0) return 0;
     int nb = red_blocks((size_t)dim);
-    k_overlap<<<nb, RED_THREADS, 0, ctx->stream>>>(ctx->partials, (float *)g.ptr, (const float *)c.ptr, n_src,
+    LAUNCH(k_overlap, nb, RED_THREADS, 0, ctx->stream)(ctx->partials, (float *)g.ptr, (const float *)c.ptr, n_src,
                                                    dim, (float)w);
     LAUNCH_CHECK("coef_overlap");
     return w * sum_partials(ctx, nb);
@@ -203,7 +203,7 @@ static double cu_coef_weighted_overlap(BackendCtx *ctx, DevBuf g, DevBuf c, DevB
     need_n(wts, (size_t)(n_src * (n_src - 1) / 2) * dim, "coef_weighted_overlap", "wts");
     if (n_src < 2 || dim <= 0) return 0;
     int nb = red_blocks((size_t)dim);
-    k_weighted_overlap<<<nb, RED_THREADS, 0, ctx->stream>>>(
+    LAUNCH(k_weighted_overlap, nb, RED_THREADS, 0, ctx->stream)(
         ctx->partials, (float *)g.ptr, (const float *)c.ptr, (const float *)wts.ptr, n_src, dim, (float)w);
     LAUNCH_CHECK("coef_weighted_overlap");
     return w * sum_partials(ctx, nb);
@@ -227,7 +227,7 @@ static float cu_mofo_threshold(BackendCtx *ctx, DevBuf m, size_t n, float alpha)
     float *keys = (float *)scratch_take(ctx, n * sizeof(float)),
           *sorted = (float *)scratch_take(ctx, n * sizeof(float));
     void *tmp = scratch_take(ctx, temp);
-    k_abs<<<grid_for(n, 256), 256, 0, ctx->stream>>>(keys, (const float *)m.ptr, n);
+    LAUNCH(k_abs, grid_for(n, 256), 256, 0, ctx->stream)(keys, (const float *)m.ptr, n);
     LAUNCH_CHECK("mofo_threshold");
     CUDA_CHECK(cub::DeviceRadixSort::SortKeysDescending(tmp, temp, keys, sorted, (int)n, 0, 32, ctx->stream));
     float thr;
@@ -283,14 +283,14 @@ static void cu_adamw(BackendCtx *ctx, DevBuf c, DevBuf g, DevBuf m, DevBuf v, si
                   p->bf16};
     unsigned grid = grid_for(n, 256);
     if (p->mofo_alpha > 0) { /* moments, the threshold of the updated |m|, then the update */
-        k_adamw<<<grid, 256, 0, ctx->stream>>>((float *)c.ptr, (const float *)g.ptr, (float *)m.ptr,
+        LAUNCH(k_adamw, grid, 256, 0, ctx->stream)((float *)c.ptr, (const float *)g.ptr, (float *)m.ptr,
                                                (float *)v.ptr, n, a, 1, 0);
         LAUNCH_CHECK(op);
         a.thr = cu_mofo_threshold(ctx, m, n, p->mofo_alpha);
-        k_adamw<<<grid, 256, 0, ctx->stream>>>((float *)c.ptr, (const float *)g.ptr, (float *)m.ptr,
+        LAUNCH(k_adamw, grid, 256, 0, ctx->stream)((float *)c.ptr, (const float *)g.ptr, (float *)m.ptr,
                                                (float *)v.ptr, n, a, 0, 1);
     } else {
-        k_adamw<<<grid, 256, 0, ctx->stream>>>((float *)c.ptr, (const float *)g.ptr, (float *)m.ptr,
+        LAUNCH(k_adamw, grid, 256, 0, ctx->stream)((float *)c.ptr, (const float *)g.ptr, (float *)m.ptr,
                                                (float *)v.ptr, n, a, 1, 1);
     }
     LAUNCH_CHECK(op);
