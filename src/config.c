@@ -277,7 +277,8 @@ static void parse_rest(DamConfig *c, const cJSON *root) {
                                      "cpu_matmul", NULL};
     check_keys(p, f, "parallel", pk);
     json_set_section("parallel");
-    c->dp = json_opt_int(p, "dp", 1), c->pp = json_opt_int(p, "pp", 0), c->tp = json_opt_int(p, "tp", 1);
+    /* 0 (or absent): chosen for the rank count (layout.c) */
+    c->dp = json_opt_int(p, "dp", 0), c->pp = json_opt_int(p, "pp", 0), c->tp = json_opt_int(p, "tp", 0);
     static const char *const dev[] = {"cpu", "cuda", NULL}, *const tr[] = {"auto", "mpi", "nccl", NULL};
     c->device = pick(f, "parallel.device", json_opt_string(p, "device", "cpu"), dev) ? "cuda" : "cpu";
     /* (DamTransport's values are the names' indices) */

@@ -81,7 +81,7 @@ typedef struct {
     uint64_t seed;
     int shuffle; /* train.shuffle: a seeded order per epoch, shared by the datasets (train.c: data_row) */
     /* parallel */
-    int dp, pp, tp;
+    int dp, pp, tp;         /* > 0 as given; 0 (the default): chosen for the rank count (layout.h) */
     const char *device;     /* "cpu" (default) or "cuda": the backend (DAM_BACKEND overrides) */
     DamTransport transport; /* device collectives: auto (NCCL on cuda, else MPI), mpi, nccl */
     /* bytes this rank may spend keeping every layer's activations of the merged forward for the

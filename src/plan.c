@@ -28,6 +28,7 @@
 #include "dataset.h"
 #include "hfconfig.h"
 #include "json_util.h"
+#include "layout.h"
 #include "model.h"
 #include "pipeline.h"
 #include "util.h"
@@ -80,6 +81,7 @@ typedef struct {
 
 typedef struct {
     int dp, pp, tp;
+    int automatic; /* chosen by layout.c (some of parallel.dp/pp/tp 0) */
 } PlanLayout;
 
 /* One rank's estimate (bytes). For cuda the seven terms are GPU memory and `host` is the host's. */
@@ -510,29 +512,12 @@ static void load_model(PlanModel *pm, const DamConfig *c, const PlanArgs *a, int
                  pm->cfg.max_position_embeddings, dirs[0]);
 }
 
-/* dp x pp x tp from the config and --ranks, checked as layout.c checks it (without MPI). */
+/* dp x pp x tp from the config and --ranks: layout.c's own choice and checks (without MPI). */
 static void resolve_layout(PlanLayout *L, const DamConfig *c, const ModelConfig *mc, int ranks) {
-    int dp = c->dp, tp = c->tp;
-    if (dp < 1 || tp < 1) dam_fail("%s: parallel.dp and parallel.tp must be >= 1", c->file);
-    if (c->pp == 0 && ranks % (dp * tp) != 0)
-        dam_fail("%s: %d ranks are not divisible by dp=%d x tp=%d", c->file, ranks, dp, tp);
-    int pp = c->pp > 0 ? c->pp : ranks / (dp * tp);
-    if (dp * pp * tp != ranks)
-        dam_fail("%s: parallel layout dp=%d x pp=%d x tp=%d = %d ranks does not match --ranks %d", c->file,
-                 dp, pp, tp, dp * pp * tp, ranks);
-    const char *names[] = {"num_attention_heads", "num_key_value_heads", "intermediate_size", "vocab_size"};
-    int vals[] = {mc->num_attention_heads, mc->num_key_value_heads, mc->intermediate_size, mc->vocab_size};
-    for (int i = 0; i < 4; i++)
-        if (vals[i] % tp)
-            dam_fail("%s: parallel.tp=%d does not divide %s = %d of %s", c->file, tp, names[i], vals[i],
-                     c->models[0].path);
-    if (pp > mc->num_hidden_layers)
-        dam_fail("%s: parallel.pp=%d exceeds the %d layers of %s", c->file, pp, mc->num_hidden_layers,
-                 c->models[0].path);
-    if (c->micro_batches % dp)
-        dam_fail("%s: train.micro_batches=%d is not divisible by parallel.dp=%d", c->file, c->micro_batches,
-                 dp);
-    L->dp = dp, L->pp = pp, L->tp = tp;
+    DamLayout d;
+    char *err = layout_resolve(c, mc, c->models[0].path, ranks, &d);
+    if (err) dam_fail("%s", err);
+    L->dp = d.dp, L->pp = d.pp, L->tp = d.tp, L->automatic = d.automatic;
 }
 
 /* MemTotal of /proc/meminfo in bytes (0 when unreadable). */
@@ -570,7 +555,7 @@ static int smallest_fit(const PlanModel *pm, const PlanArgs *a, double node, Pla
             if (R % tp || pp > L) continue;
             double limit = limit_per_rank(a, node, R);
             if (sources_all / R > limit) continue; /* the shards alone do not fit */
-            PlanLayout lay = {1, pp, tp};
+            PlanLayout lay = {1, pp, tp, 0};
             if (plan_layout(pm, &lay, NULL) <= limit) return *out = lay, 1;
         }
     return 0;
@@ -596,8 +581,9 @@ static void print_table(const PlanModel *pm, const PlanArgs *a, const DamConfig 
            "%d datasets x %d x %d tokens, micro_batches %d\n",
            mc->architecture, mc->num_hidden_layers, mc->hidden_size, P / 1e9, pm->dtype_note, pm->n_rows,
            pm->n_data, pm->B, pm->T, pm->micro_batches);
-    printf("layout: dp=%d x pp=%d x tp=%d = %d ranks%s\n", R->lay.dp, R->lay.pp, R->lay.tp, R->n_ranks,
-           c->pp == 0 ? " (parallel.pp = 0: the ranks left by dp x tp)" : "");
+    DamLayout d = {R->lay.dp, R->lay.pp, R->lay.tp, R->lay.automatic};
+    char desc[256];
+    printf("layout: %s\n", layout_describe(c, &d, desc, sizeof desc));
     for (int s = 0; s < R->lay.pp; s++) {
         int l0, l1;
         dam_stage_layers(mc, R->lay.pp, s, &l0, &l1);

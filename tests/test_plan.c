@@ -301,18 +301,27 @@ static void test_bad_input(void **state) {
     char *cfg = make_run(tmp, "llama-3-70b", train, "1, \"pp\": 0, \"tp\": 1");
     char *tp3 = make_run(tmp, "llama-3-70b", train, "2, \"pp\": 0, \"tp\": 3");
     char *dp2 = make_run(tmp, "llama-3-70b", train, "2, \"pp\": 2, \"tp\": 1");
+    /* the same with micro_batches 4 (the rank count is the only thing wrong) */
+    char *dp2m4 = make_run(tmp, "llama-3-70b", "{\"batch_size\": 1, \"micro_batches\": 4, \"seq_len\": 2048}",
+                           "2, \"pp\": 2, \"tp\": 1");
     expect_refused("--config", "--ranks 8");
     expect_refused("--ranks", "--config %s", cfg);
     expect_refused("unknown option", "--config %s --ranks 8 --frobnicate", cfg);
     expect_refused("--gpu-mem", "--config %s --ranks 8 --device cuda", cfg);
-    expect_refused("exceeds the 80 layers", "--config %s --ranks 96", cfg);
+    /* a rank count no layout of dp=1 x tp=1 can use: named, with the counts that work */
+    expect_refused("96 ranks: no dp x pp x tp layout with parallel.dp=1, parallel.tp=1 runs",
+                   "--config %s --ranks 96", cfg);
+    expect_refused("rank counts that work: 1-80\n", "--config %s --ranks 96", cfg);
     /* layouts that do not divide: tp = 3 over 64 heads; 9 ranks over dp=2 x tp=3 */
     expect_refused("does not divide num_attention_heads", "--config %s --ranks 12", tp3);
-    expect_refused("not divisible by dp=2 x tp=3", "--config %s --ranks 9", tp3);
+    expect_refused("does not divide num_attention_heads", "--config %s --ranks 9", tp3);
     expect_refused("micro_batches=3 is not divisible", "--config %s --ranks 4", dp2);
-    expect_refused("does not match --ranks 6", "--config %s --ranks 6", dp2);
+    /* the rank count comes before the batch: 6 ranks with dp=2 x pp=2 */
+    expect_refused("6 ranks: no dp x pp x tp layout", "--config %s --ranks 6", dp2);
+    expect_refused("6 ranks: no dp x pp x tp layout", "--config %s --ranks 6", dp2m4);
+    expect_refused("rank counts that work: 4\n", "--config %s --ranks 6", dp2m4);
     expect_refused("missing.json", "--config %s/missing.json --ranks 1", tmp);
-    free(cfg), free(tp3), free(dp2);
+    free(cfg), free(tp3), free(dp2), free(dp2m4);
     dam_rm_rf(tmp);
     free(tmp);
 }
