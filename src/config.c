@@ -527,13 +527,15 @@ void config_load(DamConfig *c, const char *path) {
     json_set_context(path);
     cJSON *root = json_parse_text(text, n, path);
     if (!cJSON_IsObject(root)) dam_fail("%s: expected a JSON object at the top level", path);
-    static const char *const top[] = {"base_model", "models", "merge",  "loss",         "train",   "parallel",
-                                      "checkpoint", "preset", "output", "base_dataset", "comment", NULL};
+    static const char *const top[] = {"base_model", "models",       "merge",  "loss",   "train",
+                                      "parallel",   "checkpoint",   "preset", "output", "base_dataset",
+                                      "comment",    "model_config", NULL};
     check_keys(root, path, "", top);
     json_set_section(NULL);
     apply_preset(c, root);
     c->base_model = resolve(path, json_opt_string(root, "base_model", NULL));
     c->base_dataset = resolve(path, json_opt_string(root, "base_dataset", NULL));
+    c->model_config = resolve(path, json_opt_string(root, "model_config", NULL));
     parse_models(c, root);
     parse_merge(c, root);
     parse_loss(c, root);
@@ -571,8 +573,8 @@ void config_load(DamConfig *c, const char *path) {
 void config_free(DamConfig *c) {
     for (int i = 0; i < c->n_models; i++)
         free(c->models[i].path), free(c->models[i].dataset), free(c->models[i].name);
-    free(c->file), free(c->base_model), free(c->base_dataset), free(c->init_file), free(c->ckpt_dir),
-        free(c->out_dir), free(c->metrics_file), free(c->effective);
+    free(c->file), free(c->base_model), free(c->model_config), free(c->base_dataset), free(c->init_file),
+        free(c->ckpt_dir), free(c->out_dir), free(c->metrics_file), free(c->effective);
     memset(c, 0, sizeof *c);
 }
 

@@ -55,6 +55,8 @@
  * pages with 64 KiB fault-around. Only small tensors under tp notice (docs/memory.md); --folio-kib
  * sets it and --probe-folio DIR measures it. */
 #define PLAN_FOLIO_KIB 2048.0
+/* plan's exit status when a rank does not fit (0: all fit; 1: an error) */
+#define PLAN_EXIT_NO_FIT 3
 /* Slurm checks signal times about once a minute: a lead time needs this much on top. */
 #define PLAN_SLURM_SLACK_S 60.0
 
@@ -346,15 +348,23 @@ typedef struct {
     int json;
     double read_gbps, write_gbps, tflops, baseline_mib, folio_kib;
     int seq_len;
-    const char *probe_dir; /* --probe-folio DIR */
+    const char *probe_dir;    /* --probe-folio DIR */
+    int dev_given;            /* --device given (else the config's parallel.device) */
+    const char *model_config; /* --model-config FILE */
 } PlanArgs;
 
 static const char plan_usage[] =
     "usage: dam_dist plan --config F --ranks N [--device cpu|cuda] [--gpu-mem GiB] [--mem-per-rank GiB]\n"
-    "                     [--json] [--read-gbps X] [--write-gbps X] [--tflops X] [--baseline-mib M]\n"
-    "                     [--seq-len T]\n"
-    "  --device cpu|cuda   cpu (default): peak RSS per rank; cuda: GPU memory per rank (docs/memory.md)\n"
+    "                     [--model-config FILE] [--json] [--read-gbps X] [--write-gbps X] [--tflops X]\n"
+    "                     [--baseline-mib M] [--seq-len T]\n"
+    "Exit status: 0 every rank fits; 3 a rank does not fit (the table says which, and the smallest\n"
+    "layout that would); 1 an error (one line).\n"
+    "  --device cpu|cuda   cpu: peak RSS per rank; cuda: GPU memory per rank (default: the config's\n"
+    "                      parallel.device; docs/memory.md)\n"
     "  --gpu-mem GiB       memory per GPU (cuda; required)\n"
+    "  --model-config FILE plan with this config.json (the model family's public one) for every\n"
+    "                      source, before the models are there (default: each source's own, else\n"
+    "                      the config's model_config)\n"
     "  --mem-per-rank GiB  memory per rank (cpu; default: this node's MemTotal / N)\n"
     "  --json              one JSON object instead of the table\n"
     "  --read-gbps X       source read rate per rank for the load time (default 2 GB/s)\n"
@@ -389,9 +399,9 @@ static void parse_args(PlanArgs *a, int argc, char **argv) {
             exit(0);
         }
         static const char *const with_value[] = {
-            "--config",    "--ranks",       "--device", "--gpu-mem",      "--mem-per-rank",
-            "--read-gbps", "--write-gbps",  "--tflops", "--baseline-mib", "--seq-len",
-            "--folio-kib", "--probe-folio", NULL};
+            "--config",       "--ranks",  "--device",       "--gpu-mem", "--mem-per-rank", "--read-gbps",
+            "--write-gbps",   "--tflops", "--baseline-mib", "--seq-len", "--folio-kib",    "--probe-folio",
+            "--model-config", NULL};
         int known = 0;
         for (int k = 0; with_value[k]; k++) known |= !strcmp(o, with_value[k]);
         if (!known) cli_unknown_option("plan", o);
@@ -405,7 +415,10 @@ static void parse_args(PlanArgs *a, int argc, char **argv) {
             if (strcmp(v, "cpu") && strcmp(v, "cuda"))
                 dam_fail("plan: --device: expected cpu or cuda, got '%s'", v);
             a->dev = strcmp(v, "cuda") ? PLAN_CPU : PLAN_CUDA;
-        } else if (!strcmp(o, "--gpu-mem"))
+            a->dev_given = 1;
+        } else if (!strcmp(o, "--model-config"))
+            a->model_config = v;
+        else if (!strcmp(o, "--gpu-mem"))
             a->gpu_mem = parse_positive(v, o);
         else if (!strcmp(o, "--mem-per-rank"))
             a->mem_per_rank = parse_positive(v, o);
@@ -427,19 +440,44 @@ static void parse_args(PlanArgs *a, int argc, char **argv) {
     if (a->probe_dir) return;
     if (!a->config) dam_fail("plan: --config F is required (%s)", plan_short);
     if (!a->ranks) dam_fail("plan: --ranks N is required (%s)", plan_short);
-    if (a->dev == PLAN_CUDA && !a->gpu_mem)
-        dam_fail("plan: --device cuda needs --gpu-mem GiB (memory per GPU)");
-    if (a->dev == PLAN_CPU && a->gpu_mem) dam_fail("plan: --gpu-mem applies to --device cuda");
-    if (a->dev == PLAN_CUDA && a->mem_per_rank) dam_fail("plan: --mem-per-rank applies to --device cpu");
-    if (!a->tflops) a->tflops = a->dev == PLAN_CUDA ? PLAN_CUDA_TFLOPS : PLAN_CPU_TFLOPS;
     if (!a->baseline_mib) a->baseline_mib = PLAN_BASELINE_MIB;
     if (!a->folio_kib) a->folio_kib = PLAN_FOLIO_KIB;
 }
 
-/* Bytes per element of a source's stored weights, from its config.json (torch_dtype, or dtype as
- * transformers 5 writes it). Absent: float32 assumed (the conservative choice), with a note. */
-static double stored_dtype(const char *dir, const char **name, int *assumed) {
+/* The device: --device, else the config's parallel.device; and its limits' options. */
+static void plan_device(PlanArgs *a, const DamConfig *c) {
+    if (!a->dev_given) a->dev = strcmp(c->device, "cuda") ? PLAN_CPU : PLAN_CUDA;
+    char *from = a->dev_given ? dam_strdup("--device") : dam_asprintf("parallel.device of %s", c->file);
+    if (a->dev == PLAN_CUDA && !a->gpu_mem)
+        dam_fail("plan: device cuda (%s) needs --gpu-mem GiB (memory per GPU)", from);
+    if (a->dev == PLAN_CPU && a->gpu_mem) dam_fail("plan: --gpu-mem applies to device cuda (%s: cpu)", from);
+    if (a->dev == PLAN_CUDA && a->mem_per_rank)
+        dam_fail("plan: --mem-per-rank applies to device cpu (%s: cuda)", from);
+    free(from);
+    if (!a->tflops) a->tflops = a->dev == PLAN_CUDA ? PLAN_CUDA_TFLOPS : PLAN_CPU_TFLOPS;
+}
+
+/* The config.json plan reads for source directory `dir` (heap): --model-config; else the
+ * directory's own; else the run config's model_config (*family set). A directory that is not there
+ * gets one line: a placeholder left in (a /path/to/ path), or the way to plan without it. */
+static char *source_config(const DamConfig *c, const PlanArgs *a, const char *dir, int *family) {
+    if (a->model_config) return *family = 1, dam_strdup(a->model_config);
     char *p = dam_path_join(dir, "config.json");
+    if (dam_file_exists(p)) return p;
+    if (c->model_config) return free(p), *family = 1, dam_strdup(c->model_config);
+    if (strstr(dir, "/path/to/"))
+        dam_fail("%s: source '%s' is a placeholder: write your model paths into the config, or plan before "
+                 "the models are there with --model-config FILE (the family's config.json; configs/models/ "
+                 "holds the shipped configs' ones)",
+                 c->file, dir);
+    dam_fail("%s: cannot open (plan reads each source's config.json; before the models are there, "
+             "--model-config FILE or the config's model_config names the family's config.json)",
+             p);
+}
+
+/* Bytes per element of a source's stored weights, from its config.json p (torch_dtype, or dtype as
+ * transformers 5 writes it). Absent: float32 assumed (the conservative choice), with a note. */
+static double stored_dtype(const char *p, const char **name, int *assumed) {
     cJSON *root = json_parse_file(p);
     const char *key = "torch_dtype";
     const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, key);
@@ -461,29 +499,29 @@ static double stored_dtype(const char *dir, const char **name, int *assumed) {
         size = 4;
     }
     cJSON_Delete(root);
-    free(p);
     return size;
 }
 
 /* The run config and the sources' config.json into a PlanModel. */
-static void load_model(PlanModel *pm, const DamConfig *c, const PlanArgs *a, int *dtype_assumed) {
+static void load_model(PlanModel *pm, const DamConfig *c, const PlanArgs *a, int *dtype_assumed,
+                       int *family) {
     memset(pm, 0, sizeof *pm);
     const char *dirs[DAM_MAX_SOURCES + 1];
     int n = 0;
     for (int i = 0; i < c->n_models; i++) dirs[n++] = c->models[i].path;
     if (c->include_base) dirs[n++] = c->base_model;
     for (int i = 0; i < n; i++) {
-        char *p = dam_path_join(dirs[i], "config.json");
+        char *p = source_config(c, a, dirs[i], family);
         ModelConfig mc;
         hfconfig_load(&mc, p);
-        free(p);
         if (i == 0)
             pm->cfg = mc;
         else
             hfconfig_check_same(&pm->cfg, dirs[0], &mc, dirs[i]);
         const char *name;
         int assumed;
-        pm->es_sum += stored_dtype(dirs[i], &name, &assumed);
+        pm->es_sum += stored_dtype(p, &name, &assumed);
+        free(p);
         *dtype_assumed |= assumed;
         pm->dtype_note = !pm->dtype_note || !strcmp(pm->dtype_note, name) ? name : "mixed dtypes";
     }
@@ -759,9 +797,10 @@ int cmd_plan(int argc, char **argv) {
     }
     DamConfig c;
     config_load(&c, a.config);
+    plan_device(&a, &c);
     PlanModel pm;
-    int dtype_assumed = 0;
-    load_model(&pm, &c, &a, &dtype_assumed);
+    int dtype_assumed = 0, family = 0;
+    load_model(&pm, &c, &a, &dtype_assumed, &family);
     PlanReport R;
     memset(&R, 0, sizeof R);
     resolve_layout(&R.lay, &c, &pm.cfg, a.ranks);
@@ -796,8 +835,13 @@ int cmd_plan(int argc, char **argv) {
     else {
         print_table(&pm, &a, &c, &R);
         if (dtype_assumed) printf("note: a source's config.json names no torch_dtype: float32 assumed\n");
+        if (family)
+            printf("note: planned with %s (the family's config.json) for the sources%s\n",
+                   a.model_config ? a.model_config : c.model_config,
+                   a.model_config ? "" : " whose own is not there yet");
     }
     free(R.ranks);
     config_free(&c);
-    return 0;
+    /* a layout that does not fit stops the job that checks it (jobs/dam_job.sh) */
+    return R.all_fit ? 0 : PLAN_EXIT_NO_FIT;
 }
