@@ -34,22 +34,22 @@ static int best_layout(const DamConfig *c, const ModelConfig *mc, int world, int
     return found;
 }
 
-/* The rank counts from 1 to `upto` that some layout can use, as "1-4, 6, 8" (at most `cap` bytes). */
+/* The rank counts from 1 to `upto` that some layout can use, as "1-4, 6, 8" (the first ten runs,
+ * then "..., LAST"); returns how many. */
 static int working_counts(const DamConfig *c, const ModelConfig *mc, int upto, char *buf, size_t cap) {
-    int n = 0, run0 = 0, prev = 0;
+    int n = 0, runs = 0, run0 = 0, prev = 0, last = 0;
     size_t len = 0;
     buf[0] = 0;
     for (int w = 1; w <= upto + 1; w++) {
         DamLayout L;
-        int ok = w <= upto && best_layout(c, mc, w, 0, &L);
-        if (ok) {
-            n++;
+        if (w <= upto && best_layout(c, mc, w, 0, &L)) {
+            n++, last = w;
             if (!run0) run0 = w;
             prev = w;
             continue;
         }
         if (!run0) continue;
-        if (len < cap)
+        if (++runs <= 10 && len < cap)
             len += (size_t)snprintf(buf + len, cap - len,
                                     prev == run0       ? "%s%d"
                                     : prev == run0 + 1 ? "%s%d, %d"
@@ -57,6 +57,7 @@ static int working_counts(const DamConfig *c, const ModelConfig *mc, int upto, c
                                     len ? ", " : "", run0, prev);
         run0 = 0;
     }
+    if (runs > 10 && len < cap) snprintf(buf + len, cap - len, ", ..., %d", last);
     return n;
 }
 
