@@ -41,6 +41,11 @@
  * mpirun -n 2, 25.5 and 25.7 MiB per rank with pp=2, 25.8 and 24.7 MiB with tp=2. The largest,
  * rounded up (docs/memory.md). --baseline-mib overrides it. */
 #define PLAN_BASELINE_MIB 26.0
+/* parallel.cpu_matmul "bf16" adds oneDNN's own memory (its OpenMP threads, primitive cache and GEMM
+ * scratch): measured as the peak RSS beyond plan's terms of a bf16 run less that of the same fp32
+ * run, two sources of vocabulary 128256 (tests/cli_plan_real.sh): 57 MiB at d 256, 92 MiB at d 8192
+ * (bench/bench_plan_shape.sh). Rounded to 64 (docs/memory.md). */
+#define PLAN_DNNL_MIB 64.0
 /* --device cuda: the CUDA context, cuBLAS workspace and NCCL buffers per GPU: an estimate until the
  * CUDA backend exists (docs/memory.md). */
 #define PLAN_CUDA_OVERHEAD_GIB 1.0
@@ -155,14 +160,18 @@ static int classify(const char *name, DamTensorKind *kind, PlanSplit *split, int
  * row-parallel tensor (o_proj, down_proj: input columns split) is a slice of every row, and each
  * row costs its slice + G, at most the row: whole, at real shapes, in every tp rank.
  *
- * The output phase (output.c write_stage_tensors) walks the owned tensors in this order: `buf`
- * (malloc'd for the largest local tensor, fp32) is touched as far as the largest tensor so far;
- * dam_model_gather_split returns local × tp floats (an allgather; a copy without tp), a second such
- * buffer while a column split is reordered; the writer adds a bf16 copy (st_writer_add_f32); the
- * coefficient copies, gathered alike, are kept until the stage's coefficients file is written; and
- * after each tensor its source pages are released (dam_model_release). The phase adds to training's
- * peak the largest of these sums less what was released before; world rank 0 then maps every
- * stage's coefficients file (all coefficients of the model, fp32) while merging them. */
+ * The output phase (output.c write_stage_tensors, merged_tensor) walks the owned tensors in this
+ * order: each is materialized into a buffer of its local size (fp32) while its source pages are
+ * still resident; then they are released (dam_model_release: the resident bytes, not the shard's
+ * exact ones); then dam_model_gather_split returns local × tp floats (an allgather; a copy without
+ * tp), a second such buffer while a column split is reordered, with the local buffer still
+ * allocated; after that is freed the writer adds a bf16 copy (st_writer_add_f32) beside the gathered
+ * one; the coefficient copies, gathered alike, are kept until the stage's coefficients file is
+ * written. The phase adds to training's peak the largest of these sums less what was released
+ * before; world rank 0 then maps every stage's coefficients file (all coefficients of the model,
+ * fp32) while merging them. At real widths the first tensor, the embedding, is the peak: its
+ * materialized copy plus its gathered copy, less its own pages (70B: 4.2 + 4.2 GB less 2.1 GB a
+ * source). */
 static void plan_stage_tensors(const PlanModel *pm, int tp, int l0, int l1, int first, int last, int pp,
                                int writer, int root, StageTensors *st) {
     const ModelConfig *c = &pm->cfg;
@@ -171,7 +180,7 @@ static void plan_stage_tensors(const PlanModel *pm, int tp, int l0, int l1, int 
     HfTensorSpec *specs = dam_malloc((size_t)n * sizeof *specs, "tensor specs");
     hfconfig_tensor_specs(c, specs);
     int tied = c->tie_word_embeddings;
-    double buf_hw = 0, coefs_kept = 0, released = 0, coefs_all = 0;
+    double coefs_kept = 0, released = 0, coefs_all = 0;
     for (int i = 0; i < n; i++) {
         DamTensorKind kind;
         PlanSplit split;
@@ -199,13 +208,18 @@ static void plan_stage_tensors(const PlanModel *pm, int tp, int l0, int l1, int 
         st->coefs += (size_t)pm->n_rows * dim;
         if (pm->wov && kind == DT_LINEAR) st->wov += (size_t)(pm->n_rows * (pm->n_rows - 1) / 2) * dim;
         if (pp > 1 && !first && kind == DT_EMBED) continue; /* a tied embedding is the first stage's */
-        buf_hw = fmax(buf_hw, (double)local * 4);
-        double full = (double)local * tp * 4;
+        /* output.c merged_tensor: the local merged tensor (fp32) is materialized while the sources are
+         * resident, then its source pages are released, then gathered (dam_model_gather_split: a
+         * copy without tp, local x tp with it, twice that while a column split is reordered) with
+         * the local one still allocated; after it is freed the writer makes its bf16 copy beside the
+         * gathered one */
+        double loc = (double)local * 4, full = loc * tp;
         double gather = split == SPLIT_COLS && kind != DT_BIAS && tp > 1 ? 2 * full : full;
-        double transient = fmax(gather, full + (writer ? full / 2 : 0));
-        st->out_cpu = fmax(st->out_cpu, buf_hw + coefs_kept + transient - released);
-        st->out_host = fmax(st->out_host, buf_hw + coefs_kept + transient);
-        released += shard;
+        double written = full + (writer ? full / 2 : 0), before = released;
+        released += resident;
+        double t_cpu = fmax(loc - before, fmax(loc + gather, written) - released);
+        st->out_cpu = fmax(st->out_cpu, coefs_kept + t_cpu);
+        st->out_host = fmax(st->out_host, coefs_kept + fmax(loc + gather, written));
         coefs_kept += (double)pm->n_rows * dim * tp * 4;
     }
     if (root) { /* merge_stage_outputs: buf and the copies are freed by then */
@@ -301,7 +315,7 @@ static void plan_rank(const PlanModel *pm, const PlanLayout *L, int rank, PlanRa
         r->workspace = (double)ws;
         r->inputs = inputs;
         r->output_phase = st.out_cpu;
-        r->baseline = pm->baseline;
+        r->baseline = pm->baseline + (pm->cpu_bf16 ? PLAN_DNNL_MIB * MIB : 0);
         r->host = 0;
     } else {
         /* the CUDA contract (docs/memory.md): shards uploaded in their stored dtype; the step in bf16:
