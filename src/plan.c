@@ -46,9 +46,33 @@
  * run, two sources of vocabulary 128256 (tests/cli_plan_real.sh): 57 MiB at d 256, 92 MiB at d 8192
  * (bench/bench_plan_shape.sh). Rounded to 64 (docs/memory.md). */
 #define PLAN_DNNL_MIB 64.0
-/* --device cuda: the CUDA context, cuBLAS workspace and NCCL buffers per GPU: an estimate until the
- * CUDA backend exists (docs/memory.md). */
-#define PLAN_CUDA_OVERHEAD_GIB 1.0
+/* --device cuda: what a rank's GPU holds beyond the model's buffers (the "baseline" column; docs/
+ * memory.md, "The CUDA overhead"). A model with named constants, for the first GPU run to calibrate
+ * (docs/memory.md says how to measure each); none has been measured yet.
+ *   context: the CUDA context, with dam_dist's kernels and cuBLAS's loaded lazily (CUDA 12's
+ *     CUDA_MODULE_LOADING=LAZY): an estimate for an H100; */
+#define PLAN_CUDA_CONTEXT_MIB 600.0
+/*   the cuBLAS workspace cuda/backend_cuda.cu sets (CUBLAS_WS, one handle per rank): exact; */
+#define PLAN_CUBLAS_WORKSPACE_MIB 32.0
+/*   the device buffer the output is materialized through (output.c out_chunk): exact; */
+#define PLAN_CUDA_OUTPUT_CHUNK_MIB 64.0
+/*   NCCL: every device-collective group of more than one rank (tp, dp, the tied embedding's first
+ *   and last stage, pp) opens two communicators (mpi/nccl_comm.c: UP and DOWN), each with a fixed
+ *   part (device-side structures, work FIFO, proxy) ... */
+#define PLAN_NCCL_COMM_MIB 32.0
+/*   ... and, for a collective group of n ranks, ring buffers on one of them: per channel, to each of
+ *   its 2 ring neighbours (1 when n = 2), the protocols' buffers (Simple: NCCL_BUFFSIZE 4 MiB,
+ *   LL128 about 4.6 MiB, LL 0.25 MiB) over the channels NCCL opens within a node (16: an estimate);
+ *   the pipeline's sends go point to point: per neighbour stage, NCCL_NCHANNELS_PER_PEER (2) channels
+ *   of Simple buffers; */
+#define PLAN_NCCL_RING_CHANNELS 16
+#define PLAN_NCCL_CONN_MIB 8.85
+#define PLAN_NCCL_P2P_CHANNELS 2
+#define PLAN_NCCL_P2P_CONN_MIB 4.0
+/*   and the send slots of nccl_comm.c: each pipeline message (the S·T hidden states in bf16) is
+ *   copied into a slot until NCCL has sent it, up to SEND_SLOTS per direction; 1F1B keeps at most
+ *   the stage's in-flight micro-batches (pipeline_slots) of them. */
+#define PLAN_NCCL_SEND_SLOTS 16
 /* Assumed sustained throughput per rank for the step-time estimate (TFLOP/s, as dam_layer_cost
  * counts flops): 0.1 on the CPU, about what bench/RESULTS.md measures for a DAM step on 2 cores
  * (109 GFLOP/s); 300 for a GPU of the H100 class (about 30 % of its dense bf16 peak). Both are
@@ -97,6 +121,7 @@ typedef struct {
     int kept; /* the run states keep the layers' activations (no recompute in the backward) */
     double sources, coefficients, workspace, run_states, inputs, output_phase, baseline, total;
     double host;       /* cuda: host memory of the process */
+    double cuda[3];    /* cuda: the baseline's parts: context + cuBLAS + output chunk, NCCL, send slots */
     double load_bytes; /* source bytes this rank reads (its shards) */
     double flops_mb;   /* flops of one micro-batch on this rank */
     int fits;
@@ -274,6 +299,31 @@ static ModelConfig share_config(const ModelConfig *c, int tp) {
     return s;
 }
 
+/* The CUDA overhead of rank r (bytes; see the constants above). `parts` (may be NULL) gets context +
+ * cuBLAS + output chunk, NCCL's communicators, and the send slots. */
+static double cuda_overhead(const PlanModel *pm, const PlanLayout *L, const PlanRank *r, int n_slots,
+                            double parts[3]) {
+    double fixed = (PLAN_CUDA_CONTEXT_MIB + PLAN_CUBLAS_WORKSPACE_MIB + PLAN_CUDA_OUTPUT_CHUNK_MIB) * MIB;
+    int tied = pm->cfg.tie_word_embeddings && L->pp > 1 && (r->first || r->last) ? 2 : 1;
+    int collective[3] = {L->tp, L->dp, tied};
+    double nccl = 0;
+    for (int i = 0; i < 3; i++) {
+        int n = collective[i];
+        if (n > 1)
+            nccl += 2 * PLAN_NCCL_COMM_MIB + (n == 2 ? 1 : 2) * PLAN_NCCL_RING_CHANNELS * PLAN_NCCL_CONN_MIB;
+    }
+    double slots = 0;
+    if (L->pp > 1) {
+        int peers = (r->first ? 0 : 1) + (r->last ? 0 : 1);
+        nccl += 2 * PLAN_NCCL_COMM_MIB + peers * PLAN_NCCL_P2P_CHANNELS * PLAN_NCCL_P2P_CONN_MIB;
+        double msg = (double)pm->n_data * pm->B * pm->T * pm->cfg.hidden_size * 2; /* bf16 hidden states */
+        int k = n_slots < PLAN_NCCL_SEND_SLOTS ? n_slots : PLAN_NCCL_SEND_SLOTS;
+        slots = peers * k * msg; /* activations up, their gradients down */
+    }
+    if (parts) parts[0] = fixed, parts[1] = nccl * MIB, parts[2] = slots;
+    return fixed + nccl * MIB + slots;
+}
+
 static void plan_rank(const PlanModel *pm, const PlanLayout *L, int rank, PlanRank *r) {
     memset(r, 0, sizeof *r);
     int tp = L->tp, pp = L->pp;
@@ -327,7 +377,7 @@ static void plan_rank(const PlanModel *pm, const PlanLayout *L, int rank, PlanRa
         r->workspace = (double)ws;
         r->inputs = 0;
         r->output_phase = 0;
-        r->baseline = PLAN_CUDA_OVERHEAD_GIB * GIB;
+        r->baseline = cuda_overhead(pm, L, r, n_slots, r->cuda);
         /* host: the process, its inputs, the output buffers, and the pages of the tensor being
          * uploaded (sources are read once, then released: not resident) */
         r->host = pm->baseline + inputs + st.out_host + st.src_largest;
@@ -663,6 +713,16 @@ static void print_table(const PlanModel *pm, const PlanArgs *a, const DamConfig 
                r->inputs / u, r->output_phase / u, r->baseline / u, r->total / u, r->fits ? "yes" : "NO");
     }
     if (a->dev == PLAN_CUDA) {
+        double nccl = 0, slots = 0;
+        for (int i = 0; i < R->n_ranks; i++) {
+            nccl = fmax(nccl, R->ranks[i].cuda[1]);
+            slots = fmax(slots, R->ranks[i].cuda[2]);
+        }
+        printf("baseline (cuda): context %.0f + cuBLAS workspace %.0f + output chunk %.0f MiB, NCCL up to "
+               "%.0f MiB, "
+               "pipeline send slots up to %.0f MiB per GPU: a model to calibrate on a GPU (docs/memory.md)\n",
+               PLAN_CUDA_CONTEXT_MIB, PLAN_CUBLAS_WORKSPACE_MIB, PLAN_CUDA_OUTPUT_CHUNK_MIB, nccl / MIB,
+               slots / MIB);
         printf("limit: --gpu-mem %.1f GiB per GPU\n", a->gpu_mem);
         double host = 0;
         for (int i = 0; i < R->n_ranks; i++) host = R->ranks[i].host > host ? R->ranks[i].host : host;
@@ -733,7 +793,13 @@ static void print_json(const PlanModel *pm, const PlanArgs *a, const PlanReport 
         double vals[] = {r->sources, r->coefficients, r->workspace, r->run_states,
                          r->inputs,  r->output_phase, r->baseline,  r->total};
         for (int k = 0; k < 8; k++) cJSON_AddNumberToObject(b, keys[k], round(vals[k]));
-        if (a->dev == PLAN_CUDA) cJSON_AddNumberToObject(x, "host_bytes", round(r->host));
+        if (a->dev == PLAN_CUDA) {
+            cJSON_AddNumberToObject(x, "host_bytes", round(r->host));
+            cJSON *o = cJSON_AddObjectToObject(x, "cuda_baseline_bytes");
+            cJSON_AddNumberToObject(o, "context_cublas_output", round(r->cuda[0]));
+            cJSON_AddNumberToObject(o, "nccl", round(r->cuda[1]));
+            cJSON_AddNumberToObject(o, "send_slots", round(r->cuda[2]));
+        }
         cJSON_AddBoolToObject(x, "activations_kept", r->kept);
         cJSON_AddBoolToObject(x, "fits", r->fits);
         cJSON_AddItemToArray(arr, x);
