@@ -213,10 +213,11 @@ $(BUILD)/dam_dist: $(BUILD)/src/main.o $(BUILD)/libdam.a $(EXTRA_OBJ)
 # its own path
 install: dam_dist
 	@case '$(PREFIX)' in /*) ;; *) echo "make install: PREFIX=$(PREFIX) is not an absolute path (the jobs record it)" >&2; exit 1 ;; esac
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/dam_dist/configs \
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/dam_dist/configs/models \
 	  $(DESTDIR)$(PREFIX)/share/dam_dist/jobs $(DESTDIR)$(PREFIX)/share/dam_dist/docs
 	install -m 755 dam_dist $(DESTDIR)$(PREFIX)/bin/dam_dist
 	install -m 644 configs/*.json $(DESTDIR)$(PREFIX)/share/dam_dist/configs/
+	install -m 644 configs/models/*.json $(DESTDIR)$(PREFIX)/share/dam_dist/configs/models/
 	install -m 755 jobs/*.sh $(DESTDIR)$(PREFIX)/share/dam_dist/jobs/
 	sed -i "s|^installed_home=''|installed_home='$(PREFIX)/share/dam_dist'|" $(DESTDIR)$(PREFIX)/share/dam_dist/jobs/*.sh
 	install -m 644 docs/*.md $(DESTDIR)$(PREFIX)/share/dam_dist/docs/

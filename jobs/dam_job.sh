@@ -83,8 +83,10 @@ dam_job_gpu_merge() {
     say "error: $CONFIG still has /path/to/ placeholders: write your model, dataset and output paths into it"; exit 1
   fi
   say "job ${SLURM_JOB_ID:-(no Slurm)} on ${SLURM_JOB_NODELIST:-$(hostname)}, start $((${SLURM_RESTART_COUNT:-0} + 1)), $DAM_DIST"
-  "$DAM_DIST" plan --config "$CONFIG" --ranks "$RANKS" --device cuda --gpu-mem "$GPU_MEM_GIB" \
-    || { say "error: dam_dist plan refused the config for $RANKS ranks"; exit 1; }
+  local rc=0
+  "$DAM_DIST" plan --config "$CONFIG" --ranks "$RANKS" --device cuda --gpu-mem "$GPU_MEM_GIB" || rc=$?
+  [ $rc -eq 3 ] && { say "error: dam_dist plan: the layout does not fit $RANKS GPUs of $GPU_MEM_GIB GiB (its table says which rank, and the smallest layout that would)"; exit 1; }
+  [ $rc -ne 0 ] && { say "error: dam_dist plan refused the config for $RANKS ranks"; exit 1; }
   local out_args=()
   [ -n "$OUT" ] && out_args=(--out "$OUT")
   dam_job_launch "$CONFIG" "${out_args[@]}"

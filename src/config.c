@@ -277,7 +277,8 @@ static void parse_rest(DamConfig *c, const cJSON *root) {
                                      "cpu_matmul", NULL};
     check_keys(p, f, "parallel", pk);
     json_set_section("parallel");
-    c->dp = json_opt_int(p, "dp", 1), c->pp = json_opt_int(p, "pp", 0), c->tp = json_opt_int(p, "tp", 1);
+    /* 0 (or absent): chosen for the rank count (layout.c) */
+    c->dp = json_opt_int(p, "dp", 0), c->pp = json_opt_int(p, "pp", 0), c->tp = json_opt_int(p, "tp", 0);
     static const char *const dev[] = {"cpu", "cuda", NULL}, *const tr[] = {"auto", "mpi", "nccl", NULL};
     c->device = pick(f, "parallel.device", json_opt_string(p, "device", "cpu"), dev) ? "cuda" : "cpu";
     /* (DamTransport's values are the names' indices) */
@@ -526,13 +527,15 @@ void config_load(DamConfig *c, const char *path) {
     json_set_context(path);
     cJSON *root = json_parse_text(text, n, path);
     if (!cJSON_IsObject(root)) dam_fail("%s: expected a JSON object at the top level", path);
-    static const char *const top[] = {"base_model", "models", "merge",  "loss",         "train",   "parallel",
-                                      "checkpoint", "preset", "output", "base_dataset", "comment", NULL};
+    static const char *const top[] = {"base_model", "models",       "merge",  "loss",   "train",
+                                      "parallel",   "checkpoint",   "preset", "output", "base_dataset",
+                                      "comment",    "model_config", NULL};
     check_keys(root, path, "", top);
     json_set_section(NULL);
     apply_preset(c, root);
     c->base_model = resolve(path, json_opt_string(root, "base_model", NULL));
     c->base_dataset = resolve(path, json_opt_string(root, "base_dataset", NULL));
+    c->model_config = resolve(path, json_opt_string(root, "model_config", NULL));
     parse_models(c, root);
     parse_merge(c, root);
     parse_loss(c, root);
@@ -570,8 +573,8 @@ void config_load(DamConfig *c, const char *path) {
 void config_free(DamConfig *c) {
     for (int i = 0; i < c->n_models; i++)
         free(c->models[i].path), free(c->models[i].dataset), free(c->models[i].name);
-    free(c->file), free(c->base_model), free(c->base_dataset), free(c->init_file), free(c->ckpt_dir),
-        free(c->out_dir), free(c->metrics_file), free(c->effective);
+    free(c->file), free(c->base_model), free(c->model_config), free(c->base_dataset), free(c->init_file),
+        free(c->ckpt_dir), free(c->out_dir), free(c->metrics_file), free(c->effective);
     memset(c, 0, sizeof *c);
 }
 

@@ -45,6 +45,9 @@ typedef struct {
     char *file;         /* the config file itself, for messages */
     char *base_model;   /* may be NULL */
     char *base_dataset; /* may be NULL: a dataset the base teaches (needs include_base), the last one */
+    /* model_config: the sources' family config.json (e.g. configs/models/llama-3-70b.json), which
+     * `plan` reads for a source whose own config.json is not there yet; the run ignores it */
+    char *model_config;
     const char *preset; /* "arcee" or NULL: the settings applied before the config's own keys */
     int n_models;
     SourceSpec models[DAM_MAX_SOURCES];
@@ -81,7 +84,7 @@ typedef struct {
     uint64_t seed;
     int shuffle; /* train.shuffle: a seeded order per epoch, shared by the datasets (train.c: data_row) */
     /* parallel */
-    int dp, pp, tp;
+    int dp, pp, tp;         /* > 0 as given; 0 (the default): chosen for the rank count (layout.h) */
     const char *device;     /* "cpu" (default) or "cuda": the backend (DAM_BACKEND overrides) */
     DamTransport transport; /* device collectives: auto (NCCL on cuda, else MPI), mpi, nccl */
     /* bytes this rank may spend keeping every layer's activations of the merged forward for the

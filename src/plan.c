@@ -28,6 +28,7 @@
 #include "dataset.h"
 #include "hfconfig.h"
 #include "json_util.h"
+#include "layout.h"
 #include "model.h"
 #include "pipeline.h"
 #include "util.h"
@@ -40,9 +41,38 @@
  * mpirun -n 2, 25.5 and 25.7 MiB per rank with pp=2, 25.8 and 24.7 MiB with tp=2. The largest,
  * rounded up (docs/memory.md). --baseline-mib overrides it. */
 #define PLAN_BASELINE_MIB 26.0
-/* --device cuda: the CUDA context, cuBLAS workspace and NCCL buffers per GPU: an estimate until the
- * CUDA backend exists (docs/memory.md). */
-#define PLAN_CUDA_OVERHEAD_GIB 1.0
+/* parallel.cpu_matmul "bf16" adds oneDNN's own memory (its OpenMP threads, primitive cache and GEMM
+ * scratch): measured as the peak RSS beyond plan's terms of a bf16 run less that of the same fp32
+ * run, two sources of vocabulary 128256 (tests/cli_plan_real.sh): 57 MiB at d 256, 92 MiB at d 8192
+ * (bench/bench_plan_shape.sh). Rounded to 64 (docs/memory.md). */
+#define PLAN_DNNL_MIB 64.0
+/* --device cuda: what a rank's GPU holds beyond the model's buffers (the "baseline" column; docs/
+ * memory.md, "The CUDA overhead"). A model with named constants, for the first GPU run to calibrate
+ * (docs/memory.md says how to measure each); none has been measured yet.
+ *   context: the CUDA context, with dam_dist's kernels and cuBLAS's loaded lazily (CUDA 12's
+ *     CUDA_MODULE_LOADING=LAZY): an estimate for an H100; */
+#define PLAN_CUDA_CONTEXT_MIB 600.0
+/*   the cuBLAS workspace cuda/backend_cuda.cu sets (CUBLAS_WS, one handle per rank): exact; */
+#define PLAN_CUBLAS_WORKSPACE_MIB 32.0
+/*   the device buffer the output is materialized through (output.c out_chunk): exact; */
+#define PLAN_CUDA_OUTPUT_CHUNK_MIB 64.0
+/*   NCCL: every device-collective group of more than one rank (tp, dp, the tied embedding's first
+ *   and last stage, pp) opens two communicators (mpi/nccl_comm.c: UP and DOWN), each with a fixed
+ *   part (device-side structures, work FIFO, proxy) ... */
+#define PLAN_NCCL_COMM_MIB 32.0
+/*   ... and, for a collective group of n ranks, ring buffers on one of them: per channel, to each of
+ *   its 2 ring neighbours (1 when n = 2), the protocols' buffers (Simple: NCCL_BUFFSIZE 4 MiB,
+ *   LL128 about 4.6 MiB, LL 0.25 MiB) over the channels NCCL opens within a node (16: an estimate);
+ *   the pipeline's sends go point to point: per neighbour stage, NCCL_NCHANNELS_PER_PEER (2) channels
+ *   of Simple buffers; */
+#define PLAN_NCCL_RING_CHANNELS 16
+#define PLAN_NCCL_CONN_MIB 8.85
+#define PLAN_NCCL_P2P_CHANNELS 2
+#define PLAN_NCCL_P2P_CONN_MIB 4.0
+/*   and the send slots of nccl_comm.c: each pipeline message (the S·T hidden states in bf16) is
+ *   copied into a slot until NCCL has sent it, up to SEND_SLOTS per direction; 1F1B keeps at most
+ *   the stage's in-flight micro-batches (pipeline_slots) of them. */
+#define PLAN_NCCL_SEND_SLOTS 16
 /* Assumed sustained throughput per rank for the step-time estimate (TFLOP/s, as dam_layer_cost
  * counts flops): 0.1 on the CPU, about what bench/RESULTS.md measures for a DAM step on 2 cores
  * (109 GFLOP/s); 300 for a GPU of the H100 class (about 30 % of its dense bf16 peak). Both are
@@ -54,6 +84,8 @@
  * pages with 64 KiB fault-around. Only small tensors under tp notice (docs/memory.md); --folio-kib
  * sets it and --probe-folio DIR measures it. */
 #define PLAN_FOLIO_KIB 2048.0
+/* plan's exit status when a rank does not fit (0: all fit; 1: an error) */
+#define PLAN_EXIT_NO_FIT 3
 /* Slurm checks signal times about once a minute: a lead time needs this much on top. */
 #define PLAN_SLURM_SLACK_S 60.0
 
@@ -80,6 +112,7 @@ typedef struct {
 
 typedef struct {
     int dp, pp, tp;
+    int automatic; /* chosen by layout.c (some of parallel.dp/pp/tp 0) */
 } PlanLayout;
 
 /* One rank's estimate (bytes). For cuda the seven terms are GPU memory and `host` is the host's. */
@@ -88,6 +121,7 @@ typedef struct {
     int kept; /* the run states keep the layers' activations (no recompute in the backward) */
     double sources, coefficients, workspace, run_states, inputs, output_phase, baseline, total;
     double host;       /* cuda: host memory of the process */
+    double cuda[3];    /* cuda: the baseline's parts: context + cuBLAS + output chunk, NCCL, send slots */
     double load_bytes; /* source bytes this rank reads (its shards) */
     double flops_mb;   /* flops of one micro-batch on this rank */
     int fits;
@@ -151,14 +185,18 @@ static int classify(const char *name, DamTensorKind *kind, PlanSplit *split, int
  * row-parallel tensor (o_proj, down_proj: input columns split) is a slice of every row, and each
  * row costs its slice + G, at most the row: whole, at real shapes, in every tp rank.
  *
- * The output phase (output.c write_stage_tensors) walks the owned tensors in this order: `buf`
- * (malloc'd for the largest local tensor, fp32) is touched as far as the largest tensor so far;
- * dam_model_gather_split returns local × tp floats (an allgather; a copy without tp), a second such
- * buffer while a column split is reordered; the writer adds a bf16 copy (st_writer_add_f32); the
- * coefficient copies, gathered alike, are kept until the stage's coefficients file is written; and
- * after each tensor its source pages are released (dam_model_release). The phase adds to training's
- * peak the largest of these sums less what was released before; world rank 0 then maps every
- * stage's coefficients file (all coefficients of the model, fp32) while merging them. */
+ * The output phase (output.c write_stage_tensors, merged_tensor) walks the owned tensors in this
+ * order: each is materialized into a buffer of its local size (fp32) while its source pages are
+ * still resident; then they are released (dam_model_release: the resident bytes, not the shard's
+ * exact ones); then dam_model_gather_split returns local × tp floats (an allgather; a copy without
+ * tp), a second such buffer while a column split is reordered, with the local buffer still
+ * allocated; after that is freed the writer adds a bf16 copy (st_writer_add_f32) beside the gathered
+ * one; the coefficient copies, gathered alike, are kept until the stage's coefficients file is
+ * written. The phase adds to training's peak the largest of these sums less what was released
+ * before; world rank 0 then maps every stage's coefficients file (all coefficients of the model,
+ * fp32) while merging them. At real widths the first tensor, the embedding, is the peak: its
+ * materialized copy plus its gathered copy, less its own pages (70B: 4.2 + 4.2 GB less 2.1 GB a
+ * source). */
 static void plan_stage_tensors(const PlanModel *pm, int tp, int l0, int l1, int first, int last, int pp,
                                int writer, int root, StageTensors *st) {
     const ModelConfig *c = &pm->cfg;
@@ -167,7 +205,7 @@ static void plan_stage_tensors(const PlanModel *pm, int tp, int l0, int l1, int 
     HfTensorSpec *specs = dam_malloc((size_t)n * sizeof *specs, "tensor specs");
     hfconfig_tensor_specs(c, specs);
     int tied = c->tie_word_embeddings;
-    double buf_hw = 0, coefs_kept = 0, released = 0, coefs_all = 0;
+    double coefs_kept = 0, released = 0, coefs_all = 0;
     for (int i = 0; i < n; i++) {
         DamTensorKind kind;
         PlanSplit split;
@@ -195,13 +233,18 @@ static void plan_stage_tensors(const PlanModel *pm, int tp, int l0, int l1, int 
         st->coefs += (size_t)pm->n_rows * dim;
         if (pm->wov && kind == DT_LINEAR) st->wov += (size_t)(pm->n_rows * (pm->n_rows - 1) / 2) * dim;
         if (pp > 1 && !first && kind == DT_EMBED) continue; /* a tied embedding is the first stage's */
-        buf_hw = fmax(buf_hw, (double)local * 4);
-        double full = (double)local * tp * 4;
+        /* output.c merged_tensor: the local merged tensor (fp32) is materialized while the sources are
+         * resident, then its source pages are released, then gathered (dam_model_gather_split: a
+         * copy without tp, local x tp with it, twice that while a column split is reordered) with
+         * the local one still allocated; after it is freed the writer makes its bf16 copy beside the
+         * gathered one */
+        double loc = (double)local * 4, full = loc * tp;
         double gather = split == SPLIT_COLS && kind != DT_BIAS && tp > 1 ? 2 * full : full;
-        double transient = fmax(gather, full + (writer ? full / 2 : 0));
-        st->out_cpu = fmax(st->out_cpu, buf_hw + coefs_kept + transient - released);
-        st->out_host = fmax(st->out_host, buf_hw + coefs_kept + transient);
-        released += shard;
+        double written = full + (writer ? full / 2 : 0), before = released;
+        released += resident;
+        double t_cpu = fmax(loc - before, fmax(loc + gather, written) - released);
+        st->out_cpu = fmax(st->out_cpu, coefs_kept + t_cpu);
+        st->out_host = fmax(st->out_host, coefs_kept + fmax(loc + gather, written));
         coefs_kept += (double)pm->n_rows * dim * tp * 4;
     }
     if (root) { /* merge_stage_outputs: buf and the copies are freed by then */
@@ -256,6 +299,31 @@ static ModelConfig share_config(const ModelConfig *c, int tp) {
     return s;
 }
 
+/* The CUDA overhead of rank r (bytes; see the constants above). `parts` (may be NULL) gets context +
+ * cuBLAS + output chunk, NCCL's communicators, and the send slots. */
+static double cuda_overhead(const PlanModel *pm, const PlanLayout *L, const PlanRank *r, int n_slots,
+                            double parts[3]) {
+    double fixed = (PLAN_CUDA_CONTEXT_MIB + PLAN_CUBLAS_WORKSPACE_MIB + PLAN_CUDA_OUTPUT_CHUNK_MIB) * MIB;
+    int tied = pm->cfg.tie_word_embeddings && L->pp > 1 && (r->first || r->last) ? 2 : 1;
+    int collective[3] = {L->tp, L->dp, tied};
+    double nccl = 0;
+    for (int i = 0; i < 3; i++) {
+        int n = collective[i];
+        if (n > 1)
+            nccl += 2 * PLAN_NCCL_COMM_MIB + (n == 2 ? 1 : 2) * PLAN_NCCL_RING_CHANNELS * PLAN_NCCL_CONN_MIB;
+    }
+    double slots = 0;
+    if (L->pp > 1) {
+        int peers = (r->first ? 0 : 1) + (r->last ? 0 : 1);
+        nccl += 2 * PLAN_NCCL_COMM_MIB + peers * PLAN_NCCL_P2P_CHANNELS * PLAN_NCCL_P2P_CONN_MIB;
+        double msg = (double)pm->n_data * pm->B * pm->T * pm->cfg.hidden_size * 2; /* bf16 hidden states */
+        int k = n_slots < PLAN_NCCL_SEND_SLOTS ? n_slots : PLAN_NCCL_SEND_SLOTS;
+        slots = peers * k * msg; /* activations up, their gradients down */
+    }
+    if (parts) parts[0] = fixed, parts[1] = nccl * MIB, parts[2] = slots;
+    return fixed + nccl * MIB + slots;
+}
+
 static void plan_rank(const PlanModel *pm, const PlanLayout *L, int rank, PlanRank *r) {
     memset(r, 0, sizeof *r);
     int tp = L->tp, pp = L->pp;
@@ -297,7 +365,7 @@ static void plan_rank(const PlanModel *pm, const PlanLayout *L, int rank, PlanRa
         r->workspace = (double)ws;
         r->inputs = inputs;
         r->output_phase = st.out_cpu;
-        r->baseline = pm->baseline;
+        r->baseline = pm->baseline + (pm->cpu_bf16 ? PLAN_DNNL_MIB * MIB : 0);
         r->host = 0;
     } else {
         /* the CUDA contract (docs/memory.md): shards uploaded in their stored dtype; the step in bf16:
@@ -309,7 +377,7 @@ static void plan_rank(const PlanModel *pm, const PlanLayout *L, int rank, PlanRa
         r->workspace = (double)ws;
         r->inputs = 0;
         r->output_phase = 0;
-        r->baseline = PLAN_CUDA_OVERHEAD_GIB * GIB;
+        r->baseline = cuda_overhead(pm, L, r, n_slots, r->cuda);
         /* host: the process, its inputs, the output buffers, and the pages of the tensor being
          * uploaded (sources are read once, then released: not resident) */
         r->host = pm->baseline + inputs + st.out_host + st.src_largest;
@@ -344,15 +412,23 @@ typedef struct {
     int json;
     double read_gbps, write_gbps, tflops, baseline_mib, folio_kib;
     int seq_len;
-    const char *probe_dir; /* --probe-folio DIR */
+    const char *probe_dir;    /* --probe-folio DIR */
+    int dev_given;            /* --device given (else the config's parallel.device) */
+    const char *model_config; /* --model-config FILE */
 } PlanArgs;
 
 static const char plan_usage[] =
     "usage: dam_dist plan --config F --ranks N [--device cpu|cuda] [--gpu-mem GiB] [--mem-per-rank GiB]\n"
-    "                     [--json] [--read-gbps X] [--write-gbps X] [--tflops X] [--baseline-mib M]\n"
-    "                     [--seq-len T]\n"
-    "  --device cpu|cuda   cpu (default): peak RSS per rank; cuda: GPU memory per rank (docs/memory.md)\n"
+    "                     [--model-config FILE] [--json] [--read-gbps X] [--write-gbps X] [--tflops X]\n"
+    "                     [--baseline-mib M] [--seq-len T]\n"
+    "Exit status: 0 every rank fits; 3 a rank does not fit (the table says which, and the smallest\n"
+    "layout that would); 1 an error (one line).\n"
+    "  --device cpu|cuda   cpu: peak RSS per rank; cuda: GPU memory per rank (default: the config's\n"
+    "                      parallel.device; docs/memory.md)\n"
     "  --gpu-mem GiB       memory per GPU (cuda; required)\n"
+    "  --model-config FILE plan with this config.json (the model family's public one) for every\n"
+    "                      source, before the models are there (default: each source's own, else\n"
+    "                      the config's model_config)\n"
     "  --mem-per-rank GiB  memory per rank (cpu; default: this node's MemTotal / N)\n"
     "  --json              one JSON object instead of the table\n"
     "  --read-gbps X       source read rate per rank for the load time (default 2 GB/s)\n"
@@ -387,9 +463,9 @@ static void parse_args(PlanArgs *a, int argc, char **argv) {
             exit(0);
         }
         static const char *const with_value[] = {
-            "--config",    "--ranks",       "--device", "--gpu-mem",      "--mem-per-rank",
-            "--read-gbps", "--write-gbps",  "--tflops", "--baseline-mib", "--seq-len",
-            "--folio-kib", "--probe-folio", NULL};
+            "--config",       "--ranks",  "--device",       "--gpu-mem", "--mem-per-rank", "--read-gbps",
+            "--write-gbps",   "--tflops", "--baseline-mib", "--seq-len", "--folio-kib",    "--probe-folio",
+            "--model-config", NULL};
         int known = 0;
         for (int k = 0; with_value[k]; k++) known |= !strcmp(o, with_value[k]);
         if (!known) cli_unknown_option("plan", o);
@@ -403,7 +479,10 @@ static void parse_args(PlanArgs *a, int argc, char **argv) {
             if (strcmp(v, "cpu") && strcmp(v, "cuda"))
                 dam_fail("plan: --device: expected cpu or cuda, got '%s'", v);
             a->dev = strcmp(v, "cuda") ? PLAN_CPU : PLAN_CUDA;
-        } else if (!strcmp(o, "--gpu-mem"))
+            a->dev_given = 1;
+        } else if (!strcmp(o, "--model-config"))
+            a->model_config = v;
+        else if (!strcmp(o, "--gpu-mem"))
             a->gpu_mem = parse_positive(v, o);
         else if (!strcmp(o, "--mem-per-rank"))
             a->mem_per_rank = parse_positive(v, o);
@@ -425,19 +504,44 @@ static void parse_args(PlanArgs *a, int argc, char **argv) {
     if (a->probe_dir) return;
     if (!a->config) dam_fail("plan: --config F is required (%s)", plan_short);
     if (!a->ranks) dam_fail("plan: --ranks N is required (%s)", plan_short);
-    if (a->dev == PLAN_CUDA && !a->gpu_mem)
-        dam_fail("plan: --device cuda needs --gpu-mem GiB (memory per GPU)");
-    if (a->dev == PLAN_CPU && a->gpu_mem) dam_fail("plan: --gpu-mem applies to --device cuda");
-    if (a->dev == PLAN_CUDA && a->mem_per_rank) dam_fail("plan: --mem-per-rank applies to --device cpu");
-    if (!a->tflops) a->tflops = a->dev == PLAN_CUDA ? PLAN_CUDA_TFLOPS : PLAN_CPU_TFLOPS;
     if (!a->baseline_mib) a->baseline_mib = PLAN_BASELINE_MIB;
     if (!a->folio_kib) a->folio_kib = PLAN_FOLIO_KIB;
 }
 
-/* Bytes per element of a source's stored weights, from its config.json (torch_dtype, or dtype as
- * transformers 5 writes it). Absent: float32 assumed (the conservative choice), with a note. */
-static double stored_dtype(const char *dir, const char **name, int *assumed) {
+/* The device: --device, else the config's parallel.device; and its limits' options. */
+static void plan_device(PlanArgs *a, const DamConfig *c) {
+    if (!a->dev_given) a->dev = strcmp(c->device, "cuda") ? PLAN_CPU : PLAN_CUDA;
+    char *from = a->dev_given ? dam_strdup("--device") : dam_asprintf("parallel.device of %s", c->file);
+    if (a->dev == PLAN_CUDA && !a->gpu_mem)
+        dam_fail("plan: device cuda (%s) needs --gpu-mem GiB (memory per GPU)", from);
+    if (a->dev == PLAN_CPU && a->gpu_mem) dam_fail("plan: --gpu-mem applies to device cuda (%s: cpu)", from);
+    if (a->dev == PLAN_CUDA && a->mem_per_rank)
+        dam_fail("plan: --mem-per-rank applies to device cpu (%s: cuda)", from);
+    free(from);
+    if (!a->tflops) a->tflops = a->dev == PLAN_CUDA ? PLAN_CUDA_TFLOPS : PLAN_CPU_TFLOPS;
+}
+
+/* The config.json plan reads for source directory `dir` (heap): --model-config; else the
+ * directory's own; else the run config's model_config (*family set). A directory that is not there
+ * gets one line: a placeholder left in (a /path/to/ path), or the way to plan without it. */
+static char *source_config(const DamConfig *c, const PlanArgs *a, const char *dir, int *family) {
+    if (a->model_config) return *family = 1, dam_strdup(a->model_config);
     char *p = dam_path_join(dir, "config.json");
+    if (dam_file_exists(p)) return p;
+    if (c->model_config) return free(p), *family = 1, dam_strdup(c->model_config);
+    if (strstr(dir, "/path/to/"))
+        dam_fail("%s: source '%s' is a placeholder: write your model paths into the config, or plan before "
+                 "the models are there with --model-config FILE (the family's config.json; configs/models/ "
+                 "holds the shipped configs' ones)",
+                 c->file, dir);
+    dam_fail("%s: cannot open (plan reads each source's config.json; before the models are there, "
+             "--model-config FILE or the config's model_config names the family's config.json)",
+             p);
+}
+
+/* Bytes per element of a source's stored weights, from its config.json p (torch_dtype, or dtype as
+ * transformers 5 writes it). Absent: float32 assumed (the conservative choice), with a note. */
+static double stored_dtype(const char *p, const char **name, int *assumed) {
     cJSON *root = json_parse_file(p);
     const char *key = "torch_dtype";
     const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, key);
@@ -459,29 +563,29 @@ static double stored_dtype(const char *dir, const char **name, int *assumed) {
         size = 4;
     }
     cJSON_Delete(root);
-    free(p);
     return size;
 }
 
 /* The run config and the sources' config.json into a PlanModel. */
-static void load_model(PlanModel *pm, const DamConfig *c, const PlanArgs *a, int *dtype_assumed) {
+static void load_model(PlanModel *pm, const DamConfig *c, const PlanArgs *a, int *dtype_assumed,
+                       int *family) {
     memset(pm, 0, sizeof *pm);
     const char *dirs[DAM_MAX_SOURCES + 1];
     int n = 0;
     for (int i = 0; i < c->n_models; i++) dirs[n++] = c->models[i].path;
     if (c->include_base) dirs[n++] = c->base_model;
     for (int i = 0; i < n; i++) {
-        char *p = dam_path_join(dirs[i], "config.json");
+        char *p = source_config(c, a, dirs[i], family);
         ModelConfig mc;
         hfconfig_load(&mc, p);
-        free(p);
         if (i == 0)
             pm->cfg = mc;
         else
             hfconfig_check_same(&pm->cfg, dirs[0], &mc, dirs[i]);
         const char *name;
         int assumed;
-        pm->es_sum += stored_dtype(dirs[i], &name, &assumed);
+        pm->es_sum += stored_dtype(p, &name, &assumed);
+        free(p);
         *dtype_assumed |= assumed;
         pm->dtype_note = !pm->dtype_note || !strcmp(pm->dtype_note, name) ? name : "mixed dtypes";
     }
@@ -510,29 +614,12 @@ static void load_model(PlanModel *pm, const DamConfig *c, const PlanArgs *a, int
                  pm->cfg.max_position_embeddings, dirs[0]);
 }
 
-/* dp x pp x tp from the config and --ranks, checked as layout.c checks it (without MPI). */
+/* dp x pp x tp from the config and --ranks: layout.c's own choice and checks (without MPI). */
 static void resolve_layout(PlanLayout *L, const DamConfig *c, const ModelConfig *mc, int ranks) {
-    int dp = c->dp, tp = c->tp;
-    if (dp < 1 || tp < 1) dam_fail("%s: parallel.dp and parallel.tp must be >= 1", c->file);
-    if (c->pp == 0 && ranks % (dp * tp) != 0)
-        dam_fail("%s: %d ranks are not divisible by dp=%d x tp=%d", c->file, ranks, dp, tp);
-    int pp = c->pp > 0 ? c->pp : ranks / (dp * tp);
-    if (dp * pp * tp != ranks)
-        dam_fail("%s: parallel layout dp=%d x pp=%d x tp=%d = %d ranks does not match --ranks %d", c->file,
-                 dp, pp, tp, dp * pp * tp, ranks);
-    const char *names[] = {"num_attention_heads", "num_key_value_heads", "intermediate_size", "vocab_size"};
-    int vals[] = {mc->num_attention_heads, mc->num_key_value_heads, mc->intermediate_size, mc->vocab_size};
-    for (int i = 0; i < 4; i++)
-        if (vals[i] % tp)
-            dam_fail("%s: parallel.tp=%d does not divide %s = %d of %s", c->file, tp, names[i], vals[i],
-                     c->models[0].path);
-    if (pp > mc->num_hidden_layers)
-        dam_fail("%s: parallel.pp=%d exceeds the %d layers of %s", c->file, pp, mc->num_hidden_layers,
-                 c->models[0].path);
-    if (c->micro_batches % dp)
-        dam_fail("%s: train.micro_batches=%d is not divisible by parallel.dp=%d", c->file, c->micro_batches,
-                 dp);
-    L->dp = dp, L->pp = pp, L->tp = tp;
+    DamLayout d;
+    char *err = layout_resolve(c, mc, c->models[0].path, ranks, &d);
+    if (err) dam_fail("%s", err);
+    L->dp = d.dp, L->pp = d.pp, L->tp = d.tp, L->automatic = d.automatic;
 }
 
 /* MemTotal of /proc/meminfo in bytes (0 when unreadable). */
@@ -570,7 +657,7 @@ static int smallest_fit(const PlanModel *pm, const PlanArgs *a, double node, Pla
             if (R % tp || pp > L) continue;
             double limit = limit_per_rank(a, node, R);
             if (sources_all / R > limit) continue; /* the shards alone do not fit */
-            PlanLayout lay = {1, pp, tp};
+            PlanLayout lay = {1, pp, tp, 0};
             if (plan_layout(pm, &lay, NULL) <= limit) return *out = lay, 1;
         }
     return 0;
@@ -596,8 +683,9 @@ static void print_table(const PlanModel *pm, const PlanArgs *a, const DamConfig 
            "%d datasets x %d x %d tokens, micro_batches %d\n",
            mc->architecture, mc->num_hidden_layers, mc->hidden_size, P / 1e9, pm->dtype_note, pm->n_rows,
            pm->n_data, pm->B, pm->T, pm->micro_batches);
-    printf("layout: dp=%d x pp=%d x tp=%d = %d ranks%s\n", R->lay.dp, R->lay.pp, R->lay.tp, R->n_ranks,
-           c->pp == 0 ? " (parallel.pp = 0: the ranks left by dp x tp)" : "");
+    DamLayout d = {R->lay.dp, R->lay.pp, R->lay.tp, R->lay.automatic};
+    char desc[256];
+    printf("layout: %s\n", layout_describe(c, &d, desc, sizeof desc));
     for (int s = 0; s < R->lay.pp; s++) {
         int l0, l1;
         dam_stage_layers(mc, R->lay.pp, s, &l0, &l1);
@@ -625,6 +713,16 @@ static void print_table(const PlanModel *pm, const PlanArgs *a, const DamConfig 
                r->inputs / u, r->output_phase / u, r->baseline / u, r->total / u, r->fits ? "yes" : "NO");
     }
     if (a->dev == PLAN_CUDA) {
+        double nccl = 0, slots = 0;
+        for (int i = 0; i < R->n_ranks; i++) {
+            nccl = fmax(nccl, R->ranks[i].cuda[1]);
+            slots = fmax(slots, R->ranks[i].cuda[2]);
+        }
+        printf("baseline (cuda): context %.0f + cuBLAS workspace %.0f + output chunk %.0f MiB, NCCL up to "
+               "%.0f MiB, "
+               "pipeline send slots up to %.0f MiB per GPU: a model to calibrate on a GPU (docs/memory.md)\n",
+               PLAN_CUDA_CONTEXT_MIB, PLAN_CUBLAS_WORKSPACE_MIB, PLAN_CUDA_OUTPUT_CHUNK_MIB, nccl / MIB,
+               slots / MIB);
         printf("limit: --gpu-mem %.1f GiB per GPU\n", a->gpu_mem);
         double host = 0;
         for (int i = 0; i < R->n_ranks; i++) host = R->ranks[i].host > host ? R->ranks[i].host : host;
@@ -695,7 +793,13 @@ static void print_json(const PlanModel *pm, const PlanArgs *a, const PlanReport 
         double vals[] = {r->sources, r->coefficients, r->workspace, r->run_states,
                          r->inputs,  r->output_phase, r->baseline,  r->total};
         for (int k = 0; k < 8; k++) cJSON_AddNumberToObject(b, keys[k], round(vals[k]));
-        if (a->dev == PLAN_CUDA) cJSON_AddNumberToObject(x, "host_bytes", round(r->host));
+        if (a->dev == PLAN_CUDA) {
+            cJSON_AddNumberToObject(x, "host_bytes", round(r->host));
+            cJSON *o = cJSON_AddObjectToObject(x, "cuda_baseline_bytes");
+            cJSON_AddNumberToObject(o, "context_cublas_output", round(r->cuda[0]));
+            cJSON_AddNumberToObject(o, "nccl", round(r->cuda[1]));
+            cJSON_AddNumberToObject(o, "send_slots", round(r->cuda[2]));
+        }
         cJSON_AddBoolToObject(x, "activations_kept", r->kept);
         cJSON_AddBoolToObject(x, "fits", r->fits);
         cJSON_AddItemToArray(arr, x);
@@ -773,9 +877,10 @@ int cmd_plan(int argc, char **argv) {
     }
     DamConfig c;
     config_load(&c, a.config);
+    plan_device(&a, &c);
     PlanModel pm;
-    int dtype_assumed = 0;
-    load_model(&pm, &c, &a, &dtype_assumed);
+    int dtype_assumed = 0, family = 0;
+    load_model(&pm, &c, &a, &dtype_assumed, &family);
     PlanReport R;
     memset(&R, 0, sizeof R);
     resolve_layout(&R.lay, &c, &pm.cfg, a.ranks);
@@ -810,8 +915,13 @@ int cmd_plan(int argc, char **argv) {
     else {
         print_table(&pm, &a, &c, &R);
         if (dtype_assumed) printf("note: a source's config.json names no torch_dtype: float32 assumed\n");
+        if (family)
+            printf("note: planned with %s (the family's config.json) for the sources%s\n",
+                   a.model_config ? a.model_config : c.model_config,
+                   a.model_config ? "" : " whose own is not there yet");
     }
     free(R.ranks);
     config_free(&c);
-    return 0;
+    /* a layout that does not fit stops the job that checks it (jobs/dam_job.sh) */
+    return R.all_fit ? 0 : PLAN_EXIT_NO_FIT;
 }

@@ -67,6 +67,38 @@ for cfg in "$ROOT"/configs/*.json; do
     fi
   done
 done
+# The shipped configs as they are, placeholders and all, the way the README's step 5 says: plan takes
+# the device from parallel.device and the sources' shape from model_config (configs/models/, the
+# family's published config.json), so no --device and no models are needed; the same config without
+# model_config names the placeholder in one line; a layout that does not fit exits 3 (jobs stop).
+for cfg in "$ROOT"/configs/*.json; do
+  name=$(basename "$cfg" .json)
+  [ "$name" = toy ] && continue
+  out=$(cd "$ROOT" && $BIN plan --config "configs/$name.json" --ranks 8 --gpu-mem 80 2>&1); rc=$?
+  if [ $rc -eq 0 ] && echo "$out" | grep -q '^fits: every rank' && echo "$out" | grep -q "^note: planned with configs/models/"; then
+    ok "plan --config configs/$name.json --ranks 8 --gpu-mem 80 (as shipped): fits, $(echo "$out" | grep -m1 '^layout')"
+  else
+    bad "plan --config configs/$name.json --ranks 8 --gpu-mem 80 (as shipped): rc=$rc $(echo "$out" | tail -2)"
+  fi
+done
+grep -v '"model_config"' "$ROOT/configs/llama3-70b-3x.json" > "$T/no-model-config.json"
+out=$($BIN plan --config "$T/no-model-config.json" --ranks 8 --gpu-mem 80 2>&1); rc=$?
+if [ $rc -eq 1 ] && [ "$(echo "$out" | wc -l)" -eq 1 ] && echo "$out" | grep -q "is a placeholder: .*--model-config FILE"; then
+  ok "placeholders without model_config: $out"
+else
+  bad "placeholders without model_config: rc=$rc $out"
+fi
+out=$($BIN plan --config "$T/no-model-config.json" --ranks 8 --gpu-mem 80 --model-config "$ROOT/configs/models/llama-3-70b.json" 2>&1) \
+  && ok "the same with --model-config configs/models/llama-3-70b.json: fits" || bad "--model-config: $out"
+$BIN plan --config "$ROOT/configs/llama3-70b-3x.json" --ranks 8 --gpu-mem 40 > "$T/nofit.out" 2>&1; rc=$?
+if [ $rc -eq 3 ] && grep -q '^fits: NO' "$T/nofit.out"; then
+  ok "a layout that does not fit (8 x 40 GiB): exit 3, $(grep '^fits' "$T/nofit.out")"
+else
+  bad "8 x 40 GiB: rc=$rc (want 3) $(tail -2 "$T/nofit.out")"
+fi
+out=$($BIN plan --config "$ROOT/configs/llama3-70b-3x.json" --ranks 8 2>&1); rc=$?
+[ $rc -eq 1 ] && echo "$out" | grep -q "device cuda (parallel.device of .*) needs --gpu-mem" \
+  && ok "no --gpu-mem for the config's cuda: $out" || bad "no --gpu-mem: rc=$rc $out"
 [ "$n" -ge 4 ] && ok "$n configs checked" || bad "only $n configs in configs/ (want the 70B, 8B, Mistral and toy ones)"
 
 # --- jobs/

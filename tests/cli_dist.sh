@@ -153,7 +153,7 @@ expect_layout_error() { # NAME RANKS DP PP TP WANT
     bad "$1: rc=$rc errors=$n $(head -2 "$T/bad.err")"
   fi
 }
-expect_layout_error "world != dp*pp*tp" 3 2 1 1 "does not match the 3 ranks"
+expect_layout_error "world != dp*pp*tp" 3 2 1 1 "3 ranks: no dp x pp x tp layout with parallel.dp=2, parallel.pp=1, parallel.tp=1 runs .*; rank counts that work: 2$"
 expect_layout_error "pp > layers" 3 1 3 1 "exceeds the 2 layers"
 expect_layout_error "tp not dividing heads" 3 1 1 3 "does not divide num_attention_heads"
 expect_layout_error "micro-batches not divisible by dp" 4 4 1 1 "micro_batches=2 is not divisible"
