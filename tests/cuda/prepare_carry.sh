@@ -95,7 +95,7 @@ if [ ${#weakened[@]} -gt 0 ]; then
 fi
 echo "prepare_carry: every packed file needs at most GLIBC_$GLIBC_MAX (but for the weak needs above)"
 (cd "$CARRY/root" && find . -type f | sort > ../MANIFEST)
-tar -C "$CARRY/root" -cJf "$CARRY/dam_carry.tar.xz" .
+XZ_OPT=${XZ_OPT:--T0 -6} tar -C "$CARRY/root" -cJf "$CARRY/dam_carry.tar.xz" . # xz on every core
 rm -rf "$CARRY/root"
 size=$(du -m "$CARRY/dam_carry.tar.xz" | cut -f1)
 echo "prepare_carry: $CARRY/dam_carry.tar.xz, ${size} MiB, $(wc -l < "$CARRY/MANIFEST") files"
