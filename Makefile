@@ -105,7 +105,7 @@ endif
 EXTRA_OBJ :=
 
 .PHONY: cuda-emu-test all help deps deps-slurm test test-asan test-asan-run demo experiment bench format format-check cppcheck clean info fixtures \
-        fuzz install
+        fuzz install cuda-dry-run
 
 all: info dam_dist
 
@@ -124,6 +124,10 @@ help:
 	@echo "make fixtures   regenerate tests/fixtures with torch/transformers/tokenizers (needs Python; not CI)"
 	@echo "make format     clang-format every C file;  make format-check  fail on unformatted files"
 	@echo "make cppcheck   static analysis"
+	@echo "make cuda-dry-run  link every CUDA program, dry-run tests/cuda/run.sh as on a bare GPU machine"
+	@echo "                (no GPU, no ssh, only the carried libraries; tests/cuda/dry_run.sh; needs nvcc)"
+	@echo "make cuda-emu-test  the CUDA backend's kernels and host code run on the CPU under an emulation of"
+	@echo "                CUDA's rules (cuda/emu), with ASan: check_kernels, NCCL on 2 ranks, the toy merges"
 	@echo "make fuzz       libFuzzer (clang) on the safetensors and config.json parsers, FUZZ_TIME seconds each"
 	@echo "make clean"
 
@@ -149,6 +153,10 @@ deps:
 # slurm/local.sh): not in deps, since on a node that runs Slurm they would be installed next to it
 deps-slurm:
 	@bash tools/install-deps.sh --slurm
+
+# tests/cuda/run.sh without a GPU, in a setting like the GPU machine's (tests/cuda/dry_run.sh)
+cuda-dry-run:
+	@bash tests/cuda/dry_run.sh
 
 dam_dist: $(BUILD)/src/main.o $(BUILD)/libdam.a $(EXTRA_OBJ)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)

@@ -87,7 +87,7 @@ $(BUILD)/cuda-check/nccl_comm.o: mpi/nccl_comm.c mpi/nccl_comm.h cuda/backend_cu
 # ---- GPU test programs (tests/cuda): no MPI, HDF5, cJSON or BLAS needed, so that they build on the GPU
 # machine: the CPU reference's GEMMs come from tests/cuda/cblas_ref.c, one-rank NCCL from the MPI shim.
 CUDA_TEST_CC  ?= gcc
-CUDA_TEST_CPU_SRC ?= src/backend_cpu.c src/backend_guard.c src/backend.c src/loss.c src/util.c
+CUDA_TEST_CPU_SRC ?= src/backend_cpu.c src/backend_guard.c src/backend.c src/loss.c src/threadpool.c src/util.c
 CUDA_TEST_CFLAGS := -O2 -g -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -fno-strict-aliasing \
                     -ffp-contract=off -Isrc -Itests/cuda/shim -DDAM_WITH_CUDA $(CUDA_INC)
 CUDA_TEST_NCCL_FLAGS := -Impi -Itests/cuda/shim_mpi -DDAM_WITH_NCCL
