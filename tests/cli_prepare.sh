@@ -114,6 +114,10 @@ printf '\n  \n' >"$T/empty.jsonl"
 expect_error "empty input" "$T/empty.jsonl: no examples" -- --tokenizer "$SPM" --input "$T/empty.jsonl" --field text
 expect_error "unsupported model" "unsupported tokenizer model WordPiece" -- --tokenizer "$FIX/tokenizers/wordpiece" --input "$CORPUS" --field text
 expect_error "unsupported model names file" "wordpiece/tokenizer.json" -- --tokenizer "$FIX/tokenizers/wordpiece" --input "$CORPUS" --field text
+# plain text under the default --format jsonl: the error says which --format to pass
+printf 'one document\n\nanother one\n' >"$T/plain.txt"
+expect_error ".txt without --format or --field" "for plain text pass --format text" -- --tokenizer "$SPM" --input "$T/plain.txt"
+expect_error ".txt without --format, with --field" "$T/plain.txt:1: malformed JSON line (expected one JSON object per line); a .txt input is read as JSON lines unless --format says otherwise: for plain text pass --format text" -- --tokenizer "$SPM" --input "$T/plain.txt" --field text
 expect_error "missing input" "nope.jsonl: input file not found" -- --tokenizer "$SPM" --input "$T/nope.jsonl" --field text
 
 # --out into a missing directory: said before any work (the tokenizer is not even loaded), not an HDF5 call
@@ -126,6 +130,20 @@ if [ $rc -eq 1 ] && [ "$(grep -c '' "$T/err")" -eq 1 ] && grep -qF "the director
 else
   bad "--out into a missing directory (rc $rc): $(cat "$T/err")"
 fi
+
+# tokenize: a character the vocabulary lacks (no unk_token) is named, and a trailing newline is explained
+"$BIN" toy --tasks --out "$T/tasks" >/dev/null
+for input in 'abc\n' 'abé'; do
+  printf "$input" | "$BIN" tokenize --tokenizer "$T/tasks/base" >"$T/out" 2>"$T/err"
+  rc=$?
+  case $input in *n) want="the character U+000A is not in the vocabulary and the tokenizer has no unk_token (the trailing newline of stdin is part of the text" ;;
+                 *) want="the character 'é' (U+00E9) is not in the vocabulary" ;; esac
+  if [ $rc -eq 1 ] && [ "$(grep -c '' "$T/err")" -eq 1 ] && grep -qF "$want" "$T/err"; then
+    ok "tokenize '$input' with a character outside the vocabulary: $(cat "$T/err")"
+  else
+    bad "tokenize '$input' (rc $rc): $(cat "$T/err") (want '$want')"
+  fi
+done
 
 echo "cli_prepare: $fails failure(s)"
 [ "$fails" -eq 0 ]
