@@ -89,7 +89,8 @@ static const char inspect_help[] =
     "for being mergeable with each other.\n"
     "  --model DIR        a Hugging Face model directory (repeat for several)\n"
     "  --coefficients FILE  a dam_coefficients.safetensors: one line per tensor with its layer (-1\n"
-    "                     outside the decoder layers), kind and the mean coefficient of each source\n"
+    "                     outside the decoder layers), kind and the mean coefficient of each source,\n"
+    "                     under the sources' names the file records (source0.. in files without)\n"
     "  -h, --help         this text\n";
 
 static const char merge_help[] =
