@@ -8,14 +8,16 @@ const char cli_command_list[] =
     "toy, prepare, tokenize, precompute, inspect, plan, merge, eval, evolve, finetune, help, version";
 
 static const char train_help[] =
-    "usage: dam_dist --config FILE [--out DIR] [--max-steps N] [--eval-rows N] [--resume | --resume auto]\n"
-    "                [--force] [--allow-config-change] [--allow-tokenizer-mismatch]\n"
+    "usage: dam_dist --config FILE [--out DIR] [--device cpu|cuda] [--max-steps N] [--eval-rows N]\n"
+    "                [--resume | --resume auto] [--force] [--allow-config-change] "
+    "[--allow-tokenizer-mismatch]\n"
     "The merge: learns the DAM coefficients of the config's models and writes the merged model.\n"
     "Run it alone, or under mpirun -n N / srun -n N --mpi=pmix for the config's dp x pp x tp layout.\n"
     "  --config FILE                the run configuration (docs/config.md)\n"
     "  --out DIR                    the merged model's directory, instead of output.dir (the metrics\n"
     "                               file goes beside it: DIR.metrics.jsonl; checkpoints in DIR.ckpt\n"
     "                               unless checkpoint.dir is set)\n"
+    "  --device cpu|cuda            the backend, over parallel.device (cuda: a make CUDA=1 build)\n"
     "  --max-steps N                stop after global step N (the schedule still follows train.steps);\n"
     "                               a checkpoint and the merged model are written\n"
     "  --eval-rows N                end with the per-token KL to each source on the last N rows of its\n"
