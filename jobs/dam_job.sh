@@ -8,7 +8,7 @@
 #   - scancel, the time limit and `scontrol requeue` send SIGTERM: the ranks get it from Slurm and
 #     checkpoint too (if that ends within KillWait); the script does not requeue then.
 #   - exit status: 0 finished (or requeued), 75 stopped with a checkpoint and not requeued, anything
-#     else an error (the line before it says which).
+#     else an error (dam_dist's first "error:" line above it says which).
 # The caller sets DAM_HOME, DAM_DIST (may be empty), LAUNCHER, RANKS, MAX_REQUEUES, MPIRUN_ARGS,
 # EXTRA_ARGS, OUT (may be empty) before sourcing.
 
@@ -70,7 +70,14 @@ dam_job_launch() {
         say "stopped with a checkpoint (exit 75): run this script again to resume"
       fi
       exit 75 ;;
-    *) say "error: dam_dist exited with status $rc (its last line says why)"; exit "$rc" ;;
+    *)
+      # the reason is dam_dist's own error line; under mpirun Open MPI's note on the exit follows it
+      if [ "$rc" -gt 128 ]; then
+        say "error: dam_dist exited with status $rc: killed by SIG$(kill -l $((rc - 128)) 2>/dev/null || echo $((rc - 128))) (out of memory, a crash or a signal: no dam_dist error line)"
+      else
+        say "error: dam_dist exited with status $rc: the reason is its first 'error:' line above ('dam_dist: error:', or 'dam_dist[rank R]: error:' under MPI; Open MPI's notes on the exit come after it)"
+      fi
+      exit "$rc" ;;
   esac
 }
 

@@ -1,4 +1,4 @@
-/* checkpoint.h — restartable state in HDF5 (DESIGN.md section 4), keyed by tensor name so that a
+/* checkpoint.h — restartable state in HDF5 (docs/formats.md), keyed by tensor name so that a
  * run may resume on another (dp, pp, tp) layout.
  *
  *   <dir>/step_00000120.h5   one file per save, written as .tmp and renamed when complete

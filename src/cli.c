@@ -8,14 +8,16 @@ const char cli_command_list[] =
     "toy, prepare, tokenize, precompute, inspect, plan, merge, eval, evolve, finetune, help, version";
 
 static const char train_help[] =
-    "usage: dam_dist --config FILE [--out DIR] [--max-steps N] [--eval-rows N] [--resume | --resume auto]\n"
-    "                [--force] [--allow-config-change] [--allow-tokenizer-mismatch]\n"
+    "usage: dam_dist --config FILE [--out DIR] [--device cpu|cuda] [--max-steps N] [--eval-rows N]\n"
+    "                [--resume | --resume auto] [--force] [--allow-config-change] "
+    "[--allow-tokenizer-mismatch]\n"
     "The merge: learns the DAM coefficients of the config's models and writes the merged model.\n"
     "Run it alone, or under mpirun -n N / srun -n N --mpi=pmix for the config's dp x pp x tp layout.\n"
     "  --config FILE                the run configuration (docs/config.md)\n"
     "  --out DIR                    the merged model's directory, instead of output.dir (the metrics\n"
     "                               file goes beside it: DIR.metrics.jsonl; checkpoints in DIR.ckpt\n"
     "                               unless checkpoint.dir is set)\n"
+    "  --device cpu|cuda            the backend, over parallel.device (cuda: a make CUDA=1 build)\n"
     "  --max-steps N                stop after global step N (the schedule still follows train.steps);\n"
     "                               a checkpoint and the merged model are written\n"
     "  --eval-rows N                end with the per-token KL to each source on the last N rows of its\n"
@@ -36,9 +38,10 @@ static const char toy_help[] =
     "usage: dam_dist toy --out DIR [--models N] [--seed S] [--size small|tiny|bench|smol] [--force]\n"
     "       dam_dist toy --tasks --out DIR [--seed S] [--force]\n"
     "A base model, N specialists fine-tuned from it, their datasets and a config.json, for trying the\n"
-    "merge: dam_dist --config DIR/config.json. With --tasks: a randomly initialised character-level\n"
-    "model, its tokenizer and the tasks add, rev, sort (and their mix) as train/eval token files with\n"
-    "answer masks, for `finetune` (tools/make_specialists.sh).\n"
+    "merge: dam_dist --config DIR/config.json; each model has a byte-level BPE tokenizer.json, and\n"
+    "DIR/text/m<k>.jsonl is text to try prepare and tokenize on. With --tasks: a randomly initialised\n"
+    "character-level model, its tokenizer and the tasks add, rev, sort (and their mix) as train/eval\n"
+    "token files with answer masks, for `finetune` (tools/make_specialists.sh).\n"
     "  --tasks            the character-level toy tasks instead\n"
     "  --out DIR          where to write (refused if it holds something else, unless --force)\n"
     "  --models N         specialists, 2 to 8 (default 3)\n"
@@ -91,7 +94,8 @@ static const char inspect_help[] =
     "for being mergeable with each other.\n"
     "  --model DIR        a Hugging Face model directory (repeat for several)\n"
     "  --coefficients FILE  a dam_coefficients.safetensors: one line per tensor with its layer (-1\n"
-    "                     outside the decoder layers), kind and the mean coefficient of each source\n"
+    "                     outside the decoder layers), kind and the mean coefficient of each source,\n"
+    "                     under the sources' names the file records (source0.. in files without)\n"
     "  -h, --help         this text\n";
 
 static const char merge_help[] =

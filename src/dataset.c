@@ -1,4 +1,4 @@
-/* dataset.c — HDF5 token files (see dataset.h and DESIGN.md section 4).
+/* dataset.c — HDF5 token files (see dataset.h and docs/formats.md).
  *
  * Every HDF5 call goes through DAM_H5_CHECK (h5util.h), so a failure is one line naming the call
  * and the file. Files are opened with default property lists: each rank reads its own rows

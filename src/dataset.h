@@ -1,4 +1,4 @@
-/* dataset.h — HDF5 token files, one per source model (DESIGN.md section 4).
+/* dataset.h — HDF5 token files, one per source model (docs/formats.md).
  *
  *   /input_ids       int32 [n, L]
  *   /attention_mask  int8  [n, L]        optional; all ones when absent

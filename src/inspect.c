@@ -7,6 +7,7 @@
  * every tensor the architecture implies is looked up with the shape config.json implies. With
  * several --model flags, every config must agree with the first in everything that shapes the
  * forward pass (hfconfig_check_same), exactly as a merge of those models requires. */
+#include <cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -134,9 +135,23 @@ static int print_coefficients(const char *path) {
                      (long long)t->shape[0], rows);
         rows = (int)t->shape[0];
     }
+    /* the sources' names from the file's metadata (dam_dist writes them); source0.. for older files */
+    char *names_json = st_metadata(&f, ST_COEF_ROWS_KEY);
+    cJSON *names = names_json ? cJSON_Parse(names_json) : NULL;
+    int named = cJSON_IsArray(names) && cJSON_GetArraySize(names) == rows;
+    for (int r = 0; named && r < rows; r++) {
+        const cJSON *v = cJSON_GetArrayItem(names, r);
+        named = cJSON_IsString(v) && v->valuestring[0] && !strpbrk(v->valuestring, " \t\n#");
+    }
     printf("# %s: mean coefficient per source row\n# layer kind", path);
-    for (int r = 0; r < rows; r++) printf(" source%d", r);
+    for (int r = 0; r < rows; r++)
+        if (named)
+            printf(" %s", cJSON_GetArrayItem(names, r)->valuestring);
+        else
+            printf(" source%d", r);
     printf("\n");
+    cJSON_Delete(names);
+    free(names_json);
     for (int i = 0; i < f.n_tensors; i++) {
         const StTensor *t = &f.tensors[i];
         char kind[128];

@@ -189,8 +189,14 @@ static void write_stage_tensors(DamModel *m, const char *dir, size_t shard_bytes
         int *nd = dam_malloc((size_t)n_out * sizeof(int), "ndims");
         const int64_t **shapes = dam_malloc((size_t)n_out * sizeof(int64_t *), "shapes");
         for (int i = 0; i < n_out; i++) dt[i] = DAM_F32, nd[i] = 2, shapes[i] = &cshape[2 * i];
-        st_write_file(coef_path, n_out, names, dt, nd, shapes, (const void *const *)coefs);
-        free(dt), free(nd), free(shapes);
+        /* the rows' names, so that the file says which source each row is (inspect --coefficients) */
+        cJSON *rows = cJSON_CreateArray();
+        for (int i = 0; i < m->n_rows; i++) cJSON_AddItemToArray(rows, cJSON_CreateString(m->row_names[i]));
+        char *rows_json = cJSON_PrintUnformatted(rows);
+        cJSON_Delete(rows);
+        const char *meta[] = {ST_COEF_ROWS_KEY, rows_json};
+        st_write_file_meta(coef_path, n_out, names, dt, nd, shapes, (const void *const *)coefs, 1, meta);
+        free(rows_json), free(dt), free(nd), free(shapes);
     }
     for (int i = 0; i < n_out; i++) free(coefs[i]);
     free(coefs), free(names), free(cshape);
@@ -283,9 +289,11 @@ static void merge_stage_outputs(const char *tmp, int n_stages) {
             const StTensor *x = &cf[s].tensors[t];
             names[i] = x->name, dt[i] = DAM_F32, nd[i] = 2, shapes[i] = x->shape, data[i] = x->data;
         }
-    char *coef = dam_path_join(tmp, "dam_coefficients.safetensors");
-    st_write_file(coef, n, names, dt, nd, shapes, data);
-    free(coef), free(names), free(dt), free(nd), free(shapes), free(data);
+    char *coef = dam_path_join(tmp, "dam_coefficients.safetensors"),
+         *rows = st_metadata(&cf[0], ST_COEF_ROWS_KEY);
+    const char *meta[] = {ST_COEF_ROWS_KEY, rows};
+    st_write_file_meta(coef, n, names, dt, nd, shapes, data, rows ? 1 : 0, meta);
+    free(coef), free(rows), free(names), free(dt), free(nd), free(shapes), free(data);
     for (int s = 0; s < n_stages; s++) st_close(&cf[s]);
     free(cf);
     output_remove_stages(tmp, n_stages);

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "cli.h"
 #include "commands.h"
@@ -106,6 +107,7 @@ typedef struct {
     int64_t max_examples; /* -1: all */
     int has_seed;
     uint64_t seed;
+    const char *text_hint; /* "" or, for a .txt input read as JSON lines by default, the --format to use */
 } PrepareOptions;
 
 static int64_t parse_int(const char *opt, const char *s, int64_t lo) {
@@ -121,7 +123,7 @@ static void parse_options(PrepareOptions *o, int argc, char **argv) {
     memset(o, 0, sizeof *o);
     o->bos = o->eos = -1;
     o->max_examples = -1;
-    const char *format = "jsonl";
+    const char *format = NULL; /* jsonl unless given */
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -172,6 +174,13 @@ static void parse_options(PrepareOptions *o, int argc, char **argv) {
     }
     if (!o->tokenizer || !o->input || !o->out || o->seq_len <= 0)
         dam_fail("prepare: needs --tokenizer DIR --input FILE --out FILE.h5 --seq-len L");
+    size_t in_len = strlen(o->input);
+    o->text_hint =
+        !format && in_len >= 4 && !strcasecmp(o->input + in_len - 4, ".txt")
+            ? "; a .txt input is read as JSON lines unless --format says otherwise: for plain text pass "
+              "--format text (blank lines separate documents) or --format text-whole"
+            : "";
+    if (!format) format = "jsonl";
     if (!strcmp(format, "jsonl"))
         o->format = FORMAT_JSONL;
     else if (!strcmp(format, "text"))
@@ -181,7 +190,8 @@ static void parse_options(PrepareOptions *o, int argc, char **argv) {
     else
         dam_fail("prepare: --format must be jsonl, text or text-whole (got %s)", format);
     if (o->format == FORMAT_JSONL && !!o->field == !!o->template_src)
-        dam_fail("prepare: JSON lines input needs exactly one of --field NAME or --template STRING");
+        dam_fail("prepare: JSON lines input needs exactly one of --field NAME or --template STRING%s",
+                 o->text_hint);
     if (o->format != FORMAT_JSONL && (o->field || o->template_src))
         dam_fail("prepare: --field and --template apply to --format jsonl only");
 }
@@ -236,7 +246,8 @@ static void read_jsonl(Examples *e, const char *data, size_t size, const Prepare
         cJSON *obj = cJSON_ParseWithLengthOpts(s, len, &end, 0);
         if (!obj || !cJSON_IsObject(obj) || !is_blank(end, len - (size_t)(end - s))) {
             cJSON_Delete(obj);
-            dam_fail("%s:%d: malformed JSON line (expected one JSON object per line)", o->input, line);
+            dam_fail("%s:%d: malformed JSON line (expected one JSON object per line)%s", o->input, line,
+                     o->text_hint);
         }
         text.n = 0;
         tokbuf_append(&text, "", 0);
@@ -521,7 +532,12 @@ int cmd_tokenize(int argc, char **argv) {
         if (special)
             for (int j = 0; j < t.n_prefix; j++) tokids_push(&ids, t.prefix[j]);
         const char *err = tokenizer_encode(&t, in, n, &ids);
-        if (err) dam_fail("<stdin>: %s", err);
+        if (err)
+            dam_fail(
+                "<stdin>: %s%s", err,
+                n && in[n - 1] == '\n' && strstr(err, "U+000A")
+                    ? " (the trailing newline of stdin is part of the text: printf '%s' TEXT leaves it out)"
+                    : "");
         if (special)
             for (int j = 0; j < t.n_suffix; j++) tokids_push(&ids, t.suffix[j]);
         for (size_t i = 0; i < ids.n; i++) printf(i ? " %d" : "%d", ids.ids[i]);

@@ -211,6 +211,16 @@ void st_close(StFile *f) {
     f->fd = -1;
 }
 
+char *st_metadata(const StFile *f, const char *key) {
+    uint64_t n = read_u64_le(f->map); /* st_parse_buffer checked the header's length and JSON */
+    cJSON *root = cJSON_ParseWithLength((const char *)f->map + 8, (size_t)n);
+    const cJSON *v =
+        cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(root, "__metadata__"), key);
+    char *out = cJSON_IsString(v) ? dam_strdup(v->valuestring) : NULL;
+    cJSON_Delete(root);
+    return out;
+}
+
 const StTensor *st_find(const StFile *f, const char *name) {
     int lo = 0, hi = f->n_tensors - 1;
     while (lo <= hi) {
@@ -422,11 +432,15 @@ typedef struct {
 
 /* The header JSON for n entries laid out back to back, padded with spaces so that the data
  * section starts 8-byte aligned (what the safetensors library itself writes). */
-static char *build_header(const WEntry *e, int n, const char *format, size_t *len_out) {
+/* __metadata__: {"format": format} and the n_meta key, value pairs of meta (strings, as the format
+ * wants). */
+static char *build_header(const WEntry *e, int n, const char *format, int n_meta, const char *const *meta,
+                          size_t *len_out) {
     cJSON *root = cJSON_CreateObject();
-    if (format) {
-        cJSON *meta = cJSON_AddObjectToObject(root, "__metadata__");
-        cJSON_AddStringToObject(meta, "format", format);
+    if (format || n_meta) {
+        cJSON *md = cJSON_AddObjectToObject(root, "__metadata__");
+        if (format) cJSON_AddStringToObject(md, "format", format);
+        for (int i = 0; i < n_meta; i++) cJSON_AddStringToObject(md, meta[2 * i], meta[2 * i + 1]);
     }
     uint64_t off = 0;
     for (int i = 0; i < n; i++) {
@@ -468,9 +482,10 @@ static int copy_stream(FILE *to, FILE *from) {
 
 /* Write one safetensors file to exactly `path` (the caller handles tmp + rename): the data comes
  * from each entry's buffer, or, when `spill` is given, from that file (all entries in order). */
-static void write_entries(const char *path, const WEntry *e, int n, const char *format, FILE *spill) {
+static void write_entries(const char *path, const WEntry *e, int n, const char *format, int n_meta,
+                          const char *const *meta, FILE *spill) {
     size_t hlen;
-    char *header = build_header(e, n, format, &hlen);
+    char *header = build_header(e, n, format, n_meta, meta, &hlen);
     FILE *f = fopen(path, "wb");
     if (!f) dam_fail("%s: cannot create (%s)", path, strerror(errno));
     uint8_t len8[8];
@@ -513,6 +528,12 @@ static WEntry make_entry(const char *name, dam_dtype dtype, int ndim, const int6
 
 void st_write_file(const char *path, int n, const char *const *names, const dam_dtype *dtypes,
                    const int *ndims, const int64_t *const *shapes, const void *const *datas) {
+    st_write_file_meta(path, n, names, dtypes, ndims, shapes, datas, 0, NULL);
+}
+
+void st_write_file_meta(const char *path, int n, const char *const *names, const dam_dtype *dtypes,
+                        const int *ndims, const int64_t *const *shapes, const void *const *datas, int n_meta,
+                        const char *const *meta) {
     WEntry *e = dam_calloc((size_t)(n ? n : 1), sizeof(WEntry), path);
     for (int i = 0; i < n; i++) {
         check_entry(path, names[i], dtypes[i], ndims[i], shapes[i]);
@@ -520,7 +541,7 @@ void st_write_file(const char *path, int n, const char *const *names, const dam_
         e[i].data = (void *)datas[i]; /* borrowed: written straight from the caller's buffer */
     }
     char *tmp = dam_asprintf("%s.tmp", path);
-    write_entries(tmp, e, n, "pt", NULL);
+    write_entries(tmp, e, n, "pt", n_meta, meta, NULL);
     rename_into_place(tmp, path);
     free(tmp);
     for (int i = 0; i < n; i++) free(e[i].name);
@@ -581,7 +602,7 @@ static char *shard_tmp_path(const StWriter *w, int shard) {
 static void flush_shard(StWriter *w) {
     if (w->n_cur == 0) return;
     char *tmp = shard_tmp_path(w, w->n_shards);
-    write_entries(tmp, w->cur, w->n_cur, w->format, w->spill);
+    write_entries(tmp, w->cur, w->n_cur, w->format, 0, NULL, w->spill);
     free(tmp);
     fclose(w->spill);
     w->spill = NULL;

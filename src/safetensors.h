@@ -43,6 +43,8 @@ void st_open(StFile *f, const char *path);
 void st_parse_buffer(StFile *f, const char *path, const void *buf, size_t size);
 void st_close(StFile *f);
 const StTensor *st_find(const StFile *f, const char *name); /* NULL when absent */
+/* The string value of `key` in the file's __metadata__, newly allocated; NULL when absent. */
+char *st_metadata(const StFile *f, const char *key);
 
 /* A Hugging Face model directory: model.safetensors, or the shards listed in
  * model.safetensors.index.json. A directory holding only pickle checkpoints
@@ -89,5 +91,12 @@ void st_writer_finish(StWriter *w, const char *metadata_format);
 /* Write a single safetensors file atomically (tmp + rename) from n tensors given as arrays. */
 void st_write_file(const char *path, int n, const char *const *names, const dam_dtype *dtypes,
                    const int *ndims, const int64_t *const *shapes, const void *const *datas);
+/* dam_coefficients.safetensors' __metadata__ entry naming its rows: a JSON array of the sources' names
+ * (the base last when merge.include_base), as dam_report.json's "coefficient_rows". */
+#define ST_COEF_ROWS_KEY "coefficient_rows"
+/* The same with n_meta more __metadata__ entries: meta holds key, value, key, value, ... */
+void st_write_file_meta(const char *path, int n, const char *const *names, const dam_dtype *dtypes,
+                        const int *ndims, const int64_t *const *shapes, const void *const *datas, int n_meta,
+                        const char *const *meta);
 
 #endif

@@ -17,6 +17,8 @@
 #include "outdir.h"
 #include "safetensors.h"
 #include "toy_tasks.h"
+#include "tokenizer.h"
+#include "toy_text.h"
 
 typedef struct {
     const char *name;
@@ -118,7 +120,7 @@ static void write_model(const Toy *t, int k, const char *dir) {
 }
 
 /* Dataset k: Zipf over the k-th slice of the vocabulary, 20% of tokens uniform over all of it. */
-static void write_dataset(const Toy *t, int k, const char *path) {
+static void write_dataset(const Toy *t, int k, const char *path, const char *tokenizer_hash) {
     const ToySize *s = t->sz;
     size_t n = (size_t)s->rows * s->seq;
     int32_t *ids = dam_malloc(n * sizeof(int32_t), "toy ids");
@@ -131,8 +133,12 @@ static void write_dataset(const Toy *t, int k, const char *path) {
         else
             ids[i] = lo + (int32_t)(powf(dam_rng_uniform(&r), 2.5f) * (float)slice) % slice;
     }
-    DatasetAttr attrs[] = {{"source_file", "dam_dist toy", 0}, {"vocab_size", NULL, s->vocab}};
-    dataset_write(path, s->rows, s->seq, ids, NULL, 2, attrs);
+    /* ids of the models' tokenizer (toy_text.c), recorded so that the run compares it */
+    DatasetAttr attrs[] = {{"source_file", "dam_dist toy", 0},
+                           {"vocab_size", NULL, s->vocab},
+                           {"tokenizer_hash", tokenizer_hash, 0},
+                           {"tokenizer_hash_kind", TOKENIZER_HASH_KIND, 0}};
+    dataset_write(path, s->rows, s->seq, ids, NULL, 4, attrs);
     free(ids);
 }
 
@@ -218,17 +224,26 @@ int cmd_toy(int argc, char **argv) {
                final, t.sz->name);
         return 0;
     }
+    char *dirs[1 + 8];
+    dirs[0] = dam_path_join(t.out, "base");
+    for (int k = 0; k < t.n_models; k++) {
+        char name[32];
+        snprintf(name, sizeof name, "m%d", k);
+        dirs[1 + k] = dam_path_join(t.out, name);
+        write_model(&t, k, dirs[1 + k]);
+    }
+    /* a tokenizer for every model and text to prepare with it (the weights above do not depend on it) */
+    char hash[17];
+    toy_text_write(t.out, t.n_models, t.sz->rows, t.sz->vocab, seed, (const char *const *)dirs,
+                   1 + t.n_models, hash);
+    for (int k = 0; k <= t.n_models; k++) free(dirs[k]);
     char *data = dam_path_join(t.out, "data");
     dam_mkdir_p(data);
     for (int k = 0; k < t.n_models; k++) {
         char name[32];
-        snprintf(name, sizeof name, "m%d", k);
-        sub = dam_path_join(t.out, name);
-        write_model(&t, k, sub);
-        free(sub);
         snprintf(name, sizeof name, "m%d.h5", k);
         sub = dam_path_join(data, name);
-        write_dataset(&t, k, sub);
+        write_dataset(&t, k, sub, hash);
         free(sub);
     }
     free(data);
@@ -241,9 +256,10 @@ int cmd_toy(int argc, char **argv) {
     outdir_commit(&od, tmp);
     free(tmp);
     t.out = final;
-    printf(
-        "toy: wrote %s: base + %d specialists (%s, %.2fM parameters each, bf16), datasets of %d x %d tokens, "
-        "config.json\n",
-        t.out, t.n_models, t.sz->name, hfconfig_num_params(&mc) / 1e6, t.sz->rows, t.sz->seq);
+    printf("toy: wrote %s: base + %d specialists (%s, %.2fM parameters each, bf16, a byte-level BPE "
+           "tokenizer of "
+           "%d tokens), datasets of %d x %d tokens (data/m<k>.h5), text to prepare (text/m<k>.jsonl), "
+           "config.json\n",
+           t.out, t.n_models, t.sz->name, hfconfig_num_params(&mc) / 1e6, t.sz->vocab, t.sz->rows, t.sz->seq);
     return 0;
 }

@@ -128,6 +128,17 @@ for j in merge_llama70b merge_llama8b; do
     bad "jobs/$j.sh with the unfilled config: rc=$rc: $out"
   fi
 done
+# a failed run: the job points to dam_dist's error line, not to its last line (Open MPI's note under mpirun)
+( DAM_HOME=$ROOT DAM_DIST=$BIN LAUNCHER=mpirun RANKS=2 MAX_REQUEUES=0 MPIRUN_ARGS="" EXTRA_ARGS="" OUT=""
+  # shellcheck source=/dev/null
+  . "$ROOT/jobs/dam_job.sh"; dam_job_launch "$T/no_such_config.json" ) > "$T/fail.log" 2>&1; rc=$?
+if [ $rc -ne 0 ] && grep -q "^dam_dist\(\[rank 0\]\)\?: error: .*no_such_config.json" "$T/fail.log" \
+   && grep -q "job: .*error: dam_dist exited with status $rc: the reason is its first 'error:' line above" "$T/fail.log" \
+   && ! grep -q "last line says why" "$T/fail.log"; then
+  ok "a failed job under mpirun points to dam_dist's error line: '$(grep -o 'error: dam_dist exited.*' "$T/fail.log")'"
+else
+  bad "a failed job under mpirun (rc $rc): $(tail -3 "$T/fail.log")"
+fi
 if command -v shellcheck > /dev/null; then
   if shellcheck -x -S warning "$ROOT"/jobs/*.sh "$ROOT"/slurm/local.sh > "$T/sc" 2>&1; then ok "shellcheck -S warning jobs/*.sh slurm/local.sh"
   else bad "shellcheck: $(head -20 "$T/sc")"; fi

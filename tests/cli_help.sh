@@ -3,6 +3,8 @@
 #  - `dam_dist --help`, `help`, and `dam_dist CMD --help` / `-h` for every command: exit 0, the text on
 #    stdout starting with "usage: dam_dist CMD"; `--version` / `version`: exit 0;
 #  - every option a help text names is in the README too (so `--resume` and every flag are in both);
+#  - the other way: every option README.md and docs/ give a dam_dist command is in its --help, and every
+#    relative link of README.md and docs/ resolves;
 #  - a bad command: exit 1, one line naming it and listing the commands;
 #  - an unknown option, on every command: exit 1 and the same one line everywhere,
 #      dam_dist: error: CMD: unknown option '--no-such-option' (dam_dist CMD --help lists the options)
@@ -71,6 +73,52 @@ for c in "" $CMDS; do
     bad "dam_dist${c:+ $c} --no-such-option: rc=$rc, stderr '$(head -3 "$T/err")' (want '$want'; notes/issue9-requests.md)"
   fi
 done
+
+# --- the documentation against the tool: every option that README.md and docs/ give a dam_dist
+# command (tests/doc_options.awk finds them: after `dam_dist [CMD]` in code, in a paragraph that
+# starts with "`CMD`:", in a table of a command's options; not mpirun's, sbatch's or make's) is in
+# that command's --help (the merge's own: `dam_dist --config F --help`; `dam_dist --help` only for
+# --help and --version)
+DOCS=("$ROOT/README.md" "$ROOT"/docs/*.md "$ROOT"/docs/experiment/*.md)
+$BIN --config /nonexistent.json --help > "$T/help_" 2>&1
+$BIN --help > "$T/help_main" 2>&1
+for c in $CMDS; do $BIN $c --help > "$T/help_$c" 2>&1; done
+awk -v CMDS="$CMDS" -f "$ROOT/tests/doc_options.awk" "${DOCS[@]}" > "$T/doc_options"
+n=0 missing=0
+while IFS='|' read -r where cmd opt; do
+  n=$((n + 1))
+  h="$T/help_$cmd"; [ -z "$cmd" ] && { [ "$opt" = --help ] || [ "$opt" = --version ]; } && h="$T/help_main"
+  grep -qE -- "(^|[^a-z-])$opt([^a-z-]|$)" "$h" \
+    || { bad "${where#"$ROOT"/}: '$opt' given to 'dam_dist${cmd:+ $cmd}', which its --help does not name"; missing=$((missing + 1)); }
+done < "$T/doc_options"
+[ "$n" -gt 100 ] && [ $missing -eq 0 ] && ok "the $n options README.md and docs/ give dam_dist commands are each in that command's --help" \
+  || { [ "$n" -gt 100 ] || bad "only $n options found in README.md and docs/ (the extraction broke?)"; }
+
+# --- every relative link of README.md and docs/ resolves (a file or directory of the tree)
+n=0 broken=0
+for f in "${DOCS[@]}"; do
+  while IFS=: read -r line target; do
+    target=${target#](}; target=${target%)}; target=${target%%#*}
+    case $target in http://*|https://*|mailto:*|"") continue ;; esac
+    n=$((n + 1))
+    [ -e "$(dirname "$f")/$target" ] || { bad "${f#"$ROOT"/}:$line: the link '$target' leads nowhere"; broken=$((broken + 1)); }
+  done < <(grep -no '](\([^)]*\))' "$f")
+done
+[ "$n" -gt 10 ] && [ $broken -eq 0 ] && ok "the $n relative links of README.md and docs/ resolve" \
+  || { [ "$n" -gt 10 ] || bad "only $n links found in README.md and docs/ (the extraction broke?)"; }
+# and every .md file they name in the text (docs/x.md, DESIGN.md) whose folder is in the tree (not a
+# command's output such as experiment/results.md): beside the naming file or from the root
+n=0 broken=0
+for f in "${DOCS[@]}"; do
+  while IFS=: read -r line name; do
+    dir=$(dirname "$name")
+    [ "$dir" = . ] || [ -d "$ROOT/$dir" ] || [ -d "$(dirname "$f")/$dir" ] || continue
+    n=$((n + 1))
+    [ -e "$(dirname "$f")/$name" ] || [ -e "$ROOT/$name" ] \
+      || { bad "${f#"$ROOT"/}:$line: names $name, which is not in the tree"; broken=$((broken + 1)); }
+  done < <(grep -no '[A-Za-z0-9_./-]*\.md\b' "$f")
+done
+[ $broken -eq 0 ] && ok "the $n mentions of .md files in README.md and docs/ name files of the tree"
 
 echo "cli_help: $fails failure(s)"
 [ $fails -eq 0 ]

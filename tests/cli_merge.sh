@@ -55,7 +55,8 @@ for m in linear task_arithmetic ties dare_ties slerp; do
   check "$m: no temporary directory left" test ! -e "$T/$m.1.tmp" -a ! -e "$T/$m.2.tmp"
   $BIN inspect --model "$T/$m.1" --model "$B" >"$T/log" 2>&1
   check "$m: the output loads back (inspect, mergeable with the base)" grep -q "can be merged" "$T/log"
-  check "$m: tokenizer-free toy: config.json copied" test -f "$T/$m.1/config.json"
+  check "$m: config.json and the toy's tokenizer files copied" \
+    test -f "$T/$m.1/config.json" -a -f "$T/$m.1/tokenizer.json" -a -f "$T/$m.1/tokenizer_config.json"
 done
 check "the methods give different models" \
   bash -c "! cmp -s '$T/ties.1/model-00001-of-00006.safetensors' '$T/dare_ties.1/model-00001-of-00006.safetensors'"

@@ -184,8 +184,7 @@ expect_refused "--resume with other settings" "loss.temperature (2 -> 1), train.
 run --config tiny/changed.json --out cf --resume --allow-config-change > cf.log 2>&1 && grep -q "resuming with changed settings" cf.log \
   && ok "--allow-config-change goes on, with a note" || bad "--allow-config-change: $(tail -2 cf.log)"
 
-# tokenizers: datasets prepared with the sources' own tokenizer pass; another is refused
-for m in m0 m1; do cp "$FIX/tokenizers/bytelevel_gpt2/"tokenizer*.json toy/$m/; done
+# tokenizers: datasets prepared with the sources' own tokenizer (the toy's) pass; another is refused
 run prepare --tokenizer toy/m0 --input "$FIX/prepare_corpus.jsonl" --out tk_same.h5 --seq-len 32 --field text --pack > /dev/null
 run prepare --tokenizer "$FIX/tokenizers/bytelevel_llama3" --input "$FIX/prepare_corpus.jsonl" --out tk_other.h5 --seq-len 32 --field text --pack > /dev/null
 sed "s|data/m0.h5|$T/tk_same.h5|; s|data/m1.h5|$T/tk_same.h5|; s/\"seq_len\": 128/\"seq_len\": 32/; s/\"steps\": 40/\"steps\": 2/" toy/config.json > toy/tk_ok.json

@@ -114,6 +114,10 @@ printf '\n  \n' >"$T/empty.jsonl"
 expect_error "empty input" "$T/empty.jsonl: no examples" -- --tokenizer "$SPM" --input "$T/empty.jsonl" --field text
 expect_error "unsupported model" "unsupported tokenizer model WordPiece" -- --tokenizer "$FIX/tokenizers/wordpiece" --input "$CORPUS" --field text
 expect_error "unsupported model names file" "wordpiece/tokenizer.json" -- --tokenizer "$FIX/tokenizers/wordpiece" --input "$CORPUS" --field text
+# plain text under the default --format jsonl: the error says which --format to pass
+printf 'one document\n\nanother one\n' >"$T/plain.txt"
+expect_error ".txt without --format or --field" "for plain text pass --format text" -- --tokenizer "$SPM" --input "$T/plain.txt"
+expect_error ".txt without --format, with --field" "$T/plain.txt:1: malformed JSON line (expected one JSON object per line); a .txt input is read as JSON lines unless --format says otherwise: for plain text pass --format text" -- --tokenizer "$SPM" --input "$T/plain.txt" --field text
 expect_error "missing input" "nope.jsonl: input file not found" -- --tokenizer "$SPM" --input "$T/nope.jsonl" --field text
 
 # --out into a missing directory: said before any work (the tokenizer is not even loaded), not an HDF5 call
@@ -126,6 +130,47 @@ if [ $rc -eq 1 ] && [ "$(grep -c '' "$T/err")" -eq 1 ] && grep -qF "the director
 else
   bad "--out into a missing directory (rc $rc): $(cat "$T/err")"
 fi
+
+# tokenize: a character the vocabulary lacks (no unk_token) is named, and a trailing newline is explained
+"$BIN" toy --tasks --out "$T/tasks" >/dev/null
+for input in 'abc\n' 'abé'; do
+  printf "$input" | "$BIN" tokenize --tokenizer "$T/tasks/base" >"$T/out" 2>"$T/err"
+  rc=$?
+  case $input in *n) want="the character U+000A is not in the vocabulary and the tokenizer has no unk_token (the trailing newline of stdin is part of the text" ;;
+                 *) want="the character 'é' (U+00E9) is not in the vocabulary" ;; esac
+  if [ $rc -eq 1 ] && [ "$(grep -c '' "$T/err")" -eq 1 ] && grep -qF "$want" "$T/err"; then
+    ok "tokenize '$input' with a character outside the vocabulary: $(cat "$T/err")"
+  else
+    bad "tokenize '$input' (rc $rc): $(cat "$T/err") (want '$want')"
+  fi
+done
+
+# the default toy walks README's steps: its models' tokenizer.json (byte-level BPE) tokenizes and
+# decodes any text, its text prepares into datasets, and a run on them compares the tokenizers
+"$BIN" toy --size tiny --models 2 --out "$T/toy" >"$T/log" 2>&1
+check "toy: a tokenizer.json in every model and text to prepare" \
+  test -f "$T/toy/base/tokenizer.json" -a -f "$T/toy/m0/tokenizer.json" -a -f "$T/toy/m1/tokenizer_config.json" -a -s "$T/toy/text/m1.jsonl"
+check "toy: every model has the same tokenizer" cmp -s "$T/toy/base/tokenizer.json" "$T/toy/m1/tokenizer.json"
+printf 'Any text, also é and 日本,\nround trips.\n' >"$T/any.txt"
+"$BIN" tokenize --tokenizer "$T/toy/m0" --special <"$T/any.txt" >"$T/ids"
+check "toy tokenizer: <s> first, </s> last, ids below the vocabulary (256)" \
+  awk '{ if ($1 != 1 || $NF != 2) exit 1; for (i = 1; i <= NF; i++) if ($i < 0 || $i >= 256) exit 1 }' "$T/ids"
+"$BIN" tokenize --tokenizer "$T/toy/m0" <"$T/any.txt" | "$BIN" tokenize --tokenizer "$T/toy/m0" --decode >"$T/back"
+check "toy tokenizer: decode(encode(text)) is the text" cmp -s "$T/any.txt" "$T/back"
+for k in 0 1; do
+  "$BIN" prepare --tokenizer "$T/toy/m$k" --input "$T/toy/text/m$k.jsonl" --field text --out "$T/toy/p$k.h5" --seq-len 32 >"$T/log" 2>&1
+  check "toy: prepare text/m$k.jsonl: $(cat "$T/log")" grep -q "48 examples -> 48 rows x 32" "$T/log"
+done
+check "toy: the prepared file records the tokenizer hash of the toy's own data" \
+  test "$(attr tokenizer_hash "$T/toy/p0.h5")" = "$(attr tokenizer_hash "$T/toy/data/m0.h5")"
+sed 's|data/m\([01]\).h5|p\1.h5|; s/"steps": 12/"steps": 2/' "$T/toy/config.json" >"$T/toy/prep.json"
+for cfg in config.json prep.json; do
+  OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1 \
+    "$BIN" --config "$T/toy/$cfg" --out "$T/toy/out_$cfg" --max-steps 2 >"$T/log" 2>&1
+  rc=$?
+  if [ $rc -eq 0 ] && ! grep -q "not compared" "$T/log"; then ok "toy: the DAM run on $cfg compares the tokenizers (no note)"
+  else bad "toy: the DAM run on $cfg (rc $rc): $(grep -m1 'note\|error' "$T/log")"; fi
+done
 
 echo "cli_prepare: $fails failure(s)"
 [ "$fails" -eq 0 ]

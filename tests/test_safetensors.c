@@ -2,7 +2,8 @@
  *   - the sharded writer (several shards + index.json) read back by st_model_open, data exact;
  *   - one shard is written as model.safetensors with no index; a tensor larger than shard_bytes
  *     gets a shard of its own; stale files of the other layout are removed;
- *   - st_write_file headers are padded to 8 bytes and carry __metadata__ {"format": "pt"};
+ *   - st_write_file headers are padded to 8 bytes and carry __metadata__ {"format": "pt"}; st_write_file_meta
+ *     adds entries that st_metadata reads back;
  *   - bf16 / f16 conversions exact on known values (round to nearest even, subnormals, inf, NaN);
  *   - every header check, in process: each bad header fails naming the file and the tensor.
  * Failures are checked in a forked child whose abort hook reports dam_last_error() through a pipe
@@ -235,6 +236,38 @@ static void test_write_file_header_layout(void **state) {
     assert_true(hf[0] == 1.0f && hf[1] == -2.0f && hf[2] == 65504.0f);
     assert_null(st_find(&f, "beta"));
     assert_null(st_find(&f, ""));
+    st_close(&f);
+    free(path);
+    dam_rm_rf(dir);
+    free(dir);
+}
+
+/* st_write_file_meta's entries come back from st_metadata beside "format"; an absent key is NULL. */
+static void test_write_file_metadata(void **state) {
+    (void)state;
+    char *dir = test_tmpdir();
+    char *path = dam_path_join(dir, "coef.safetensors");
+    const char *names[] = {"w"};
+    dam_dtype dt[] = {DAM_F32};
+    int nd[] = {2};
+    int64_t s0[] = {2, 1};
+    const int64_t *shapes[] = {s0};
+    float v[2] = {0.25f, 0.75f};
+    const void *datas[] = {v};
+    const char *meta[] = {ST_COEF_ROWS_KEY, "[\"math\",\"code\"]"};
+    st_write_file_meta(path, 1, names, dt, nd, shapes, datas, 1, meta);
+    StFile f;
+    st_open(&f, path);
+    char *rows = st_metadata(&f, ST_COEF_ROWS_KEY), *format = st_metadata(&f, "format");
+    assert_string_equal(rows, "[\"math\",\"code\"]");
+    assert_string_equal(format, "pt");
+    assert_null(st_metadata(&f, "absent"));
+    assert_memory_equal(st_find(&f, "w")->data, v, sizeof v);
+    free(rows), free(format);
+    st_close(&f);
+    st_write_file(path, 1, names, dt, nd, shapes, datas); /* none: NULL */
+    st_open(&f, path);
+    assert_null(st_metadata(&f, ST_COEF_ROWS_KEY));
     st_close(&f);
     free(path);
     dam_rm_rf(dir);
@@ -481,11 +514,17 @@ static void test_model_get_checks_shape(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_sharded_round_trip),          cmocka_unit_test(test_single_shard_has_no_index),
-        cmocka_unit_test(test_large_tensor_gets_own_shard), cmocka_unit_test(test_write_file_header_layout),
-        cmocka_unit_test(test_bf16_conversions_exact),      cmocka_unit_test(test_f16_conversions_exact),
-        cmocka_unit_test(test_bad_headers_refused),         cmocka_unit_test(test_bad_lengths_refused),
-        cmocka_unit_test(test_edge_headers_accepted),       cmocka_unit_test(test_directory_errors),
+        cmocka_unit_test(test_sharded_round_trip),
+        cmocka_unit_test(test_single_shard_has_no_index),
+        cmocka_unit_test(test_large_tensor_gets_own_shard),
+        cmocka_unit_test(test_write_file_header_layout),
+        cmocka_unit_test(test_write_file_metadata),
+        cmocka_unit_test(test_bf16_conversions_exact),
+        cmocka_unit_test(test_f16_conversions_exact),
+        cmocka_unit_test(test_bad_headers_refused),
+        cmocka_unit_test(test_bad_lengths_refused),
+        cmocka_unit_test(test_edge_headers_accepted),
+        cmocka_unit_test(test_directory_errors),
         cmocka_unit_test(test_model_get_checks_shape),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

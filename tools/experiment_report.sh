@@ -74,15 +74,6 @@ final=$(tail -n 1 "$OUT/dam_curve.dat" | cut -d' ' -f4)
     echo "![DAM loss](dam_loss.png) ![KL against compute](kl_vs_compute.png) ![coefficients](coefficients.png)"
 } >>"$OUT/results.md"
 
-# The heat map's data: one column per tensor (layer, kind), one row per source.
-"$DAM" inspect --coefficients "$OUT/merged_dam/dam_coefficients.safetensors" | grep -v '^#' |
-    sort -k1,1n -k2,2 >"$OUT/coefficients.dat"
-n_src=$(awk '{ print NF - 2; exit }' "$OUT/coefficients.dat")
-awk '{ for (s = 3; s <= NF; s++) print NR - 1, s - 3, $s }' "$OUT/coefficients.dat" >"$OUT/coefficients_xyz.dat"
-xtics=$(awk '{ printf "%s\"%s %s\" %d", (NR > 1 ? ", " : ""), ($1 < 0 ? "-" : "L" $1), $2, NR - 1 }' "$OUT/coefficients.dat")
-ytics=$(i=0; for task in $TASKS; do printf '%s"%s" %d' "$([ $i -gt 0 ] && echo ', ')" "$task" $i; i=$((i + 1)); done)
-[ "$n_src" -eq "$(wc -w <<<"$TASKS")" ] || ytics=""
-
 gnuplot <<EOF
 set terminal pngcairo size 900,500 noenhanced
 set output "$OUT/dam_loss.png"
@@ -96,14 +87,8 @@ set xlabel "forwarded tokens"; set ylabel "KL (lower is better)"; set logscale x
 plot "$OUT/dam_curve.dat" using 2:5 with lines lw 1 lc rgb "#b0a0d0" title "DAM (step KL)", \
      "$OUT/dam_curve.dat" using 2:4 with lines lw 2 lc rgb "#6020a0" title "DAM (mean of 10 steps)", \
      "$OUT/evolve_curve.dat" using 2:3 with steps lw 2 title "evolve (best so far)"
-unset logscale x
-set output "$OUT/coefficients.png"
-set terminal pngcairo size 1200,380 noenhanced
-set cbtics 0.05; set format cb "%.2f"; set cblabel "coefficient"
-set title "mean learned coefficient per source, layer and tensor kind"
-set xtics rotate by 90 right font ",8" ($xtics)
-$( [ -n "$ytics" ] && echo "set ytics ($ytics)" )
-set xlabel ""; set ylabel "source"; unset key; set palette rgbformulae 33,13,10
-plot "$OUT/coefficients_xyz.dat" using 1:2:3 with image
 EOF
+# the heat map of DAM's coefficients (the sources named as the file records them, else by task)
+DAM_BIN="$DAM" bash "$(dirname "$0")/plot_coefficients.sh" "$OUT/merged_dam/dam_coefficients.safetensors" \
+    "$OUT/coefficients.png" "$TASKS" >/dev/null
 cat "$OUT/results.md"

@@ -229,10 +229,11 @@ static const char *initial_symbols(Tokenizer *t, const char *w, size_t n, Symbol
     while (i < n) {
         size_t len = 1;
         int32_t id;
+        uint32_t cp = (unsigned char)w[i];
         if (t->byte_level)
             id = t->byte_level_id[(unsigned char)w[i]];
         else {
-            tok_utf8_decode(w + i, &len);
+            cp = tok_utf8_decode(w + i, &len);
             id = tok_vocab_find(t, w + i, len);
         }
         if (id >= 0) {
@@ -251,8 +252,23 @@ static const char *initial_symbols(Tokenizer *t, const char *w, size_t n, Symbol
             }
             if (!fell_back) {
                 if (t->unk_id < 0) {
-                    snprintf(t->err, sizeof t->err,
-                             "a character is not in the vocabulary and the tokenizer has no unk_token");
+                    /* name it: a trailing newline (U+000A) is the usual culprit */
+                    if (t->byte_level)
+                        snprintf(
+                            t->err, sizeof t->err,
+                            "the byte 0x%02X is not in the vocabulary and the tokenizer has no unk_token",
+                            (unsigned)cp);
+                    else if (cp < 0x20 || cp == 0x7F || (cp >= 0x80 && cp < 0xA0) || cp == ' ')
+                        snprintf(t->err, sizeof t->err,
+                                 "the character U+%04X is not in the vocabulary and the tokenizer has no "
+                                 "unk_token",
+                                 (unsigned)cp);
+                    else
+                        snprintf(
+                            t->err, sizeof t->err,
+                            "the character '%.*s' (U+%04X) is not in the vocabulary and the tokenizer has no "
+                            "unk_token",
+                            (int)len, w + i, (unsigned)cp);
                     return t->err;
                 }
                 if (unk_pending && !t->fuse_unk) ADD(t->unk_id);
