@@ -39,6 +39,8 @@ static const char usage_text[] =
     "                                  CMA-ES over per-layer merge weights (the evolutionary baseline)\n"
     "  dam_dist finetune --model DIR --data F.h5 --out DIR [--steps N] [--lr LR] [options]\n"
     "                                  full fine-tuning of one model (AdamW, next-token cross-entropy)\n"
+    "  dam_dist launch mpirun|srun ARGS... dam_dist --config FILE ...\n"
+    "                                  run a launcher so that Ctrl-C ends in a checkpoint\n"
     "  dam_dist help | --help          this text;  dam_dist COMMAND --help: that command's options\n"
     "  dam_dist version | --version    version, git commit, what was built in\n";
 
@@ -70,6 +72,8 @@ int main(int argc, char **argv) {
         fputs(usage_text, stderr);
         return 2;
     }
+    if (!strcmp(sub, "launch")) /* before MPI: the wrapper is not a rank; its arguments are the launcher's */
+        return cmd_launch(argv[0], argc - 1, argv + 1);
     const Subcommand *cmd = NULL;
     for (size_t i = 0; i < sizeof subcommands / sizeof *subcommands; i++)
         if (!strcmp(sub, subcommands[i].name)) cmd = &subcommands[i];

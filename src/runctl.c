@@ -2,11 +2,15 @@
 #include "cli.h"
 #include "runctl.h"
 
+#include <errno.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "comm.h"
 #include "util.h"
 
 const char train_usage[] =
@@ -51,30 +55,128 @@ void train_args_parse(TrainArgs *a, int argc, char **argv) {
 
 /* ---------------------------------------------------------------- signals */
 
-static volatile sig_atomic_t g_stop_signal = 0;
+/* Everything the handler touches is a lock-free atomic (async-signal-safe), and it calls only
+ * clock_gettime, write, kill and _exit. Any thread of the process (BLAS, OpenMP, MPI progress) may
+ * run it, and two threads may run it at once for one interrupt delivered twice (timeout(1) signals
+ * the process and then its group): the first signal is claimed by a compare-and-swap, and a SIGINT
+ * counts as a second Ctrl-C only STOP_SECOND_MIN_MS after the first was acknowledged. */
+#define STOP_SECOND_MIN_MS 1000
 
-/* Only async-signal-safe calls here: a flag, and for a second SIGINT write + _exit. */
-static void on_stop_signal(int sig) {
-    if (sig == SIGINT && g_stop_signal) {
-        static const char msg[] = "dam_dist: second SIGINT: ending now, without a checkpoint\n";
-        ssize_t rc = write(STDERR_FILENO, msg, sizeof msg - 1);
-        (void)rc;
-        _exit(128 + SIGINT);
+static _Atomic int g_stop_signal = 0;    /* the first stop signal, 0 when none */
+static _Atomic long long g_ack_ms = 0;   /* when it was acknowledged (monotonic ms), 0 not yet */
+static _Atomic int g_is_root = 1;        /* rank 0 writes the acknowledgement */
+static _Atomic int g_cur_step = 0;       /* the step in progress (1-based), 0 when none */
+static _Atomic long long g_step_t0 = 0;  /* its start (monotonic ms) */
+static _Atomic long long g_step_ms = -1; /* the last step's duration, -1 not measured yet */
+
+static long long mono_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* async-signal-safe text building */
+typedef struct {
+    char b[256];
+    size_t n;
+} SigBuf;
+static void sb_str(SigBuf *b, const char *s) {
+    while (*s && b->n < sizeof b->b) b->b[b->n++] = *s++;
+}
+static void sb_int(SigBuf *b, long long v) {
+    char d[24];
+    int n = 0;
+    if (v < 0) sb_str(b, "-"), v = -v;
+    do d[n++] = (char)('0' + v % 10), v /= 10;
+    while (v && n < 24);
+    while (n && b->n < sizeof b->b) b->b[b->n++] = d[--n];
+}
+static void sb_write(const SigBuf *b) {
+    ssize_t rc = write(STDERR_FILENO, b->b, b->n);
+    (void)rc;
+}
+static const char *sig_name(int sig) {
+    switch (sig) {
+    case SIGINT: return "SIGINT";
+    case SIGTERM: return "SIGTERM";
+    case SIGUSR1: return "SIGUSR1";
+    case SIGUSR2: return "SIGUSR2";
+    default: return "a signal";
     }
-    if (!g_stop_signal) g_stop_signal = sig;
+}
+
+/* "dam_dist: SIGINT: stopping after step 5, about 2.3 s; a second Ctrl-C aborts without a
+ * checkpoint": the step in progress and what is left of it, from the last step's time */
+static void acknowledge(int sig, long long now) {
+    SigBuf b = {.n = 0};
+    sb_str(&b, "dam_dist: "), sb_str(&b, sig_name(sig)), sb_str(&b, ": ");
+    int step = g_cur_step;
+    long long t0 = g_step_t0, dur = g_step_ms;
+    if (step <= 0)
+        sb_str(&b, "stopping at the next step boundary, then a checkpoint");
+    else {
+        sb_str(&b, "stopping after step "), sb_int(&b, step);
+        if (dur < 0)
+            sb_str(&b, " (its duration not measured yet)");
+        else {
+            long long left = dur - (now - t0);
+            if (left < 0) left = 0;
+            long long tenths = (left + 50) / 100;
+            sb_str(&b, ", about "), sb_int(&b, tenths / 10), sb_str(&b, "."), sb_int(&b, tenths % 10);
+            sb_str(&b, " s");
+        }
+        sb_str(&b, ", then a checkpoint");
+    }
+    sb_str(&b, "; a second Ctrl-C aborts without a checkpoint\n");
+    sb_write(&b);
+}
+
+static void on_stop_signal(int sig) {
+    int saved_errno = errno;
+    long long now = mono_ms();
+    int expected = 0;
+    if (atomic_compare_exchange_strong(&g_stop_signal, &expected, sig)) { /* the first */
+        g_ack_ms = now;
+        if (g_is_root) acknowledge(sig, now);
+    } else if (sig == SIGINT) {
+        long long ack = g_ack_ms;
+        if (ack > 0 && now - ack >= STOP_SECOND_MIN_MS) {
+            static const char msg[] = "dam_dist: second SIGINT: ending now, without a checkpoint\n";
+            ssize_t rc = write(STDERR_FILENO, msg, sizeof msg - 1);
+            (void)rc;
+            _exit(128 + SIGINT);
+        }
+        /* the same interrupt delivered twice, or a double press: the stop goes on */
+        if (g_is_root) {
+            static const char msg[] = "dam_dist: SIGINT again within 1 s of the first: still stopping with a "
+                                      "checkpoint (press Ctrl-C again to abort)\n";
+            ssize_t rc = write(STDERR_FILENO, msg, sizeof msg - 1);
+            (void)rc;
+        }
+    }
+    errno = saved_errno;
 }
 
 void stop_signals_install(void) {
+    g_is_root = comm_world_rank() == 0;
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_stop_signal;
     sigemptyset(&sa.sa_mask);
-    sa.sa_flags = SA_RESTART; /* a signal must not turn a file or MPI call into an error */
     const int sigs[] = {SIGTERM, SIGINT, SIGUSR1, SIGUSR2};
+    /* no nesting of our handlers on one thread (other threads may still run it concurrently) */
+    for (int i = 0; i < 4; i++) sigaddset(&sa.sa_mask, sigs[i]);
+    sa.sa_flags = SA_RESTART; /* a signal must not turn a file or MPI call into an error */
     for (int i = 0; i < 4; i++) sigaction(sigs[i], &sa, NULL);
 }
 
 int stop_signal_pending(void) { return g_stop_signal; }
+
+void stop_progress(int step, double last_step_s) {
+    g_step_ms = last_step_s >= 0 ? (long long)(last_step_s * 1000.0 + 0.5) : -1;
+    g_step_t0 = mono_ms();
+    g_cur_step = step;
+}
 
 /* ---------------------------------------------------------------- the resume line */
 
@@ -123,6 +225,8 @@ char *resume_command(const TrainArgs *a, int world_size) {
     append(&line, "cd", 0);
     append(&line, cwd ? cwd : ".", 1);
     append(&line, "&&", 0);
+    const char *wrapper = getenv("DAM_LAUNCH"); /* started by `dam_dist launch` */
+    if (wrapper && *wrapper) append(&line, wrapper, 1), append(&line, "launch", 0);
     if (l) append(&line, l, 0);
     int has_resume = 0;
     for (int i = 0; i < a->argc; i++) {

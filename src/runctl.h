@@ -29,10 +29,16 @@ typedef struct {
 void train_args_parse(TrainArgs *a, int argc, char **argv);
 extern const char train_usage[];
 
-/* SIGTERM, SIGUSR1, SIGUSR2 and SIGINT ask for a stop at the next step boundary; a second SIGINT
- * ends the process at once (status 130, no checkpoint). */
+/* SIGTERM, SIGUSR1, SIGUSR2 and SIGINT ask for a stop at the next step boundary; rank 0 says so at
+ * once on stderr (the step, the time left of it, that a second Ctrl-C aborts). A SIGINT at least
+ * 1 s after the first stop signal ends the process at once (status 130, no checkpoint); one sooner
+ * is the same interrupt delivered twice (timeout(1), a forwarding shell, a double press) and
+ * changes nothing. Call after comm_init (rank 0 is the one that writes). */
 void stop_signals_install(void);
 int stop_signal_pending(void); /* the first stop signal received, 0 when none */
+/* The main loop: step `step` (1-based, as printed) starts now; the last one took last_step_s
+ * seconds (< 0: none measured yet). The acknowledgement estimates the time left from these. */
+void stop_progress(int step, double last_step_s);
 
 /* The command that resumes this run, runnable as printed: "cd DIR && [launcher -n N] ARGV
  * [--resume]" with shell quoting; the launcher is named from its environment (Open MPI's mpirun,

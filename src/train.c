@@ -672,13 +672,16 @@ int cmd_train(int argc, char **argv) {
     StepStats st;
     memset(&st, 0, sizeof st);
     int step = tr.start_step, stopped = 0;
+    double last_step_s = -1;
     for (;;) { /* every rank agrees on a stop at the step boundary, whichever got the signal */
         stopped = comm_max_int(&tr.grid.world, stop_signal_pending());
         if (stopped || step >= last) break;
         double ts = dam_now();
+        stop_progress(step + 1, step > tr.start_step ? last_step_s : -1);
         train_step(&tr, step, &st);
         tr.tokens_seen += st.tokens;
-        log_step(&tr, step, &st, optim_lr(&tr.cfg, step, tr.total_steps), dam_now() - ts, dam_now() - t0);
+        last_step_s = dam_now() - ts;
+        log_step(&tr, step, &st, optim_lr(&tr.cfg, step, tr.total_steps), last_step_s, dam_now() - t0);
         step++;
         if (tr.cfg.ckpt_every > 0 && step % tr.cfg.ckpt_every == 0 && step < last) save_checkpoint(&tr, step);
     }
