@@ -154,6 +154,7 @@ static void load_model(Tokenizer *t, const cJSON *model, const char *file) {
     t->tokens = dam_calloc((size_t)t->n_ids, sizeof *t->tokens, "vocabulary");
     t->token_len = dam_calloc((size_t)t->n_ids, sizeof *t->token_len, "vocabulary");
     for (const cJSON *e = vocab->child; e; e = e->next) {
+        free(t->tokens[e->valueint]); /* an id given twice: the last entry wins, as before */
         t->tokens[e->valueint] = dam_strdup(e->string);
         t->token_len[e->valueint] = (uint32_t)strlen(e->string);
     }
