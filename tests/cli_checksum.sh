@@ -3,7 +3,7 @@
 # --resume / --resume auto fall back to the previous checkpoint and end bit for bit where an
 # uninterrupted run ends; none verifying is refused in one line; pruning keeps the newest verified
 # checkpoint; a flipped bit in a token file's ids is refused when a run opens it; a changed output
-# shard is found by inspect --verify. Then the fast mutation corpus (tools/mutation_corpus.sh).
+# shard is found by inspect --verify. Then the fast mutation corpus (tools/mutation_corpus.py).
 set -u
 BIN=${DAM_BIN:-./dam_dist}
 export ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0 OPENBLAS_NUM_THREADS=1
@@ -12,14 +12,14 @@ trap 'rm -rf "$T"' EXIT
 fails=0
 ok()  { echo "OK      $*"; }
 bad() { echo "NOT OK  $*"; fails=$((fails + 1)); }
-# flip FILE DATASET BYTE: xor 0x10 into byte BYTE of DATASET's raw data (h5dump gives its offset)
+# flip FILE DATASET BYTE [MASK]: xor MASK (0x10) into byte BYTE of DATASET's raw data (h5dump gives its offset)
 flip() {
   local off b
   off=$(h5dump -p -H -d "$2" "$1" | awk '/OFFSET/ {print $2; exit}')
   [ -n "$off" ] || { echo "no offset for $2 in $1"; return 1; }
   off=$((off + $3))
   b=$(od -An -tu1 -j "$off" -N1 "$1" | tr -d ' ')
-  printf "$(printf '\\%03o' $((b ^ 16)))" | dd of="$1" bs=1 seek="$off" conv=notrunc status=none
+  printf "$(printf '\\%03o' $((b ^ ${4:-16})))" | dd of="$1" bs=1 seek="$off" conv=notrunc status=none
 }
 one_line() { [ "$(wc -l < "$1")" -eq 1 ] && grep -q '^dam_dist: error: ' "$1"; }
 
@@ -68,7 +68,7 @@ $BIN inspect --checkpoint "$T/ref.ckpt/step_00000012.h5" > "$T/insp.out" 2>&1 &&
 
 # 4. token files: a flipped bit in /input_ids is refused when a run opens it; the old format is read with a note
 cp "$T/toy/data/m0.h5" "$T/m0.bak"
-flip "$T/toy/data/m0.h5" /input_ids 17
+flip "$T/toy/data/m0.h5" /input_ids 16 1 # the lowest bit of id [0][4]: still inside the vocabulary
 for cmd in run eval; do
   rm -rf "$T/d"
   if [ $cmd = run ]; then $BIN --config "$T/toy/config.json" --out "$T/d" > /dev/null 2> "$T/d.err"
@@ -90,9 +90,11 @@ $BIN inspect --verify "$T/copy" > "$T/v.out" 2> "$T/v.err"
   && ok "inspect --verify: a changed shard is named" || bad "inspect --verify changed: $(cat "$T/v.err")"
 
 # 6. the mutation corpus, fast
-if [ -x tools/mutation_corpus.sh ]; then
-  DAM_BIN=$BIN tools/mutation_corpus.sh --fast > "$T/corpus.log" 2>&1 \
+if command -v python3 > /dev/null; then
+  python3 tools/mutation_corpus.py --fast --bin "$BIN" > "$T/corpus.log" 2>&1 \
     && ok "mutation corpus: $(tail -1 "$T/corpus.log")" || bad "mutation corpus: $(tail -3 "$T/corpus.log")"
+else
+  echo "SKIP    mutation corpus (no python3)"
 fi
 
 [ $fails -eq 0 ] && echo "cli_checksum: all passed" || echo "cli_checksum: $fails failed"
