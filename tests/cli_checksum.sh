@@ -81,6 +81,14 @@ DAM_SKIP_DATA_CHECKSUMS=1 $BIN inspect --data "$T/toy/data/m0.h5" > /dev/null 2>
   && ok "DAM_SKIP_DATA_CHECKSUMS=1 skips the check" || bad "DAM_SKIP_DATA_CHECKSUMS"
 cp "$T/m0.bak" "$T/toy/data/m0.h5"
 
+# prepare writes the checksums (every dataset, and the root's marker)
+$BIN prepare --tokenizer tests/fixtures/tokenizers/bytelevel_llama3 --input tests/fixtures/prepare_corpus.jsonl \
+  --field text --out "$T/p.h5" --seq-len 32 > /dev/null 2>&1
+h5dump -A "$T/p.h5" > "$T/p.attrs" 2>&1
+[ "$(grep -c 'ATTRIBUTE "xxh64"' "$T/p.attrs")" -eq 2 ] && grep -q 'ATTRIBUTE "checksums"' "$T/p.attrs" \
+  && $BIN inspect --data "$T/p.h5" > "$T/p.out" 2>&1 && ! grep -q 'no checksum' "$T/p.out" \
+  && ok "prepare: /input_ids and /attention_mask carry xxh64, verified on open" || bad "prepare checksums: $(cat "$T/p.out")"
+
 # 5. an output shard changed after the run: inspect --verify names it
 $BIN inspect --verify "$T/ref" > /dev/null 2>&1 && ok "inspect --verify: a fresh output matches its report" || bad "inspect --verify fresh"
 cp -r "$T/ref" "$T/copy"
