@@ -67,6 +67,22 @@ BENCH_SRC := $(wildcard bench/bench_*.c)
 BENCH_BIN := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 # `make deps test`: deps first even with -j (only when deps is asked for; a plain build never runs it)
 DEPS      := $(filter deps,$(MAKECMDGOALS))
+# `make deps X`: deps installs the packages while make reads its makefiles, before anything is
+# decided from them: it is the recipe of the included $(BUILD)/deps.mk, and GNU make reads every
+# makefile again after remaking one, so X is built with what deps installed (DNNL=1 once
+# libdnnl-dev is there; before, the first build of a fresh machine lacked oneDNN and the next make
+# rebuilt everything). A failed install stops make there. Not under make -n/-q/-t (make remakes
+# its makefiles even then): deps is then an ordinary target that prints its command.
+NOEXEC    := $(findstring n,$(firstword -$(MAKEFLAGS)))$(findstring q,$(firstword -$(MAKEFLAGS)))$(findstring t,$(firstword -$(MAKEFLAGS)))
+ifneq ($(DEPS),)
+  ifeq ($(MAKE_RESTARTS)$(NOEXEC),)
+    include $(BUILD)/deps.mk
+    $(BUILD)/deps.mk: deps-force
+	@bash tools/install-deps.sh
+	@mkdir -p $(@D) && echo '# written by make deps (tools/install-deps.sh ran); sets nothing' > $@
+    deps-force: ;
+  endif
+endif
 
 # ---------------------------------------------------------------- CUDA backend
 # `make CUDA=1` adds cuda/ and NCCL (cuda/cuda.mk appends CUDA_OBJ to LIB_OBJ, -DDAM_WITH_CUDA
@@ -87,14 +103,15 @@ else
 endif
 EXTRA_OBJ :=
 
-.PHONY: all help deps test test-asan test-asan-run demo experiment bench format format-check cppcheck clean info fixtures \
+.PHONY: all help deps deps-slurm test test-asan test-asan-run demo experiment bench format format-check cppcheck clean info fixtures \
         fuzz install
 
 all: info dam_dist
 
 help:
 	@echo "make            build ./dam_dist (CPU backend; prints the settings, as make info does)"
-	@echo "make deps       install the missing Debian packages (root; the only target that does)"
+	@echo "make deps       install the missing Debian packages (root; the only target that does, with deps-slurm)"
+	@echo "make deps-slurm slurm-wlm and munge for tests/cli_slurm*.sh (daemons: not on a node that runs Slurm)"
 	@echo "make info       compilers, MPI, HDF5, BLAS, CUDA/NCCL locations, -march, version: the variables to set"
 	@echo "make install    PREFIX=DIR: bin/dam_dist, share/dam_dist/{configs,jobs,docs,README.md}"
 	@echo "make test       build, run every test (summary: N passed, N failed); make deps test on a fresh machine"
@@ -123,8 +140,14 @@ info:
 	@echo "  CUDA_HOME   = $(CUDA_HOME)   NCCL_HOME = $(NCCL_HOME)"
 	@echo "  PREFIX      = $(PREFIX)   BUILD = $(BUILD)"
 
+# (after the restart above, deps has run: nothing left to do)
 deps:
-	@bash tools/install-deps.sh
+	$(if $(MAKE_RESTARTS),@:,@bash tools/install-deps.sh)
+
+# slurmctld, slurmd and munge for the tests under a one-node Slurm (tests/cli_slurm*.sh;
+# slurm/local.sh): not in deps, since on a node that runs Slurm they would be installed next to it
+deps-slurm:
+	@bash tools/install-deps.sh --slurm
 
 dam_dist: $(BUILD)/src/main.o $(BUILD)/libdam.a $(EXTRA_OBJ)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
@@ -183,14 +206,18 @@ test-asan-run: $(DEPS) $(BUILD)/dam_dist $(TEST_BIN) $(MPI_TEST_BIN)
 $(BUILD)/dam_dist: $(BUILD)/src/main.o $(BUILD)/libdam.a $(EXTRA_OBJ)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
-# bin/dam_dist, and share/dam_dist/ with configs/, jobs/, docs/ and the README (the jobs find the
-# configs beside them and the binary in ../../bin)
+# bin/dam_dist, and share/dam_dist/ with configs/, jobs/, docs/ and the README. The jobs get the
+# path of share/dam_dist written into their installed_home line: sbatch runs a copy of a job from
+# its spool, where the job cannot find its configs/, jobs/dam_job.sh and ../../bin/dam_dist by
+# its own path
 install: dam_dist
+	@case '$(PREFIX)' in /*) ;; *) echo "make install: PREFIX=$(PREFIX) is not an absolute path (the jobs record it)" >&2; exit 1 ;; esac
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/dam_dist/configs \
 	  $(DESTDIR)$(PREFIX)/share/dam_dist/jobs $(DESTDIR)$(PREFIX)/share/dam_dist/docs
 	install -m 755 dam_dist $(DESTDIR)$(PREFIX)/bin/dam_dist
 	install -m 644 configs/*.json $(DESTDIR)$(PREFIX)/share/dam_dist/configs/
 	install -m 755 jobs/*.sh $(DESTDIR)$(PREFIX)/share/dam_dist/jobs/
+	sed -i "s|^installed_home=''|installed_home='$(PREFIX)/share/dam_dist'|" $(DESTDIR)$(PREFIX)/share/dam_dist/jobs/*.sh
 	install -m 644 docs/*.md $(DESTDIR)$(PREFIX)/share/dam_dist/docs/
 	install -m 644 README.md $(DESTDIR)$(PREFIX)/share/dam_dist/
 	@echo "installed: $(DESTDIR)$(PREFIX)/bin/dam_dist and $(DESTDIR)$(PREFIX)/share/dam_dist/"

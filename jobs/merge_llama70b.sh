@@ -36,11 +36,22 @@
 #SBATCH --signal=B:USR1@300
 #SBATCH --requeue
 
+# ---------------------------------------------------------------- where dam_dist is
+# DAM_HOME: the folder holding jobs/dam_job.sh and configs/ (the repository, or PREFIX/share/dam_dist).
+# sbatch runs a copy of this file from its spool, so unless DAM_HOME is set it is the first of: this
+# file's folder's parent (bash jobs/NAME.sh), the folder `make install` writes into installed_home,
+# the parent of the script Slurm recorded for the job (scontrol show job: Command=), the submit dir.
+installed_home=''                         # make install: PREFIX/share/dam_dist
+if [ -z "${DAM_HOME:-}" ]; then
+  submitted=$([ -n "${SLURM_JOB_ID:-}" ] && timeout 10 scontrol show job "$SLURM_JOB_ID" 2>/dev/null | sed -n 's/^ *Command=//p')
+  for d in "$(dirname "$0")/.." "$installed_home" "${submitted:+$(dirname "$submitted")/..}" "${SLURM_SUBMIT_DIR:-$PWD}"; do
+    [ -n "$d" ] && [ -f "$d/jobs/dam_job.sh" ] && { DAM_HOME=$(cd "$d" && pwd); break; }
+  done
+  [ -n "${DAM_HOME:-}" ] || { echo "job: error: cannot find jobs/dam_job.sh beside this job, in ${installed_home:-an install} or in ${SLURM_SUBMIT_DIR:-$PWD}: set DAM_HOME to the repository or PREFIX/share/dam_dist"; exit 1; }
+fi
+
 # ---------------------------------------------------------------- what an operator adapts
 # (each may also be given in the environment: `CONFIG=/my/merge.json sbatch jobs/merge_llama70b.sh`)
-here=$(cd "$(dirname "$0")/.." 2>/dev/null && pwd)
-[ -f "$here/configs/llama3-70b-3x.json" ] || here=${SLURM_SUBMIT_DIR:-$PWD}   # sbatch runs a copy of this file
-: "${DAM_HOME:=$here}"                    # the folder holding configs/ (the repository or PREFIX/share/dam_dist)
 : "${DAM_DIST:=}"                         # the binary; empty: $DAM_HOME/dam_dist, PREFIX/bin/dam_dist or PATH
 : "${CONFIG:=$DAM_HOME/configs/llama3-70b-3x.json}" # with every /path/to/ replaced by yours
 : "${OUT:=}"                              # the merged model; empty: the config's output.dir (checkpoints: checkpoint.dir)
@@ -57,7 +68,7 @@ export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}} #
 export SRUN_CPUS_PER_TASK=${SLURM_CPUS_PER_TASK:-1} # srun does not inherit --cpus-per-task (Slurm >= 22.05)
 
 # ---------------------------------------------------------------- checks before the launch
-[ -f "$DAM_HOME/jobs/dam_job.sh" ] || { echo "job: error: no $DAM_HOME/jobs/dam_job.sh (set DAM_HOME)"; exit 1; }
+[ -f "$DAM_HOME/jobs/dam_job.sh" ] || { echo "job: error: DAM_HOME=$DAM_HOME has no jobs/dam_job.sh"; exit 1; }
 # shellcheck source=jobs/dam_job.sh
 . "$DAM_HOME/jobs/dam_job.sh"
 dam_job_find_binary

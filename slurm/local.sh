@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A one-node Slurm on localhost for trying and testing dam_dist under srun/sbatch.
-#   slurm/local.sh start    install slurm-wlm + munge if missing, start a private munged, slurmctld
+#   slurm/local.sh start    install slurm-wlm + munge if no Slurm is here, start a private munged, slurmctld
 #                           and slurmd; wait (bounded) until the node is idle. Idempotent.
 #   slurm/local.sh stop     cancel its jobs, stop the daemons it started, leave no process behind
 #   slurm/local.sh status   daemons and sinfo; exit 0 when the node answers
@@ -59,7 +59,13 @@ ensure_installed() {
     command -v "$c" >/dev/null 2>&1 || need=1
   done
   [ $need -eq 0 ] && return 0
-  [ "$(id -u)" -eq 0 ] || die "slurm-wlm/munge missing and not root: install them (apt-get install slurm-wlm munge)"
+  # a node with a Slurm of its own (a login or compute node has its client commands, or a
+  # slurm.conf, but no slurmctld): Debian's packages would be installed next to it, with daemons
+  local have=""
+  for c in sinfo srun sbatch slurmd slurmctld munged; do command -v "$c" >/dev/null 2>&1 && have="$have $c"; done
+  for c in /etc/slurm/slurm.conf /etc/slurm-llnl/slurm.conf; do [ -e "$c" ] && have="$have $c"; done
+  [ -z "$have" ] || die "this node has a Slurm (${have# }) without all of munged, slurmctld, slurmd and its commands: not installing Debian's slurm-wlm and munge next to it (make deps-slurm does, if that is what you want)"
+  [ "$(id -u)" -eq 0 ] || die "slurm-wlm/munge missing and not root: install them (make deps-slurm, or apt-get install slurm-wlm munge)"
   say "installing slurm-wlm and munge"
   export DEBIAN_FRONTEND=noninteractive
   if ! apt-cache show slurm-wlm munge >/dev/null 2>&1; then apt-get update -qq || die "apt-get update failed"; fi

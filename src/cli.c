@@ -22,7 +22,9 @@ static const char train_help[] =
     "                               dataset, after DAM and for the plain average\n"
     "  --resume                     continue from the newest checkpoint (any layout); none: an error\n"
     "  --resume auto                continue when a checkpoint exists, else start fresh (for requeued jobs)\n"
-    "  --force                      replace an output.dir that is not an earlier dam_dist output\n"
+    "  --force                      replace an output that is not an earlier DAM run's (evolve's, merge's,\n"
+    "                               finetune's, or not dam_dist's), or share another command's checkpoint "
+    "dir\n"
     "  --allow-config-change        resume although settings that shape the coefficients changed\n"
     "  --allow-tokenizer-mismatch   run although a dataset was made with another tokenizer than its model's\n"
     "  -h, --help                   this text\n"
@@ -138,13 +140,19 @@ static const char eval_help[] =
     "  --generate         also generate each answer greedily from its prompt (slower)\n"
     "  -h, --help         this text\n";
 static const char evolve_help[] =
-    "usage: dam_dist evolve --config FILE [--population P] [--generations G] [--sigma S] [--rows N]\n"
-    "                       [--seed S] [--max-evals E] [--resume [auto|PATH]] [--force]\n"
+    "usage: dam_dist evolve --config FILE [--out DIR] [--checkpoint-dir DIR] [--population P]\n"
+    "                       [--generations G] [--sigma S] [--rows N] [--seed S] [--max-evals E]\n"
+    "                       [--resume [auto|PATH]] [--force]\n"
     "CMA-ES over merge weights, one per source per decoder layer (+ embeddings, + final norm and lm_head),\n"
     "minimising the summed KL to each source on its own data (DAM's KL term); writes the best merge to the\n"
-    "config's output.dir with evolve_report.json (fitness per generation, evaluations, tokens, wall time).\n"
+    "directory of its own (never the DAM run's output.dir) with evolve_report.json (fitness per\n"
+    "generation, evaluations, tokens, wall time).\n"
     "Any layout of the config (mpirun): the data-parallel replicas evaluate candidates in parallel.\n"
     "  --config FILE        the run configuration (models, datasets, loss.temperature, output.dir)\n"
+    "  --out DIR            where to write the merge (default <output.dir>-evolve; refused if it holds\n"
+    "                       another command's output, such as the DAM run's, unless --force)\n"
+    "  --checkpoint-dir DIR where evolve_state.bin goes (default <out>.ckpt; never the DAM run's\n"
+    "                       checkpoint.dir unless --force)\n"
     "  --population P       candidates per generation (default 4 + floor(3 ln n), n the genome length)\n"
     "  --generations G      generations (default 100)\n"
     "  --sigma S            initial step size (default 0.1; the search starts at the plain average 1/N)\n"
@@ -153,7 +161,7 @@ static const char evolve_help[] =
     "  --max-evals E        no generation starts that would exceed E fitness evaluations in all\n"
     "  --resume [auto|PATH] continue from the saved state (checkpoint dir's evolve_state.bin, or PATH);\n"
     "                       auto: when one exists, else start fresh\n"
-    "  --force              replace an output.dir that is not an earlier dam_dist output\n"
+    "  --force              replace an output that is not an earlier evolve's, or share a checkpoint dir\n"
     "  -h, --help           this text\n"
     "Exit status: 0 finished; 75 stopped by SIGUSR1, SIGTERM or SIGINT after saving its state (resume\n"
     "with --resume); 1 an error (one line on stderr).\n";
@@ -175,7 +183,7 @@ static const char finetune_help[] =
     "  --eval F.h5            after training: teacher-forced cross-entropy and exact-match accuracy on\n"
     "                         the file's answer tokens (repeat for several files)\n"
     "  --device cpu|cuda      the backend (default cpu)\n"
-    "  --force                replace DIR even when it is not an earlier dam_dist output\n"
+    "  --force                replace DIR even when it is not an earlier finetune output\n"
     "  -h, --help             this text\n";
 
 static const struct {

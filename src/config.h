@@ -96,9 +96,11 @@ typedef struct {
     char *out_dir;
     char *metrics_file; /* JSON lines; default <out_dir>.metrics.jsonl */
     size_t shard_bytes;
-    int force;       /* command line --force: replace an output.dir that is not a dam_dist output */
-    char *effective; /* the settings that shape the coefficients, as compact JSON (config_effective) */
-    uint64_t hash;   /* of `effective`, recorded in checkpoints */
+    int force;           /* command line --force: replace an output.dir that is not a dam_dist output */
+    int out_from_cli;    /* out_dir came from --out (refusals name the flag, not output.dir) */
+    const char *command; /* who writes out_dir: "dam_dist train" (NULL), "dam_dist evolve" ... */
+    char *effective;     /* the settings that shape the coefficients, as compact JSON (config_effective) */
+    uint64_t hash;       /* of `effective`, recorded in checkpoints */
 } DamConfig;
 
 /* Parse and validate; relative paths are resolved against the config file's directory. */

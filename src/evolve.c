@@ -37,6 +37,7 @@
 
 typedef struct {
     const char *config, *resume_path;
+    const char *out, *ckpt_dir; /* --out, --checkpoint-dir (NULL: the defaults, evolve's own) */
     ResumeMode resume;
     int population, generations, rows, seed_given, force;
     double sigma;
@@ -113,11 +114,16 @@ static void parse_args(EvolveArgs *a, int argc, char **argv) {
                 else
                     a->resume_path = next;
             }
-        } else if (!strcmp(s, "--force"))
+        } else if (!strcmp(s, "--out") && next)
+            a->out = argv[++i];
+        else if (!strcmp(s, "--checkpoint-dir") && next)
+            a->ckpt_dir = argv[++i];
+        else if (!strcmp(s, "--force"))
             a->force = 1;
         else
             cli_bad_option(evolve_cmd, s,
-                           "--config --population --generations --sigma --rows --seed --max-evals");
+                           "--config --out --checkpoint-dir --population --generations --sigma --rows --seed "
+                           "--max-evals");
     }
     if (!a->config) dam_fail("evolve: --config is required (dam_dist evolve --help lists the options)");
 }
@@ -399,7 +405,8 @@ static const char *group_name(const Evolver *ev, int g, char *buf, size_t cap) {
     return buf;
 }
 
-static void write_report(const Evolver *ev, const EvolveArgs *a, double wall) {
+/* evolve_report.json's text (heap). */
+static char *evolve_report(const Evolver *ev, const EvolveArgs *a, double wall) {
     const DamModel *m = &ev->model;
     cJSON *r = cJSON_CreateObject();
     cJSON_AddStringToObject(r, "written_by", "dam_dist evolve");
@@ -442,10 +449,9 @@ static void write_report(const Evolver *ev, const EvolveArgs *a, double wall) {
         cJSON_AddItemToObject(w, group_name(ev, g, buf, sizeof buf),
                               cJSON_CreateDoubleArray(ev->best_x + (size_t)g * m->n_rows, m->n_rows));
     }
-    char *text = cJSON_Print(r), *path = dam_path_join(ev->cfg.out_dir, "evolve_report.json");
-    dam_write_file_atomic(path, text, strlen(text));
-    free(text), free(path);
+    char *text = cJSON_Print(r);
     cJSON_Delete(r);
+    return text;
 }
 
 /* ---------------------------------------------------------------- the search */
@@ -531,10 +537,12 @@ static void write_output(Evolver *ev, const EvolveArgs *a) {
                         .n_data = ev->n_data,
                         .loss = ev->best_f};
     for (int k = 0; k < ev->n_data; k++) rep.kl[k] = ev->best_kl[k], rep.names[k] = ev->cfg.models[k].name;
+    char *report = evolve_report(ev, a, wall); /* inside the directory before it is swapped in */
+    rep.extra_name = "evolve_report.json", rep.extra_text = report;
     if (ev->grid.dp_idx == 0) output_write_parallel(&ev->model, &ev->cfg, &rep, &ev->grid.replica);
     comm_barrier(&ev->grid.world);
+    free(report);
     if (ev->root) {
-        write_report(ev, a, wall);
         printf("evolve: wrote %s (best fitness %.6f, initial %.6f; %d generations, %lld evaluations, %lld "
                "tokens, "
                "%.1f s)\n",
@@ -564,6 +572,20 @@ static int another_generation(const Evolver *ev, const EvolveArgs *a) {
     return a->max_evals <= 0 || ev->evals + ev->es.lambda <= a->max_evals;
 }
 
+/* evolve's output and checkpoint directories are its own, never the DAM run's of the same config:
+ * --out, else <output.dir>-evolve; --checkpoint-dir, else <out>.ckpt (checkpoint.dir is the DAM
+ * run's). */
+static void set_output_dirs(Evolver *ev, const EvolveArgs *a) {
+    DamConfig *c = &ev->cfg;
+    char *out = a->out ? dam_strdup(a->out) : dam_asprintf("%s-evolve", c->out_dir);
+    free(c->out_dir);
+    c->out_dir = out;
+    c->out_from_cli = a->out != NULL;
+    c->command = "dam_dist evolve";
+    c->force = a->force;
+    ev->ckpt_dir = a->ckpt_dir ? dam_strdup(a->ckpt_dir) : dam_asprintf("%s.ckpt", out);
+}
+
 int cmd_evolve(int argc, char **argv) {
     EvolveArgs a;
     parse_args(&a, argc, argv);
@@ -571,9 +593,8 @@ int cmd_evolve(int argc, char **argv) {
     Evolver ev;
     memset(&ev, 0, sizeof ev);
     config_load(&ev.cfg, a.config);
-    ev.cfg.force = a.force;
+    set_output_dirs(&ev, &a);
     if (!a.seed_given) a.seed = ev.cfg.seed;
-    ev.ckpt_dir = ev.cfg.ckpt_dir ? dam_strdup(ev.cfg.ckpt_dir) : dam_asprintf("%s.ckpt", ev.cfg.out_dir);
     ev.state_path = dam_path_join(ev.ckpt_dir, "evolve_state.bin");
     layout_init(&ev.grid, &ev.cfg);
     ev.root = ev.grid.world.rank == 0;

@@ -276,6 +276,8 @@ static void output_config(DamConfig *cfg, const FinetuneArgs *a, char *effective
     cfg->out_dir = (char *)a->out;
     cfg->shard_bytes = (size_t)5 << 30;
     cfg->force = a->force;
+    cfg->out_from_cli = 1;
+    cfg->command = "dam_dist finetune";
     cfg->effective = effective;
 }
 

@@ -339,6 +339,7 @@ int cmd_merge(int argc, char **argv) {
     for (int i = 0; i < a.n_models; i++) inputs[1 + i] = a.models[i];
     OutDir od = {.dir = a.out,
                  .what = "merge --out",
+                 .written_by = "dam_dist merge",
                  .marker = MERGE_MARKER,
                  .inputs = inputs,
                  .n_inputs = 1 + a.n_models,

@@ -41,6 +41,36 @@ void outdir_write_marker(cJSON *report, const char *written_by, const char *path
     cJSON_Delete(report);
 }
 
+/* The marker files of every command that writes a directory, and what an old "dam_dist" marker
+ * (before markers named their command) meant: evolve left evolve_report.json beside it, finetune
+ * recorded "command": "finetune" in its config, the rest was a DAM run. */
+static const char *const known_markers[] = {"dam_report.json", "merge_report.json", "dam_toy.json", NULL};
+
+static char *legacy_owner(const char *dir, const cJSON *report) {
+    char *ev = dam_path_join(dir, "evolve_report.json");
+    int evolve = dam_file_exists(ev);
+    free(ev);
+    const cJSON *cmd =
+        cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(report, "config"), "command");
+    if (evolve) return dam_strdup("dam_dist evolve");
+    if (cJSON_IsString(cmd) && !strcmp(cmd->valuestring, "finetune")) return dam_strdup("dam_dist finetune");
+    return dam_strdup("dam_dist train");
+}
+
+char *outdir_owner(const char *dir) {
+    for (const char *const *m = known_markers; *m; m++) {
+        if (!outdir_is_complete(dir, *m)) continue;
+        char *p = dam_path_join(dir, *m), *text = dam_read_file(p, NULL);
+        cJSON *j = cJSON_Parse(text);
+        const char *by = cJSON_GetObjectItemCaseSensitive(j, "written_by")->valuestring;
+        char *owner = strcmp(by, "dam_dist") ? dam_strdup(by) : legacy_owner(dir, j);
+        cJSON_Delete(j);
+        free(text), free(p);
+        return owner;
+    }
+    return NULL;
+}
+
 static int is_partial(const char *dir) {
     char *p = dam_path_join(dir, PARTIAL_MARKER);
     int ok = dam_file_exists(p);
@@ -98,11 +128,17 @@ void outdir_check(const OutDir *o) {
         if (!S_ISDIR(st.st_mode))
             dam_fail("%s %s exists and is not a directory; choose another %s or pass --force to replace it",
                      o->what, o->dir, o->what);
-        if (!is_empty_dir(o->dir) && !outdir_is_complete(o->dir, o->marker))
+        char *owner = is_empty_dir(o->dir) ? NULL : outdir_owner(o->dir);
+        if (!is_empty_dir(o->dir) && !owner)
             dam_fail(
                 "%s %s exists and is not a complete dam_dist output (no %s saying so); choose another %s or "
                 "pass --force to replace it",
                 o->what, o->dir, o->marker, o->what);
+        if (owner && strcmp(owner, o->written_by))
+            dam_fail("%s %s holds the complete output of `%s`, which `%s` would replace: choose another %s "
+                     "or pass --force to replace it",
+                     o->what, o->dir, owner, o->written_by, o->what);
+        free(owner);
     }
     check_leftover(o, ".tmp");
     check_leftover(o, ".old");
@@ -147,4 +183,28 @@ void outdir_commit(const OutDir *o, const char *tmp) {
                  strerror(errno), old);
     dam_rm_rf(old);
     free(old);
+}
+
+/* Whose checkpoints ckpt_dir holds, from their file names; NULL when none (or no directory). */
+static const char *checkpoints_owner(const char *ckpt_dir) {
+    DIR *d = opendir(ckpt_dir);
+    if (!d) return NULL;
+    const char *owner = NULL;
+    for (struct dirent *e; (e = readdir(d)) && !owner;) {
+        size_t n = strlen(e->d_name);
+        if (!strcmp(e->d_name, "evolve_state.bin"))
+            owner = "dam_dist evolve";
+        else if (!strncmp(e->d_name, "step_", 5) && n > 3 && !strcmp(e->d_name + n - 3, ".h5"))
+            owner = "dam_dist train";
+    }
+    closedir(d);
+    return owner;
+}
+
+void outdir_check_checkpoints(const OutDir *o, const char *ckpt_dir, const char *what) {
+    outdir_check_path(o, ckpt_dir, what);
+    const char *owner = checkpoints_owner(ckpt_dir);
+    if (owner && strcmp(owner, o->written_by) && !o->force)
+        dam_fail("%s %s holds the checkpoints of `%s`; `%s` keeps its own: choose another %s or pass --force",
+                 what, ckpt_dir, owner, o->written_by, what);
 }

@@ -1,7 +1,9 @@
 /* outdir.h — directories that a command replaces as a whole (the merged model, the toy), so that
  * nothing of a user's is lost:
  *   - an existing directory is replaced only when it is empty, a complete earlier output of the same
- *     command (its marker file says so), or --force was given;
+ *     command (its marker file says so, with the command's name: a DAM run's merge is never replaced
+ *     by evolve, merge or finetune), or --force was given;
+ *   - a checkpoint directory holding another command's checkpoints is not written into either;
  *   - no input (source or base model directory, dataset, coefficients file) is ever written into or
  *     over, whatever the flags: real paths are compared, both ways (out inside an input, an input
  *     inside out), for <out> and for the <out>.tmp and <out>.old that the swap uses;
@@ -12,8 +14,9 @@
 #define DAM_OUTDIR_H
 
 typedef struct {
-    const char *dir;  /* the directory the command writes */
-    const char *what; /* how the user named it: "output.dir", "toy --out" */
+    const char *dir;        /* the directory the command writes */
+    const char *what;       /* how the user named it: "output.dir", "--out" */
+    const char *written_by; /* the command that writes it: "dam_dist train", "dam_dist evolve" ... */
     const char
         *marker; /* a JSON file in a complete output: {"written_by": "dam_dist ...", "complete": true} */
     const char *const *inputs; /* paths never written into or over */
@@ -40,5 +43,12 @@ struct cJSON;
 void outdir_write_marker(struct cJSON *report, const char *written_by, const char *path);
 /* 1 when dir holds o->marker with written_by starting with "dam_dist" and complete true. */
 int outdir_is_complete(const char *dir, const char *marker);
+/* The command whose complete output dir holds ("dam_dist train", "dam_dist merge" ...; heap), read
+ * from any of the commands' marker files; NULL when none. Outputs written before the markers named
+ * their command ("dam_dist") are told apart by what lies beside the marker. */
+char *outdir_owner(const char *dir);
+/* Fail (one line) unless the checkpoint directory ckpt_dir is free of another command's checkpoints
+ * (a DAM run's step_*.h5, evolve's evolve_state.bin), or o->force. `what` names the setting. */
+void outdir_check_checkpoints(const OutDir *o, const char *ckpt_dir, const char *what);
 
 #endif

@@ -104,7 +104,7 @@ static void write_report(const DamModel *m, const DamConfig *cfg, const OutputRe
     *strrchr(dir, '/') = 0;
     add_shard_hashes(r, dir);
     free(dir);
-    outdir_write_marker(r, "dam_dist", path);
+    outdir_write_marker(r, cfg->command ? cfg->command : "dam_dist train", path);
 }
 
 /* ---------------------------------------------------------------- over stages and tp ranks */
@@ -333,6 +333,11 @@ static void finish_output(const DamModel *m, const DamConfig *cfg, const OutputR
     char *report = dam_path_join(tmp, "dam_report.json");
     write_report(m, cfg, rep, report);
     free(report);
+    if (rep->extra_name) {
+        char *extra = dam_path_join(tmp, rep->extra_name);
+        dam_write_file_atomic(extra, rep->extra_text, strlen(rep->extra_text));
+        free(extra);
+    }
     OutputTarget t; /* replace any previous output only now that the new one is complete */
     output_target(&t, cfg);
     outdir_commit(&t.od, tmp);
@@ -346,7 +351,8 @@ void output_target(OutputTarget *t, const DamConfig *cfg) {
     for (int i = 0; i < cfg->n_models; i++)
         t->inputs[n++] = cfg->models[i].path, t->inputs[n++] = cfg->models[i].dataset;
     t->od = (OutDir){.dir = cfg->out_dir,
-                     .what = "output.dir",
+                     .what = cfg->out_from_cli ? "--out" : "output.dir",
+                     .written_by = cfg->command ? cfg->command : "dam_dist train",
                      .marker = "dam_report.json",
                      .inputs = t->inputs,
                      .n_inputs = n,
@@ -357,7 +363,7 @@ void output_check(const DamConfig *cfg, const char *ckpt_dir) {
     OutputTarget t;
     output_target(&t, cfg);
     outdir_check(&t.od);
-    outdir_check_path(&t.od, ckpt_dir, "checkpoint.dir");
+    outdir_check_checkpoints(&t.od, ckpt_dir, cfg->command ? "--checkpoint-dir" : "checkpoint.dir");
     outdir_check_path(&t.od, cfg->metrics_file, "output.metrics");
 }
 

@@ -11,6 +11,9 @@ typedef struct {
     double wall_s, loss;
     double kl[DAM_MAX_SOURCES];
     const char *names[DAM_MAX_SOURCES];
+    /* a command's own report (evolve_report.json), written into the directory before it is swapped
+     * into place, so that a complete output always holds it */
+    const char *extra_name, *extra_text;
 } OutputReport;
 
 /* The rule for replacing cfg->out_dir (outdir.h): inputs are the sources, the base, the datasets

@@ -197,7 +197,11 @@ int cmd_toy(int argc, char **argv) {
     if (!t.out) dam_fail("toy: --out DIR is required");
     if (tasks) t.sz = &tasks_size, t.n_models = 0;
     const char *final = t.out;
-    OutDir od = {.dir = final, .what = "toy --out", .marker = "dam_toy.json", .force = force};
+    OutDir od = {.dir = final,
+                 .what = "toy --out",
+                 .written_by = "dam_dist toy",
+                 .marker = "dam_toy.json",
+                 .force = force};
     char *tmp = outdir_begin(&od); /* built aside, swapped into place when complete */
     t.out = tmp;
     dam_rng_seed(&t.rng, seed);

@@ -51,18 +51,18 @@ have=$(sed -n 's/^evolve: initial mean (plain average) fitness \([0-9.]*\) .*/\1
 # 2. a run: best fitness never increases and improves on the start; report and output complete
 if $BIN evolve --config "$T/toy/one.json" --rows 48 --generations 8 --seed 5 > "$T/e1.log" 2>&1; then
   for f in config.json model.safetensors dam_coefficients.safetensors dam_report.json evolve_report.json; do
-    [ -f "$T/one/$f" ] || bad "output lacks $f"
+    [ -f "$T/one-evolve/$f" ] || bad "output lacks $f"
   done
   [ "$(grep -c '^gen ' "$T/e1.log")" -eq 8 ] && ok "one progress line per generation" || bad "progress lines"
-  "$REPORT" "$T/one/evolve_report.json" check 8 8 > "$T/check.txt" \
+  "$REPORT" "$T/one-evolve/evolve_report.json" check 8 8 > "$T/check.txt" \
     && ok "best fitness never increases, ends below the initial; evals and tokens add up; genome 2 x (2 layers + 2)" \
     || bad "report: $(cat "$T/check.txt")"
   # the written best merge, loaded by the main job (merge.init), has the reported best fitness
-  sed "s|\"init\": \"uniform\"|\"init\": \"$T/one/dam_coefficients.safetensors\"|" "$T/toy/one.json" > "$T/toy/init.json"
+  sed "s|\"init\": \"uniform\"|\"init\": \"$T/one-evolve/dam_coefficients.safetensors\"|" "$T/toy/one.json" > "$T/toy/init.json"
   $BIN --config "$T/toy/init.json" --out "$T/dam1" --max-steps 0 --eval-rows 48 > "$T/dam1.log" 2>&1 \
     || bad "main job on the best merge: $(tail -2 "$T/dam1.log")"
   dam=$(sed -n 's/.*plain average.s (\([0-9.]*\) vs \([0-9.]*\))$/\1/p' "$T/dam1.log")
-  best=$("$REPORT" "$T/one/evolve_report.json" best)
+  best=$("$REPORT" "$T/one-evolve/evolve_report.json" best)
   [ -n "$dam" ] && [ "$dam" = "$best" ] && ok "the written best merge has the reported best fitness ($best)" \
     || bad "written merge's KL $dam, reported best $best"
 else
@@ -77,8 +77,8 @@ for l in "dp2 2 1 1" "pp2 1 2 1"; do
   if $MPI -n 2 $BIN evolve --config "$T/toy/$1.json" --rows 24 --generations 6 --seed 2 > "$T/$1.log" 2>&1; then
     grep -q "layout dp=$2 x pp=$3 x tp=$4" "$T/$1.log" || bad "$1: layout not in the header"
     if [ "$(gens "$T/$1.log")" = "$(gens "$T/r1.log")" ] && [ -n "$(gens "$T/r1.log")" ] \
-       && same_coefs "$T/one" "$T/$1" \
-       && [ "$(traj "$T/one/evolve_report.json")" = "$(traj "$T/$1/evolve_report.json")" ]; then
+       && same_coefs "$T/one-evolve" "$T/$1-evolve" \
+       && [ "$(traj "$T/one-evolve/evolve_report.json")" = "$(traj "$T/$1-evolve/evolve_report.json")" ]; then
       ok "mpirun -n 2 $1: the 1-rank trajectory and coefficients, bit for bit"
     else
       bad "$1: trajectory differs: $(diff <(gens "$T/r1.log") <(gens "$T/$1.log") | head -4)"
@@ -91,7 +91,7 @@ done
 # 4. SIGUSR1 after a few generations, then the printed resume line: the uninterrupted run's result
 stop_and_resume() { # NAME CONFIG LAUNCHER... : the run of section 3's settings, stopped and resumed
   local name=$1 cfg=$2 dir; shift 2
-  dir=$(sed -n 's|.*"dir": "\([^"]*\)".*|\1|p' "$cfg")
+  dir=$(sed -n 's|.*"dir": "\([^"]*\)".*|\1|p' "$cfg")-evolve # evolve's own default output
   rm -rf "$dir" "$dir.ckpt"
   (cd "$T" && exec "$@" evolve --config "$cfg" --rows 24 --generations 6 --seed 2 > "$T/s.log" 2>&1) &
   local pid=$! i
@@ -106,8 +106,8 @@ stop_and_resume() { # NAME CONFIG LAUNCHER... : the run of section 3's settings,
   (cd / && eval "$line") > "$T/s2.log" 2>&1 || { bad "$name: resume: $(tail -2 "$T/s2.log")"; return; }
   grep -q '^evolve: resumed from ' "$T/s2.log" || bad "$name: no resume note"
   if [ "$(gens "$T/s.log"; gens "$T/s2.log")" = "$(gens "$T/r1.log")" ] \
-     && same_coefs "$T/one" "$dir" \
-     && [ "$(traj "$T/one/evolve_report.json")" = "$(traj "$dir/evolve_report.json")" ]; then
+     && same_coefs "$T/one-evolve" "$dir" \
+     && [ "$(traj "$T/one-evolve/evolve_report.json")" = "$(traj "$dir/evolve_report.json")" ]; then
     ok "$name: exit 75 after generation $(grep -c '^gen ' "$T/s.log"), resumed: the uninterrupted trajectory and coefficients"
   else
     bad "$name: resumed run differs: $(diff <(gens "$T/r1.log") <(gens "$T/s.log"; gens "$T/s2.log") | head -4)"
@@ -149,6 +149,47 @@ expect_error "--resume without a state" "evolve --resume: no saved state" --conf
 expect_error "resume with another population" "--population differs" --config "$C" --rows 24 --population 7 --resume
 expect_error "resume with other rows" "--rows differs" --config "$C" --rows 12 --resume
 expect_error "resume from a file that is not a state" "not an evolve state file" --config "$C" --resume "$T/toy/config.json"
+
+# 6. nothing lost: evolve never writes over the DAM run of its config (output or checkpoints), and
+# no model-writing command replaces another's complete output without --force
+sums() { (cd "$1" && find . -type f | sort | xargs md5sum); }
+layout nl 1 1 1
+$BIN --config "$T/toy/nl.json" --max-steps 2 > "$T/nl.log" 2>&1 || bad "DAM run: $(tail -2 "$T/nl.log")"
+sums "$T/nl" > "$T/nl.sums"; sums "$T/nl.ckpt" > "$T/nl.ckpt.sums"
+if $BIN evolve --config "$T/toy/nl.json" --rows 24 --generations 1 > "$T/nle.log" 2>&1 \
+   && [ -f "$T/nl-evolve/evolve_report.json" ] && [ -f "$T/nl-evolve.ckpt/evolve_state.bin" ] \
+   && grep -Eq '"written_by":[[:space:]]*"dam_dist evolve"' "$T/nl-evolve/dam_report.json"; then
+  ok "evolve's default output and checkpoint: nl-evolve, nl-evolve.ckpt (its report inside, its name in the marker)"
+else bad "evolve default dirs: $(tail -2 "$T/nle.log"; ls "$T")"; fi
+[ "$(sums "$T/nl")" = "$(cat "$T/nl.sums")" ] && [ "$(sums "$T/nl.ckpt")" = "$(cat "$T/nl.ckpt.sums")" ] \
+  && ok "the DAM run's output and checkpoints are untouched by evolve" || bad "evolve changed the DAM run's files"
+expect_error "evolve --out over the DAM merge" "--out $T/nl holds the complete output of \`dam_dist train\`" \
+  --config "$T/toy/nl.json" --rows 24 --generations 1 --out "$T/nl"
+expect_error "evolve into the DAM run's checkpoints" "--checkpoint-dir $T/nl.ckpt holds the checkpoints of \`dam_dist train\`" \
+  --config "$T/toy/nl.json" --rows 24 --generations 1 --out "$T/nl2" --checkpoint-dir "$T/nl.ckpt"
+[ "$(sums "$T/nl")" = "$(cat "$T/nl.sums")" ] && [ "$(sums "$T/nl.ckpt")" = "$(cat "$T/nl.ckpt.sums")" ] && [ ! -e "$T/nl2" ] \
+  && ok "refusals touched nothing" || bad "a refusal changed files"
+one_line() { # NAME SUBSTRING COMMAND...: exit 1 with one stderr line holding SUBSTRING
+  local name=$1 want=$2; shift 2
+  "$@" > "$T/err.out" 2> "$T/err.txt"
+  local rc=$?
+  if [ $rc -eq 1 ] && [ "$(wc -l < "$T/err.txt")" -eq 1 ] && grep -qF -- "$want" "$T/err.txt"; then ok "$name: $(cat "$T/err.txt")"
+  else bad "$name: rc=$rc: $(head -3 "$T/err.txt")"; fi
+}
+one_line "merge --out over the DAM merge" "holds the complete output of \`dam_dist train\`" \
+  $BIN merge --method linear --config "$T/toy/nl.json" --out "$T/nl"
+one_line "finetune --out over the DAM merge" "--out $T/nl holds the complete output of \`dam_dist train\`" \
+  $BIN finetune --model "$T/toy/m0" --steps 0 --out "$T/nl"
+one_line "the DAM run --out over evolve's merge" "--out $T/nl-evolve holds the complete output of \`dam_dist evolve\`" \
+  $BIN --config "$T/toy/nl.json" --max-steps 1 --out "$T/nl-evolve"
+sed "s|\"output\": {|\"checkpoint\": {\"dir\": \"$T/nl-evolve.ckpt\"}, \"output\": {|; s|\"dir\": \"$T/nl\"|\"dir\": \"$T/nl3\"|" \
+  "$T/toy/nl.json" > "$T/toy/nl3.json"
+one_line "the DAM run into evolve's checkpoints" "checkpoint.dir $T/nl-evolve.ckpt holds the checkpoints of \`dam_dist evolve\`" \
+  $BIN --config "$T/toy/nl3.json" --max-steps 1
+[ "$(sums "$T/nl")" = "$(cat "$T/nl.sums")" ] && ok "the DAM merge is still intact" || bad "the DAM merge changed"
+$BIN evolve --config "$T/toy/nl.json" --rows 24 --generations 1 --out "$T/nl" --force > "$T/nlf.log" 2>&1 \
+  && grep -Eq '"written_by":[[:space:]]*"dam_dist evolve"' "$T/nl/dam_report.json" && ok "--force replaces it" \
+  || bad "evolve --out --force: $(tail -2 "$T/nlf.log")"
 
 [ $fails -eq 0 ] && echo "cli_evolve: all passed" || echo "cli_evolve: $fails failed"
 exit $((fails > 0))

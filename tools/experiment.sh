@@ -57,7 +57,6 @@ B=$(jq '.train.batch_size * .train.micro_batches' "$cfg")
 ROWS=$((DAM_STEPS * B))
 # eval reads each task's held-out file; evolve trains on the DAM run's rows
 jq '.models |= map(.dataset |= sub("_train.h5$"; "_eval.h5"))' "$cfg" >"$OUT/eval_config.json"
-jq '.output.dir = "merged_evolve"' "$cfg" >"$OUT/evolve_config.json"
 declare -A WALL TOKENS
 
 say "DAM"
@@ -79,7 +78,7 @@ done
 
 say "evolve (CMA-ES, $EVOLVE_EVALS evaluations at most)"
 t=$(now)
-run evolve --config "$OUT/evolve_config.json" --rows "$ROWS" --seed "$SEED" --max-evals "$EVOLVE_EVALS" |
+run evolve --config "$cfg" --out "$OUT/merged_evolve" --rows "$ROWS" --seed "$SEED" --max-evals "$EVOLVE_EVALS" |
     tee "$OUT/evolve.log" | tail -n 3
 WALL[evolve]=$(secs "$t")
 TOKENS[evolve]=$(jq '.tokens_forwarded * 2' "$OUT/merged_evolve/evolve_report.json")
