@@ -17,7 +17,7 @@ input). A crash (a signal, a sanitizer report, another exit status), a hang (ove
 silent acceptance (exit 0 with other content or coefficients) is a failure.
 
   tools/mutation_corpus.py [--fast] [--seed N] [--bin ./dam_dist] [--timeout S] [--keep DIR]
---fast: 24 + 24 + 16 cases (tests/cli_checksum.sh, under a minute); default 150 + 80 + 60.
+--fast: 16 + 15 + 12 cases (tests/cli_checksum.sh, under a minute); default 150 + 80 + 60.
 Exit status 0 when every case passes; the last line sums the outcomes."""
 import argparse, filecmp, json, os, random, re, shutil, subprocess, sys, tempfile, time
 
@@ -30,7 +30,7 @@ ap.add_argument("--keep", help="keep the work directory (failing cases stay ther
 args = ap.parse_args()
 BIN = os.path.abspath(args.bin)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-N = (24, 24, 16) if args.fast else (150, 80, 60)
+N = (16, 15, 12) if args.fast else (150, 80, 60)
 rng = random.Random(args.seed)
 W = args.keep or tempfile.mkdtemp(prefix="dam_mutation_")
 os.makedirs(W, exist_ok=True)
