@@ -4,10 +4,10 @@
  *
  * config_load reads a path, so each input is written to one scratch file first. A refusal longjmps
  * out, leaving config_load's file buffer (kept until its end) behind: the harness is linked with
- * -Wl,--wrap=dam_read_file to note it and frees it then. The partly filled DamConfig (zeroed first, every pointer NULL or its own) is freed with
- * config_free and the cJSON trees by fuzz_alloc.h. An accepted config is also diffed against
- * itself (config_diff must find no difference). config.c's run-time helpers that open datasets or
- * backends are not reached from config_load; they are stubbed so that the harness links without
+ * -Wl,--wrap=dam_read_file to note it and frees it then. The partly filled DamConfig (zeroed first, every
+ * pointer NULL or its own) is freed with config_free and the cJSON trees by fuzz_alloc.h. An accepted config
+ * is also diffed against itself (config_diff must find no difference). config.c's run-time helpers that open
+ * datasets or backends are not reached from config_load; they are stubbed so that the harness links without
  * HDF5, MPI and the backends. */
 #include <setjmp.h>
 #include <stddef.h>
@@ -36,7 +36,9 @@ void dataset_check_ids(const DamDataset *d, int64_t vocab) {
 
 char *__real_dam_read_file(const char *path, size_t *n_out);
 static char *g_text; /* config_load's file buffer, while it holds it */
-char *__wrap_dam_read_file(const char *path, size_t *n_out) { return g_text = __real_dam_read_file(path, n_out); }
+char *__wrap_dam_read_file(const char *path, size_t *n_out) {
+    return g_text = __real_dam_read_file(path, n_out);
+}
 
 static jmp_buf g_refused;
 static void jump_back(int status) {

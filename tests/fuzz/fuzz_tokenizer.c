@@ -59,8 +59,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     fwrite(data, 1, size, f);
     fclose(f);
     memset(&g_tok, 0, sizeof g_tok);
-    if (setjmp(g_refused) == 0) cJSON_Delete(json_parse_text((const char *)data, size, g_path));
-    else goto done;
+    if (setjmp(g_refused) == 0)
+        cJSON_Delete(json_parse_text((const char *)data, size, g_path));
+    else
+        goto done;
     if (setjmp(g_refused) == 0) {
         tokenizer_load(&g_tok, g_path);
         exercise(&g_tok);
