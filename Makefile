@@ -128,7 +128,7 @@ help:
 	@echo "                (no GPU, no ssh, only the carried libraries; tests/cuda/dry_run.sh; needs nvcc)"
 	@echo "make cuda-emu-test  the CUDA backend's kernels and host code run on the CPU under an emulation of"
 	@echo "                CUDA's rules (cuda/emu), with ASan: check_kernels, NCCL on 2 ranks, the toy merges"
-	@echo "make fuzz       libFuzzer (clang) on the safetensors and config.json parsers, FUZZ_TIME seconds each"
+	@echo "make fuzz       libFuzzer (clang) on the safetensors, config.json, tokenizer.json and run-config parsers, FUZZ_TIME s each"
 	@echo "make clean"
 
 info:
@@ -261,18 +261,30 @@ FUZZ_FLAGS := -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined 
               -Isrc -I/usr/include/cjson
 FUZZ_TIME  ?= 60
 
-fuzz: $(BUILD)/fuzz/fuzz_safetensors $(BUILD)/fuzz/fuzz_hfconfig
-	@mkdir -p $(BUILD)/fuzz/corpus_st $(BUILD)/fuzz/corpus_cfg
+FUZZ_TARGETS := safetensors hfconfig tokenizer config
+fuzz: $(patsubst %,$(BUILD)/fuzz/fuzz_%,$(FUZZ_TARGETS))
+	@mkdir -p $(BUILD)/fuzz/corpus_st $(BUILD)/fuzz/corpus_cfg $(BUILD)/fuzz/corpus_tok $(BUILD)/fuzz/corpus_run \
+	  $(BUILD)/fuzz/seeds_tok
+	@for d in tests/fixtures/tokenizers/*/; do cp $$d/tokenizer.json $(BUILD)/fuzz/seeds_tok/$$(basename $$d).json; done
 	$(BUILD)/fuzz/fuzz_safetensors -max_total_time=$(FUZZ_TIME) -close_fd_mask=2 -dict=tests/fuzz/safetensors.dict \
 	  $(BUILD)/fuzz/corpus_st tests/fuzz/seeds_safetensors
 	$(BUILD)/fuzz/fuzz_hfconfig -max_total_time=$(FUZZ_TIME) -close_fd_mask=2 -dict=tests/fuzz/hfconfig.dict \
 	  $(BUILD)/fuzz/corpus_cfg tests/fixtures/configs
+	$(BUILD)/fuzz/fuzz_tokenizer -max_total_time=$(FUZZ_TIME) -close_fd_mask=3 -max_len=65536 \
+	  -dict=tests/fuzz/tokenizer.dict $(BUILD)/fuzz/corpus_tok $(BUILD)/fuzz/seeds_tok
+	$(BUILD)/fuzz/fuzz_config -max_total_time=$(FUZZ_TIME) -close_fd_mask=3 -dict=tests/fuzz/config.dict \
+	  $(BUILD)/fuzz/corpus_run configs
 
-$(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_alloc.h src/safetensors.c src/hfconfig.c src/util.c src/json_util.c
+FUZZ_SRC_safetensors := src/safetensors.c
+FUZZ_SRC_hfconfig    := src/hfconfig.c
+FUZZ_SRC_tokenizer   := $(wildcard src/tokenizer/*.c)
+FUZZ_SRC_config      := src/config.c
+FUZZ_LIBS_tokenizer  := $(PCRE2_LIBS) $(UTF8PROC_LIBS)
+FUZZ_LIBS_config     := -Wl,--wrap=dam_read_file
+$(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_alloc.h src/safetensors.c src/hfconfig.c src/util.c src/json_util.c \
+                      src/config.c $(wildcard src/tokenizer/*.c)
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(if $(findstring safetensors,$*),src/safetensors.c,src/hfconfig.c) src/util.c src/json_util.c -lcjson -lm
-
-clean:
-	rm -rf build build-asan dam_dist
+	$(FUZZ_CC) $(FUZZ_FLAGS) -Isrc/tokenizer -Impi $(shell mpicc --showme:compile 2>/dev/null) -I$(HDF5_INC) -o $@ $< $(FUZZ_SRC_$*) src/util.c \
+	  src/json_util.c -lcjson $(FUZZ_LIBS_$*) -lm
 
 -include $(LIB_OBJ:.o=.d) $(BUILD)/src/main.d

@@ -2,6 +2,7 @@
 #include "checkpoint.h"
 
 #include <dirent.h>
+#include <stdarg.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,12 +10,17 @@
 #include <unistd.h>
 
 #include "h5util.h"
+#include "xxh64.h"
 
 struct CkptFile {
     hid_t file;
     char *path;
     char *config; /* the `config` attribute, when read */
 };
+
+static char *step_path(const char *dir, int64_t step) {
+    return dam_asprintf("%s/step_%08" PRId64 ".h5", dir, step);
+}
 
 char *ckpt_tmp_path(const char *dir, int64_t step) {
     return dam_asprintf("%s/step_%08" PRId64 ".h5.tmp", dir, step);
@@ -25,6 +31,28 @@ static void attr_i64(hid_t obj, const char *name, const int64_t *v, hsize_t n, c
     hid_t a = DAM_H5_CHECK(H5Acreate2(obj, name, H5T_NATIVE_INT64, sp, H5P_DEFAULT, H5P_DEFAULT), what);
     DAM_H5_CHECK(H5Awrite(a, H5T_NATIVE_INT64, v), what);
     H5Aclose(a), H5Sclose(sp);
+}
+
+static void attr_u64(hid_t obj, const char *name, uint64_t v, const char *what) {
+    hid_t sp = DAM_H5_CHECK(H5Screate(H5S_SCALAR), what);
+    hid_t a = DAM_H5_CHECK(H5Acreate2(obj, name, H5T_STD_U64LE, sp, H5P_DEFAULT, H5P_DEFAULT), what);
+    DAM_H5_CHECK(H5Awrite(a, H5T_NATIVE_UINT64, &v), what);
+    H5Aclose(a), H5Sclose(sp);
+}
+
+/* The checksum of the attributes a resume reads (step, cursor, settings, sources): format 3's
+ * meta_xxh64. */
+static uint64_t meta_hash(int64_t step, int64_t total, int64_t tokens, int64_t n_datasets,
+                          const int64_t *cursor, const char *config_hash, const char *config,
+                          const char *sources) {
+    DamXxh64 h;
+    dam_xxh64_init(&h, 0);
+    int64_t head[4] = {step, total, tokens, n_datasets};
+    dam_xxh64_update(&h, head, sizeof head);
+    dam_xxh64_update(&h, cursor, (size_t)(n_datasets > 0 ? n_datasets : 1) * sizeof(int64_t));
+    const char *strs[3] = {config_hash, config, sources};
+    for (int i = 0; i < 3; i++) dam_xxh64_update(&h, strs[i], strlen(strs[i]) + 1);
+    return dam_xxh64_digest(&h);
 }
 
 static void attr_str(hid_t obj, const char *name, const char *s, const char *what) {
@@ -52,6 +80,10 @@ void ckpt_create(const char *tmp, const CkptMeta *meta) {
     attr_str(f, "config_hash", hash, tmp);
     attr_str(f, "config", meta->config ? meta->config : "{}", tmp);
     attr_str(f, "sources", meta->sources, tmp);
+    attr_u64(f, "meta_xxh64",
+             meta_hash(meta->step, meta->total_steps, meta->tokens_seen, nd, meta->cursor, hash,
+                       meta->config ? meta->config : "{}", meta->sources),
+             tmp);
     const char *groups[] = {"coefficients", "adam_m", "adam_v"};
     for (int i = 0; i < 3; i++)
         H5Gclose(DAM_H5_CHECK(H5Gcreate2(f, groups[i], H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), tmp));
@@ -74,6 +106,8 @@ static void put_one(CkptFile *f, const char *group, const char *name, int n_rows
     hid_t d = DAM_H5_CHECK(
         H5Dcreate2(f->file, path, H5T_IEEE_F32LE, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), path);
     DAM_H5_CHECK(H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data), path);
+    /* the checksum of the stored (little-endian) bytes: ckpt_verify reads them back as such */
+    attr_u64(d, "xxh64", dam_xxh64(data, (size_t)n_rows * (size_t)dim * sizeof(float), 0), path);
     H5Dclose(d), H5Sclose(sp);
     free(path);
 }
@@ -140,8 +174,18 @@ void ckpt_prune(const char *dir, int keep) {
     if (latest) keep_step = step_of_name(strrchr(latest, '/') + 1, 0);
     free(latest);
     int n = ckpt_list_steps(dir, &steps);
+    int64_t verified = -1; /* the newest checkpoint that verifies stays, whatever `keep` says */
+    char why[512];
+    for (int i = n - 1; i >= 0 && verified < 0; i--) {
+        char *p = step_path(dir, steps[i]);
+        if (ckpt_verify(p, why, sizeof why) >= 0)
+            verified = steps[i];
+        else
+            dam_warn("checkpoint %s fails verification: %s; kept out of pruning's count", p, why);
+        free(p);
+    }
     for (int i = 0; i < n - keep; i++) {
-        if (steps[i] == keep_step) continue;
+        if (steps[i] == keep_step || steps[i] == verified) continue;
         char name[64];
         snprintf(name, sizeof name, "step_%08" PRId64 ".h5", steps[i]);
         unlink_in(dir, name);
@@ -164,6 +208,221 @@ char *ckpt_commit(const char *dir, const char *tmp, int64_t step, int keep) {
     free(latest);
     ckpt_prune(dir, keep);
     return final;
+}
+
+/* ---------------------------------------------------------------- verification (format 3) */
+
+/* Every call below may meet a damaged file: none of them fails the run; the first problem is
+ * written into why and -1 returned. */
+typedef struct {
+    char *why;
+    size_t cap;
+} Why;
+
+static int fail_why(Why *w, const char *fmt, ...) DAM_PRINTF(2, 3);
+static int fail_why(Why *w, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(w->why, w->cap, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+/* A scalar or 1-D integer attribute of at most `cap` elements as int64 (n: elements read). */
+static int try_ints(hid_t obj, const char *name, int64_t *v, hsize_t cap, hsize_t *n, Why *w) {
+    if (H5Aexists(obj, name) <= 0) return fail_why(w, "attribute '%s' missing", name);
+    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
+    hid_t sp = a < 0 ? -1 : H5Aget_space(a), t = a < 0 ? -1 : H5Aget_type(a);
+    hssize_t cnt = sp < 0 ? -1 : H5Sget_simple_extent_npoints(sp);
+    int ok = a >= 0 && sp >= 0 && t >= 0 && H5Tget_class(t) == H5T_INTEGER && cnt >= 1 &&
+             (hsize_t)cnt <= cap && H5Aread(a, H5T_NATIVE_INT64, v) >= 0;
+    if (n) *n = cnt > 0 ? (hsize_t)cnt : 0;
+    if (t >= 0) H5Tclose(t);
+    if (sp >= 0) H5Sclose(sp);
+    if (a >= 0) H5Aclose(a);
+    return ok ? 0 : fail_why(w, "attribute '%s' unreadable", name);
+}
+
+/* A scalar uint64 attribute (read as such: HDF5 would clip a value >= 2^63 read as int64). */
+static int try_u64(hid_t obj, const char *name, uint64_t *v, Why *w) {
+    if (H5Aexists(obj, name) <= 0) return fail_why(w, "attribute '%s' missing", name);
+    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
+    hid_t sp = a < 0 ? -1 : H5Aget_space(a), t = a < 0 ? -1 : H5Aget_type(a);
+    int ok = a >= 0 && sp >= 0 && t >= 0 && H5Tget_class(t) == H5T_INTEGER && H5Tget_size(t) == 8 &&
+             H5Sget_simple_extent_npoints(sp) == 1 && H5Aread(a, H5T_NATIVE_UINT64, v) >= 0;
+    if (t >= 0) H5Tclose(t);
+    if (sp >= 0) H5Sclose(sp);
+    if (a >= 0) H5Aclose(a);
+    return ok ? 0 : fail_why(w, "attribute '%s' unreadable", name);
+}
+
+/* A fixed-length string attribute as a fresh heap string (NULL and why on failure). */
+static char *try_str(hid_t obj, const char *name, Why *w) {
+    if (H5Aexists(obj, name) <= 0) return fail_why(w, "attribute '%s' missing", name), NULL;
+    hid_t a = H5Aopen(obj, name, H5P_DEFAULT), t = a < 0 ? -1 : H5Aget_type(a);
+    size_t n = t < 0 || H5Tget_class(t) != H5T_STRING || H5Tis_variable_str(t) ? 0 : H5Tget_size(t);
+    char *buf = n && n < ((size_t)1 << 30) ? calloc(n + 1, 1) : NULL;
+    if (buf && H5Aread(a, t, buf) < 0) free(buf), buf = NULL;
+    if (t >= 0) H5Tclose(t);
+    if (a >= 0) H5Aclose(a);
+    if (!buf) fail_why(w, "attribute '%s' unreadable", name);
+    return buf;
+}
+
+/* The root attributes against meta_xxh64. */
+static int verify_meta(hid_t f, Why *w) {
+    int64_t head[4], cur[DAM_MAX_SOURCES + 1] = {0};
+    const char *names[4] = {"step", "total_steps", "tokens_seen", "n_datasets"};
+    for (int i = 0; i < 4; i++)
+        if (try_ints(f, names[i], &head[i], 1, NULL, w)) return -1;
+    hsize_t nc = 0;
+    if (try_ints(f, "data_cursor", cur, DAM_MAX_SOURCES + 1, &nc, w)) return -1;
+    if (head[3] < 0 || head[3] > DAM_MAX_SOURCES || nc != (hsize_t)(head[3] > 0 ? head[3] : 1))
+        return fail_why(w, "attributes n_datasets and data_cursor disagree");
+    uint64_t want;
+    if (try_u64(f, "meta_xxh64", &want, w)) return -1;
+    char *s[3] = {try_str(f, "config_hash", w), NULL, NULL};
+    if (s[0]) s[1] = try_str(f, "config", w);
+    if (s[1]) s[2] = try_str(f, "sources", w);
+    int rc = -1;
+    if (s[2]) {
+        uint64_t have = meta_hash(head[0], head[1], head[2], head[3], cur, s[0], s[1], s[2]);
+        rc = have == want
+                 ? 0
+                 : fail_why(w, "its attributes (step, data cursor, settings, sources) do not match their "
+                               "checksum");
+    }
+    for (int i = 0; i < 3; i++) free(s[i]);
+    return rc;
+}
+
+/* One stored tensor: float32 [rows, cols], its bytes against its xxh64 attribute. */
+static int verify_tensor(hid_t f, const char *path, float **buf, size_t *cap, Why *w) {
+    hid_t d = H5Dopen2(f, path, H5P_DEFAULT);
+    if (d < 0) return fail_why(w, "tensor '%s' unreadable", path);
+    hid_t sp = H5Dget_space(d), t = H5Dget_type(d);
+    hsize_t dims[2] = {0, 0};
+    int ok = sp >= 0 && t >= 0 && H5Tget_class(t) == H5T_FLOAT && H5Tget_size(t) == 4 &&
+             H5Sget_simple_extent_ndims(sp) == 2 && H5Sget_simple_extent_dims(sp, dims, NULL) == 2 &&
+             dims[0] > 0 && dims[1] > 0 && dims[0] <= DAM_MAX_SOURCES + 1 && dims[1] < ((hsize_t)1 << 31);
+    size_t n = ok ? (size_t)(dims[0] * dims[1]) : 0;
+    if (ok && n > *cap) {
+        free(*buf);
+        *buf = malloc(n * sizeof(float));
+        *cap = *buf ? n : 0;
+        ok = *buf != NULL;
+    }
+    uint64_t want = 0;
+    ok = ok && H5Dread(d, H5T_IEEE_F32LE, H5S_ALL, H5S_ALL, H5P_DEFAULT, *buf) >= 0;
+    int rc = ok ? try_u64(d, "xxh64", &want, w) : fail_why(w, "tensor '%s' unreadable", path);
+    if (rc == 0 && dam_xxh64(*buf, n * sizeof(float), 0) != want)
+        rc = fail_why(w, "tensor '%s' does not match its checksum", path);
+    if (t >= 0) H5Tclose(t);
+    if (sp >= 0) H5Sclose(sp);
+    H5Dclose(d);
+    return rc;
+}
+
+/* Every tensor of the three groups (the same names in each). */
+static int verify_groups(hid_t f, int *n_tensors, Why *w) {
+    const char *groups[] = {"coefficients", "adam_m", "adam_v"};
+    hsize_t count[3];
+    float *buf = NULL;
+    size_t cap = 0;
+    int rc = 0;
+    for (int g = 0; g < 3 && !rc; g++) {
+        hid_t grp = H5Gopen2(f, groups[g], H5P_DEFAULT);
+        H5G_info_t info;
+        if (grp < 0 || H5Gget_info(grp, &info) < 0) {
+            rc = fail_why(w, "group '/%s' unreadable", groups[g]);
+        } else {
+            count[g] = info.nlinks;
+            if (g && count[g] != count[0])
+                rc = fail_why(w, "'/%s' holds %llu tensors, '/coefficients' %llu", groups[g],
+                              (unsigned long long)count[g], (unsigned long long)count[0]);
+            for (hsize_t i = 0; i < info.nlinks && !rc; i++) {
+                char name[1024], path[1100];
+                ssize_t len = H5Lget_name_by_idx(grp, ".", H5_INDEX_NAME, H5_ITER_INC, i, name, sizeof name,
+                                                 H5P_DEFAULT);
+                if (len <= 0 || (size_t)len >= sizeof name) {
+                    rc = fail_why(w, "a tensor name in '/%s' is unreadable", groups[g]);
+                    break;
+                }
+                snprintf(path, sizeof path, "/%s/%s", groups[g], name);
+                rc = verify_tensor(f, path, &buf, &cap, w);
+            }
+        }
+        if (grp >= 0) H5Gclose(grp);
+    }
+    free(buf);
+    *n_tensors = rc ? 0 : (int)count[0];
+    return rc;
+}
+
+int ckpt_verify(const char *path, char *why, size_t cap) {
+    dam_h5_quiet();
+    Why w = {why, cap};
+    why[0] = 0;
+    if (!dam_file_exists(path)) return fail_why(&w, "no such file");
+    htri_t is = H5Fis_hdf5(path);
+    hid_t f = is > 0 ? H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT) : -1;
+    if (f < 0) return fail_why(&w, "not a readable HDF5 file (truncated or damaged)");
+    int64_t ver = 0;
+    int rc = try_ints(f, "format_version", &ver, 1, NULL, &w), n = 0;
+    if (rc == 0 && (ver < 1 || ver > CKPT_FORMAT_VERSION))
+        rc = fail_why(&w, "format_version %lld is not one this dam_dist reads (1 to %d)", (long long)ver,
+                      CKPT_FORMAT_VERSION);
+    if (rc == 0 && ver < 3) {
+        if (H5Aexists(f, "meta_xxh64") > 0)
+            rc = fail_why(&w, "format_version %lld, yet it carries checksums (a damaged attribute)",
+                          (long long)ver);
+        else
+            rc = 0, snprintf(why, cap, "format %lld carries no checksums: not verified", (long long)ver);
+        H5Fclose(f);
+        return rc ? -1 : 0;
+    }
+    if (rc == 0) rc = verify_meta(f, &w);
+    if (rc == 0) rc = verify_groups(f, &n, &w);
+    if (rc == 0) snprintf(why, cap, "verified: %d tensors x 3 and the attributes match their xxh64", n);
+    H5Fclose(f);
+    return rc ? -1 : 1;
+}
+
+char *ckpt_find_resumable(const char *dir, int *n_candidates) {
+    *n_candidates = 0;
+    char *latest_file = dam_path_join(dir, "latest");
+    if (!dam_file_exists(latest_file)) {
+        free(latest_file);
+        return NULL;
+    }
+    char *name = dam_read_file(latest_file, NULL);
+    free(latest_file);
+    name[strcspn(name, "\r\n")] = 0;
+    int64_t top = step_of_name(name, 0);
+    char *first = dam_path_join(dir, name);
+    free(name);
+    int64_t *steps;
+    int n = ckpt_list_steps(dir, &steps);
+    char *found = NULL, why[512];
+    for (int i = n; i >= 0 && !found; i--) { /* i == n: the file `latest` names */
+        if (i < n && top >= 0 && steps[i] >= top) continue;
+        char *p = i == n ? dam_strdup(first) : step_path(dir, steps[i]);
+        ++*n_candidates;
+        int rc = ckpt_verify(p, why, sizeof why);
+        if (rc >= 0) {
+            if (rc == 0) printf("dam_dist: note: %s: %s\n", p, why);
+            if (*n_candidates > 1)
+                printf("dam_dist: falling back to %s, the newest earlier checkpoint that verifies\n", p);
+            found = p;
+        } else {
+            dam_warn("checkpoint %s fails verification: %s; it is not used", p, why);
+            free(p);
+        }
+        if (top < 0) break; /* `latest` names no step file: only that one */
+    }
+    fflush(stdout);
+    free(first), free(steps);
+    return found;
 }
 
 char *ckpt_latest(const char *dir) {

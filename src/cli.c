@@ -89,6 +89,7 @@ static const char precompute_help[] =
 static const char inspect_help[] =
     "usage: dam_dist inspect --model DIR [--model DIR ...]\n"
     "       dam_dist inspect --coefficients FILE\n"
+    "       dam_dist inspect --verify DIR | --checkpoint FILE|DIR | --data FILE\n"
     "Reads each model directory's config.json and safetensors headers, checks them as the merge would,\n"
     "and prints a summary (architecture, shapes, dtype, parameters); several models are also checked\n"
     "for being mergeable with each other.\n"
@@ -96,6 +97,10 @@ static const char inspect_help[] =
     "  --coefficients FILE  a dam_coefficients.safetensors: one line per tensor with its layer (-1\n"
     "                     outside the decoder layers), kind and the mean coefficient of each source,\n"
     "                     under the sources' names the file records (source0.. in files without)\n"
+    "  --verify DIR       a merged output: every safetensors shard against dam_report.json's hashes\n"
+    "  --checkpoint PATH  a checkpoint file, or every one of a checkpoint directory, against its\n"
+    "                     checksums (one line each; exit 1 naming the first damaged one)\n"
+    "  --data FILE        a token file against its checksums, and the hash of its content\n"
     "  -h, --help         this text\n";
 
 static const char merge_help[] =

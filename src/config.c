@@ -436,7 +436,7 @@ static void flatten(const cJSON *v, const char *path, cJSON *out) {
     }
     char *text = cJSON_PrintUnformatted(v);
     cJSON_AddStringToObject(out, path, text);
-    free(text);
+    cJSON_free(text); /* cJSON's allocator (the fuzz harness tracks it) */
 }
 
 /* Settings recorded since checkpoint format 2 was first written, with the value that reproduces the
@@ -563,7 +563,9 @@ void config_load(DamConfig *c, const char *path) {
                  "tensor's source vector is split over the tp group); use \"tensor\" or tp 1",
                  path);
     cJSON *eff = config_effective(c);
-    c->effective = cJSON_PrintUnformatted(eff);
+    char *printed = cJSON_PrintUnformatted(eff);
+    c->effective = dam_strdup(printed); /* freed with free() by config_free */
+    cJSON_free(printed);
     c->hash = dam_hash64(c->effective, strlen(c->effective), 0);
     cJSON_Delete(eff);
     cJSON_Delete(root);

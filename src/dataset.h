@@ -10,6 +10,12 @@
  *   tokenizer_hash_kind (string: "canonical-v1" = tokenizer_canonical_hash of tokenizer.h; absent
  *   in older files, whose tokenizer_hash is FNV-1a of the raw tokenizer.json bytes), vocab_size
  *   (int64), source_file (string), n_examples, n_tokens, n_truncated (int64), ...
+ *   checksums: every dataset carries attribute xxh64 (uint64: XXH64, xxh64.h, of its stored
+ *   little-endian bytes), and files written by dataset_write the root attribute checksums = "xxh64"
+ *   (informative). dataset_open checks every dataset against its
+ *   checksum (reading the whole file once; DAM_SKIP_DATA_CHECKSUMS=1 in the environment skips it)
+ *   and fails naming the dataset on a mismatch; datasets without a checksum (files written before
+ *   checksums, or datasets added by other tools) are read with a note.
  *
  * Files are opened read-only; writers write "<path>.tmp" and rename it into place. */
 #ifndef DAM_DATASET_H

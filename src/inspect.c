@@ -12,11 +12,19 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cJSON.h>
+#include <dirent.h>
+#include <inttypes.h>
+
+#include "checkpoint.h"
 #include "cli.h"
 #include "commands.h"
 #include "hfconfig.h"
 #include "safetensors.h"
+#include "dataset.h"
+#include "json_util.h"
 #include "util.h"
+#include "xxh64.h"
 
 #define INSPECT_MAX_MODELS 64
 
@@ -173,9 +181,93 @@ static int print_coefficients(const char *path) {
     return 0;
 }
 
+/* ---------------------------------------------------------------- checksums (--verify, --checkpoint, --data)
+ */
+
+/* An output directory against the shard hashes its dam_report.json records. */
+static int verify_output(const char *dir) {
+    char *rp = dam_path_join(dir, "dam_report.json");
+    if (!dam_file_exists(rp)) dam_fail("%s: no dam_report.json: not a dam_dist output directory", dir);
+    size_t n;
+    char *text = dam_read_file(rp, &n);
+    cJSON *r = cJSON_ParseWithLength(text, n);
+    const cJSON *h = r ? cJSON_GetObjectItemCaseSensitive(r, "shard_xxh64") : NULL;
+    if (!r) dam_fail("%s: not valid JSON", rp);
+    if (!cJSON_IsObject(h))
+        dam_fail("%s: records no shard hashes (written before they were added): nothing to verify against",
+                 rp);
+    int k = 0, bad = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, h) {
+        char *p = dam_path_join(dir, e->string), hex[17] = "missing";
+        uint64_t v;
+        if (dam_xxh64_file(p, &v) == 0) snprintf(hex, sizeof hex, "%016" PRIx64, v);
+        int ok = cJSON_IsString(e) && !strcmp(hex, e->valuestring);
+        printf("%-40s %s\n", e->string, ok ? "ok" : !strcmp(hex, "missing") ? "MISSING" : "CHANGED");
+        bad += !ok, k++;
+        free(p);
+    }
+    DIR *d = opendir(dir); /* a shard the report does not know */
+    struct dirent *de;
+    while (d && (de = readdir(d))) {
+        size_t len = strlen(de->d_name);
+        if (len >= 12 && !strcmp(de->d_name + len - 12, ".safetensors") &&
+            !cJSON_GetObjectItemCaseSensitive(h, de->d_name))
+            printf("%-40s NOT IN REPORT\n", de->d_name), bad++;
+    }
+    if (d) closedir(d);
+    cJSON_Delete(r), free(text), free(rp);
+    if (bad) dam_fail("%s: %d of %d shard(s) do not match dam_report.json's hashes", dir, bad, k);
+    printf("%s: all %d shard(s) match dam_report.json (xxh64)\n", dir, k);
+    return 0;
+}
+
+/* One checkpoint file, or every step_*.h5 of a checkpoint directory, against their checksums. */
+static int verify_checkpoints(const char *path) {
+    int64_t *steps = NULL;
+    int n = dam_is_dir(path) ? ckpt_list_steps(path, &steps) : 1, bad = 0;
+    if (n == 0) dam_fail("%s: no checkpoint (step_*.h5) in this directory", path);
+    char why[512], *first_bad = NULL;
+    for (int i = 0; i < n; i++) {
+        char *p = steps ? dam_asprintf("%s/step_%08" PRId64 ".h5", path, steps[i]) : dam_strdup(path);
+        int rc = ckpt_verify(p, why, sizeof why);
+        printf("%s: %s%s\n", p, rc < 0 ? "DAMAGED: " : "", why);
+        if (rc < 0 && !bad++) first_bad = dam_strdup(p);
+        free(p);
+    }
+    free(steps);
+    if (bad) dam_fail("%s fails verification (%d of %d checkpoint(s) damaged)", first_bad, bad, n);
+    return 0;
+}
+
+/* A token file opened as a run opens it (checksums verified), and the XXH64 of its ids and mask as
+ * read: two files with the same content print the same value. */
+static int verify_data(const char *path) {
+    DamDataset d;
+    dataset_open(&d, path);
+    int64_t L = d.seq_len;
+    int32_t *ids = dam_malloc((size_t)L * sizeof *ids, "row");
+    int8_t *mask = dam_malloc((size_t)L, "row");
+    DamXxh64 h;
+    dam_xxh64_init(&h, 0);
+    for (int64_t r = 0; r < d.n_rows; r++) {
+        dataset_read_rows(&d, r, 1, ids, mask);
+        dam_xxh64_update(&h, ids, (size_t)L * sizeof *ids), dam_xxh64_update(&h, mask, (size_t)L);
+    }
+    printf("%s: %lld rows x %lld tokens, content xxh64 %016" PRIx64 "\n", path, (long long)d.n_rows,
+           (long long)L, dam_xxh64_digest(&h));
+    free(ids), free(mask);
+    dataset_close(&d);
+    return 0;
+}
+
 static int parse_args(int argc, char **argv, const char **dirs, const char **coef_file) {
     int n = 0;
     for (int i = 1; i < argc; i++) {
+        if (i + 1 < argc && argc == 3 && !strcmp(argv[i], "--verify")) exit(verify_output(argv[i + 1]));
+        if (i + 1 < argc && argc == 3 && !strcmp(argv[i], "--checkpoint"))
+            exit(verify_checkpoints(argv[i + 1]));
+        if (i + 1 < argc && argc == 3 && !strcmp(argv[i], "--data")) exit(verify_data(argv[i + 1]));
         if (strcmp(argv[i], "--coefficients") == 0) {
             if (i + 1 >= argc) cli_missing_value("inspect", argv[i]);
             *coef_file = argv[++i];
@@ -190,7 +282,10 @@ static int parse_args(int argc, char **argv, const char **dirs, const char **coe
             cli_unknown_option("inspect", argv[i]);
         }
     }
-    if (n == 0 && !*coef_file) dam_fail("inspect: --model DIR or --coefficients FILE is required");
+    if (n == 0 && !*coef_file)
+        dam_fail(
+            "inspect: --model DIR, --coefficients FILE, --verify DIR, --checkpoint PATH or --data FILE is "
+            "required");
     if (n > 0 && *coef_file) dam_fail("inspect: give either --model or --coefficients, not both");
     return n;
 }

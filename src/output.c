@@ -2,6 +2,8 @@
 #include "output.h"
 
 #include <cJSON.h>
+#include <dirent.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,6 +11,7 @@
 
 #include "json_util.h"
 #include "safetensors.h"
+#include "xxh64.h"
 
 static const char *const copied_files[] = {"tokenizer.json",
                                            "tokenizer_config.json",
@@ -65,6 +68,26 @@ void output_load_coefficients(DamModel *m, const char *path) {
     dam_model_refresh(m);
 }
 
+/* "shard_xxh64": {file: 16 hex digits} of every *.safetensors in dir (the merged shards and the
+ * coefficients), for `dam_dist inspect --verify DIR` after a copy. */
+static void add_shard_hashes(cJSON *r, const char *dir) {
+    cJSON *h = cJSON_AddObjectToObject(r, "shard_xxh64");
+    DIR *d = opendir(dir);
+    if (!d) dam_fail("%s: cannot list the output directory", dir);
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        size_t n = strlen(e->d_name);
+        if (n < 12 || strcmp(e->d_name + n - 12, ".safetensors")) continue;
+        char *p = dam_path_join(dir, e->d_name), hex[17];
+        uint64_t v;
+        if (dam_xxh64_file(p, &v) != 0) dam_fail("%s: cannot read it back to hash it", p);
+        snprintf(hex, sizeof hex, "%016" PRIx64, v);
+        cJSON_AddStringToObject(h, e->d_name, hex);
+        free(p);
+    }
+    closedir(d);
+}
+
 static void write_report(const DamModel *m, const DamConfig *cfg, const OutputReport *rep, const char *path) {
     cJSON *r = cJSON_CreateObject();
     cJSON_AddNumberToObject(r, "steps", rep->steps);
@@ -77,6 +100,10 @@ static void write_report(const DamModel *m, const DamConfig *cfg, const OutputRe
     for (int i = 0; i < m->n_rows; i++) cJSON_AddItemToArray(rows, cJSON_CreateString(m->row_names[i]));
     cJSON_AddStringToObject(r, "architecture", m->full_cfg.architecture);
     cJSON_AddItemToObject(r, "config", cJSON_Parse(cfg->effective));
+    char *dir = dam_strdup(path);
+    *strrchr(dir, '/') = 0;
+    add_shard_hashes(r, dir);
+    free(dir);
     outdir_write_marker(r, cfg->command ? cfg->command : "dam_dist train", path);
 }
 

@@ -416,15 +416,29 @@ static void check_resumed_config(Trainer *tr, const CkptMeta *meta, const char *
         printf("dam_dist: note: resuming with changed settings (--allow-config-change): %s\n", diff);
 }
 
-/* Every rank reads its own tensors (its tp columns) from the newest checkpoint: any layout. Returns
- * 0 when --resume auto finds none (a fresh start). */
+/* Every rank reads its own tensors (its tp columns) from the newest checkpoint that verifies
+ * (rank 0 checks the checksums of each candidate, newest first, and names the one it takes): any
+ * layout. Returns 0 when --resume auto finds none (a fresh start). */
 static int resume_checkpoint(Trainer *tr, const TrainArgs *a) {
-    char *path = ckpt_latest(tr->ckpt_dir);
-    if (!path && a->resume == RESUME_AUTO) {
+    char chosen[4096] = "";
+    int info[2] = {0, 0}; /* candidates tried, one verified */
+    if (tr->root) {
+        char *p = ckpt_find_resumable(tr->ckpt_dir, &info[0]);
+        if (p) snprintf(chosen, sizeof chosen, "%s", p), info[1] = 1;
+        free(p);
+    }
+    comm_bcast(&tr->grid.world, info, sizeof info, 0);
+    comm_bcast(&tr->grid.world, chosen, sizeof chosen, 0);
+    if (info[0] == 0 && a->resume == RESUME_AUTO) {
         if (tr->root) printf("dam_dist: --resume auto: no checkpoint in %s; starting fresh\n", tr->ckpt_dir);
         return 0;
     }
-    comm_fail_on_root(!path, "--resume: no checkpoint in %s (no 'latest' file)", tr->ckpt_dir);
+    comm_fail_on_root(info[0] == 0, "--resume: no checkpoint in %s (no 'latest' file)", tr->ckpt_dir);
+    comm_fail_on_root(!info[1],
+                      "--resume: none of the %d checkpoint(s) in %s verifies (each named above); nothing "
+                      "to resume from",
+                      info[0], tr->ckpt_dir);
+    char *path = dam_strdup(chosen);
     CkptMeta meta;
     CkptFile *f = ckpt_open_read(path, &meta);
     comm_fail_on_root(

@@ -28,6 +28,7 @@ static char g_error_note[512];
 void dam_set_abort_hook(dam_abort_hook hook) { g_abort_hook = hook ? hook : default_abort_hook; }
 
 void dam_set_log_rank(int rank, int world) { g_log_rank = world > 1 ? rank : -1; }
+int dam_log_root(void) { return g_log_rank <= 0; }
 
 const char *dam_last_error(void) { return g_last_error; }
 

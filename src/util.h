@@ -29,6 +29,8 @@ typedef void (*dam_abort_hook)(int status);
 void dam_set_abort_hook(dam_abort_hook hook);
 /* Rank prefix for messages (set by the MPI layer; -1 or a world of 1 prints no prefix). */
 void dam_set_log_rank(int rank, int world);
+/* 1 on the rank that prints notes once for all (rank 0, or a process outside MPI). */
+int dam_log_root(void);
 /* Last message passed to dam_fail, for tests that check the wording. */
 const char *dam_last_error(void);
 /* A note appended to any error line until cleared (NULL): what a failure leaves intact, e.g. "the

@@ -3,7 +3,10 @@
  *   - listing orders steps by number whatever the directory order, skipping other names;
  *   - keep: 6 saves with keep 2 leave exactly steps 5 and 6, and <dir>/latest names step 6; pruning
  *     never removes the file `latest` names and clears .tmp files of saves that never completed;
- *   - a checkpoint made for other sources is refused with a message naming both lists. */
+ *   - a checkpoint made for other sources is refused with a message naming both lists;
+ *   - checksums (format 3): XXH64 against the reference's values; a flipped bit in a coefficient,
+ *     an Adam moment or the step attribute fails ckpt_verify; ckpt_find_resumable falls back to the
+ *     newest earlier checkpoint that verifies; pruning keeps that one whatever `keep` says. */
 #include <dirent.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -12,6 +15,8 @@
 #include <cmocka.h>
 
 #include "checkpoint.h"
+#include "xxh64.h"
+#include <hdf5.h>
 #include "config.h"
 #include "test_util.h"
 #include "test_dam.h"
@@ -244,6 +249,98 @@ static void test_config_diff_across_versions(void **s) {
     assert_int_equal(config_diff(old, preset, out, sizeof out), 1);
 }
 
+static void test_xxh64_vectors(void **s) {
+    (void)s;
+    assert_true(dam_xxh64("", 0, 0) == 0xef46db3751d8e999ull);
+    assert_true(dam_xxh64("abc", 3, 0) == 0x44bc2cf5ad770999ull);
+    assert_true(dam_xxh64("Nobody inspects the spammish repetition", 39, 0) == 0xfbcea83c8a378bf1ull);
+    char b[1000];
+    for (int i = 0; i < 1000; i++) b[i] = (char)(i * 7);
+    DamXxh64 h; /* streaming in odd pieces equals one call */
+    dam_xxh64_init(&h, 5);
+    for (int i = 0; i < 1000; i += 13) dam_xxh64_update(&h, b + i, i + 13 <= 1000 ? 13 : (size_t)(1000 - i));
+    assert_true(dam_xxh64_digest(&h) == dam_xxh64(b, 1000, 5));
+}
+
+/* xor 0x10 into byte `at` of dataset `name`'s raw data, or of attribute `name` of the root. */
+static void flip_in(const char *path, const char *name, long at) {
+    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    if (name[0] == '/') {
+        hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
+        haddr_t off = H5Dget_offset(d);
+        H5Dclose(d), H5Fclose(f);
+        assert_true(off != HADDR_UNDEF);
+        FILE *fp = fopen(path, "r+b");
+        fseek(fp, (long)off + at, SEEK_SET);
+        int c = fgetc(fp);
+        fseek(fp, (long)off + at, SEEK_SET);
+        fputc(c ^ 0x10, fp);
+        fclose(fp);
+    } else { /* an attribute, rewritten in place with one bit changed */
+        hid_t a = H5Aopen(f, name, H5P_DEFAULT);
+        int64_t v;
+        H5Aread(a, H5T_NATIVE_INT64, &v);
+        v ^= 0x10;
+        H5Awrite(a, H5T_NATIVE_INT64, &v);
+        H5Aclose(a), H5Fclose(f);
+    }
+}
+
+static char *step_file(const char *dir, int step) { return dam_asprintf("%s/step_%08d.h5", dir, step); }
+
+static void test_checksums_fallback_and_prune(void **s) {
+    (void)s;
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    DamCase dc;
+    dam_case_open(&dc, "llama3src", "kl");
+    char *dir = test_tmpdir(), why[512];
+    CkptMeta meta;
+    for (int step = 1; step <= 4; step++) {
+        fill_state(&dc.m, (float)step);
+        sample_meta(&dc.m, &meta, step);
+        free(ckpt_save(dir, &dc.m, &meta, 0));
+    }
+    char *p[5];
+    for (int i = 1; i <= 4; i++) {
+        p[i] = step_file(dir, i);
+        assert_int_equal(ckpt_verify(p[i], why, sizeof why), 1);
+    }
+    const char *t = dc.m.tensors[dc.m.n_tensors - 1].name;
+    char *coef = dam_asprintf("/coefficients/%s", t), *adam = dam_asprintf("/adam_v/%s", t);
+    flip_in(p[4], coef, 4);
+    assert_int_equal(ckpt_verify(p[4], why, sizeof why), -1);
+    assert_non_null(strstr(why, "does not match its checksum"));
+    assert_non_null(strstr(why, coef));
+    flip_in(p[3], adam, 0);
+    assert_int_equal(ckpt_verify(p[3], why, sizeof why), -1);
+    int n;
+    char *got = ckpt_find_resumable(dir, &n); /* latest (4) and 3 refused: 2 */
+    assert_non_null(got);
+    assert_string_equal(got, p[2]);
+    assert_int_equal(n, 3);
+    free(got);
+    flip_in(p[2], "step", 0); /* the attributes are covered too */
+    assert_int_equal(ckpt_verify(p[2], why, sizeof why), -1);
+    assert_non_null(strstr(why, "attributes"));
+    got = ckpt_find_resumable(dir, &n);
+    assert_string_equal(got, p[1]);
+    free(got);
+    /* keep 1: 4 stays (latest), 1 stays (the newest that verifies), 2 and 3 go */
+    ckpt_prune(dir, 1);
+    assert_true(file_in(dir, "step_00000004.h5") && file_in(dir, "step_00000001.h5"));
+    assert_false(file_in(dir, "step_00000002.h5") || file_in(dir, "step_00000003.h5"));
+    /* a truncated file fails verification without failing the process */
+    assert_int_equal(truncate(p[1], 2000), 0);
+    assert_int_equal(ckpt_verify(p[1], why, sizeof why), -1);
+    got = ckpt_find_resumable(dir, &n);
+    assert_null(got);
+    assert_int_equal(n, 2);
+    for (int i = 1; i <= 4; i++) free(p[i]);
+    free(coef), free(adam);
+    dam_case_close(&dc);
+    rm_tree(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip),
@@ -251,6 +348,8 @@ int main(void) {
         cmocka_unit_test(test_keep_newest),
         cmocka_unit_test(test_wrong_sources_refused),
         cmocka_unit_test(test_config_diff_across_versions),
+        cmocka_unit_test(test_xxh64_vectors),
+        cmocka_unit_test(test_checksums_fallback_and_prune),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

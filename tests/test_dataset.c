@@ -233,6 +233,54 @@ static void test_bad_id_refused(void **state) {
     free(path);
 }
 
+/* xor `mask` into byte `at` of dataset `name`'s raw data (contiguous: H5Dget_offset). */
+static void flip_byte(const char *path, const char *name, long at, int mask) {
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    hid_t ds = H5Dopen2(f, name, H5P_DEFAULT);
+    haddr_t off = H5Dget_offset(ds);
+    H5Dclose(ds), H5Fclose(f);
+    assert_true(off != HADDR_UNDEF);
+    FILE *fp = fopen(path, "r+b");
+    fseek(fp, (long)off + at, SEEK_SET);
+    int c = fgetc(fp);
+    fseek(fp, (long)off + at, SEEK_SET);
+    fputc(c ^ mask, fp);
+    fclose(fp);
+}
+
+/* Issue 24: a flipped bit in the ids or the mask is refused when the file is opened (naming the
+ * dataset); DAM_SKIP_DATA_CHECKSUMS=1 skips the check; a file without checksums (written before
+ * them) is read. */
+static void test_checksums(void **state) {
+    (void)state;
+    char *path = tmp_path("sum.h5");
+    write_small(path, 1, 0);
+    DamDataset d;
+    dataset_open(&d, path); /* intact: verifies */
+    dataset_close(&d);
+    flip_byte(path, "input_ids", 9, 0x01);
+    expect_refusal(child_open, path, "/input_ids does not match its checksum");
+    setenv("DAM_SKIP_DATA_CHECKSUMS", "1", 1);
+    dataset_open(&d, path);
+    dataset_close(&d);
+    unsetenv("DAM_SKIP_DATA_CHECKSUMS");
+    write_small(path, 1, 0);
+    flip_byte(path, "attention_mask", 14, 0x80);
+    expect_refusal(child_open, path, "/attention_mask does not match its checksum");
+    /* written before checksums: plain datasets, no attributes */
+    hid_t f = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    hsize_t dims[2] = {2, 3};
+    int32_t ids[6] = {1, 2, 3, 4, 5, 6};
+    hid_t sp = H5Screate_simple(2, dims, NULL);
+    hid_t ds = H5Dcreate2(f, "input_ids", H5T_STD_I32LE, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    H5Dwrite(ds, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, ids);
+    H5Dclose(ds), H5Sclose(sp), H5Fclose(f);
+    dataset_open(&d, path);
+    assert_int_equal(d.n_rows, 2);
+    dataset_close(&d);
+    free(path);
+}
+
 static void test_bad_files_refused(void **state) {
     (void)state;
     char *path = tmp_path("wrongtype.h5");
@@ -278,7 +326,7 @@ int main(void) {
         cmocka_unit_test(test_roundtrip),         cmocka_unit_test(test_no_mask_reads_ones),
         cmocka_unit_test(test_write_topk),        cmocka_unit_test(test_topk_f16),
         cmocka_unit_test(test_empty_refused),     cmocka_unit_test(test_bad_id_refused),
-        cmocka_unit_test(test_bad_files_refused),
+        cmocka_unit_test(test_bad_files_refused), cmocka_unit_test(test_checksums),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     char cmd[128];

@@ -148,12 +148,18 @@ static void load_model(Tokenizer *t, const cJSON *model, const char *file) {
     for (const cJSON *e = vocab->child; e; e = e->next) {
         if (!cJSON_IsNumber(e) || e->valuedouble < 0)
             dam_fail("%s: vocab entry %s has no valid id", file, e->string);
+        /* a whole number, and small enough that the id table stays allocatable (the largest real
+         * vocabularies have about 2^18 entries); INT_MAX would overflow max_id + 1 */
+        if (e->valuedouble >= (double)(1 << 24) || e->valuedouble != (double)e->valueint)
+            dam_fail("%s: vocab entry %s has id %g; ids must be whole numbers below %d", file, e->string,
+                     e->valuedouble, 1 << 24);
         if (e->valueint > max_id) max_id = e->valueint;
     }
     t->n_ids = max_id + 1;
     t->tokens = dam_calloc((size_t)t->n_ids, sizeof *t->tokens, "vocabulary");
     t->token_len = dam_calloc((size_t)t->n_ids, sizeof *t->token_len, "vocabulary");
     for (const cJSON *e = vocab->child; e; e = e->next) {
+        free(t->tokens[e->valueint]); /* an id given twice: the last entry wins, as before */
         t->tokens[e->valueint] = dam_strdup(e->string);
         t->token_len[e->valueint] = (uint32_t)strlen(e->string);
     }
