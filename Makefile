@@ -209,7 +209,7 @@ test-asan:
 test-asan-run: $(DEPS) $(BUILD)/dam_dist $(TEST_BIN) $(MPI_TEST_BIN)
 	@printf '#!/bin/sh\nASAN_OPTIONS=detect_leaks=0 exec $(CURDIR)/$(BUILD)/dam_dist "$$@"\n' > $(BUILD)/dam_dist_asan
 	@chmod +x $(BUILD)/dam_dist_asan
-	@BUILD=$(BUILD) DAM_BIN=$(BUILD)/dam_dist_asan DAM_SKIP="cli_experiment $(DAM_SKIP)" ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
+	@BUILD=$(BUILD) DAM_BIN=$(BUILD)/dam_dist_asan DAM_SKIP="cli_experiment cli_cuda_dryrun $(DAM_SKIP)" ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
 	  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0 bash tests/run_tests.sh
 
 $(BUILD)/dam_dist: $(BUILD)/src/main.o $(BUILD)/libdam.a $(EXTRA_OBJ)

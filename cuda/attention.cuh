@@ -262,8 +262,8 @@ static void cu_attention_fwd(BackendCtx *ctx, DevBuf out, DevBuf lse, DevBuf q, 
     size_t smem = att_fwd_smem(s->hd);
     att_smem(ctx, k_attn_fwd, smem, op);
     dim3 grid((unsigned)((s->T + ATT_B - 1) / ATT_B), (unsigned)s->H, (unsigned)s->B);
-    LAUNCH(k_attn_fwd, grid, ATT_THREADS, smem, ctx->stream)(out.ptr, dtcode(out.dtype), (float *)lse.ptr, q.ptr,
-                                                         k.ptr, v.ptr, a);
+    LAUNCH(k_attn_fwd, grid, ATT_THREADS, smem, ctx->stream)
+    (out.ptr, dtcode(out.dtype), (float *)lse.ptr, q.ptr, k.ptr, v.ptr, a);
     LAUNCH_CHECK(op);
 }
 
@@ -280,19 +280,19 @@ static void cu_attention_bwd(BackendCtx *ctx, DevBuf dq, DevBuf dk, DevBuf dv, D
     size_t rows = (size_t)s->B * s->H * s->T;
     scratch_reserve(ctx, rows * sizeof(float));
     float *D = (float *)scratch_take(ctx, rows * sizeof(float));
-    LAUNCH(k_attn_rowdot, grid_for(rows * 32, 256), 256, 0, ctx->stream)(D, dout.ptr, dtcode(dout.dtype), out.ptr,
-                                                                     dtcode(out.dtype), a);
+    LAUNCH(k_attn_rowdot, grid_for(rows * 32, 256), 256, 0, ctx->stream)
+    (D, dout.ptr, dtcode(dout.dtype), out.ptr, dtcode(out.dtype), a);
     LAUNCH_CHECK(op);
     size_t smem = att_bwd_smem(s->hd);
     att_smem(ctx, k_attn_bwd_kv, smem, op);
     att_smem(ctx, k_attn_bwd_q, smem, op);
     unsigned tiles = (unsigned)((s->T + ATT_B - 1) / ATT_B);
-    LAUNCH(k_attn_bwd_kv, dim3(tiles, (unsigned)s->KV, (unsigned)s->B), ATT_THREADS, smem, ctx->stream)(
-        dk.ptr, dtcode(dk.dtype), dv.ptr, dtcode(dv.dtype), dout.ptr, dtcode(dout.dtype),
-        (const float *)lse.ptr, D, q.ptr, k.ptr, v.ptr, a);
+    LAUNCH(k_attn_bwd_kv, dim3(tiles, (unsigned)s->KV, (unsigned)s->B), ATT_THREADS, smem, ctx->stream)
+    (dk.ptr, dtcode(dk.dtype), dv.ptr, dtcode(dv.dtype), dout.ptr, dtcode(dout.dtype), (const float *)lse.ptr,
+     D, q.ptr, k.ptr, v.ptr, a);
     LAUNCH_CHECK(op);
-    LAUNCH(k_attn_bwd_q, dim3(tiles, (unsigned)s->H, (unsigned)s->B), ATT_THREADS, smem, ctx->stream)(
-        dq.ptr, dtcode(dq.dtype), dout.ptr, dtcode(dout.dtype), (const float *)lse.ptr, D, q.ptr, k.ptr,
-        v.ptr, a);
+    LAUNCH(k_attn_bwd_q, dim3(tiles, (unsigned)s->H, (unsigned)s->B), ATT_THREADS, smem, ctx->stream)
+    (dq.ptr, dtcode(dq.dtype), dout.ptr, dtcode(dout.dtype), (const float *)lse.ptr, D, q.ptr, k.ptr, v.ptr,
+     a);
     LAUNCH_CHECK(op);
 }

@@ -35,9 +35,9 @@ static BackendCtx *cu_ctx_new(int device_index) {
     CUDA_CHECK(cudaMallocHost((void **)&ctx->stage, 2 * (size_t)STAGE_HALF));
     for (int h = 0; h < 2; h++)
         CUDA_CHECK(cudaEventCreateWithFlags(&ctx->stage_done[h], cudaEventDisableTiming));
-    ctx->idx_cap = IDX_INIT;
+    ctx->idx_cap = ctx->idx_dev_cap = IDX_INIT;
     CUDA_CHECK(cudaMallocHost((void **)&ctx->idx_host, ctx->idx_cap * sizeof(int32_t)));
-    CUDA_CHECK(cudaMalloc((void **)&ctx->idx_dev, ctx->idx_cap * sizeof(int32_t)));
+    CUDA_CHECK(cudaMallocAsync((void **)&ctx->idx_dev, ctx->idx_dev_cap * sizeof(int32_t), ctx->stream));
     CUDA_CHECK(cudaEventCreateWithFlags(&ctx->idx_done, cudaEventDisableTiming));
     CUDA_CHECK(cudaMalloc((void **)&ctx->partials, PARTIALS_MAX * sizeof(double)));
     CUDA_CHECK(cudaMallocHost((void **)&ctx->partials_host, PARTIALS_MAX * sizeof(double)));
@@ -49,23 +49,44 @@ static BackendCtx *cu_ctx_new(int device_index) {
 
 static void cu_ctx_free(BackendCtx *ctx) {
     if (!ctx) return;
-    CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
+    ctx_sync(ctx);
     CUBLAS_CHECK(cublasDestroy(ctx->cublas));
     CUDA_CHECK(cudaFree(ctx->cublas_ws));
     CUDA_CHECK(cudaFreeHost(ctx->stage));
     for (int h = 0; h < 2; h++) CUDA_CHECK(cudaEventDestroy(ctx->stage_done[h]));
     CUDA_CHECK(cudaFreeHost(ctx->idx_host));
-    CUDA_CHECK(cudaFree(ctx->idx_dev));
+    CUDA_CHECK(cudaFreeAsync(ctx->idx_dev, ctx->stream));
     CUDA_CHECK(cudaEventDestroy(ctx->idx_done));
     CUDA_CHECK(cudaFree(ctx->partials));
     CUDA_CHECK(cudaFreeHost(ctx->partials_host));
-    CUDA_CHECK(cudaFree(ctx->scratch));
+    if (ctx->scratch) CUDA_CHECK(cudaFreeAsync(ctx->scratch, ctx->stream));
+    CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
     CUDA_CHECK(cudaStreamDestroy(ctx->stream));
     free(ctx);
 }
 
 extern "C" void *dam_cuda_stream(BackendCtx *ctx) { return (void *)ctx->stream; }
 extern "C" int dam_cuda_device(BackendCtx *ctx) { return ctx->device; }
+
+extern "C" void dam_cuda_watch_add(BackendCtx *ctx, DamCudaWatch fn, void *arg) {
+    if (ctx->n_watch == (int)(sizeof ctx->watch / sizeof ctx->watch[0]))
+        dam_fail("cuda backend: more than %d watchers", ctx->n_watch);
+    ctx->watch[ctx->n_watch].fn = fn, ctx->watch[ctx->n_watch].arg = arg;
+    ctx->n_watch++;
+}
+
+extern "C" void dam_cuda_watch_remove(BackendCtx *ctx, void *arg) {
+    for (int i = 0; i < ctx->n_watch; i++)
+        if (ctx->watch[i].arg == arg) {
+            ctx->watch[i] = ctx->watch[--ctx->n_watch];
+            return;
+        }
+}
+
+extern "C" void dam_cuda_wait_event(BackendCtx *ctx, void *event) { ctx_wait_event(ctx, (cudaEvent_t)event); }
+extern "C" void dam_cuda_wait_stream(BackendCtx *ctx, void *stream) {
+    ctx_wait_stream(ctx, (cudaStream_t)stream);
+}
 
 /* ---------------------------------------------------------------- memory */
 
@@ -75,7 +96,8 @@ static DevBuf cu_alloc(BackendCtx *ctx, size_t n, dam_dtype dtype, const char *w
     if (n > SIZE_MAX / dam_dtype_size(dtype)) dam_fail("cuda alloc of %s: %zu elements overflow", what, n);
     size_t bytes = n * dam_dtype_size(dtype);
     DevBuf b = {NULL, n, dtype, DAM_DEVICE_CUDA};
-    cudaError_t rc = cudaMalloc(&b.ptr, bytes ? bytes : 256);
+    /* stream-ordered, as every allocation after the context's: no wait for the device (backend.h) */
+    cudaError_t rc = cudaMallocAsync(&b.ptr, bytes ? bytes : 256, ctx->stream);
     if (rc != cudaSuccess) {
         size_t fr = 0, tot = 0;
         cudaGetLastError();
@@ -87,10 +109,11 @@ static DevBuf cu_alloc(BackendCtx *ctx, size_t n, dam_dtype dtype, const char *w
     return b;
 }
 
+/* Stream-ordered: freed once the work queued before has run (every use of a buffer is on the
+ * context's stream, NCCL's included), without waiting for the device (backend.h). */
 static void cu_free(BackendCtx *ctx, DevBuf *b) {
-    (void)ctx;
-    if (b->ptr) CUDA_CHECK(cudaFree(b->ptr)); /* cudaFree waits for the device: no use is pending */
-    b->ptr = NULL, b->n = 0;                  /* as the CPU backend leaves a freed buffer */
+    if (b->ptr) CUDA_CHECK(cudaFreeAsync(b->ptr, ctx->stream));
+    b->ptr = NULL, b->n = 0; /* as the CPU backend leaves a freed buffer */
 }
 
 /* ---------------------------------------------------------------- transfers through pinned staging */
@@ -125,7 +148,7 @@ static void stage_h2d(BackendCtx *ctx, void *dst, dam_dtype ddt, const void *hos
         for (size_t c0 = 0; c0 < (rows == 1 ? cols : 1); c0 += per_half) { /* contiguous: column chunks */
             size_t nc = rows == 1 ? (cols - c0 < per_half ? cols - c0 : per_half) : cols;
             unsigned char *st = ctx->stage + (size_t)half * STAGE_HALF;
-            CUDA_CHECK(cudaEventSynchronize(ctx->stage_done[half]));
+            ctx_wait_event(ctx, ctx->stage_done[half]);
             for (size_t k = 0; k < nr; k++)
                 convert_host(st + k * nc * des, ddt, (const unsigned char *)host + ((r + k) * ld + c0) * hes,
                              hdt, nc);
@@ -155,12 +178,12 @@ static void cu_download(BackendCtx *ctx, void *host, dam_dtype host_dtype, DevBu
                  dam_dtype_name(host_dtype));
     size_t ses = dam_dtype_size(src.dtype), hes = dam_dtype_size(host_dtype);
     size_t per = STAGE_HALF / (ses > hes ? ses : hes);
-    CUDA_CHECK(cudaEventSynchronize(ctx->stage_done[0]));
+    ctx_wait_event(ctx, ctx->stage_done[0]);
     for (size_t off = 0; off < n; off += per) {
         size_t cnt = n - off < per ? n - off : per;
         CUDA_CHECK(cudaMemcpyAsync(ctx->stage, (const unsigned char *)src.ptr + off * ses, cnt * ses,
                                    cudaMemcpyDeviceToHost, ctx->stream));
-        CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
+        ctx_sync(ctx);
         convert_host((unsigned char *)host + off * hes, host_dtype, ctx->stage, src.dtype, cnt);
     }
 }
@@ -188,7 +211,7 @@ static void cu_release_source(BackendCtx *ctx, const SrcWeight *s, size_t rows, 
     (void)ctx, (void)s, (void)rows, (void)cols; /* device copies stay resident for the run */
 }
 
-static void cu_synchronize(BackendCtx *ctx) { CUDA_CHECK(cudaStreamSynchronize(ctx->stream)); }
+static void cu_synchronize(BackendCtx *ctx) { ctx_sync(ctx); }
 
 static void *cu_host_begin(BackendCtx *ctx, DevBuf b) {
     (void)ctx, (void)b;
@@ -218,9 +241,8 @@ static void cu_event_record(BackendCtx *ctx, BackendEvent *e) {
 }
 
 static double cu_event_elapsed(BackendCtx *ctx, BackendEvent *start, BackendEvent *end) {
-    (void)ctx;
     float ms = 0;
-    CUDA_CHECK(cudaEventSynchronize(end->e));
+    ctx_wait_event(ctx, end->e);
     CUDA_CHECK(cudaEventElapsedTime(&ms, start->e, end->e));
     return ms / 1000.0;
 }

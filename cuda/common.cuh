@@ -9,6 +9,7 @@
 
 #include <limits.h>
 #include <math.h>
+#include <time.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -76,10 +77,11 @@ struct BackendCtx {
     /* Pinned staging for uploads/downloads, two halves guarded by events. */
     unsigned char *stage;
     cudaEvent_t stage_done[2];
-    /* Small host index lists (token ids, row lists) go through their own pinned buffer. */
+    /* Small host index lists (token ids, row lists) go through their own pinned buffer (idx_cap
+     * entries, in chunks when a list is longer) into a device list of idx_dev_cap entries. */
     int32_t *idx_host;
     int32_t *idx_dev;
-    size_t idx_cap;
+    size_t idx_cap, idx_dev_cap;
     cudaEvent_t idx_done;
     /* Per-call device scratch (bump allocator, reset at each op). */
     unsigned char *scratch;
@@ -89,7 +91,59 @@ struct BackendCtx {
     double *partials_host;
     int max_smem_optin;
     int n_sm;
+    /* Called while the host waits for the device (the NCCL transport's error and time-out checks,
+     * mpi/nccl_comm.c): with any registered, waits poll instead of blocking. */
+    struct {
+        DamCudaWatch fn;
+        void *arg;
+    } watch[8];
+    int n_watch;
 };
+
+/* ---------------------------------------------------------------- waiting for the device */
+
+static double wall_s() {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* Wait until query() is no longer cudaErrorNotReady. Without watchers: the blocking call. With them,
+ * poll (yielding the first millisecond, then sleeping 20 us) and call each watcher with the seconds
+ * waited, so that a dead or stuck NCCL peer ends the run with a line instead of a hang. */
+template <typename Q, typename B> static void ctx_wait(BackendCtx *ctx, Q query, B block, const char *what) {
+    if (ctx->n_watch == 0) {
+        cudaError_t rc = block();
+        if (rc != cudaSuccess) dam_cuda_fail(what, cudaGetErrorString(rc), __FILE__, __LINE__);
+        return;
+    }
+    double t0 = wall_s();
+    for (;;) {
+        cudaError_t rc = query();
+        if (rc == cudaSuccess) return;
+        if (rc != cudaErrorNotReady) dam_cuda_fail(what, cudaGetErrorString(rc), __FILE__, __LINE__);
+        (void)cudaGetLastError(); /* "not ready" is no error of the next launch's */
+        double waited = wall_s() - t0;
+        for (int i = 0; i < ctx->n_watch; i++) ctx->watch[i].fn(ctx->watch[i].arg, waited);
+        struct timespec ts = {0, waited < 1e-3 ? 0 : 20000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+static void ctx_wait_stream(BackendCtx *ctx, cudaStream_t s) {
+    ctx_wait(
+        ctx, [s]() { return cudaStreamQuery(s); }, [s]() { return cudaStreamSynchronize(s); },
+        "cudaStreamSynchronize");
+}
+
+static void ctx_wait_event(BackendCtx *ctx, cudaEvent_t e) {
+    ctx_wait(
+        ctx, [e]() { return cudaEventQuery(e); }, [e]() { return cudaEventSynchronize(e); },
+        "cudaEventSynchronize");
+}
+
+/* Everything queued on the context's stream so far is done. */
+static void ctx_sync(BackendCtx *ctx) { ctx_wait_stream(ctx, ctx->stream); }
 
 /* ---------------------------------------------------------------- dtypes */
 
@@ -137,14 +191,15 @@ static inline unsigned grid_for(size_t n, int threads) {
 
 /* ---------------------------------------------------------------- scratch and staging */
 
-/* Make room for `bytes` of scratch for the op about to run (synchronises only when it grows). */
+/* Make room for `bytes` of scratch for the op about to run. A growth is stream-ordered (the old
+ * scratch freed after the work queued before, the new one allocated for the work after): no wait
+ * for the device, which would hold up the pipeline's sends in flight (backend.h). */
 static void scratch_reserve(BackendCtx *ctx, size_t bytes) {
     ctx->scratch_used = 0;
     if (bytes <= ctx->scratch_cap) return;
-    CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
-    CUDA_CHECK(cudaFree(ctx->scratch));
+    if (ctx->scratch) CUDA_CHECK(cudaFreeAsync(ctx->scratch, ctx->stream));
     size_t cap = bytes + bytes / 4;
-    CUDA_CHECK(cudaMalloc((void **)&ctx->scratch, cap));
+    CUDA_CHECK(cudaMallocAsync((void **)&ctx->scratch, cap, ctx->stream));
     ctx->scratch_cap = cap;
 }
 
@@ -160,22 +215,24 @@ static void *scratch_take(BackendCtx *ctx, size_t bytes) {
 
 static inline size_t align256(size_t b) { return (b + 255) & ~(size_t)255; }
 
-/* A host index list (n int32) onto the device; the pointer stays valid until the next call. */
+/* A host index list (n int32) onto the device; the pointer stays valid until the next call. The
+ * pinned buffer never grows (cudaMallocHost and cudaFreeHost wait for the whole device): a longer
+ * list goes through it in chunks; the device list grows stream-ordered. */
 static const int32_t *upload_indices(BackendCtx *ctx, const int32_t *host, size_t n) {
     if (n == 0) return ctx->idx_dev;
-    CUDA_CHECK(cudaEventSynchronize(ctx->idx_done)); /* the previous list has left the pinned buffer */
-    if (n > ctx->idx_cap) {
-        CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
-        CUDA_CHECK(cudaFreeHost(ctx->idx_host));
-        CUDA_CHECK(cudaFree(ctx->idx_dev));
-        ctx->idx_cap = n * 2;
-        CUDA_CHECK(cudaMallocHost((void **)&ctx->idx_host, ctx->idx_cap * sizeof(int32_t)));
-        CUDA_CHECK(cudaMalloc((void **)&ctx->idx_dev, ctx->idx_cap * sizeof(int32_t)));
+    if (n > ctx->idx_dev_cap) {
+        CUDA_CHECK(cudaFreeAsync(ctx->idx_dev, ctx->stream));
+        ctx->idx_dev_cap = n + n / 2;
+        CUDA_CHECK(cudaMallocAsync((void **)&ctx->idx_dev, ctx->idx_dev_cap * sizeof(int32_t), ctx->stream));
     }
-    memcpy(ctx->idx_host, host, n * sizeof(int32_t));
-    CUDA_CHECK(cudaMemcpyAsync(ctx->idx_dev, ctx->idx_host, n * sizeof(int32_t), cudaMemcpyHostToDevice,
-                               ctx->stream));
-    CUDA_CHECK(cudaEventRecord(ctx->idx_done, ctx->stream));
+    for (size_t off = 0; off < n; off += ctx->idx_cap) {
+        size_t k = n - off < ctx->idx_cap ? n - off : ctx->idx_cap;
+        ctx_wait_event(ctx, ctx->idx_done); /* the previous chunk has left the pinned buffer */
+        memcpy(ctx->idx_host, host + off, k * sizeof(int32_t));
+        CUDA_CHECK(cudaMemcpyAsync(ctx->idx_dev + off, ctx->idx_host, k * sizeof(int32_t),
+                                   cudaMemcpyHostToDevice, ctx->stream));
+        CUDA_CHECK(cudaEventRecord(ctx->idx_done, ctx->stream));
+    }
     return ctx->idx_dev;
 }
 
@@ -184,7 +241,7 @@ static const int32_t *upload_indices(BackendCtx *ctx, const int32_t *host, size_
 static double sum_partials(BackendCtx *ctx, int nblocks) {
     CUDA_CHECK(cudaMemcpyAsync(ctx->partials_host, ctx->partials, (size_t)nblocks * sizeof(double),
                                cudaMemcpyDeviceToHost, ctx->stream));
-    CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
+    ctx_sync(ctx);
     double s = 0;
     for (int b = 0; b < nblocks; b++) s += ctx->partials_host[b];
     return s;

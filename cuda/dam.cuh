@@ -91,11 +91,11 @@ static void cu_dam_materialize(BackendCtx *ctx, DevBuf merged, const SrcWeight *
     need_n(fc, scalar_coef ? (size_t)n_src : (size_t)n_src * cols, op, "fc");
     if (rows * cols == 0) return;
     if (s.all_bf16) {
-        LAUNCH(k_materialize_bf16x8, grid_for(rows * cols / 8, 256), 256, 0, ctx->stream)(
-            merged.ptr, dtcode(merged.dtype), s, (const float *)fc.ptr, rows, cols, scalar_coef);
+        LAUNCH(k_materialize_bf16x8, grid_for(rows * cols / 8, 256), 256, 0, ctx->stream)
+        (merged.ptr, dtcode(merged.dtype), s, (const float *)fc.ptr, rows, cols, scalar_coef);
     } else {
-        LAUNCH(k_materialize, grid_for(rows * cols, 256), 256, 0, ctx->stream)(
-            merged.ptr, dtcode(merged.dtype), s, (const float *)fc.ptr, rows, cols, scalar_coef);
+        LAUNCH(k_materialize, grid_for(rows * cols, 256), 256, 0, ctx->stream)
+        (merged.ptr, dtcode(merged.dtype), s, (const float *)fc.ptr, rows, cols, scalar_coef);
     }
     LAUNCH_CHECK(op);
 }
@@ -187,22 +187,26 @@ static void coef_grad_launch(BackendCtx *ctx, DevBuf acc, SrcSet s, DevBuf g, co
         const __nv_bfloat16 *gp = (const __nv_bfloat16 *)g.ptr;
         switch (s.n) {
         case 1:
-            LAUNCH(k_coef_grad_bf16x8<1>, grid, CG_THREADS, 0, ctx->stream)(a, s, gp, ids, rows, cols, scalar);
+            LAUNCH(k_coef_grad_bf16x8<1>, grid, CG_THREADS, 0, ctx->stream)
+            (a, s, gp, ids, rows, cols, scalar);
             break;
         case 2:
-            LAUNCH(k_coef_grad_bf16x8<2>, grid, CG_THREADS, 0, ctx->stream)(a, s, gp, ids, rows, cols, scalar);
+            LAUNCH(k_coef_grad_bf16x8<2>, grid, CG_THREADS, 0, ctx->stream)
+            (a, s, gp, ids, rows, cols, scalar);
             break;
         case 3:
-            LAUNCH(k_coef_grad_bf16x8<3>, grid, CG_THREADS, 0, ctx->stream)(a, s, gp, ids, rows, cols, scalar);
+            LAUNCH(k_coef_grad_bf16x8<3>, grid, CG_THREADS, 0, ctx->stream)
+            (a, s, gp, ids, rows, cols, scalar);
             break;
         default:
-            LAUNCH(k_coef_grad_bf16x8<4>, grid, CG_THREADS, 0, ctx->stream)(a, s, gp, ids, rows, cols, scalar);
+            LAUNCH(k_coef_grad_bf16x8<4>, grid, CG_THREADS, 0, ctx->stream)
+            (a, s, gp, ids, rows, cols, scalar);
             break;
         }
     } else {
         dim3 grid((unsigned)((cols + CG_THREADS - 1) / CG_THREADS), (unsigned)by);
-        LAUNCH(k_coef_grad, grid, CG_THREADS, 0, ctx->stream)((float *)acc.ptr, s, g.ptr, dtcode(g.dtype), ids,
-                                                          rows, cols, scalar);
+        LAUNCH(k_coef_grad, grid, CG_THREADS, 0, ctx->stream)
+        ((float *)acc.ptr, s, g.ptr, dtcode(g.dtype), ids, rows, cols, scalar);
     }
     LAUNCH_CHECK("coef_grad");
 }
@@ -255,8 +259,8 @@ static void cu_dam_embed_gather(BackendCtx *ctx, DevBuf out, const SrcWeight *sr
     if (T <= 0 || d <= 0) return;
     check_ids(src, n_src, ids, T, d, op);
     const int32_t *dids = upload_indices(ctx, ids, (size_t)T);
-    LAUNCH(k_embed_gather, grid_for((size_t)T * d, 256), 256, 0, ctx->stream)(out.ptr, dtcode(out.dtype), s,
-                                                                          (const float *)fc.ptr, dids, T, d);
+    LAUNCH(k_embed_gather, grid_for((size_t)T * d, 256), 256, 0, ctx->stream)
+    (out.ptr, dtcode(out.dtype), s, (const float *)fc.ptr, dids, T, d);
     LAUNCH_CHECK(op);
 }
 
@@ -280,8 +284,8 @@ static void cu_embed_grad(BackendCtx *ctx, DevBuf acc, DevBuf dh, const int32_t 
         if (ids[t] >= 0 && ((size_t)ids[t] + 1) * d > acc.n)
             dam_fail("cuda %s: token id %d beyond the %zu rows of acc", op, ids[t], acc.n / d);
     const int32_t *dids = upload_indices(ctx, ids, (size_t)T);
-    LAUNCH(k_embed_grad, grid_for((size_t)T * d, 256), 256, 0, ctx->stream)((float *)acc.ptr, dh.ptr,
-                                                                        dtcode(dh.dtype), dids, T, d);
+    LAUNCH(k_embed_grad, grid_for((size_t)T * d, 256), 256, 0, ctx->stream)
+    ((float *)acc.ptr, dh.ptr, dtcode(dh.dtype), dids, T, d);
     LAUNCH_CHECK(op);
 }
 

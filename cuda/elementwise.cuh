@@ -63,17 +63,34 @@ static void cu_fill(BackendCtx *ctx, DevBuf dst, float value, size_t n) {
     LAUNCH_CHECK("fill");
 }
 
+static int overlap(const void *a, size_t abytes, const void *b, size_t bbytes) {
+    return (const char *)a < (const char *)b + bbytes && (const char *)b < (const char *)a + abytes;
+}
+
+/* Same dtype: memmove's semantics, as the contract says (backend.h); cudaMemcpyAsync leaves
+ * overlapping ranges undefined, so those go through scratch. A conversion's ranges may not overlap. */
 static void cu_copy(BackendCtx *ctx, DevBuf dst, DevBuf src, size_t n) {
     need_n(dst, n, "copy", "dst"), need_n(src, n, "copy", "src");
     if (n == 0) return;
+    size_t db = n * dam_dtype_size(dst.dtype), sb = n * dam_dtype_size(src.dtype);
     if (dst.dtype == src.dtype) {
-        CUDA_CHECK(cudaMemcpyAsync(dst.ptr, src.ptr, n * dam_dtype_size(dst.dtype), cudaMemcpyDeviceToDevice,
-                                   ctx->stream));
+        if (dst.ptr == src.ptr) return;
+        const void *from = src.ptr;
+        if (overlap(dst.ptr, db, src.ptr, sb)) {
+            scratch_reserve(ctx, db);
+            void *t = scratch_take(ctx, db);
+            CUDA_CHECK(cudaMemcpyAsync(t, src.ptr, db, cudaMemcpyDeviceToDevice, ctx->stream));
+            from = t;
+        }
+        CUDA_CHECK(cudaMemcpyAsync(dst.ptr, from, db, cudaMemcpyDeviceToDevice, ctx->stream));
         return;
     }
     need_float(dst, "copy", "dst"), need_float(src, "copy", "src");
-    LAUNCH(k_convert, grid_for(n, 256), 256, 0, ctx->stream)(dst.ptr, dtcode(dst.dtype), src.ptr,
-                                                         dtcode(src.dtype), n);
+    if (overlap(dst.ptr, db, src.ptr, sb))
+        dam_fail("cuda copy: %s to %s between overlapping ranges (a conversion's may not overlap)",
+                 dam_dtype_name(src.dtype), dam_dtype_name(dst.dtype));
+    LAUNCH(k_convert, grid_for(n, 256), 256, 0, ctx->stream)
+    (dst.ptr, dtcode(dst.dtype), src.ptr, dtcode(src.dtype), n);
     LAUNCH_CHECK("copy");
 }
 
@@ -95,8 +112,8 @@ static void cu_add_bias(BackendCtx *ctx, DevBuf y, DevBuf b, int T, int out) {
     need_float(y, "add_bias", "y"), need_float(b, "add_bias", "b");
     need_n(y, (size_t)T * out, "add_bias", "y"), need_n(b, (size_t)out, "add_bias", "b");
     if ((size_t)T * out == 0) return;
-    LAUNCH(k_add_bias, grid_for((size_t)T * out, 256), 256, 0, ctx->stream)(y.ptr, dtcode(y.dtype), b.ptr,
-                                                                        dtcode(b.dtype), T, out);
+    LAUNCH(k_add_bias, grid_for((size_t)T * out, 256), 256, 0, ctx->stream)
+    (y.ptr, dtcode(y.dtype), b.ptr, dtcode(b.dtype), T, out);
     LAUNCH_CHECK("add_bias");
 }
 
@@ -124,8 +141,8 @@ static void cu_gather_rows(BackendCtx *ctx, DevBuf dst, DevBuf src, const int32_
     if (n <= 0 || d <= 0) return;
     check_rows(rows, n, src.n / (size_t)d, op);
     const int32_t *ir = upload_indices(ctx, rows, (size_t)n);
-    LAUNCH(k_move_rows, grid_for((size_t)n * d, 256), 256, 0, ctx->stream)(dst.ptr, dtcode(dst.dtype), src.ptr,
-                                                                       dtcode(src.dtype), NULL, ir, n, d);
+    LAUNCH(k_move_rows, grid_for((size_t)n * d, 256), 256, 0, ctx->stream)
+    (dst.ptr, dtcode(dst.dtype), src.ptr, dtcode(src.dtype), NULL, ir, n, d);
     LAUNCH_CHECK(op);
 }
 
@@ -135,7 +152,7 @@ static void cu_scatter_rows(BackendCtx *ctx, DevBuf dst, DevBuf src, const int32
     if (n <= 0 || d <= 0) return;
     check_rows(rows, n, dst.n / (size_t)d, op);
     const int32_t *ir = upload_indices(ctx, rows, (size_t)n);
-    LAUNCH(k_move_rows, grid_for((size_t)n * d, 256), 256, 0, ctx->stream)(dst.ptr, dtcode(dst.dtype), src.ptr,
-                                                                       dtcode(src.dtype), ir, NULL, n, d);
+    LAUNCH(k_move_rows, grid_for((size_t)n * d, 256), 256, 0, ctx->stream)
+    (dst.ptr, dtcode(dst.dtype), src.ptr, dtcode(src.dtype), ir, NULL, n, d);
     LAUNCH_CHECK(op);
 }

@@ -99,20 +99,20 @@ __global__ void k_loss_grad(float *dz, const double *lse, const double *part, co
 static void stat_reduce(BackendCtx *ctx, double *dev, int n, const LossReduce *red, int is_max) {
     double *h = (double *)dam_malloc((size_t)n * sizeof(double), "loss row statistics");
     CUDA_CHECK(cudaMemcpyAsync(h, dev, (size_t)n * sizeof(double), cudaMemcpyDeviceToHost, ctx->stream));
-    CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
+    ctx_sync(ctx);
     if (is_max)
         red->max(red->ctx, h, n);
     else
         red->sum(red->ctx, h, n);
     CUDA_CHECK(cudaMemcpyAsync(dev, h, (size_t)n * sizeof(double), cudaMemcpyHostToDevice, ctx->stream));
-    CUDA_CHECK(cudaStreamSynchronize(ctx->stream)); /* h is pageable and freed next */
+    ctx_sync(ctx); /* h is pageable and freed next */
     free(h);
 }
 
 static double *download_doubles(BackendCtx *ctx, const double *dev, size_t n) {
     double *h = (double *)dam_malloc(n * sizeof(double), "loss row statistics");
     CUDA_CHECK(cudaMemcpyAsync(h, dev, n * sizeof(double), cudaMemcpyDeviceToHost, ctx->stream));
-    CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
+    ctx_sync(ctx);
     return h;
 }
 
@@ -134,8 +134,8 @@ static void loss_full_vocab(BackendCtx *ctx, float *dz, LossSums *sums, const fl
     if (red) stat_reduce(ctx, se, 2 * C, red, 0);
     LAUNCH(k_loss_lse, (C + 255) / 256, 256, 0, ctx->stream)(mx, se, C, need_t);
     LAUNCH_CHECK("loss lse");
-    LAUNCH(k_loss_partials, C, LOSS_THREADS, 0, ctx->stream)(part, mx, z, t, C, V, s, p->kl, p->entropy > 0,
-                                                         p->mse > 0);
+    LAUNCH(k_loss_partials, C, LOSS_THREADS, 0, ctx->stream)
+    (part, mx, z, t, C, V, s, p->kl, p->entropy > 0, p->mse > 0);
     LAUNCH_CHECK("loss partials");
     if (red) stat_reduce(ctx, part, 3 * C, red, 0);
     LossGradArgs g = {s, p->kl ? (double)p->tau * loss_kl_inv_n(p) * dz_scale : 0.0,
@@ -192,12 +192,12 @@ static void loss_topk_kl(BackendCtx *ctx, float *dz, LossSums *sums, const float
     scratch_reserve(ctx, align256((size_t)C * K * sizeof(double)) + align256((size_t)C * sizeof(double)));
     double *zk = (double *)scratch_take(ctx, (size_t)C * K * sizeof(double));
     double *kl = (double *)scratch_take(ctx, (size_t)C * sizeof(double));
-    LAUNCH(k_topk_gather, grid_for((size_t)C * K, 256), 256, 0, ctx->stream)(zk, z, idx, C, V, K,
-                                                                         p->vocab_offset);
+    LAUNCH(k_topk_gather, grid_for((size_t)C * K, 256), 256, 0, ctx->stream)
+    (zk, z, idx, C, V, K, p->vocab_offset);
     LAUNCH_CHECK("topk gather");
     if (red) stat_reduce(ctx, zk, C * K, red, 0);
-    LAUNCH(k_topk_rows, (C + 127) / 128, 128, 0, ctx->stream)(dz, kl, zk, idx, val, C, V, K, p->vocab_offset, s,
-                                                          (double)p->tau * loss_kl_inv_n(p) * dz_scale);
+    LAUNCH(k_topk_rows, (C + 127) / 128, 128, 0, ctx->stream)
+    (dz, kl, zk, idx, val, C, V, K, p->vocab_offset, s, (double)p->tau * loss_kl_inv_n(p) * dz_scale);
     LAUNCH_CHECK("topk rows");
     double *h = download_doubles(ctx, kl, (size_t)C);
     for (int r = 0; r < C; r++) sums->kl += tau2 * h[r] * loss_kl_inv_n(p);
@@ -300,8 +300,8 @@ static void cu_loss_topk(BackendCtx *ctx, DevBuf idx, DevBuf val, DevBuf zt, int
         need_n(zt, (size_t)C * V, op, "zt");
     if (K < 1 || K > V) dam_fail("cuda %s: K = %d is outside [1, %d]", op, K, V);
     if (C <= 0) return;
-    LAUNCH(k_topk_select, C, 256, 0, ctx->stream)((int32_t *)idx.ptr, (float *)val.ptr, (const float *)zt.ptr, V,
-                                              K, vocab_offset);
+    LAUNCH(k_topk_select, C, 256, 0, ctx->stream)
+    ((int32_t *)idx.ptr, (float *)val.ptr, (const float *)zt.ptr, V, K, vocab_offset);
     LAUNCH_CHECK(op);
     if (!reduce || reduce->group_size <= 1) return;
     /* every rank's K candidates per row, then the global K best (on the host, as loss.c) */
@@ -312,7 +312,7 @@ static void cu_loss_topk(BackendCtx *ctx, DevBuf idx, DevBuf val, DevBuf zt, int
           *av = (float *)dam_malloc(n * G * 4, "top-k");
     CUDA_CHECK(cudaMemcpyAsync(li, idx.ptr, n * 4, cudaMemcpyDeviceToHost, ctx->stream));
     CUDA_CHECK(cudaMemcpyAsync(lv, val.ptr, n * 4, cudaMemcpyDeviceToHost, ctx->stream));
-    CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
+    ctx_sync(ctx);
     reduce->gather(reduce->ctx, li, lv, (int)n, ai, av);
     for (int row = 0; row < C; row++) {
         int m = 0;
@@ -324,6 +324,6 @@ static void cu_loss_topk(BackendCtx *ctx, DevBuf idx, DevBuf val, DevBuf zt, int
     }
     CUDA_CHECK(cudaMemcpyAsync(idx.ptr, li, n * 4, cudaMemcpyHostToDevice, ctx->stream));
     CUDA_CHECK(cudaMemcpyAsync(val.ptr, lv, n * 4, cudaMemcpyHostToDevice, ctx->stream));
-    CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
+    ctx_sync(ctx);
     free(li), free(ai), free(lv), free(av);
 }

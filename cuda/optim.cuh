@@ -45,8 +45,8 @@ static void cu_coef_nonlin(BackendCtx *ctx, DevBuf fc, DevBuf c, size_t n, Nonli
     need_f32(fc, "coef_nonlin", "fc"), need_f32(c, "coef_nonlin", "c");
     need_n(fc, n, "coef_nonlin", "fc"), need_n(c, n, "coef_nonlin", "c");
     if (n == 0) return;
-    LAUNCH(k_coef_nonlin, grid_for(n, 256), 256, 0, ctx->stream)((float *)fc.ptr, (const float *)c.ptr, n,
-                                                             (int)f);
+    LAUNCH(k_coef_nonlin, grid_for(n, 256), 256, 0, ctx->stream)
+    ((float *)fc.ptr, (const float *)c.ptr, n, (int)f);
     LAUNCH_CHECK("coef_nonlin");
 }
 
@@ -54,8 +54,8 @@ static void cu_coef_nonlin_grad(BackendCtx *ctx, DevBuf g, DevBuf c, size_t n, N
     need_f32(g, "coef_nonlin_grad", "g"), need_f32(c, "coef_nonlin_grad", "c");
     need_n(g, n, "coef_nonlin_grad", "g"), need_n(c, n, "coef_nonlin_grad", "c");
     if (n == 0) return;
-    LAUNCH(k_coef_nonlin_grad, grid_for(n, 256), 256, 0, ctx->stream)((float *)g.ptr, (const float *)c.ptr, n,
-                                                                  (int)f);
+    LAUNCH(k_coef_nonlin_grad, grid_for(n, 256), 256, 0, ctx->stream)
+    ((float *)g.ptr, (const float *)c.ptr, n, (int)f);
     LAUNCH_CHECK("coef_nonlin_grad");
 }
 
@@ -117,8 +117,8 @@ static void cu_coef_mix_grad(BackendCtx *ctx, DevBuf g, DevBuf c, const double *
     MixArgs m;
     m.n = n_src;
     for (int e = 0; e < n_src * n_src; e++) m.A[e] = A[e];
-    LAUNCH(k_mix_grad, grid_for((size_t)dim, 256), 256, 0, ctx->stream)((float *)g.ptr, (const float *)c.ptr, m,
-                                                                    dim);
+    LAUNCH(k_mix_grad, grid_for((size_t)dim, 256), 256, 0, ctx->stream)
+    ((float *)g.ptr, (const float *)c.ptr, m, dim);
     LAUNCH_CHECK("coef_mix_grad");
 }
 
@@ -139,8 +139,8 @@ static double cu_coef_l1(BackendCtx *ctx, DevBuf g, DevBuf c, size_t n, double l
         need_n(c, n, "coef_l1", "c");
     if (n == 0) return 0;
     int nb = red_blocks(n);
-    LAUNCH(k_l1, nb, RED_THREADS, 0, ctx->stream)(ctx->partials, (float *)g.ptr, (const float *)c.ptr, n,
-                                              (float)lambda);
+    LAUNCH(k_l1, nb, RED_THREADS, 0, ctx->stream)
+    (ctx->partials, (float *)g.ptr, (const float *)c.ptr, n, (float)lambda);
     LAUNCH_CHECK("coef_l1");
     return lambda * sum_partials(ctx, nb);
 }
@@ -168,8 +168,8 @@ static double cu_coef_overlap(BackendCtx *ctx, DevBuf g, DevBuf c, int n_src, in
     need_n(g, (size_t)n_src * dim, "coef_overlap", "g"), need_n(c, (size_t)n_src * dim, "coef_overlap", "c");
     if (n_src < 2 || dim <= 0) return 0;
     int nb = red_blocks((size_t)dim);
-    LAUNCH(k_overlap, nb, RED_THREADS, 0, ctx->stream)(ctx->partials, (float *)g.ptr, (const float *)c.ptr, n_src,
-                                                   dim, (float)w);
+    LAUNCH(k_overlap, nb, RED_THREADS, 0, ctx->stream)
+    (ctx->partials, (float *)g.ptr, (const float *)c.ptr, n_src, dim, (float)w);
     LAUNCH_CHECK("coef_overlap");
     return w * sum_partials(ctx, nb);
 }
@@ -203,8 +203,8 @@ static double cu_coef_weighted_overlap(BackendCtx *ctx, DevBuf g, DevBuf c, DevB
     need_n(wts, (size_t)(n_src * (n_src - 1) / 2) * dim, "coef_weighted_overlap", "wts");
     if (n_src < 2 || dim <= 0) return 0;
     int nb = red_blocks((size_t)dim);
-    LAUNCH(k_weighted_overlap, nb, RED_THREADS, 0, ctx->stream)(
-        ctx->partials, (float *)g.ptr, (const float *)c.ptr, (const float *)wts.ptr, n_src, dim, (float)w);
+    LAUNCH(k_weighted_overlap, nb, RED_THREADS, 0, ctx->stream)
+    (ctx->partials, (float *)g.ptr, (const float *)c.ptr, (const float *)wts.ptr, n_src, dim, (float)w);
     LAUNCH_CHECK("coef_weighted_overlap");
     return w * sum_partials(ctx, nb);
 }
@@ -232,7 +232,7 @@ static float cu_mofo_threshold(BackendCtx *ctx, DevBuf m, size_t n, float alpha)
     CUDA_CHECK(cub::DeviceRadixSort::SortKeysDescending(tmp, temp, keys, sorted, (int)n, 0, 32, ctx->stream));
     float thr;
     CUDA_CHECK(cudaMemcpyAsync(&thr, sorted + keep - 1, sizeof(float), cudaMemcpyDeviceToHost, ctx->stream));
-    CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
+    ctx_sync(ctx);
     return thr;
 }
 
@@ -283,15 +283,15 @@ static void cu_adamw(BackendCtx *ctx, DevBuf c, DevBuf g, DevBuf m, DevBuf v, si
                   p->bf16};
     unsigned grid = grid_for(n, 256);
     if (p->mofo_alpha > 0) { /* moments, the threshold of the updated |m|, then the update */
-        LAUNCH(k_adamw, grid, 256, 0, ctx->stream)((float *)c.ptr, (const float *)g.ptr, (float *)m.ptr,
-                                               (float *)v.ptr, n, a, 1, 0);
+        LAUNCH(k_adamw, grid, 256, 0, ctx->stream)
+        ((float *)c.ptr, (const float *)g.ptr, (float *)m.ptr, (float *)v.ptr, n, a, 1, 0);
         LAUNCH_CHECK(op);
         a.thr = cu_mofo_threshold(ctx, m, n, p->mofo_alpha);
-        LAUNCH(k_adamw, grid, 256, 0, ctx->stream)((float *)c.ptr, (const float *)g.ptr, (float *)m.ptr,
-                                               (float *)v.ptr, n, a, 0, 1);
+        LAUNCH(k_adamw, grid, 256, 0, ctx->stream)
+        ((float *)c.ptr, (const float *)g.ptr, (float *)m.ptr, (float *)v.ptr, n, a, 0, 1);
     } else {
-        LAUNCH(k_adamw, grid, 256, 0, ctx->stream)((float *)c.ptr, (const float *)g.ptr, (float *)m.ptr,
-                                               (float *)v.ptr, n, a, 1, 1);
+        LAUNCH(k_adamw, grid, 256, 0, ctx->stream)
+        ((float *)c.ptr, (const float *)g.ptr, (float *)m.ptr, (float *)v.ptr, n, a, 1, 1);
     }
     LAUNCH_CHECK(op);
 }

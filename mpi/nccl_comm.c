@@ -17,13 +17,20 @@
  * allocated, up to SEND_SLOTS per direction (the 1F1B pipeline has at most pp - stage sends in
  * flight), and only then does the host wait for the oldest. Inside ncclGroupStart/End (NCCL launches
  * the send at ncclGroupEnd) a slot's completion event would come too early: synchronise the context
- * before sending again from the same direction (check_nccl's self send does). */
+ * before sending again from the same direction (check_nccl's self send does).
+ *
+ * Nothing here waits for the device as a whole (backend.h): slots are allocated and freed
+ * stream-ordered. While the host waits for the device, a watcher checks the communicators for
+ * NCCL's asynchronous errors and bounds the wait of an unfinished receive or send
+ * (DAM_NCCL_TIMEOUT_S, default 3600 s; 0: no bound): then it aborts the communicators and ends the
+ * run with one line naming the peer, instead of hanging on a peer that died or stopped. */
 #ifdef DAM_WITH_NCCL
 
 #include "nccl_comm.h"
 
 #include <cuda_runtime.h>
 #include <nccl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -35,7 +42,7 @@ typedef struct {
     void *buf;
     size_t bytes;
     cudaEvent_t sent; /* recorded on the send stream after the slot's last send */
-    int used;
+    int used, peer;
 } SendSlot;
 
 struct NcclComm {
@@ -44,6 +51,10 @@ struct NcclComm {
     cudaEvent_t ready[2]; /* recorded on the context's stream once a send's data is in its slot */
     SendSlot slot[2][SEND_SLOTS];
     int n_slots[2], next[2];
+    cudaEvent_t received; /* recorded on the context's stream after the last receive */
+    int recv_peer, recv_issued;
+    double timeout_s;
+    BackendCtx *ctx;
     const CommGroup *g;
 };
 
@@ -80,9 +91,63 @@ static cudaStream_t ctx_stream(BackendCtx *ctx) { return (cudaStream_t)dam_cuda_
 /* The communicator carrying a message between this rank and peer (to itself: UP, both ends). */
 static int direction(const NcclComm *c, int peer) { return peer < c->g->rank ? DOWN : UP; }
 
+/* ---------------------------------------------------------------- watching the waits */
+
+static int not_done(cudaEvent_t e) {
+    cudaError_t rc = cudaEventQuery(e);
+    (void)cudaGetLastError();
+    return rc == cudaErrorNotReady;
+}
+
+/* The unfinished operation of c, if any: its kind and peer. */
+static const char *pending_op(const NcclComm *c, int *peer) {
+    if (c->recv_issued && not_done(c->received)) return *peer = c->recv_peer, "a receive from";
+    for (int d = 0; d < 2; d++)
+        for (int i = 0; i < c->n_slots[d]; i++)
+            if (c->slot[d][i].used && not_done(c->slot[d][i].sent))
+                return *peer = c->slot[d][i].peer, "a send to";
+    return NULL;
+}
+
+static void abort_and_fail(NcclComm *c, const char *why, double waited) {
+    int peer = -1;
+    const char *op = pending_op(c, &peer);
+    for (int d = 0; d < 2; d++) ncclCommAbort(c->comm[d]);
+    if (op)
+        dam_fail(
+            "NCCL on group %s (rank %d of %d): %s rank %d, waited for %.0f s: %s; the communicators were "
+            "aborted",
+            c->g->name, c->g->rank, c->g->size, op, peer, waited, why);
+    dam_fail("NCCL on group %s (rank %d of %d), waited for %.0f s: %s; the communicators were aborted",
+             c->g->name, c->g->rank, c->g->size, waited, why);
+}
+
+/* Called while the host waits for the device (backend_cuda.h). */
+static void nccl_watch(void *arg, double waited) {
+    NcclComm *c = arg;
+    for (int d = 0; d < 2; d++) {
+        ncclResult_t e = ncclSuccess;
+        ncclCommGetAsyncError(c->comm[d], &e);
+        if (e != ncclSuccess && e != ncclInProgress) {
+            char why[160];
+            snprintf(why, sizeof why, "NCCL reports '%s' (a peer died or the network failed)",
+                     ncclGetErrorString(e));
+            abort_and_fail(c, why, waited);
+        }
+    }
+    int peer;
+    if (c->timeout_s > 0 && waited >= c->timeout_s && pending_op(c, &peer))
+        abort_and_fail(c, "not completed within DAM_NCCL_TIMEOUT_S (the peer stopped or is stuck)", waited);
+}
+
+/* ---------------------------------------------------------------- communicators */
+
 NcclComm *nccl_comm_new(const CommGroup *g, BackendCtx *ctx) {
     NcclComm *c = dam_calloc(1, sizeof *c, "nccl communicator");
     c->g = g;
+    c->ctx = ctx;
+    const char *t = getenv("DAM_NCCL_TIMEOUT_S");
+    c->timeout_s = t && *t ? (double)dam_parse_int(t, 0, 1000000000, "DAM_NCCL_TIMEOUT_S") : 3600;
     ncclUniqueId id[2];
     if (g->rank == 0) {
         DAM_NCCL_CHECK(c, ncclGetUniqueId(&id[UP]));
@@ -99,21 +164,29 @@ NcclComm *nccl_comm_new(const CommGroup *g, BackendCtx *ctx) {
         DAM_NCCL_CUDA_CHECK(c, cudaStreamCreateWithFlags(&c->send_stream[d], cudaStreamNonBlocking));
         DAM_NCCL_CUDA_CHECK(c, cudaEventCreateWithFlags(&c->ready[d], cudaEventDisableTiming));
     }
+    DAM_NCCL_CUDA_CHECK(c, cudaEventCreateWithFlags(&c->received, cudaEventDisableTiming));
+    dam_cuda_watch_add(ctx, nccl_watch, c);
     return c;
 }
 
 void nccl_comm_free(NcclComm *c) {
     if (!c) return;
-    for (int d = 0; d < 2; d++) {
-        DAM_NCCL_CUDA_CHECK(c, cudaStreamSynchronize(c->send_stream[d]));
+    for (int d = 0; d < 2; d++) { /* the sends in flight finish first (watched: a peer that never receives) */
+        dam_cuda_wait_stream(c->ctx, c->send_stream[d]);
         for (int i = 0; i < c->n_slots[d]; i++) {
-            DAM_NCCL_CUDA_CHECK(c, cudaFree(c->slot[d][i].buf));
+            DAM_NCCL_CUDA_CHECK(c, cudaFreeAsync(c->slot[d][i].buf, c->send_stream[d]));
             DAM_NCCL_CUDA_CHECK(c, cudaEventDestroy(c->slot[d][i].sent));
         }
+        DAM_NCCL_CUDA_CHECK(c, cudaStreamSynchronize(c->send_stream[d]));
+    }
+    dam_cuda_wait_stream(c->ctx, dam_cuda_stream(c->ctx)); /* the receives too */
+    dam_cuda_watch_remove(c->ctx, c);
+    for (int d = 0; d < 2; d++) {
         DAM_NCCL_CHECK(c, ncclCommDestroy(c->comm[d]));
         DAM_NCCL_CUDA_CHECK(c, cudaStreamDestroy(c->send_stream[d]));
         DAM_NCCL_CUDA_CHECK(c, cudaEventDestroy(c->ready[d]));
     }
+    DAM_NCCL_CUDA_CHECK(c, cudaEventDestroy(c->received));
     free(c);
 }
 
@@ -140,7 +213,9 @@ static int slot_idle(NcclComm *c, SendSlot *s) {
 }
 
 /* A slot of at least `bytes` whose previous send has finished: a free one, else a new one, else the
- * oldest after the context's stream waits for its send. */
+ * oldest after the host waits (watched) for its send. New and regrown slots are allocated on the
+ * context's stream (its copy into the slot comes next there; the send stream waits for that copy),
+ * a replaced buffer freed on the send stream after its last send: no device-wide wait. */
 static SendSlot *send_slot(NcclComm *c, BackendCtx *ctx, int d, size_t bytes) {
     for (int i = 0; i < c->n_slots[d]; i++) {
         SendSlot *s = &c->slot[d][i];
@@ -153,13 +228,12 @@ static SendSlot *send_slot(NcclComm *c, BackendCtx *ctx, int d, size_t bytes) {
     } else {
         s = &c->slot[d][c->next[d]];
         c->next[d] = (c->next[d] + 1) % SEND_SLOTS;
-        DAM_NCCL_CUDA_CHECK(c, cudaEventSynchronize(s->sent)); /* every slot busy: the oldest first */
+        dam_cuda_wait_event(ctx, s->sent); /* every slot busy: the oldest first */
         if (s->bytes >= bytes) return s;
-        DAM_NCCL_CUDA_CHECK(c, cudaFree(s->buf));
+        DAM_NCCL_CUDA_CHECK(c, cudaFreeAsync(s->buf, c->send_stream[d]));
         s->buf = NULL, s->bytes = 0;
     }
-    (void)ctx;
-    DAM_NCCL_CUDA_CHECK(c, cudaMalloc(&s->buf, bytes));
+    DAM_NCCL_CUDA_CHECK(c, cudaMallocAsync(&s->buf, bytes, ctx_stream(ctx)));
     s->bytes = bytes;
     return s;
 }
@@ -176,7 +250,7 @@ void nccl_send(NcclComm *c, BackendCtx *ctx, DevBuf buf, size_t n, int peer) {
     DAM_NCCL_CUDA_CHECK(c, cudaStreamWaitEvent(c->send_stream[d], c->ready[d], 0));
     DAM_NCCL_CHECK(c, ncclSend(s->buf, n, nccl_type(buf, "send"), peer, c->comm[d], c->send_stream[d]));
     DAM_NCCL_CUDA_CHECK(c, cudaEventRecord(s->sent, c->send_stream[d]));
-    s->used = 1;
+    s->used = 1, s->peer = peer;
 }
 
 void nccl_recv(NcclComm *c, BackendCtx *ctx, DevBuf buf, size_t n, int peer) {
@@ -185,6 +259,8 @@ void nccl_recv(NcclComm *c, BackendCtx *ctx, DevBuf buf, size_t n, int peer) {
     /* the sender above sends DOWN, the one below UP: the receiver uses the sender's direction */
     int d = peer > c->g->rank ? DOWN : UP;
     DAM_NCCL_CHECK(c, ncclRecv(buf.ptr, n, nccl_type(buf, "recv"), peer, c->comm[d], ctx_stream(ctx)));
+    DAM_NCCL_CUDA_CHECK(c, cudaEventRecord(c->received, ctx_stream(ctx)));
+    c->recv_peer = peer, c->recv_issued = 1;
 }
 
 #else

@@ -15,6 +15,14 @@
  *    them in) and small host results (LossSums, Gram matrices, norms).
  *  - Source weights are uploaded once per run (upload_source); on the CPU that is a view of the
  *    mmapped file, on the GPU a device copy in the stored dtype (bf16).
+ *  - Between a step's first and last call a backend never waits for its device as a whole: no
+ *    cudaFree, cudaMallocHost, cudaFreeHost or cudaDeviceSynchronize (each waits for every stream of
+ *    the device). The pipeline's sends are in flight on other streams, and NCCL's send completes
+ *    only once the peer receives; a device-wide wait turns it into a blocking send, and two stages
+ *    waiting so for each other deadlock. Buffers and scratch are allocated and freed stream-ordered
+ *    (cudaMallocAsync / cudaFreeAsync), pinned buffers never grow mid-run; waits for the stream poll
+ *    the transport's watchers (an NCCL error or time-out ends the run with a line). The CUDA
+ *    emulation (cuda/emu) makes a device-wide wait with a send in flight a deadlock that it names.
  * Shapes follow PyTorch: a linear weight is W[out, in], activations x[T, in] row-major. */
 #ifndef DAM_BACKEND_H
 #define DAM_BACKEND_H
@@ -114,7 +122,8 @@ typedef struct Backend {
     /* host[n] (host_dtype: F32, BF16 or I32) into dst, converting to dst.dtype; and back. */
     void (*upload)(BackendCtx *ctx, DevBuf dst, const void *host, dam_dtype host_dtype, size_t n);
     void (*download)(BackendCtx *ctx, void *host, dam_dtype host_dtype, DevBuf src, size_t n);
-    void (*copy)(BackendCtx *ctx, DevBuf dst, DevBuf src, size_t n);  /* same dtype, or F32<->BF16 */
+    /* same dtype (the ranges may overlap: memmove's semantics), or F32<->BF16 (they may not) */
+    void (*copy)(BackendCtx *ctx, DevBuf dst, DevBuf src, size_t n);
     void (*fill)(BackendCtx *ctx, DevBuf dst, float value, size_t n); /* fill 0 = memset */
     void (*synchronize)(BackendCtx *ctx);
     BackendEvent *(*event_new)(BackendCtx *ctx);

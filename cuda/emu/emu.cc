@@ -134,6 +134,7 @@ void set_error(cudaError_t e) { last_error = e; }
 struct Alloc {
     size_t bytes, span; /* span: bytes + redzone, 256-aligned */
     bool freed;
+    bool stream_ordered; /* from cudaMallocAsync: the only memory cudaFreeAsync takes */
 };
 static char *arena;
 static const size_t ARENA_CAP = (size_t)1 << 38, REDZONE = 256, QUARANTINE = (size_t)256 << 20;
@@ -249,7 +250,7 @@ static void *device_alloc(size_t bytes) {
         at = (uintptr_t)arena + arena_top;
         arena_top += span;
     }
-    allocs[at] = Alloc{bytes, span, false};
+    allocs[at] = Alloc{bytes, span, false, false};
     arena_open();
     UNPOISON((void *)at, bytes);
     memset((void *)at, 0xff, bytes); /* NaN floats, -1 ints: nothing reads as a plausible zero */
@@ -821,10 +822,16 @@ cudaError_t cudaFree(void *p) {
 /* Stream-ordered: usable by work queued on s from now on; freed when s reaches the free. */
 cudaError_t cudaMallocAsync(void **p, size_t bytes, cudaStream_t s) {
     (void)s;
-    return cudaMalloc(p, bytes);
+    cudaError_t rc = cudaMalloc(p, bytes);
+    if (rc == cudaSuccess) allocs[(uintptr_t)*p].stream_ordered = true;
+    return rc;
 }
 cudaError_t cudaFreeAsync(void *p, cudaStream_t s) {
     if (!p) return cudaSuccess;
+    uintptr_t st;
+    const Alloc *a = find_alloc(p, &st);
+    if (a && st == (uintptr_t)p && !a->freed && !a->stream_ordered)
+        fatal("cudaFreeAsync(%p): memory from cudaMalloc (stream-ordered frees take cudaMallocAsync's)", p);
     Op *op = new Op();
     op->what = "cudaFreeAsync";
     op->run = [p]() { device_release(p, "cudaFreeAsync"); };

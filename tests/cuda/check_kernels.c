@@ -474,6 +474,16 @@ static void check_elementwise(dam_dtype act) {
     check_pair(name, y, tol);
     pair_free(&gate), pair_free(&up), pair_free(&a), pair_free(&dact), pair_free(&dg), pair_free(&du);
     pair_free(&y), pair_free(&b), pair_free(&cs), pair_free(&dst);
+    /* copy within one buffer, the ranges overlapping (the contract: memmove's result), both ways */
+    Pair m = pair_rand(1000, act, 1);
+    size_t shifts[2][2] = {{3, 0}, {0, 5}}; /* {dst offset, src offset} */
+    for (int k = 0; k < 2; k++) {
+        C_->copy(cctx, devbuf_slice(m.c, shifts[k][0], 900), devbuf_slice(m.c, shifts[k][1], 900), 900);
+        G_->copy(gctx, devbuf_slice(m.g, shifts[k][0], 900), devbuf_slice(m.g, shifts[k][1], 900), 900);
+        snprintf(name, sizeof name, "copy overlapping %s (%s)", dts(act), k ? "down" : "up");
+        check_pair(name, m, 1e-12);
+    }
+    pair_free(&m);
 }
 
 /* ---------------------------------------------------------------- losses */
