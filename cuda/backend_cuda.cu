@@ -304,6 +304,8 @@ static const Backend cuda_backend = {
     .coef_weighted_overlap = cu_coef_weighted_overlap,
     .mofo_threshold = cu_mofo_threshold,
     .adamw = cu_adamw,
+    .set_gemm_inputs = NULL, /* the GEMMs' input dtype follows the operands' (gemm.cuh) */
+    .weight_dtype = NULL,    /* weights in the activation dtype, bf16 */
 };
 
 extern "C" const Backend *backend_cuda(void) { return &cuda_backend; }
