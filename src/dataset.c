@@ -167,12 +167,13 @@ static void verify_checksums(const DamDataset *d) {
             size_t n = strlen(missing);
             snprintf(missing + n, sizeof missing - n, "%s/%s", n ? ", " : "", names[i]);
         }
+    /* on stderr: stdout is the command's own output, which eval --json and inspect --json keep parseable */
     if (missing[0] && dam_log_root()) {
-        printf(
-            "dam_dist: note: %s: %s carr%s no checksum (written before checksums, or by another tool); read "
-            "unverified\n",
-            d->path, missing, strchr(missing, ',') ? "y" : "ies");
-        fflush(stdout);
+        fprintf(stderr,
+                "dam_dist: note: %s: %s carr%s no checksum (written before checksums, or by another tool); "
+                "read unverified\n",
+                d->path, missing, strchr(missing, ',') ? "y" : "ies");
+        fflush(stderr);
     }
 }
 

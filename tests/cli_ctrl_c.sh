@@ -10,7 +10,12 @@
 #      line that starts with `dam_dist launch mpirun -n 2`; the same interrupt doubled likewise;
 #      a second Ctrl-C 1.2 s later: 130.
 # The ranks' steps are the small toy's (0.1 s), or 24 micro-batches of it (about 3 s a step) where a
-# stop must still be running a second later. About 40 s on 2 cores.
+# stop must still be running a second later. The last case's step must outlast more: the second
+# Ctrl-C comes 1.2 s after the acknowledgement, and then mpirun ends the ranks with SIGTERM, which a
+# rank already stopping does not act on, and SIGKILL about 1 s later (2 s measured); a step that ends
+# in that time still writes its checkpoint. It runs 64 micro-batches under pp=2 (about 12 s a step
+# here: about 8 s to spare), so that only an abort that does not end the job can leave a checkpoint.
+# About 40 s on 2 cores.
 set -u
 BIN=$(realpath "${DAM_BIN:-./dam_dist}")
 export ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0
@@ -24,10 +29,12 @@ ok()  { echo "OK      $*"; }
 bad() { echo "NOT OK  $*"; fails=$((fails + 1)); }
 
 timeout 120 "$BIN" toy --out toy --size small --models 2 --seed 5 > /dev/null || { bad toy; exit 1; }
-# long: 0.1 s steps, never reaching the end; slow: about 3 s steps; *2: pp=2 for mpirun -n 2
+# long: 0.1 s steps, never reaching the end; slow: about 3 s steps; slower: about 12 s steps under
+# pp=2 (slower2); *2: pp=2 for mpirun -n 2
 sed 's/"steps": 40/"steps": 100000/' toy/config.json > toy/long.json
 sed 's/"micro_batches": 1/"micro_batches": 24/' toy/long.json > toy/slow.json
-for c in long slow; do sed 's/"seed": 1}/"seed": 1}, "parallel": {"dp": 1, "pp": 2, "tp": 1}/' toy/$c.json > toy/${c}2.json; done
+sed 's/"micro_batches": 1/"micro_batches": 64/' toy/long.json > toy/slower.json
+for c in long slower; do sed 's/"seed": 1}/"seed": 1}, "parallel": {"dp": 1, "pp": 2, "tp": 1}/' toy/$c.json > toy/${c}2.json; done
 
 # start LOG CMD...: in a new session (setsid: its own process group, as a terminal's job), output to
 # LOG; pid and pgid of it, and a watchdog that kills the group after 120 s
@@ -99,7 +106,7 @@ wait_for d2.log '^step +2/' || bad "d2: no step 2"
 kill -INT -- -$pid; kill -INT -- -$pid; finish
 checkpointed d2.log && ok "d. the same, the group's SIGINT sent twice back to back: exit 75, checkpoint $(cat out.ckpt/latest)" \
   || bad "d. launch mpirun, doubled SIGINT: rc=$rc $(grep -v '^step' d2.log | grep -v '^ *$' | tail -3)"
-start d3.log "$BIN" launch mpirun -n 2 "$BIN" --config toy/slow2.json
+start d3.log "$BIN" launch mpirun -n 2 "$BIN" --config toy/slower2.json
 wait_for d3.log '^step +1/' || bad "d3: no step 1"
 kill -INT -- -$pid; wait_for d3.log "SIGUSR1: stopping after step"; sleep 1.2; kill -INT -- -$pid; finish
 [ $rc -eq 130 ] && grep -q "dam_dist launch: second SIGINT" d3.log && [ ! -e out.ckpt ] \

@@ -128,7 +128,10 @@ else
   bad "SIGKILL: rc=$(cat "$T/kill.rc" 2>/dev/null)"
 fi
 
-# precompute distributed: dp=2 and pp=2 x tp=2 write the same teacher cache as one process
+# precompute distributed: dp=2 and pp=2 x tp=2 write the same teacher cache as one process (the
+# indices exactly, the logits within 1e-5 relative: tp splits the fp32 GEMM sums, so the last bits may
+# differ, and with them each dataset's xxh64 attribute, which h5diff would compare as data too; the
+# logits' attribute is left out of the comparison and checked against its own file by inspect --data)
 for l in "one 1 1 1 1" "dp2 2 2 1 1" "pp2tp2 4 1 2 2"; do
   set -- $l
   rm -rf "$T/pc-$1" && cp -r "$T/toy" "$T/pc-$1"
@@ -137,7 +140,8 @@ for l in "one 1 1 1 1" "dp2 2 2 1 1" "pp2tp2 4 1 2 2"; do
 done
 for l in dp2 pp2tp2; do
   if h5diff "$T/pc-one/data/m0.h5" "$T/pc-$l/data/m0.h5" /topk_indices && h5diff "$T/pc-one/data/m1.h5" "$T/pc-$l/data/m1.h5" /topk_indices \
-     && h5diff -p 1e-5 "$T/pc-one/data/m0.h5" "$T/pc-$l/data/m0.h5" /topk_logits; then
+     && h5diff -p 1e-5 --exclude-attribute /topk_logits "$T/pc-one/data/m0.h5" "$T/pc-$l/data/m0.h5" /topk_logits \
+     && $BIN inspect --data "$T/pc-$l/data/m0.h5" > /dev/null; then
     ok "precompute $l: the same /topk_indices and /topk_logits as one process"
   else bad "precompute $l differs"; fi
 done
