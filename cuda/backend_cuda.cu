@@ -274,6 +274,8 @@ static const Backend cuda_backend = {
     .matmul_xwt = cu_matmul_xwt,
     .matmul_dyw = cu_matmul_dyw,
     .matmul_dytx = cu_matmul_dytx,
+    .set_gemm_inputs = NULL, /* one precision: bf16 inputs, fp32 accumulation (gemm.cuh) */
+    .weight_dtype = NULL,    /* weights in the activation dtype, bf16 */
     .dam_materialize = cu_dam_materialize,
     .dam_coef_grad = cu_dam_coef_grad,
     .dam_embed_gather = cu_dam_embed_gather,
@@ -304,8 +306,6 @@ static const Backend cuda_backend = {
     .coef_weighted_overlap = cu_coef_weighted_overlap,
     .mofo_threshold = cu_mofo_threshold,
     .adamw = cu_adamw,
-    .set_gemm_inputs = NULL, /* the GEMMs' input dtype follows the operands' (gemm.cuh) */
-    .weight_dtype = NULL,    /* weights in the activation dtype, bf16 */
 };
 
 extern "C" const Backend *backend_cuda(void) { return &cuda_backend; }
