@@ -247,10 +247,10 @@ fixtures:
 	python3 tests/fixtures/make_nfc_fixtures.py
 
 format:
-	clang-format -i src/*.c src/*.h src/tokenizer/*.c src/tokenizer/*.h mpi/*.c mpi/*.h tests/*.c tests/*.h bench/*.c cuda/*.cu cuda/*.cuh cuda/*.h tests/cuda/*.c 2>/dev/null || true
+	clang-format -i src/*.c src/*.h src/tokenizer/*.c src/tokenizer/*.h mpi/*.c mpi/*.h tests/*.c tests/*.h bench/*.c cuda/*.cu cuda/*.cuh cuda/*.h cuda/emu/*.cc cuda/emu/*.h cuda/emu/include/*.h tests/cuda/*.c 2>/dev/null || true
 
 format-check:
-	clang-format --dry-run --Werror src/*.c src/*.h src/tokenizer/*.c src/tokenizer/*.h mpi/*.c mpi/*.h tests/*.c tests/*.h bench/*.c cuda/*.cu cuda/*.cuh cuda/*.h tests/cuda/*.c
+	clang-format --dry-run --Werror src/*.c src/*.h src/tokenizer/*.c src/tokenizer/*.h mpi/*.c mpi/*.h tests/*.c tests/*.h bench/*.c cuda/*.cu cuda/*.cuh cuda/*.h cuda/emu/*.cc cuda/emu/*.h cuda/emu/include/*.h tests/cuda/*.c
 
 cppcheck:
 	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability --inline-suppr -D__GNUC__ \

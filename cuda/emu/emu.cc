@@ -115,9 +115,9 @@ static void init_settings() {
     const char *o = getenv("DAM_EMU_ORDER");
     cfg.order = !o || !strcmp(o, "forward") ? FORWARD
                 : !strcmp(o, "reverse")     ? REVERSE
-                : !strcmp(o, "shuffle")     ? SHUFFLE
-                                            : (fatal("DAM_EMU_ORDER=%s: expected forward, reverse or shuffle", o),
-                                           FORWARD);
+                : !strcmp(o, "shuffle")
+                    ? SHUFFLE
+                    : (fatal("DAM_EMU_ORDER=%s: expected forward, reverse or shuffle", o), FORWARD);
     const char *c = getenv("DAM_EMU_ORDER_CHECK");
     cfg.order_check = c && !strcmp(c, "1");
     const char *t = getenv("DAM_EMU_TIMEOUT_S");
@@ -174,10 +174,11 @@ static void on_segv(int sig, siginfo_t *si, void *uc) {
                          "read and written by kernels and copies only; download it)\n",
                          world_rank(), si->si_addr);
         else
-            n = snprintf(msg, sizeof msg,
-                         "cuda-emu[rank %d]: error: %s%s touched device memory at %p outside every allocation\n",
-                         world_rank(), current_kernel ? "kernel " : "device work",
-                         current_kernel ? current_kernel : "", si->si_addr);
+            n = snprintf(
+                msg, sizeof msg,
+                "cuda-emu[rank %d]: error: %s%s touched device memory at %p outside every allocation\n",
+                world_rank(), current_kernel ? "kernel " : "device work",
+                current_kernel ? current_kernel : "", si->si_addr);
         ssize_t w = write(STDERR_FILENO, msg, (size_t)n);
         (void)w;
     }
@@ -231,8 +232,8 @@ void need_device_range(const void *p, size_t bytes, const char *what) {
     size_t left;
     if (classify(p, &left) != MEM_DEVICE) fatal("%s: %p is not device memory", what, p);
     if (left < bytes)
-        fatal("%s: %zu bytes at %p run past the end of their device allocation (%zu bytes left)", what, bytes, p,
-              left);
+        fatal("%s: %zu bytes at %p run past the end of their device allocation (%zu bytes left)", what, bytes,
+              p, left);
 }
 
 static void *device_alloc(size_t bytes) {
@@ -262,7 +263,8 @@ static void *device_alloc(size_t bytes) {
 static void device_release(void *p, const char *call) {
     uintptr_t st;
     const Alloc *al = find_alloc(p, &st);
-    if (!al || st != (uintptr_t)p || al->freed) fatal("%s(%p): not the start of a live device allocation", call, p);
+    if (!al || st != (uintptr_t)p || al->freed)
+        fatal("%s(%p): not the start of a live device allocation", call, p);
     Alloc &a = allocs[st];
     a.freed = true;
     POISON(p, a.span);
@@ -329,7 +331,8 @@ static bool progress_once() {
             if (r == 2 && !was_started) any = true;
             if (r == 2 && op->group) /* the rest of its NCCL group is issued with it */
                 for (size_t i = 1; i < s->q.size() && s->q[i]->group == op->group; i++)
-                    if (!s->q[i]->started && s->q[i]->start) s->q[i]->start(), s->q[i]->started = true, any = true;
+                    if (!s->q[i]->started && s->q[i]->start)
+                        s->q[i]->start(), s->q[i]->started = true, any = true;
             break;
         }
     }
@@ -471,7 +474,8 @@ static void thread_main(Thread *t) {
 
 static void fiber_prepare(Thread *t) {
     if (!t->stack) {
-        void *p = mmap(NULL, STACK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        void *p =
+            mmap(NULL, STACK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
         if (p == MAP_FAILED) fatal("no memory for a fiber stack");
         t->stack = (char *)p;
     }
@@ -485,10 +489,10 @@ static void fiber_prepare(Thread *t) {
     asm volatile("stmxcsr %0" : "=m"(mx));
     asm volatile("fnstcw %0" : "=m"(cw));
     sp[0] = (uint64_t)mx | ((uint64_t)cw << 32);
-    sp[1] = 0, sp[2] = 0;                   /* r15, r14 */
+    sp[1] = 0, sp[2] = 0;                     /* r15, r14 */
     sp[3] = (uint64_t)(uintptr_t)thread_main; /* r13 */
-    sp[4] = (uint64_t)(uintptr_t)t;         /* r12 */
-    sp[5] = 0, sp[6] = 0;                   /* rbx, rbp */
+    sp[4] = (uint64_t)(uintptr_t)t;           /* r12 */
+    sp[5] = 0, sp[6] = 0;                     /* rbx, rbp */
     sp[7] = (uint64_t)(uintptr_t)emu_fiber_start;
     t->sp = sp;
     t->st = T_RUN;
@@ -547,7 +551,8 @@ static void block_fail(const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    fatal("kernel %s, block (%u,%u,%u): %s", current_kernel, current_block.x, current_block.y, current_block.z, msg);
+    fatal("kernel %s, block (%u,%u,%u): %s", current_kernel, current_block.x, current_block.y,
+          current_block.z, msg);
 }
 
 /* Complete the warp operations whose lanes have all arrived; true when any did. */
@@ -562,16 +567,20 @@ static bool resolve_warps(int n) {
             for (int l = 0; l < 32 && ready; l++) {
                 if (!(t->mask >> l & 1)) continue;
                 if (w0 + l >= n)
-                    block_fail("thread %d: warp operation mask 0x%08x names lane %d, which this %d-thread block "
-                               "does not have",
-                               i, t->mask, l, n);
+                    block_fail(
+                        "thread %d: warp operation mask 0x%08x names lane %d, which this %d-thread block "
+                        "does not have",
+                        i, t->mask, l, n);
                 Thread *u = &threads[w0 + l];
                 if (u->st == T_DONE)
-                    block_fail("thread %d: warp operation mask 0x%08x names lane %d, which has exited", i, t->mask, l);
-                if (u->st != T_WARP) ready = false;
+                    block_fail("thread %d: warp operation mask 0x%08x names lane %d, which has exited", i,
+                               t->mask, l);
+                if (u->st != T_WARP)
+                    ready = false;
                 else if (u->mask != t->mask || u->kind != t->kind)
-                    block_fail("threads %d and %d meet in different warp operations (masks 0x%08x and 0x%08x)", i,
-                               w0 + l, t->mask, u->mask);
+                    block_fail(
+                        "threads %d and %d meet in different warp operations (masks 0x%08x and 0x%08x)", i,
+                        w0 + l, t->mask, u->mask);
             }
             if (!ready) continue;
             uint64_t ballot = 0;
@@ -584,8 +593,8 @@ static bool resolve_warps(int n) {
                 if (u->kind == 1)
                     u->result = ballot;
                 else if (!(mask >> (u->src & 31) & 1))
-                    block_fail("thread %d shuffles from lane %d, outside the mask 0x%08x (undefined in CUDA)", w0 + l,
-                               u->src, mask);
+                    block_fail("thread %d shuffles from lane %d, outside the mask 0x%08x (undefined in CUDA)",
+                               w0 + l, u->src, mask);
                 else
                     u->result = threads[w0 + (u->src & 31)].value;
             }
@@ -613,9 +622,10 @@ static void run_block(int n, const std::vector<int> &order) {
         if (done == n) return;
         if (barrier && !warp) {
             if (done)
-                block_fail("__syncthreads reached by %d threads while %d have exited (a barrier every thread of "
-                           "the block must reach)",
-                           barrier, done);
+                block_fail(
+                    "__syncthreads reached by %d threads while %d have exited (a barrier every thread of "
+                    "the block must reach)",
+                    barrier, done);
             for (int i = 0; i < n; i++) threads[i].st = T_RUN;
             continue;
         }
@@ -662,7 +672,8 @@ static void run_grid(const Kernel &k, Order o, uint64_t seed) {
     dyn_smem = (unsigned char *)malloc(k.smem ? k.smem : 1);
     for (int b : blocks) {
         unsigned ub = (unsigned)b;
-        current_block = cur_block_idx = uint3{ub % k.grid.x, ub / k.grid.x % k.grid.y, ub / (k.grid.x * k.grid.y)};
+        current_block = cur_block_idx =
+            uint3{ub % k.grid.x, ub / k.grid.x % k.grid.y, ub / (k.grid.x * k.grid.y)};
         run_block(n, ordering(n, o, rng));
     }
     current_kernel = NULL;
@@ -672,7 +683,8 @@ static void run_grid(const Kernel &k, Order o, uint64_t seed) {
 static std::vector<unsigned char> snapshot() {
     std::vector<unsigned char> s;
     for (auto &a : allocs)
-        if (!a.second.freed) s.insert(s.end(), (unsigned char *)a.first, (unsigned char *)a.first + a.second.bytes);
+        if (!a.second.freed)
+            s.insert(s.end(), (unsigned char *)a.first, (unsigned char *)a.first + a.second.bytes);
     return s;
 }
 static void restore(const std::vector<unsigned char> &s) {
@@ -680,14 +692,16 @@ static void restore(const std::vector<unsigned char> &s) {
     for (auto &a : allocs)
         if (!a.second.freed) memcpy((void *)a.first, s.data() + at, a.second.bytes), at += a.second.bytes;
 }
-static std::string first_difference(const std::vector<unsigned char> &x, const std::vector<unsigned char> &y) {
+static std::string first_difference(const std::vector<unsigned char> &x,
+                                    const std::vector<unsigned char> &y) {
     size_t at = 0;
     for (auto &a : allocs) {
         if (a.second.freed) continue;
         for (size_t i = 0; i < a.second.bytes; i++)
             if (x[at + i] != y[at + i]) {
                 char b[96];
-                snprintf(b, sizeof b, "byte %zu of the %zu-byte allocation at %p", i, a.second.bytes, (void *)a.first);
+                snprintf(b, sizeof b, "byte %zu of the %zu-byte allocation at %p", i, a.second.bytes,
+                         (void *)a.first);
                 return b;
             }
         at += a.second.bytes;
@@ -711,10 +725,12 @@ static void execute_kernel(const Kernel &k) {
     Order other = cfg.order == FORWARD ? REVERSE : cfg.order == REVERSE ? FORWARD : SHUFFLE;
     run_grid(k, other, seed + 0x5851f42d4c957f2dull);
     if (!kernel_float_atomics && snapshot() != first)
-        fatal("kernel %s (grid %u x %u x %u, block %u x %u x %u) gives other bits when its threads and blocks run "
+        fatal("kernel %s (grid %u x %u x %u, block %u x %u x %u) gives other bits when its threads and "
+              "blocks run "
               "in another order (%s differs): it depends on an order CUDA does not promise (a missing "
               "__syncthreads, a race on shared or global memory)",
-              k.name, k.grid.x, k.grid.y, k.grid.z, k.block.x, k.block.y, k.block.z, first_difference(first, snapshot()).c_str());
+              k.name, k.grid.x, k.grid.y, k.grid.z, k.block.x, k.block.y, k.block.z,
+              first_difference(first, snapshot()).c_str());
 }
 
 static std::map<const void *, int> max_dynamic_smem;
@@ -794,7 +810,9 @@ cudaError_t cudaGetDevice(int *d) {
 }
 cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr a, int d) {
     (void)d;
-    *v = a == cudaDevAttrMultiProcessorCount ? 132 : a == cudaDevAttrMaxSharedMemoryPerBlockOptin ? SMEM_OPTIN : SMEM_DEFAULT;
+    *v = a == cudaDevAttrMultiProcessorCount            ? 132
+         : a == cudaDevAttrMaxSharedMemoryPerBlockOptin ? SMEM_OPTIN
+                                                        : SMEM_DEFAULT;
     return cudaSuccess;
 }
 cudaError_t cudaDeviceSynchronize(void) {
@@ -881,8 +899,8 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpy
     Op *op = new Op();
     op->what = "cudaMemcpyAsync";
     if (sk == MEM_HOST && dk == MEM_DEVICE) { /* pageable source: staged now */
-        std::shared_ptr<std::vector<char>> copy = std::make_shared<std::vector<char>>((const char *)src,
-                                                                                       (const char *)src + bytes);
+        std::shared_ptr<std::vector<char>> copy =
+            std::make_shared<std::vector<char>>((const char *)src, (const char *)src + bytes);
         op->run = [dst, copy]() { memcpy(dst, copy->data(), copy->size()); };
         enqueue(s, op);
         return cudaSuccess;

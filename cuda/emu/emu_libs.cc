@@ -99,10 +99,10 @@ static std::vector<float> widen(const Operand &o) {
     return f;
 }
 
-extern "C" cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
-                                       int k, const void *alpha, const void *A, cudaDataType_t at, int lda,
-                                       const void *B, cudaDataType_t bt, int ldb, const void *beta, void *C,
-                                       cudaDataType_t ct, int ldc, cublasComputeType_t compute,
+extern "C" cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
+                                       int n, int k, const void *alpha, const void *A, cudaDataType_t at,
+                                       int lda, const void *B, cudaDataType_t bt, int ldb, const void *beta,
+                                       void *C, cudaDataType_t ct, int ldc, cublasComputeType_t compute,
                                        cublasGemmAlgo_t algo) {
     (void)algo;
     if (!h) return CUBLAS_STATUS_NOT_INITIALIZED;
@@ -132,8 +132,8 @@ extern "C" cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, c
         if (k > 0) {
             std::vector<float> fa = widen(a), fb = widen(b);
             cblas_sgemm(CblasColMajor, ta == CUBLAS_OP_N ? CblasNoTrans : CblasTrans,
-                        tb == CUBLAS_OP_N ? CblasNoTrans : CblasTrans, m, n, k, al, fa.data(), lda, fb.data(), ldb,
-                        be, fc.data(), ldc);
+                        tb == CUBLAS_OP_N ? CblasNoTrans : CblasTrans, m, n, k, al, fa.data(), lda, fb.data(),
+                        ldb, be, fc.data(), ldc);
         } else {
             for (float &x : fc) x *= be;
         }
@@ -231,7 +231,8 @@ ncclResult_t ncclGetUniqueId(ncclUniqueId *id) {
 /* Members tell the id's creator their world ranks; it answers with the table; the members then make
  * an MPI communicator of their own (collective over them alone). */
 ncclResult_t ncclCommInitRank(ncclComm_t *out, int nranks, ncclUniqueId id, int rank) {
-    if (memcmp(id.internal, ID_MAGIC, 8) || nranks < 1 || rank < 0 || rank >= nranks) return ncclInvalidArgument;
+    if (memcmp(id.internal, ID_MAGIC, 8) || nranks < 1 || rank < 0 || rank >= nranks)
+        return ncclInvalidArgument;
     int creator, me = world_rank();
     unsigned serial;
     memcpy(&creator, id.internal + 8, 4);
@@ -242,14 +243,16 @@ ncclResult_t ncclCommInitRank(ncclComm_t *out, int nranks, ncclUniqueId id, int 
         table[(size_t)rank] = me;
         for (int i = 1; i < nranks; i++) {
             int msg[2];
-            mpi_ok(MPI_Recv(msg, 2, MPI_INT, MPI_ANY_SOURCE, tag, MPI_COMM_WORLD, MPI_STATUS_IGNORE), "MPI_Recv");
+            mpi_ok(MPI_Recv(msg, 2, MPI_INT, MPI_ANY_SOURCE, tag, MPI_COMM_WORLD, MPI_STATUS_IGNORE),
+                   "MPI_Recv");
             if (msg[0] < 0 || msg[0] >= nranks || table[(size_t)msg[0]] >= 0)
                 fatal("ncclCommInitRank: two members claim rank %d of %d", msg[0], nranks);
             table[(size_t)msg[0]] = msg[1];
         }
         for (int i = 0; i < nranks; i++)
             if (table[(size_t)i] != me)
-                mpi_ok(MPI_Send(table.data(), nranks, MPI_INT, table[(size_t)i], tag + 1, MPI_COMM_WORLD), "MPI_Send");
+                mpi_ok(MPI_Send(table.data(), nranks, MPI_INT, table[(size_t)i], tag + 1, MPI_COMM_WORLD),
+                       "MPI_Send");
     } else {
         int msg[2] = {rank, me};
         mpi_ok(MPI_Send(msg, 2, MPI_INT, creator, tag, MPI_COMM_WORLD), "MPI_Send");
@@ -327,7 +330,9 @@ static ncclResult_t p2p(bool send, const void *buf, size_t count, ncclDataType_t
                         cudaStream_t s) {
     size_t bytes = count * type_size(t);
     if (!c || !type_size(t) || peer < 0 || peer >= c->nranks) return ncclInvalidArgument;
-    if (bytes > (size_t)INT32_MAX) fatal("%s of %zu bytes: over the emulation's 2 GiB per message", send ? "ncclSend" : "ncclRecv", bytes);
+    if (bytes > (size_t)INT32_MAX)
+        fatal("%s of %zu bytes: over the emulation's 2 GiB per message", send ? "ncclSend" : "ncclRecv",
+              bytes);
     if (!bytes) return ncclSuccess;
     need_device_range(buf, bytes, send ? "ncclSend buffer" : "ncclRecv buffer");
     struct State {
@@ -345,9 +350,11 @@ static ncclResult_t p2p(bool send, const void *buf, size_t count, ncclDataType_t
         if (c->aborted) return;
         if (send) {
             memcpy(st->bounce.data(), buf, bytes);
-            mpi_ok(MPI_Issend(st->bounce.data(), (int)bytes, MPI_BYTE, peer, 0, c->comm, &st->req), "MPI_Issend");
+            mpi_ok(MPI_Issend(st->bounce.data(), (int)bytes, MPI_BYTE, peer, 0, c->comm, &st->req),
+                   "MPI_Issend");
         } else {
-            mpi_ok(MPI_Irecv(st->bounce.data(), (int)bytes, MPI_BYTE, peer, 0, c->comm, &st->req), "MPI_Irecv");
+            mpi_ok(MPI_Irecv(st->bounce.data(), (int)bytes, MPI_BYTE, peer, 0, c->comm, &st->req),
+                   "MPI_Irecv");
         }
     };
     op->test = [=]() {
@@ -360,8 +367,9 @@ static ncclResult_t p2p(bool send, const void *buf, size_t count, ncclDataType_t
             int got = 0;
             MPI_Get_count(&status, MPI_BYTE, &got);
             if ((size_t)got != bytes)
-                fatal("ncclRecv of %zu bytes from rank %d matched a send of %d bytes (NCCL needs equal sizes)", bytes,
-                      peer, got);
+                fatal(
+                    "ncclRecv of %zu bytes from rank %d matched a send of %d bytes (NCCL needs equal sizes)",
+                    bytes, peer, got);
             memcpy((void *)buf, st->bounce.data(), bytes);
         }
         return true;
@@ -375,12 +383,13 @@ extern "C" ncclResult_t ncclSend(const void *buf, size_t count, ncclDataType_t t
     return p2p(true, buf, count, t, peer, c, s);
 }
 
-extern "C" ncclResult_t ncclRecv(void *buf, size_t count, ncclDataType_t t, int peer, ncclComm_t c, cudaStream_t s) {
+extern "C" ncclResult_t ncclRecv(void *buf, size_t count, ncclDataType_t t, int peer, ncclComm_t c,
+                                 cudaStream_t s) {
     return p2p(false, buf, count, t, peer, c, s);
 }
 
-extern "C" ncclResult_t ncclAllReduce(const void *send, void *recv, size_t count, ncclDataType_t t, ncclRedOp_t rop,
-                                      ncclComm_t c, cudaStream_t s) {
+extern "C" ncclResult_t ncclAllReduce(const void *send, void *recv, size_t count, ncclDataType_t t,
+                                      ncclRedOp_t rop, ncclComm_t c, cudaStream_t s) {
     if (!c || (t != ncclFloat32 && t != ncclBfloat16) || rop > ncclMin) return ncclInvalidArgument;
     if (count > (size_t)INT32_MAX) fatal("ncclAllReduce of %zu elements: over the emulation's limit", count);
     if (!count) return ncclSuccess;
@@ -395,12 +404,14 @@ extern "C" ncclResult_t ncclAllReduce(const void *send, void *recv, size_t count
     MPI_Op mop = rop == ncclSum ? MPI_SUM : rop == ncclProd ? MPI_PROD : rop == ncclMax ? MPI_MAX : MPI_MIN;
     Op *op = new Op();
     char what[128];
-    snprintf(what, sizeof what, "ncclAllReduce of %zu elements over an NCCL communicator of %d", count, c->nranks);
+    snprintf(what, sizeof what, "ncclAllReduce of %zu elements over an NCCL communicator of %d", count,
+             c->nranks);
     op->what = what;
     op->start = [=]() {
         st->f.resize(count);
         for (size_t i = 0; i < count; i++)
-            st->f[i] = t == ncclBfloat16 ? bf16_to_f32(((const uint16_t *)send)[i]) : ((const float *)send)[i];
+            st->f[i] =
+                t == ncclBfloat16 ? bf16_to_f32(((const uint16_t *)send)[i]) : ((const float *)send)[i];
         if (c->aborted) return;
         mpi_ok(MPI_Iallreduce(MPI_IN_PLACE, st->f.data(), (int)count, MPI_FLOAT, mop, c->comm, &st->req),
                "MPI_Iallreduce");
