@@ -21,7 +21,7 @@ $BIN toy --out "$T/toy" --size tiny --models 2 --seed 3 > /dev/null || { bad "to
 sed 's/"seed": 1}/"seed": 1}, "parallel": {"dp": 1, "pp": 2, "tp": 1}/' "$T/toy/config.json" > "$T/toy/bad.json"
 $MPI -n 3 $BIN --config "$T/toy/bad.json" --out "$T/badout" > "$T/bad.out" 2> "$T/bad.err"; rc=$?
 n=$(cat "$T/bad.out" "$T/bad.err" | grep -c "error:")
-if [ $rc -ne 0 ] && [ $rc -ne 124 ] && [ "$n" -eq 1 ] && grep -q "does not match the 3 ranks" "$T/bad.err" \
+if [ $rc -ne 0 ] && [ $rc -ne 124 ] && [ "$n" -eq 1 ] && grep -q "3 ranks: no dp x pp x tp layout .* rank counts that work: 2" "$T/bad.err" \
    && ! grep -q "MPI_ABORT" "$T/bad.out" "$T/bad.err" && [ ! -e "$T/badout" ]; then
   ok "layout error: one line, no MPI_ABORT banner, rc=$rc: $(grep "error:" "$T/bad.err")"
 else
