@@ -908,22 +908,16 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpy
     bool poisoned_dst = dk == MEM_PINNED, poisoned_src = sk == MEM_PINNED && dk == MEM_DEVICE;
     if (poisoned_dst) POISON(dst, bytes);
     if (poisoned_src) POISON((void *)src, bytes);
+    /* a pageable destination: the call returns once the copy is done */
+    std::shared_ptr<bool> done = std::make_shared<bool>(false);
     op->run = [=]() {
         if (poisoned_dst) UNPOISON(dst, bytes);
         if (poisoned_src) UNPOISON((void *)src, bytes);
         memcpy(dst, src, bytes);
+        *done = true;
     };
-    bool done = false;
-    if (dk == MEM_HOST) { /* pageable destination: the call returns once the copy is done */
-        op->run = [=, &done]() {
-            memcpy(dst, src, bytes);
-            done = true;
-        };
-        enqueue(s, op);
-        wait_until("cudaMemcpyAsync into pageable memory", [&]() { return done; });
-        return cudaSuccess;
-    }
     enqueue(s, op);
+    if (dk == MEM_HOST) wait_until("cudaMemcpyAsync into pageable memory", [done]() { return *done; });
     return cudaSuccess;
 }
 

@@ -29,20 +29,9 @@
 
 using namespace emu;
 
-/* ---------------------------------------------------------------- bf16 on the host */
-
-static float bf16_to_f32(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-static uint16_t f32_to_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
-    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
-}
+/* bf16 as bits, through the device header's conversions (emu_device.h) */
+static float bf16_to_f32(uint16_t h) { return __bfloat162float(__nv_bfloat16{h}); }
+static uint16_t f32_to_bf16(float f) { return __float2bfloat16_rn(f).bits; }
 
 /* ---------------------------------------------------------------- cuBLAS */
 
