@@ -16,6 +16,7 @@ trap 'rm -rf "$T"' EXIT
 fails=0
 ok()  { echo "OK      $*"; }
 bad() { echo "NOT OK  $*"; fails=$((fails + 1)); }
+. "$(dirname "$0")/plan_compare.sh"
 t0=$(date +%s)
 asan=0
 case "$BIN" in *build-asan*) asan=1 ;; esac
@@ -61,20 +62,7 @@ for l in "one 1 1 1 1 config" "pp2 2 1 2 1 config" "tp2 2 1 1 2 config" "pp2tp2 
   else
     measured=$(sed -n 's/.*peak RSS per rank (KiB): //p' "$T/$name.log")
   fi
-  set -- $measured
-  r=0
-  for p in $planned; do
-    m=${1:-0}
-    [ $# -gt 0 ] && shift
-    diff=$(awk -v p="$p" -v m="$m" 'BEGIN {printf "%+.1f%%", (m > 0 ? 100 * (p - m) / m : 999)}')
-    printf '%-8s %5d %12d %12d %7s\n' "$name" "$r" "$p" "$m" "$diff" >> "$T/table"
-    if awk -v p="$p" -v m="$m" 'BEGIN {exit !(m > 0 && p >= 0.85 * m && p <= 1.15 * m)}'; then
-      ok "$name rank $r: plan $p KiB, measured $m KiB ($diff)"
-    else
-      bad "$name rank $r: plan $p KiB, measured $m KiB ($diff): outside 15 %"
-    fi
-    r=$((r + 1))
-  done
+  plan_compare "$name" "$planned" "$measured"
 done
 [ $asan -eq 0 ] && cat "$T/table"
 echo "cli_plan: $(($(date +%s) - t0)) s"

@@ -15,6 +15,7 @@ MPI="timeout 300 mpirun --oversubscribe"
 fails=0
 ok()  { echo "OK      $*"; }
 bad() { echo "NOT OK  $*"; fails=$((fails + 1)); }
+. "$(dirname "$0")/plan_compare.sh"
 case "$BIN" in *build-asan*) echo "cli_plan_real: skipped under ASan (RSS means nothing there)"; exit 0 ;; esac
 [ "${DAM_BACKEND:-}" = guard ] && { echo "cli_plan_real: skipped under the guard backend"; exit 0; }
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -58,19 +59,7 @@ for c in $cases; do
   fi
   if [ "$ranks" -eq 1 ]; then measured=$(sed -n 's/.*peak RSS \([0-9]*\) KiB.*/\1/p' "$T/$name.log")
   else measured=$(sed -n 's/.*peak RSS per rank (KiB): //p' "$T/$name.log"); fi
-  set -- $measured
-  r=0
-  for p in $planned; do
-    m=${1:-0}; [ $# -gt 0 ] && shift
-    diff=$(awk -v p="$p" -v m="$m" 'BEGIN {printf "%+.1f%%", (m > 0 ? 100 * (p - m) / m : 999)}')
-    printf '%-6s %5d %12d %12d %7s\n' "$name" "$r" "$p" "$m" "$diff" >> "$T/table"
-    if awk -v p="$p" -v m="$m" 'BEGIN {exit !(m > 0 && p >= 0.85 * m && p <= 1.15 * m)}'; then
-      ok "$name rank $r: plan $p KiB, measured $m KiB ($diff)"
-    else
-      bad "$name rank $r: plan $p KiB, measured $m KiB ($diff): outside 15 %"
-    fi
-    r=$((r + 1))
-  done
+  plan_compare "$name" "$planned" "$measured"
 done
 cat "$T/table"
 echo "cli_plan_real: $fails failure(s), $(($(date +%s) - t0)) s"

@@ -20,25 +20,8 @@ BUILD=${BUILD:-build}
 CMP="$BUILD/tests/tool_compare_coefs"
 export ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
-T=$(mktemp -d /tmp/dam_cli_slurm.XXXXXX)
-chmod 755 "$T"                                   # munged runs as the munge user
-# its own Slurm: own directory, and two free ports from a random start (so that a developer's
-# slurm/local.sh on 6817 or a second run of this test does not collide)
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-port=${DAM_SLURM_TEST_PORT:-}
-if [ -z "$port" ]; then
-  for _ in $(seq 1 50); do
-    p=$((6840 + 2 * (RANDOM % 500)))
-    port_busy $p || port_busy $((p + 1)) || { port=$p; break; }
-  done
-fi
-export DAM_SLURM_DIR="$T/slurm" DAM_SLURM_PORT=${port:-6837}
-SL="$ROOT/slurm/local.sh"
-# DAM_TEST_KEEP=1 keeps $T (logs, job outputs, the Slurm's own logs) for a look afterwards
-trap 'timeout 60 bash "$SL" stop >/dev/null 2>&1; [ -n "${DAM_TEST_KEEP:-}" ] && echo "kept $T" || rm -rf "$T"' EXIT
-fails=0
-ok()  { echo "OK      $*"; }
-bad() { echo "NOT OK  $*"; fails=$((fails + 1)); }
+. "$ROOT/tests/slurm_test_env.sh"
+slurm_test_env dam_cli_slurm 6840
 t_start=$(date +%s)
 
 # wait_bounded PID SECONDS: wait for a child of this shell; SIGKILL it after SECONDS (status 124)

@@ -12,22 +12,8 @@
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-T=$(mktemp -d /tmp/dam_cli_slurm_install.XXXXXX)
-chmod 755 "$T"                                   # munged runs as the munge user
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-port=${DAM_SLURM_TEST_PORT:-}
-if [ -z "$port" ]; then
-  for _ in $(seq 1 50); do
-    p=$((7900 + 2 * (RANDOM % 500)))
-    port_busy $p || port_busy $((p + 1)) || { port=$p; break; }
-  done
-fi
-export DAM_SLURM_DIR="$T/slurm" DAM_SLURM_PORT=${port:-7837}
-SL="$ROOT/slurm/local.sh"
-trap 'timeout 60 bash "$SL" stop >/dev/null 2>&1; [ -n "${DAM_TEST_KEEP:-}" ] && echo "kept $T" || rm -rf "$T"' EXIT
-fails=0
-ok()  { echo "OK      $*"; }
-bad() { echo "NOT OK  $*"; fails=$((fails + 1)); }
+. "$ROOT/tests/slurm_test_env.sh"
+slurm_test_env dam_cli_slurm_install 7900
 t_start=$(date +%s)
 
 # make as an operator runs it: nothing inherited from a `make test` around this script
