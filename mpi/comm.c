@@ -18,6 +18,7 @@ static void abort_all_ranks(int status) {
 
 /* The end of a failure that every rank saw alike (comm_fail_on_root). */
 static DAM_NORETURN void finalize_and_exit(int status) {
+    dam_signals_exit_quietly();
     fflush(NULL);
     int finalized = 0;
     MPI_Finalized(&finalized);

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +25,24 @@ static dam_abort_hook g_abort_hook = default_abort_hook;
 static int g_log_rank = -1;
 static char g_last_error[1024];
 static char g_error_note[512];
+
+/* After an error the process is ending: a stop signal now is most likely mpirun's SIGTERM to the
+ * ranks still alive once the first has exited, and the run's handler would answer it with a
+ * "stopping ... then a checkpoint" line that is not true. It ends the process silently instead, with
+ * the error's status (a Ctrl-C on a shutdown that hangs still ends it). */
+static void exit_on_signal_quietly(int sig) {
+    (void)sig;
+    _exit(1);
+}
+
+void dam_signals_exit_quietly(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = exit_on_signal_quietly;
+    sigemptyset(&sa.sa_mask);
+    const int sigs[] = {SIGTERM, SIGINT, SIGUSR1, SIGUSR2};
+    for (int i = 0; i < 4; i++) sigaction(sigs[i], &sa, NULL);
+}
 
 void dam_set_abort_hook(dam_abort_hook hook) { g_abort_hook = hook ? hook : default_abort_hook; }
 
@@ -53,6 +72,7 @@ void dam_fail(const char *fmt, ...) {
     va_start(ap, fmt);
     print_line("error", fmt, ap);
     va_end(ap);
+    dam_signals_exit_quietly();
     g_abort_hook(1);
     abort(); /* a hook must not return */
 }

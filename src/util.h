@@ -24,6 +24,10 @@ DAM_NORETURN void dam_fail(const char *fmt, ...) DAM_PRINTF(1, 2);
 /* A warning line on stderr; execution continues. */
 void dam_warn(const char *fmt, ...) DAM_PRINTF(1, 2);
 
+/* From here on a stop signal ends the process at once, silently, with status 1 (dam_fail calls it;
+ * so do the ranks leaving on an error that rank 0 reports). */
+void dam_signals_exit_quietly(void);
+
 /* The hook called by dam_fail after the message was printed; it must not return. */
 typedef void (*dam_abort_hook)(int status);
 void dam_set_abort_hook(dam_abort_hook hook);
