@@ -156,22 +156,6 @@ void comm_allgather(const CommGroup *g, const void *in, size_t bytes, void *out)
     DAM_MPI_CHECK(MPI_Allgather(in, (int)bytes, MPI_BYTE, out, (int)bytes, MPI_BYTE, g->comm));
 }
 
-void comm_recv_f32(const CommGroup *g, float *buf, size_t n, int src) {
-    for (size_t off = 0; off < n; off += CHUNK) {
-        size_t k = n - off < CHUNK ? n - off : CHUNK;
-        DAM_MPI_CHECK(MPI_Recv(buf + off, (int)k, MPI_FLOAT, src, 0, g->comm, MPI_STATUS_IGNORE));
-    }
-}
-
-void comm_isend_f32(const CommGroup *g, const float *buf, size_t n, int dest, MPI_Request *req) {
-    if (n > CHUNK) dam_fail("comm_isend_f32 on group %s: %zu floats in one message is too many", g->name, n);
-    DAM_MPI_CHECK(MPI_Isend(buf, (int)n, MPI_FLOAT, dest, 0, g->comm, req));
-}
-
-void comm_wait(MPI_Request *req) {
-    if (*req != MPI_REQUEST_NULL) DAM_MPI_CHECK(MPI_Wait(req, MPI_STATUS_IGNORE));
-}
-
 void comm_bcast(const CommGroup *g, void *buf, size_t bytes, int root) {
     if (g->size == 1) return;
     for (size_t off = 0; off < bytes; off += CHUNK) {

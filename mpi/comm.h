@@ -1,6 +1,7 @@
 /* comm.h — the communication interface the driver uses: process grid (dp x pp x tp) and
- * collectives that always name their group. MPI for host buffers here; the CUDA backend adds an
- * NCCL implementation of the same calls for device buffers. */
+ * collectives on host buffers that always name their group, over MPI. Device buffers (activations and
+ * their gradients, coefficient gradients) move through mpi/devcomm.h instead: devcomm_* calls with
+ * their own transports (MPI on host memory or staged, NCCL in CUDA builds), built on these groups. */
 #ifndef DAM_COMM_H
 #define DAM_COMM_H
 
@@ -57,12 +58,6 @@ void comm_allreduce_sum_i32(const CommGroup *g, int32_t *buf, size_t n);
 void comm_allreduce_max_f64(const CommGroup *g, double *buf, size_t n);
 /* Every rank's `bytes` bytes, concatenated in rank order into out (size * bytes). */
 void comm_allgather(const CommGroup *g, const void *in, size_t bytes, void *out);
-/* Point to point inside a group (pipeline activations and their gradients). */
-void comm_recv_f32(const CommGroup *g, float *buf, size_t n, int src);
-/* Non-blocking send (pipeline activations / gradients: no send ever waits for the partner's
- * schedule); comm_wait completes it (a no-op for MPI_REQUEST_NULL). */
-void comm_isend_f32(const CommGroup *g, const float *buf, size_t n, int dest, MPI_Request *req);
-void comm_wait(MPI_Request *req);
 void comm_bcast(const CommGroup *g, void *buf, size_t bytes, int root);
 void comm_barrier(const CommGroup *g);
 /* Fail with one line printed by world rank 0 only, when `bad` (which every rank computes alike):
