@@ -9,10 +9,21 @@
 #     checkpoint too (if that ends within KillWait); the script does not requeue then.
 #   - exit status: 0 finished (or requeued), 75 stopped with a checkpoint and not requeued, anything
 #     else an error (dam_dist's first "error:" line above it says which).
-# The caller sets DAM_HOME, DAM_DIST (may be empty), LAUNCHER, RANKS, MAX_REQUEUES, MPIRUN_ARGS,
-# EXTRA_ARGS, OUT (may be empty) before sourcing.
+# The caller sets DAM_HOME, and RANKS, MPIRUN_ARGS and OUT (may be empty) before dam_job_launch
+# (dam_job_gpu_merge sets the GPU jobs' defaults for them); the variables below take their defaults
+# when this file is sourced, unless the job or the environment set them first.
 
 say() { echo "job: $(date '+%F %T') $*"; }
+
+# ---------------------------------------------------------------- defaults every job shares
+# (a job sets any of these before sourcing this file; the environment too: `EXTRA_ARGS="--max-steps 20"
+# sbatch jobs/merge_toy.sh`)
+: "${DAM_DIST:=}"                         # the binary; empty: $DAM_HOME/dam_dist, PREFIX/bin/dam_dist or PATH
+: "${LAUNCHER:=auto}"                     # auto (srun under Slurm, else mpirun when RANKS > 1), srun, mpirun, none
+: "${MAX_REQUEUES:=10}"                   # requeue at most this often (a job stopped at every start must end)
+: "${EXTRA_ARGS:=}"                       # more dam_dist flags, e.g. "--eval-rows 64" or "--max-steps 20"
+export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}} # BLAS threads per rank
+export SRUN_CPUS_PER_TASK=${SLURM_CPUS_PER_TASK:-1} # srun does not inherit --cpus-per-task (Slurm >= 22.05)
 
 # DAM_DIST, else $DAM_HOME/dam_dist (a build tree), PREFIX/bin/dam_dist (an install), PATH
 dam_job_find_binary() {
@@ -81,10 +92,18 @@ dam_job_launch() {
   esac
 }
 
-# dam_job_gpu_merge: the GPU jobs' tail (merge_llama70b.sh, merge_llama8b.sh): refuse a config with
-# placeholders, print `dam_dist plan` for RANKS ranks of GPU_MEM_GIB (a layout that cannot work ends
-# the job here), then launch (never returns)
+# dam_job_gpu_merge: all of the GPU jobs (merge_llama70b.sh, merge_llama8b.sh) after their CONFIG:
+# their defaults (nodes of 8 GPUs, one rank per GPU), the binary, refuse a config with placeholders,
+# print `dam_dist plan` for RANKS ranks of GPU_MEM_GIB (a layout that cannot work ends the job
+# here), then launch (never returns)
 dam_job_gpu_merge() {
+  : "${OUT:=}"                            # the merged model; empty: the config's output.dir (checkpoints: checkpoint.dir)
+  : "${GPU_MEM_GIB:=80}"                  # memory per GPU, for the plan printed at the start
+  : "${TASKS_PER_NODE:=${SLURM_NTASKS_PER_NODE:-8}}" # ranks per node (mpirun's --map-by)
+  : "${RANKS:=${SLURM_NTASKS:-8}}"        # ranks outside Slurm (under Slurm: the allocation's tasks)
+  : "${MPIRUN_ARGS:=--map-by ppr:$TASKS_PER_NODE:node:PE=${SLURM_CPUS_PER_TASK:-1} --bind-to core -x OPENBLAS_NUM_THREADS}"
+                                          # mpirun's own options (LAUNCHER=mpirun)
+  dam_job_find_binary
   [ -f "$CONFIG" ] || { say "error: no config $CONFIG (set CONFIG or DAM_HOME)"; exit 1; }
   if grep -q '/path/to/' "$CONFIG"; then
     say "error: $CONFIG still has /path/to/ placeholders: write your model, dataset and output paths into it"; exit 1

@@ -51,26 +51,14 @@ if [ -z "${DAM_HOME:-}" ]; then
 fi
 
 # ---------------------------------------------------------------- what an operator adapts
-# (each may also be given in the environment: `CONFIG=/my/merge.json sbatch jobs/merge_llama70b.sh`)
-: "${DAM_DIST:=}"                         # the binary; empty: $DAM_HOME/dam_dist, PREFIX/bin/dam_dist or PATH
+# CONFIG below; DAM_DIST, OUT, GPU_MEM_GIB, RANKS, TASKS_PER_NODE, LAUNCHER, MPIRUN_ARGS, MAX_REQUEUES
+# and EXTRA_ARGS take the defaults of jobs/dam_job.sh (each explained there) unless set here, before
+# it is sourced, or in the environment: `CONFIG=/my/merge.json GPU_MEM_GIB=141 sbatch jobs/merge_llama70b.sh`
 : "${CONFIG:=$DAM_HOME/configs/llama3-70b-3x.json}" # with every /path/to/ replaced by yours
-: "${OUT:=}"                              # the merged model; empty: the config's output.dir (checkpoints: checkpoint.dir)
-: "${GPU_MEM_GIB:=80}"                    # memory per GPU, for the plan printed at the start
-: "${TASKS_PER_NODE:=${SLURM_NTASKS_PER_NODE:-8}}" # ranks per node (mpirun's --map-by)
-: "${LAUNCHER:=auto}"                     # auto (srun under Slurm, else mpirun when RANKS > 1), srun, mpirun, none
-: "${RANKS:=${SLURM_NTASKS:-8}}"          # ranks outside Slurm (under Slurm: the allocation's tasks)
-: "${MAX_REQUEUES:=10}"                   # requeue at most this often (a job stopped at every start must end)
-: "${MPIRUN_ARGS:=--map-by ppr:$TASKS_PER_NODE:node:PE=${SLURM_CPUS_PER_TASK:-1} --bind-to core -x OPENBLAS_NUM_THREADS}"
-                                          # mpirun's own options (LAUNCHER=mpirun)
-: "${EXTRA_ARGS:=}"                       # more dam_dist flags, e.g. "--eval-rows 64"
 # modules or environments your site needs, e.g.:  module load openmpi hdf5 openblas cuda
-export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}} # BLAS threads per rank
-export SRUN_CPUS_PER_TASK=${SLURM_CPUS_PER_TASK:-1} # srun does not inherit --cpus-per-task (Slurm >= 22.05)
 
-# ---------------------------------------------------------------- checks before the launch
+# ---------------------------------------------------------------- plan, launch, stop, requeue (jobs/dam_job.sh)
 [ -f "$DAM_HOME/jobs/dam_job.sh" ] || { echo "job: error: DAM_HOME=$DAM_HOME has no jobs/dam_job.sh"; exit 1; }
 # shellcheck source=jobs/dam_job.sh
 . "$DAM_HOME/jobs/dam_job.sh"
-dam_job_find_binary
-# ---------------------------------------------------------------- plan, launch, stop, requeue (jobs/dam_job.sh)
 dam_job_gpu_merge

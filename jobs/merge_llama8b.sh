@@ -9,17 +9,10 @@
 # per rank. That backend is compiled in CI but has not yet run on a GPU (README "Status"); with
 # "device": "cpu" the ranks compute on the CPUs of their node.
 #
-# Stops and requeues (jobs/dam_job.sh, shared by every script of jobs/):
-#   - Slurm sends SIGUSR1 to this shell T s before the time limit (--signal=B:USR1@T; `dam_dist
-#     plan` suggests T); the shell passes it to the launcher, every rank checkpoints at the next
-#     step boundary and dam_dist exits 75 ("stopped after a checkpoint, resume me"); the script then
-#     requeues its own job (scontrol requeue) and the requeued job resumes from the checkpoint.
-#   - scancel, the time limit itself and `scontrol requeue` send SIGTERM: the ranks get it from
-#     Slurm and checkpoint too (if that ends within KillWait); the script does not requeue then
-#     (a scontrol requeue goes on by itself; after scancel, sbatch the script again to resume).
-#   - exit status of the script: 0 finished (or requeued), 75 stopped with a checkpoint and not
-#     requeued, anything else an error (the line before it says which).
-#   - docs/operators.md has the rest: modules, reading progress, what each error means.
+# Stops and requeues: as in jobs/merge_llama70b.sh (the protocol is jobs/dam_job.sh's, described at
+# its top): Slurm's SIGUSR1 makes every rank checkpoint, the job requeues itself and resumes; exit
+# status 0 finished (or requeued), 75 stopped with a checkpoint, anything else an error.
+# docs/operators.md has the rest: modules, reading progress, what each error means.
 #
 # The mpirun variant: LAUNCHER=mpirun (see jobs/merge_llama70b.sh).
 #SBATCH --job-name=dam-llama8b
@@ -49,26 +42,14 @@ if [ -z "${DAM_HOME:-}" ]; then
 fi
 
 # ---------------------------------------------------------------- what an operator adapts
-# (each may also be given in the environment: `CONFIG=/my/merge.json sbatch jobs/merge_llama8b.sh`)
-: "${DAM_DIST:=}"                         # the binary; empty: $DAM_HOME/dam_dist, PREFIX/bin/dam_dist or PATH
+# CONFIG below; DAM_DIST, OUT, GPU_MEM_GIB, RANKS, TASKS_PER_NODE, LAUNCHER, MPIRUN_ARGS, MAX_REQUEUES
+# and EXTRA_ARGS take the defaults of jobs/dam_job.sh (each explained there) unless set here, before
+# it is sourced, or in the environment: `CONFIG=/my/merge.json GPU_MEM_GIB=141 sbatch jobs/merge_llama8b.sh`
 : "${CONFIG:=$DAM_HOME/configs/llama3.1-8b-3x.json}" # with every /path/to/ replaced by yours
-: "${OUT:=}"                              # the merged model; empty: the config's output.dir (checkpoints: checkpoint.dir)
-: "${GPU_MEM_GIB:=80}"                    # memory per GPU, for the plan printed at the start
-: "${TASKS_PER_NODE:=${SLURM_NTASKS_PER_NODE:-8}}" # ranks per node (mpirun's --map-by)
-: "${LAUNCHER:=auto}"                     # auto (srun under Slurm, else mpirun when RANKS > 1), srun, mpirun, none
-: "${RANKS:=${SLURM_NTASKS:-8}}"          # ranks outside Slurm (under Slurm: the allocation's tasks)
-: "${MAX_REQUEUES:=10}"                   # requeue at most this often (a job stopped at every start must end)
-: "${MPIRUN_ARGS:=--map-by ppr:$TASKS_PER_NODE:node:PE=${SLURM_CPUS_PER_TASK:-1} --bind-to core -x OPENBLAS_NUM_THREADS}"
-                                          # mpirun's own options (LAUNCHER=mpirun)
-: "${EXTRA_ARGS:=}"                       # more dam_dist flags, e.g. "--eval-rows 64"
 # modules or environments your site needs, e.g.:  module load openmpi hdf5 openblas cuda
-export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}} # BLAS threads per rank
-export SRUN_CPUS_PER_TASK=${SLURM_CPUS_PER_TASK:-1} # srun does not inherit --cpus-per-task (Slurm >= 22.05)
 
-# ---------------------------------------------------------------- checks before the launch
+# ---------------------------------------------------------------- plan, launch, stop, requeue (jobs/dam_job.sh)
 [ -f "$DAM_HOME/jobs/dam_job.sh" ] || { echo "job: error: DAM_HOME=$DAM_HOME has no jobs/dam_job.sh"; exit 1; }
 # shellcheck source=jobs/dam_job.sh
 . "$DAM_HOME/jobs/dam_job.sh"
-dam_job_find_binary
-# ---------------------------------------------------------------- plan, launch, stop, requeue (jobs/dam_job.sh)
 dam_job_gpu_merge

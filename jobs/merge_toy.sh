@@ -33,19 +33,15 @@ if [ -z "${DAM_HOME:-}" ]; then
 fi
 
 # ---------------------------------------------------------------- what an operator adapts
-# (each may also be given in the environment: `WORK=/scratch/me/toy sbatch jobs/merge_toy.sh`)
-: "${DAM_DIST:=}"                         # the binary; empty: $DAM_HOME/dam_dist, PREFIX/bin/dam_dist or PATH
+# (each may also be given in the environment: `WORK=/scratch/me/toy sbatch jobs/merge_toy.sh`;
+# DAM_DIST, LAUNCHER, MAX_REQUEUES and EXTRA_ARGS take the defaults of jobs/dam_job.sh unless set
+# here or there)
 : "${CONFIG:=$DAM_HOME/configs/toy.json}" # its /path/to/ placeholders are filled below
 : "${WORK:=${SLURM_SUBMIT_DIR:-$PWD}/dam-toy}" # the toy, the filled config, the merged model, checkpoints
 : "${OUT:=$WORK/merged}"                  # the merged model (checkpoints in $OUT.ckpt)
 : "${TOY_ARGS:=--models 3 --size small --seed 1}" # what `dam_dist toy` makes (configs/toy.json names 3 models)
-: "${LAUNCHER:=auto}"                     # auto (srun under Slurm, else mpirun when RANKS > 1), srun, mpirun, none
 : "${RANKS:=2}"                           # ranks outside Slurm (under Slurm: the allocation's tasks)
-: "${MAX_REQUEUES:=10}"                   # requeue at most this often (a job stopped at every start must end)
 : "${MPIRUN_ARGS:=}"                      # mpirun's own options (LAUNCHER=mpirun)
-: "${EXTRA_ARGS:=}"                       # more dam_dist flags, e.g. "--eval-rows 16" or "--max-steps 20"
-export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}} # BLAS threads per rank
-export SRUN_CPUS_PER_TASK=${SLURM_CPUS_PER_TASK:-1} # srun does not inherit --cpus-per-task (Slurm >= 22.05)
 
 # ---------------------------------------------------------------- the toy and its config
 [ -f "$DAM_HOME/jobs/dam_job.sh" ] || { echo "job: error: DAM_HOME=$DAM_HOME has no jobs/dam_job.sh"; exit 1; }
