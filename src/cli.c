@@ -4,6 +4,8 @@
 
 #include <string.h>
 
+#include "outdir.h"
+
 const char cli_command_list[] =
     "toy, prepare, tokenize, precompute, inspect, plan, merge, eval, evolve, finetune, help, version";
 
@@ -15,7 +17,8 @@ static const char train_help[] =
     "Run it alone, or under mpirun -n N / srun -n N --mpi=pmix for the config's dp x pp x tp layout.\n"
     "  --config FILE                the run configuration (docs/config.md)\n"
     "  --out DIR                    the merged model's directory, instead of output.dir (the metrics\n"
-    "                               file goes beside it: DIR.metrics.jsonl; checkpoints in DIR.ckpt\n"
+    "                               file goes beside it: DIR" OUTDIR_METRICS_SUFFIX
+    "; checkpoints in DIR" OUTDIR_CKPT_SUFFIX "\n"
     "                               unless checkpoint.dir is set)\n"
     "  --device cpu|cuda            the backend, over parallel.device (cuda: a make CUDA=1 build)\n"
     "  --max-steps N                stop after global step N (the schedule still follows train.steps);\n"
@@ -155,7 +158,8 @@ static const char evolve_help[] =
     "  --config FILE        the run configuration (models, datasets, loss.temperature, output.dir)\n"
     "  --out DIR            where to write the merge (default <output.dir>-evolve; refused if it holds\n"
     "                       another command's output, such as the DAM run's, unless --force)\n"
-    "  --checkpoint-dir DIR where evolve_state.bin goes (default <out>.ckpt; never the DAM run's\n"
+    "  --checkpoint-dir DIR where evolve_state.bin goes (default <out>" OUTDIR_CKPT_SUFFIX
+    "; never the DAM run's\n"
     "                       checkpoint.dir unless --force)\n"
     "  --population P       candidates per generation (default 4 + floor(3 ln n), n the genome length)\n"
     "  --generations G      generations (default 100)\n"

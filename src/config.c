@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "json_util.h"
+#include "outdir.h"
 
 static char *resolve(const char *cfg_path, const char *p) {
     if (!p) return NULL;
@@ -309,7 +310,7 @@ static void parse_rest(DamConfig *c, const cJSON *root) {
     if (!c->shard_bytes)
         dam_fail("%s: field 'output.shard_size': expected a size like \"5GB\", got '%s'", f, ss);
     const char *mf = json_opt_string(o, "metrics", NULL);
-    c->metrics_file = mf ? resolve(f, mf) : dam_asprintf("%s.metrics.jsonl", c->out_dir);
+    c->metrics_file = mf ? resolve(f, mf) : outdir_default_metrics_file(c->out_dir);
 }
 
 /* Settings compare and print as the user wrote them (config.h). */

@@ -32,6 +32,7 @@
 #include "config.h"
 #include "dataset.h"
 #include "layout.h"
+#include "outdir.h"
 #include "output.h"
 #include "runctl.h"
 
@@ -583,7 +584,7 @@ static void set_output_dirs(Evolver *ev, const EvolveArgs *a) {
     c->out_from_cli = a->out != NULL;
     c->command = "dam_dist evolve";
     c->force = a->force;
-    ev->ckpt_dir = a->ckpt_dir ? dam_strdup(a->ckpt_dir) : dam_asprintf("%s.ckpt", out);
+    ev->ckpt_dir = a->ckpt_dir ? dam_strdup(a->ckpt_dir) : outdir_default_ckpt_dir(out);
 }
 
 int cmd_evolve(int argc, char **argv) {

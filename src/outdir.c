@@ -208,3 +208,7 @@ void outdir_check_checkpoints(const OutDir *o, const char *ckpt_dir, const char 
         dam_fail("%s %s holds the checkpoints of `%s`; `%s` keeps its own: choose another %s or pass --force",
                  what, ckpt_dir, owner, o->written_by, what);
 }
+
+char *outdir_default_ckpt_dir(const char *out) { return dam_asprintf("%s" OUTDIR_CKPT_SUFFIX, out); }
+
+char *outdir_default_metrics_file(const char *out) { return dam_asprintf("%s" OUTDIR_METRICS_SUFFIX, out); }

@@ -51,4 +51,12 @@ char *outdir_owner(const char *dir);
  * (a DAM run's step_*.h5, evolve's evolve_state.bin), or o->force. `what` names the setting. */
 void outdir_check_checkpoints(const OutDir *o, const char *ckpt_dir, const char *what);
 
+/* What every command writes beside its output directory <out> unless told otherwise: the
+ * checkpoints in <out>.ckpt, the metrics in <out>.metrics.jsonl. The suffixes are macros so that the
+ * help texts name the same paths. */
+#define OUTDIR_CKPT_SUFFIX ".ckpt"
+#define OUTDIR_METRICS_SUFFIX ".metrics.jsonl"
+char *outdir_default_ckpt_dir(const char *out);     /* heap */
+char *outdir_default_metrics_file(const char *out); /* heap */
+
 #endif

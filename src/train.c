@@ -667,11 +667,11 @@ int cmd_train(int argc, char **argv) {
     if (a.out) {
         free(tr.cfg.out_dir), free(tr.cfg.metrics_file);
         tr.cfg.out_dir = dam_strdup(a.out);
-        tr.cfg.metrics_file = dam_asprintf("%s.metrics.jsonl", a.out);
+        tr.cfg.metrics_file = outdir_default_metrics_file(a.out);
         tr.cfg.out_from_cli = 1;
     }
     /* preemption must always be able to save: without checkpoint.dir, beside the output */
-    tr.ckpt_dir = tr.cfg.ckpt_dir ? dam_strdup(tr.cfg.ckpt_dir) : dam_asprintf("%s.ckpt", tr.cfg.out_dir);
+    tr.ckpt_dir = tr.cfg.ckpt_dir ? dam_strdup(tr.cfg.ckpt_dir) : outdir_default_ckpt_dir(tr.cfg.out_dir);
     setup_grid(&tr);
     setup_backend(&tr);
     open_model(&tr);
