@@ -243,6 +243,8 @@ typedef struct Backend {
 const Backend *backend_cpu(void);
 const Backend *backend_guard(void);
 const Backend *backend_cuda(void);
+/* The CPU backend's attention tile (queries and keys per block), for tests that must cross it. */
+int cpu_attention_tile(void);
 /* By name ("cpu", "guard", "cuda"); fails listing the available ones. DAM_BACKEND in the
  * environment overrides the name given (so that the test suite runs under "guard"). */
 const Backend *backend_by_name(const char *name);

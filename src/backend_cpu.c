@@ -34,6 +34,7 @@ dnnl_status_t dnnl_gemm_bf16bf16f32(char transa, char transb, dnnl_dim_t M, dnnl
 
 /* Attention tiles: queries and keys in blocks of ATTN_TILE, so that the scratch is constant in T. */
 enum { ATTN_TILE = 128, ATTN_SCRATCH = 2 * ATTN_TILE * ATTN_TILE + 2 * ATTN_TILE };
+int cpu_attention_tile(void) { return ATTN_TILE; }
 
 /* bf16 copies of GEMM operands, reused while nothing else was written (see bf16_copy). */
 enum { BF16_CACHE = 6 };
