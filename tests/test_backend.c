@@ -2,8 +2,8 @@
  * plain loops), the guard backend against the CPU backend (bit-identical for every op: the same math
  * on mprotected memory), DevBuf views and their bounds errors, dtype and length errors, and the
  * guard's purpose: a host dereference of one of its buffers is a SIGSEGV. Sizes are odd and index
- * lists unsorted on purpose. Attention's math is test_attention.c's; here only its guard identity
- * and the vectorized exponential's agreement with expf. */
+ * lists unsorted on purpose. Attention's math is test_attention.c's; here its guard identity, and
+ * its outputs (computed with the vectorized exponential) against a scalar exp() reference. */
 #include <math.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -18,6 +18,7 @@
 
 #include <cmocka.h>
 
+#include "attn_ref.h"
 #include "backend.h"
 #include "devcomm.h"
 #include "pipeline.h"
@@ -523,16 +524,29 @@ static void test_swiglu(void **state) {
 }
 
 /* ---------------------------------------------------------------- attention: the guard's identity,
- * and the vectorized exponential against a scalar-expf flash attention (test_attention.c has the
- * exact reference) */
+ * and the CPU's outputs (its exponentials are dam_exp_approx, vectorized) against the plain
+ * attention of attn_ref.h, whose exponentials are scalar exp() in double (test_attention.c checks
+ * the tiling on more shapes against the same reference) */
 
-static void case_attention(Dev *d, uint64_t seed, Out *o) {
-    AttnShape s = {2, 131, 4, 2, 8, 70, 1.0f / sqrtf(8.0f)}; /* T past one tile, GQA, a window */
+static const AttnShape attn_case = {2, 131, 4,          2,
+                                    8, 70,  0.35355339f}; /* T past one tile, GQA, a window;
+                                                           * scale 1/sqrt(hd) */
+
+/* The case's inputs for a seed: q, k, v, dout (heap). */
+static void attn_inputs(uint64_t seed, float **q, float **k, float **v, float **dout) {
+    const AttnShape s = attn_case;
+    size_t nq = (size_t)s.B * s.T * s.H * s.hd, nk = (size_t)s.B * s.T * s.KV * s.hd;
     dam_rng r;
     dam_rng_seed(&r, seed);
+    *q = randv(&r, nq, 1), *k = randv(&r, nk, 1), *v = randv(&r, nk, 1), *dout = randv(&r, nq, 1);
+}
+
+static void case_attention(Dev *d, uint64_t seed, Out *o) {
+    AttnShape s = attn_case;
     size_t nq = (size_t)s.B * s.T * s.H * s.hd, nk = (size_t)s.B * s.T * s.KV * s.hd,
            nl = (size_t)s.B * s.H * s.T;
-    float *q = randv(&r, nq, 1), *k = randv(&r, nk, 1), *v = randv(&r, nk, 1), *dout = randv(&r, nq, 1);
+    float *q, *k, *v, *dout;
+    attn_inputs(seed, &q, &k, &v, &dout);
     DevBuf Q = up(d, q, nq), K = up(d, k, nk), V = up(d, v, nk), DO = up(d, dout, nq);
     DevBuf O = d->be->alloc(d->ctx, nq, DAM_F32, "o"), L = d->be->alloc(d->ctx, nl, DAM_F32, "lse");
     DevBuf DQ = d->be->alloc(d->ctx, nq, DAM_F32, "dq"), DK = d->be->alloc(d->ctx, nk, DAM_F32, "dk");
@@ -550,9 +564,45 @@ static void case_attention(Dev *d, uint64_t seed, Out *o) {
     free(q), free(k), free(v), free(dout);
 }
 
+/* Element by element: the largest |CPU − reference| of each output, relative to the output's largest
+ * magnitude, below 5e-6 (measured 1e-7 to 4e-7: fp32 GEMMs and dam_exp_approx's < 2e-7; a
+ * wrong exponential, scale or rescale of the online softmax is far above it). */
 static void test_attention_guard(void **state) {
+    assert_true(attn_case.T > cpu_attention_tile()); /* the case crosses a tile boundary */
     Out o = both("attention", case_attention, 9);
+    AttnRef r = {.s = attn_case};
+    const AttnShape *s = &r.s;
+    r.nq = (size_t)s->B * s->T * s->H * s->hd, r.nk = (size_t)s->B * s->T * s->KV * s->hd;
+    size_t nl = (size_t)s->B * s->H * s->T;
+    float *q, *k, *v, *dout;
+    attn_inputs(9, &q, &k, &v, &dout);
+    r.P = malloc(nl * s->T * sizeof(double));
+    double *ro = malloc(r.nq * sizeof(double)), *rl = malloc(nl * sizeof(double)),
+           *rdq = malloc(r.nq * sizeof(double)), *rdk = malloc(r.nk * sizeof(double)),
+           *rdv = malloc(r.nk * sizeof(double));
+    attn_ref_forward(&r, q, k, v, ro, rl);
+    attn_ref_backward(&r, q, k, v, dout, rdq, rdk, rdv);
+    struct {
+        const char *name;
+        const float *got;
+        const double *want;
+        size_t n;
+    } cmp[] = {{"out", o.out[0], ro, r.nq},
+               {"dq", o.out[1], rdq, r.nq},
+               {"dk", o.out[2], rdk, r.nk},
+               {"dv", o.out[3], rdv, r.nk},
+               {"lse", o.out[3] + r.nk, rl, nl}};
+    int bad = 0;
+    for (size_t i = 0; i < sizeof cmp / sizeof *cmp; i++) {
+        double e = rel_err(cmp[i].got, cmp[i].want, cmp[i].n);
+        printf("%s attention %-3s vs scalar exp(): max |diff| / max |ref| %.3e\n",
+               e < 5e-6 ? "OK    " : "NOT OK", cmp[i].name, e);
+        bad |= !(e < 5e-6); /* NaN fails too */
+    }
+    free(q), free(k), free(v), free(dout);
+    free(r.P), free(ro), free(rl), free(rdq), free(rdk), free(rdv);
     out_free(&o);
+    assert_false(bad);
 }
 
 /* ---------------------------------------------------------------- losses: the wrappers equal loss.c */
