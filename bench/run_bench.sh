@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The DAM step's achieved GFLOP/s (FLOPs as DESIGN.md section 7 counts them: 6·P·tokens for the
-# merged model + 2·P·tokens for the on-the-fly teachers) beside a plain OpenBLAS sgemm of the step's
+# The DAM step's achieved GFLOP/s (FLOPs counted as 6·P·tokens for the merged model's forward and
+# backward + 2·P·tokens for the on-the-fly teachers' forward) beside a plain OpenBLAS sgemm of the step's
 # main shapes, measured in the same run; and the run's peak RSS beside the source files' bytes.
 set -euo pipefail
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1

@@ -1,7 +1,7 @@
 /* devcomm.c — see devcomm.h. Per call: NCCL when that is the transport; else MPI straight on the
  * buffer's memory when the backend makes it host-addressable (host_begin), else through a host
- * staging buffer (download, MPI, upload). Sums always run in fp32: a BF16 buffer is staged as F32
- * even on host memory, since MPI has no bf16 sum. */
+ * staging buffer (download, MPI, upload). MPI sums always run in fp32: a BF16 buffer is staged as
+ * F32 even on host memory, since MPI has no bf16 sum (NCCL sums it in bf16, devcomm.h). */
 #include "devcomm.h"
 
 #include <stdlib.h>
