@@ -115,7 +115,7 @@ help:
 	@echo "make deps-slurm slurm-wlm and munge for tests/cli_slurm*.sh (daemons: not on a node that runs Slurm)"
 	@echo "make info       compilers, MPI, HDF5, BLAS, CUDA/NCCL locations, -march, version: the variables to set"
 	@echo "make install    PREFIX=DIR: bin/dam_dist, share/dam_dist/{configs,jobs,docs,README.md}"
-	@echo "make test       build, run every test (summary: N passed, N failed); make deps test on a fresh machine"
+	@echo "make test       build, run every test (summary: N passed, N failed, N skipped); make deps test on a fresh machine"
 	@echo "make test-asan  the same suite built with AddressSanitizer + UBSan"
 	@echo "make demo       toy base + specialists, a short DAM run, the table DAM vs plain average"
 	@echo "make experiment DAM vs linear, task arithmetic, TIES, DARE-TIES and evolve on fine-tuned task"
