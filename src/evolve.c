@@ -4,7 +4,7 @@
  * Genome: one weight per source (coefficient row) per decoder layer, plus one per source for the
  * embeddings and one for the final norm and lm_head; every tensor of a group takes its weight on all
  * of its columns, so the merged W = Σ_i w_i W_i is the DAM model with coefficients constant per
- * tensor (nonlinearity none) and the same forward (dam_model_eval) evaluates it. Fitness: Σ over
+ * tensor (nonlinearity none) and the same forward (dam_micro_batches) evaluates it. Fitness: Σ over
  * the datasets of the per-token KL(source k || merged) at loss.temperature on the first --rows rows of
  * dataset k (default: the rows a DAM run of this config reads), as DAM's KL term and the --eval-rows
  * table define it. The search starts at the plain average (1/N each, 0 for a base row).
@@ -34,6 +34,7 @@
 #include "layout.h"
 #include "output.h"
 #include "runctl.h"
+#include "step.h"
 
 typedef struct {
     const char *config, *resume_path;
@@ -248,8 +249,25 @@ static void dataset_kls(Evolver *ev, double *kl_out) {
             int nb = (int)(ev->rows[k] - r < ev->B ? ev->rows[k] - r : ev->B);
             read_batch(ev, k, r, nb);
             LossTerms lt;
-            dam_model_eval(&ev->model, ev->rs, k, ev->ids, ev->mask, ev->topk_cache ? ev->topk_idx : NULL,
-                           ev->topk_cache ? ev->topk_val : NULL, nb, ev->T, &lp, &lt);
+            const int32_t *ids = ev->ids, *topk_idx = ev->topk_idx;
+            const int8_t *mask = ev->mask;
+            const float *topk_val = ev->topk_val;
+            DamStep s = {.model = &ev->model,
+                         .slots = &ev->rs,
+                         .n_slots = 1,
+                         .M = 1,
+                         .n_seg = 1,
+                         .B = nb,
+                         .T = ev->T,
+                         .global_mb = 1,
+                         .teacher = &k,
+                         .ids = &ids,
+                         .mask = &mask,
+                         .topk_idx = ev->topk_cache ? &topk_idx : NULL,
+                         .topk_val = ev->topk_cache ? &topk_val : NULL,
+                         .loss = &lp,
+                         .terms = &lt};
+            dam_micro_batches(&s);
             kl += lt.kl * (double)lt.n_valid, tokens += lt.n_valid;
         }
         kl_out[k] = tokens ? kl / (double)tokens : NAN;

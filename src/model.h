@@ -133,10 +133,14 @@ void dam_model_refresh(DamModel *m);
 void dam_model_fill_kind(DamModel *m, DamTensorKind kind, float value);
 /* Zero the gradient accumulators. */
 void dam_model_zero_grad(DamModel *m);
+/* The data-parallel group dp (NULL or size 1: one replica) whose replicas' gradients
+ * dam_model_reduce_grad sums: builds its device communicator, collective over dp; call it right
+ * after opening, on every rank, as the trainer does. */
+void dam_model_attach_dp(DamModel *m, const CommGroup *dp);
 /* Every gradient reduction of a step, in one place: the whole gradient block summed over the
- * data-parallel group dp (NULL: none; one collective), the tied embedding's two halves over the
- * first and last stage, and the partial sums of column- and vocabulary-parallel tensors over tp. */
-void dam_model_reduce_grad(DamModel *m, const CommGroup *dp);
+ * attached data-parallel group (one collective), the tied embedding's two halves over the first
+ * and last stage, and the partial sums of column- and vocabulary-parallel tensors over tp. */
+void dam_model_reduce_grad(DamModel *m);
 /* grad *= f'(c) (turns the reduced Σ W·G into dL/dc); untrainable tensors get 0. */
 void dam_model_finish_grad(DamModel *m);
 size_t dam_model_num_coefs(const DamModel *m, int trainable_only);
@@ -184,36 +188,6 @@ typedef struct {
 /* Logits of the merged model (src = -1) or of source `src` on ids [B,T]: logits [B*T, V] on the host
  * (downloaded in chunks of rows; on the last pipeline stage only). */
 void dam_model_logits(DamModel *m, RunState *rs, const int32_t *ids, int B, int T, int src, float *logits);
-
-/* One micro-batch of dataset k: teacher forward with source k (or the given top-K cache), merged
- * forward, losses, backward into every coefficient's gradient accumulator, scaled by `weight`
- * (1/micro_batches). topk_idx/topk_val are [B*T*K] or NULL. */
-void dam_model_microbatch(DamModel *m, RunState *rs, int k, const int32_t *ids, const int8_t *mask,
-                          const int32_t *topk_idx, const float *topk_val, int B, int T, const LossParams *lp,
-                          float weight, LossTerms *out);
-
-/* One step's worth of every dataset at once: n_seg segments of B sequences (ids/mask/top-k rows of
- * segment s start at s*B*T), segment s taught by source teacher[s] and normalised by its own
- * valid tokens; one merged forward/backward over all segments (RunState built for n_seg*B rows).
- * out[s] receives segment s's terms. Equivalent to dam_model_microbatch per segment. */
-void dam_model_step(DamModel *m, RunState *rs, int n_seg, const int *teacher, const int32_t *ids,
-                    const int8_t *mask, const int32_t *topk_idx, const float *topk_val, int B, int T,
-                    const LossParams *lp, float weight, LossTerms *out);
-
-/* M micro-batches of a step through the pipeline stages with the 1F1B schedule (stage s runs
- * pp-s-1 forwards, then alternates one forward and one backward, then the remaining backwards).
- * Micro-batch i's inputs are ids[i], mask[i] (and topk_idx[i], topk_val[i] or NULL); each uses
- * run state slots[i % n_slots] (n_slots >= min(M, pp)); out[i*n_seg + s] gets its terms, on every
- * stage. Without pipeline stages it is M dam_model_step calls in order. */
-void dam_model_step_1f1b(DamModel *m, RunState *const *slots, int n_slots, int M, int n_seg,
-                         const int *teacher, const int32_t *const *ids, const int8_t *const *mask,
-                         const int32_t *const *topk_idx, const float *const *topk_val, int B, int T,
-                         const LossParams *lp, float weight, LossTerms *out);
-
-/* The same losses without any backward (evaluation). */
-void dam_model_eval(DamModel *m, RunState *rs, int k, const int32_t *ids, const int8_t *mask,
-                    const int32_t *topk_idx, const float *topk_val, int B, int T, const LossParams *lp,
-                    LossTerms *out);
 
 /* Drop the resident pages of t's source tensors (they are mapped read-only from the files, so
  * the kernel reads them again if needed): keeps RSS to what is being worked on. Weights under
