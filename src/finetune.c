@@ -98,7 +98,7 @@ double finetune_loss_grad(Finetune *f, const int32_t *ids, const int8_t *target,
         for (int v = 0; v < V; v++) row[v] = -1e30f;
         row[ids[i + 1]] = 0.0f;
     }
-    LossParams lp = {.temperature = 1.0f, .kl = 1, .topk = V};
+    LossParams loss = {.temperature = 1.0f, .kl = 1, .topk = V};
     LossTerms out;
     int teacher = 0;
     const int32_t *topk_idx = f->topk_idx;
@@ -117,7 +117,7 @@ double finetune_loss_grad(Finetune *f, const int32_t *ids, const int8_t *target,
                  .mask = &mask,
                  .topk_idx = topk_idx ? &topk_idx : NULL,
                  .topk_val = topk_idx ? &topk_val : NULL,
-                 .loss = &lp,
+                 .loss = &loss,
                  .backward = 1,
                  .terms = &out};
     dam_micro_batches(&s);

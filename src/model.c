@@ -40,7 +40,7 @@ static DamTensor *add_tensor(DamModel *m, const char *name, DamTensorKind kind, 
     t->grad_partial = tp > 1 && split == SPLIT_ROWS;
     t->trainable = 1;
     size_t first = (rows_l != rows ? r * rows_l * cols : 0) + (cols_l != cols ? r * cols_l : 0);
-    for (int i = 0; i < m->n_rows; i++) {
+    for (int i = 0; i < m->n_coef_rows; i++) {
         const StTensor *st = st_model_get(&m->files[i], name, ndim, ndim == 1 ? &shape[1] : shape);
         if (st->dtype != DAM_F32 && st->dtype != DAM_BF16 && st->dtype != DAM_F16)
             dam_fail("%s: tensor '%s' has dtype %s; expected BF16, F16 or F32", st->file, name,
@@ -55,15 +55,15 @@ static DamTensor *add_tensor(DamModel *m, const char *name, DamTensorKind kind, 
  * after tensor): one collective or one copy moves all of them. Coefficients start at 1/n. */
 static void place_coefficients(DamModel *m) {
     size_t total = 0;
-    for (int t = 0; t < m->n_tensors; t++) total += (size_t)m->n_rows * m->tensors[t].dim;
+    for (int t = 0; t < m->n_tensors; t++) total += (size_t)m->n_coef_rows * m->tensors[t].dim;
     for (int b = 0; b < DAM_COEF_BLOCKS; b++)
         m->coef.block[b] = m->be->alloc(m->ctx, total, DAM_F32, "coefficient block"); /* zeroed */
     m->coef.n = total;
-    m->be->fill(m->ctx, m->coef.block[DAM_COEF_C], 1.0f / (float)m->n_rows, total);
+    m->be->fill(m->ctx, m->coef.block[DAM_COEF_C], 1.0f / (float)m->n_coef_rows, total);
     size_t off = 0;
     for (int t = 0; t < m->n_tensors; t++) {
         DamTensor *x = &m->tensors[t];
-        size_t n = (size_t)m->n_rows * x->dim;
+        size_t n = (size_t)m->n_coef_rows * x->dim;
         DevBuf *views[DAM_COEF_BLOCKS] = {&x->c, &x->fc, &x->grad, &x->adam_m, &x->adam_v};
         x->coef_at = off;
         for (int b = 0; b < DAM_COEF_BLOCKS; b++) *views[b] = devbuf_slice(m->coef.block[b], off, n);
@@ -143,10 +143,11 @@ void dam_model_open_tp(DamModel *m, int n, const char *const *dirs, const char *
 /* The device communicators of the model's groups (a NULL or single-rank group makes no-ops); dp's
  * is made by dam_model_attach_dp. */
 static void open_devcomms(DamModel *m) {
-    devcomm_init(&m->dc_tp, m->tp, m->be, m->ctx, m->transport);
-    devcomm_init(&m->dc_pp, m->pp, m->be, m->ctx, m->transport);
-    devcomm_init(&m->dc_tied, m->tied.size > 1 ? &m->tied : NULL, m->be, m->ctx, m->transport);
-    devcomm_init(&m->dc_dp, NULL, m->be, m->ctx, m->transport);
+    struct ModelComms *c = m->comms;
+    devcomm_init(&c->tp, m->tp, m->be, m->ctx, c->transport);
+    devcomm_init(&c->pp, m->pp, m->be, m->ctx, c->transport);
+    devcomm_init(&c->tied, c->tied_group.size > 1 ? &c->tied_group : NULL, m->be, m->ctx, c->transport);
+    devcomm_init(&c->dp, NULL, m->be, m->ctx, c->transport);
 }
 
 void dam_model_open_parallel(DamModel *m, int n, const char *const *dirs, const char *const *names,
@@ -157,8 +158,10 @@ void dam_model_open_parallel(DamModel *m, int n, const char *const *dirs, const 
     if (n < 1 || n > DAM_MAX_SOURCES)
         dam_fail("%d source models given; dam_dist merges 1 to %d", n, DAM_MAX_SOURCES);
     if (!be || !ctx) dam_fail("dam_model_open: a backend and its context (be->ctx_new) are required");
-    m->n_rows = n;
-    m->be = be, m->ctx = ctx, m->transport = transport;
+    m->n_coef_rows = n;
+    m->be = be, m->ctx = ctx;
+    m->comms = dam_calloc(1, sizeof *m->comms, "model communicators");
+    m->comms->transport = transport;
     m->tp = tp && tp->size > 1 ? tp : NULL;
     m->tp_size = m->tp ? tp->size : 1;
     m->tp_rank = m->tp ? tp->rank : 0;
@@ -183,7 +186,7 @@ void dam_model_open_parallel(DamModel *m, int n, const char *const *dirs, const 
     m->ones = be->alloc(ctx, (size_t)m->cfg.hidden_size, DAM_F32, "ones");
     be->fill(ctx, m->ones, 1.0f, m->ones.n);
     if (m->pp && m->full_cfg.tie_word_embeddings) /* the group of the two stages holding the embedding */
-        comm_split(m->pp, m->first || m->last ? 0 : -1, m->pp->rank, "tied", &m->tied);
+        comm_split(m->pp, m->first || m->last ? 0 : -1, m->pp->rank, "tied", &m->comms->tied_group);
     open_devcomms(m);
     dam_model_refresh(m);
 }
@@ -196,16 +199,18 @@ void dam_model_open(DamModel *m, int n, const char *const *dirs, const char *con
 void dam_model_close(DamModel *m) {
     const Backend *be = m->be;
     workspace_free(m);
-    devcomm_free(&m->dc_tp), devcomm_free(&m->dc_pp), devcomm_free(&m->dc_tied), devcomm_free(&m->dc_dp);
-    comm_group_free(&m->tied);
+    struct ModelComms *c = m->comms;
+    devcomm_free(&c->tp), devcomm_free(&c->pp), devcomm_free(&c->tied), devcomm_free(&c->dp);
+    comm_group_free(&c->tied_group);
+    free(c);
     for (int b = 0; b < DAM_COEF_BLOCKS; b++) be->free(m->ctx, &m->coef.block[b]);
     be->free(m->ctx, &m->ones);
     if (!devbuf_null(m->bf16_scratch)) be->free(m->ctx, &m->bf16_scratch);
     for (int t = 0; t < m->n_tensors; t++) {
-        for (int i = 0; i < m->n_rows; i++) be->free_source(m->ctx, &m->tensors[t].src[i]);
+        for (int i = 0; i < m->n_coef_rows; i++) be->free_source(m->ctx, &m->tensors[t].src[i]);
         if (!devbuf_null(m->tensors[t].wov)) be->free(m->ctx, &m->tensors[t].wov);
     }
-    for (int i = 0; i < m->n_rows; i++) {
+    for (int i = 0; i < m->n_coef_rows; i++) {
         st_model_close(&m->files[i]);
         free(m->row_names[i]);
     }
@@ -223,7 +228,7 @@ DamTensor *dam_model_find(DamModel *m, const char *name) {
 void dam_model_fill_kind(DamModel *m, DamTensorKind kind, float value) {
     for (int t = 0; t < m->n_tensors; t++)
         if (m->tensors[t].kind == kind)
-            m->be->fill(m->ctx, m->tensors[t].c, value, (size_t)m->n_rows * m->tensors[t].dim);
+            m->be->fill(m->ctx, m->tensors[t].c, value, (size_t)m->n_coef_rows * m->tensors[t].dim);
 }
 
 /* A whole coefficient block rounded to bf16 values (merge.coef_dtype bfloat16), through a BF16
@@ -250,27 +255,28 @@ void dam_model_zero_grad(DamModel *m) {
 
 void dam_model_attach_dp(DamModel *m, const CommGroup *dp) {
     if (!dp || dp->size < 2) return;
-    devcomm_free(&m->dc_dp);
-    devcomm_init(&m->dc_dp, dp, m->be, m->ctx, m->transport);
+    devcomm_free(&m->comms->dp);
+    devcomm_init(&m->comms->dp, dp, m->be, m->ctx, m->comms->transport);
     m->dp = dp;
 }
 
 void dam_model_reduce_grad(DamModel *m) {
-    if (m->dp) devcomm_allreduce_sum(&m->dc_dp, m->coef.block[DAM_COEF_GRAD], m->coef.n);
+    if (m->dp) devcomm_allreduce_sum(&m->comms->dp, m->coef.block[DAM_COEF_GRAD], m->coef.n);
     /* tied embeddings over stages: the first stage's input-side and the last stage's lm_head-side
      * gradients of the one embedding coefficient */
-    if (m->tied.size > 1)
-        devcomm_allreduce_sum(&m->dc_tied, m->embed->grad, (size_t)m->n_rows * m->embed->dim);
+    if (m->comms->tied_group.size > 1)
+        devcomm_allreduce_sum(&m->comms->tied, m->embed->grad, (size_t)m->n_coef_rows * m->embed->dim);
     for (int t = 0; t < m->n_tensors; t++) { /* column/vocabulary-parallel: each rank summed its rows */
         DamTensor *x = &m->tensors[t];
-        if (m->tp && x->grad_partial) devcomm_allreduce_sum(&m->dc_tp, x->grad, (size_t)m->n_rows * x->dim);
+        if (m->tp && x->grad_partial)
+            devcomm_allreduce_sum(&m->comms->tp, x->grad, (size_t)m->n_coef_rows * x->dim);
     }
 }
 
 void dam_model_finish_grad(DamModel *m) {
     for (int t = 0; t < m->n_tensors; t++) {
         DamTensor *x = &m->tensors[t];
-        size_t n = (size_t)m->n_rows * x->dim;
+        size_t n = (size_t)m->n_coef_rows * x->dim;
         if (x->trainable)
             m->be->coef_nonlin_grad(m->ctx, x->grad, x->c, n, m->nonlin);
         else
@@ -282,7 +288,7 @@ void dam_model_finish_grad(DamModel *m) {
 size_t dam_model_num_coefs(const DamModel *m, int trainable_only) {
     size_t n = 0;
     for (int t = 0; t < m->n_tensors; t++)
-        if (!trainable_only || m->tensors[t].trainable) n += (size_t)m->n_rows * m->tensors[t].dim;
+        if (!trainable_only || m->tensors[t].trainable) n += (size_t)m->n_coef_rows * m->tensors[t].dim;
     return n;
 }
 
@@ -304,7 +310,7 @@ void dam_model_release(const DamModel *m, const DamTensor *t) {
     /* weights under fine-tuning (wgrad set) live in writable memory, not in a file mapping: their
      * pages cannot be read back, so they stay */
     if (t->wgrad.ptr) return;
-    for (int i = 0; i < m->n_rows; i++) m->be->release_source(m->ctx, &t->src[i], t->rows, t->cols);
+    for (int i = 0; i < m->n_coef_rows; i++) m->be->release_source(m->ctx, &t->src[i], t->rows, t->cols);
 }
 
 /* ---------------------------------------------------------------- gathering splits */

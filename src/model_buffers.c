@@ -89,7 +89,7 @@ static int workspace_specs(const ModelConfig *c, int last, size_t BT, int T, str
     WGT(w->q, qd * d), WGT(w->k, kvd * d), WGT(w->v, kvd * d), WGT(w->o, d * qd);
     WGT(w->gate, F * d), WGT(w->up, F * d), WGT(w->down, d * F);
     ACT(w->qb, qd), ACT(w->kb, kvd), ACT(w->vb, kvd), ACT(w->ob, d);
-    ACT(ws->G, F * d > qd * d ? F * d : qd * d), F32(ws->colsum, maxcol), F32(ws->dnorm, d);
+    ACT(ws->dW, F * d > qd * d ? F * d : qd * d), F32(ws->colsum, maxcol), F32(ws->dnorm, d);
     size_t per[N_ACT];
     BufKind kind[N_ACT];
     act_rows(c, per, kind);
@@ -102,7 +102,7 @@ static int workspace_specs(const ModelConfig *c, int last, size_t BT, int T, str
     if (!last) return n;
     ACT(ws->hid, BT * d), ACT(ws->hid_t, BT * d);
     WGT(ws->lm_w, V * d), WGT(ws->lm_t, V * d);
-    F32(ws->lm_G, V * d); /* accumulated over loss chunks and segments: fp32, whatever the activations */
+    F32(ws->lm_dW, V * d); /* accumulated over loss chunks and segments: fp32, whatever the activations */
     ACT(ws->hc, LOSS_CHUNK * d), ACT(ws->htc, LOSS_CHUNK * d), ACT(ws->dhc, LOSS_CHUNK * d);
     F32(ws->z, LOSS_CHUNK * V), F32(ws->zt, LOSS_CHUNK * V), F32(ws->dz, LOSS_CHUNK * V);
     SPEC(ws->topk_idx, LOSS_CHUNK * V, BUF_I32), F32(ws->topk_val, LOSS_CHUNK * V);

@@ -30,10 +30,10 @@ void dam_model_topk(const DamModel *m, const float *logits, int rows, int K, int
 }
 
 double dam_model_kl_sum(const DamModel *m, const float *z, const float *zt, const int32_t *idx,
-                        const float *val, int rows, const LossParams *lp) {
+                        const float *val, int rows, const LossParams *loss) {
     if (rows <= 0) return 0;
     LossReduce red = tp_loss_reduce(m);
-    int V = m->cfg.vocab_size, K = lp->topk;
+    int V = m->cfg.vocab_size, K = loss->topk;
     int32_t *own_idx = NULL;
     float *own_val = NULL;
     if (K > 0 && !idx) { /* the teacher's top-K from its logits, as the step's be->loss_topk */
@@ -42,7 +42,7 @@ double dam_model_kl_sum(const DamModel *m, const float *z, const float *zt, cons
         dam_model_topk(m, zt, rows, K, own_idx, own_val);
     }
     /* KL on, no MSE or entropy, top-K, 1/n = 1, no batchmean */
-    LossChunkParams p = {.tau = lp->temperature,
+    LossChunkParams p = {.tau = loss->temperature,
                          .kl = 1,
                          .mse = 0,
                          .entropy = 0,

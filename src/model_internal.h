@@ -8,7 +8,17 @@
 #ifndef DAM_MODEL_INTERNAL_H
 #define DAM_MODEL_INTERNAL_H
 
+#include "comm.h"
+#include "devcomm.h"
 #include "model.h"
+
+/* The device communicators of the model's groups, all made at open (dp's by dam_model_attach_dp);
+ * a NULL or single-rank group makes no-ops. */
+struct ModelComms {
+    DamTransport transport;
+    CommGroup tied_group; /* the first and the last stage, for a tied embedding over stages (else size 0) */
+    DevComm tp, pp, tied, dp;
+};
 
 /* Merged (or one source's) weights of the decoder layer being computed, in the activation dtype. */
 typedef struct {
@@ -35,9 +45,9 @@ struct Workspace {
     LayerW w;
     LayerAct a;
     DevBuf dx, dh1, dxn, dxn2, dq, dk, dv, dao, dgate, dup, dact, dnorm, colsum;
-    DevBuf G, final_norm_w, rope_cos, rope_sin;
+    DevBuf dW, final_norm_w, rope_cos, rope_sin;
     DevBuf hid, hid_t;          /* last stage: final-normed hidden of the merged model, of the teachers */
-    DevBuf lm_w, lm_t, lm_G;    /* last stage: [V, d] merged lm_head, teacher lm_head, gradient GEMM */
+    DevBuf lm_w, lm_t, lm_dW;   /* last stage: [V, d] merged lm_head, teacher lm_head, gradient GEMM */
     DevBuf hc, htc, dhc;        /* last stage: a loss chunk's hidden rows [C, d] */
     DevBuf z, zt, dz;           /* last stage: [C, V] F32 logits and dL/dz */
     DevBuf topk_idx, topk_val;  /* last stage: [C, K] the teacher's top-K (I32, F32) */

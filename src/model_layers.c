@@ -15,7 +15,8 @@ void dam_model_materialize(DamModel *m, const DamTensor *t, int src, DevBuf out)
     if (src >= 0) /* one source as stored (the teacher): a single scalar coefficient 1 */
         m->be->dam_materialize(m->ctx, out, &t->src[src], 1, m->ones, t->rows, t->cols, 1);
     else
-        m->be->dam_materialize(m->ctx, out, t->src, m->n_rows, t->fc, t->rows, t->cols, t->kind == DT_BIAS);
+        m->be->dam_materialize(m->ctx, out, t->src, m->n_coef_rows, t->fc, t->rows, t->cols,
+                               t->kind == DT_BIAS);
 }
 
 void materialize_w(DamModel *m, const DamTensor *t, int src, DevBuf out) {
@@ -38,7 +39,7 @@ void materialize_layer(DamModel *m, int l, int src) {
 /* ---------------------------------------------------------------- tensor parallel */
 
 void tp_sum(DamModel *m, DevBuf buf, size_t n) {
-    if (m->tp) devcomm_allreduce_sum(&m->dc_tp, buf, n);
+    if (m->tp) devcomm_allreduce_sum(&m->comms->tp, buf, n);
 }
 
 /* y = the row-parallel product x·Wᵀ summed over the tp group, plus `residual`. */
@@ -120,7 +121,8 @@ void embed_forward(DamModel *m, RunState *rs, const int32_t *ids, int B, int T, 
     if (src >= 0)
         m->be->dam_embed_gather(m->ctx, x0, &m->embed->src[src], 1, m->ones, lids, (int)BT, (int)d);
     else
-        m->be->dam_embed_gather(m->ctx, x0, m->embed->src, m->n_rows, m->embed->fc, lids, (int)BT, (int)d);
+        m->be->dam_embed_gather(m->ctx, x0, m->embed->src, m->n_coef_rows, m->embed->fc, lids, (int)BT,
+                                (int)d);
     tp_sum(m, x0, BT * d); /* vocabulary-parallel embedding */
 }
 
@@ -149,7 +151,7 @@ static void model_forward(DamModel *m, RunState *rs, const int32_t *ids, int B, 
 
 const DamTensor *lm_tensor(const DamModel *m) { return m->lm_head ? m->lm_head : m->embed; }
 
-DevComm *pp_comm(DamModel *m) { return m->pp ? &m->dc_pp : NULL; }
+DevComm *pp_comm(DamModel *m) { return m->pp ? &m->comms->pp : NULL; }
 
 typedef struct {
     DamModel *m;
@@ -190,12 +192,13 @@ void dam_model_logits(DamModel *m, RunState *rs, const int32_t *ids, int B, int 
 
 /* ---------------------------------------------------------------- backward */
 
-/* grad accumulator += Σ_r W_i[r,:]·G[r,:] for a trainable tensor (fine-tuning: wgrad += G). */
-void coef_grad(DamModel *m, DamTensor *t, DevBuf G) {
+/* grad accumulator += Σ_r W_i[r,:]·dW[r,:] for a trainable tensor (fine-tuning: wgrad += dW). */
+void coef_grad(DamModel *m, DamTensor *t, DevBuf dW) {
     if (t && t->trainable && !devbuf_null(t->wgrad))
-        m->be->add(m->ctx, t->wgrad, G, t->rows * t->cols);
+        m->be->add(m->ctx, t->wgrad, dW, t->rows * t->cols);
     else if (t && t->trainable)
-        m->be->dam_coef_grad(m->ctx, t->grad, t->src, m->n_rows, G, t->rows, t->cols, t->kind == DT_BIAS);
+        m->be->dam_coef_grad(m->ctx, t->grad, t->src, m->n_coef_rows, dW, t->rows, t->cols,
+                             t->kind == DT_BIAS);
 }
 
 /* colsum[o] = Σ_t dy[t, o]: the gradient of a bias, reduced with the bias coefficients. */
@@ -205,16 +208,16 @@ static void bias_grad(DamModel *m, DamTensor *t, DevBuf dy, int BT, int out) {
     coef_grad(m, t, m->work->colsum);
 }
 
-/* Linear backward: dx (+)= dy·W; coefficient gradient through G = dyᵀ·x. */
+/* Linear backward: dx (+)= dy·W; coefficient gradient through dW = dyᵀ·x. */
 static void linear_backward(DamModel *m, DamTensor *t, DevBuf w, DevBuf dx, DevBuf dy, DevBuf x, int BT,
                             int in, int out, int accumulate) {
     struct Workspace *ws = m->work;
     m->be->matmul_dyw(m->ctx, dx, dy, w, BT, in, out, accumulate);
-    if (t->trainable && !devbuf_null(t->wgrad)) /* fine-tuning: the G GEMM accumulates into wgrad */
+    if (t->trainable && !devbuf_null(t->wgrad)) /* fine-tuning: the dW GEMM accumulates into wgrad */
         m->be->matmul_dytx(m->ctx, t->wgrad, dy, x, BT, in, out, 1);
     else if (t->trainable) {
-        m->be->matmul_dytx(m->ctx, ws->G, dy, x, BT, in, out, 0);
-        coef_grad(m, t, ws->G);
+        m->be->matmul_dytx(m->ctx, ws->dW, dy, x, BT, in, out, 0);
+        coef_grad(m, t, ws->dW);
     }
 }
 
@@ -288,6 +291,6 @@ void merged_backward(DamModel *m, RunState *rs, const int32_t *ids, int B, int T
     if (m->first && m->embed->trainable && !devbuf_null(m->embed->wgrad)) /* fine-tuning */
         m->be->embed_grad(m->ctx, m->embed->wgrad, grad_out, local_ids(m, ids, BT), (int)BT, (int)d);
     else if (m->first && m->embed->trainable) /* else the pipeline sends grad_out back */
-        m->be->dam_embed_coef_grad(m->ctx, m->embed->grad, m->embed->src, m->n_rows, grad_out,
+        m->be->dam_embed_coef_grad(m->ctx, m->embed->grad, m->embed->src, m->n_coef_rows, grad_out,
                                    local_ids(m, ids, BT), (int)BT, (int)d);
 }

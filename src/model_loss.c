@@ -72,7 +72,7 @@ static void chunk_logits(const DamStep *s, int mb, const int32_t *rows, int C, i
 }
 
 /* A chunk's dL/dz back: dL/dhid scattered into the run state's rows, the lm_head weight gradient
- * into ws->lm_G (accumulated after the step's first chunk). */
+ * into ws->lm_dW (accumulated after the step's first chunk). */
 static void chunk_backward(DamModel *m, RunState *rs, const int32_t *rows, int C, int accumulate) {
     struct Workspace *ws = m->work;
     const Backend *be = m->be;
@@ -81,7 +81,7 @@ static void chunk_backward(DamModel *m, RunState *rs, const int32_t *rows, int C
     be->matmul_dyw(cx, ws->dhc, ws->dz, ws->lm_w, C, d, V, 0);
     tp_sum(m, ws->dhc, (size_t)C * d); /* vocabulary-parallel lm_head */
     be->scatter_rows(cx, rs->dhid, ws->dhc, rows, C, d);
-    if (lm_tensor(m)->trainable) be->matmul_dytx(cx, ws->lm_G, ws->dz, ws->hc, C, d, V, accumulate);
+    if (lm_tensor(m)->trainable) be->matmul_dytx(cx, ws->lm_dW, ws->dz, ws->hc, C, d, V, accumulate);
 }
 
 /* Segment seg of micro-batch mb: its losses over its valid positions (the workspace's list from
@@ -120,7 +120,7 @@ void micro_batch_losses(const DamStep *s, int mb) {
         if (nt) materialize_w(m, lm, s->teacher[seg], ws->lm_t);
         segment_loss(s, mb, seg, first);
     }
-    if (s->backward) coef_grad(m, (DamTensor *)lm, ws->lm_G);
+    if (s->backward) coef_grad(m, (DamTensor *)lm, ws->lm_dW);
 }
 
 void share_losses(const DamModel *m, int n, LossTerms *terms) {

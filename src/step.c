@@ -10,10 +10,10 @@
  *         (model_loss.c): the logits, the loss terms, dL/dhid, the lm_head's gradient;
  *       backward_micro_batch (here): merged_backward (model_layers.c): per layer from the last,
  *         materialize_layer, the recompute (layer_forward, unless the activations were kept),
- *         layer_backward adding each coefficient's Σ W·G;
+ *         layer_backward adding each coefficient's Σ W·dW;
  *     share_losses (model_loss.c) and sum_terms (here): the loss terms on every stage, over dp;
  *     dam_model_reduce_grad (model.c): the gradients over dp, the tied embedding and tp;
- *     dam_model_finish_grad (model.c): the coefficient gradients dL/dc = Σ W·G · f'(c);
+ *     dam_model_finish_grad (model.c): the coefficient gradients dL/dc = Σ W·dW · f'(c);
  *     reg_apply (optim.c): the regularizers;
  *     optim_clip_grad_norm, optim_step (optim.c): the update.
  * The merged weights are materialized again on every forward and every backward of a layer, not

@@ -21,7 +21,7 @@
 #include "safetensors.h"
 #include "step.h"
 #include "tokenizer.h"
-#include "wov.h"
+#include "pair_weights.h"
 #include "coefinit.h"
 
 typedef struct {
@@ -72,8 +72,8 @@ static void init_coefficients(Trainer *tr) {
             DamTensor *x = &m->tensors[t];
             for (int j = 0; j < x->dim; j++) {
                 double e[DAM_MAX_SOURCES], s = 0;
-                for (int i = 0; i < m->n_rows; i++) s += (e[i] = exp(dam_rng_normal(&rng)));
-                for (int i = 0; i < m->n_rows; i++)
+                for (int i = 0; i < m->n_coef_rows; i++) s += (e[i] = exp(dam_rng_normal(&rng)));
+                for (int i = 0; i < m->n_coef_rows; i++)
                     cc[x->coef_at + (size_t)i * x->dim + j] = (float)(e[i] / s);
             }
         }
@@ -299,8 +299,8 @@ static double eval_kl(Trainer *tr, int k, int n_eval) {
     int64_t first = d->n_rows - n_eval, saved = tr->cursor[k];
     double kl = 0;
     int64_t tokens = 0;
-    LossParams lp = tr->cfg.loss;
-    lp.mse = 0, lp.entropy = 0, lp.kl = 1;
+    LossParams loss = tr->cfg.loss;
+    loss.mse = 0, loss.entropy = 0, loss.kl = 1;
     tr->cursor[k] = first;
     tr->in_eval = 1;
     for (int64_t r = 0; r + tr->B <= n_eval; r += tr->B) {
@@ -322,7 +322,7 @@ static double eval_kl(Trainer *tr, int k, int n_eval) {
                      .mask = &mask,
                      .topk_idx = topk_idx ? &topk_idx : NULL,
                      .topk_val = topk_idx ? &topk_val : NULL,
-                     .loss = &lp,
+                     .loss = &loss,
                      .terms = &lt};
         dam_micro_batches(&s);
         kl += lt.kl * (double)lt.n_valid, tokens += lt.n_valid;
@@ -337,7 +337,7 @@ static void set_plain_average(DamModel *m, int n_sources) {
     float *fc = dam_malloc((m->coef.n ? m->coef.n : 1) * sizeof(float), "plain average");
     for (int t = 0; t < m->n_tensors; t++) {
         DamTensor *x = &m->tensors[t];
-        for (int i = 0; i < m->n_rows; i++)
+        for (int i = 0; i < m->n_coef_rows; i++)
             for (int j = 0; j < x->dim; j++)
                 fc[x->coef_at + (size_t)i * x->dim + j] = i < n_sources ? 1.0f / n_sources : 0.0f;
     }
@@ -376,7 +376,7 @@ static void ckpt_meta(const Trainer *tr, int step, CkptMeta *meta) {
     memcpy(meta->cursor, tr->cursor, sizeof tr->cursor);
     meta->config_hash = tr->cfg.hash;
     meta->config = tr->cfg.effective;
-    for (int i = 0; i < tr->model.n_rows; i++) {
+    for (int i = 0; i < tr->model.n_coef_rows; i++) {
         if (i) strncat(meta->sources, ";", sizeof meta->sources - strlen(meta->sources) - 1);
         strncat(meta->sources, tr->model.row_names[i], sizeof meta->sources - strlen(meta->sources) - 1);
     }
@@ -411,9 +411,9 @@ static void save_checkpoint(Trainer *tr, int step) {
             int split = dam_model_split_kind(m, x) == 2, full = split ? x->coef_full : x->dim;
             float *v[3];
             for (int i = 0; i < 3; i++)
-                v[i] = dam_model_gather_split(m, blocks[i] + x->coef_at, (size_t)m->n_rows, (size_t)x->dim,
-                                              split);
-            if (f) ckpt_put(f, x->name, m->n_rows, full, v[0], v[1], v[2]);
+                v[i] = dam_model_gather_split(m, blocks[i] + x->coef_at, (size_t)m->n_coef_rows,
+                                              (size_t)x->dim, split);
+            if (f) ckpt_put(f, x->name, m->n_coef_rows, full, v[0], v[1], v[2]);
             for (int i = 0; i < 3; i++) free(v[i]);
         }
         for (int i = 0; i < 3; i++) free(blocks[i]);
@@ -628,7 +628,7 @@ static void print_run_header(const Trainer *tr) {
     long long per_step = (long long)tr->n_data * tr->B * mb * tr->T;
     printf("dam_dist: %d sources (%s, %lld parameters per source), %d steps of %lld tokens each "
            "(%d datasets x batch_size %d x micro_batches %d x seq_len %d), layout dp=%d x pp=%d x tp=%d\n",
-           tr->model.n_rows, tr->model.full_cfg.architecture,
+           tr->model.n_coef_rows, tr->model.full_cfg.architecture,
            (long long)hfconfig_num_params(&tr->model.full_cfg), tr->total_steps, per_step, tr->n_data, tr->B,
            mb, tr->T, tr->grid.dp, tr->grid.pp, tr->grid.tp);
     const DamConfig *c = &tr->cfg;
@@ -639,7 +639,7 @@ static void print_run_header(const Trainer *tr) {
         for (int t = 0; t < tr->model.n_tensors; t++) {
             const DamTensor *x = &tr->model.tensors[t];
             size_t n =
-                c->mofo_scope == MOFO_SCOPE_SOURCE ? (size_t)x->dim : (size_t)tr->model.n_rows * x->dim;
+                c->mofo_scope == MOFO_SCOPE_SOURCE ? (size_t)x->dim : (size_t)tr->model.n_coef_rows * x->dim;
             if (!x->trainable || said[x->kind] || optim_mofo_keep(c, n) > 0) continue;
             said[x->kind] = 1;
             printf(

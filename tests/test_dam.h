@@ -142,7 +142,7 @@ static inline double dam_case_loss(DamCase *dc, DamLosses *out) {
         for (int k = 0; k < dc->n_data; k++) {
             memcpy(ids + k * seg, dc->ids[k], seg * sizeof(int32_t));
             memcpy(mask + k * seg, dc->mask[k], seg);
-            teacher[k] = dc->base_teacher ? dc->m.n_rows - 1 : k;
+            teacher[k] = dc->base_teacher ? dc->m.n_coef_rows - 1 : k;
         }
         const int32_t *ids_p = ids;
         const int8_t *mask_p = mask;

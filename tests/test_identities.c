@@ -20,7 +20,7 @@ static void set_one_hot(DamModel *m, int k) {
     float *c = test_coef_get(m, DAM_COEF_C);
     for (int t = 0; t < m->n_tensors; t++) {
         DamTensor *x = &m->tensors[t];
-        for (int i = 0; i < m->n_rows; i++)
+        for (int i = 0; i < m->n_coef_rows; i++)
             for (int j = 0; j < x->dim; j++) c[x->coef_at + (size_t)i * x->dim + j] = i == k ? 1.0f : 0.0f;
     }
     test_coef_put(m, DAM_COEF_C, c);
@@ -35,7 +35,7 @@ static void test_one_hot_reproduces_source(void **s) {
     dam_case_open(&dc, "llama3src", "kl");
     size_t n = (size_t)dc.B * dc.T * dc.m.cfg.vocab_size;
     float *merged = malloc(n * sizeof(float)), *source = malloc(n * sizeof(float));
-    for (int k = 0; k < dc.m.n_rows; k++) {
+    for (int k = 0; k < dc.m.n_coef_rows; k++) {
         set_one_hot(&dc.m, k);
         dam_model_logits(&dc.m, dc.rs, dc.ids[0], dc.B, dc.T, -1, merged);
         dam_model_logits(&dc.m, dc.rs, dc.ids[0], dc.B, dc.T, k, source);
