@@ -7,7 +7,9 @@
  * computed, its activations, tiled attention that keeps only a log-sum-exp per query row, and on
  * the last stage the lm_head and loss-chunk buffers), shared by every micro-batch in flight; per
  * micro-batch in flight a run state holding only what 1F1B keeps between its forward and backward:
- * the input of each of the stage's layers (the backward recomputes a layer from its input). */
+ * the input of each of the stage's layers (the backward recomputes a layer from its input), or
+ * also every layer's activations when they fit (keep_acts). The forward and backward of one step
+ * run from src/step.c; the model's own files share src/model_internal.h. */
 #ifndef DAM_MODEL_H
 #define DAM_MODEL_H
 
@@ -165,9 +167,9 @@ int dam_model_keep_fits(DamModel *m, int n_slots, int B, int T, size_t budget);
  * (heads, FFN width, vocabulary / tp), n_layers its stage's layers, last whether it holds the
  * lm_head and the losses; batches of B sequences (all datasets of a step) of T tokens; act the
  * backend's activation dtype (F32 on the CPU, BF16 on CUDA; the F32 buffers stay F32), wdt that of
- * the materialized GEMM weights (dam_model_weight_dtype: act, or BF16 under bf16 CPU GEMMs). With
- * `keep` the run state also holds every layer's activations of the merged forward (see
- * DamModel.keep_budget), so that the backward does not recompute them. */
+ * the materialized GEMM weights (the backend's weight_dtype: act, or BF16 under bf16 CPU GEMMs).
+ * With `keep` the run state also holds every layer's activations of the merged forward (see
+ * DamModel.keep_acts and dam_model_keep_fits), so that the backward does not recompute them. */
 void dam_model_activation_bytes(const ModelConfig *c, int n_layers, int last, int B, int T, dam_dtype act,
                                 dam_dtype wdt, int keep, size_t *workspace, size_t *run_state);
 
