@@ -248,7 +248,7 @@ static void dataset_kls(Evolver *ev, double *kl_out) {
         for (int64_t r = 0; r < ev->rows[k]; r += ev->B) {
             int nb = (int)(ev->rows[k] - r < ev->B ? ev->rows[k] - r : ev->B);
             read_batch(ev, k, r, nb);
-            LossTerms lt;
+            LossTerms lt = {.n_valid = 0}; /* (dam_micro_batches writes it) */
             const int32_t *ids = ev->ids, *topk_idx = ev->topk_idx;
             const int8_t *mask = ev->mask;
             const float *topk_val = ev->topk_val;

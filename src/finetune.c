@@ -99,7 +99,7 @@ double finetune_loss_grad(Finetune *f, const int32_t *ids, const int8_t *target,
         row[ids[i + 1]] = 0.0f;
     }
     LossParams loss = {.temperature = 1.0f, .kl = 1, .topk = V};
-    LossTerms out;
+    LossTerms out = {.n_valid = 0}; /* (dam_micro_batches writes it) */
     int teacher = 0;
     const int32_t *topk_idx = f->topk_idx;
     const int8_t *mask = target;

@@ -305,7 +305,7 @@ static double eval_kl(Trainer *tr, int k, int n_eval) {
     tr->in_eval = 1;
     for (int64_t r = 0; r + tr->B <= n_eval; r += tr->B) {
         next_batch(tr, k, 0);
-        LossTerms lt;
+        LossTerms lt = {.n_valid = 0}; /* (dam_micro_batches writes it) */
         const int32_t *ids = tr->ids, *topk_idx = tr->topk_idx;
         const int8_t *mask = tr->mask;
         const float *topk_val = tr->topk_val;
