@@ -27,7 +27,7 @@ int comm_world_rank(void);
 int comm_world_size(void);
 
 /* One group of ranks: a communicator plus this rank's place in it. */
-typedef struct {
+typedef struct CommGroup {
     MPI_Comm comm;
     int rank, size;
     const char *name; /* "world", "dp", "pp", "tp": named in error messages */

@@ -11,11 +11,10 @@
 
 #include "backend.h"
 #include "comm.h"
-
-typedef enum { DAM_TRANSPORT_AUTO = 0, DAM_TRANSPORT_MPI = 1, DAM_TRANSPORT_NCCL = 2 } DamTransport;
+#include "transport.h"
 
 /* One group's device communicator. */
-typedef struct {
+typedef struct DevComm {
     const CommGroup *g; /* NULL or size <= 1: every call is a no-op (or a local copy) */
     const Backend *be;
     BackendCtx *ctx;

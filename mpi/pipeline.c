@@ -3,6 +3,8 @@
 
 #include <stdlib.h>
 
+#include "devcomm.h"
+
 typedef struct {
     DevComm *pp; /* NULL: one stage */
     int rank, first, last, n_slots;

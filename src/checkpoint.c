@@ -529,7 +529,7 @@ char *ckpt_save(const char *dir, const DamModel *m, const CkptMeta *meta, int ke
           *av = dam_model_coef_host(m, DAM_COEF_ADAM_V);
     for (int t = 0; t < m->n_tensors; t++) {
         const DamTensor *x = &m->tensors[t];
-        ckpt_put(f, x->name, m->n_rows, x->dim, c + x->coef_at, am + x->coef_at, av + x->coef_at);
+        ckpt_put(f, x->name, m->n_coef_rows, x->dim, c + x->coef_at, am + x->coef_at, av + x->coef_at);
     }
     free(c), free(am), free(av);
     ckpt_close(f);
@@ -540,7 +540,7 @@ char *ckpt_save(const char *dir, const DamModel *m, const CkptMeta *meta, int ke
 
 void ckpt_read_model(CkptFile *f, DamModel *m) {
     char want[1024] = "", *have = read_str(f->file, "sources", f->path);
-    for (int i = 0; i < m->n_rows; i++) {
+    for (int i = 0; i < m->n_coef_rows; i++) {
         if (i) strncat(want, ";", sizeof want - strlen(want) - 1);
         strncat(want, m->row_names[i], sizeof want - strlen(want) - 1);
     }
@@ -553,7 +553,7 @@ void ckpt_read_model(CkptFile *f, DamModel *m) {
     for (int t = 0; t < m->n_tensors; t++) { /* this rank's columns of tensor-parallel splits */
         DamTensor *x = &m->tensors[t];
         int split = dam_model_split_kind(m, x) == 2;
-        ckpt_get(f, x->name, m->n_rows, split ? x->coef_full : x->dim, split ? x->coef_off : 0, x->dim,
+        ckpt_get(f, x->name, m->n_coef_rows, split ? x->coef_full : x->dim, split ? x->coef_off : 0, x->dim,
                  c + x->coef_at, am + x->coef_at, av + x->coef_at);
     }
     dam_model_coef_upload(m, DAM_COEF_C, c);

@@ -61,7 +61,7 @@ typedef struct {
     /* loss */
     LossParams loss; /* temperature, kl, mse, entropy, topk, kl_batchmean */
     float similarity, l1, l2, overlap;
-    float weighted_overlap; /* λ of the reference's weighted overlap (wov.h); needs base_model */
+    float weighted_overlap; /* λ of the reference's weighted overlap (pair_weights.h); needs base_model */
     /* loss.reg_biases false: L1, L2 and overlap leave bias coefficients alone (the reference); 0, the
      * default, keeps them in, so that a zeroed DamConfig (tests, tools) has today's behaviour */
     int reg_skip_biases;

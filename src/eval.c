@@ -22,13 +22,13 @@
 /* ---------------------------------------------------------------- one row */
 
 void eval_init(Evaluator *ev, DamModel *m, int T, int teacher, int n_models, const int *models,
-               const LossParams *lp, int generate) {
+               const LossParams *loss, int generate) {
     memset(ev, 0, sizeof *ev);
     ev->m = m, ev->T = T, ev->teacher = teacher, ev->n_models = n_models, ev->generate = generate;
     memcpy(ev->models, models, (size_t)n_models * sizeof(int));
-    ev->lp = *lp;
+    ev->loss = *loss;
     ev->rs = runstate_new(m, 1, T);
-    size_t TV = (size_t)T * m->cfg.vocab_size, K = lp->topk > 0 ? (size_t)lp->topk : 1;
+    size_t TV = (size_t)T * m->cfg.vocab_size, K = loss->topk > 0 ? (size_t)loss->topk : 1;
     ev->z = dam_malloc(TV * sizeof(float), "logits");
     ev->zt = dam_malloc(TV * sizeof(float), "teacher logits");
     ev->arg_m = dam_malloc((size_t)T * sizeof(int32_t), "argmax");
@@ -59,7 +59,7 @@ static void argmax_rows(Evaluator *ev, const float *z, int rows, int32_t *arg) {
  * logits stay where they are; every tp rank sees the same mask, so all make the same calls).
  * kidx/kval: the teacher cache per valid position (K each), or NULL. */
 static double kl_valid(Evaluator *ev, const int8_t *mask, const int32_t *kidx, const float *kval) {
-    size_t V = (size_t)ev->m->cfg.vocab_size, K = ev->lp.topk > 0 ? (size_t)ev->lp.topk : 0;
+    size_t V = (size_t)ev->m->cfg.vocab_size, K = ev->loss.topk > 0 ? (size_t)ev->loss.topk : 0;
     double kl = 0;
     for (int t = 0, i = 0; t < ev->T;) { /* i: valid positions before t */
         if (!mask[t]) {
@@ -69,7 +69,7 @@ static double kl_valid(Evaluator *ev, const int8_t *mask, const int32_t *kidx, c
         int t1 = t;
         while (t1 < ev->T && mask[t1]) t1++;
         kl += dam_model_kl_sum(ev->m, ev->z + t * V, ev->zt + t * V, kidx ? kidx + i * K : NULL,
-                               kval ? kval + i * K : NULL, t1 - t, &ev->lp);
+                               kval ? kval + i * K : NULL, t1 - t, &ev->loss);
         i += t1 - t, t = t1;
     }
     return kl;
@@ -125,7 +125,7 @@ static void row_terms(Evaluator *ev, const int32_t *ids, const int8_t *mask, con
 void eval_row(Evaluator *ev, const int32_t *ids, const int8_t *mask, const int8_t *answer,
               const int32_t *topk_idx, const float *topk_val, EvalSums *sums) {
     DamModel *m = ev->m;
-    int T = ev->T, n_valid = 0, K = ev->lp.topk, has_answer = 0;
+    int T = ev->T, n_valid = 0, K = ev->loss.topk, has_answer = 0;
     for (int t = 0; t < T; t++)
         if (mask[t]) ev->valid[n_valid++] = t;
     for (int t = 1; answer && t < T; t++) has_answer |= answer[t] != 0;
@@ -154,7 +154,7 @@ void eval_row(Evaluator *ev, const int32_t *ids, const int8_t *mask, const int8_
 void eval_rows(Evaluator *ev, const DamDataset *d, int64_t row0, int64_t n, int dp, int dp_idx,
                EvalSums *sums) {
     int64_t L = d->seq_len;
-    int K = ev->lp.topk, Kc = d->topk, cached = K > 0 && Kc >= K;
+    int K = ev->loss.topk, Kc = d->topk, cached = K > 0 && Kc >= K;
     int32_t *ids = dam_malloc((size_t)L * sizeof(int32_t), "ids");
     int8_t *mask = dam_malloc((size_t)L, "mask"), *answer = dam_malloc((size_t)L, "answer mask");
     int32_t *cidx = cached ? dam_malloc((size_t)(L * Kc) * sizeof(int32_t), "top-k ids") : NULL;
@@ -174,8 +174,8 @@ void eval_rows(Evaluator *ev, const DamDataset *d, int64_t row0, int64_t n, int 
     free(ids), free(mask), free(answer), free(cidx), free(cval);
 }
 
-void eval_metrics(const EvalSums *s, const LossParams *lp, int batch_size, EvalMetrics *out) {
-    double b = lp->kl_batchmean && batch_size > 1 ? batch_size : 1;
+void eval_metrics(const EvalSums *s, const LossParams *loss, int batch_size, EvalMetrics *out) {
+    double b = loss->kl_batchmean && batch_size > 1 ? batch_size : 1;
     out->ce = s->ce_n > 0 ? s->ce / s->ce_n : NAN;
     out->kl = s->kl_n > 0 ? s->kl / s->kl_n / b : NAN;
     out->top1 = s->kl_n > 0 ? s->agree / s->kl_n : NAN;
@@ -268,15 +268,15 @@ static void check_dataset(EvalRun *r, int k, DamDataset *d) {
 static void run_datasets(EvalRun *r) {
     int nd = r->c.n_models, nm = r->a.n_models, models[DAM_MAX_SOURCES];
     for (int j = 0; j < nm; j++) models[j] = nd + j;
-    LossParams lp = r->c.loss;
-    lp.kl = 1, lp.mse = 0, lp.entropy = 0;
+    LossParams loss = r->c.loss;
+    loss.kl = 1, loss.mse = 0, loss.entropy = 0;
     DamDataset d[DAM_MAX_SOURCES];
     for (int k = 0; k < nd; k++) check_dataset(r, k, &d[k]);
     r->sums = dam_calloc((size_t)nm * nd, sizeof(EvalSums), "eval sums");
     EvalSums *per = dam_calloc((size_t)nm, sizeof(EvalSums), "eval sums");
     for (int k = 0; k < nd; k++) {
         Evaluator ev;
-        eval_init(&ev, &r->m, r->T[k], k, nm, models, &lp, r->a.generate);
+        eval_init(&ev, &r->m, r->T[k], k, nm, models, &loss, r->a.generate);
         memset(per, 0, (size_t)nm * sizeof *per);
         eval_rows(&ev, &d[k], r->first[k], d[k].n_rows - r->first[k], r->g.dp, r->g.dp_idx, per);
         for (int j = 0; j < nm; j++) r->sums[(size_t)j * nd + k] = per[j];

@@ -41,7 +41,7 @@ typedef struct {
     RunState *rs; /* for 1 x T */
     int T, teacher, n_models, generate;
     int models[DAM_MAX_SOURCES];
-    LossParams lp;
+    LossParams loss;
     float *z, *zt;          /* [T, V]: a model's and the teacher's logits (last stage) */
     int32_t *arg_m, *arg_t; /* argmax per position */
     int32_t *seq, *target, *valid, *kidx;
@@ -51,10 +51,10 @@ typedef struct {
 
 /* Buffers for rows of T tokens (and the run state when rs is NULL: it is then owned). */
 void eval_init(Evaluator *ev, DamModel *m, int T, int teacher, int n_models, const int *models,
-               const LossParams *lp, int generate);
+               const LossParams *loss, int generate);
 void eval_free(Evaluator *ev);
 
-/* One row (ids, mask, answer [T]; answer may be NULL; topk_idx/val [T*lp.topk] the teacher cache
+/* One row (ids, mask, answer [T]; answer may be NULL; topk_idx/val [T*loss.topk] the teacher cache
  * or NULL) on every rank of one data-parallel replica: sums[j] of model j gain the row's terms on
  * the last stage's tp rank 0 only (elsewhere they are left alone), so that a sum over all ranks
  * counts each row once. */
@@ -62,11 +62,11 @@ void eval_row(Evaluator *ev, const int32_t *ids, const int8_t *mask, const int8_
               const int32_t *topk_idx, const float *topk_val, EvalSums *sums);
 
 /* Rows [row0, row0 + n) of d, row row0 + i by replica i mod dp (this is replica dp_idx), each
- * through eval_row; the teacher cache is used when lp.topk > 0 and d holds one. */
+ * through eval_row; the teacher cache is used when loss.topk > 0 and d holds one. */
 void eval_rows(Evaluator *ev, const DamDataset *d, int64_t row0, int64_t n, int dp, int dp_idx,
                EvalSums *sums);
 
 /* Sums (over all ranks) to metrics; batch_size divides the KL under loss.kl_reduction batchmean. */
-void eval_metrics(const EvalSums *s, const LossParams *lp, int batch_size, EvalMetrics *out);
+void eval_metrics(const EvalSums *s, const LossParams *loss, int batch_size, EvalMetrics *out);
 
 #endif

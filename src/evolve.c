@@ -4,7 +4,7 @@
  * Genome: one weight per source (coefficient row) per decoder layer, plus one per source for the
  * embeddings and one for the final norm and lm_head; every tensor of a group takes its weight on all
  * of its columns, so the merged W = Σ_i w_i W_i is the DAM model with coefficients constant per
- * tensor (nonlinearity none) and the same forward (dam_model_eval) evaluates it. Fitness: Σ over
+ * tensor (nonlinearity none) and the same forward (dam_micro_batches) evaluates it. Fitness: Σ over
  * the datasets of the per-token KL(source k || merged) at loss.temperature on the first --rows rows of
  * dataset k (default: the rows a DAM run of this config reads), as DAM's KL term and the --eval-rows
  * table define it. The search starts at the plain average (1/N each, 0 for a base row).
@@ -35,6 +35,7 @@
 #include "outdir.h"
 #include "output.h"
 #include "runctl.h"
+#include "step.h"
 
 typedef struct {
     const char *config, *resume_path;
@@ -69,7 +70,7 @@ typedef struct {
     int32_t *ids, *topk_idx;
     int8_t *mask;
     float *topk_val;
-    int n_groups, dim; /* genome: n_groups x model.n_rows */
+    int n_groups, dim; /* genome: n_groups x model.n_coef_rows */
     int *group;        /* group of each tensor */
     float *coef;       /* host coefficient block */
     CmaEs es;
@@ -154,7 +155,7 @@ static void open_model(Evolver *ev) {
     DamModel *m = &ev->model;
     m->nonlin = NONLIN_NONE; /* the genome's weights are the coefficients themselves */
     ev->n_groups = m->full_cfg.num_hidden_layers + 2;
-    ev->dim = ev->n_groups * m->n_rows;
+    ev->dim = ev->n_groups * m->n_coef_rows;
     ev->group = dam_malloc((size_t)(m->n_tensors ? m->n_tensors : 1) * sizeof(int), "genome groups");
     for (int t = 0; t < m->n_tensors; t++) ev->group[t] = tensor_group(m, &m->tensors[t]);
     ev->coef = dam_malloc((m->coef.n ? m->coef.n : 1) * sizeof(float), "coefficients");
@@ -230,9 +231,9 @@ static void set_genome(Evolver *ev, const double *x) {
     DamModel *m = &ev->model;
     for (int t = 0; t < m->n_tensors; t++) {
         const DamTensor *tx = &m->tensors[t];
-        for (int i = 0; i < m->n_rows; i++)
+        for (int i = 0; i < m->n_coef_rows; i++)
             for (int j = 0; j < tx->dim; j++)
-                ev->coef[tx->coef_at + (size_t)i * tx->dim + j] = (float)x[ev->group[t] * m->n_rows + i];
+                ev->coef[tx->coef_at + (size_t)i * tx->dim + j] = (float)x[ev->group[t] * m->n_coef_rows + i];
     }
     dam_model_coef_upload(m, DAM_COEF_C, ev->coef);
     dam_model_refresh(m);
@@ -240,17 +241,34 @@ static void set_genome(Evolver *ev, const double *x) {
 
 /* Per-token KL(source k || merged) on dataset k's rows, for each k (as --eval-rows computes it). */
 static void dataset_kls(Evolver *ev, double *kl_out) {
-    LossParams lp = ev->cfg.loss;
-    lp.mse = 0, lp.entropy = 0, lp.kl = 1;
+    LossParams loss = ev->cfg.loss;
+    loss.mse = 0, loss.entropy = 0, loss.kl = 1;
     for (int k = 0; k < ev->n_data; k++) {
         double kl = 0;
         int64_t tokens = 0;
         for (int64_t r = 0; r < ev->rows[k]; r += ev->B) {
             int nb = (int)(ev->rows[k] - r < ev->B ? ev->rows[k] - r : ev->B);
             read_batch(ev, k, r, nb);
-            LossTerms lt;
-            dam_model_eval(&ev->model, ev->rs, k, ev->ids, ev->mask, ev->topk_cache ? ev->topk_idx : NULL,
-                           ev->topk_cache ? ev->topk_val : NULL, nb, ev->T, &lp, &lt);
+            LossTerms lt = {.n_valid = 0}; /* (dam_micro_batches writes it) */
+            const int32_t *ids = ev->ids, *topk_idx = ev->topk_idx;
+            const int8_t *mask = ev->mask;
+            const float *topk_val = ev->topk_val;
+            DamStep s = {.model = &ev->model,
+                         .slots = &ev->rs,
+                         .n_slots = 1,
+                         .M = 1,
+                         .n_seg = 1,
+                         .B = nb,
+                         .T = ev->T,
+                         .global_mb = 1,
+                         .teacher = &k,
+                         .ids = &ids,
+                         .mask = &mask,
+                         .topk_idx = ev->topk_cache ? &topk_idx : NULL,
+                         .topk_val = ev->topk_cache ? &topk_val : NULL,
+                         .loss = &loss,
+                         .terms = &lt};
+            dam_micro_batches(&s);
             kl += lt.kl * (double)lt.n_valid, tokens += lt.n_valid;
         }
         kl_out[k] = tokens ? kl / (double)tokens : NAN;
@@ -444,11 +462,12 @@ static char *evolve_report(const Evolver *ev, const EvolveArgs *a, double wall) 
     }
     cJSON *w = cJSON_AddObjectToObject(r, "best_weights");
     cJSON *names = cJSON_AddArrayToObject(w, "rows");
-    for (int i = 0; i < m->n_rows; i++) cJSON_AddItemToArray(names, cJSON_CreateString(m->row_names[i]));
+    for (int i = 0; i < m->n_coef_rows; i++) cJSON_AddItemToArray(names, cJSON_CreateString(m->row_names[i]));
     for (int g = 0; g < ev->n_groups; g++) {
         char buf[32];
-        cJSON_AddItemToObject(w, group_name(ev, g, buf, sizeof buf),
-                              cJSON_CreateDoubleArray(ev->best_x + (size_t)g * m->n_rows, m->n_rows));
+        cJSON_AddItemToObject(
+            w, group_name(ev, g, buf, sizeof buf),
+            cJSON_CreateDoubleArray(ev->best_x + (size_t)g * m->n_coef_rows, m->n_coef_rows));
     }
     char *text = cJSON_Print(r);
     cJSON_Delete(r);
@@ -471,7 +490,8 @@ static void start_fresh(Evolver *ev, const EvolveArgs *a) {
     DamModel *m = &ev->model;
     double *x0 = dam_malloc((size_t)ev->dim * sizeof(double), "genome");
     for (int g = 0; g < ev->n_groups; g++)
-        for (int i = 0; i < m->n_rows; i++) x0[g * m->n_rows + i] = i < ev->n_data ? 1.0 / ev->n_data : 0.0;
+        for (int i = 0; i < m->n_coef_rows; i++)
+            x0[g * m->n_coef_rows + i] = i < ev->n_data ? 1.0 / ev->n_data : 0.0;
     cmaes_free(&ev->es);
     cmaes_init(&ev->es, ev->dim, x0, a->sigma, a->population, a->seed);
     evaluate(ev, x0, 1, ev->initial_kl);
@@ -513,7 +533,7 @@ static void print_header(const Evolver *ev, const EvolveArgs *a) {
     printf(
         "evolve: %d sources, genome %d = %d groups (embeddings, %d layers, final norm + lm_head) x %d rows; "
         "population %d, sigma %g, seed %llu; fitness = sum of KL at temperature %g over %d datasets (",
-        ev->n_data, ev->dim, ev->n_groups, ev->n_groups - 2, ev->model.n_rows, ev->es.lambda, a->sigma,
+        ev->n_data, ev->dim, ev->n_groups, ev->n_groups - 2, ev->model.n_coef_rows, ev->es.lambda, a->sigma,
         (unsigned long long)a->seed, ev->cfg.loss.temperature, ev->n_data);
     for (int k = 0; k < ev->n_data; k++) printf("%s%lld", k ? ", " : "", (long long)ev->rows[k]);
     printf(" rows of %d tokens), %lld tokens per evaluation; layout dp=%d x pp=%d x tp=%d\n", ev->T,

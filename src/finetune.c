@@ -15,6 +15,7 @@
 #include "config.h"
 #include "dataset.h"
 #include "output.h"
+#include "step.h"
 
 /* ---------------------------------------------------------------- the trainable model */
 
@@ -97,10 +98,29 @@ double finetune_loss_grad(Finetune *f, const int32_t *ids, const int8_t *target,
         for (int v = 0; v < V; v++) row[v] = -1e30f;
         row[ids[i + 1]] = 0.0f;
     }
-    LossParams lp = {.temperature = 1.0f, .kl = 1, .topk = V};
-    LossTerms out;
+    LossParams loss = {.temperature = 1.0f, .kl = 1, .topk = V};
+    LossTerms out = {.n_valid = 0}; /* (dam_micro_batches writes it) */
     int teacher = 0;
-    dam_model_step(m, f->rs, 1, &teacher, ids, target, f->topk_idx, f->topk_val, B, T, &lp, 1.0f, &out);
+    const int32_t *topk_idx = f->topk_idx;
+    const int8_t *mask = target;
+    const float *topk_val = f->topk_val;
+    DamStep s = {.model = m,
+                 .slots = &f->rs,
+                 .n_slots = 1,
+                 .M = 1,
+                 .n_seg = 1,
+                 .B = B,
+                 .T = T,
+                 .global_mb = 1,
+                 .teacher = &teacher,
+                 .ids = &ids,
+                 .mask = &mask,
+                 .topk_idx = topk_idx ? &topk_idx : NULL,
+                 .topk_val = topk_idx ? &topk_val : NULL,
+                 .loss = &loss,
+                 .backward = 1,
+                 .terms = &out};
+    dam_micro_batches(&s);
     return out.n_valid ? out.kl : 0.0;
 }
 

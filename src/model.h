@@ -7,21 +7,25 @@
  * computed, its activations, tiled attention that keeps only a log-sum-exp per query row, and on
  * the last stage the lm_head and loss-chunk buffers), shared by every micro-batch in flight; per
  * micro-batch in flight a run state holding only what 1F1B keeps between its forward and backward:
- * the input of each of the stage's layers (the backward recomputes a layer from its input). */
+ * the input of each of the stage's layers (the backward recomputes a layer from its input), or
+ * also every layer's activations when they fit (keep_acts). The forward and backward of one step
+ * run from src/step.c; the model's own files share src/model_internal.h. */
 #ifndef DAM_MODEL_H
 #define DAM_MODEL_H
 
 #include "backend.h"
-#include "comm.h"
-#include "devcomm.h"
 #include "hfconfig.h"
 #include "safetensors.h"
+#include "transport.h"
+
+/* The model's groups (mpi/comm.h); model.h itself does not pull in MPI. */
+typedef struct CommGroup CommGroup;
 
 #define DAM_MAX_SOURCES 16
 
 typedef enum { DT_LINEAR = 0, DT_EMBED = 1, DT_NORM = 2, DT_BIAS = 3 } DamTensorKind;
 
-/* One mergeable tensor: its N stored versions and their coefficients [n_rows, dim]. */
+/* One mergeable tensor: its N stored versions and their coefficients [n_coef_rows, dim]. */
 typedef struct {
     char name[128]; /* the Hugging Face tensor name, e.g. model.layers.0.mlp.up_proj.weight */
     DamTensorKind kind;
@@ -29,21 +33,22 @@ typedef struct {
     int dim;           /* coefficient length: cols, or 1 for a bias (one scalar per source) */
     int trainable;
     SrcWeight src[DAM_MAX_SOURCES]; /* on the device (be->upload_source) */
-    /* views (F32, n_rows * dim) into the model's coefficient blocks, which start at element coef_at:
+    /* views (F32, n_coef_rows * dim) into the model's coefficient blocks, which start at element coef_at:
      * the host reads and writes them only through dam_model_coef_download/upload of whole blocks */
     size_t coef_at;
     DevBuf c;              /* raw coefficients */
     DevBuf fc;             /* f(c), refreshed by dam_model_refresh */
-    DevBuf grad;           /* accumulated Σ W·G during a step; dL/dc after dam_model_finish_grad */
+    DevBuf grad;           /* accumulated Σ W·dW during a step; dL/dc after dam_model_finish_grad */
     DevBuf adam_m, adam_v; /* optimizer state */
     /* tensor parallel: this rank holds coefficient columns [coef_off, coef_off + dim) of coef_full
      * (row-parallel layers), and grad_partial marks gradients that are partial sums over the tp
      * group (column-parallel layers, vocabulary-parallel embedding and lm_head) */
     int coef_off, coef_full, grad_partial;
     /* full fine-tuning (finetune.c): when set (F32, rows * cols), the backward adds the weight
-     * gradient dL/dW (the G that DAM reduces into the coefficient gradient) here instead */
+     * gradient dL/dW (the dW that DAM reduces into the coefficient gradient) here instead */
     DevBuf wgrad;
-    DevBuf wov; /* loss.weighted_overlap: F32 [P, dim] pair weights of a linear tensor (wov.h), else null */
+    /* loss.weighted_overlap: F32 [P, dim] pair weights of a linear tensor (pair_weights.h), else null */
+    DevBuf wov;
 } DamTensor;
 
 typedef struct {
@@ -72,10 +77,10 @@ typedef struct {
     const CommGroup *tp; /* NULL without tensor parallelism */
     int vocab_offset;    /* first vocabulary row of this rank's slice */
     const CommGroup *pp; /* NULL without pipeline stages */
-    CommGroup tied;      /* the first and the last stage, for a tied embedding over stages (else size 0) */
+    const CommGroup *dp; /* NULL with one replica (dam_model_attach_dp) */
     int layer0, layer1;  /* decoder layers of this pipeline stage */
     int first, last;     /* this stage holds the embedding / the final norm and lm_head */
-    int n_rows;          /* coefficient rows: sources (+ base when include_base) */
+    int n_coef_rows;     /* coefficient rows: sources (+ base when include_base); backend.h: n_src */
     char *row_names[DAM_MAX_SOURCES];
     StModel files[DAM_MAX_SOURCES];
     int n_tensors;
@@ -89,12 +94,9 @@ typedef struct {
     int coef_bf16;
     DevBuf bf16_scratch;
     const Backend *be;
-    BackendCtx *ctx;        /* the caller's (be->ctx_new with the local rank); not freed by the model */
-    DamTransport transport; /* of the device communicators below */
-    DevComm dc_tp, dc_pp, dc_tied,
-        dc_dp;           /* tp, pp and tied groups (made at open); dp (at the first reduction) */
-    const CommGroup *dp; /* the group dc_dp was made for */
-    DevBuf ones;         /* F32 ones: a teacher's coefficients (one source, weight 1) */
+    BackendCtx *ctx;          /* the caller's (be->ctx_new with the local rank); not freed by the model */
+    struct ModelComms *comms; /* the groups' device communicators (model_internal.h) */
+    DevBuf ones;              /* F32 ones: a teacher's coefficients (one source, weight 1) */
     /* run states made while set keep every layer's activations of the merged forward for its
      * backward, which then does not recompute the layer (dam_model_keep_fits decides) */
     int keep_acts;
@@ -133,11 +135,15 @@ void dam_model_refresh(DamModel *m);
 void dam_model_fill_kind(DamModel *m, DamTensorKind kind, float value);
 /* Zero the gradient accumulators. */
 void dam_model_zero_grad(DamModel *m);
+/* The data-parallel group dp (NULL or size 1: one replica) whose replicas' gradients
+ * dam_model_reduce_grad sums: builds its device communicator, collective over dp; call it right
+ * after opening, on every rank, as the trainer does. */
+void dam_model_attach_dp(DamModel *m, const CommGroup *dp);
 /* Every gradient reduction of a step, in one place: the whole gradient block summed over the
- * data-parallel group dp (NULL: none; one collective), the tied embedding's two halves over the
- * first and last stage, and the partial sums of column- and vocabulary-parallel tensors over tp. */
-void dam_model_reduce_grad(DamModel *m, const CommGroup *dp);
-/* grad *= f'(c) (turns the reduced Σ W·G into dL/dc); untrainable tensors get 0. */
+ * attached data-parallel group (one collective), the tied embedding's two halves over the first
+ * and last stage, and the partial sums of column- and vocabulary-parallel tensors over tp. */
+void dam_model_reduce_grad(DamModel *m);
+/* grad *= f'(c) (turns the reduced Σ W·dW into dL/dc); untrainable tensors get 0. */
 void dam_model_finish_grad(DamModel *m);
 size_t dam_model_num_coefs(const DamModel *m, int trainable_only);
 /* A whole coefficient block (m->coef.n floats) to or from the host; tensor x's entries start at
@@ -161,9 +167,9 @@ int dam_model_keep_fits(DamModel *m, int n_slots, int B, int T, size_t budget);
  * (heads, FFN width, vocabulary / tp), n_layers its stage's layers, last whether it holds the
  * lm_head and the losses; batches of B sequences (all datasets of a step) of T tokens; act the
  * backend's activation dtype (F32 on the CPU, BF16 on CUDA; the F32 buffers stay F32), wdt that of
- * the materialized GEMM weights (dam_model_weight_dtype: act, or BF16 under bf16 CPU GEMMs). With
- * `keep` the run state also holds every layer's activations of the merged forward (see
- * DamModel.keep_budget), so that the backward does not recompute them. */
+ * the materialized GEMM weights (the backend's weight_dtype: act, or BF16 under bf16 CPU GEMMs).
+ * With `keep` the run state also holds every layer's activations of the merged forward (see
+ * DamModel.keep_acts and dam_model_keep_fits), so that the backward does not recompute them. */
 void dam_model_activation_bytes(const ModelConfig *c, int n_layers, int last, int B, int T, dam_dtype act,
                                 dam_dtype wdt, int keep, size_t *workspace, size_t *run_state);
 
@@ -185,36 +191,6 @@ typedef struct {
  * (downloaded in chunks of rows; on the last pipeline stage only). */
 void dam_model_logits(DamModel *m, RunState *rs, const int32_t *ids, int B, int T, int src, float *logits);
 
-/* One micro-batch of dataset k: teacher forward with source k (or the given top-K cache), merged
- * forward, losses, backward into every coefficient's gradient accumulator, scaled by `weight`
- * (1/micro_batches). topk_idx/topk_val are [B*T*K] or NULL. */
-void dam_model_microbatch(DamModel *m, RunState *rs, int k, const int32_t *ids, const int8_t *mask,
-                          const int32_t *topk_idx, const float *topk_val, int B, int T, const LossParams *lp,
-                          float weight, LossTerms *out);
-
-/* One step's worth of every dataset at once: n_seg segments of B sequences (ids/mask/top-k rows of
- * segment s start at s*B*T), segment s taught by source teacher[s] and normalised by its own
- * valid tokens; one merged forward/backward over all segments (RunState built for n_seg*B rows).
- * out[s] receives segment s's terms. Equivalent to dam_model_microbatch per segment. */
-void dam_model_step(DamModel *m, RunState *rs, int n_seg, const int *teacher, const int32_t *ids,
-                    const int8_t *mask, const int32_t *topk_idx, const float *topk_val, int B, int T,
-                    const LossParams *lp, float weight, LossTerms *out);
-
-/* M micro-batches of a step through the pipeline stages with the 1F1B schedule (stage s runs
- * pp-s-1 forwards, then alternates one forward and one backward, then the remaining backwards).
- * Micro-batch i's inputs are ids[i], mask[i] (and topk_idx[i], topk_val[i] or NULL); each uses
- * run state slots[i % n_slots] (n_slots >= min(M, pp)); out[i*n_seg + s] gets its terms, on every
- * stage. Without pipeline stages it is M dam_model_step calls in order. */
-void dam_model_step_1f1b(DamModel *m, RunState *const *slots, int n_slots, int M, int n_seg,
-                         const int *teacher, const int32_t *const *ids, const int8_t *const *mask,
-                         const int32_t *const *topk_idx, const float *const *topk_val, int B, int T,
-                         const LossParams *lp, float weight, LossTerms *out);
-
-/* The same losses without any backward (evaluation). */
-void dam_model_eval(DamModel *m, RunState *rs, int k, const int32_t *ids, const int8_t *mask,
-                    const int32_t *topk_idx, const float *topk_val, int B, int T, const LossParams *lp,
-                    LossTerms *out);
-
 /* Drop the resident pages of t's source tensors (they are mapped read-only from the files, so
  * the kernel reads them again if needed): keeps RSS to what is being worked on. Weights under
  * fine-tuning (t->wgrad set) are kept. */
@@ -230,11 +206,11 @@ void dam_model_topk(const DamModel *m, const float *logits, int rows, int K, int
 
 /* The training loss's KL term summed over `rows` rows of logits as dam_model_logits returns them
  * on the last stage (this rank's vocabulary slice; the tp group combines them): Σ τ²·KL(teacher ‖
- * model) at lp->temperature, over the whole vocabulary, or with lp->topk = K over the teacher's
+ * model) at loss->temperature, over the whole vocabulary, or with loss->topk = K over the teacher's
  * top-K entries (idx/val [rows*K], global ids; NULL: chosen from zt as the training step does).
  * Not divided by anything: the step's KL is this over its valid positions / n_valid (loss.c). */
 double dam_model_kl_sum(const DamModel *m, const float *z, const float *zt, const int32_t *idx,
-                        const float *val, int rows, const LossParams *lp);
+                        const float *val, int rows, const LossParams *loss);
 /* log softmax(z[r])[target[r]] (natural log, temperature 1) of each of `rows` rows of logits as
  * dam_model_logits returns them, combined over the tp group; target[r] < 0: 0. */
 void dam_model_log_prob(const DamModel *m, const float *z, int rows, const int32_t *target, double *logp);

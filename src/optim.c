@@ -1,4 +1,5 @@
 /* optim.c — see optim.h. */
+#include "comm.h"
 #include "optim.h"
 
 #include "adam_bf16.h"
@@ -61,7 +62,7 @@ static double overlap(const DamModel *m, DevBuf c, DevBuf g, int n, int dim, dou
     return m->be->coef_overlap(m->ctx, g, c, n, dim, lambda / pairs);
 }
 
-/* λ·mean_{a<b} Σ_col min(|c_a|, |c_b|)·w_ab (wov.h); at a tie the lower row gets the gradient. */
+/* λ·mean_{a<b} Σ_col min(|c_a|, |c_b|)·w_ab (pair_weights.h); at a tie the lower row gets the gradient. */
 static double weighted_overlap(const DamModel *m, const DamTensor *x, int n, double lambda) {
     int pairs = n * (n - 1) / 2;
     if (pairs == 0 || devbuf_null(x->wov)) return 0;
@@ -80,7 +81,7 @@ void reg_apply(DamModel *m, const DamConfig *c, RegTerms *out) {
     for (int t = 0; t < m->n_tensors; t++) {
         DamTensor *x = &m->tensors[t];
         if (!x->trainable) continue;
-        int n = m->n_rows, dim = x->dim;
+        int n = m->n_coef_rows, dim = x->dim;
         const CommGroup *shard = shard_group(m, x);
         double vs = c->similarity > 0 && x->coef_full > 1
                         ? similarity(m, x->c, x->grad, n, dim, c->similarity, shard)
@@ -109,7 +110,7 @@ double optim_clip_grad_norm(DamModel *m, float max_norm) {
     for (int t = 0; t < m->n_tensors; t++) {
         DamTensor *x = &m->tensors[t];
         if (!x->trainable) continue;
-        double v = dam_model_owns(m, x) ? m->be->sumsq(m->ctx, x->grad, (size_t)m->n_rows * x->dim) : 0;
+        double v = dam_model_owns(m, x) ? m->be->sumsq(m->ctx, x->grad, (size_t)m->n_coef_rows * x->dim) : 0;
         if (shard_group(m, x))
             split += v;
         else
@@ -124,7 +125,7 @@ double optim_clip_grad_norm(DamModel *m, float max_norm) {
         for (int t = 0; t < m->n_tensors; t++) {
             DamTensor *x = &m->tensors[t];
             if (!x->trainable) continue;
-            m->be->scale(m->ctx, x->grad, scale, (size_t)m->n_rows * x->dim);
+            m->be->scale(m->ctx, x->grad, scale, (size_t)m->n_coef_rows * x->dim);
         }
     }
     return norm;
@@ -232,13 +233,13 @@ void optim_step(DamModel *m, const DamConfig *c, float lr, int t) {
                         .mofo_threshold = -1.0f,
                         .mofo_alpha = c->optimizer == OPT_MOFO ? (float)c->mofo_alpha : 0.0f};
         if (c->coef_dtype == DAM_BF16) p.bf16 = bf16_scalars(c, lr, t);
-        size_t n = (size_t)m->n_rows * x->dim;
+        size_t n = (size_t)m->n_coef_rows * x->dim;
         if (c->optimizer != OPT_MOFO || (c->mofo_scope == MOFO_SCOPE_TENSOR && c->mofo_k == MOFO_K_CEIL &&
                                          c->mofo_decay == MOFO_DECAY_SELECTED)) {
             m->be->adamw(m->ctx, x->c, x->grad, x->adam_m, x->adam_v, n, &p);
             continue;
         }
-        int units = c->mofo_scope == MOFO_SCOPE_SOURCE ? m->n_rows : 1;
+        int units = c->mofo_scope == MOFO_SCOPE_SOURCE ? m->n_coef_rows : 1;
         size_t len = n / (size_t)units;
         for (int u = 0; u < units; u++) {
             size_t off = (size_t)u * len;

@@ -1,4 +1,5 @@
 /* output.c — see output.h. */
+#include "comm.h"
 #include "output.h"
 
 #include <cJSON.h>
@@ -56,9 +57,9 @@ void output_load_coefficients(DamModel *m, const char *path) {
         const StTensor *s = st_find(&f, x->name);
         if (!s) dam_fail("%s: no coefficients for tensor '%s'", path, x->name);
         int full = x->coef_full ? x->coef_full : x->dim;
-        if (s->dtype != DAM_F32 || s->ndim != 2 || s->shape[0] != m->n_rows || s->shape[1] != full)
-            dam_fail("%s: tensor '%s': expected F32 [%d, %d]", path, x->name, m->n_rows, full);
-        for (int i = 0; i < m->n_rows; i++) /* this rank's columns of a tensor-parallel split */
+        if (s->dtype != DAM_F32 || s->ndim != 2 || s->shape[0] != m->n_coef_rows || s->shape[1] != full)
+            dam_fail("%s: tensor '%s': expected F32 [%d, %d]", path, x->name, m->n_coef_rows, full);
+        for (int i = 0; i < m->n_coef_rows; i++) /* this rank's columns of a tensor-parallel split */
             memcpy(c + x->coef_at + (size_t)i * x->dim,
                    (const float *)s->data + (size_t)i * full + x->coef_off, (size_t)x->dim * sizeof(float));
     }
@@ -97,7 +98,7 @@ static void write_report(const DamModel *m, const DamConfig *cfg, const OutputRe
     cJSON *kl = cJSON_AddObjectToObject(r, "final_kl");
     for (int k = 0; k < rep->n_data; k++) cJSON_AddNumberToObject(kl, rep->names[k], rep->kl[k]);
     cJSON *rows = cJSON_AddArrayToObject(r, "coefficient_rows");
-    for (int i = 0; i < m->n_rows; i++) cJSON_AddItemToArray(rows, cJSON_CreateString(m->row_names[i]));
+    for (int i = 0; i < m->n_coef_rows; i++) cJSON_AddItemToArray(rows, cJSON_CreateString(m->row_names[i]));
     cJSON_AddStringToObject(r, "architecture", m->full_cfg.architecture);
     cJSON_AddItemToObject(r, "config", cJSON_Parse(cfg->effective));
     char *dir = dam_strdup(path);
@@ -124,7 +125,7 @@ static size_t out_chunk(int *forced) {
 static DamTensor row_range(const DamModel *m, const DamTensor *x, size_t r0, size_t R) {
     DamTensor part = *x;
     part.rows = R;
-    for (int i = 0; i < m->n_rows; i++) {
+    for (int i = 0; i < m->n_coef_rows; i++) {
         size_t ld = x->src[i].ld;
         part.src[i].w = devbuf_slice(x->src[i].w, r0 * ld, (R - 1) * ld + x->cols);
     }
@@ -204,9 +205,9 @@ static void write_stage_tensors(DamModel *m, const char *dir, size_t shard_bytes
         free(full);
         /* coefficients: whole on every tp rank unless their columns are split with the weight */
         coefs[n_out] =
-            dam_model_gather_split(m, c + x->coef_at, (size_t)m->n_rows, (size_t)x->dim, split == 2);
+            dam_model_gather_split(m, c + x->coef_at, (size_t)m->n_coef_rows, (size_t)x->dim, split == 2);
         names[n_out] = x->name;
-        cshape[2 * n_out] = m->n_rows, cshape[2 * n_out + 1] = split == 2 ? x->coef_full : x->dim;
+        cshape[2 * n_out] = m->n_coef_rows, cshape[2 * n_out + 1] = split == 2 ? x->coef_full : x->dim;
         n_out++;
     }
     free(c);
@@ -218,7 +219,8 @@ static void write_stage_tensors(DamModel *m, const char *dir, size_t shard_bytes
         for (int i = 0; i < n_out; i++) dt[i] = DAM_F32, nd[i] = 2, shapes[i] = &cshape[2 * i];
         /* the rows' names, so that the file says which source each row is (inspect --coefficients) */
         cJSON *rows = cJSON_CreateArray();
-        for (int i = 0; i < m->n_rows; i++) cJSON_AddItemToArray(rows, cJSON_CreateString(m->row_names[i]));
+        for (int i = 0; i < m->n_coef_rows; i++)
+            cJSON_AddItemToArray(rows, cJSON_CreateString(m->row_names[i]));
         char *rows_json = cJSON_PrintUnformatted(rows);
         cJSON_Delete(rows);
         const char *meta[] = {ST_COEF_ROWS_KEY, rows_json};

@@ -104,7 +104,7 @@ typedef struct {
     int B, T, micro_batches, K; /* batch_size, seq_len, micro_batches, loss.topk */
     PlanDevice dev;
     size_t keep_budget; /* parallel.keep_activations: layers' activations kept when they fit */
-    int wov;            /* loss.weighted_overlap on: P pair weights per linear column (wov.h) */
+    int wov;            /* loss.weighted_overlap on: P pair weights per linear column (pair_weights.h) */
     int cpu_bf16;       /* parallel.cpu_matmul bf16: the merged weights are materialized in bf16 */
     double baseline;    /* bytes per process (cpu) */
     double folio;       /* bytes a fault on a mapped file page makes resident around it (cpu) */

@@ -1,8 +1,7 @@
-/* step.h — one optimisation step of DAM, the same code for the trainer and the tests:
- *   dam_step_grad: this replica's micro-batches through the pipeline stages (1F1B), the loss terms
- *                  and the gradients reduced over every group (dam_model_reduce_grad), f'(c), the
- *                  regularizers: the step's loss and dL/dc;
- *   dam_step:      that, then global gradient clipping and the optimizer update. */
+/* step.h — one optimisation step of DAM, the same code for the trainer and the tests, and the
+ * micro-batch runs that evaluation and fine-tuning share with it. One DamStep, built by the caller
+ * with designated initialisers, goes unchanged from the trainer down to the model's pipeline
+ * callbacks (src/step.c opens with a reading guide to the functions of one step). */
 #ifndef DAM_STEP_H
 #define DAM_STEP_H
 
@@ -10,17 +9,26 @@
 #include "model.h"
 #include "optim.h"
 
-/* This replica's micro-batches of the step: micro-batch i holds n_seg segments (one per dataset)
- * of B rows of T tokens; segment s is taught by source teacher[s]. */
-typedef struct {
+/* This replica's micro-batches of a step (or of an evaluation): micro-batch i holds n_seg
+ * segments (one per dataset) of B rows of T tokens; segment s is taught by source teacher[s]. */
+typedef struct DamStep {
+    DamModel *model;
+    const DamConfig *cfg;   /* dam_step: regularizers, clipping, the optimizer */
+    RunState *const *slots; /* micro-batch i runs in slots[i % n_slots] (n_slots >= min(M, pp)) */
+    int n_slots;
     int M, n_seg, B, T;
     int global_mb; /* micro-batches of the step over every replica: each weighs 1/global_mb */
     const int *teacher;
-    const int32_t *const *ids;
-    const int8_t *const *mask;
-    const int32_t *const *topk_idx; /* NULL without a teacher cache */
+    const int32_t *const *ids;      /* [M]: n_seg * B * T ids, segment s's from s * B * T on */
+    const int8_t *const *mask;      /* [M], alike (an entry NULL: every position valid) */
+    const int32_t *const *topk_idx; /* [M], K per position: the teachers' top-K cache, or NULL */
     const float *const *topk_val;
-} StepInputs;
+    const LossParams *loss;
+    int backward;     /* 0: the losses only (evaluation) */
+    int update;       /* dam_step: 1 clips and updates (the trainer); 0 stops at dL/dc (the tests) */
+    int total_steps;  /* dam_step: the length of the learning-rate schedule */
+    LossTerms *terms; /* out, [M * n_seg]: micro-batch i's segment s at i * n_seg + s, on every stage */
+} DamStep;
 
 typedef struct {
     double kl[DAM_MAX_SOURCES], mse[DAM_MAX_SOURCES], entropy[DAM_MAX_SOURCES]; /* per dataset */
@@ -29,12 +37,14 @@ typedef struct {
     int64_t tokens; /* valid tokens of the step over every replica */
 } StepStats;
 
-/* slots: the run states of the micro-batches in flight (n_slots >= min(M, pp)); dp: the
- * data-parallel group (NULL: one replica). */
-void dam_step_grad(DamModel *m, RunState *const *slots, int n_slots, const StepInputs *in, const DamConfig *c,
-                   const CommGroup *dp, StepStats *st);
-/* 0-based optimizer step `step` of `total_steps` (the learning-rate schedule). */
-void dam_step(DamModel *m, RunState *const *slots, int n_slots, const StepInputs *in, const DamConfig *c,
-              const CommGroup *dp, int step, int total_steps, StepStats *st);
+/* One step, 0-based optimizer step `step`: every micro-batch's forward, losses and backward
+ * (1F1B over the pipeline stages), the gradients reduced over every group (the model's dp group
+ * from dam_model_attach_dp), dL/dc, the regularizers: the step's loss; then, with s->update,
+ * global gradient clipping and the optimizer update. */
+void dam_step(const DamStep *s, int step, StepStats *st);
+
+/* s's micro-batches through the pipeline stages: their losses into s->terms on every stage and,
+ * with s->backward, their gradients added to the coefficients' accumulators (not reduced). */
+void dam_micro_batches(const DamStep *s);
 
 #endif

@@ -1,5 +1,6 @@
 /* train.c — the main job: config → sources → coefficients → steps over the datasets → merged
- * model on disk. One driver for every backend; the step reads top to bottom in train_step. */
+ * model on disk. One driver for every backend; each step is read_micro_batches, then dam_step, which
+ * reads top to bottom in src/step.c. */
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -20,7 +21,7 @@
 #include "safetensors.h"
 #include "step.h"
 #include "tokenizer.h"
-#include "wov.h"
+#include "pair_weights.h"
 #include "coefinit.h"
 
 typedef struct {
@@ -35,6 +36,7 @@ typedef struct {
     DamModel model;
     RunState *rs;                    /* = slots[0] */
     RunState *slots[64];             /* pipeline: one run state per micro-batch in flight */
+    LossTerms *terms;                /* the step's loss terms, [local_mb * n_data] */
     int n_slots, local_mb;           /* this replica's micro-batches per step */
     int32_t **mb_ids, **mb_topk_idx; /* pipeline: every local micro-batch's inputs, read up front */
     int8_t **mb_mask;
@@ -70,8 +72,8 @@ static void init_coefficients(Trainer *tr) {
             DamTensor *x = &m->tensors[t];
             for (int j = 0; j < x->dim; j++) {
                 double e[DAM_MAX_SOURCES], s = 0;
-                for (int i = 0; i < m->n_rows; i++) s += (e[i] = exp(dam_rng_normal(&rng)));
-                for (int i = 0; i < m->n_rows; i++)
+                for (int i = 0; i < m->n_coef_rows; i++) s += (e[i] = exp(dam_rng_normal(&rng)));
+                for (int i = 0; i < m->n_coef_rows; i++)
                     cc[x->coef_at + (size_t)i * x->dim + j] = (float)(e[i] / s);
             }
         }
@@ -105,6 +107,7 @@ static void open_model(Trainer *tr) {
     }
     dam_model_open_parallel(&tr->model, n, dirs, names, tr->be, tr->ctx, &tr->grid.tp_group,
                             &tr->grid.pp_group, c->transport);
+    dam_model_attach_dp(&tr->model, &tr->grid.dp_group);
     DamModel *m = &tr->model;
     m->nonlin = c->nonlinearity;
     m->coef_bf16 = c->coef_dtype == DAM_BF16;
@@ -225,21 +228,29 @@ static void read_micro_batches(Trainer *tr) {
     }
 }
 
-/* One step (src/step.c): the same code the tests run. */
-static void train_step(Trainer *tr, int step, StepStats *st) {
-    read_micro_batches(tr);
-    StepInputs in = {tr->local_mb,
-                     tr->n_data,
-                     tr->B,
-                     tr->T,
-                     tr->cfg.micro_batches,
-                     tr->teacher,
-                     (const int32_t *const *)tr->mb_ids,
-                     (const int8_t *const *)tr->mb_mask,
-                     tr->topk_idx ? (const int32_t *const *)tr->mb_topk_idx : NULL,
-                     tr->topk_idx ? (const float *const *)tr->mb_topk_val : NULL};
-    dam_step(&tr->model, tr->slots, tr->n_slots, &in, &tr->cfg, &tr->grid.dp_group, step, tr->total_steps,
-             st);
+/* The step (src/step.c: the same code the tests run) over the micro-batches that
+ * read_micro_batches fills in before each one. */
+static DamStep trainer_step(Trainer *tr) {
+    int have_topk = tr->topk_idx != NULL;
+    return (DamStep){.model = &tr->model,
+                     .cfg = &tr->cfg,
+                     .slots = tr->slots,
+                     .n_slots = tr->n_slots,
+                     .M = tr->local_mb,
+                     .n_seg = tr->n_data,
+                     .B = tr->B,
+                     .T = tr->T,
+                     .global_mb = tr->cfg.micro_batches,
+                     .teacher = tr->teacher,
+                     .ids = (const int32_t *const *)tr->mb_ids,
+                     .mask = (const int8_t *const *)tr->mb_mask,
+                     .topk_idx = have_topk ? (const int32_t *const *)tr->mb_topk_idx : NULL,
+                     .topk_val = have_topk ? (const float *const *)tr->mb_topk_val : NULL,
+                     .loss = &tr->cfg.loss,
+                     .backward = 1,
+                     .update = 1,
+                     .total_steps = tr->total_steps,
+                     .terms = tr->terms};
 }
 
 /* ---------------------------------------------------------------- logging */
@@ -288,15 +299,32 @@ static double eval_kl(Trainer *tr, int k, int n_eval) {
     int64_t first = d->n_rows - n_eval, saved = tr->cursor[k];
     double kl = 0;
     int64_t tokens = 0;
-    LossParams lp = tr->cfg.loss;
-    lp.mse = 0, lp.entropy = 0, lp.kl = 1;
+    LossParams loss = tr->cfg.loss;
+    loss.mse = 0, loss.entropy = 0, loss.kl = 1;
     tr->cursor[k] = first;
     tr->in_eval = 1;
     for (int64_t r = 0; r + tr->B <= n_eval; r += tr->B) {
         next_batch(tr, k, 0);
-        LossTerms lt;
-        dam_model_eval(&tr->model, tr->rs, tr->teacher[k], tr->ids, tr->mask, tr->topk_idx, tr->topk_val,
-                       tr->B, tr->T, &lp, &lt);
+        LossTerms lt = {.n_valid = 0}; /* (dam_micro_batches writes it) */
+        const int32_t *ids = tr->ids, *topk_idx = tr->topk_idx;
+        const int8_t *mask = tr->mask;
+        const float *topk_val = tr->topk_val;
+        DamStep s = {.model = &tr->model,
+                     .slots = &tr->rs,
+                     .n_slots = 1,
+                     .M = 1,
+                     .n_seg = 1,
+                     .B = tr->B,
+                     .T = tr->T,
+                     .global_mb = 1,
+                     .teacher = &tr->teacher[k],
+                     .ids = &ids,
+                     .mask = &mask,
+                     .topk_idx = topk_idx ? &topk_idx : NULL,
+                     .topk_val = topk_idx ? &topk_val : NULL,
+                     .loss = &loss,
+                     .terms = &lt};
+        dam_micro_batches(&s);
         kl += lt.kl * (double)lt.n_valid, tokens += lt.n_valid;
     }
     tr->cursor[k] = saved;
@@ -309,7 +337,7 @@ static void set_plain_average(DamModel *m, int n_sources) {
     float *fc = dam_malloc((m->coef.n ? m->coef.n : 1) * sizeof(float), "plain average");
     for (int t = 0; t < m->n_tensors; t++) {
         DamTensor *x = &m->tensors[t];
-        for (int i = 0; i < m->n_rows; i++)
+        for (int i = 0; i < m->n_coef_rows; i++)
             for (int j = 0; j < x->dim; j++)
                 fc[x->coef_at + (size_t)i * x->dim + j] = i < n_sources ? 1.0f / n_sources : 0.0f;
     }
@@ -348,7 +376,7 @@ static void ckpt_meta(const Trainer *tr, int step, CkptMeta *meta) {
     memcpy(meta->cursor, tr->cursor, sizeof tr->cursor);
     meta->config_hash = tr->cfg.hash;
     meta->config = tr->cfg.effective;
-    for (int i = 0; i < tr->model.n_rows; i++) {
+    for (int i = 0; i < tr->model.n_coef_rows; i++) {
         if (i) strncat(meta->sources, ";", sizeof meta->sources - strlen(meta->sources) - 1);
         strncat(meta->sources, tr->model.row_names[i], sizeof meta->sources - strlen(meta->sources) - 1);
     }
@@ -383,9 +411,9 @@ static void save_checkpoint(Trainer *tr, int step) {
             int split = dam_model_split_kind(m, x) == 2, full = split ? x->coef_full : x->dim;
             float *v[3];
             for (int i = 0; i < 3; i++)
-                v[i] = dam_model_gather_split(m, blocks[i] + x->coef_at, (size_t)m->n_rows, (size_t)x->dim,
-                                              split);
-            if (f) ckpt_put(f, x->name, m->n_rows, full, v[0], v[1], v[2]);
+                v[i] = dam_model_gather_split(m, blocks[i] + x->coef_at, (size_t)m->n_coef_rows,
+                                              (size_t)x->dim, split);
+            if (f) ckpt_put(f, x->name, m->n_coef_rows, full, v[0], v[1], v[2]);
             for (int i = 0; i < 3; i++) free(v[i]);
         }
         for (int i = 0; i < 3; i++) free(blocks[i]);
@@ -551,6 +579,7 @@ static void alloc_step_buffers(Trainer *tr) {
     tr->rs = tr->slots[0];
     size_t seg = (size_t)tr->n_data * tr->B * tr->T, K = (size_t)tr->cfg.loss.topk;
     int M = tr->local_mb;
+    tr->terms = dam_calloc((size_t)M * tr->n_data, sizeof *tr->terms, "loss terms");
     tr->mb_ids = dam_calloc((size_t)M, sizeof(int32_t *), "micro-batches");
     tr->mb_mask = dam_calloc((size_t)M, sizeof(int8_t *), "micro-batches");
     tr->mb_topk_idx = dam_calloc((size_t)M, sizeof(int32_t *), "micro-batches");
@@ -571,7 +600,7 @@ static void trainer_free(Trainer *tr) {
     for (int i = 0; tr->mb_ids && i < tr->local_mb; i++)
         free(tr->mb_ids[i]), free(tr->mb_mask[i]), free(tr->mb_topk_idx[i]), free(tr->mb_topk_val[i]);
     free(tr->mb_ids), free(tr->mb_mask), free(tr->mb_topk_idx), free(tr->mb_topk_val);
-    free(tr->perm);
+    free(tr->terms), free(tr->perm);
     for (int k = 0; k < tr->n_data; k++) dataset_close(&tr->data[k]);
     free(tr->ids), free(tr->mask), free(tr->topk_idx), free(tr->topk_val), free(tr->ckpt_dir);
     dam_model_close(&tr->model);
@@ -599,7 +628,7 @@ static void print_run_header(const Trainer *tr) {
     long long per_step = (long long)tr->n_data * tr->B * mb * tr->T;
     printf("dam_dist: %d sources (%s, %lld parameters per source), %d steps of %lld tokens each "
            "(%d datasets x batch_size %d x micro_batches %d x seq_len %d), layout dp=%d x pp=%d x tp=%d\n",
-           tr->model.n_rows, tr->model.full_cfg.architecture,
+           tr->model.n_coef_rows, tr->model.full_cfg.architecture,
            (long long)hfconfig_num_params(&tr->model.full_cfg), tr->total_steps, per_step, tr->n_data, tr->B,
            mb, tr->T, tr->grid.dp, tr->grid.pp, tr->grid.tp);
     const DamConfig *c = &tr->cfg;
@@ -610,7 +639,7 @@ static void print_run_header(const Trainer *tr) {
         for (int t = 0; t < tr->model.n_tensors; t++) {
             const DamTensor *x = &tr->model.tensors[t];
             size_t n =
-                c->mofo_scope == MOFO_SCOPE_SOURCE ? (size_t)x->dim : (size_t)tr->model.n_rows * x->dim;
+                c->mofo_scope == MOFO_SCOPE_SOURCE ? (size_t)x->dim : (size_t)tr->model.n_coef_rows * x->dim;
             if (!x->trainable || said[x->kind] || optim_mofo_keep(c, n) > 0) continue;
             said[x->kind] = 1;
             printf(
@@ -687,12 +716,14 @@ int cmd_train(int argc, char **argv) {
     memset(&st, 0, sizeof st);
     int step = tr.start_step, stopped = 0;
     double last_step_s = -1;
+    const DamStep ds = trainer_step(&tr);
     for (;;) { /* every rank agrees on a stop at the step boundary, whichever got the signal */
         stopped = comm_max_int(&tr.grid.world, stop_signal_pending());
         if (stopped || step >= last) break;
         double ts = dam_now();
         stop_progress(step + 1, step > tr.start_step ? last_step_s : -1);
-        train_step(&tr, step, &st);
+        read_micro_batches(&tr);
+        dam_step(&ds, step, &st);
         tr.tokens_seen += st.tokens;
         last_step_s = dam_now() - ts;
         log_step(&tr, step, &st, optim_lr(&tr.cfg, step, tr.total_steps), last_step_s, dam_now() - t0);

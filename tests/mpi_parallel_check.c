@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "comm.h"
 #include "test_util.h"
 #include "test_dam.h"
 
@@ -50,7 +51,7 @@ static int check_case(const ProcessGrid *g, const char *name, const char *varian
         const float *r = ref->data;
         double scale = 1e-8, diff = 0;
         for (size_t j = 0; j < ref->numel; j++) scale = fmax(scale, fabs(r[j]));
-        for (int i = 0; i < dc.m.n_rows; i++)
+        for (int i = 0; i < dc.m.n_coef_rows; i++)
             for (int j = 0; j < x->dim; j++)
                 diff = fmax(diff, fabs(grad[x->coef_at + (size_t)i * x->dim + j] -
                                        r[(size_t)i * x->coef_full + x->coef_off + j]));

@@ -27,7 +27,7 @@ static void fill_state(DamModel *m, float salt) {
           *av = test_coef_get(m, DAM_COEF_ADAM_V);
     for (int t = 0; t < m->n_tensors; t++) {
         DamTensor *x = &m->tensors[t];
-        size_t n = (size_t)m->n_rows * x->dim, o = x->coef_at;
+        size_t n = (size_t)m->n_coef_rows * x->dim, o = x->coef_at;
         for (size_t j = 0; j < n; j++) {
             c[o + j] = salt + 0.001f * (float)t + 1e-6f * (float)j;
             am[o + j] = -salt * 1e-3f * (float)(j % 97);
@@ -46,7 +46,7 @@ static void sample_meta(const DamModel *m, CkptMeta *meta, int64_t step) {
     meta->n_datasets = 2, meta->cursor[0] = 17, meta->cursor[1] = 5;
     meta->config_hash = 0xfeedfacecafebeefull;
     meta->config = "{\"train\":{\"lr\":0.001}}";
-    for (int i = 0; i < m->n_rows; i++) {
+    for (int i = 0; i < m->n_coef_rows; i++) {
         if (i) strcat(meta->sources, ";");
         strcat(meta->sources, m->row_names[i]);
     }

@@ -34,7 +34,7 @@ typedef struct {
     DamConfig cfg; /* only the loss/merge fields are used */
     StFile inputs;
     int n_data, B, T;
-    int batched;      /* 1: all datasets in one dam_model_step; 0: one dam_model_microbatch each */
+    int batched;      /* 1: all datasets in one dam_step; 0: one dam_micro_batches each */
     int base_teacher; /* batched: every dataset taught by the last row (the base; train.c's base_dataset) */
     const int32_t *ids[DAM_MAX_SOURCES];
     const int8_t *mask[DAM_MAX_SOURCES];
@@ -127,7 +127,8 @@ typedef struct {
 } DamLosses;
 
 /* The total loss at the current coefficients, gradients left in each tensor's grad. The batched
- * path is the trainer's own step (dam_step_grad: every dataset in one merged forward/backward);
+ * path is the trainer's own step (dam_step without the update: every dataset in one merged
+ * forward/backward);
  * the other runs each dataset's micro-batch alone and must agree with it. */
 static inline double dam_case_loss(DamCase *dc, DamLosses *out) {
     DamLosses l;
@@ -141,13 +142,29 @@ static inline double dam_case_loss(DamCase *dc, DamLosses *out) {
         for (int k = 0; k < dc->n_data; k++) {
             memcpy(ids + k * seg, dc->ids[k], seg * sizeof(int32_t));
             memcpy(mask + k * seg, dc->mask[k], seg);
-            teacher[k] = dc->base_teacher ? dc->m.n_rows - 1 : k;
+            teacher[k] = dc->base_teacher ? dc->m.n_coef_rows - 1 : k;
         }
         const int32_t *ids_p = ids;
         const int8_t *mask_p = mask;
-        StepInputs in = {1, dc->n_data, dc->B, dc->T, 1, teacher, &ids_p, &mask_p, NULL, NULL};
+        LossTerms terms[DAM_MAX_SOURCES];
+        DamStep s = {.model = &dc->m,
+                     .cfg = &dc->cfg,
+                     .slots = &dc->rs,
+                     .n_slots = 1,
+                     .M = 1,
+                     .n_seg = dc->n_data,
+                     .B = dc->B,
+                     .T = dc->T,
+                     .global_mb = 1,
+                     .teacher = teacher,
+                     .ids = &ids_p,
+                     .mask = &mask_p,
+                     .loss = &dc->cfg.loss,
+                     .backward = 1,
+                     .update = 0, /* dL/dc only */
+                     .terms = terms};
         StepStats st;
-        dam_step_grad(&dc->m, &dc->rs, 1, &in, &dc->cfg, NULL, &st);
+        dam_step(&s, 0, &st);
         free(ids), free(mask);
         for (int k = 0; k < dc->n_data; k++)
             l.kl[k] = st.kl[k], l.mse[k] = st.mse[k], l.entropy[k] = st.entropy[k];
@@ -156,12 +173,27 @@ static inline double dam_case_loss(DamCase *dc, DamLosses *out) {
         LossTerms lt[DAM_MAX_SOURCES];
         dam_model_zero_grad(&dc->m);
         for (int k = 0; k < dc->n_data; k++) {
-            dam_model_microbatch(&dc->m, dc->rs, k, dc->ids[k], dc->mask[k], NULL, NULL, dc->B, dc->T,
-                                 &dc->cfg.loss, 1.0f, &lt[k]);
+            const int32_t *ids = dc->ids[k];
+            const int8_t *mask = dc->mask[k];
+            DamStep s = {.model = &dc->m,
+                         .slots = &dc->rs,
+                         .n_slots = 1,
+                         .M = 1,
+                         .n_seg = 1,
+                         .B = dc->B,
+                         .T = dc->T,
+                         .global_mb = 1,
+                         .teacher = &k,
+                         .ids = &ids,
+                         .mask = &mask,
+                         .loss = &dc->cfg.loss,
+                         .backward = 1,
+                         .terms = &lt[k]};
+            dam_micro_batches(&s);
             l.kl[k] = lt[k].kl, l.mse[k] = lt[k].mse, l.entropy[k] = lt[k].entropy;
             l.total += lt[k].kl + lt[k].mse + lt[k].entropy;
         }
-        dam_model_reduce_grad(&dc->m, NULL);
+        dam_model_reduce_grad(&dc->m);
         dam_model_finish_grad(&dc->m);
         reg_apply(&dc->m, &dc->cfg, &l.reg);
         l.total += reg_total(&l.reg);

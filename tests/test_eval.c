@@ -6,8 +6,9 @@
  *    plain double arithmetic;
  *  - exact match and greedy generation on crafted /answer_mask rows of such a model (its argmax after
  *    token x is x + 1 mod 4), through arrays and through an HDF5 file; no /answer_mask: not counted;
- *  - the KL equals the training step's (dam_model_eval with the merged model made equal to the
- *    evaluated one by one-hot coefficients), full vocabulary and top-K, on models with random layers;
+ *  - the KL equals the training step's (dam_micro_batches without the backward, with the merged model made
+ * equal to the evaluated one by one-hot coefficients), full vocabulary and top-K, on models with random
+ * layers;
  *  - a model against itself: KL 0, top-1 1;
  *  - a malformed /answer_mask is refused with one line naming it. */
 #include <setjmp.h>
@@ -271,9 +272,26 @@ static void kl_equals_training(int topk) {
     LossParams lp = loss_at(2.0f, topk);
     RunState *rs = runstate_new(&h.m, B, T);
     LossTerms lt, row;
-    dam_model_eval(&h.m, rs, 0, ids, mask, NULL, NULL, B, T, &lp, &lt);
+    const int32_t *ids_p = ids;
+    const int8_t *mask_p = mask;
+    int teacher = 0;
+    DamStep step = {.model = &h.m,
+                    .slots = &rs,
+                    .n_slots = 1,
+                    .M = 1,
+                    .n_seg = 1,
+                    .B = B,
+                    .T = T,
+                    .global_mb = 1,
+                    .teacher = &teacher,
+                    .ids = &ids_p,
+                    .mask = &mask_p,
+                    .loss = &lp,
+                    .terms = &lt};
+    dam_micro_batches(&step);
     /* row 1 alone, all of it valid: the training step's GEMMs then have eval's shapes */
-    dam_model_eval(&h.m, rs, 0, ids + T, mask + T, NULL, NULL, 1, T, &lp, &row);
+    ids_p = ids + T, mask_p = mask + T, step.B = 1, step.terms = &row;
+    dam_micro_batches(&step);
     runstate_free(rs);
     int model = 1;
     Evaluator ev;

@@ -15,10 +15,10 @@
 
 #include "test_util.h"
 #include "test_dam.h"
-#include "wov.h"
+#include "pair_weights.h"
 
 static size_t ncoef(const DamModel *m, int t) {
-    return (size_t)m->n_rows * (size_t)(unsigned)m->tensors[t].dim;
+    return (size_t)m->n_coef_rows * (size_t)(unsigned)m->tensors[t].dim;
 }
 
 typedef enum { K_LINEAR, K_LM_HEAD, K_EMBED, K_NORM, K_BIAS } Kind;

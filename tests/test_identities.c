@@ -20,7 +20,7 @@ static void set_one_hot(DamModel *m, int k) {
     float *c = test_coef_get(m, DAM_COEF_C);
     for (int t = 0; t < m->n_tensors; t++) {
         DamTensor *x = &m->tensors[t];
-        for (int i = 0; i < m->n_rows; i++)
+        for (int i = 0; i < m->n_coef_rows; i++)
             for (int j = 0; j < x->dim; j++) c[x->coef_at + (size_t)i * x->dim + j] = i == k ? 1.0f : 0.0f;
     }
     test_coef_put(m, DAM_COEF_C, c);
@@ -35,7 +35,7 @@ static void test_one_hot_reproduces_source(void **s) {
     dam_case_open(&dc, "llama3src", "kl");
     size_t n = (size_t)dc.B * dc.T * dc.m.cfg.vocab_size;
     float *merged = malloc(n * sizeof(float)), *source = malloc(n * sizeof(float));
-    for (int k = 0; k < dc.m.n_rows; k++) {
+    for (int k = 0; k < dc.m.n_coef_rows; k++) {
         set_one_hot(&dc.m, k);
         dam_model_logits(&dc.m, dc.rs, dc.ids[0], dc.B, dc.T, -1, merged);
         dam_model_logits(&dc.m, dc.rs, dc.ids[0], dc.B, dc.T, k, source);
@@ -170,10 +170,27 @@ static void test_topk_cache_equals_on_the_fly(void **s) {
     LossTerms fly[DAM_MAX_SOURCES], cache[DAM_MAX_SOURCES];
     size_t total = dam_model_num_coefs(&dc.m, 0);
     float *g_fly = malloc(total * sizeof(float)), *g_cache = malloc(total * sizeof(float));
+    const int32_t *ids_p = ids, *idx_p = idx;
+    const int8_t *mask_p = mask;
+    const float *val_p = val;
+    DamStep step = {.model = &dc.m,
+                    .slots = &dc.rs,
+                    .n_slots = 1,
+                    .M = 1,
+                    .n_seg = n,
+                    .B = dc.B,
+                    .T = dc.T,
+                    .global_mb = 1,
+                    .teacher = teacher,
+                    .ids = &ids_p,
+                    .mask = &mask_p,
+                    .loss = &dc.cfg.loss,
+                    .backward = 1};
     for (int pass = 0; pass < 2; pass++) {
         dam_model_zero_grad(&dc.m);
-        dam_model_step(&dc.m, dc.rs, n, teacher, ids, mask, pass ? idx : NULL, pass ? val : NULL, dc.B, dc.T,
-                       &dc.cfg.loss, 1.0f, pass ? cache : fly);
+        step.topk_idx = pass ? &idx_p : NULL, step.topk_val = pass ? &val_p : NULL;
+        step.terms = pass ? cache : fly;
+        dam_micro_batches(&step);
         dam_model_coef_download(&dc.m, DAM_COEF_GRAD, pass ? g_cache : g_fly); /* (total = the block) */
     }
     for (int k = 0; k < n; k++) assert_float_equal(cache[k].kl, fly[k].kl, 1e-6 * fabs(fly[k].kl));
@@ -181,7 +198,8 @@ static void test_topk_cache_equals_on_the_fly(void **s) {
                             test_max_rel_diff(g_cache, g_fly, total, 1e-8), 1e-5));
     /* and the cache is what is read: a flat teacher cache changes the loss */
     for (size_t j = 0; j < n * seg * K; j++) val[j] = 0;
-    dam_model_step(&dc.m, dc.rs, n, teacher, ids, mask, idx, val, dc.B, dc.T, &dc.cfg.loss, 1.0f, cache);
+    step.topk_idx = &idx_p, step.topk_val = &val_p, step.terms = cache;
+    dam_micro_batches(&step);
     assert_true(fabs(cache[0].kl - fly[0].kl) > 1e-3 * fabs(fly[0].kl));
     free(ids), free(idx), free(mask), free(val), free(logits), free(g_fly), free(g_cache);
     dam_case_close(&dc);

@@ -18,7 +18,7 @@
 
 #include "test_util.h"
 #include "test_dam.h"
-#include "wov.h"
+#include "pair_weights.h"
 #include "coefinit.h"
 
 static DamConfig base_cfg(void) {
@@ -57,7 +57,7 @@ static void test_adamw_two_steps(void **s) {
         DamConfig c = base_cfg();
         c.weight_decay = wd ? 0.01f : 0.0f;
         DamTensor *x = m->lm_head;
-        size_t o = x->coef_at, nx = (size_t)m->n_rows * x->dim;
+        size_t o = x->coef_at, nx = (size_t)m->n_coef_rows * x->dim;
         float *cb = test_coef_get(m, DAM_COEF_C), *am = test_coef_get(m, DAM_COEF_ADAM_M),
               *av = test_coef_get(m, DAM_COEF_ADAM_V);
         memset(am + o, 0, nx * 4), memset(av + o, 0, nx * 4);
@@ -99,7 +99,7 @@ static void test_mofo_moves_top_fraction(void **s) {
     for (int t = 0; t < m->n_tensors; t++) m->tensors[t].trainable = 0;
     DamTensor *x = m->lm_head;
     x->trainable = 1;
-    size_t n = (size_t)m->n_rows * x->dim, o = x->coef_at;
+    size_t n = (size_t)m->n_coef_rows * x->dim, o = x->coef_at;
     float *before = test_coef_get(m, DAM_COEF_C);
     dam_model_zero_grad(m);
     float *g = test_coef_get(m, DAM_COEF_GRAD);
@@ -147,7 +147,7 @@ static void test_mofo_source_floor(void **s) {
     dam_case_open(&dc, "llama3src", "kl");
     DamModel *m = &dc.m;
     DamTensor *x = m->lm_head;
-    size_t o = x->coef_at, dim = (size_t)x->dim, nr = (size_t)m->n_rows, n = nr * dim;
+    size_t o = x->coef_at, dim = (size_t)x->dim, nr = (size_t)m->n_coef_rows, n = nr * dim;
     for (int pass = 0; pass < 2; pass++) {
         DamConfig c = base_cfg();
         c.optimizer = OPT_MOFO, c.mofo_scope = MOFO_SCOPE_SOURCE, c.mofo_k = MOFO_K_FLOOR;
@@ -244,7 +244,7 @@ static void test_frozen_kinds(void **s) {
     int moved_trainable = 0;
     for (int t = 0; t < m->n_tensors; t++) {
         const DamTensor *x = &m->tensors[t];
-        for (size_t e = 0; e < (size_t)m->n_rows * x->dim; e++) {
+        for (size_t e = 0; e < (size_t)m->n_coef_rows * x->dim; e++) {
             if (x->trainable) {
                 moved_trainable |= after[x->coef_at + e] != before[x->coef_at + e];
                 continue;
@@ -270,9 +270,9 @@ static void test_mofo_matches_reference(void **s) {
     dam_case_open(&dc, "llama3src", "kl");
     DamModel *m = &dc.m;
     DamTensor *x = m->lm_head;
-    size_t o = x->coef_at, n = (size_t)m->n_rows * x->dim;
+    size_t o = x->coef_at, n = (size_t)m->n_coef_rows * x->dim;
     const StTensor *init = st_find(&f, "init");
-    assert_int_equal(init->shape[0], m->n_rows);
+    assert_int_equal(init->shape[0], m->n_coef_rows);
     assert_int_equal(init->shape[1], x->dim);
     for (int t = 0; t < m->n_tensors; t++) m->tensors[t].trainable = 0;
     x->trainable = 1;
@@ -353,7 +353,7 @@ static void test_bf16_optim_matches_torch(void **s) {
         DamConfig c;
         DamTensor *x = bf16_case(&dc, &c, v / 2 ? OPT_ADAMW : OPT_MOFO, lr_value[v % 2]);
         DamModel *m = &dc.m;
-        size_t o = x->coef_at, n = (size_t)m->n_rows * x->dim;
+        size_t o = x->coef_at, n = (size_t)m->n_coef_rows * x->dim;
         float *blk[5], want[3 * 64];
         assert_true(n <= 3 * 64);
         static const DamCoefBlock which[] = {DAM_COEF_C, DAM_COEF_GRAD, DAM_COEF_ADAM_M, DAM_COEF_ADAM_V};
@@ -405,7 +405,7 @@ static void test_bf16_third(void **s) {
     DamTensor *x = bf16_case(&dc, &c, OPT_ADAMW, 1e-3f);
     DamModel *m = &dc.m;
     m->nonlin = NONLIN_TANH;
-    size_t o = x->coef_at, n = (size_t)m->n_rows * x->dim;
+    size_t o = x->coef_at, n = (size_t)m->n_coef_rows * x->dim;
     m->be->fill(m->ctx, x->c, 1.0f / 3.0f, n);
     dam_model_refresh(m);
     float *cc = test_coef_get(m, DAM_COEF_C), *fc = test_coef_get(m, DAM_COEF_FC);
@@ -462,7 +462,7 @@ static void test_bias_init_one(void **s) {
     for (int t = 0; t < m->n_tensors; t++) {
         const DamTensor *x = &m->tensors[t];
         biases += x->kind == DT_BIAS;
-        for (size_t e = 0; e < (size_t)m->n_rows * x->dim; e++)
+        for (size_t e = 0; e < (size_t)m->n_coef_rows * x->dim; e++)
             assert_true(after[x->coef_at + e] == (x->kind == DT_BIAS ? 1.0f : before[x->coef_at + e]));
     }
     assert_true(biases > 0);
@@ -483,7 +483,7 @@ static void test_reg_biases(void **s) {
     c.l1 = 0.01f, c.l2 = 0.02f, c.overlap = 0.03f, c.reg_skip_biases = 0;
     float *cc = test_coef_get(m, DAM_COEF_C), *zero = calloc(m->coef.n, sizeof(float));
     double want_l1 = 0, want_l2 = 0, want_ov = 0;
-    int n = m->n_rows, pairs = n * (n - 1) / 2, biases = 0;
+    int n = m->n_coef_rows, pairs = n * (n - 1) / 2, biases = 0;
     for (int t = 0; t < m->n_tensors; t++) {
         const DamTensor *x = &m->tensors[t];
         if (x->kind != DT_BIAS) continue;
@@ -521,7 +521,7 @@ static void test_random_tensor_init(void **s) {
     DamModel *m = &dc.m;
     coef_init_random_tensor(m, 42);
     float *a = test_coef_get(m, DAM_COEF_C);
-    int n = m->n_rows;
+    int n = m->n_coef_rows;
     double lo = 1 / (1 + (n - 1) * M_E), hi = M_E / (M_E + n - 1);
     for (int t = 0; t < m->n_tensors; t++) {
         const DamTensor *x = &m->tensors[t];
@@ -661,7 +661,7 @@ static void test_clip(void **s) {
     double ss = 0;
     float *gb = test_coef_get(m, DAM_COEF_GRAD);
     for (int t = 0; t < m->n_tensors; t++)
-        for (size_t j = 0; j < (size_t)m->n_rows * m->tensors[t].dim; j++) {
+        for (size_t j = 0; j < (size_t)m->n_coef_rows * m->tensors[t].dim; j++) {
             float g = (float)((j % 7) - 3) * 0.1f;
             gb[m->tensors[t].coef_at + j] = g;
             ss += (double)g * g;

@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 
 #include "backend.h"
+#include "comm.h"
 #include "hfconfig.h"
 #include "model.h"
 #include "test_util.h"
@@ -47,14 +48,15 @@ static void check_fixture_model(const char *name, int max_pp) {
         if (pp > max_pp) continue;
         for (int s = 0; s < pp; s++)
             for (int r = 0; r < tp; r++) {
-                CommGroup tg = {MPI_COMM_NULL, r, tp, "tp"}, pg = {MPI_COMM_NULL, s, pp, "pp"};
+                CommGroup tg = {.comm = MPI_COMM_NULL, .rank = r, .size = tp, .name = "tp"},
+                          pg = {.comm = MPI_COMM_NULL, .rank = s, .size = pp, .name = "pp"};
                 DamModel m;
                 dam_model_open_parallel(&m, 3, dirs, names, be, ctx, &tg, &pg, DAM_TRANSPORT_AUTO);
                 size_t model_coefs = dam_model_num_coefs(&m, 0),
                        plan_coefs = plan_num_coefs(&cfg, 3, tp, pp, s);
                 double model_bytes = 0, es = (double)dam_dtype_size(m.tensors[0].src[0].w.dtype);
                 for (int t = 0; t < m.n_tensors; t++)
-                    for (int i = 0; i < m.n_rows; i++)
+                    for (int i = 0; i < m.n_coef_rows; i++)
                         model_bytes += (double)m.tensors[t].rows * m.tensors[t].cols *
                                        dam_dtype_size(m.tensors[t].src[i].w.dtype);
                 double plan_bytes = plan_source_bytes(&cfg, 3, es, tp, pp, s);

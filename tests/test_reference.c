@@ -113,7 +113,7 @@ static void check_dam_path(const char *name, const char *variant, int batched) {
             continue;
         }
         assert_non_null(g);
-        assert_int_equal(g->numel, (size_t)dc.m.n_rows * x->dim);
+        assert_int_equal(g->numel, (size_t)dc.m.n_coef_rows * x->dim);
         ok &= test_report(key, test_max_rel_diff(grad + x->coef_at, g->data, g->numel, 1e-8), 1e-3);
         n_grads++;
     }

@@ -1,5 +1,5 @@
-/* wov.h — the weights of the weighted overlap loss (loss.weighted_overlap; the public reference's
- * --weighted_overlap, dam/merge.py:41-71 and dam/modeling/dam.py:104-114).
+/* pair_weights.h — the pair weights of the weighted overlap loss (loss.weighted_overlap; the public
+ * reference's --weighted_overlap, dam/merge.py:41-71 and dam/modeling/dam.py:104-114).
  *
  * For every linear weight W [out, in] (q, k, v, o, gate, up, down, lm_head) and every pair (a, b)
  * of coefficient rows in combinations order ((0,1), (0,2), ..., (1,2), ...), per input column j:
@@ -7,10 +7,10 @@
  *   cos = clamp(Σ_o τ_a[o,j] τ_b[o,j] / ((‖τ_a[:,j]‖ + 1e-8)(‖τ_b[:,j]‖ + 1e-8)), −1, 1),
  *   w_ab[j] = sin²(2·acos(cos))   (1 at 45° and 135°, 0 for parallel, orthogonal or opposite columns).
  * The loss is λ · Σ_tensors (1/P) Σ_pairs Σ_j min(|c_a[j]|, |c_b[j]|)·w_ab[j] on the raw coefficients,
- * P = C(n_rows, 2); at a tie |c_a| = |c_b| the whole gradient goes to the lower row a, as torch.min
+ * P = C(n_coef_rows, 2); at a tie |c_a| = |c_b| the whole gradient goes to the lower row a, as torch.min
  * over the stacked pair does in the reference. */
-#ifndef DAM_WOV_H
-#define DAM_WOV_H
+#ifndef DAM_PAIR_WEIGHTS_H
+#define DAM_PAIR_WEIGHTS_H
 
 #include "model.h"
 

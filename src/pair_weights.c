@@ -1,5 +1,5 @@
-/* wov.c — see wov.h. */
-#include "wov.h"
+/* pair_weights.c — see pair_weights.h. */
+#include "pair_weights.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -54,7 +54,7 @@ static void task_vector_row(void *ctx, int row, size_t o, double *out) {
 }
 
 void wov_setup(DamModel *m, const char *base_dir) {
-    int n = m->n_rows, P = n * (n - 1) / 2;
+    int n = m->n_coef_rows, P = n * (n - 1) / 2;
     StModel own, *base = &own;
     if (base_dir)
         st_model_open(&own, base_dir);
