@@ -853,8 +853,8 @@ static void expect_fail(void (*fn)(const void *), const char *expect) {
 static void test_errors(void **state) {
     expect_fail(bad_slice, "devbuf_slice: elements [8, 11) outside a F32 buffer of 10");
     expect_fail(bad_at, "devbuf_at: element 11 outside a BF16 buffer of 10");
-    expect_fail(bad_dtype, "cpu_add: x is BF16, expected F32");
-    expect_fail(bad_length, "cpu_matmul_xwt: w holds 9 elements, needs 12");
+    expect_fail(bad_dtype, "add: x is BF16, expected F32");
+    expect_fail(bad_length, "matmul_xwt: w holds 9 elements, needs 12");
     expect_fail(bad_convert, "upload: cannot convert I32 to F32");
     expect_fail(bad_row, "gather_rows: row 3 is outside src's 3 rows of 4");
     expect_fail(bad_alloc, "alloc of halves: dtype F16 is not F32, BF16 or I32");
