@@ -878,6 +878,24 @@ static void test_by_name(void **state) {
     assert_int_equal(backend_guard()->act_dtype, DAM_F32);
 }
 
+/* Every entry of a table the program gets is set (the front defaults a backend's optional ones), so
+ * that no call site needs a NULL check. The entries from ctx_new on are function pointers. */
+static void test_front_complete(void **state) {
+    const Backend *bes[] = {backend_cpu(), backend_guard(), backend_cuda()};
+    for (int b = 0; b < 3; b++) {
+        if (!bes[b]) continue; /* no CUDA in this build */
+        for (size_t off = offsetof(Backend, ctx_new); off < sizeof(Backend); off += sizeof(void (*)(void))) {
+            void (*fn)(void);
+            memcpy(&fn, (const char *)bes[b] + off, sizeof fn);
+            if (!fn) fail_msg("backend %s: the entry at byte %zu is NULL", bes[b]->name, off);
+        }
+    }
+    Dev d = dev_new(backend_cpu());
+    d.be->set_gemm_inputs(d.ctx, DAM_F32);
+    assert_int_equal(d.be->weight_dtype(d.ctx), DAM_F32);
+    dev_free(&d);
+}
+
 /* ---------------------------------------------------------------- the guard's purpose */
 
 /* In a child: touch(b) on the host; returns the signal that ended the child (0: none). */
@@ -1087,7 +1105,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_adamw_mofo),       cmocka_unit_test(test_mofo_threshold),
         cmocka_unit_test(test_errors),           cmocka_unit_test(test_by_name),
         cmocka_unit_test(test_guard_segv),       cmocka_unit_test(test_devcomm_two_ranks),
-        cmocka_unit_test(test_transport_errors),
+        cmocka_unit_test(test_transport_errors), cmocka_unit_test(test_front_complete),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
