@@ -1,8 +1,11 @@
 /* backend_cuda.cu — the device contract of src/backend.h on one NVIDIA GPU per rank: one stream,
  * a cuBLAS handle, pinned staging for transfers, bf16 activations, fp32 coefficients and optimizer
  * state. The kernels live in the headers beside this file (one concern each); this file holds the
- * context, memory, transfers and events, and the table. */
+ * context, memory, transfers and events, and the table. The ops trust their arguments (the front,
+ * src/backend_api.c, checked them: backend_impl.h); they check only the GPU's own limits. */
 #include "common.cuh"
+
+#include "backend_impl.h"
 
 #include "attention.cuh"
 #include "dam.cuh"
@@ -91,9 +94,6 @@ extern "C" void dam_cuda_wait_stream(BackendCtx *ctx, void *stream) {
 /* ---------------------------------------------------------------- memory */
 
 static DevBuf cu_alloc(BackendCtx *ctx, size_t n, dam_dtype dtype, const char *what) {
-    if (dtype != DAM_F32 && dtype != DAM_BF16 && dtype != DAM_I32)
-        dam_fail("cuda alloc of %s: dtype %s is not F32, BF16 or I32", what, dam_dtype_name(dtype));
-    if (n > SIZE_MAX / dam_dtype_size(dtype)) dam_fail("cuda alloc of %s: %zu elements overflow", what, n);
     size_t bytes = n * dam_dtype_size(dtype);
     DevBuf b = {NULL, n, dtype, DAM_DEVICE_CUDA};
     /* stream-ordered, as every allocation after the context's: no wait for the device (backend.h) */
@@ -162,20 +162,12 @@ static void stage_h2d(BackendCtx *ctx, void *dst, dam_dtype ddt, const void *hos
 }
 
 static void cu_upload(BackendCtx *ctx, DevBuf dst, const void *host, dam_dtype host_dtype, size_t n) {
-    need_n(dst, n, "upload", "dst");
     if (n == 0) return;
-    if ((dst.dtype == DAM_I32) != (host_dtype == DAM_I32))
-        dam_fail("cuda upload: %s host data into a %s buffer", dam_dtype_name(host_dtype),
-                 dam_dtype_name(dst.dtype));
     stage_h2d(ctx, dst.ptr, dst.dtype, host, host_dtype, 1, n, n);
 }
 
 static void cu_download(BackendCtx *ctx, void *host, dam_dtype host_dtype, DevBuf src, size_t n) {
-    need_n(src, n, "download", "src");
     if (n == 0) return;
-    if ((src.dtype == DAM_I32) != (host_dtype == DAM_I32))
-        dam_fail("cuda download: a %s buffer into %s host data", dam_dtype_name(src.dtype),
-                 dam_dtype_name(host_dtype));
     size_t ses = dam_dtype_size(src.dtype), hes = dam_dtype_size(host_dtype);
     size_t per = STAGE_HALF / (ses > hes ? ses : hes);
     ctx_wait_event(ctx, ctx->stage_done[0]);
@@ -192,11 +184,7 @@ static void cu_download(BackendCtx *ctx, void *host, dam_dtype host_dtype, DevBu
  * contiguous rows: a tensor-parallel slice (ld > cols) takes only its own columns. */
 static SrcWeight cu_upload_source(BackendCtx *ctx, const void *host, dam_dtype dtype, size_t rows,
                                   size_t cols, size_t ld, const char *what) {
-    if (dtype != DAM_BF16 && dtype != DAM_F32 && dtype != DAM_F16)
-        dam_fail("cuda upload_source: %s is stored as %s (F32, BF16 or F16 supported)", what,
-                 dam_dtype_name(dtype));
     if (!ld) ld = cols;
-    if (ld < cols) dam_fail("cuda upload_source of %s: row stride %zu < %zu columns", what, ld, cols);
     dam_dtype ddt = dtype == DAM_F16 ? DAM_F32 : dtype;
     SrcWeight s;
     s.w = cu_alloc(ctx, rows * cols, ddt, what);
@@ -274,8 +262,8 @@ static const Backend cuda_backend = {
     .matmul_xwt = cu_matmul_xwt,
     .matmul_dyw = cu_matmul_dyw,
     .matmul_dytx = cu_matmul_dytx,
-    .set_gemm_inputs = NULL, /* one precision: bf16 inputs, fp32 accumulation (gemm.cuh) */
-    .weight_dtype = NULL,    /* weights in the activation dtype, bf16 */
+    .set_gemm_inputs = NULL, /* optional: one precision, bf16 inputs, fp32 accumulation (gemm.cuh) */
+    .weight_dtype = NULL,    /* optional: weights in the activation dtype, bf16 */
     .dam_materialize = cu_dam_materialize,
     .dam_coef_grad = cu_dam_coef_grad,
     .dam_embed_gather = cu_dam_embed_gather,
@@ -308,4 +296,4 @@ static const Backend cuda_backend = {
     .adamw = cu_adamw,
 };
 
-extern "C" const Backend *backend_cuda(void) { return &cuda_backend; }
+extern "C" const Backend *backend_cuda_impl(void) { return &cuda_backend; }

@@ -149,20 +149,6 @@ static void ctx_sync(BackendCtx *ctx) { ctx_wait_stream(ctx, ctx->stream); }
 
 static inline int is_float_dtype(dam_dtype t) { return t == DAM_F32 || t == DAM_BF16; }
 
-static void need_float(DevBuf b, const char *op, const char *name) {
-    if (!is_float_dtype(b.dtype))
-        dam_fail("cuda %s: %s has dtype %s (F32 or BF16 expected)", op, name, dam_dtype_name(b.dtype));
-}
-
-static void need_f32(DevBuf b, const char *op, const char *name) {
-    if (b.dtype != DAM_F32)
-        dam_fail("cuda %s: %s has dtype %s (F32 expected)", op, name, dam_dtype_name(b.dtype));
-}
-
-static void need_n(DevBuf b, size_t n, const char *op, const char *name) {
-    if (b.n < n) dam_fail("cuda %s: %s holds %zu elements, %zu needed", op, name, b.n, n);
-}
-
 /* dtype codes passed to kernels (uniform across a launch, so the branch costs nothing) */
 enum { DT_F32 = 0, DT_BF16 = 1 };
 static inline int dtcode(dam_dtype t) { return t == DAM_BF16 ? DT_BF16 : DT_F32; }

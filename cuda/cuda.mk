@@ -87,7 +87,7 @@ $(BUILD)/cuda-check/nccl_comm.o: mpi/nccl_comm.c mpi/nccl_comm.h cuda/backend_cu
 # ---- GPU test programs (tests/cuda): no MPI, HDF5, cJSON or BLAS needed, so that they build on the GPU
 # machine: the CPU reference's GEMMs come from tests/cuda/cblas_ref.c, one-rank NCCL from the MPI shim.
 CUDA_TEST_CC  ?= gcc
-CUDA_TEST_CPU_SRC ?= src/backend_cpu.c src/backend_guard.c src/backend.c src/loss.c src/threadpool.c src/util.c
+CUDA_TEST_CPU_SRC ?= src/backend_api.c src/backend_cpu.c src/backend_guard.c src/backend.c src/loss.c src/threadpool.c src/util.c
 CUDA_TEST_CFLAGS := -O2 -g -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -fno-strict-aliasing \
                     -ffp-contract=off -Isrc -Itests/cuda/shim -DDAM_WITH_CUDA $(CUDA_INC)
 CUDA_TEST_NCCL_FLAGS := -Impi -Itests/cuda/shim_mpi -DDAM_WITH_NCCL
@@ -111,7 +111,7 @@ cuda-test: cuda-info $(patsubst %,$(BUILD)/cuda/%,$(CUDA_TEST_PROGS))
 
 endif
 
-# The C objects are the same files with or without CUDA=1 but compiled differently (backend.c's
+# The C objects are the same files with or without CUDA=1 but compiled differently (backend_api.c's
 # backend_cuda() stub, NCCL in devcomm.c): $(BUILD)/.flavour names the flavour of what is in $(BUILD)
 # and is rewritten (so every object is rebuilt) when it changes. A first stamp for a CPU build is
 # dated 1970, so that an existing CPU build is not rebuilt for it.
@@ -128,7 +128,7 @@ endif
 $(LIB_OBJ) $(BUILD)/src/main.o: $(BUILD)/.flavour
 
 # The whole program with CUDA: the backend's objects go into libdam.a, its libraries onto the link,
-# DAM_WITH_CUDA / DAM_WITH_NCCL into every C file (backend.c registers "cuda", devcomm.c uses NCCL).
+# DAM_WITH_CUDA / DAM_WITH_NCCL into every C file (backend_api.c registers "cuda", devcomm.c uses NCCL).
 ifneq ($(filter 1 yes,$(CUDA)),)
 CFLAGS   += -DDAM_WITH_CUDA -DDAM_WITH_NCCL $(CUDA_INC)
 LIB_OBJ  += $(CUDA_OBJ)

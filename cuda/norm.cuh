@@ -51,32 +51,22 @@ __global__ void k_rmsnorm_bwd_dw(float *dw, const void *dout, int gdt, const voi
 
 static void cu_rmsnorm_fwd(BackendCtx *ctx, DevBuf out, DevBuf rstd, DevBuf x, DevBuf w, int T, int d,
                            float eps) {
-    const char *op = "rmsnorm_fwd";
-    need_float(out, op, "out"), need_float(x, op, "x"), need_float(w, op, "w"), need_f32(rstd, op, "rstd");
-    need_n(out, (size_t)T * d, op, "out"), need_n(x, (size_t)T * d, op, "x"), need_n(w, (size_t)d, op, "w");
-    need_n(rstd, (size_t)T, op, "rstd");
     if (T <= 0) return;
     LAUNCH(k_rmsnorm_fwd, T, NORM_THREADS, 0, ctx->stream)
     (out.ptr, dtcode(out.dtype), (float *)rstd.ptr, x.ptr, dtcode(x.dtype), w.ptr, dtcode(w.dtype), d, eps);
-    LAUNCH_CHECK(op);
+    LAUNCH_CHECK("rmsnorm_fwd");
 }
 
 static void cu_rmsnorm_bwd(BackendCtx *ctx, DevBuf dx, DevBuf dw, DevBuf dout, DevBuf x, DevBuf rstd,
                            DevBuf w, int T, int d, int accumulate_dx) {
-    const char *op = "rmsnorm_bwd";
-    need_float(dx, op, "dx"), need_float(dout, op, "dout"), need_float(x, op, "x"), need_float(w, op, "w");
-    need_f32(rstd, op, "rstd");
-    need_n(dx, (size_t)T * d, op, "dx"), need_n(dout, (size_t)T * d, op, "dout"),
-        need_n(x, (size_t)T * d, op, "x");
     if (T <= 0) return;
     LAUNCH(k_rmsnorm_bwd_dx, T, NORM_THREADS, 0, ctx->stream)
     (dx.ptr, dtcode(dx.dtype), dout.ptr, dtcode(dout.dtype), x.ptr, dtcode(x.dtype), (const float *)rstd.ptr,
      w.ptr, dtcode(w.dtype), d, accumulate_dx);
-    LAUNCH_CHECK(op);
+    LAUNCH_CHECK("rmsnorm_bwd");
     if (devbuf_null(dw)) return;
-    need_f32(dw, op, "dw"), need_n(dw, (size_t)d, op, "dw");
     dim3 grid((unsigned)((d + 255) / 256), (unsigned)((T + NORM_DW_ROWS - 1) / NORM_DW_ROWS));
     LAUNCH(k_rmsnorm_bwd_dw, grid, 256, 0, ctx->stream)
     ((float *)dw.ptr, dout.ptr, dtcode(dout.dtype), x.ptr, dtcode(x.dtype), (const float *)rstd.ptr, T, d);
-    LAUNCH_CHECK(op);
+    LAUNCH_CHECK("rmsnorm_bwd");
 }

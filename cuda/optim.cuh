@@ -42,8 +42,6 @@ __global__ void k_coef_nonlin_grad(float *g, const float *c, size_t n, int f) {
 }
 
 static void cu_coef_nonlin(BackendCtx *ctx, DevBuf fc, DevBuf c, size_t n, Nonlinearity f) {
-    need_f32(fc, "coef_nonlin", "fc"), need_f32(c, "coef_nonlin", "c");
-    need_n(fc, n, "coef_nonlin", "fc"), need_n(c, n, "coef_nonlin", "c");
     if (n == 0) return;
     LAUNCH(k_coef_nonlin, grid_for(n, 256), 256, 0, ctx->stream)
     ((float *)fc.ptr, (const float *)c.ptr, n, (int)f);
@@ -51,8 +49,6 @@ static void cu_coef_nonlin(BackendCtx *ctx, DevBuf fc, DevBuf c, size_t n, Nonli
 }
 
 static void cu_coef_nonlin_grad(BackendCtx *ctx, DevBuf g, DevBuf c, size_t n, Nonlinearity f) {
-    need_f32(g, "coef_nonlin_grad", "g"), need_f32(c, "coef_nonlin_grad", "c");
-    need_n(g, n, "coef_nonlin_grad", "g"), need_n(c, n, "coef_nonlin_grad", "c");
     if (n == 0) return;
     LAUNCH(k_coef_nonlin_grad, grid_for(n, 256), 256, 0, ctx->stream)
     ((float *)g.ptr, (const float *)c.ptr, n, (int)f);
@@ -76,13 +72,11 @@ static double dev_dot(BackendCtx *ctx, const float *a, const float *b, size_t n)
 }
 
 static double cu_sumsq(BackendCtx *ctx, DevBuf x, size_t n) {
-    need_f32(x, "sumsq", "x"), need_n(x, n, "sumsq", "x");
     return dev_dot(ctx, (const float *)x.ptr, NULL, n);
 }
 
 /* G[i·n + j] = c_i · c_j (the upper triangle computed, mirrored) */
 static void cu_coef_gram(BackendCtx *ctx, double *G, DevBuf c, int n_src, int dim) {
-    need_f32(c, "coef_gram", "c"), need_n(c, (size_t)n_src * dim, "coef_gram", "c");
     const float *p = (const float *)c.ptr;
     for (int i = 0; i < n_src; i++)
         for (int j = i; j < n_src; j++)
@@ -109,10 +103,7 @@ __global__ void k_mix_grad(float *g, const float *c, MixArgs m, int dim) {
 }
 
 static void cu_coef_mix_grad(BackendCtx *ctx, DevBuf g, DevBuf c, const double *A, int n_src, int dim) {
-    need_f32(g, "coef_mix_grad", "g"), need_f32(c, "coef_mix_grad", "c");
-    need_n(g, (size_t)n_src * dim, "coef_mix_grad", "g"),
-        need_n(c, (size_t)n_src * dim, "coef_mix_grad", "c");
-    if (n_src < 1 || n_src > DAM_SRC_MAX) dam_fail("cuda coef_mix_grad: %d sources", n_src);
+    if (n_src > DAM_SRC_MAX) dam_fail("cuda coef_mix_grad: %d sources (at most %d)", n_src, DAM_SRC_MAX);
     if (dim <= 0) return;
     MixArgs m;
     m.n = n_src;
@@ -135,8 +126,6 @@ __global__ void k_l1(double *partial, float *g, const float *c, size_t n, float 
 }
 
 static double cu_coef_l1(BackendCtx *ctx, DevBuf g, DevBuf c, size_t n, double lambda) {
-    need_f32(g, "coef_l1", "g"), need_f32(c, "coef_l1", "c"), need_n(g, n, "coef_l1", "g"),
-        need_n(c, n, "coef_l1", "c");
     if (n == 0) return 0;
     int nb = red_blocks(n);
     LAUNCH(k_l1, nb, RED_THREADS, 0, ctx->stream)
@@ -164,8 +153,6 @@ __global__ void k_overlap(double *partial, float *g, const float *c, int n, int 
 }
 
 static double cu_coef_overlap(BackendCtx *ctx, DevBuf g, DevBuf c, int n_src, int dim, double w) {
-    need_f32(g, "coef_overlap", "g"), need_f32(c, "coef_overlap", "c");
-    need_n(g, (size_t)n_src * dim, "coef_overlap", "g"), need_n(c, (size_t)n_src * dim, "coef_overlap", "c");
     if (n_src < 2 || dim <= 0) return 0;
     int nb = red_blocks((size_t)dim);
     LAUNCH(k_overlap, nb, RED_THREADS, 0, ctx->stream)
@@ -196,11 +183,6 @@ __global__ void k_weighted_overlap(double *partial, float *g, const float *c, co
 
 static double cu_coef_weighted_overlap(BackendCtx *ctx, DevBuf g, DevBuf c, DevBuf wts, int n_src, int dim,
                                        double w) {
-    need_f32(g, "coef_weighted_overlap", "g"), need_f32(c, "coef_weighted_overlap", "c");
-    need_f32(wts, "coef_weighted_overlap", "wts");
-    need_n(g, (size_t)n_src * dim, "coef_weighted_overlap", "g");
-    need_n(c, (size_t)n_src * dim, "coef_weighted_overlap", "c");
-    need_n(wts, (size_t)(n_src * (n_src - 1) / 2) * dim, "coef_weighted_overlap", "wts");
     if (n_src < 2 || dim <= 0) return 0;
     int nb = red_blocks((size_t)dim);
     LAUNCH(k_weighted_overlap, nb, RED_THREADS, 0, ctx->stream)
@@ -213,8 +195,6 @@ __global__ void k_abs(float *dst, const float *src, size_t n) { GRID_STRIDE(i, n
 
 /* The ceil(alpha·n)-th largest |m|: |m| sorted descending by CUB's radix sort, one element read back. */
 static float cu_mofo_threshold(BackendCtx *ctx, DevBuf m, size_t n, float alpha) {
-    need_f32(m, "mofo_threshold", "m"), need_n(m, n, "mofo_threshold", "m");
-    if (!(alpha > 0 && alpha <= 1)) dam_fail("cuda mofo_threshold: alpha = %g is outside (0, 1]", alpha);
     if (n == 0) return 0.0f;
     if (n > (size_t)INT_MAX) dam_fail("cuda mofo_threshold: %zu entries in one tensor", n);
     size_t keep = (size_t)ceil(alpha * (double)n);
@@ -268,9 +248,6 @@ __global__ void k_adamw(float *c, const float *g, float *m, float *v, size_t n, 
 }
 
 static void cu_adamw(BackendCtx *ctx, DevBuf c, DevBuf g, DevBuf m, DevBuf v, size_t n, const AdamParams *p) {
-    const char *op = "adamw";
-    need_f32(c, op, "c"), need_f32(g, op, "g"), need_f32(m, op, "m"), need_f32(v, op, "v");
-    need_n(c, n, op, "c"), need_n(g, n, op, "g"), need_n(m, n, op, "m"), need_n(v, n, op, "v");
     if (n == 0) return;
     AdamArgs a = {p->lr,
                   p->beta1,
@@ -285,7 +262,7 @@ static void cu_adamw(BackendCtx *ctx, DevBuf c, DevBuf g, DevBuf m, DevBuf v, si
     if (p->mofo_alpha > 0) { /* moments, the threshold of the updated |m|, then the update */
         LAUNCH(k_adamw, grid, 256, 0, ctx->stream)
         ((float *)c.ptr, (const float *)g.ptr, (float *)m.ptr, (float *)v.ptr, n, a, 1, 0);
-        LAUNCH_CHECK(op);
+        LAUNCH_CHECK("adamw");
         a.thr = cu_mofo_threshold(ctx, m, n, p->mofo_alpha);
         LAUNCH(k_adamw, grid, 256, 0, ctx->stream)
         ((float *)c.ptr, (const float *)g.ptr, (float *)m.ptr, (float *)v.ptr, n, a, 0, 1);
@@ -293,5 +270,5 @@ static void cu_adamw(BackendCtx *ctx, DevBuf c, DevBuf g, DevBuf m, DevBuf v, si
         LAUNCH(k_adamw, grid, 256, 0, ctx->stream)
         ((float *)c.ptr, (const float *)g.ptr, (float *)m.ptr, (float *)v.ptr, n, a, 1, 1);
     }
-    LAUNCH_CHECK(op);
+    LAUNCH_CHECK("adamw");
 }

@@ -22,14 +22,10 @@ __global__ void k_rope(void *x, int dt, const float *cosv, const float *sinv, in
 
 static void cu_rope(BackendCtx *ctx, DevBuf x, DevBuf cosb, DevBuf sinb, int BT, int T, int heads, int hd,
                     int inverse) {
-    const char *op = "rope";
-    need_float(x, op, "x"), need_f32(cosb, op, "cos"), need_f32(sinb, op, "sin");
-    need_n(x, (size_t)BT * heads * hd, op, "x");
-    need_n(cosb, (size_t)T * (hd / 2), op, "cos"), need_n(sinb, (size_t)T * (hd / 2), op, "sin");
     size_t n = (size_t)BT * heads * (hd / 2);
     if (n == 0) return;
     LAUNCH(k_rope, grid_for(n, 256), 256, 0, ctx->stream)
     (x.ptr, dtcode(x.dtype), (const float *)cosb.ptr, (const float *)sinb.ptr, BT, T, heads, hd,
      inverse ? -1.0f : 1.0f);
-    LAUNCH_CHECK(op);
+    LAUNCH_CHECK("rope");
 }

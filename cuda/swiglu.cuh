@@ -24,25 +24,17 @@ __global__ void k_swiglu_bwd(void *dgate, int dgdt, void *dup, int dudt, const v
 }
 
 static void cu_swiglu_fwd(BackendCtx *ctx, DevBuf act, DevBuf gate, DevBuf up, size_t n) {
-    const char *op = "swiglu_fwd";
-    need_float(act, op, "act"), need_float(gate, op, "gate"), need_float(up, op, "up");
-    need_n(act, n, op, "act"), need_n(gate, n, op, "gate"), need_n(up, n, op, "up");
     if (n == 0) return;
     LAUNCH(k_swiglu_fwd, grid_for(n, 256), 256, 0, ctx->stream)
     (act.ptr, dtcode(act.dtype), gate.ptr, dtcode(gate.dtype), up.ptr, dtcode(up.dtype), n);
-    LAUNCH_CHECK(op);
+    LAUNCH_CHECK("swiglu_fwd");
 }
 
 static void cu_swiglu_bwd(BackendCtx *ctx, DevBuf dgate, DevBuf dup, DevBuf dact, DevBuf gate, DevBuf up,
                           size_t n) {
-    const char *op = "swiglu_bwd";
-    need_float(dgate, op, "dgate"), need_float(dup, op, "dup"), need_float(dact, op, "dact");
-    need_float(gate, op, "gate"), need_float(up, op, "up");
-    need_n(dgate, n, op, "dgate"), need_n(dup, n, op, "dup"), need_n(dact, n, op, "dact");
-    need_n(gate, n, op, "gate"), need_n(up, n, op, "up");
     if (n == 0) return;
     LAUNCH(k_swiglu_bwd, grid_for(n, 256), 256, 0, ctx->stream)
     (dgate.ptr, dtcode(dgate.dtype), dup.ptr, dtcode(dup.dtype), dact.ptr, dtcode(dact.dtype), gate.ptr,
      dtcode(gate.dtype), up.ptr, dtcode(up.dtype), n);
-    LAUNCH_CHECK(op);
+    LAUNCH_CHECK("swiglu_bwd");
 }

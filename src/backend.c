@@ -1,10 +1,9 @@
-/* backend.c — what every backend shares: DevBuf views, choosing a backend by name, and the
- * coefficients' nonlinearity on the host (the reference the backends' coef_nonlin ops follow). */
+/* backend.c — what every backend shares, below them all: DevBuf views and the coefficients'
+ * nonlinearity on the host (the reference the backends' coef_nonlin ops follow). It knows no
+ * backend: choosing one by name and the checked front tables are in backend_api.c, above them. */
 #include "backend.h"
 
 #include <math.h>
-#include <stdlib.h>
-#include <string.h>
 
 DevBuf devbuf_slice(DevBuf b, size_t off, size_t n) {
     if (off > b.n || n > b.n - off)
@@ -20,23 +19,6 @@ DevBuf devbuf_at(DevBuf b, size_t off) {
     if (off > b.n)
         dam_fail("devbuf_at: element %zu outside a %s buffer of %zu", off, dam_dtype_name(b.dtype), b.n);
     return devbuf_slice(b, off, b.n - off);
-}
-
-#ifndef DAM_WITH_CUDA
-/* Without CUDA (cuda/ defines it in CUDA builds). */
-const Backend *backend_cuda(void) { return NULL; }
-#endif
-
-const Backend *backend_by_name(const char *name) {
-    const char *env = getenv("DAM_BACKEND");
-    if (env && *env) name = env; /* the test suite runs whole under "guard" */
-    const Backend *cuda = backend_cuda();
-    if (name && strcmp(name, "cpu") == 0) return backend_cpu();
-    if (name && strcmp(name, "guard") == 0) return backend_guard();
-    if (name && strcmp(name, "cuda") == 0 && cuda) return cuda;
-    dam_fail("backend \"%s\"%s is not available (available: cpu, guard%s)%s", name ? name : "(none)",
-             env && *env ? " (from DAM_BACKEND)" : "", cuda ? ", cuda" : "",
-             name && strcmp(name, "cuda") == 0 ? ": this dam_dist was built without CUDA" : "");
 }
 
 static float sigmoid(float c) { return 1.0f / (1.0f + expf(-c)); }

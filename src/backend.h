@@ -23,6 +23,14 @@
  *    (cudaMallocAsync / cudaFreeAsync), pinned buffers never grow mid-run; waits for the stream poll
  *    the transport's watchers (an NCCL error or time-out ends the run with a line). The CUDA
  *    emulation (cuda/emu) makes a device-wide wait with a send in flight a deadlock that it names.
+ *  - Arguments are checked once, by the table backend_by_name (and backend_cpu, backend_guard,
+ *    backend_cuda) hands out: a front (src/backend_api.c) whose every entry validates sizes,
+ *    dtypes, devices, index lists and shapes, failing with one line that names the op and the
+ *    argument, the same on every backend, before it calls the backend's own table
+ *    (src/backend_impl.h: what an implementation may rely on). Every entry of that table is set.
+ *  - Optional for an implementer (NULL in its own table; the front supplies the default):
+ *    set_gemm_inputs (default: one GEMM precision, the request is ignored) and weight_dtype
+ *    (default: act_dtype). Every other entry is required.
  * Shapes follow PyTorch: a linear weight is W[out, in], activations x[T, in] row-major. */
 #ifndef DAM_BACKEND_H
 #define DAM_BACKEND_H
@@ -148,11 +156,12 @@ typedef struct Backend {
                         int accumulate);
     /* The three GEMMs' input precision (parallel.cpu_matmul): DAM_F32 (the default), or DAM_BF16:
      * inputs rounded to bf16, products accumulated in fp32 (CPU: oneDNN on AVX512-BF16/AMX; fails
-     * when built without it). NULL on a backend with one precision (CUDA: bf16 always). */
+     * when built without it). Optional: a backend with one precision (CUDA: bf16 always) leaves it
+     * NULL, and the front ignores the request. */
     void (*set_gemm_inputs)(BackendCtx *ctx, dam_dtype dtype);
     /* The dtype the driver materializes GEMM weights in (the merged and teacher linear weights and
      * lm_head): BF16 when the GEMMs round their inputs to bf16 anyway (the merge then writes the
-     * operand once, in half the bytes), else F32. NULL: act_dtype. */
+     * operand once, in half the bytes), else F32. Optional: NULL gives act_dtype (the front). */
     dam_dtype (*weight_dtype)(BackendCtx *ctx);
 
     /* ---- DAM */
@@ -220,8 +229,8 @@ typedef struct Backend {
     void (*coef_nonlin)(BackendCtx *ctx, DevBuf fc, DevBuf c, size_t n, Nonlinearity f);     /* fc = f(c) */
     void (*coef_nonlin_grad)(BackendCtx *ctx, DevBuf g, DevBuf c, size_t n, Nonlinearity f); /* g *= f'(c) */
     double (*sumsq)(BackendCtx *ctx, DevBuf x, size_t n);                                    /* Σ x² */
-    /* G[i*n_src + j] = c_i · c_j for the n_src rows of dim entries (host result) */
-    void (*coef_gram)(BackendCtx *ctx, double *G, DevBuf c, int n_src, int dim);
+    /* gram[i*n_src + j] = c_i · c_j for the n_src rows of dim entries (host result) */
+    void (*coef_gram)(BackendCtx *ctx, double *gram, DevBuf c, int n_src, int dim);
     /* g_i += Σ_j A[i*n_src + j] · c_j (similarity and L2 gradients, A on the host) */
     void (*coef_mix_grad)(BackendCtx *ctx, DevBuf g, DevBuf c, const double *A, int n_src, int dim);
     /* λ·Σ|c| returned; g += λ·sign(c) */
@@ -239,7 +248,8 @@ typedef struct Backend {
 } Backend;
 
 /* The CPU backend (always available), the guard backend (the CPU's with every DevBuf made
- * inaccessible by mprotect outside backend calls), and the CUDA backend when built (NULL else). */
+ * inaccessible by mprotect outside backend calls), and the CUDA backend when built (NULL else):
+ * each its checked front table (src/backend_api.c). */
 const Backend *backend_cpu(void);
 const Backend *backend_guard(void);
 const Backend *backend_cuda(void);
@@ -249,7 +259,8 @@ int cpu_attention_tile(void);
  * environment overrides the name given (so that the test suite runs under "guard"). */
 const Backend *backend_by_name(const char *name);
 
-/* Element-wise nonlinearity of the coefficients and its derivative (host, for reference and tests). */
+/* Element-wise nonlinearity of the coefficients and its derivative (host, for reference and tests;
+ * src/backend.c, below the backends, with the DevBuf views). */
 float dam_nonlin(Nonlinearity f, float c);
 float dam_nonlin_grad(Nonlinearity f, float c);
 

@@ -13,7 +13,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "backend.h"
+#include "backend_impl.h"
 
 typedef struct {
     char *base;   /* the mapping: `bytes` of data pages, then one guard page */
@@ -29,8 +29,9 @@ typedef struct {
     int in_op; /* inside a backend call: every region is open */
 } GuardCtx;
 
-static const Backend *cpu(void) { return backend_cpu(); }
-static GuardCtx *G(BackendCtx *ctx) { return (GuardCtx *)ctx; }
+/* The CPU backend's own table: the front (backend_api.c) checked the arguments of the guard's call. */
+static const Backend *cpu(void) { return backend_cpu_impl(); }
+static GuardCtx *guard_ctx(BackendCtx *ctx) { return (GuardCtx *)ctx; }
 
 static size_t page_size(void) {
     static size_t page = 0;
@@ -46,7 +47,7 @@ static void protect(Region *r, int open) {
 }
 
 static GuardCtx *enter(BackendCtx *ctx) {
-    GuardCtx *g = G(ctx);
+    GuardCtx *g = guard_ctx(ctx);
     g->in_op = 1;
     for (int i = 0; i < g->n; i++) protect(&g->r[i], 1);
     return g;
@@ -97,7 +98,7 @@ static BackendCtx *guard_ctx_new(int device_index) {
 }
 
 static void guard_ctx_free(BackendCtx *ctx) {
-    GuardCtx *g = G(ctx);
+    GuardCtx *g = guard_ctx(ctx);
     if (!g) return;
     for (int i = 0; i < g->n; i++) munmap(g->r[i].base, g->r[i].bytes + page_size());
     cpu()->ctx_free(g->cpu);
@@ -106,26 +107,26 @@ static void guard_ctx_free(BackendCtx *ctx) {
 }
 
 static DevBuf guard_alloc(BackendCtx *ctx, size_t n, dam_dtype dtype, const char *what) {
-    if (dtype != DAM_F32 && dtype != DAM_BF16 && dtype != DAM_I32)
-        dam_fail("alloc of %s: dtype %s is not F32, BF16 or I32", what, dam_dtype_name(dtype));
     size_t es = dam_dtype_size(dtype);
+    /* the front checked n·es against SIZE_MAX; the mapping adds a page and rounds up to pages */
     if (n > SIZE_MAX / es / 2) dam_fail("alloc of %s: %zu elements overflow", what, n);
-    GuardCtx *g = G(ctx);
+    GuardCtx *g = guard_ctx(ctx);
     void *p = map_region(g, n * es, what);
     if (!g->in_op) protect(&g->r[g->n - 1], 0);
     return (DevBuf){p, n, dtype, DAM_DEVICE_CPU};
 }
 
 static void guard_free(BackendCtx *ctx, DevBuf *b) {
-    if (b->ptr) unmap_region(G(ctx), b->ptr, "free");
+    if (b->ptr) unmap_region(guard_ctx(ctx), b->ptr, "free");
     b->ptr = NULL, b->n = 0;
 }
 
 /* A copy in guarded pages: the sources are device memory like any other (no view of the file). */
 static SrcWeight guard_upload_source(BackendCtx *ctx, const void *host, dam_dtype dtype, size_t rows,
                                      size_t cols, size_t ld, const char *what) {
-    SrcWeight s = cpu()->upload_source(G(ctx)->cpu, host, dtype, rows, cols, ld, what); /* checks, span */
-    GuardCtx *g = G(ctx);
+    SrcWeight s =
+        cpu()->upload_source(guard_ctx(ctx)->cpu, host, dtype, rows, cols, ld, what); /* span, stride */
+    GuardCtx *g = guard_ctx(ctx);
     size_t bytes = s.w.n * dam_dtype_size(dtype);
     void *p = map_region(g, bytes, what);
     if (bytes) memcpy(p, host, bytes);
@@ -135,7 +136,7 @@ static SrcWeight guard_upload_source(BackendCtx *ctx, const void *host, dam_dtyp
 }
 
 static void guard_free_source(BackendCtx *ctx, SrcWeight *s) {
-    if (s->w.ptr) unmap_region(G(ctx), s->w.ptr, "free_source");
+    if (s->w.ptr) unmap_region(guard_ctx(ctx), s->w.ptr, "free_source");
     s->w.ptr = NULL, s->w.n = 0;
 }
 
@@ -143,17 +144,19 @@ static void guard_free_source(BackendCtx *ctx, SrcWeight *s) {
 static void guard_release_source(BackendCtx *ctx, const SrcWeight *s, size_t rows, size_t cols) {}
 
 static void guard_synchronize(BackendCtx *ctx) {}
-static BackendEvent *guard_event_new(BackendCtx *ctx) { return cpu()->event_new(G(ctx)->cpu); }
-static void guard_event_free(BackendCtx *ctx, BackendEvent *e) { cpu()->event_free(G(ctx)->cpu, e); }
-static void guard_event_record(BackendCtx *ctx, BackendEvent *e) { cpu()->event_record(G(ctx)->cpu, e); }
+static BackendEvent *guard_event_new(BackendCtx *ctx) { return cpu()->event_new(guard_ctx(ctx)->cpu); }
+static void guard_event_free(BackendCtx *ctx, BackendEvent *e) { cpu()->event_free(guard_ctx(ctx)->cpu, e); }
+static void guard_event_record(BackendCtx *ctx, BackendEvent *e) {
+    cpu()->event_record(guard_ctx(ctx)->cpu, e);
+}
 static double guard_event_elapsed(BackendCtx *ctx, BackendEvent *a, BackendEvent *b) {
-    return cpu()->event_elapsed(G(ctx)->cpu, a, b);
+    return cpu()->event_elapsed(guard_ctx(ctx)->cpu, a, b);
 }
 
 /* b's mapping stays open until the matching host_end (MPI reads or writes it in between). */
 static void *guard_host_begin(BackendCtx *ctx, DevBuf b) {
     if (!b.ptr) return NULL;
-    Region *r = region_of(G(ctx), b.ptr, "host_begin");
+    Region *r = region_of(guard_ctx(ctx), b.ptr, "host_begin");
     r->held++;
     protect(r, 1);
     return b.ptr;
@@ -161,7 +164,7 @@ static void *guard_host_begin(BackendCtx *ctx, DevBuf b) {
 
 static void guard_host_end(BackendCtx *ctx, DevBuf b) {
     if (!b.ptr) return;
-    GuardCtx *g = G(ctx);
+    GuardCtx *g = guard_ctx(ctx);
     Region *r = region_of(g, b.ptr, "host_end");
     if (r->held <= 0) dam_fail("guard backend: host_end without host_begin");
     if (--r->held == 0 && !g->in_op) protect(r, 0);
@@ -195,7 +198,7 @@ WRAP(matmul_dyw, (BackendCtx * ctx, DevBuf dx, DevBuf dy, DevBuf w, int T, int i
 WRAP(matmul_dytx, (BackendCtx * ctx, DevBuf gr, DevBuf dy, DevBuf x, int T, int in, int out, int acc),
      (gr, dy, x, T, in, out, acc))
 WRAP(set_gemm_inputs, (BackendCtx * ctx, dam_dtype dtype), (dtype))
-static dam_dtype guard_weight_dtype(BackendCtx *ctx) { return cpu()->weight_dtype(G(ctx)->cpu); }
+static dam_dtype guard_weight_dtype(BackendCtx *ctx) { return cpu()->weight_dtype(guard_ctx(ctx)->cpu); }
 WRAP(dam_materialize,
      (BackendCtx * ctx, DevBuf merged, const SrcWeight *src, int n_src, DevBuf fc, size_t rows, size_t cols,
       int scalar),
@@ -251,7 +254,7 @@ WRAP(loss_topk,
 WRAP(coef_nonlin, (BackendCtx * ctx, DevBuf fc, DevBuf c, size_t n, Nonlinearity f), (fc, c, n, f))
 WRAP(coef_nonlin_grad, (BackendCtx * ctx, DevBuf gr, DevBuf c, size_t n, Nonlinearity f), (gr, c, n, f))
 WRAP_RET(double, sumsq, (BackendCtx * ctx, DevBuf x, size_t n), (x, n))
-WRAP(coef_gram, (BackendCtx * ctx, double *Gm, DevBuf c, int n_src, int dim), (Gm, c, n_src, dim))
+WRAP(coef_gram, (BackendCtx * ctx, double *gram, DevBuf c, int n_src, int dim), (gram, c, n_src, dim))
 WRAP(coef_mix_grad, (BackendCtx * ctx, DevBuf gr, DevBuf c, const double *A, int n_src, int dim),
      (gr, c, A, n_src, dim))
 WRAP_RET(double, coef_l1, (BackendCtx * ctx, DevBuf gr, DevBuf c, size_t n, double lambda),
@@ -324,4 +327,4 @@ static const Backend guard_backend = {
     .adamw = guard_adamw,
 };
 
-const Backend *backend_guard(void) { return &guard_backend; }
+const Backend *backend_guard_impl(void) { return &guard_backend; }

@@ -905,8 +905,8 @@ static void expect_fail(void (*fn)(const void *), const char *expect) {
 static void test_errors(void **state) {
     expect_fail(bad_slice, "devbuf_slice: elements [8, 11) outside a F32 buffer of 10");
     expect_fail(bad_at, "devbuf_at: element 11 outside a BF16 buffer of 10");
-    expect_fail(bad_dtype, "cpu_add: x is BF16, expected F32");
-    expect_fail(bad_length, "cpu_matmul_xwt: w holds 9 elements, needs 12");
+    expect_fail(bad_dtype, "add: x is BF16, expected F32");
+    expect_fail(bad_length, "matmul_xwt: w holds 9 elements, needs 12");
     expect_fail(bad_convert, "upload: cannot convert I32 to F32");
     expect_fail(bad_row, "gather_rows: row 3 is outside src's 3 rows of 4");
     expect_fail(bad_alloc, "alloc of halves: dtype F16 is not F32, BF16 or I32");
@@ -928,6 +928,24 @@ static void test_by_name(void **state) {
     free(saved);
     assert_string_equal(backend_cpu()->name, "cpu");
     assert_int_equal(backend_guard()->act_dtype, DAM_F32);
+}
+
+/* Every entry of a table the program gets is set (the front defaults a backend's optional ones), so
+ * that no call site needs a NULL check. The entries from ctx_new on are function pointers. */
+static void test_front_complete(void **state) {
+    const Backend *bes[] = {backend_cpu(), backend_guard(), backend_cuda()};
+    for (int b = 0; b < 3; b++) {
+        if (!bes[b]) continue; /* no CUDA in this build */
+        for (size_t off = offsetof(Backend, ctx_new); off < sizeof(Backend); off += sizeof(void (*)(void))) {
+            void (*fn)(void);
+            memcpy(&fn, (const char *)bes[b] + off, sizeof fn);
+            if (!fn) fail_msg("backend %s: the entry at byte %zu is NULL", bes[b]->name, off);
+        }
+    }
+    Dev d = dev_new(backend_cpu());
+    d.be->set_gemm_inputs(d.ctx, DAM_F32);
+    assert_int_equal(d.be->weight_dtype(d.ctx), DAM_F32);
+    dev_free(&d);
 }
 
 /* ---------------------------------------------------------------- the guard's purpose */
@@ -1139,7 +1157,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_adamw_mofo),       cmocka_unit_test(test_mofo_threshold),
         cmocka_unit_test(test_errors),           cmocka_unit_test(test_by_name),
         cmocka_unit_test(test_guard_segv),       cmocka_unit_test(test_devcomm_two_ranks),
-        cmocka_unit_test(test_transport_errors),
+        cmocka_unit_test(test_transport_errors), cmocka_unit_test(test_front_complete),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
