@@ -585,7 +585,7 @@ const Backend *config_backend(const char *device) { return backend_by_name(devic
 
 BackendCtx *config_backend_ctx(const DamConfig *c, const Backend *be) {
     BackendCtx *ctx = be->ctx_new(config_local_rank());
-    if (c->cpu_matmul_bf16 && be->set_gemm_inputs) be->set_gemm_inputs(ctx, DAM_BF16);
+    if (c->cpu_matmul_bf16) be->set_gemm_inputs(ctx, DAM_BF16);
     return ctx;
 }
 

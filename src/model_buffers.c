@@ -144,7 +144,7 @@ static size_t specs_bytes(const BufSpec *specs, int n, dam_dtype act, dam_dtype 
 /* The materialized GEMM weights' dtype: the backend's (BF16 under bf16 CPU GEMMs, so that the merge
  * writes the GEMM's operand once instead of fp32 rounded again at every GEMM), else the activations'. */
 static dam_dtype weight_dtype(const DamModel *m) {
-    return m->be->weight_dtype ? m->be->weight_dtype(m->ctx) : m->be->act_dtype;
+    return m->be->weight_dtype(m->ctx); /* the front table defaults it (backend_api.c) */
 }
 
 void dam_model_activation_bytes(const ModelConfig *c, int n_layers, int last, int B, int T, dam_dtype act,
