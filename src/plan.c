@@ -22,6 +22,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "arch.h"
 #include "cli.h"
 #include "commands.h"
 #include "config.h"
@@ -93,7 +94,6 @@
 #define MIB (1024.0 * 1024.0)
 
 typedef enum { PLAN_CPU = 0, PLAN_CUDA = 1 } PlanDevice;
-typedef enum { SPLIT_NONE = 0, SPLIT_ROWS = 1, SPLIT_COLS = 2 } PlanSplit;
 
 /* Everything the estimate needs, from the run config and config.json. */
 typedef struct {
@@ -129,7 +129,7 @@ typedef struct {
 
 /* ---------------------------------------------------------------- the tensors of a stage */
 
-/* Sums over the tensors a rank holds (model.c build_tensor_table, add_tensor). */
+/* Sums over the tensors a rank holds (arch.h: the ones model.c build_tensor_table opens). */
 typedef struct {
     double src_split;   /* stored bytes of this rank's shards, every coefficient row */
     double src_rss;     /* the same as resident pages on the CPU (see plan_stage_tensors) */
@@ -139,38 +139,6 @@ typedef struct {
     double out_cpu;     /* output phase on top of training, with the sources' pages released as written */
     double out_host;    /* the same without any release (cuda: the sources are not resident) */
 } StageTensors;
-
-/* The kind, tensor-parallel split and layer of a Hugging Face tensor name (hfconfig_tensor_specs). */
-static int classify(const char *name, DamTensorKind *kind, PlanSplit *split, int *layer) {
-    *layer = -1;
-    if (!strcmp(name, "model.embed_tokens.weight")) return *kind = DT_EMBED, *split = SPLIT_ROWS, 1;
-    if (!strcmp(name, "model.norm.weight")) return *kind = DT_NORM, *split = SPLIT_NONE, 1;
-    if (!strcmp(name, "lm_head.weight")) return *kind = DT_LINEAR, *split = SPLIT_ROWS, 1;
-    int n = 0;
-    if (sscanf(name, "model.layers.%d.%n", layer, &n) != 1 || n == 0) return 0;
-    static const struct {
-        const char *suffix;
-        DamTensorKind kind;
-        PlanSplit split;
-    } table[] = {
-        {"input_layernorm.weight", DT_NORM, SPLIT_NONE},
-        {"post_attention_layernorm.weight", DT_NORM, SPLIT_NONE},
-        {"self_attn.q_proj.weight", DT_LINEAR, SPLIT_ROWS},
-        {"self_attn.k_proj.weight", DT_LINEAR, SPLIT_ROWS},
-        {"self_attn.v_proj.weight", DT_LINEAR, SPLIT_ROWS},
-        {"self_attn.q_proj.bias", DT_BIAS, SPLIT_ROWS},
-        {"self_attn.k_proj.bias", DT_BIAS, SPLIT_ROWS},
-        {"self_attn.v_proj.bias", DT_BIAS, SPLIT_ROWS},
-        {"self_attn.o_proj.weight", DT_LINEAR, SPLIT_COLS},
-        {"self_attn.o_proj.bias", DT_BIAS, SPLIT_NONE},
-        {"mlp.gate_proj.weight", DT_LINEAR, SPLIT_ROWS},
-        {"mlp.up_proj.weight", DT_LINEAR, SPLIT_ROWS},
-        {"mlp.down_proj.weight", DT_LINEAR, SPLIT_COLS},
-    };
-    for (size_t i = 0; i < sizeof table / sizeof *table; i++)
-        if (!strcmp(name + n, table[i].suffix)) return *kind = table[i].kind, *split = table[i].split, 1;
-    return 0;
-}
 
 /* The tensors of stage [l0, l1) (first / last) on a tp rank, in model.c's table order: the
  * embedding on the first stage (and on the last with tied embeddings, as its lm_head), the layers'
@@ -201,26 +169,19 @@ static void plan_stage_tensors(const PlanModel *pm, int tp, int l0, int l1, int 
                                int writer, int root, StageTensors *st) {
     const ModelConfig *c = &pm->cfg;
     memset(st, 0, sizeof *st);
-    int n = hfconfig_tensor_specs(c, NULL);
-    HfTensorSpec *specs = dam_malloc((size_t)n * sizeof *specs, "tensor specs");
-    hfconfig_tensor_specs(c, specs);
-    int tied = c->tie_word_embeddings;
+    int n = arch_tensors(c, NULL);
+    ArchTensor *all = dam_malloc((size_t)n * sizeof *all, "architecture tensors");
+    arch_tensors(c, all);
     double coefs_kept = 0, released = 0, coefs_all = 0;
     for (int i = 0; i < n; i++) {
-        DamTensorKind kind;
-        PlanSplit split;
-        int layer;
-        if (!classify(specs[i].name, &kind, &split, &layer))
-            dam_fail("plan: tensor '%s' is not one dam_dist merges", specs[i].name);
-        /* stored shape as 2-D: a norm or bias is rows = 1 (model.c add_tensor) */
-        size_t rows = specs[i].ndim == 2 ? (size_t)specs[i].shape[0] : 1;
-        size_t cols = specs[i].ndim == 2 ? (size_t)specs[i].shape[1] : (size_t)specs[i].shape[0];
-        coefs_all += (double)pm->n_rows * (kind == DT_BIAS ? 1 : cols);
-        int held = layer >= 0 ? layer >= l0 && layer < l1 : kind == DT_EMBED ? first || (last && tied) : last;
-        if (!held) continue;
-        size_t rows_l = split == SPLIT_ROWS && kind != DT_BIAS ? rows / tp : rows;
-        size_t cols_l = split == SPLIT_COLS || (split == SPLIT_ROWS && kind == DT_BIAS) ? cols / tp : cols;
-        size_t local = rows_l * cols_l, dim = kind == DT_BIAS ? 1 : cols_l;
+        DamTensorKind kind = all[i].def->kind;
+        TensorSplit split = all[i].def->split;
+        size_t rows = (size_t)all[i].rows, cols = (size_t)all[i].cols;
+        TensorShare sh = arch_share(kind, split, rows, cols, tp, 0); /* every rank's is this size */
+        coefs_all += (double)pm->n_rows * sh.coef_full;
+        if (!arch_stage_holds(&all[i], c, l0, l1, first, last)) continue;
+        size_t rows_l = sh.rows, cols_l = sh.cols;
+        size_t local = rows_l * cols_l, dim = (size_t)sh.dim;
         double whole = (double)rows * cols * pm->es_sum, shard = (double)local * pm->es_sum;
         double resident = shard, G = pm->n_rows * pm->folio; /* a granule per source */
         if (shard < whole && split == SPLIT_COLS)            /* a slice of every row */
@@ -251,7 +212,7 @@ static void plan_stage_tensors(const PlanModel *pm, int tp, int l0, int l1, int 
         st->out_cpu = fmax(st->out_cpu, coefs_all * 4 - released);
         st->out_host = fmax(st->out_host, coefs_all * 4);
     }
-    free(specs);
+    free(all);
 }
 
 /* Coefficients of the whole model, each tensor once (the merged coefficients file, the checkpoint):
