@@ -552,7 +552,7 @@ void ckpt_read_model(CkptFile *f, DamModel *m) {
     float *am = c + m->coef.n, *av = am + m->coef.n;
     for (int t = 0; t < m->n_tensors; t++) { /* this rank's columns of tensor-parallel splits */
         DamTensor *x = &m->tensors[t];
-        int split = dam_model_split_kind(m, x) == 2;
+        int split = dam_model_split_kind(m, x) == SPLIT_COLS;
         ckpt_get(f, x->name, m->n_rows, split ? x->coef_full : x->dim, split ? x->coef_off : 0, x->dim,
                  c + x->coef_at, am + x->coef_at, av + x->coef_at);
     }
