@@ -276,13 +276,13 @@ fuzz: $(patsubst %,$(BUILD)/fuzz/fuzz_%,$(FUZZ_TARGETS))
 	  $(BUILD)/fuzz/corpus_run configs
 
 FUZZ_SRC_safetensors := src/safetensors.c
-FUZZ_SRC_hfconfig    := src/hfconfig.c
+FUZZ_SRC_hfconfig    := src/hfconfig.c src/arch.c
 FUZZ_SRC_tokenizer   := $(wildcard src/tokenizer/*.c)
 FUZZ_SRC_config      := src/config.c
 FUZZ_LIBS_tokenizer  := $(PCRE2_LIBS) $(UTF8PROC_LIBS)
 FUZZ_LIBS_config     := -Wl,--wrap=dam_read_file
 $(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_alloc.h src/safetensors.c src/hfconfig.c src/util.c src/json_util.c \
-                      src/config.c $(wildcard src/tokenizer/*.c)
+                      src/config.c src/arch.c $(wildcard src/tokenizer/*.c)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -Isrc/tokenizer -Impi $(shell mpicc --showme:compile 2>/dev/null) -I$(HDF5_INC) -o $@ $< $(FUZZ_SRC_$*) src/util.c \
 	  src/json_util.c -lcjson $(FUZZ_LIBS_$*) -lm

@@ -98,25 +98,25 @@ CkptFile *ckpt_append(const char *tmp) {
     return f;
 }
 
-static void put_one(CkptFile *f, const char *group, const char *name, int n_rows, int dim,
+static void put_one(CkptFile *f, const char *group, const char *name, int n_coef_rows, int dim,
                     const float *data) {
     char *path = dam_asprintf("/%s/%s", group, name);
-    hsize_t dims[2] = {(hsize_t)n_rows, (hsize_t)dim};
+    hsize_t dims[2] = {(hsize_t)n_coef_rows, (hsize_t)dim};
     hid_t sp = DAM_H5_CHECK(H5Screate_simple(2, dims, NULL), f->path);
     hid_t d = DAM_H5_CHECK(
         H5Dcreate2(f->file, path, H5T_IEEE_F32LE, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), path);
     DAM_H5_CHECK(H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data), path);
     /* the checksum of the stored (little-endian) bytes: ckpt_verify reads them back as such */
-    attr_u64(d, "xxh64", dam_xxh64(data, (size_t)n_rows * (size_t)dim * sizeof(float), 0), path);
+    attr_u64(d, "xxh64", dam_xxh64(data, (size_t)n_coef_rows * (size_t)dim * sizeof(float), 0), path);
     H5Dclose(d), H5Sclose(sp);
     free(path);
 }
 
-void ckpt_put(CkptFile *f, const char *name, int n_rows, int dim, const float *c, const float *m,
+void ckpt_put(CkptFile *f, const char *name, int n_coef_rows, int dim, const float *c, const float *m,
               const float *v) {
-    put_one(f, "coefficients", name, n_rows, dim, c);
-    put_one(f, "adam_m", name, n_rows, dim, m);
-    put_one(f, "adam_v", name, n_rows, dim, v);
+    put_one(f, "coefficients", name, n_coef_rows, dim, c);
+    put_one(f, "adam_m", name, n_coef_rows, dim, m);
+    put_one(f, "adam_v", name, n_coef_rows, dim, v);
 }
 
 void ckpt_close(CkptFile *f) {
@@ -493,7 +493,7 @@ CkptFile *ckpt_open_read(const char *path, CkptMeta *meta) {
     return f;
 }
 
-static void get_one(CkptFile *f, const char *group, const char *name, int n_rows, int dim, int col0,
+static void get_one(CkptFile *f, const char *group, const char *name, int n_coef_rows, int dim, int col0,
                     int ncols, float *out) {
     char *path = dam_asprintf("/%s/%s", group, name);
     hid_t d = H5Dopen2(f->file, path, H5P_DEFAULT);
@@ -502,10 +502,10 @@ static void get_one(CkptFile *f, const char *group, const char *name, int n_rows
     hid_t sp = DAM_H5_CHECK(H5Dget_space(d), path);
     hsize_t dims[2] = {0, 0};
     if (H5Sget_simple_extent_ndims(sp) != 2 || H5Sget_simple_extent_dims(sp, dims, NULL) != 2 ||
-        dims[0] != (hsize_t)n_rows || dims[1] != (hsize_t)dim)
+        dims[0] != (hsize_t)n_coef_rows || dims[1] != (hsize_t)dim)
         dam_fail("%s: tensor '%s' is [%llu, %llu] in the checkpoint; this run has [%d, %d]", f->path, path,
-                 (unsigned long long)dims[0], (unsigned long long)dims[1], n_rows, dim);
-    hsize_t start[2] = {0, (hsize_t)col0}, count[2] = {(hsize_t)n_rows, (hsize_t)ncols};
+                 (unsigned long long)dims[0], (unsigned long long)dims[1], n_coef_rows, dim);
+    hsize_t start[2] = {0, (hsize_t)col0}, count[2] = {(hsize_t)n_coef_rows, (hsize_t)ncols};
     DAM_H5_CHECK(H5Sselect_hyperslab(sp, H5S_SELECT_SET, start, NULL, count, NULL), path);
     hid_t mem = DAM_H5_CHECK(H5Screate_simple(2, count, NULL), path);
     DAM_H5_CHECK(H5Dread(d, H5T_NATIVE_FLOAT, mem, sp, H5P_DEFAULT, out), path);
@@ -513,11 +513,11 @@ static void get_one(CkptFile *f, const char *group, const char *name, int n_rows
     free(path);
 }
 
-void ckpt_get(CkptFile *f, const char *name, int n_rows, int dim, int col0, int ncols, float *c, float *m,
-              float *v) {
-    get_one(f, "coefficients", name, n_rows, dim, col0, ncols, c);
-    get_one(f, "adam_m", name, n_rows, dim, col0, ncols, m);
-    get_one(f, "adam_v", name, n_rows, dim, col0, ncols, v);
+void ckpt_get(CkptFile *f, const char *name, int n_coef_rows, int dim, int col0, int ncols, float *c,
+              float *m, float *v) {
+    get_one(f, "coefficients", name, n_coef_rows, dim, col0, ncols, c);
+    get_one(f, "adam_m", name, n_coef_rows, dim, col0, ncols, m);
+    get_one(f, "adam_v", name, n_coef_rows, dim, col0, ncols, v);
 }
 
 char *ckpt_save(const char *dir, const DamModel *m, const CkptMeta *meta, int keep) {
@@ -552,7 +552,7 @@ void ckpt_read_model(CkptFile *f, DamModel *m) {
     float *am = c + m->coef.n, *av = am + m->coef.n;
     for (int t = 0; t < m->n_tensors; t++) { /* this rank's columns of tensor-parallel splits */
         DamTensor *x = &m->tensors[t];
-        int split = dam_model_split_kind(m, x) == 2;
+        int split = dam_model_split_kind(m, x) == SPLIT_COLS;
         ckpt_get(f, x->name, m->n_coef_rows, split ? x->coef_full : x->dim, split ? x->coef_off : 0, x->dim,
                  c + x->coef_at, am + x->coef_at, av + x->coef_at);
     }

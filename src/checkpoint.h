@@ -9,7 +9,7 @@
  *               the coefficients, JSON: compared key by key on --resume), sources (";"-joined)
  *   No RNG state: nothing random evolves during training (a random init derives from train.seed,
  *   which is in `config`). Format 1 files (with a raw-file config_hash) are still read.
- *   /coefficients/<tensor name>  float32 [n_rows, dim]
+ *   /coefficients/<tensor name>  float32 [n_coef_rows, dim]
  *   /adam_m/<tensor name>, /adam_v/<tensor name>  likewise
  *   Format 3 adds checksums (XXH64, xxh64.h): every tensor dataset carries attribute xxh64 (uint64)
  *   of its stored little-endian bytes, the root attribute meta_xxh64 covers step, total_steps,
@@ -44,7 +44,7 @@ typedef struct CkptFile CkptFile;
 char *ckpt_tmp_path(const char *dir, int64_t step); /* heap string */
 void ckpt_create(const char *tmp_path, const CkptMeta *meta);
 CkptFile *ckpt_append(const char *tmp_path);
-void ckpt_put(CkptFile *f, const char *name, int n_rows, int dim, const float *c, const float *m,
+void ckpt_put(CkptFile *f, const char *name, int n_coef_rows, int dim, const float *c, const float *m,
               const float *v);
 void ckpt_close(CkptFile *f);
 char *ckpt_commit(const char *dir, const char *tmp_path, int64_t step, int keep); /* final path */
@@ -58,7 +58,7 @@ int ckpt_list_steps(const char *dir, int64_t **steps);
 void ckpt_prune(const char *dir, int keep);
 
 /* Reading: any rank, any layout. ckpt_get reads columns [col0, col0 + ncols) of the stored
- * [n_rows, dim] arrays (a tensor-parallel shard, or all of them) and fails naming the file and
+ * [n_coef_rows, dim] arrays (a tensor-parallel shard, or all of them) and fails naming the file and
  * tensor when it is missing or shaped otherwise. */
 char *ckpt_latest(const char *dir); /* NULL when there is none */
 
@@ -72,8 +72,8 @@ int ckpt_verify(const char *path, char *why, size_t cap);
  * when none verifies; *n_candidates: how many were tried (0: no `latest`, nothing to resume). */
 char *ckpt_find_resumable(const char *dir, int *n_candidates);
 CkptFile *ckpt_open_read(const char *path, CkptMeta *meta);
-void ckpt_get(CkptFile *f, const char *name, int n_rows, int dim, int col0, int ncols, float *c, float *m,
-              float *v);
+void ckpt_get(CkptFile *f, const char *name, int n_coef_rows, int dim, int col0, int ncols, float *c,
+              float *m, float *v);
 
 /* Every tensor this rank holds (its columns of tensor-parallel splits), from any layout's file; the
  * checkpoint's source names must equal m's row names. */

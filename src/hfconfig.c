@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "arch.h"
 #include "json_util.h"
 #include "util.h"
 
@@ -320,56 +321,21 @@ void hfconfig_rope_inv_freq(const ModelConfig *c, double *inv_freq) {
 
 /* ---------------------------------------------------------------- tensors and parameters */
 
-static void add_spec(HfTensorSpec *specs, int *n, const char *name, int64_t rows, int64_t cols) {
-    if (specs) {
-        HfTensorSpec *s = &specs[*n];
-        snprintf(s->name, sizeof s->name, "%s", name);
-        s->ndim = cols ? 2 : 1;
-        s->shape[0] = rows;
-        s->shape[1] = cols;
-    }
-    (*n)++;
-}
-
-static void add_layer_specs(const ModelConfig *c, int l, HfTensorSpec *specs, int *n) {
-    int64_t d = c->hidden_size, F = c->intermediate_size;
-    int64_t q = (int64_t)c->num_attention_heads * c->head_dim,
-            kv = (int64_t)c->num_key_value_heads * c->head_dim;
-    char name[HF_TENSOR_NAME_MAX];
-#define LAYER(suffix, rows, cols)                                                                            \
-    do {                                                                                                     \
-        snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix);                                        \
-        add_spec(specs, n, name, rows, cols);                                                                \
-    } while (0)
-    LAYER("input_layernorm.weight", d, 0);
-    LAYER("self_attn.q_proj.weight", q, d);
-    LAYER("self_attn.k_proj.weight", kv, d);
-    LAYER("self_attn.v_proj.weight", kv, d);
-    if (c->attention_bias) {
-        LAYER("self_attn.q_proj.bias", q, 0);
-        LAYER("self_attn.k_proj.bias", kv, 0);
-        LAYER("self_attn.v_proj.bias", kv, 0);
-    }
-    LAYER("self_attn.o_proj.weight", d, q);
-    if (c->o_bias) LAYER("self_attn.o_proj.bias", d, 0);
-    LAYER("post_attention_layernorm.weight", d, 0);
-    LAYER("mlp.gate_proj.weight", F, d);
-    LAYER("mlp.up_proj.weight", F, d);
-    LAYER("mlp.down_proj.weight", d, F);
-    if (c->mlp_bias) {
-        LAYER("mlp.gate_proj.bias", F, 0);
-        LAYER("mlp.up_proj.bias", F, 0);
-        LAYER("mlp.down_proj.bias", d, 0);
-    }
-#undef LAYER
-}
-
+/* arch.h's table, as a checkpoint stores it: a norm or bias one-dimensional. */
 int hfconfig_tensor_specs(const ModelConfig *c, HfTensorSpec *specs) {
-    int n = 0;
-    add_spec(specs, &n, "model.embed_tokens.weight", c->vocab_size, c->hidden_size);
-    for (int l = 0; l < c->num_hidden_layers; l++) add_layer_specs(c, l, specs, &n);
-    add_spec(specs, &n, "model.norm.weight", c->hidden_size, 0);
-    if (!c->tie_word_embeddings) add_spec(specs, &n, "lm_head.weight", c->vocab_size, c->hidden_size);
+    int n = arch_tensors(c, NULL);
+    if (!specs) return n;
+    ArchTensor *all = dam_malloc((size_t)n * sizeof *all, "architecture tensors");
+    arch_tensors(c, all);
+    for (int i = 0; i < n; i++) {
+        HfTensorSpec *s = &specs[i];
+        DamTensorKind kind = all[i].def->kind;
+        snprintf(s->name, sizeof s->name, "%s", all[i].name);
+        s->ndim = kind == DT_NORM || kind == DT_BIAS ? 1 : 2;
+        s->shape[0] = s->ndim == 2 ? all[i].rows : all[i].cols;
+        s->shape[1] = s->ndim == 2 ? all[i].cols : 0;
+    }
+    free(all);
     return n;
 }
 

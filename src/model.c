@@ -16,37 +16,29 @@
 
 /* ---------------------------------------------------------------- tensor table */
 
-/* How a tensor is divided over the tensor-parallel group (Megatron): column-parallel layers split
- * their output rows (coefficients over the input stay whole, their gradients are partial sums),
- * row-parallel layers split their input columns (coefficients split with them). */
-typedef enum { SPLIT_NONE, SPLIT_ROWS, SPLIT_COLS } TpSplit;
-
-static DamTensor *add_tensor(DamModel *m, const char *name, DamTensorKind kind, size_t rows, size_t cols,
-                             TpSplit split) {
+/* Opens tensor `at` of every source and uploads this rank's share of it (arch_share). */
+static DamTensor *add_tensor(DamModel *m, const ArchTensor *at) {
     DamTensor *t = &m->tensors[m->n_tensors++];
     memset(t, 0, sizeof *t);
+    const char *name = at->name;
+    DamTensorKind kind = at->def->kind;
     snprintf(t->name, sizeof t->name, "%s", name);
-    int64_t shape[2] = {(int64_t)rows, (int64_t)cols};
+    size_t rows = (size_t)at->rows, cols = (size_t)at->cols;
+    int64_t shape[2] = {at->rows, at->cols};
     int ndim = (kind == DT_NORM || kind == DT_BIAS) ? 1 : 2;
-    /* a bias [out] of a column-parallel layer is split along its only axis (stored as cols) */
-    int tp = m->tp_size, r = m->tp_rank;
-    size_t rows_l = split == SPLIT_ROWS && kind != DT_BIAS ? rows / tp : rows;
-    size_t cols_l = split == SPLIT_COLS || (split == SPLIT_ROWS && kind == DT_BIAS) ? cols / tp : cols;
+    TensorShare s = arch_share(kind, at->def->split, rows, cols, m->tp_size, m->tp_rank);
     t->kind = kind;
-    t->rows = rows_l, t->cols = cols_l;
-    t->dim = kind == DT_BIAS ? 1 : (int)cols_l;
-    t->coef_full = kind == DT_BIAS ? 1 : (int)cols;
-    t->coef_off = kind != DT_BIAS && cols_l != cols ? (int)(r * cols_l) : 0;
-    t->grad_partial = tp > 1 && split == SPLIT_ROWS;
+    t->rows = s.rows, t->cols = s.cols;
+    t->dim = s.dim, t->coef_full = s.coef_full, t->coef_off = s.coef_off;
+    t->grad_partial = s.grad_partial;
     t->trainable = 1;
-    size_t first = (rows_l != rows ? r * rows_l * cols : 0) + (cols_l != cols ? r * cols_l : 0);
     for (int i = 0; i < m->n_coef_rows; i++) {
         const StTensor *st = st_model_get(&m->files[i], name, ndim, ndim == 1 ? &shape[1] : shape);
         if (st->dtype != DAM_F32 && st->dtype != DAM_BF16 && st->dtype != DAM_F16)
             dam_fail("%s: tensor '%s' has dtype %s; expected BF16, F16 or F32", st->file, name,
                      dam_dtype_name(st->dtype));
-        t->src[i] = m->be->upload_source(m->ctx, (const char *)st->data + first * dam_dtype_size(st->dtype),
-                                         st->dtype, rows_l, cols_l, cols, name);
+        t->src[i] = m->be->upload_source(m->ctx, (const char *)st->data + s.first * dam_dtype_size(st->dtype),
+                                         st->dtype, s.rows, s.cols, cols, name);
     }
     return t; /* its coefficient arrays are placed in the model's blocks by place_coefficients */
 }
@@ -71,44 +63,48 @@ static void place_coefficients(DamModel *m) {
     }
 }
 
-static DamTensor *add_layer_tensor(DamModel *m, int l, const char *suffix, DamTensorKind kind, size_t rows,
-                                   size_t cols, TpSplit split) {
-    char name[128];
-    snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix);
-    return add_tensor(m, name, kind, rows, cols, split);
+/* Where the forward pass finds a tensor of that role (layer: its DamLayer); NULL: one dam_dist does
+ * not merge. */
+static DamTensor **role_slot(DamModel *m, DamLayer *L, ArchRole role) {
+    switch (role) {
+    case ROLE_EMBED: return &m->embed;
+    case ROLE_FINAL_NORM: return &m->final_norm;
+    case ROLE_LM_HEAD: return &m->lm_head;
+    case ROLE_ATTN_NORM: return &L->attn_norm;
+    case ROLE_Q: return &L->q;
+    case ROLE_K: return &L->k;
+    case ROLE_V: return &L->v;
+    case ROLE_Q_BIAS: return &L->q_bias;
+    case ROLE_K_BIAS: return &L->k_bias;
+    case ROLE_V_BIAS: return &L->v_bias;
+    case ROLE_O: return &L->o;
+    case ROLE_O_BIAS: return &L->o_bias;
+    case ROLE_MLP_NORM: return &L->mlp_norm;
+    case ROLE_GATE: return &L->gate;
+    case ROLE_UP: return &L->up;
+    case ROLE_DOWN: return &L->down;
+    case ROLE_GATE_BIAS:
+    case ROLE_UP_BIAS:
+    case ROLE_DOWN_BIAS: break;
+    }
+    return NULL;
 }
 
+/* The tensors of this rank's stage, in the architecture's order (arch_tensors). */
 static void build_tensor_table(DamModel *m) {
     const ModelConfig *c = &m->full_cfg;
-    size_t d = (size_t)c->hidden_size, F = (size_t)c->intermediate_size, V = (size_t)c->vocab_size;
-    size_t qd = (size_t)c->num_attention_heads * c->head_dim,
-           kvd = (size_t)c->num_key_value_heads * c->head_dim;
-    m->tensors = dam_calloc((size_t)c->num_hidden_layers * 13 + 3, sizeof(DamTensor), "tensor table");
+    int n = arch_tensors(c, NULL);
+    ArchTensor *all = dam_malloc((size_t)n * sizeof *all, "architecture tensors");
+    arch_tensors(c, all);
+    m->tensors = dam_calloc((size_t)n, sizeof(DamTensor), "tensor table");
     m->layers = dam_calloc((size_t)c->num_hidden_layers, sizeof(DamLayer), "layers");
-    /* tied embeddings: the last stage needs the embedding too, as its lm_head */
-    if (m->first || (m->last && c->tie_word_embeddings))
-        m->embed = add_tensor(m, "model.embed_tokens.weight", DT_EMBED, V, d, SPLIT_ROWS);
-    for (int l = m->layer0; l < m->layer1; l++) {
-        DamLayer *L = &m->layers[l];
-        L->attn_norm = add_layer_tensor(m, l, "input_layernorm.weight", DT_NORM, 1, d, SPLIT_NONE);
-        L->q = add_layer_tensor(m, l, "self_attn.q_proj.weight", DT_LINEAR, qd, d, SPLIT_ROWS);
-        L->k = add_layer_tensor(m, l, "self_attn.k_proj.weight", DT_LINEAR, kvd, d, SPLIT_ROWS);
-        L->v = add_layer_tensor(m, l, "self_attn.v_proj.weight", DT_LINEAR, kvd, d, SPLIT_ROWS);
-        if (c->attention_bias) {
-            L->q_bias = add_layer_tensor(m, l, "self_attn.q_proj.bias", DT_BIAS, 1, qd, SPLIT_ROWS);
-            L->k_bias = add_layer_tensor(m, l, "self_attn.k_proj.bias", DT_BIAS, 1, kvd, SPLIT_ROWS);
-            L->v_bias = add_layer_tensor(m, l, "self_attn.v_proj.bias", DT_BIAS, 1, kvd, SPLIT_ROWS);
-        }
-        L->o = add_layer_tensor(m, l, "self_attn.o_proj.weight", DT_LINEAR, d, qd, SPLIT_COLS);
-        if (c->o_bias) L->o_bias = add_layer_tensor(m, l, "self_attn.o_proj.bias", DT_BIAS, 1, d, SPLIT_NONE);
-        L->mlp_norm = add_layer_tensor(m, l, "post_attention_layernorm.weight", DT_NORM, 1, d, SPLIT_NONE);
-        L->gate = add_layer_tensor(m, l, "mlp.gate_proj.weight", DT_LINEAR, F, d, SPLIT_ROWS);
-        L->up = add_layer_tensor(m, l, "mlp.up_proj.weight", DT_LINEAR, F, d, SPLIT_ROWS);
-        L->down = add_layer_tensor(m, l, "mlp.down_proj.weight", DT_LINEAR, d, F, SPLIT_COLS);
+    for (const ArchTensor *t = all; t < all + n; t++) {
+        if (!arch_stage_holds(t, c, m->layer0, m->layer1, m->first, m->last)) continue;
+        DamTensor **slot = role_slot(m, t->layer >= 0 ? &m->layers[t->layer] : NULL, t->def->role);
+        if (!slot) dam_fail("tensor '%s' is not one dam_dist merges", t->name);
+        *slot = add_tensor(m, t);
     }
-    if (!m->last) return;
-    m->final_norm = add_tensor(m, "model.norm.weight", DT_NORM, 1, d, SPLIT_NONE);
-    m->lm_head = c->tie_word_embeddings ? NULL : add_tensor(m, "lm_head.weight", DT_LINEAR, V, d, SPLIT_ROWS);
+    free(all);
 }
 
 /* The layer math runs on m->cfg holding this rank's share of heads, KV heads, FFN width and
@@ -337,11 +333,11 @@ float *dam_model_gather_split(const DamModel *m, const float *local, size_t rows
     return full;
 }
 
-/* Is tensor x split over tp, and how: 0 whole, 1 rows (or a bias's only axis), 2 columns. */
-int dam_model_split_kind(const DamModel *m, const DamTensor *x) {
-    if (!m->tp) return 0;
-    if (x->kind != DT_BIAS && x->coef_full != x->dim) return 2;
-    return x->grad_partial ? 1 : 0;
+/* Read back from the share add_tensor made (arch_share): only split tensors differ from whole. */
+TensorSplit dam_model_split_kind(const DamModel *m, const DamTensor *x) {
+    if (!m->tp) return SPLIT_NONE;
+    if (x->kind != DT_BIAS && x->coef_full != x->dim) return SPLIT_COLS;
+    return x->grad_partial ? SPLIT_ROWS : SPLIT_NONE;
 }
 
 int dam_model_owns(const DamModel *m, const DamTensor *x) {

@@ -13,6 +13,7 @@
 #ifndef DAM_MODEL_H
 #define DAM_MODEL_H
 
+#include "arch.h"
 #include "backend.h"
 #include "hfconfig.h"
 #include "safetensors.h"
@@ -22,8 +23,6 @@
 typedef struct CommGroup CommGroup;
 
 #define DAM_MAX_SOURCES 16
-
-typedef enum { DT_LINEAR = 0, DT_EMBED = 1, DT_NORM = 2, DT_BIAS = 3 } DamTensorKind;
 
 /* One mergeable tensor: its N stored versions and their coefficients [n_coef_rows, dim]. */
 typedef struct {
@@ -215,8 +214,9 @@ double dam_model_kl_sum(const DamModel *m, const float *z, const float *zt, cons
  * dam_model_logits returns them, combined over the tp group; target[r] < 0: 0. */
 void dam_model_log_prob(const DamModel *m, const float *z, int rows, const int32_t *target, double *logp);
 
-/* Tensor-parallel splits: 0 whole, 1 rows (or a bias's only axis), 2 columns (with coefficients). */
-int dam_model_split_kind(const DamModel *m, const DamTensor *x);
+/* How x is split over tp (SPLIT_NONE without tp): SPLIT_ROWS also for a bias's only axis; SPLIT_COLS
+ * splits the coefficients with the weight. */
+TensorSplit dam_model_split_kind(const DamModel *m, const DamTensor *x);
 /* The whole of a split array from every tp rank's rows x cols piece (heap; a copy without tp). */
 float *dam_model_gather_split(const DamModel *m, const float *local, size_t rows, size_t cols,
                               int cols_split);

@@ -196,18 +196,20 @@ static void write_stage_tensors(DamModel *m, const char *dir, size_t shard_bytes
     for (int t = 0; t < m->n_tensors; t++) { /* each merged tensor materialized once */
         const DamTensor *x = &m->tensors[t];
         if (!dam_model_owns(m, x)) continue;
-        int split = dam_model_split_kind(m, x), tp = split ? m->tp_size : 1;
-        float *full = merged_tensor(m, x, split == 2);
-        int64_t shape[2] = {(int64_t)(x->rows * (split == 1 && x->kind != DT_BIAS ? tp : 1)),
-                            (int64_t)(x->cols * (split == 2 || (split == 1 && x->kind == DT_BIAS) ? tp : 1))};
+        TensorSplit split = dam_model_split_kind(m, x);
+        int tp = split != SPLIT_NONE ? m->tp_size : 1, cols_split = split == SPLIT_COLS;
+        int rows_split = split == SPLIT_ROWS && x->kind != DT_BIAS; /* a bias's only axis is its cols */
+        float *full = merged_tensor(m, x, cols_split);
+        int64_t shape[2] = {(int64_t)(x->rows * (rows_split ? tp : 1)),
+                            (int64_t)(x->cols * (rows_split ? 1 : tp))};
         int one_d = x->kind == DT_NORM || x->kind == DT_BIAS;
         if (writer) st_writer_add_f32(w, x->name, DAM_BF16, one_d ? 1 : 2, one_d ? &shape[1] : shape, full);
         free(full);
         /* coefficients: whole on every tp rank unless their columns are split with the weight */
         coefs[n_out] =
-            dam_model_gather_split(m, c + x->coef_at, (size_t)m->n_coef_rows, (size_t)x->dim, split == 2);
+            dam_model_gather_split(m, c + x->coef_at, (size_t)m->n_coef_rows, (size_t)x->dim, cols_split);
         names[n_out] = x->name;
-        cshape[2 * n_out] = m->n_coef_rows, cshape[2 * n_out + 1] = split == 2 ? x->coef_full : x->dim;
+        cshape[2 * n_out] = m->n_coef_rows, cshape[2 * n_out + 1] = cols_split ? x->coef_full : x->dim;
         n_out++;
     }
     free(c);

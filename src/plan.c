@@ -22,6 +22,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "arch.h"
 #include "cli.h"
 #include "commands.h"
 #include "config.h"
@@ -93,12 +94,11 @@
 #define MIB (1024.0 * 1024.0)
 
 typedef enum { PLAN_CPU = 0, PLAN_CUDA = 1 } PlanDevice;
-typedef enum { SPLIT_NONE = 0, SPLIT_ROWS = 1, SPLIT_COLS = 2 } PlanSplit;
 
 /* Everything the estimate needs, from the run config and config.json. */
 typedef struct {
     ModelConfig cfg;            /* the sources' architecture (models[0], checked against the others) */
-    int n_rows, n_data;         /* coefficient rows (sources, + base); datasets */
+    int n_coef_rows, n_data;    /* coefficient rows (sources, + base); datasets */
     double es_sum;              /* Σ over coefficient rows of the stored element size (bytes) */
     const char *dtype_note;     /* stored dtype, as config.json names it ("mixed" when they differ) */
     int B, T, micro_batches, K; /* batch_size, seq_len, micro_batches, loss.topk */
@@ -129,7 +129,7 @@ typedef struct {
 
 /* ---------------------------------------------------------------- the tensors of a stage */
 
-/* Sums over the tensors a rank holds (model.c build_tensor_table, add_tensor). */
+/* Sums over the tensors a rank holds (arch.h: the ones model.c build_tensor_table opens). */
 typedef struct {
     double src_split;   /* stored bytes of this rank's shards, every coefficient row */
     double src_rss;     /* the same as resident pages on the CPU (see plan_stage_tensors) */
@@ -139,38 +139,6 @@ typedef struct {
     double out_cpu;     /* output phase on top of training, with the sources' pages released as written */
     double out_host;    /* the same without any release (cuda: the sources are not resident) */
 } StageTensors;
-
-/* The kind, tensor-parallel split and layer of a Hugging Face tensor name (hfconfig_tensor_specs). */
-static int classify(const char *name, DamTensorKind *kind, PlanSplit *split, int *layer) {
-    *layer = -1;
-    if (!strcmp(name, "model.embed_tokens.weight")) return *kind = DT_EMBED, *split = SPLIT_ROWS, 1;
-    if (!strcmp(name, "model.norm.weight")) return *kind = DT_NORM, *split = SPLIT_NONE, 1;
-    if (!strcmp(name, "lm_head.weight")) return *kind = DT_LINEAR, *split = SPLIT_ROWS, 1;
-    int n = 0;
-    if (sscanf(name, "model.layers.%d.%n", layer, &n) != 1 || n == 0) return 0;
-    static const struct {
-        const char *suffix;
-        DamTensorKind kind;
-        PlanSplit split;
-    } table[] = {
-        {"input_layernorm.weight", DT_NORM, SPLIT_NONE},
-        {"post_attention_layernorm.weight", DT_NORM, SPLIT_NONE},
-        {"self_attn.q_proj.weight", DT_LINEAR, SPLIT_ROWS},
-        {"self_attn.k_proj.weight", DT_LINEAR, SPLIT_ROWS},
-        {"self_attn.v_proj.weight", DT_LINEAR, SPLIT_ROWS},
-        {"self_attn.q_proj.bias", DT_BIAS, SPLIT_ROWS},
-        {"self_attn.k_proj.bias", DT_BIAS, SPLIT_ROWS},
-        {"self_attn.v_proj.bias", DT_BIAS, SPLIT_ROWS},
-        {"self_attn.o_proj.weight", DT_LINEAR, SPLIT_COLS},
-        {"self_attn.o_proj.bias", DT_BIAS, SPLIT_NONE},
-        {"mlp.gate_proj.weight", DT_LINEAR, SPLIT_ROWS},
-        {"mlp.up_proj.weight", DT_LINEAR, SPLIT_ROWS},
-        {"mlp.down_proj.weight", DT_LINEAR, SPLIT_COLS},
-    };
-    for (size_t i = 0; i < sizeof table / sizeof *table; i++)
-        if (!strcmp(name + n, table[i].suffix)) return *kind = table[i].kind, *split = table[i].split, 1;
-    return 0;
-}
 
 /* The tensors of stage [l0, l1) (first / last) on a tp rank, in model.c's table order: the
  * embedding on the first stage (and on the last with tied embeddings, as its lm_head), the layers'
@@ -201,37 +169,31 @@ static void plan_stage_tensors(const PlanModel *pm, int tp, int l0, int l1, int 
                                int writer, int root, StageTensors *st) {
     const ModelConfig *c = &pm->cfg;
     memset(st, 0, sizeof *st);
-    int n = hfconfig_tensor_specs(c, NULL);
-    HfTensorSpec *specs = dam_malloc((size_t)n * sizeof *specs, "tensor specs");
-    hfconfig_tensor_specs(c, specs);
-    int tied = c->tie_word_embeddings;
+    int n = arch_tensors(c, NULL);
+    ArchTensor *all = dam_malloc((size_t)n * sizeof *all, "architecture tensors");
+    arch_tensors(c, all);
     double coefs_kept = 0, released = 0, coefs_all = 0;
     for (int i = 0; i < n; i++) {
-        DamTensorKind kind;
-        PlanSplit split;
-        int layer;
-        if (!classify(specs[i].name, &kind, &split, &layer))
-            dam_fail("plan: tensor '%s' is not one dam_dist merges", specs[i].name);
-        /* stored shape as 2-D: a norm or bias is rows = 1 (model.c add_tensor) */
-        size_t rows = specs[i].ndim == 2 ? (size_t)specs[i].shape[0] : 1;
-        size_t cols = specs[i].ndim == 2 ? (size_t)specs[i].shape[1] : (size_t)specs[i].shape[0];
-        coefs_all += (double)pm->n_rows * (kind == DT_BIAS ? 1 : cols);
-        int held = layer >= 0 ? layer >= l0 && layer < l1 : kind == DT_EMBED ? first || (last && tied) : last;
-        if (!held) continue;
-        size_t rows_l = split == SPLIT_ROWS && kind != DT_BIAS ? rows / tp : rows;
-        size_t cols_l = split == SPLIT_COLS || (split == SPLIT_ROWS && kind == DT_BIAS) ? cols / tp : cols;
-        size_t local = rows_l * cols_l, dim = kind == DT_BIAS ? 1 : cols_l;
+        DamTensorKind kind = all[i].def->kind;
+        TensorSplit split = all[i].def->split;
+        size_t rows = (size_t)all[i].rows, cols = (size_t)all[i].cols;
+        TensorShare sh = arch_share(kind, split, rows, cols, tp, 0); /* every rank's is this size */
+        coefs_all += (double)pm->n_coef_rows * sh.coef_full;
+        if (!arch_stage_holds(&all[i], c, l0, l1, first, last)) continue;
+        size_t rows_l = sh.rows, cols_l = sh.cols;
+        size_t local = rows_l * cols_l, dim = (size_t)sh.dim;
         double whole = (double)rows * cols * pm->es_sum, shard = (double)local * pm->es_sum;
-        double resident = shard, G = pm->n_rows * pm->folio; /* a granule per source */
-        if (shard < whole && split == SPLIT_COLS)            /* a slice of every row */
-            resident = (double)rows * fmin((double)cols * pm->es_sum, (double)cols_l * pm->es_sum + G);
+        double resident = shard, granules = pm->n_coef_rows * pm->folio; /* a granule per source */
+        if (shard < whole && split == SPLIT_COLS)                        /* a slice of every row */
+            resident = (double)rows * fmin((double)cols * pm->es_sum, (double)cols_l * pm->es_sum + granules);
         else if (shard < whole) /* a row range */
-            resident = fmin(whole, shard + G);
+            resident = fmin(whole, shard + granules);
         st->src_split += shard;
         st->src_rss += resident;
         st->src_largest = fmax(st->src_largest, shard);
-        st->coefs += (size_t)pm->n_rows * dim;
-        if (pm->wov && kind == DT_LINEAR) st->wov += (size_t)(pm->n_rows * (pm->n_rows - 1) / 2) * dim;
+        st->coefs += (size_t)pm->n_coef_rows * dim;
+        if (pm->wov && kind == DT_LINEAR)
+            st->wov += (size_t)(pm->n_coef_rows * (pm->n_coef_rows - 1) / 2) * dim;
         if (pp > 1 && !first && kind == DT_EMBED) continue; /* a tied embedding is the first stage's */
         /* output.c merged_tensor: the local merged tensor (fp32) is materialized while the sources are
          * resident, then its source pages are released, then gathered (dam_model_gather_split: a
@@ -245,13 +207,13 @@ static void plan_stage_tensors(const PlanModel *pm, int tp, int l0, int l1, int 
         double t_cpu = fmax(loc - before, fmax(loc + gather, written) - released);
         st->out_cpu = fmax(st->out_cpu, coefs_kept + t_cpu);
         st->out_host = fmax(st->out_host, coefs_kept + fmax(loc + gather, written));
-        coefs_kept += (double)pm->n_rows * dim * tp * 4;
+        coefs_kept += (double)pm->n_coef_rows * dim * tp * 4;
     }
     if (root) { /* merge_stage_outputs: buf and the copies are freed by then */
         st->out_cpu = fmax(st->out_cpu, coefs_all * 4 - released);
         st->out_host = fmax(st->out_host, coefs_all * 4);
     }
-    free(specs);
+    free(all);
 }
 
 /* Coefficients of the whole model, each tensor once (the merged coefficients file, the checkpoint):
@@ -272,7 +234,7 @@ static void plan_stage_of(const ModelConfig *c, int n_rows, double elem_bytes, i
                           StageTensors *st) {
     PlanModel pm;
     memset(&pm, 0, sizeof pm);
-    pm.cfg = *c, pm.n_rows = n_rows, pm.es_sum = n_rows * elem_bytes;
+    pm.cfg = *c, pm.n_coef_rows = n_rows, pm.es_sum = n_rows * elem_bytes;
     int l0, l1;
     dam_stage_layers(c, pp, stage, &l0, &l1);
     plan_stage_tensors(&pm, tp, l0, l1, stage == 0, stage == pp - 1, pp, 0, 0, st);
@@ -590,7 +552,7 @@ static void load_model(PlanModel *pm, const DamConfig *c, const PlanArgs *a, int
         pm->dtype_note = !pm->dtype_note || !strcmp(pm->dtype_note, name) ? name : "mixed dtypes";
     }
     if (pm->cfg.mlp_bias) dam_fail("%s: mlp_bias is not supported", dirs[0]);
-    pm->n_rows = n, pm->n_data = c->n_models + (c->base_dataset != NULL);
+    pm->n_coef_rows = n, pm->n_data = c->n_models + (c->base_dataset != NULL);
     pm->B = c->batch_size, pm->micro_batches = c->micro_batches, pm->K = c->loss.topk;
     pm->dev = a->dev, pm->baseline = a->baseline_mib * MIB, pm->folio = a->folio_kib * 1024;
     pm->keep_budget = c->keep_activations;
@@ -681,7 +643,7 @@ static void print_table(const PlanModel *pm, const PlanArgs *a, const DamConfig 
     double P = (double)hfconfig_num_params(mc);
     printf("dam_dist plan: %s (%d layers, d=%d, %.2fB parameters per source, %s), %d coefficient rows, "
            "%d datasets x %d x %d tokens, micro_batches %d\n",
-           mc->architecture, mc->num_hidden_layers, mc->hidden_size, P / 1e9, pm->dtype_note, pm->n_rows,
+           mc->architecture, mc->num_hidden_layers, mc->hidden_size, P / 1e9, pm->dtype_note, pm->n_coef_rows,
            pm->n_data, pm->B, pm->T, pm->micro_batches);
     DamLayout d = {R->lay.dp, R->lay.pp, R->lay.tp, R->lay.automatic};
     char desc[256];

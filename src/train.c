@@ -408,7 +408,7 @@ static void save_checkpoint(Trainer *tr, int step) {
         for (int t = 0; t < m->n_tensors; t++) {
             DamTensor *x = &m->tensors[t];
             if (!dam_model_owns(m, x)) continue;
-            int split = dam_model_split_kind(m, x) == 2, full = split ? x->coef_full : x->dim;
+            int split = dam_model_split_kind(m, x) == SPLIT_COLS, full = split ? x->coef_full : x->dim;
             float *v[3];
             for (int i = 0; i < 3; i++)
                 v[i] = dam_model_gather_split(m, blocks[i] + x->coef_at, (size_t)m->n_coef_rows,
