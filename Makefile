@@ -37,8 +37,12 @@ BUILD     ?= build
 
 OPT       ?= -O3 -march=$(MARCH) -ffp-contract=off
 CFLAGS    ?= $(OPT) -g
+# src/ in layers (README "Source layout"; tests/cli_layers.sh checks that none includes a layer above
+# it); headers are included by plain name
+SRC_DIRS  := src/util src/formats src/tokenizer src/engine src/store src/commands
+SRC_INC   := -Isrc $(addprefix -I,$(SRC_DIRS))
 CFLAGS    += $(CFLAGS_EXTRA) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -fno-strict-aliasing \
-             -Isrc -Isrc/tokenizer -Impi -I$(HDF5_INC) -I$(CJSON_INC)
+             $(SRC_INC) -Impi -I$(HDF5_INC) -I$(CJSON_INC)
 LDLIBS    := $(HDF5_LIBS) $(CJSON_LIBS) $(BLAS_LIBS) $(LAPACK_LIBS) $(PCRE2_LIBS) $(UTF8PROC_LIBS) -lm -lpthread -ldl
 ifeq ($(DNNL),1)
   CFLAGS  += -DDAM_WITH_DNNL $(if $(filter-out /usr/include,$(DNNL_INC)),-I$(DNNL_INC))
@@ -58,7 +62,7 @@ VERSION_DEFS := -DDAM_VERSION='"$(DAM_VERSION)"' -DDAM_GIT_COMMIT='"$(GIT_COMMIT
                 -DDAM_BUILD_CC='"$(strip $(CC))"' -DDAM_BUILD_MARCH='"$(MARCH)"' \
                 -DDAM_BUILD_BLAS='"$(strip $(BLAS_LIBS))"' -DDAM_BUILD_LAPACK='"$(strip $(LAPACK_LIBS))"'
 
-LIB_SRC   := $(filter-out src/main.c,$(wildcard src/*.c)) $(wildcard src/tokenizer/*.c) $(wildcard mpi/*.c)
+LIB_SRC   := $(foreach d,$(SRC_DIRS),$(wildcard $(d)/*.c)) $(wildcard mpi/*.c)
 LIB_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(LIB_SRC))
 TEST_SRC  := $(wildcard tests/test_*.c)
 TEST_BIN  := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
@@ -247,18 +251,18 @@ fixtures:
 	python3 tests/fixtures/make_nfc_fixtures.py
 
 format:
-	clang-format -i src/*.c src/*.h src/tokenizer/*.c src/tokenizer/*.h mpi/*.c mpi/*.h tests/*.c tests/*.h bench/*.c cuda/*.cu cuda/*.cuh cuda/*.h cuda/emu/*.cc cuda/emu/*.h cuda/emu/include/*.h tests/cuda/*.c 2>/dev/null || true
+	clang-format -i src/*.c src/*/*.c src/*/*.h mpi/*.c mpi/*.h tests/*.c tests/*.h bench/*.c cuda/*.cu cuda/*.cuh cuda/*.h cuda/emu/*.cc cuda/emu/*.h cuda/emu/include/*.h tests/cuda/*.c 2>/dev/null || true
 
 format-check:
-	clang-format --dry-run --Werror src/*.c src/*.h src/tokenizer/*.c src/tokenizer/*.h mpi/*.c mpi/*.h tests/*.c tests/*.h bench/*.c cuda/*.cu cuda/*.cuh cuda/*.h cuda/emu/*.cc cuda/emu/*.h cuda/emu/include/*.h tests/cuda/*.c
+	clang-format --dry-run --Werror src/*.c src/*/*.c src/*/*.h mpi/*.c mpi/*.h tests/*.c tests/*.h bench/*.c cuda/*.cu cuda/*.cuh cuda/*.h cuda/emu/*.cc cuda/emu/*.h cuda/emu/include/*.h tests/cuda/*.c
 
 cppcheck:
 	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability --inline-suppr -D__GNUC__ \
-	  --suppress=missingIncludeSystem -Isrc -Isrc/tokenizer -Impi src mpi
+	  --suppress=missingIncludeSystem $(SRC_INC) -Impi src mpi
 
 FUZZ_CC    ?= clang
 FUZZ_FLAGS := -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-              -Isrc -I/usr/include/cjson
+              $(SRC_INC) -I/usr/include/cjson
 FUZZ_TIME  ?= 60
 
 FUZZ_TARGETS := safetensors hfconfig tokenizer config
@@ -275,16 +279,16 @@ fuzz: $(patsubst %,$(BUILD)/fuzz/fuzz_%,$(FUZZ_TARGETS))
 	$(BUILD)/fuzz/fuzz_config -max_total_time=$(FUZZ_TIME) -close_fd_mask=3 -dict=tests/fuzz/config.dict \
 	  $(BUILD)/fuzz/corpus_run configs
 
-FUZZ_SRC_safetensors := src/safetensors.c
-FUZZ_SRC_hfconfig    := src/hfconfig.c src/arch.c
+FUZZ_SRC_safetensors := src/formats/safetensors.c
+FUZZ_SRC_hfconfig    := src/formats/hfconfig.c src/formats/arch.c
 FUZZ_SRC_tokenizer   := $(wildcard src/tokenizer/*.c)
-FUZZ_SRC_config      := src/config.c
+FUZZ_SRC_config      := src/engine/config.c
 FUZZ_LIBS_tokenizer  := $(PCRE2_LIBS) $(UTF8PROC_LIBS)
 FUZZ_LIBS_config     := -Wl,--wrap=dam_read_file
-$(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_alloc.h src/safetensors.c src/hfconfig.c src/util.c src/json_util.c \
-                      src/config.c src/arch.c $(wildcard src/tokenizer/*.c)
+$(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_alloc.h src/formats/safetensors.c src/formats/hfconfig.c src/util/util.c src/util/json_util.c \
+                      src/engine/config.c src/formats/arch.c $(wildcard src/tokenizer/*.c)
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(FUZZ_FLAGS) -Isrc/tokenizer -Impi $(shell mpicc --showme:compile 2>/dev/null) -I$(HDF5_INC) -o $@ $< $(FUZZ_SRC_$*) src/util.c \
-	  src/json_util.c -lcjson $(FUZZ_LIBS_$*) -lm
+	$(FUZZ_CC) $(FUZZ_FLAGS) $(SRC_INC) -Impi $(shell mpicc --showme:compile 2>/dev/null) -I$(HDF5_INC) -o $@ $< $(FUZZ_SRC_$*) src/util/util.c \
+	  src/util/json_util.c -lcjson $(FUZZ_LIBS_$*) -lm
 
 -include $(LIB_OBJ:.o=.d) $(BUILD)/src/main.d

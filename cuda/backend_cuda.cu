@@ -1,8 +1,8 @@
-/* backend_cuda.cu — the device contract of src/backend.h on one NVIDIA GPU per rank: one stream,
+/* backend_cuda.cu — the device contract of src/engine/backend.h on one NVIDIA GPU per rank: one stream,
  * a cuBLAS handle, pinned staging for transfers, bf16 activations, fp32 coefficients and optimizer
  * state. The kernels live in the headers beside this file (one concern each); this file holds the
  * context, memory, transfers and events, and the table. The ops trust their arguments (the front,
- * src/backend_api.c, checked them: backend_impl.h); they check only the GPU's own limits. */
+ * src/engine/backend_api.c, checked them: backend_impl.h); they check only the GPU's own limits. */
 #include "common.cuh"
 
 #include "backend_impl.h"

@@ -1,5 +1,5 @@
 /* backend_cuda.h — what CUDA-only C code (mpi/nccl_comm.c) needs of the CUDA backend's context
- * beyond the device contract of src/backend.h: its device and its stream. Declared here rather than
+ * beyond the device contract of src/engine/backend.h: its device and its stream. Declared here rather than
  * in backend.h so that the contract stays free of CUDA types; only builds with CUDA=1 include it. */
 #ifndef DAM_BACKEND_CUDA_H
 #define DAM_BACKEND_CUDA_H

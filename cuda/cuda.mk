@@ -46,11 +46,11 @@ CUDA_LDLIBS := -L$(CUDA_LINKDIR) $(foreach d,$(CUDA_RPATH),-Wl,-rpath,$(d)) -lcu
 
 NVCCFLAGS ?= -O3 -lineinfo
 NVCCFLAGS += -std=c++20 $(CUDA_ARCH) -Xcompiler -Wall,-Wextra,-Wno-unused-parameter,-fno-strict-aliasing \
-             -Isrc -Impi -Icuda $(CUDA_INC) -DDAM_WITH_CUDA -DDAM_WITH_NCCL
+             $(SRC_INC) -Impi -Icuda $(CUDA_INC) -DDAM_WITH_CUDA -DDAM_WITH_NCCL
 
 CUDA_SRC := $(wildcard cuda/*.cu)
 CUDA_OBJ := $(patsubst %.cu,$(BUILD)/%.o,$(CUDA_SRC))
-CUDA_HDR := $(wildcard cuda/*.cuh cuda/*.h) src/backend.h src/loss.h src/util.h
+CUDA_HDR := $(wildcard cuda/*.cuh cuda/*.h) src/engine/backend.h src/engine/loss.h src/util/util.h
 
 $(BUILD)/cuda/%.o: cuda/%.cu $(CUDA_HDR)
 	@mkdir -p $(dir $@)
@@ -81,15 +81,15 @@ cuda-check: cuda-info $(CUDA_CHECK_OBJ)
 
 $(BUILD)/cuda-check/nccl_comm.o: mpi/nccl_comm.c mpi/nccl_comm.h cuda/backend_cuda.h
 	@mkdir -p $(dir $@)
-	mpicc -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -Werror -Isrc -Impi $(CUDA_INC) \
+	mpicc -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -Werror $(SRC_INC) -Impi $(CUDA_INC) \
 	  -DDAM_WITH_CUDA -DDAM_WITH_NCCL -c $< -o $@
 
 # ---- GPU test programs (tests/cuda): no MPI, HDF5, cJSON or BLAS needed, so that they build on the GPU
 # machine: the CPU reference's GEMMs come from tests/cuda/cblas_ref.c, one-rank NCCL from the MPI shim.
 CUDA_TEST_CC  ?= gcc
-CUDA_TEST_CPU_SRC ?= src/backend_api.c src/backend_cpu.c src/backend_guard.c src/backend.c src/loss.c src/threadpool.c src/util.c
+CUDA_TEST_CPU_SRC ?= src/engine/backend_api.c src/engine/backend_cpu.c src/engine/backend_guard.c src/engine/backend.c src/engine/loss.c src/engine/threadpool.c src/util/util.c
 CUDA_TEST_CFLAGS := -O2 -g -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -fno-strict-aliasing \
-                    -ffp-contract=off -Isrc -Itests/cuda/shim -DDAM_WITH_CUDA $(CUDA_INC)
+                    -ffp-contract=off $(SRC_INC) -Itests/cuda/shim -DDAM_WITH_CUDA $(CUDA_INC)
 CUDA_TEST_NCCL_FLAGS := -Impi -Itests/cuda/shim_mpi -DDAM_WITH_NCCL
 CUDA_TEST_LIB := $(patsubst %.c,$(BUILD)/cuda-test/%.o,$(CUDA_TEST_CPU_SRC) tests/cuda/cblas_ref.c)
 
@@ -97,7 +97,7 @@ $(BUILD)/cuda-test/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CUDA_TEST_CC) $(CUDA_TEST_CFLAGS) $(if $(findstring nccl,$@),$(CUDA_TEST_NCCL_FLAGS)) -c $< -o $@
 
-$(BUILD)/cuda-check/%.o: tests/cuda/%.c src/backend.h
+$(BUILD)/cuda-check/%.o: tests/cuda/%.c src/engine/backend.h
 	@mkdir -p $(dir $@)
 	$(CUDA_TEST_CC) $(CUDA_TEST_CFLAGS) $(if $(findstring nccl,$@),$(CUDA_TEST_NCCL_FLAGS)) -Werror -c $< -o $@
 

@@ -1,4 +1,4 @@
-/* loss.cuh — the fused logits losses of src/loss.c on the device, fp32 logits, statistics in double:
+/* loss.cuh — the fused logits losses of src/engine/loss.c on the device, fp32 logits, statistics in double:
  * full-vocabulary KL(p_teacher ‖ q_merged) with temperature, MSE, entropy, the top-K KL, and dz.
  * One block per row loops over the row's vocabulary share in chunks of its threads.
  *

@@ -1,7 +1,7 @@
 /* optim.cuh — coefficients and optimizer on the device (all F32): f(c) and f'(c), Σx², the Gram
  * matrix, the mixing gradient of the similarity / L2 terms, L1, overlap, weighted overlap, the MoFO threshold
  * (a CUB radix sort of |m|) and AdamW. Scalars come back through per-block partials summed on the host in
- * block order (deterministic). Math as src/optim.c. */
+ * block order (deterministic). Math as src/engine/optim.c. */
 #pragma once
 
 #include <cub/device/device_radix_sort.cuh>

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job's first line names the BLAS and its kernel (src/blas.c), from rank 0 only:
+# The main job's first line names the BLAS and its kernel (src/engine/blas.c), from rank 0 only:
 #   1. "BLAS: OpenBLAS <version>, kernel <name>, N thread(s)" first on stdout; on a CPU with AVX2 and
 #      FMA the kernel is not a generic one (where OpenBLAS falls back, dam_dist re-executes itself
 #      with OPENBLAS_CORETYPE=Haswell and the line says so);

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check's own script gets going on a bare GPU machine (tests/cuda/dry_run.sh, `make
 # cuda-dry-run`, here without a GPU), each a line of its own:
-#   1. make CUDA=1 cuda-test links check_kernels, check_nccl and bench_gpu (it lacked src/threadpool.c);
+#   1. make CUDA=1 cuda-test links check_kernels, check_nccl and bench_gpu (it lacked src/engine/threadpool.c);
 #   2. the carried mpirun starts two ranks with no ssh or rsh on PATH (Open MPI's rsh launcher
 #      aborted), under env -i, from a foreign folder, the system's MPI hidden where unshare allows;
 #   3. the carry holds none of glibc's libraries (libresolv, GLIBC_PRIVATE) and no need above

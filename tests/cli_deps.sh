@@ -58,7 +58,7 @@ rm -rf "$T/src/b" "$T/deps.runs"
 
 # --- make deps X: X sees what deps installed
 "${M[@]}" deps b/src/util.o > "$T/deps.log" 2>&1; rc=$?
-if [ $rc -eq 0 ] && grep -q -- '-DDAM_WITH_DNNL.*src/util.c' "$T/deps.log" && [ -e "$T/dnnl/oneapi/dnnl/dnnl.h" ]; then
+if [ $rc -eq 0 ] && grep -q -- '-DDAM_WITH_DNNL.*src/util/util.c' "$T/deps.log" && [ -e "$T/dnnl/oneapi/dnnl/dnnl.h" ]; then
   ok "make deps b/src/util.o: compiled with -DDAM_WITH_DNNL -I\$DNNL_INC, installed by deps in the same make (install-deps ran $(runs) time(s))"
 else
   bad "make deps b/src/util.o: rc=$rc, the compile line lacks what deps installed: $(grep 'util.c' "$T/deps.log" | head -1 | cut -c1-300) $(tail -2 "$T/deps.log")"

@@ -6,7 +6,7 @@
 # as passed; so are the scripts DAM_SKIP names.
 #
 # Then a second pass under the guard backend (DAM_BACKEND=guard: the CPU math on memory that no host
-# code may touch, so a host read or write of a device buffer crashes; src/backend_guard.c): the unit
+# code may touch, so a host read or write of a device buffer crashes; src/engine/backend_guard.c): the unit
 # tests and the end-to-end tests whose code paths depend on the backend: cli_train (one process:
 # training, checkpoints, resume, output), cli_parallel (pipeline and tensor parallelism against the
 # torch reference) and cli_dist's MPI layouts (dp=2, pp=2 x tp=2, 1F1B; DAM_CLI_DIST_LAYOUTS_ONLY).

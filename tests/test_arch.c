@@ -1,4 +1,4 @@
-/* test_arch.c — the architecture tables of src/arch.h against what they describe:
+/* test_arch.c — the architecture tables of src/formats/arch.h against what they describe:
  *   - names and shapes: for each small model that transformers made (tests/fixtures/models,
  *     tests/fixtures/dam: Llama tied and untied, Mistral, Qwen2 with its q/k/v biases), the table's
  *     tensors are exactly those of its model.safetensors: every tensor in the file accounted for

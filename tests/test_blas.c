@@ -1,4 +1,4 @@
-/* test_blas.c — the decision to re-execute with OPENBLAS_CORETYPE=Haswell (src/blas.c), fed kernel
+/* test_blas.c — the decision to re-execute with OPENBLAS_CORETYPE=Haswell (src/engine/blas.c), fed kernel
  * names and CPU flags, since the fallback itself cannot be produced on the test machine:
  *   - a generic/old kernel (Prescott, Core2, Nehalem, Sandybridge, ...) on an AVX2+FMA CPU: Haswell;
  *   - a suitable kernel (Haswell, Zen, SkylakeX, Cooperlake, an unknown newer name): no;

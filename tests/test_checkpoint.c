@@ -1,4 +1,4 @@
-/* test_checkpoint.c — HDF5 checkpoints (src/checkpoint.c) on the llama3src fixture:
+/* test_checkpoint.c — HDF5 checkpoints (src/store/checkpoint.c) on the llama3src fixture:
  *   - ckpt_save then ckpt_load restores coefficients, Adam moments and the meta bit for bit;
  *   - listing orders steps by number whatever the directory order, skipping other names;
  *   - keep: 6 saves with keep 2 leave exactly steps 5 and 6, and <dir>/latest names step 6; pruning

@@ -1,4 +1,4 @@
-/* test_cmaes.c — the CMA-ES of src/cmaes.c against independent facts:
+/* test_cmaes.c — the CMA-ES of src/engine/cmaes.c against independent facts:
  *   - the eigendecomposition (LAPACK dsyev) of matrices whose eigenpairs are known by hand;
  *   - the default population 4 + floor(3 ln n) and the first generation's recombination: the new
  *     mean is sum_i w_i x_(i:lambda) with w_i proportional to ln((lambda+1)/2) - ln i (computed here);

@@ -1,4 +1,4 @@
-/* test_eval.c — `dam_dist eval`'s metrics (src/eval.h) against references computed here:
+/* test_eval.c — `dam_dist eval`'s metrics (src/commands/eval.h) against references computed here:
  *  - a two-token example on models whose logits are known by hand: every decoder layer's weights are
  *    zero, so each layer passes its input through and the logits at position t are
  *    lm_head · norm(embed[ids[t]]); the embedding rows are 2·e_x (RMS 1), so the logits of token x

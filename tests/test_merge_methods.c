@@ -1,4 +1,4 @@
-/* test_merge_methods.c — the math of `dam_dist merge` (src/merge_methods.c) on small tensors whose
+/* test_merge_methods.c — the math of `dam_dist merge` (src/engine/merge_methods.c) on small tensors whose
  * results are worked out by hand here (exactly representable values, so most checks are exact):
  *   - linear with and without normalize;
  *   - task arithmetic: base + λ·Σ w_i·δ_i, and divided by Σ w_i with normalize;

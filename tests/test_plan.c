@@ -1,4 +1,4 @@
-/* test_plan.c — `dam_dist plan` (src/plan.c):
+/* test_plan.c — `dam_dist plan` (src/commands/plan.c):
  *   - its coefficient count and shard bytes per (stage, tp rank) equal those of a model really opened
  *     with that share (dam_model_open_parallel on the fixture models; opening reads only the groups'
  *     rank and size, so one process opens every share; tied embeddings under pp need a real pp
@@ -23,7 +23,7 @@
 #include "test_util.h"
 #include "util.h"
 
-/* src/plan.c, exported for this test */
+/* src/commands/plan.c, exported for this test */
 size_t plan_num_coefs(const ModelConfig *c, int n_rows, int tp, int pp, int stage);
 double plan_source_bytes(const ModelConfig *c, int n_rows, double elem_bytes, int tp, int pp, int stage);
 

@@ -22,13 +22,13 @@ ifeq ($(CUDA_EMU),1)
 EMU_CXX      ?= mpicxx
 EMU_CXXFLAGS := -std=c++20 $(OPT) -g $(CFLAGS_EXTRA) -Wall -Wextra -Wno-unused-parameter -Wno-unknown-pragmas \
                 -Wno-sign-compare -Wno-missing-field-initializers -fno-strict-aliasing -DOMPI_SKIP_MPICXX=1 \
-                -Isrc -Impi -Icuda -Icuda/emu -Icuda/emu/include -DDAM_WITH_CUDA -DDAM_WITH_NCCL
+                $(SRC_INC) -Impi -Icuda -Icuda/emu -Icuda/emu/include -DDAM_WITH_CUDA -DDAM_WITH_NCCL
 CFLAGS  += -DDAM_WITH_CUDA -DDAM_WITH_NCCL -Icuda/emu/include
 EMU_OBJ := $(BUILD)/cuda/backend_cuda.o $(BUILD)/cuda/emu/emu.o $(BUILD)/cuda/emu/emu_libs.o
 LIB_OBJ += $(EMU_OBJ)
 LDLIBS  += -lstdc++
 EMU_HDR := $(wildcard cuda/*.cuh cuda/*.h cuda/emu/*.h cuda/emu/include/*.h cuda/emu/include/cub/device/*.cuh) \
-           src/backend.h src/loss.h src/util.h src/adam_bf16.h
+           src/engine/backend.h src/engine/loss.h src/util/util.h src/engine/adam_bf16.h
 
 $(BUILD)/cuda/backend_cuda.o: cuda/backend_cuda.cu $(EMU_HDR) $(BUILD)/flags.stamp
 	@mkdir -p $(dir $@)

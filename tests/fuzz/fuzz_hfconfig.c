@@ -4,7 +4,7 @@
  *   mkdir -p build/fuzz
  *   clang -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined \
  *     -fno-sanitize-recover=undefined -Isrc -I/usr/include/cjson \
- *     -o build/fuzz/fuzz_hfconfig tests/fuzz/fuzz_hfconfig.c src/hfconfig.c src/util.c src/json_util.c
+ *     -o build/fuzz/fuzz_hfconfig tests/fuzz/fuzz_hfconfig.c src/formats/hfconfig.c src/util/util.c src/util/json_util.c
  * -lcjson -lm
  *   build/fuzz/fuzz_hfconfig -max_total_time=60 -close_fd_mask=2 \
  *     -dict=tests/fuzz/hfconfig.dict build/fuzz/corpus_cfg tests/fixtures/configs

@@ -4,8 +4,8 @@
  *   mkdir -p build/fuzz
  *   clang -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined \
  *     -fno-sanitize-recover=undefined -Isrc -I/usr/include/cjson \
- *     -o build/fuzz/fuzz_safetensors tests/fuzz/fuzz_safetensors.c src/safetensors.c src/util.c
- * src/json_util.c -lcjson -lm
+ *     -o build/fuzz/fuzz_safetensors tests/fuzz/fuzz_safetensors.c src/formats/safetensors.c src/util/util.c
+ * src/util/json_util.c -lcjson -lm
  *   build/fuzz/fuzz_safetensors -max_total_time=60 -close_fd_mask=2 \
  *     -dict=tests/fuzz/safetensors.dict build/fuzz/corpus_st tests/fuzz/seeds_safetensors
  * -close_fd_mask=2 silences the one-line refusals. A refusal longjmps out of the parser (in dam_dist

@@ -9,7 +9,7 @@
  * micro-batch in flight a run state holding only what 1F1B keeps between its forward and backward:
  * the input of each of the stage's layers (the backward recomputes a layer from its input), or
  * also every layer's activations when they fit (keep_acts). The forward and backward of one step
- * run from src/step.c; the model's own files share src/model_internal.h. */
+ * run from src/engine/step.c; the model's own files share src/engine/model_internal.h. */
 #ifndef DAM_MODEL_H
 #define DAM_MODEL_H
 

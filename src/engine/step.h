@@ -1,7 +1,7 @@
 /* step.h — one optimisation step of DAM, the same code for the trainer and the tests, and the
  * micro-batch runs that evaluation and fine-tuning share with it. One DamStep, built by the caller
  * with designated initialisers, goes unchanged from the trainer down to the model's pipeline
- * callbacks (src/step.c opens with a reading guide to the functions of one step). */
+ * callbacks (src/engine/step.c opens with a reading guide to the functions of one step). */
 #ifndef DAM_STEP_H
 #define DAM_STEP_H
 

@@ -136,7 +136,7 @@ void final_norm_forward(DamModel *m, RunState *rs, size_t BT, int src) {
 }
 
 /* Forward of the merged model (src = -1) or of source src through this stage's layers, as the
- * step's forward_and_loss (src/step.c) runs it, for the logits. */
+ * step's forward_and_loss (src/engine/step.c) runs it, for the logits. */
 static void model_forward(DamModel *m, RunState *rs, const int32_t *ids, int B, int T, int src) {
     size_t BT = (size_t)B * T;
     embed_forward(m, rs, ids, B, T, src);

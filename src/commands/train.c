@@ -1,6 +1,6 @@
 /* train.c — the main job: config → sources → coefficients → steps over the datasets → merged
  * model on disk. One driver for every backend; each step is read_micro_batches, then dam_step, which
- * reads top to bottom in src/step.c. */
+ * reads top to bottom in src/engine/step.c. */
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -228,7 +228,7 @@ static void read_micro_batches(Trainer *tr) {
     }
 }
 
-/* The step (src/step.c: the same code the tests run) over the micro-batches that
+/* The step (src/engine/step.c: the same code the tests run) over the micro-batches that
  * read_micro_batches fills in before each one. */
 static DamStep trainer_step(Trainer *tr) {
     int have_topk = tr->topk_idx != NULL;

@@ -3,9 +3,9 @@
  * device communicators of its groups, all built once at open (dp's by dam_model_attach_dp).
  * The rest of the model is in model_buffers.c (stages, workspace, run states), model_layers.c
  * (materialize, forward, backward), model_loss.c (the losses) and model_eval_math.c (host-side
- * loss math); one step reads top to bottom in src/step.c.
+ * loss math); one step reads top to bottom in src/engine/step.c.
  * Every buffer of the model (sources, coefficients, workspace, run states) is device memory of the
- * backend (src/backend.h): this file only passes views of them to backend calls and device
+ * backend (src/engine/backend.h): this file only passes views of them to backend calls and device
  * communicators; host arrays are index lists. */
 #include <math.h>
 #include <stdio.h>

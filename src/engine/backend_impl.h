@@ -1,5 +1,5 @@
 /* backend_impl.h — the backend implementer's side of backend.h: each backend's own table, which
- * trusts its arguments. Only src/backend_api.c (the checked front tables that backend_cpu(),
+ * trusts its arguments. Only src/engine/backend_api.c (the checked front tables that backend_cpu(),
  * backend_guard(), backend_cuda() and backend_by_name hand out) and the backends themselves use
  * these; everything else goes through the front, so that a bad argument fails there, once, with
  * the same words on every backend.

@@ -24,10 +24,10 @@
  *    the transport's watchers (an NCCL error or time-out ends the run with a line). The CUDA
  *    emulation (cuda/emu) makes a device-wide wait with a send in flight a deadlock that it names.
  *  - Arguments are checked once, by the table backend_by_name (and backend_cpu, backend_guard,
- *    backend_cuda) hands out: a front (src/backend_api.c) whose every entry validates sizes,
+ *    backend_cuda) hands out: a front (src/engine/backend_api.c) whose every entry validates sizes,
  *    dtypes, devices, index lists and shapes, failing with one line that names the op and the
  *    argument, the same on every backend, before it calls the backend's own table
- *    (src/backend_impl.h: what an implementation may rely on). Every entry of that table is set.
+ *    (src/engine/backend_impl.h: what an implementation may rely on). Every entry of that table is set.
  *  - Optional for an implementer (NULL in its own table; the front supplies the default):
  *    set_gemm_inputs (default: one GEMM precision, the request is ignored) and weight_dtype
  *    (default: act_dtype). Every other entry is required.
@@ -84,7 +84,7 @@ typedef struct {
  * enters as torch's bf16 tensor would hold it) and every elementwise op's result is rounded, in the
  * order of torch.optim.AdamW's single-tensor path (mode ADAM_BF16_ADAMW: decay, lerp_, mul_ and
  * addcmul_, sqrt / div / add eps, addcdiv_) or of the reference's MoFOAdamW, dam/optimizer.py
- * (ADAM_BF16_MOFO: decay, mul_ and add_ with alpha, ..., div, add_ with alpha); src/adam_bf16.h.
+ * (ADAM_BF16_MOFO: decay, mul_ and add_ with alpha, ..., div, add_ with alpha); src/engine/adam_bf16.h.
  * The scalars are formed on the host as Python forms them, from the config's decimal values. */
 typedef enum { ADAM_F32 = 0, ADAM_BF16_ADAMW = 1, ADAM_BF16_MOFO = 2 } AdamRounding;
 typedef struct {
@@ -215,7 +215,7 @@ typedef struct Backend {
     void (*gather_rows)(BackendCtx *ctx, DevBuf dst, DevBuf src, const int32_t *rows, int n, int d);
     void (*scatter_rows)(BackendCtx *ctx, DevBuf dst, DevBuf src, const int32_t *rows, int n, int d);
 
-    /* ---- losses (src/loss.h semantics): z, zt [C,V] F32 logits; idx [C,K] I32 and val [C,K] F32
+    /* ---- losses (src/engine/loss.h semantics): z, zt [C,V] F32 logits; idx [C,K] I32 and val [C,K] F32
      * the teacher's top-K; dz [C,V] F32 overwritten with dz_scale · dL/dz; the chunk's sums added to
      * *sums (host). A vocabulary-parallel group reduces through p->reduce (host doubles per row). */
     void (*loss_rows)(BackendCtx *ctx, DevBuf dz, LossSums *sums, DevBuf z, DevBuf zt, DevBuf idx, DevBuf val,
@@ -249,7 +249,7 @@ typedef struct Backend {
 
 /* The CPU backend (always available), the guard backend (the CPU's with every DevBuf made
  * inaccessible by mprotect outside backend calls), and the CUDA backend when built (NULL else):
- * each its checked front table (src/backend_api.c). */
+ * each its checked front table (src/engine/backend_api.c). */
 const Backend *backend_cpu(void);
 const Backend *backend_guard(void);
 const Backend *backend_cuda(void);
@@ -260,7 +260,7 @@ int cpu_attention_tile(void);
 const Backend *backend_by_name(const char *name);
 
 /* Element-wise nonlinearity of the coefficients and its derivative (host, for reference and tests;
- * src/backend.c, below the backends, with the DevBuf views). */
+ * src/engine/backend.c, below the backends, with the DevBuf views). */
 float dam_nonlin(Nonlinearity f, float c);
 float dam_nonlin_grad(Nonlinearity f, float c);
 

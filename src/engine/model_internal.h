@@ -72,7 +72,7 @@ struct RunState {
 
 enum { LOSS_CHUNK = 64 };
 
-/* The DamStep of src/step.h: the loss callbacks read it as the step built it. */
+/* The DamStep of src/engine/step.h: the loss callbacks read it as the step built it. */
 typedef struct DamStep DamStep;
 
 /* ---- model_buffers.c */
