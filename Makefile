@@ -189,8 +189,8 @@ ifeq ($(findstring n,$(firstword -$(MAKEFLAGS))),)   # not under make -n
 endif
 $(BUILD)/flags.stamp $(BUILD)/version.stamp: ;
 $(LIB_OBJ) $(BUILD)/src/main.o: $(BUILD)/flags.stamp
-$(BUILD)/src/version.o: $(BUILD)/version.stamp
-$(BUILD)/src/version.o: CFLAGS += $(VERSION_DEFS)
+$(BUILD)/src/commands/version.o: $(BUILD)/version.stamp
+$(BUILD)/src/commands/version.o: CFLAGS += $(VERSION_DEFS)
 
 $(BUILD)/tests/%: tests/%.c $(BUILD)/libdam.a $(EXTRA_OBJ)
 	@mkdir -p $(dir $@)

@@ -3,7 +3,7 @@
 # library that deps installed. Without installing anything: in a copy of the sources whose
 # tools/install-deps.sh is a stand-in that "installs oneDNN" by creating its header under a
 # temporary DNNL_INC (as apt would create /usr/include/oneapi/dnnl/dnnl.h):
-#  - `make deps BUILD/src/util.o` compiles util.o with -DDAM_WITH_DNNL (the Makefile used to decide
+#  - `make deps BUILD/src/util/util.o` compiles util.o with -DDAM_WITH_DNNL (the Makefile used to decide
 #    DNNL when it was read, before deps ran, so the first build of a fresh machine lacked oneDNN and
 #    the next make rebuilt everything), and `make -q` then finds it up to date;
 #  - a failing install-deps stops `make deps X` before X; `make -n deps X` runs no install-deps;
@@ -39,35 +39,35 @@ M=("${MK[@]}" -C "$T/src" BUILD=b DNNL_INC="$T/dnnl")
 runs() { cat "$T/deps.runs" 2> /dev/null | wc -l; }
 
 # --- make -n deps X: prints, installs nothing
-"${M[@]}" -n deps b/src/util.o > "$T/dry.log" 2>&1
+"${M[@]}" -n deps b/src/util/util.o > "$T/dry.log" 2>&1
 if [ "$(runs)" = 0 ] && [ ! -e "$T/dnnl" ] && grep -q 'install-deps' "$T/dry.log"; then
-  ok "make -n deps b/src/util.o: names install-deps, runs nothing"
+  ok "make -n deps b/src/util/util.o: names install-deps, runs nothing"
 else
-  bad "make -n deps b/src/util.o ran install-deps $(runs) time(s): $(tail -3 "$T/dry.log")"
+  bad "make -n deps b/src/util/util.o ran install-deps $(runs) time(s): $(tail -3 "$T/dry.log")"
 fi
 rm -rf "$T/src/b" "$T/deps.runs"
 
 # --- a failing install-deps stops the build
-FAKE_DEPS_FAIL=1 "${M[@]}" deps b/src/util.o > "$T/fail.log" 2>&1; rc=$?
-if [ $rc -ne 0 ] && [ ! -e "$T/src/b/src/util.o" ] && grep -q 'missing packages' "$T/fail.log"; then
+FAKE_DEPS_FAIL=1 "${M[@]}" deps b/src/util/util.o > "$T/fail.log" 2>&1; rc=$?
+if [ $rc -ne 0 ] && [ ! -e "$T/src/b/src/util/util.o" ] && grep -q 'missing packages' "$T/fail.log"; then
   ok "make deps X with a failing install-deps: exit $rc, X not built, '$(grep -m1 'missing packages' "$T/fail.log")'"
 else
-  bad "make deps X with a failing install-deps: rc=$rc, util.o $([ -e "$T/src/b/src/util.o" ] && echo built || echo absent): $(tail -3 "$T/fail.log")"
+  bad "make deps X with a failing install-deps: rc=$rc, util.o $([ -e "$T/src/b/src/util/util.o" ] && echo built || echo absent): $(tail -3 "$T/fail.log")"
 fi
 rm -rf "$T/src/b" "$T/deps.runs"
 
 # --- make deps X: X sees what deps installed
-"${M[@]}" deps b/src/util.o > "$T/deps.log" 2>&1; rc=$?
+"${M[@]}" deps b/src/util/util.o > "$T/deps.log" 2>&1; rc=$?
 if [ $rc -eq 0 ] && grep -q -- '-DDAM_WITH_DNNL.*src/util/util.c' "$T/deps.log" && [ -e "$T/dnnl/oneapi/dnnl/dnnl.h" ]; then
-  ok "make deps b/src/util.o: compiled with -DDAM_WITH_DNNL -I\$DNNL_INC, installed by deps in the same make (install-deps ran $(runs) time(s))"
+  ok "make deps b/src/util/util.o: compiled with -DDAM_WITH_DNNL -I\$DNNL_INC, installed by deps in the same make (install-deps ran $(runs) time(s))"
 else
-  bad "make deps b/src/util.o: rc=$rc, the compile line lacks what deps installed: $(grep 'util.c' "$T/deps.log" | head -1 | cut -c1-300) $(tail -2 "$T/deps.log")"
+  bad "make deps b/src/util/util.o: rc=$rc, the compile line lacks what deps installed: $(grep 'util.c' "$T/deps.log" | head -1 | cut -c1-300) $(tail -2 "$T/deps.log")"
 fi
 [ "$(runs)" = 1 ] && ok "install-deps ran once" || bad "install-deps ran $(runs) times (want 1)"
-if "${M[@]}" -q b/src/util.o > /dev/null 2>&1; then
-  ok "the next make finds b/src/util.o up to date (no rebuild of everything)"
+if "${M[@]}" -q b/src/util/util.o > /dev/null 2>&1; then
+  ok "the next make finds b/src/util/util.o up to date (no rebuild of everything)"
 else
-  bad "the next make would rebuild b/src/util.o: its flags changed after deps"
+  bad "the next make would rebuild b/src/util/util.o: its flags changed after deps"
 fi
 "${M[@]}" info > "$T/info.log" 2>&1
 grep -q '^  DNNL        = 1' "$T/info.log" && ok "make info: $(grep -o 'DNNL        = 1 ([^:]*: [a-z]*' "$T/info.log")" \
