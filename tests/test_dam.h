@@ -173,23 +173,8 @@ static inline double dam_case_loss(DamCase *dc, DamLosses *out) {
         LossTerms lt[DAM_MAX_SOURCES];
         dam_model_zero_grad(&dc->m);
         for (int k = 0; k < dc->n_data; k++) {
-            const int32_t *ids = dc->ids[k];
-            const int8_t *mask = dc->mask[k];
-            DamStep s = {.model = &dc->m,
-                         .slots = &dc->rs,
-                         .n_slots = 1,
-                         .M = 1,
-                         .n_seg = 1,
-                         .B = dc->B,
-                         .T = dc->T,
-                         .global_mb = 1,
-                         .teacher = &k,
-                         .ids = &ids,
-                         .mask = &mask,
-                         .loss = &dc->cfg.loss,
-                         .backward = 1,
-                         .terms = &lt[k]};
-            dam_micro_batches(&s);
+            MicroBatch mb = {.ids = dc->ids[k], .mask = dc->mask[k], .B = dc->B, .T = dc->T};
+            lt[k] = dam_one_micro_batch(&dc->m, dc->rs, k, &mb, &dc->cfg.loss, 1);
             l.kl[k] = lt[k].kl, l.mse[k] = lt[k].mse, l.entropy[k] = lt[k].entropy;
             l.total += lt[k].kl + lt[k].mse + lt[k].entropy;
         }

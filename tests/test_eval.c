@@ -271,27 +271,11 @@ static void kl_equals_training(int topk) {
     free(fc);
     LossParams lp = loss_at(2.0f, topk);
     RunState *rs = runstate_new(&h.m, B, T);
-    LossTerms lt, row;
-    const int32_t *ids_p = ids;
-    const int8_t *mask_p = mask;
-    int teacher = 0;
-    DamStep step = {.model = &h.m,
-                    .slots = &rs,
-                    .n_slots = 1,
-                    .M = 1,
-                    .n_seg = 1,
-                    .B = B,
-                    .T = T,
-                    .global_mb = 1,
-                    .teacher = &teacher,
-                    .ids = &ids_p,
-                    .mask = &mask_p,
-                    .loss = &lp,
-                    .terms = &lt};
-    dam_micro_batches(&step);
+    MicroBatch both = {.ids = ids, .mask = mask, .B = B, .T = T};
+    LossTerms lt = dam_one_micro_batch(&h.m, rs, 0, &both, &lp, 0);
     /* row 1 alone, all of it valid: the training step's GEMMs then have eval's shapes */
-    ids_p = ids + T, mask_p = mask + T, step.B = 1, step.terms = &row;
-    dam_micro_batches(&step);
+    MicroBatch second = {.ids = ids + T, .mask = mask + T, .B = 1, .T = T};
+    LossTerms row = dam_one_micro_batch(&h.m, rs, 0, &second, &lp, 0);
     runstate_free(rs);
     int model = 1;
     Evaluator ev;

@@ -249,26 +249,13 @@ static void dataset_kls(Evolver *ev, double *kl_out) {
         for (int64_t r = 0; r < ev->rows[k]; r += ev->B) {
             int nb = (int)(ev->rows[k] - r < ev->B ? ev->rows[k] - r : ev->B);
             read_batch(ev, k, r, nb);
-            LossTerms lt = {.n_valid = 0}; /* (dam_micro_batches writes it) */
-            const int32_t *ids = ev->ids, *topk_idx = ev->topk_idx;
-            const int8_t *mask = ev->mask;
-            const float *topk_val = ev->topk_val;
-            DamStep s = {.model = &ev->model,
-                         .slots = &ev->rs,
-                         .n_slots = 1,
-                         .M = 1,
-                         .n_seg = 1,
-                         .B = nb,
-                         .T = ev->T,
-                         .global_mb = 1,
-                         .teacher = &k,
-                         .ids = &ids,
-                         .mask = &mask,
-                         .topk_idx = ev->topk_cache ? &topk_idx : NULL,
-                         .topk_val = ev->topk_cache ? &topk_val : NULL,
-                         .loss = &loss,
-                         .terms = &lt};
-            dam_micro_batches(&s);
+            MicroBatch mb = {.ids = ev->ids,
+                             .mask = ev->mask,
+                             .topk_idx = ev->topk_cache ? ev->topk_idx : NULL,
+                             .topk_val = ev->topk_cache ? ev->topk_val : NULL,
+                             .B = nb,
+                             .T = ev->T};
+            LossTerms lt = dam_one_micro_batch(&ev->model, ev->rs, k, &mb, &loss, 0);
             kl += lt.kl * (double)lt.n_valid, tokens += lt.n_valid;
         }
         kl_out[k] = tokens ? kl / (double)tokens : NAN;

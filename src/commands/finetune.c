@@ -99,28 +99,9 @@ double finetune_loss_grad(Finetune *f, const int32_t *ids, const int8_t *target,
         row[ids[i + 1]] = 0.0f;
     }
     LossParams loss = {.temperature = 1.0f, .kl = 1, .topk = V};
-    LossTerms out = {.n_valid = 0}; /* (dam_micro_batches writes it) */
-    int teacher = 0;
-    const int32_t *topk_idx = f->topk_idx;
-    const int8_t *mask = target;
-    const float *topk_val = f->topk_val;
-    DamStep s = {.model = m,
-                 .slots = &f->rs,
-                 .n_slots = 1,
-                 .M = 1,
-                 .n_seg = 1,
-                 .B = B,
-                 .T = T,
-                 .global_mb = 1,
-                 .teacher = &teacher,
-                 .ids = &ids,
-                 .mask = &mask,
-                 .topk_idx = topk_idx ? &topk_idx : NULL,
-                 .topk_val = topk_idx ? &topk_val : NULL,
-                 .loss = &loss,
-                 .backward = 1,
-                 .terms = &out};
-    dam_micro_batches(&s);
+    MicroBatch mb = {
+        .ids = ids, .mask = target, .topk_idx = f->topk_idx, .topk_val = f->topk_val, .B = B, .T = T};
+    LossTerms out = dam_one_micro_batch(m, f->rs, 0, &mb, &loss, 1);
     return out.n_valid ? out.kl : 0.0;
 }
 

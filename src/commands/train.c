@@ -305,26 +305,13 @@ static double eval_kl(Trainer *tr, int k, int n_eval) {
     tr->in_eval = 1;
     for (int64_t r = 0; r + tr->B <= n_eval; r += tr->B) {
         next_batch(tr, k, 0);
-        LossTerms lt = {.n_valid = 0}; /* (dam_micro_batches writes it) */
-        const int32_t *ids = tr->ids, *topk_idx = tr->topk_idx;
-        const int8_t *mask = tr->mask;
-        const float *topk_val = tr->topk_val;
-        DamStep s = {.model = &tr->model,
-                     .slots = &tr->rs,
-                     .n_slots = 1,
-                     .M = 1,
-                     .n_seg = 1,
-                     .B = tr->B,
-                     .T = tr->T,
-                     .global_mb = 1,
-                     .teacher = &tr->teacher[k],
-                     .ids = &ids,
-                     .mask = &mask,
-                     .topk_idx = topk_idx ? &topk_idx : NULL,
-                     .topk_val = topk_idx ? &topk_val : NULL,
-                     .loss = &loss,
-                     .terms = &lt};
-        dam_micro_batches(&s);
+        MicroBatch mb = {.ids = tr->ids,
+                         .mask = tr->mask,
+                         .topk_idx = tr->topk_idx,
+                         .topk_val = tr->topk_val,
+                         .B = tr->B,
+                         .T = tr->T};
+        LossTerms lt = dam_one_micro_batch(&tr->model, tr->rs, tr->teacher[k], &mb, &loss, 0);
         kl += lt.kl * (double)lt.n_valid, tokens += lt.n_valid;
     }
     tr->cursor[k] = saved;

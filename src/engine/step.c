@@ -162,3 +162,26 @@ void dam_micro_batches(const DamStep *s) {
     pipeline_run(pp_comm(s->model), s->M, s->n_slots, s->backward, &stage);
     share_losses(s->model, s->M * s->n_seg, s->terms);
 }
+
+LossTerms dam_one_micro_batch(DamModel *m, RunState *rs, int teacher, const MicroBatch *mb,
+                              const LossParams *loss, int backward) {
+    LossTerms out = {.n_valid = 0};
+    DamStep s = {.model = m,
+                 .slots = &rs,
+                 .n_slots = 1,
+                 .M = 1,
+                 .n_seg = 1,
+                 .B = mb->B,
+                 .T = mb->T,
+                 .global_mb = 1,
+                 .teacher = &teacher,
+                 .ids = &mb->ids,
+                 .mask = &mb->mask,
+                 .topk_idx = mb->topk_idx ? &mb->topk_idx : NULL,
+                 .topk_val = mb->topk_idx ? &mb->topk_val : NULL,
+                 .loss = loss,
+                 .backward = backward,
+                 .terms = &out};
+    dam_micro_batches(&s);
+    return out;
+}

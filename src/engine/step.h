@@ -47,4 +47,19 @@ void dam_step(const DamStep *s, int step, StepStats *st);
  * with s->backward, their gradients added to the coefficients' accumulators (not reduced). */
 void dam_micro_batches(const DamStep *s);
 
+/* The host arrays of one micro-batch of one dataset: B rows of T tokens. */
+typedef struct {
+    const int32_t *ids;
+    const int8_t *mask;      /* NULL: every position valid */
+    const int32_t *topk_idx; /* K per position: the teacher's top-K cache, or NULL */
+    const float *topk_val;
+    int B, T;
+} MicroBatch;
+
+/* dam_micro_batches of that one micro-batch, taught by source `teacher`, in run state rs (one
+ * pipeline slot): its loss terms, on every stage; with `backward` its gradients added to the
+ * accumulators. What evaluation, fine-tuning and the tests run one batch at a time with. */
+LossTerms dam_one_micro_batch(DamModel *m, RunState *rs, int teacher, const MicroBatch *mb,
+                              const LossParams *loss, int backward);
+
 #endif
