@@ -331,9 +331,43 @@ static int64_t *select_examples(int64_t n, const PrepareOptions *o, int64_t *n_s
     return order;
 }
 
+/* What goes around each example's tokens, and what fills a row after them. */
+typedef struct {
+    int32_t prefix[8], suffix[9], pad;
+    int n_prefix, n_suffix;
+} Framing;
+
+/* The tokenizer's own prefix (BOS) and suffix (EOS), as --bos/--no-bos and --eos/--no-eos change
+ * them; packing separates documents with EOS by default. */
+static Framing framing_for(const Tokenizer *tok, const PrepareOptions *o) {
+    Framing f = {
+        .n_prefix = tok->n_prefix, .n_suffix = tok->n_suffix, .pad = tok->pad_id >= 0 ? tok->pad_id : 0};
+    memcpy(f.prefix, tok->prefix, sizeof tok->prefix);
+    memcpy(f.suffix, tok->suffix, sizeof tok->suffix);
+    if (o->bos == 0) f.n_prefix = 0;
+    if (o->bos == 1) {
+        if (tok->bos_id < 0) dam_fail("%s: --bos given but the tokenizer defines no bos_token", tok->path);
+        f.prefix[0] = tok->bos_id;
+        f.n_prefix = 1;
+    }
+    int want_eos = o->eos >= 0 ? o->eos : o->pack;
+    if (o->eos == 0) f.n_suffix = 0;
+    if (want_eos && !(f.n_suffix > 0 && f.suffix[f.n_suffix - 1] == tok->eos_id)) {
+        if (tok->eos_id < 0)
+            dam_fail("%s: EOS needed but the tokenizer defines no eos_token (use --no-eos)", tok->path);
+        if (o->eos == 1) f.n_suffix = 0;
+        f.suffix[f.n_suffix++] = tok->eos_id;
+    }
+    return f;
+}
+
+/* The selected examples (order[0..n_sel)) tokenized and framed into rows of r->L tokens: packed
+ * across documents with --pack, else one per row, over-long ones truncated or (--skip-long) dropped. */
 static void build_rows(Rows *r, Tokenizer *t, const Examples *e, const int64_t *order, int64_t n_sel,
-                       const int32_t *prefix, int n_prefix, const int32_t *suffix, int n_suffix, int pack,
-                       int skip_long, int32_t pad, const char *file) {
+                       const Framing *fr, const PrepareOptions *o) {
+    const int32_t *prefix = fr->prefix, *suffix = fr->suffix, pad = fr->pad;
+    int n_prefix = fr->n_prefix, n_suffix = fr->n_suffix, pack = o->pack, skip_long = o->skip_long;
+    const char *file = o->input;
     TokIds doc = {0};
     int64_t L = r->L, fill = 0; /* pack: tokens already in the current row */
     for (int64_t k = 0; k < n_sel; k++) {
@@ -418,33 +452,13 @@ int cmd_prepare(int argc, char **argv) {
     free(data);
     if (ex.n == 0) dam_fail("%s: no examples (the input is empty)", o.input);
 
-    /* what goes around each example */
-    int32_t prefix[8], suffix[9];
-    int n_prefix = tok.n_prefix, n_suffix = tok.n_suffix;
-    memcpy(prefix, tok.prefix, sizeof tok.prefix);
-    memcpy(suffix, tok.suffix, sizeof tok.suffix);
-    if (o.bos == 0) n_prefix = 0;
-    if (o.bos == 1) {
-        if (tok.bos_id < 0) dam_fail("%s: --bos given but the tokenizer defines no bos_token", tok.path);
-        prefix[0] = tok.bos_id;
-        n_prefix = 1;
-    }
-    int want_eos = o.eos >= 0 ? o.eos : o.pack; /* packing separates documents with EOS by default */
-    if (o.eos == 0) n_suffix = 0;
-    if (want_eos && !(n_suffix > 0 && suffix[n_suffix - 1] == tok.eos_id)) {
-        if (tok.eos_id < 0)
-            dam_fail("%s: EOS needed but the tokenizer defines no eos_token (use --no-eos)", tok.path);
-        if (o.eos == 1) n_suffix = 0;
-        suffix[n_suffix++] = tok.eos_id;
-    }
-    int32_t pad = tok.pad_id >= 0 ? tok.pad_id : 0;
+    Framing framing = framing_for(&tok, &o);
 
     int64_t n_sel;
     int64_t *order = select_examples(ex.n, &o, &n_sel);
     Rows rows = {0};
     rows.L = o.seq_len;
-    build_rows(&rows, &tok, &ex, order, n_sel, prefix, n_prefix, suffix, n_suffix, o.pack, o.skip_long, pad,
-               o.input);
+    build_rows(&rows, &tok, &ex, order, n_sel, &framing, &o);
     if (rows.n_rows == 0)
         dam_fail("%s: no rows to write (%lld examples give fewer than %lld tokens%s)", o.input,
                  (long long)n_sel, (long long)o.seq_len, o.pack ? " with --pack" : "");
