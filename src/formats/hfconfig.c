@@ -168,8 +168,8 @@ static void parse_rope(ModelConfig *c, const cJSON *root, const char *what) {
 
 /* Qwen3's layer_types (transformers 5 writes it): one "full_attention" or "sliding_attention" per
  * layer. Qwen3Attention slides only where the type says so and config.sliding_window is set, i.e.
- * with use_sliding_window. The engine slides the layers from max_window_layers on, so the sliding
- * layers must be the last ones; they set max_window_layers (no sliding layer: no window). */
+ * with use_sliding_window. The engine slides the layers from max_window_layers on, so with a window
+ * the sliding layers must be the last ones; they set max_window_layers (none sliding: no window). */
 static void parse_layer_types(ModelConfig *c, const cJSON *types, const char *what) {
     if (!cJSON_IsArray(types) || cJSON_GetArraySize(types) != c->num_hidden_layers)
         dam_fail("%s: field 'layer_types': expected a list of %d strings (one per layer)", what,
@@ -182,13 +182,13 @@ static void parse_layer_types(ModelConfig *c, const cJSON *types, const char *wh
                      "(the only layer types dam_dist supports)",
                      what, i);
         if (sliding && first_sliding > i) first_sliding = i;
-        if (!sliding && first_sliding < i)
+        if (c->sliding_window && !sliding && first_sliding < i)
             dam_fail(
                 "%s: field 'layer_types': full attention in layer %d after sliding attention in layer %d; "
                 "dam_dist supports sliding attention only in the last layers",
                 what, i, first_sliding);
     }
-    if (!c->sliding_window) return; /* the types are checked, but without a window nothing slides */
+    if (!c->sliding_window) return; /* checked, but without a window no layer slides */
     if (first_sliding == c->num_hidden_layers) c->sliding_window = 0;
     c->max_window_layers = c->sliding_window ? first_sliding : 0;
 }
