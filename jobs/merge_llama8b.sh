@@ -4,7 +4,8 @@
 # section). Fill the config's /path/to/ placeholders first, check it with
 # `dam_dist plan --config CONFIG --ranks 8 --device cuda --gpu-mem 80`, then
 # `sbatch jobs/merge_llama8b.sh`. The same script runs configs/mistral7b-ja-math.json:
-# `CONFIG=configs/mistral7b-ja-math.json sbatch jobs/merge_llama8b.sh`.
+# `CONFIG=configs/mistral7b-ja-math.json sbatch jobs/merge_llama8b.sh`, and three Qwen3-8B
+# fine-tunes: `CONFIG=configs/qwen3-8b-3x.json sbatch jobs/merge_llama8b.sh`.
 # The config selects the CUDA backend ("device": "cuda"; dam_dist built with `make CUDA=1`), one GPU
 # per rank. That backend is compiled in CI but has not yet run on a GPU (README "Status"); with
 # "device": "cpu" the ranks compute on the CPUs of their node.

@@ -24,6 +24,7 @@ t0=$(date +%s)
 declare -A family layouts
 family[llama3-70b-3x]=llama-3-70b;       layouts[llama3-70b-3x]="8:cuda:80:1:1:8 16:cuda:80:1:2:8"
 family[llama3.1-8b-3x]=llama-3.1-8b;     layouts[llama3.1-8b-3x]="8:cuda:80:8:1:1"
+family[qwen3-8b-3x]=qwen3-8b;             layouts[qwen3-8b-3x]="8:cuda:80:8:1:1"
 family[mistral7b-ja-math]=mistral-7b-v0.1; layouts[mistral7b-ja-math]="8:cuda:80:4:1:2"
 family[mistral7b-ja-math-arcee]=mistral-7b-v0.1; layouts[mistral7b-ja-math-arcee]="8:cuda:80:1:8:1"
 family[toy]=toy;                          layouts[toy]="1:cpu:2:1:1:1 2:cpu:1:1:2:1 4:cpu:1:1:4:1"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Pipeline and tensor parallelism over MPI on this machine against the torch reference: losses,
 # every coefficient gradient and the merged logits (tests/mpi_parallel_check.c) for the layouts
-# (pp, tp) = (1,1), (1,2), (2,1), (2,2); tp = 4, which does not divide the fixtures' 2 KV heads,
+# (pp, tp) = (1,1), (1,2), (2,1), (2,2), for the Llama, Qwen2 and Qwen3 cases; tp = 4, which does not divide the fixtures' 2 KV heads,
 # must be refused by every rank, naming the field, in time.
 set -u
 BUILD=${BUILD:-build}

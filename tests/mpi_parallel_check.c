@@ -146,9 +146,14 @@ int main(int argc, char **argv) {
     ok &= check_case(&g, "llama3src", "all");
     ok &= check_case(&g, "qwen2base", "topk");
     ok &= check_case(&g, "qwen2base", "relu");
+    /* Qwen3: q_norm / k_norm whole on every tp rank, their gradients summed over it */
+    ok &= check_case(&g, "qwen3src", "kl");
+    ok &= check_case(&g, "qwen3src", "all");
+    ok &= check_case(&g, "qwen3src", "topk");
     if (argc > 4) { /* argv[3]: where to write, argv[4]: the single-process output to compare with */
         ok &= write_and_compare(&g, "llama3src", "all", argv[3], argv[4]);
         ok &= write_and_compare(&g, "qwen2base", "topk", argv[3], argv[4]);
+        ok &= write_and_compare(&g, "qwen3src", "all", argv[3], argv[4]);
     }
     grid_free(&g);
     comm_finalize();

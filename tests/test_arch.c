@@ -1,11 +1,13 @@
 /* test_arch.c — the architecture tables of src/formats/arch.h against what they describe:
  *   - names and shapes: for each small model that transformers made (tests/fixtures/models,
- *     tests/fixtures/dam: Llama tied and untied, Mistral, Qwen2 with its q/k/v biases), the table's
+ *     tests/fixtures/dam: Llama tied and untied, Mistral, Qwen2 with its q/k/v biases, Qwen3 with its
+ *     q/k norms and explicit head_dim), the table's
  *     tensors are exactly those of its model.safetensors: every tensor in the file accounted for
  *     with its shape, none extra, and hfconfig_tensor_specs lists the same;
  *   - the tensor-parallel split follows Megatron, written here from the layer names: q, k, v, gate,
  *     up (and their biases), the embedding and lm_head split their output rows; o_proj and
- *     down_proj their input columns; norms and the o_proj bias stay whole;
+ *     down_proj their input columns; norms and the o_proj bias stay whole; Qwen3's q_norm and k_norm
+ *     stay whole with partial gradients (transformers' replicated_with_grad_allreduce);
  *   - the shares of tp ranks (arch_share) tile each split tensor and its coefficients exactly once,
  *     and a whole tensor is whole on every rank;
  *   - pipeline stages hold every tensor once, a tied embedding on the first and the last stage. */
@@ -23,8 +25,9 @@
 #include "util.h"
 
 static const char *const fixture_models[] = {
-    "models/llama_gqa_tied", "models/llama_untied_bf16", "models/mistral_sw",  "models/qwen2_bias",
-    "models/qwen2_sw",       "dam/llama3src/m0",         "dam/qwen2base/base",
+    "models/llama_gqa_tied", "models/llama_untied_bf16", "models/mistral_sw",
+    "models/qwen2_bias",     "models/qwen2_sw",          "dam/llama3src/m0",
+    "dam/qwen2base/base",    "models/qwen3_tied",        "dam/qwen3src/m0",
 };
 #define N_MODELS (sizeof fixture_models / sizeof *fixture_models)
 
@@ -94,12 +97,29 @@ static TensorSplit megatron_split(const char *name) {
         if (ends_with(name, column_parallel[i])) return SPLIT_ROWS;
     for (size_t i = 0; i < sizeof row_parallel / sizeof *row_parallel; i++)
         if (ends_with(name, row_parallel[i])) return SPLIT_COLS;
+    if (ends_with(name, "q_norm.weight") || ends_with(name, "k_norm.weight")) return SPLIT_PER_HEAD;
     return SPLIT_NONE;
+}
+
+/* A per-head tensor: whole on every rank, its gradients partial sums over more than one rank. */
+static void check_per_head_share(const ArchTensor *t) {
+    size_t rows = (size_t)t->rows, cols = (size_t)t->cols;
+    for (int tp = 1; tp <= 4; tp *= 2)
+        for (int r = 0; r < tp; r++) {
+            TensorShare s = arch_share(t->def->kind, SPLIT_PER_HEAD, rows, cols, tp, r);
+            assert_true(s.rows == rows && s.cols == cols && s.first == 0 && s.coef_off == 0);
+            assert_true(s.dim == (int)cols && s.coef_full == (int)cols);
+            assert_int_equal(s.grad_partial, tp > 1);
+        }
 }
 
 /* A split tensor: every element of the whole tensor and every coefficient column in exactly one rank's
  * share; a whole one: all of it on every rank. */
 static void check_shares_tile(const ArchTensor *t, int tp) {
+    if (t->def->split == SPLIT_PER_HEAD) {
+        check_per_head_share(t);
+        return;
+    }
     if (t->def->split == SPLIT_NONE) tp = 1; /* each rank's share is rank 0's */
     size_t rows = (size_t)t->rows, cols = (size_t)t->cols;
     unsigned char *seen = calloc(rows * cols, 1), *coef = calloc(cols, 1);

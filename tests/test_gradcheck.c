@@ -1,5 +1,6 @@
 /* test_gradcheck.c — central finite differences of the full DAM loss against the analytic
- * coefficient gradients, for every tensor kind (linear, lm_head, embedding, RMSNorm, bias) and every
+ * coefficient gradients, for every tensor kind (linear, lm_head, embedding, RMSNorm, bias, Qwen3's
+ * per-head q/k RMSNorm) and every
  * loss term taken alone (KL, top-K KL, MSE, entropy, similarity, L1, L2, overlap, weighted overlap).
  *
  * Tolerance: the loss is computed in fp32 (accumulated in double), so a central difference with step
@@ -21,16 +22,22 @@ static size_t ncoef(const DamModel *m, int t) {
     return (size_t)m->n_coef_rows * (size_t)(unsigned)m->tensors[t].dim;
 }
 
-typedef enum { K_LINEAR, K_LM_HEAD, K_EMBED, K_NORM, K_BIAS } Kind;
-static const char *const kind_names[] = {"linear", "lm_head", "embedding", "rmsnorm", "bias"};
+typedef enum { K_LINEAR, K_LM_HEAD, K_EMBED, K_NORM, K_BIAS, K_HEAD_NORM } Kind;
+static const char *const kind_names[] = {"linear", "lm_head", "embedding", "rmsnorm", "bias", "head-norm"};
+
+/* Qwen3's q_norm / k_norm: an RMSNorm over each head, a separate kind to check on its own. */
+static int head_norm(const DamTensor *x) {
+    return x->kind == DT_NORM && (strstr(x->name, "q_norm") || strstr(x->name, "k_norm"));
+}
 
 static int in_kind(const DamModel *m, const DamTensor *x, Kind k) {
     switch (k) {
     case K_LINEAR: return x->kind == DT_LINEAR && x != m->lm_head;
     case K_LM_HEAD: return x == m->lm_head;
     case K_EMBED: return x->kind == DT_EMBED;
-    case K_NORM: return x->kind == DT_NORM;
+    case K_NORM: return x->kind == DT_NORM && !head_norm(x);
     case K_BIAS: return x->kind == DT_BIAS;
+    case K_HEAD_NORM: return head_norm(x);
     }
     return 0;
 }
@@ -133,7 +140,7 @@ static void run_case(const char *name, const char *variant, int expect_kinds) {
     int ok = 1, kinds_seen = 0;
     for (int term = 0; term < T_COUNT; term++) {
         only_term(&dc.cfg, (Term)term);
-        for (int k = K_LINEAR; k <= K_BIAS; k++) {
+        for (int k = K_LINEAR; k <= K_HEAD_NORM; k++) {
             int r = fd_check(&dc, (Kind)k, term_names[term]);
             if (r < 0) continue;
             ok &= r;
@@ -174,9 +181,12 @@ static void test_fd_base_teacher(void **s) {
 static void test_fd_llama(void **s) { (void)s, run_case("llama3src", "all", 4); }
 /* qwen2base: tied embeddings (lm_head is the embedding), biases, sigmoid, include_base */
 static void test_fd_qwen2(void **s) { (void)s, run_case("qwen2base", "topk", 4); }
+/* qwen3src: tied embeddings, per-head q/k norms, tanh */
+static void test_fd_qwen3(void **s) { (void)s, run_case("qwen3src", "all", 4); }
 
 int main(void) {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_fd_llama), cmocka_unit_test(test_fd_qwen2),
+                                       cmocka_unit_test(test_fd_qwen3),
                                        cmocka_unit_test(test_fd_base_teacher)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

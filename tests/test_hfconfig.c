@@ -2,7 +2,9 @@
  * (tests/fixtures/configs, copied from their Hugging Face repositories):
  *   - parameter counts equal the published model sizes (computed from the shapes by hand, see the
  *     comments), and the tensor list has the right names and shapes;
- *   - defaults of absent / null fields as in transformers 5 (LlamaConfig, MistralConfig, Qwen2Config);
+ *   - defaults of absent / null fields as in transformers 5 (LlamaConfig, MistralConfig, Qwen2Config,
+ *     Qwen3Config: head_dim 128 when absent; sliding window and layer_types as Qwen3Config's
+ *     __post_init__ and Qwen3Attention read them); mixture-of-experts families refused;
  *   - rope: rope_scaling + rope_theta (old files) and rope_parameters (transformers 5) agree, and the
  *     inverse frequencies match values printed by transformers' _compute_llama3_parameters and
  *     _compute_linear_scaling_rope_parameters (float32 there, so compared to 1e-6 relative);
@@ -52,8 +54,18 @@ static void test_reference_param_counts(void **state) {
         const char *name;
         int64_t params;
     } want[] = {
-        {"llama-3-70b", 70553706496LL}, {"llama-3.1-70b", 70553706496LL},  {"llama-3.1-8b", 8030261248LL},
-        {"llama-3.2-1b", 1235814400LL}, {"mistral-7b-v0.1", 7241732096LL}, {"qwen2-7b", 7615616512LL},
+        {"llama-3-70b", 70553706496LL},
+        {"llama-3.1-70b", 70553706496LL},
+        {"llama-3.1-8b", 8030261248LL},
+        {"llama-3.2-1b", 1235814400LL},
+        {"mistral-7b-v0.1", 7241732096LL},
+        {"qwen2-7b", 7615616512LL},
+        /* Qwen3-0.6B (tied): embed 151936*1024; per layer q,o 2048*1024, k,v 1024*1024, MLP
+         * 3*3072*1024, norms 2*1024 + q/k norms 2*128 -> 15,730,944 * 28; final norm 1024.
+         * Qwen3-8B (untied): embed 151936*4096 twice; per layer q,o 4096^2, k,v 1024*4096, MLP
+         * 3*12288*4096, norms 2*4096 + 2*128 -> 192,946,432 * 36; final norm 4096. */
+        {"qwen3-0.6b", 596049920LL},
+        {"qwen3-8b", 8190735360LL},
     };
     for (size_t i = 0; i < sizeof want / sizeof *want; i++) {
         ModelConfig c;
@@ -98,6 +110,22 @@ static void test_reference_fields(void **state) {
     assert_int_equal(c.sliding_window, 0); /* use_sliding_window false */
     assert_true(c.rope_theta == 1000000.0);
     assert_int_equal(c.max_position_embeddings, 131072);
+
+    load_fixture(&c, "qwen3-0.6b");
+    assert_int_equal(c.arch, ARCH_QWEN3);
+    assert_true(c.qk_norm);
+    assert_int_equal(c.head_dim, 128); /* explicit: hidden_size / heads would be 64 */
+    assert_true(c.tie_word_embeddings);
+    assert_false(c.attention_bias || c.o_bias || c.mlp_bias);
+    assert_int_equal(c.sliding_window, 0); /* use_sliding_window false, max_window_layers 28 */
+    assert_int_equal(c.max_window_layers, 0);
+    assert_true(c.rope_theta == 1000000.0 && c.rope_type == ROPE_DEFAULT);
+    assert_true(c.rms_norm_eps == 1e-6f);
+
+    load_fixture(&c, "qwen3-8b");
+    assert_int_equal(c.head_dim, 128);
+    assert_false(c.tie_word_embeddings);
+    assert_int_equal(c.num_key_value_heads, 8);
 }
 
 static void test_tensor_specs(void **state) {
@@ -115,6 +143,18 @@ static void test_tensor_specs(void **state) {
     assert_string_equal(s[5].name, "model.layers.0.self_attn.q_proj.bias");
     assert_true(s[5].ndim == 1 && s[5].shape[0] == 3584);
     assert_string_equal(s[n - 1].name, "lm_head.weight");
+    free(s);
+
+    load_fixture(&c, "qwen3-8b"); /* + q_norm, k_norm [head_dim] after v_proj */
+    n = hfconfig_tensor_specs(&c, NULL);
+    assert_int_equal(n, 1 + 36 * 11 + 1 + 1);
+    s = malloc((size_t)n * sizeof *s);
+    assert_int_equal(hfconfig_tensor_specs(&c, s), n);
+    assert_string_equal(s[5].name, "model.layers.0.self_attn.q_norm.weight");
+    assert_true(s[5].ndim == 1 && s[5].shape[0] == 128);
+    assert_string_equal(s[6].name, "model.layers.0.self_attn.k_norm.weight");
+    assert_string_equal(s[7].name, "model.layers.0.self_attn.o_proj.weight");
+    assert_true(s[7].shape[0] == 4096 && s[7].shape[1] == 4096);
     free(s);
 
     load_fixture(&c, "llama-3.2-1b"); /* tied: no lm_head */
@@ -198,6 +238,60 @@ static void test_qwen2_defaults(void **state) {
     hfconfig_parse(&c, buf, "cfg.json");
     assert_int_equal(c.sliding_window, 512);
     assert_int_equal(c.max_window_layers, 1);
+}
+
+#define QWEN3_HEAD "{\"architectures\":[\"Qwen3ForCausalLM\"],"
+#define QWEN3_KV4 QWEN3_HEAD "\"num_key_value_heads\":4," /* Qwen3's default 32 does not divide 8 heads */
+
+static void test_qwen3_defaults(void **state) {
+    (void)state;
+    ModelConfig c;
+    hfconfig_parse(&c,
+                   QWEN3_HEAD "\"vocab_size\":100,\"hidden_size\":128,\"intermediate_size\":96,"
+                              "\"num_hidden_layers\":2,\"num_attention_heads\":32}",
+                   "cfg.json");
+    assert_int_equal(c.head_dim, 128); /* Qwen3Config's default, not hidden_size / heads = 4 */
+    assert_int_equal(c.num_key_value_heads, 32);
+    assert_int_equal(c.max_position_embeddings, 32768);
+    assert_true(c.qk_norm);
+    assert_false(c.attention_bias || c.o_bias || c.tie_word_embeddings || c.sliding_window);
+    hfconfig_parse(&c, QWEN3_HEAD MIN_FIELDS ",\"head_dim\":null,\"num_key_value_heads\":null}", "cfg.json");
+    assert_int_equal(c.head_dim, 8);
+    assert_int_equal(c.num_key_value_heads, 8);
+    hfconfig_parse(&c, QWEN3_KV4 MIN_FIELDS ",\"attention_bias\":true}", "cfg.json");
+    assert_true(c.attention_bias && c.o_bias); /* Qwen3Attention: q, k, v and o */
+    /* the window: only with use_sliding_window; then the Qwen2 rule, or layer_types */
+    hfconfig_parse(&c, QWEN3_KV4 MIN_FIELDS ",\"sliding_window\":512,\"max_window_layers\":1}", "cfg.json");
+    assert_int_equal(c.sliding_window, 0);
+    hfconfig_parse(&c,
+                   QWEN3_KV4 MIN_FIELDS ",\"sliding_window\":512,\"layer_types\":[\"full_attention\","
+                                        "\"sliding_attention\"]}",
+                   "cfg.json");
+    assert_int_equal(c.sliding_window, 0); /* the types say sliding, but sliding_window is None */
+    hfconfig_parse(&c, QWEN3_KV4 MIN_FIELDS ",\"layer_types\":[\"sliding_attention\",\"full_attention\"]}",
+                   "cfg.json");
+    assert_int_equal(c.sliding_window, 0); /* any order: nothing slides */
+    hfconfig_parse(&c,
+                   QWEN3_KV4 MIN_FIELDS ",\"use_sliding_window\":true,\"sliding_window\":512,"
+                                        "\"max_window_layers\":1}",
+                   "cfg.json");
+    assert_int_equal(c.sliding_window, 512);
+    assert_int_equal(c.max_window_layers, 1);
+    hfconfig_parse(&c, QWEN3_KV4 MIN_FIELDS ",\"use_sliding_window\":true}", "cfg.json");
+    assert_int_equal(c.sliding_window, 4096);
+    assert_int_equal(c.max_window_layers, 28); /* >= the 2 layers: none slides, as in transformers */
+    hfconfig_parse(&c,
+                   QWEN3_KV4 MIN_FIELDS ",\"use_sliding_window\":true,\"sliding_window\":512,"
+                                        "\"max_window_layers\":1,\"layer_types\":[\"sliding_attention\","
+                                        "\"sliding_attention\"]}",
+                   "cfg.json");
+    assert_int_equal(c.sliding_window, 512); /* layer_types, when written, win over max_window_layers */
+    assert_int_equal(c.max_window_layers, 0);
+    hfconfig_parse(&c,
+                   QWEN3_KV4 MIN_FIELDS ",\"use_sliding_window\":true,\"sliding_window\":512,"
+                                        "\"layer_types\":[\"full_attention\",\"full_attention\"]}",
+                   "cfg.json");
+    assert_int_equal(c.sliding_window, 0);
 }
 
 /* ---------------------------------------------------------------- rope */
@@ -296,6 +390,21 @@ static void test_refusals(void **state) {
     assert_refused("{\"architectures\":[\"GPT2LMHeadModel\"]," MIN_FIELDS "}",
                    "unsupported architecture GPT2LMHeadModel", "architectures");
     assert_refused("{" MIN_FIELDS "}", "'architectures'", NULL);
+    const char *moe[] = {"Qwen3MoeForCausalLM", "MixtralForCausalLM", "Qwen2MoeForCausalLM"};
+    for (int i = 0; i < 3; i++) {
+        char json[512];
+        snprintf(json, sizeof json, "{\"architectures\":[\"%s\"]," MIN_FIELDS "}", moe[i]);
+        assert_refused(json, moe[i], "is a mixture-of-experts model, which dam_dist does not merge");
+    }
+    assert_refused(QWEN3_KV4 MIN_FIELDS ",\"layer_types\":[\"full_attention\"]}", "'layer_types'",
+                   "one per layer");
+    assert_refused(QWEN3_KV4 MIN_FIELDS ",\"layer_types\":[\"full_attention\",\"linear_attention\"]}",
+                   "'layer_types'", "entry 1");
+    assert_refused(QWEN3_KV4 MIN_FIELDS ",\"layer_types\":[\"full_attention\",3]}", "'layer_types'",
+                   "entry 1");
+    assert_refused(QWEN3_KV4 MIN_FIELDS ",\"use_sliding_window\":true,\"layer_types\":[\"sliding_attention\","
+                                        "\"full_attention\"]}",
+                   "'layer_types'", "only in the last layers");
     assert_refused("{\"architectures\":\"LlamaForCausalLM\"," MIN_FIELDS "}", "'architectures'", "list");
     assert_refused(LLAMA_HEAD "\"vocab_size\":100,\"intermediate_size\":96,\"num_hidden_layers\":2,"
                               "\"num_attention_heads\":8}",
@@ -387,6 +496,7 @@ int main(void) {
         cmocka_unit_test(test_llama_defaults),
         cmocka_unit_test(test_mistral_defaults),
         cmocka_unit_test(test_qwen2_defaults),
+        cmocka_unit_test(test_qwen3_defaults),
         cmocka_unit_test(test_rope_formats_agree),
         cmocka_unit_test(test_rope_inv_freq_llama3),
         cmocka_unit_test(test_rope_inv_freq_default_and_linear),

@@ -6,6 +6,8 @@
  *   - the published Llama-3-70B and Llama-3.1-8B configs (tests/fixtures/configs) in model
  *     directories that hold only config.json: the source bytes per GPU, the fit verdicts and the
  *     layout plan names when a layout does not fit;
+ *   - Qwen3's q/k norm activations (the projections before the norm, its rstd per head, their
+ *     gradients) in the memory estimate, exactly, on the published Qwen3-8B config;
  *   - bad input: one error line, exit status 1. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -79,6 +81,33 @@ static void test_coefficients_match_model(void **state) {
     check_fixture_model("llama_untied_bf16", 2); /* bf16 storage, separate lm_head */
     check_fixture_model("qwen2_bias", 1);        /* q/k/v biases, split with their layer; tied */
     check_fixture_model("qwen2_sw", 2);          /* q/k/v biases, untied */
+    check_fixture_model("qwen3_tied", 1);        /* q_norm, k_norm whole on every tp rank; tied */
+}
+
+/* What qk_norm adds to the workspace and the run state: q_raw, k_raw and their gradients dq_raw,
+ * dk_raw (activation dtype) and rstd per token and head (F32) for BT rows, the two [head_dim]
+ * weights; with kept activations, q_raw, k_raw and the rstds of every layer. */
+static void test_qwen3_activations(void **state) {
+    (void)state;
+    ModelConfig q3;
+    char *fx = test_fixture("configs/qwen3-8b.json");
+    hfconfig_load(&q3, fx);
+    free(fx);
+    ModelConfig plain = q3;
+    plain.qk_norm = 0;
+    const int B = 2, T = 512, L = 36;
+    size_t BT = (size_t)B * T, act = 2, hd = (size_t)q3.head_dim, H = q3.num_attention_heads,
+           KV = q3.num_key_value_heads, qd = H * hd, kvd = KV * hd;
+    for (int keep = 0; keep <= 1; keep++) {
+        size_t ws3, rs3, ws, rs;
+        dam_model_activation_bytes(&q3, L, 1, B, T, DAM_BF16, DAM_BF16, keep, &ws3, &rs3);
+        dam_model_activation_bytes(&plain, L, 1, B, T, DAM_BF16, DAM_BF16, keep, &ws, &rs);
+        size_t per_layer = BT * ((qd + kvd) * act + (H + KV) * 4);
+        printf("  Qwen3-8B, keep %d: workspace +%zu bytes, run state +%zu bytes for the q/k norms\n", keep,
+               ws3 - ws, rs3 - rs);
+        assert_int_equal(ws3 - ws, per_layer + BT * (qd + kvd) * act + 2 * hd * act);
+        assert_int_equal(rs3 - rs, keep ? (size_t)L * per_layer : 0);
+    }
 }
 
 /* ---------------------------------------------------------------- published configs */
@@ -377,6 +406,7 @@ static void test_bad_input(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_coefficients_match_model),
+        cmocka_unit_test(test_qwen3_activations),
         cmocka_unit_test(test_llama3_70b),
         cmocka_unit_test(test_llama31_8b_one_node),
         cmocka_unit_test(test_cuda_overhead),

@@ -1,7 +1,8 @@
 /* test_reference.c — dam_dist against fixtures made by the real Hugging Face transformers classes
  * and torch autograd (tests/fixtures/make_model_fixtures.py):
- *   - logits of tiny Llama (GQA, llama3 rope, tied/untied, bf16), Mistral (sliding window) and Qwen2
- *     (biases) models within 1e-4 relative (fp32 here vs float64 there);
+ *   - logits of tiny Llama (GQA, llama3 rope, tied/untied, bf16), Mistral (sliding window), Qwen2
+ *     (biases) and Qwen3 (per-head q/k norms, explicit head_dim) models within 1e-4 relative (fp32
+ *     here vs float64 there);
  *   - every DAM loss term and every coefficient gradient within 1e-3 relative. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -53,6 +54,8 @@ static void test_logits_mistral_sw(void **s) { (void)s, check_logits("mistral_sw
 static void test_logits_qwen2_bias(void **s) { (void)s, check_logits("qwen2_bias"); }
 /* Qwen2 with use_sliding_window: the window applies from max_window_layers on only */
 static void test_logits_qwen2_sw(void **s) { (void)s, check_logits("qwen2_sw"); }
+/* Qwen3: q_norm / k_norm per head before RoPE, head_dim 24 != hidden / heads, tied embeddings */
+static void test_logits_qwen3_tied(void **s) { (void)s, check_logits("qwen3_tied"); }
 
 static int check_scalar(const StFile *exp, const char *key, double got, double tol) {
     char k64[128];
@@ -135,6 +138,10 @@ static void test_dam_llama_kl(void **s) { (void)s, check_dam("llama3src", "kl");
 static void test_dam_llama_all_terms(void **s) { (void)s, check_dam("llama3src", "all"); }
 static void test_dam_qwen2_topk(void **s) { (void)s, check_dam("qwen2base", "topk"); }
 static void test_dam_qwen2_relu(void **s) { (void)s, check_dam("qwen2base", "relu"); }
+/* Qwen3: the q_norm / k_norm coefficient gradients are among those checked */
+static void test_dam_qwen3_kl(void **s) { (void)s, check_dam("qwen3src", "kl"); }
+static void test_dam_qwen3_all_terms(void **s) { (void)s, check_dam("qwen3src", "all"); }
+static void test_dam_qwen3_topk(void **s) { (void)s, check_dam("qwen3src", "topk"); }
 
 int main(void) {
     const struct CMUnitTest tests[] = {
@@ -142,7 +149,9 @@ int main(void) {
         cmocka_unit_test(test_logits_mistral_sw),     cmocka_unit_test(test_logits_qwen2_bias),
         cmocka_unit_test(test_logits_qwen2_sw),       cmocka_unit_test(test_dam_llama_kl),
         cmocka_unit_test(test_dam_llama_all_terms),   cmocka_unit_test(test_dam_qwen2_topk),
-        cmocka_unit_test(test_dam_qwen2_relu),
+        cmocka_unit_test(test_dam_qwen2_relu),        cmocka_unit_test(test_logits_qwen3_tied),
+        cmocka_unit_test(test_dam_qwen3_kl),          cmocka_unit_test(test_dam_qwen3_all_terms),
+        cmocka_unit_test(test_dam_qwen3_topk),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -38,7 +38,8 @@ static const char train_help[] =
     "Other commands: dam_dist help.\n";
 
 static const char toy_help[] =
-    "usage: dam_dist toy --out DIR [--models N] [--seed S] [--size small|tiny|bench|smol] [--force]\n"
+    "usage: dam_dist toy --out DIR [--models N] [--seed S] [--size small|tiny|bench|smol] [--arch A]\n"
+    "                    [--force]\n"
     "       dam_dist toy --tasks --out DIR [--seed S] [--force]\n"
     "A base model, N specialists fine-tuned from it, their datasets and a config.json, for trying the\n"
     "merge: dam_dist --config DIR/config.json; each model has a byte-level BPE tokenizer.json, and\n"
@@ -51,6 +52,7 @@ static const char toy_help[] =
     "  --seed S           random seed (default 1)\n"
     "  --size NAME        small (default; 2.4M parameters, 4 layers), tiny (2 layers), bench (51M, 15\n"
     "                     layers), smol (the SmolLM2-135M shape, 49152-token vocabulary)\n"
+    "  --arch A           llama (default) or qwen3 (Qwen3ForCausalLM: per-head q/k norms added)\n"
     "  --force            replace DIR even when it is not an earlier toy\n"
     "  -h, --help         this text\n";
 

@@ -41,6 +41,7 @@ static const ToySize tasks_size = {"tasks", 64, 2, 4, 2, 128, TOY_TASK_VOCAB, TO
 
 typedef struct {
     const ToySize *sz;
+    int qwen3; /* --arch qwen3: Qwen3ForCausalLM, with a per-head q_norm / k_norm in every layer */
     int n_models;
     dam_rng rng;
     const char *out;
@@ -49,7 +50,7 @@ typedef struct {
 static void write_config_json(const Toy *t, const char *dir) {
     const ToySize *s = t->sz;
     char *json = dam_asprintf(
-        "{\n  \"architectures\": [\"LlamaForCausalLM\"],\n  \"model_type\": \"llama\",\n"
+        "{\n  \"architectures\": [\"%s\"],\n  \"model_type\": \"%s\",%s\n"
         "  \"vocab_size\": %d,\n  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n"
         "  \"num_hidden_layers\": %d,\n  \"num_attention_heads\": %d,\n  \"num_key_value_heads\": %d,\n"
         "  \"head_dim\": %d,\n  \"max_position_embeddings\": %d,\n  \"rms_norm_eps\": 1e-05,\n"
@@ -57,8 +58,9 @@ static void write_config_json(const Toy *t, const char *dir) {
         "  \"attention_bias\": false,\n  \"mlp_bias\": false,\n  \"bos_token_id\": 1,\n  \"eos_token_id\": "
         "2,\n"
         "  \"torch_dtype\": \"bfloat16\"\n}\n",
-        s->vocab, s->d, s->ffn, s->layers, s->heads, s->kv, s->d / s->heads, 4 * s->seq,
-        s->tied ? "true" : "false");
+        t->qwen3 ? "Qwen3ForCausalLM" : "LlamaForCausalLM", t->qwen3 ? "qwen3" : "llama",
+        t->qwen3 ? "\n  \"use_sliding_window\": false," : "", s->vocab, s->d, s->ffn, s->layers, s->heads,
+        s->kv, s->d / s->heads, 4 * s->seq, s->tied ? "true" : "false");
     char *p = dam_path_join(dir, "config.json");
     dam_write_file_atomic(p, json, strlen(json));
     free(p), free(json);
@@ -110,6 +112,10 @@ static void write_model(const Toy *t, int k, const char *dir) {
         for (int i = 0; i < 7; i++) {
             snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, lin[i]);
             TOY_ADD(name, outs[i], ins[i], 0.9f / sqrtf((float)ins[i]), 0.0f, 2);
+        }
+        for (int i = 0; t->qwen3 && i < 2; i++) { /* after the others: a Llama toy's stay as they were */
+            snprintf(name, sizeof name, "model.layers.%d.self_attn.%s.weight", l, i ? "k_norm" : "q_norm");
+            TOY_ADD(name, 1, hd, 0.1f, 1.0f, 1);
         }
     }
     TOY_ADD("model.norm.weight", 1, d, 0.1f, 1.0f, 1);
@@ -168,9 +174,10 @@ static void write_run_config(const Toy *t) {
 
 /* What lets a later `toy --out` replace this directory without --force. */
 static void write_marker(const Toy *t, uint64_t seed) {
-    char *json = dam_asprintf("{\"written_by\": \"dam_dist toy\", \"complete\": true, \"size\": \"%s\", "
-                              "\"models\": %d, \"seed\": %llu}\n",
-                              t->sz->name, t->n_models, (unsigned long long)seed);
+    char *json =
+        dam_asprintf("{\"written_by\": \"dam_dist toy\", \"complete\": true, \"size\": \"%s\", "
+                     "\"arch\": \"%s\", \"models\": %d, \"seed\": %llu}\n",
+                     t->sz->name, t->qwen3 ? "qwen3" : "llama", t->n_models, (unsigned long long)seed);
     char *p = dam_path_join(t->out, "dam_toy.json");
     dam_write_file_atomic(p, json, strlen(json));
     free(p), free(json);
@@ -197,8 +204,13 @@ int cmd_toy(int argc, char **argv) {
             for (size_t k = 0; k < sizeof toy_sizes / sizeof *toy_sizes; k++)
                 if (!strcmp(want, toy_sizes[k].name)) t.sz = &toy_sizes[k];
             if (!t.sz) dam_fail("toy: unknown --size '%s' (small, tiny, bench, smol)", want);
+        } else if (!strcmp(argv[i], "--arch") && i + 1 < argc) {
+            const char *want = argv[++i];
+            if (strcmp(want, "llama") != 0 && strcmp(want, "qwen3") != 0)
+                dam_fail("toy: unknown --arch '%s' (llama, qwen3)", want);
+            t.qwen3 = !strcmp(want, "qwen3");
         } else
-            cli_bad_option("toy", argv[i], "--out --models --seed --size");
+            cli_bad_option("toy", argv[i], "--out --models --seed --size --arch");
     }
     if (!t.out) dam_fail("toy: --out DIR is required");
     if (tasks) t.sz = &tasks_size, t.n_models = 0;

@@ -77,6 +77,8 @@ static DamTensor **role_slot(DamModel *m, DamLayer *L, ArchRole role) {
     case ROLE_Q_BIAS: return &L->q_bias;
     case ROLE_K_BIAS: return &L->k_bias;
     case ROLE_V_BIAS: return &L->v_bias;
+    case ROLE_Q_NORM: return &L->q_norm;
+    case ROLE_K_NORM: return &L->k_norm;
     case ROLE_O: return &L->o;
     case ROLE_O_BIAS: return &L->o_bias;
     case ROLE_MLP_NORM: return &L->mlp_norm;
@@ -335,7 +337,7 @@ float *dam_model_gather_split(const DamModel *m, const float *local, size_t rows
 
 /* Read back from the share add_tensor made (arch_share): only split tensors differ from whole. */
 TensorSplit dam_model_split_kind(const DamModel *m, const DamTensor *x) {
-    if (!m->tp) return SPLIT_NONE;
+    if (!m->tp || x->kind == DT_NORM) return SPLIT_NONE; /* a norm is whole (q_norm: partial gradients) */
     if (x->kind != DT_BIAS && x->coef_full != x->dim) return SPLIT_COLS;
     return x->grad_partial ? SPLIT_ROWS : SPLIT_NONE;
 }

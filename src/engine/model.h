@@ -52,6 +52,7 @@ typedef struct {
 
 typedef struct {
     DamTensor *attn_norm, *q, *k, *v, *o, *q_bias, *k_bias, *v_bias, *o_bias, *mlp_norm, *gate, *up, *down;
+    DamTensor *q_norm, *k_norm; /* Qwen3 (ModelConfig.qk_norm); NULL elsewhere */
 } DamLayer;
 
 /* The coefficient blocks: every tensor's array of one kind, tensor after tensor (DamTensor.c etc.

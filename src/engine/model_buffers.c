@@ -68,11 +68,14 @@ typedef struct {
 /* Elements per row (token) of each LayerAct buffer, and its kind, for this rank's share c. */
 static void act_rows(const ModelConfig *c, size_t *per, BufKind *kind) {
     size_t d = c->hidden_size, F = c->intermediate_size, H = c->num_attention_heads;
-    size_t qd = H * c->head_dim, kvd = (size_t)c->num_key_value_heads * c->head_dim;
-    /* xn, rstd1, q, k, v, lse, ao, h1, xn2, rstd2, gate, up, act (LayerAct's order) */
-    const size_t sizes[N_ACT] = {d, 1, qd, kvd, kvd, H, qd, d, d, 1, F, F, F};
-    const BufKind kinds[N_ACT] = {BUF_ACT, BUF_F32, BUF_ACT, BUF_ACT, BUF_ACT, BUF_F32, BUF_ACT,
-                                  BUF_ACT, BUF_ACT, BUF_F32, BUF_ACT, BUF_ACT, BUF_ACT};
+    size_t KV = c->num_key_value_heads, qd = H * c->head_dim, kvd = KV * c->head_dim, qk = c->qk_norm ? 1 : 0;
+    /* xn, rstd1, q, k, v, lse, ao, h1, xn2, rstd2, gate, up, act, q_raw, k_raw, rstd_q, rstd_k
+     * (LayerAct's order) */
+    const size_t sizes[N_ACT] = {d, 1, qd, kvd, kvd,     H,        qd,     d,      d,
+                                 1, F, F,  F,   qk * qd, qk * kvd, qk * H, qk * KV};
+    const BufKind kinds[N_ACT] = {BUF_ACT, BUF_F32, BUF_ACT, BUF_ACT, BUF_ACT, BUF_F32,
+                                  BUF_ACT, BUF_ACT, BUF_ACT, BUF_F32, BUF_ACT, BUF_ACT,
+                                  BUF_ACT, BUF_ACT, BUF_ACT, BUF_F32, BUF_F32};
     for (int i = 0; i < N_ACT; i++) per[i] = sizes[i], kind[i] = kinds[i];
 }
 
@@ -89,7 +92,9 @@ static int workspace_specs(const ModelConfig *c, int last, size_t BT, int T, str
     WGT(w->q, qd * d), WGT(w->k, kvd * d), WGT(w->v, kvd * d), WGT(w->o, d * qd);
     WGT(w->gate, F * d), WGT(w->up, F * d), WGT(w->down, d * F);
     ACT(w->qb, qd), ACT(w->kb, kvd), ACT(w->vb, kvd), ACT(w->ob, d);
-    ACT(ws->dW, F * d > qd * d ? F * d : qd * d), F32(ws->colsum, maxcol), F32(ws->dnorm, d);
+    size_t hd = c->qk_norm ? (size_t)c->head_dim : 0; /* q_norm / k_norm width */
+    ACT(w->q_norm, hd), ACT(w->k_norm, hd);
+    ACT(ws->dW, F * d > qd * d ? F * d : qd * d), F32(ws->colsum, maxcol), F32(ws->dnorm, hd > d ? hd : d);
     size_t per[N_ACT];
     BufKind kind[N_ACT];
     act_rows(c, per, kind);
@@ -97,6 +102,7 @@ static int workspace_specs(const ModelConfig *c, int last, size_t BT, int T, str
     ACT(ws->dx, BT * d), ACT(ws->dh1, BT * d), ACT(ws->dxn, BT * d), ACT(ws->dxn2, BT * d);
     ACT(ws->dq, BT * qd), ACT(ws->dk, BT * kvd), ACT(ws->dv, BT * kvd), ACT(ws->dao, BT * qd);
     ACT(ws->dgate, BT * F), ACT(ws->dup, BT * F), ACT(ws->dact, BT * F);
+    ACT(ws->dq_raw, hd ? BT * qd : 0), ACT(ws->dk_raw, hd ? BT * kvd : 0);
     F32(ws->rope_cos, (size_t)T * half), F32(ws->rope_sin, (size_t)T * half);
     SPEC(ws->ids_local, BT, BUF_HOST_I32), SPEC(ws->valid, BT, BUF_HOST_I32);
     if (!last) return n;
@@ -169,8 +175,11 @@ int dam_model_keep_fits(DamModel *m, int n_slots, int B, int T, size_t budget) {
     return m->keep_acts;
 }
 
+/* A device buffer of no elements (one the model's family does not use, e.g. q_raw without qk_norm)
+ * stays a null DevBuf: nothing to allocate, and no backend has to make sense of a zero-byte buffer. */
 static void specs_alloc(const DamModel *m, const BufSpec *specs, int n, const char *what) {
     for (int i = 0; i < n; i++) {
+        if (specs[i].n == 0 && specs[i].kind != BUF_HOST_I32) continue;
         if (specs[i].kind == BUF_HOST_I32) {
             *(int32_t **)specs[i].ptr = dam_calloc(specs[i].n, sizeof(int32_t), what);
             continue;
@@ -188,7 +197,7 @@ static void specs_free(const DamModel *m, const BufSpec *specs, int n) {
         if (specs[i].kind == BUF_HOST_I32) {
             free(*(int32_t **)specs[i].ptr);
             *(int32_t **)specs[i].ptr = NULL;
-        } else {
+        } else if (!devbuf_null(*(DevBuf *)specs[i].ptr)) {
             m->be->free(m->ctx, (DevBuf *)specs[i].ptr);
         }
     }

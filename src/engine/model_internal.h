@@ -22,16 +22,18 @@ struct ModelComms {
 
 /* Merged (or one source's) weights of the decoder layer being computed, in the activation dtype. */
 typedef struct {
-    DevBuf attn_norm, q, k, v, o, qb, kb, vb, ob, mlp_norm, gate, up, down;
+    DevBuf attn_norm, q, k, v, o, qb, kb, vb, ob, mlp_norm, gate, up, down, q_norm, k_norm;
 } LayerW;
 
-/* One decoder layer's activations: what its backward reads (rstd1, rstd2 and lse are F32, the
- * others in the activation dtype). The workspace holds one set; a run state that keeps activations
- * (DamModel.keep_acts) holds one per layer of the stage, so that the backward skips the recompute. */
-enum { N_ACT = 13 };
+/* One decoder layer's activations: what its backward reads (rstd1, rstd2, lse, rstd_q and rstd_k are
+ * F32, the others in the activation dtype). The workspace holds one set; a run state that keeps
+ * activations (DamModel.keep_acts) holds one per layer of the stage, so that the backward skips the
+ * recompute. With qk_norm (Qwen3), q and k hold the normed and rotated heads and q_raw, k_raw the
+ * projections before the norm with its rstd per token and head; without, those four are empty. */
+enum { N_ACT = 17 };
 typedef union {
     struct {
-        DevBuf xn, rstd1, q, k, v, lse, ao, h1, xn2, rstd2, gate, up, act;
+        DevBuf xn, rstd1, q, k, v, lse, ao, h1, xn2, rstd2, gate, up, act, q_raw, k_raw, rstd_q, rstd_k;
     };
     DevBuf b[N_ACT];
 } LayerAct;
@@ -45,6 +47,7 @@ struct Workspace {
     LayerW w;
     LayerAct a;
     DevBuf dx, dh1, dxn, dxn2, dq, dk, dv, dao, dgate, dup, dact, dnorm, colsum;
+    DevBuf dq_raw, dk_raw; /* qk_norm: the gradient before the q / k norm (else empty) */
     DevBuf dW, final_norm_w, rope_cos, rope_sin;
     DevBuf hid, hid_t;          /* last stage: final-normed hidden of the merged model, of the teachers */
     DevBuf lm_w, lm_t, lm_dW;   /* last stage: [V, d] merged lm_head, teacher lm_head, gradient GEMM */

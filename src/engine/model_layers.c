@@ -31,6 +31,7 @@ void materialize_layer(DamModel *m, int l, int src) {
     materialize_w(m, L->v, src, w->v), materialize_w(m, L->o, src, w->o);
     materialize_w(m, L->q_bias, src, w->qb), materialize_w(m, L->k_bias, src, w->kb);
     materialize_w(m, L->v_bias, src, w->vb), materialize_w(m, L->o_bias, src, w->ob);
+    materialize_w(m, L->q_norm, src, w->q_norm), materialize_w(m, L->k_norm, src, w->k_norm);
     materialize_w(m, L->mlp_norm, src, w->mlp_norm);
     materialize_w(m, L->gate, src, w->gate), materialize_w(m, L->up, src, w->up);
     materialize_w(m, L->down, src, w->down);
@@ -87,18 +88,23 @@ void layer_forward(DamModel *m, const LayerAct *A, const DamLayer *L, DevBuf x_i
     const Backend *be = m->be;
     BackendCtx *cx = m->ctx;
     const ModelConfig *c = &m->cfg;
-    int BT = B * T, d = c->hidden_size, F = c->intermediate_size;
-    int qd = c->num_attention_heads * c->head_dim, kvd = c->num_key_value_heads * c->head_dim;
+    int BT = B * T, d = c->hidden_size, F = c->intermediate_size, hd = c->head_dim;
+    int H = c->num_attention_heads, KV = c->num_key_value_heads, qd = H * hd, kvd = KV * hd;
     LayerW *w = &ws->w;
+    /* Qwen3: the projections go to q_raw / k_raw, and their per-head norm into q / k */
+    DevBuf q = L->q_norm ? A->q_raw : A->q, k = L->k_norm ? A->k_raw : A->k;
     be->rmsnorm_fwd(cx, A->xn, A->rstd1, x_in, w->attn_norm, BT, d, c->rms_norm_eps);
-    be->matmul_xwt(cx, A->q, A->xn, w->q, BT, d, qd, 0);
-    be->matmul_xwt(cx, A->k, A->xn, w->k, BT, d, kvd, 0);
+    be->matmul_xwt(cx, q, A->xn, w->q, BT, d, qd, 0);
+    be->matmul_xwt(cx, k, A->xn, w->k, BT, d, kvd, 0);
     be->matmul_xwt(cx, A->v, A->xn, w->v, BT, d, kvd, 0);
     if (L->q_bias) {
-        be->add_bias(cx, A->q, w->qb, BT, qd);
-        be->add_bias(cx, A->k, w->kb, BT, kvd);
+        be->add_bias(cx, q, w->qb, BT, qd);
+        be->add_bias(cx, k, w->kb, BT, kvd);
         be->add_bias(cx, A->v, w->vb, BT, kvd);
     }
+    if (L->q_norm) /* each head's hd values are one row: BT x heads rows */
+        be->rmsnorm_fwd(cx, A->q, A->rstd_q, q, w->q_norm, BT * H, hd, c->rms_norm_eps);
+    if (L->k_norm) be->rmsnorm_fwd(cx, A->k, A->rstd_k, k, w->k_norm, BT * KV, hd, c->rms_norm_eps);
     be->rope(cx, A->q, ws->rope_cos, ws->rope_sin, BT, T, c->num_attention_heads, c->head_dim, 0);
     be->rope(cx, A->k, ws->rope_cos, ws->rope_sin, BT, T, c->num_key_value_heads, c->head_dim, 0);
     AttnShape s = attn_shape(c, B, T, (int)(L - m->layers));
@@ -221,12 +227,27 @@ static void linear_backward(DamModel *m, DamTensor *t, DevBuf w, DevBuf dx, DevB
     }
 }
 
+/* dx (+)= the norm's input gradient (accumulate: onto the residual's); the weight gradient, summed
+ * over all rows, into t's coefficient gradient. */
 static void norm_backward(DamModel *m, DamTensor *t, DevBuf w, DevBuf dx, DevBuf dout, DevBuf x, DevBuf rstd,
-                          int BT, int d) {
+                          int rows, int d, int accumulate) {
     struct Workspace *ws = m->work;
     m->be->fill(m->ctx, ws->dnorm, 0.0f, (size_t)d);
-    m->be->rmsnorm_bwd(m->ctx, dx, ws->dnorm, dout, x, rstd, w, BT, d, 1);
+    m->be->rmsnorm_bwd(m->ctx, dx, ws->dnorm, dout, x, rstd, w, rows, d, accumulate);
     coef_grad(m, t, ws->dnorm);
+}
+
+/* Qwen3: through the per-head norms of q and k (rows = tokens x heads) to the projections' outputs
+ * dq_raw, dk_raw. On a tp rank the weight gradient covers its own heads: dam_model_reduce_grad sums
+ * it (SPLIT_PER_HEAD). */
+static void qk_norm_backward(DamModel *m, const LayerAct *A, DamLayer *L, int BT) {
+    struct Workspace *ws = m->work;
+    const ModelConfig *c = &m->cfg;
+    int hd = c->head_dim;
+    norm_backward(m, L->q_norm, ws->w.q_norm, ws->dq_raw, ws->dq, A->q_raw, A->rstd_q,
+                  BT * c->num_attention_heads, hd, 0);
+    norm_backward(m, L->k_norm, ws->w.k_norm, ws->dk_raw, ws->dk, A->k_raw, A->rstd_k,
+                  BT * c->num_key_value_heads, hd, 0);
 }
 
 /* Backward of one layer whose activations are in A (kept, or just recomputed): dx_in from dout. */
@@ -246,7 +267,7 @@ static void layer_backward(DamModel *m, const LayerAct *A, DamLayer *L, DevBuf x
     linear_backward(m, L->up, w->up, ws->dxn2, ws->dup, A->xn2, BT, d, F, 1);
     tp_sum(m, ws->dxn2, (size_t)BT * d); /* column-parallel gate/up: input gradient summed */
     be->copy(cx, ws->dh1, dout, (size_t)BT * d);
-    norm_backward(m, L->mlp_norm, w->mlp_norm, ws->dh1, ws->dxn2, A->h1, A->rstd2, BT, d);
+    norm_backward(m, L->mlp_norm, w->mlp_norm, ws->dh1, ws->dxn2, A->h1, A->rstd2, BT, d, 1);
     /* attention: h1 = x + o(attn(rope(q(xn)), rope(k(xn)), v(xn))) */
     bias_grad(m, L->o_bias, ws->dh1, BT, d);
     linear_backward(m, L->o, w->o, ws->dao, ws->dh1, A->ao, BT, qd, d, 0);
@@ -254,15 +275,17 @@ static void layer_backward(DamModel *m, const LayerAct *A, DamLayer *L, DevBuf x
     be->attention_bwd(cx, ws->dq, ws->dk, ws->dv, ws->dao, A->ao, A->lse, A->q, A->k, A->v, &s);
     be->rope(cx, ws->dq, ws->rope_cos, ws->rope_sin, BT, T, c->num_attention_heads, c->head_dim, 1);
     be->rope(cx, ws->dk, ws->rope_cos, ws->rope_sin, BT, T, c->num_key_value_heads, c->head_dim, 1);
-    bias_grad(m, L->q_bias, ws->dq, BT, qd);
-    bias_grad(m, L->k_bias, ws->dk, BT, kvd);
+    if (L->q_norm) qk_norm_backward(m, A, L, BT);
+    DevBuf dq = L->q_norm ? ws->dq_raw : ws->dq, dk = L->k_norm ? ws->dk_raw : ws->dk;
+    bias_grad(m, L->q_bias, dq, BT, qd);
+    bias_grad(m, L->k_bias, dk, BT, kvd);
     bias_grad(m, L->v_bias, ws->dv, BT, kvd);
-    linear_backward(m, L->q, w->q, ws->dxn, ws->dq, A->xn, BT, d, qd, 0);
-    linear_backward(m, L->k, w->k, ws->dxn, ws->dk, A->xn, BT, d, kvd, 1);
+    linear_backward(m, L->q, w->q, ws->dxn, dq, A->xn, BT, d, qd, 0);
+    linear_backward(m, L->k, w->k, ws->dxn, dk, A->xn, BT, d, kvd, 1);
     linear_backward(m, L->v, w->v, ws->dxn, ws->dv, A->xn, BT, d, kvd, 1);
     tp_sum(m, ws->dxn, (size_t)BT * d); /* column-parallel q/k/v */
     be->copy(cx, dx_in, ws->dh1, (size_t)BT * d);
-    norm_backward(m, L->attn_norm, w->attn_norm, dx_in, ws->dxn, x_in, A->rstd1, BT, d);
+    norm_backward(m, L->attn_norm, w->attn_norm, dx_in, ws->dxn, x_in, A->rstd1, BT, d, 1);
 }
 
 /* Each layer from its kept activations or recomputed from its saved input (the merged weights
@@ -277,7 +300,7 @@ void merged_backward(DamModel *m, RunState *rs, const int32_t *ids, int B, int T
         m->be->fill(m->ctx, grad_out, 0.0f, BT * d);
         materialize_w(m, m->final_norm, -1, ws->final_norm_w); /* a teacher's may be there */
         norm_backward(m, m->final_norm, ws->final_norm_w, grad_out, rs->dhid, layer_view(m, rs, nl, BT),
-                      rs->rstd_f, (int)BT, (int)d);
+                      rs->rstd_f, (int)BT, (int)d, 1);
     } /* else the pipeline received the next stage's gradient into grad_out */
     for (int i = nl - 1; i >= 0; i--) {
         DevBuf x_in = layer_view(m, rs, i, BT);

@@ -39,12 +39,47 @@ static const ArchTensorDef llama_tensors[] = {
     {"lm_head.weight", PLACE_AFTER, ROLE_LM_HEAD, DT_LINEAR, SPLIT_ROWS, DIM_VOCAB, DIM_HIDDEN, WHEN_UNTIED},
 };
 
+/* Qwen3: Llama's layer without the MLP biases (Qwen3MLP has none) plus the per-head RMSNorms of q and
+ * k, whole on every tp rank (each rank normalizes its own heads with the one [head_dim] weight). */
+static const ArchTensorDef qwen3_tensors[] = {
+    /* name, place, role, kind, split, rows, cols, when */
+    {"model.embed_tokens.weight", PLACE_BEFORE, ROLE_EMBED, DT_EMBED, SPLIT_ROWS, DIM_VOCAB, DIM_HIDDEN,
+     WHEN_ALWAYS},
+    {"input_layernorm.weight", PLACE_LAYER, ROLE_ATTN_NORM, DT_NORM, SPLIT_NONE, DIM_ONE, DIM_HIDDEN,
+     WHEN_ALWAYS},
+    {"self_attn.q_proj.weight", PLACE_LAYER, ROLE_Q, DT_LINEAR, SPLIT_ROWS, DIM_Q, DIM_HIDDEN, WHEN_ALWAYS},
+    {"self_attn.k_proj.weight", PLACE_LAYER, ROLE_K, DT_LINEAR, SPLIT_ROWS, DIM_KV, DIM_HIDDEN, WHEN_ALWAYS},
+    {"self_attn.v_proj.weight", PLACE_LAYER, ROLE_V, DT_LINEAR, SPLIT_ROWS, DIM_KV, DIM_HIDDEN, WHEN_ALWAYS},
+    {"self_attn.q_proj.bias", PLACE_LAYER, ROLE_Q_BIAS, DT_BIAS, SPLIT_ROWS, DIM_ONE, DIM_Q,
+     WHEN_ATTENTION_BIAS},
+    {"self_attn.k_proj.bias", PLACE_LAYER, ROLE_K_BIAS, DT_BIAS, SPLIT_ROWS, DIM_ONE, DIM_KV,
+     WHEN_ATTENTION_BIAS},
+    {"self_attn.v_proj.bias", PLACE_LAYER, ROLE_V_BIAS, DT_BIAS, SPLIT_ROWS, DIM_ONE, DIM_KV,
+     WHEN_ATTENTION_BIAS},
+    {"self_attn.q_norm.weight", PLACE_LAYER, ROLE_Q_NORM, DT_NORM, SPLIT_PER_HEAD, DIM_ONE, DIM_HEAD,
+     WHEN_ALWAYS},
+    {"self_attn.k_norm.weight", PLACE_LAYER, ROLE_K_NORM, DT_NORM, SPLIT_PER_HEAD, DIM_ONE, DIM_HEAD,
+     WHEN_ALWAYS},
+    {"self_attn.o_proj.weight", PLACE_LAYER, ROLE_O, DT_LINEAR, SPLIT_COLS, DIM_HIDDEN, DIM_Q, WHEN_ALWAYS},
+    {"self_attn.o_proj.bias", PLACE_LAYER, ROLE_O_BIAS, DT_BIAS, SPLIT_NONE, DIM_ONE, DIM_HIDDEN,
+     WHEN_O_BIAS},
+    {"post_attention_layernorm.weight", PLACE_LAYER, ROLE_MLP_NORM, DT_NORM, SPLIT_NONE, DIM_ONE, DIM_HIDDEN,
+     WHEN_ALWAYS},
+    {"mlp.gate_proj.weight", PLACE_LAYER, ROLE_GATE, DT_LINEAR, SPLIT_ROWS, DIM_FFN, DIM_HIDDEN, WHEN_ALWAYS},
+    {"mlp.up_proj.weight", PLACE_LAYER, ROLE_UP, DT_LINEAR, SPLIT_ROWS, DIM_FFN, DIM_HIDDEN, WHEN_ALWAYS},
+    {"mlp.down_proj.weight", PLACE_LAYER, ROLE_DOWN, DT_LINEAR, SPLIT_COLS, DIM_HIDDEN, DIM_FFN, WHEN_ALWAYS},
+    {"model.norm.weight", PLACE_AFTER, ROLE_FINAL_NORM, DT_NORM, SPLIT_NONE, DIM_ONE, DIM_HIDDEN,
+     WHEN_ALWAYS},
+    {"lm_head.weight", PLACE_AFTER, ROLE_LM_HEAD, DT_LINEAR, SPLIT_ROWS, DIM_VOCAB, DIM_HIDDEN, WHEN_UNTIED},
+};
+
 /* The table of an architecture: a ModelArch without a case here is a -Wswitch warning. */
 static const ArchTensorDef *family_table(ModelArch arch, int *n) {
     switch (arch) {
     case ARCH_LLAMA:
     case ARCH_MISTRAL:
     case ARCH_QWEN2: *n = N_OF(llama_tensors); return llama_tensors;
+    case ARCH_QWEN3: *n = N_OF(qwen3_tensors); return qwen3_tensors;
     }
     *n = 0; /* not reached: hfconfig.c accepts only the architectures above */
     return NULL;
@@ -53,6 +88,7 @@ static const ArchTensorDef *family_table(ModelArch arch, int *n) {
 static int64_t dim_of(const ModelConfig *c, ArchDim d) {
     switch (d) {
     case DIM_ONE: return 1;
+    case DIM_HEAD: return c->head_dim;
     case DIM_HIDDEN: return c->hidden_size;
     case DIM_Q: return (int64_t)c->num_attention_heads * c->head_dim;
     case DIM_KV: return (int64_t)c->num_key_value_heads * c->head_dim;
@@ -118,7 +154,7 @@ TensorShare arch_share(DamTensorKind kind, TensorSplit split, size_t rows, size_
     s.dim = bias ? 1 : (int)s.cols;
     s.coef_full = bias ? 1 : (int)cols;
     s.coef_off = !bias && s.cols != cols ? (int)(rank * s.cols) : 0;
-    s.grad_partial = tp > 1 && split == SPLIT_ROWS;
+    s.grad_partial = tp > 1 && (split == SPLIT_ROWS || split == SPLIT_PER_HEAD);
     s.first = (s.rows != rows ? rank * s.rows * cols : 0) + (s.cols != cols ? rank * s.cols : 0);
     return s;
 }

@@ -17,11 +17,19 @@ typedef enum { DT_LINEAR = 0, DT_EMBED = 1, DT_NORM = 2, DT_BIAS = 3 } DamTensor
  * their output rows (coefficients over the input stay whole, their gradients are partial sums),
  * row-parallel layers split their input columns (coefficients split with them). A bias of a
  * column-parallel layer is SPLIT_ROWS and splits along its only axis. */
-typedef enum { SPLIT_NONE = 0, SPLIT_ROWS = 1, SPLIT_COLS = 2 } TensorSplit;
+typedef enum {
+    SPLIT_NONE = 0,
+    SPLIT_ROWS = 1,
+    SPLIT_COLS = 2,
+    /* Whole on every rank but applied to the rank's own heads only (Qwen3's q_norm / k_norm,
+     * transformers' replicated_with_grad_allreduce): its gradients are partial sums over tp. */
+    SPLIT_PER_HEAD = 3
+} TensorSplit;
 
 /* A length of a tensor's shape, in terms of config.json. */
 typedef enum {
     DIM_ONE,    /* 1: the rows of a norm or bias, stored as 2-D */
+    DIM_HEAD,   /* head_dim */
     DIM_HIDDEN, /* hidden_size */
     DIM_Q,      /* num_attention_heads * head_dim */
     DIM_KV,     /* num_key_value_heads * head_dim */
@@ -54,6 +62,8 @@ typedef enum {
     ROLE_Q_BIAS,
     ROLE_K_BIAS,
     ROLE_V_BIAS,
+    ROLE_Q_NORM, /* Qwen3: per-head RMSNorm of q, k before RoPE */
+    ROLE_K_NORM,
     ROLE_O,
     ROLE_O_BIAS,
     ROLE_MLP_NORM,

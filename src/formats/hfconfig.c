@@ -1,9 +1,9 @@
 /* hfconfig.c — see hfconfig.h.
  *
- * Defaults follow transformers' LlamaConfig / MistralConfig / Qwen2Config (v5): a field absent from
- * config.json takes the dataclass default of its architecture, and a field written as null takes
- * what __post_init__ derives (e.g. num_key_value_heads null -> num_attention_heads). The two are
- * not always the same: Mistral's num_key_value_heads defaults to 8 when absent, Qwen2's to 32. */
+ * Defaults follow transformers' LlamaConfig / MistralConfig / Qwen2Config / Qwen3Config (v5): a field absent
+ * from config.json takes the dataclass default of its architecture, and a field written as null takes what
+ * __post_init__ derives (e.g. num_key_value_heads null -> num_attention_heads). The two are not always the
+ * same: Mistral's num_key_value_heads defaults to 8 when absent, Qwen2's to 32. */
 #include "hfconfig.h"
 
 #include <cJSON.h>
@@ -26,13 +26,19 @@ typedef struct {
     ModelArch arch;
     int default_kv_heads; /* when the key is absent; 0 = num_attention_heads */
     int default_max_positions;
+    int default_head_dim; /* when the key is absent; 0 = hidden_size / num_attention_heads */
 } ArchDefaults;
 
 static const ArchDefaults arch_table[] = {
-    {"LlamaForCausalLM", ARCH_LLAMA, 0, 2048},
-    {"MistralForCausalLM", ARCH_MISTRAL, 8, 4096 * 32},
-    {"Qwen2ForCausalLM", ARCH_QWEN2, 32, 32768},
+    {"LlamaForCausalLM", ARCH_LLAMA, 0, 2048, 0},
+    {"MistralForCausalLM", ARCH_MISTRAL, 8, 4096 * 32, 0},
+    {"Qwen2ForCausalLM", ARCH_QWEN2, 32, 32768, 0},
+    {"Qwen3ForCausalLM", ARCH_QWEN3, 32, 32768, 128}, /* Qwen3Config's head_dim: int = 128 */
 };
+
+/* Mixture-of-experts families: their experts and router have no place in a dense merge. */
+static const char *const moe_architectures[] = {"MixtralForCausalLM", "Qwen2MoeForCausalLM",
+                                                "Qwen3MoeForCausalLM"};
 
 static void copy_str(char *dst, size_t cap, const char *src, const char *what, const char *field) {
     if (strlen(src) >= cap) dam_fail("%s: field '%s': '%s' is too long", what, field, src);
@@ -45,6 +51,11 @@ static const ArchDefaults *parse_architecture(ModelConfig *c, const cJSON *root,
     if (!cJSON_IsArray(archs) || !cJSON_IsString(archs->child))
         dam_fail("%s: field 'architectures': expected a list of strings", what);
     const char *name = archs->child->valuestring;
+    for (size_t i = 0; i < sizeof moe_architectures / sizeof *moe_architectures; i++)
+        if (strcmp(name, moe_architectures[i]) == 0)
+            dam_fail("%s: field 'architectures': %s is a mixture-of-experts model, which dam_dist does not "
+                     "merge",
+                     what, name);
     for (size_t i = 0; i < sizeof arch_table / sizeof *arch_table; i++)
         if (strcmp(name, arch_table[i].architecture) == 0) {
             copy_str(c->architecture, sizeof c->architecture, name, what, "architectures");
@@ -52,7 +63,7 @@ static const ArchDefaults *parse_architecture(ModelConfig *c, const cJSON *root,
             return &arch_table[i];
         }
     dam_fail("%s: field 'architectures': unsupported architecture %s (dam_dist supports LlamaForCausalLM, "
-             "MistralForCausalLM, Qwen2ForCausalLM)",
+             "MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM)",
              what, name);
 }
 
@@ -155,24 +166,53 @@ static void parse_rope(ModelConfig *c, const cJSON *root, const char *what) {
     }
 }
 
+/* Qwen3's layer_types (transformers 5 writes it): one "full_attention" or "sliding_attention" per
+ * layer. Qwen3Attention slides only where the type says so and config.sliding_window is set, i.e.
+ * with use_sliding_window. The engine slides the layers from max_window_layers on, so with a window
+ * the sliding layers must be the last ones; they set max_window_layers (none sliding: no window). */
+static void parse_layer_types(ModelConfig *c, const cJSON *types, const char *what) {
+    if (!cJSON_IsArray(types) || cJSON_GetArraySize(types) != c->num_hidden_layers)
+        dam_fail("%s: field 'layer_types': expected a list of %d strings (one per layer)", what,
+                 c->num_hidden_layers);
+    int first_sliding = c->num_hidden_layers, i = 0;
+    for (const cJSON *t = types->child; t; t = t->next, i++) {
+        int sliding = cJSON_IsString(t) && strcmp(t->valuestring, "sliding_attention") == 0;
+        if (!sliding && !(cJSON_IsString(t) && strcmp(t->valuestring, "full_attention") == 0))
+            dam_fail("%s: field 'layer_types': entry %d is not \"full_attention\" or \"sliding_attention\" "
+                     "(the only layer types dam_dist supports)",
+                     what, i);
+        if (sliding && first_sliding > i) first_sliding = i;
+        if (c->sliding_window && !sliding && first_sliding < i)
+            dam_fail(
+                "%s: field 'layer_types': full attention in layer %d after sliding attention in layer %d; "
+                "dam_dist supports sliding attention only in the last layers",
+                what, i, first_sliding);
+    }
+    if (!c->sliding_window) return; /* checked, but without a window no layer slides */
+    if (first_sliding == c->num_hidden_layers) c->sliding_window = 0;
+    c->max_window_layers = c->sliding_window ? first_sliding : 0;
+}
+
 static void parse_sliding_window(ModelConfig *c, const cJSON *root, const char *what) {
     c->sliding_window = 0;
     c->max_window_layers = 0;
     if (c->arch == ARCH_MISTRAL) {
         c->sliding_window = int_absent_or_null(root, "sliding_window", 4096, 0, what);
-    } else if (c->arch == ARCH_QWEN2 && json_opt_bool(root, "use_sliding_window", 0)) {
+    } else if ((c->arch == ARCH_QWEN2 || c->arch == ARCH_QWEN3) &&
+               json_opt_bool(root, "use_sliding_window", 0)) {
         c->sliding_window = int_absent_or_null(root, "sliding_window", 4096, 0, what);
         c->max_window_layers = json_opt_int_range(root, "max_window_layers", 28, 0, HF_MAX_SIZE);
     }
+    const cJSON *types = cJSON_GetObjectItemCaseSensitive(root, "layer_types");
+    if (c->arch == ARCH_QWEN3 && types && !cJSON_IsNull(types)) parse_layer_types(c, types, what);
 }
 
 static void parse_biases(ModelConfig *c, const cJSON *root) {
     c->attention_bias = c->o_bias = c->mlp_bias = 0;
-    if (c->arch == ARCH_QWEN2) c->attention_bias = 1; /* hard-wired in Qwen2Attention, not in config */
-    if (c->arch == ARCH_LLAMA) {
+    if (c->arch == ARCH_QWEN2) c->attention_bias = 1;   /* hard-wired in Qwen2Attention, not in config */
+    if (c->arch == ARCH_LLAMA || c->arch == ARCH_QWEN3) /* Qwen3Attention: bias on q, k, v and o */
         c->attention_bias = c->o_bias = json_opt_bool(root, "attention_bias", 0);
-        c->mlp_bias = json_opt_bool(root, "mlp_bias", 0);
-    }
+    if (c->arch == ARCH_LLAMA) c->mlp_bias = json_opt_bool(root, "mlp_bias", 0);
 }
 
 /* Parameters in double: every later count is int64, so a config whose sizes multiply past any
@@ -218,7 +258,10 @@ static void parse_root(ModelConfig *c, const cJSON *root, const char *what) {
     int H = c->num_attention_heads;
     c->num_key_value_heads = int_absent_or_null(root, "num_key_value_heads",
                                                 ad->default_kv_heads ? ad->default_kv_heads : H, H, what);
-    c->head_dim = int_absent_or_null(root, "head_dim", c->hidden_size / H, c->hidden_size / H, what);
+    c->head_dim =
+        int_absent_or_null(root, "head_dim", ad->default_head_dim ? ad->default_head_dim : c->hidden_size / H,
+                           c->hidden_size / H, what);
+    c->qk_norm = c->arch == ARCH_QWEN3;
     c->max_position_embeddings =
         json_opt_int_range(root, "max_position_embeddings", ad->default_max_positions, 1, 1 << 30);
     c->rms_norm_eps = (float)positive_number(root, "rms_norm_eps", NULL, 1e-6, 0, what);
@@ -283,6 +326,7 @@ void hfconfig_check_same(const ModelConfig *a, const char *an, const ModelConfig
     SAME_INT(mlp_bias);
     SAME_INT(sliding_window);
     SAME_INT(max_window_layers);
+    SAME_INT(qk_norm);
     SAME_NUM(rms_norm_eps);
     SAME_NUM(rope_theta);
     SAME_INT(rope_type);

@@ -1,13 +1,14 @@
 /* hfconfig.h — the architecture of one Hugging Face model, read from its config.json.
  *
- * Supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM (decoder-only, SwiGLU MLP,
- * RMSNorm, rotary embeddings, grouped-query attention). */
+ * Supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM (decoder-only,
+ * SwiGLU MLP, RMSNorm, rotary embeddings, grouped-query attention; Qwen3 adds a per-head RMSNorm of q
+ * and k). */
 #ifndef DAM_HFCONFIG_H
 #define DAM_HFCONFIG_H
 
 #include <stdint.h>
 
-typedef enum { ARCH_LLAMA = 0, ARCH_MISTRAL = 1, ARCH_QWEN2 = 2 } ModelArch;
+typedef enum { ARCH_LLAMA = 0, ARCH_MISTRAL = 1, ARCH_QWEN2 = 2, ARCH_QWEN3 = 3 } ModelArch;
 typedef enum { ROPE_DEFAULT = 0, ROPE_LLAMA3 = 1, ROPE_LINEAR = 2 } RopeType;
 
 typedef struct {
@@ -20,7 +21,7 @@ typedef struct {
     int num_hidden_layers;   /* L */
     int num_attention_heads; /* H */
     int num_key_value_heads; /* KV (== H when absent) */
-    int head_dim;            /* hd (hidden_size / H when absent or null) */
+    int head_dim;            /* hd (hidden_size / H when absent or null; Qwen3: 128 when absent) */
     int max_position_embeddings;
     float rms_norm_eps;
     double rope_theta; /* default 10000 */
@@ -29,11 +30,12 @@ typedef struct {
     double rope_low_freq_factor, rope_high_freq_factor; /* llama3 */
     int rope_original_max_position_embeddings;          /* llama3 */
     int tie_word_embeddings; /* default false for Llama/Mistral/Qwen2 as in transformers */
-    int attention_bias;      /* q,k,v biases: Qwen2 always; Llama when attention_bias is true */
-    int o_bias;              /* o_proj bias: Llama attention_bias also adds it */
+    int attention_bias;      /* q,k,v biases: Qwen2 always; Llama, Qwen3 when attention_bias is true */
+    int o_bias;              /* o_proj bias: Llama's and Qwen3's attention_bias also adds it */
     int mlp_bias;            /* Llama mlp_bias */
-    int sliding_window;      /* 0 = none (Mistral: config value; Qwen2: only when use_sliding_window) */
-    int max_window_layers;   /* Qwen2 with a window: only layers >= this use it (0 = all layers) */
+    int sliding_window;    /* 0 = none (Mistral: config value; Qwen2, Qwen3: only when use_sliding_window) */
+    int max_window_layers; /* Qwen2/3 with a window: only layers >= this use it (0 = all layers) */
+    int qk_norm;           /* Qwen3: RMSNorm over head_dim of each head of q and k, before RoPE */
     int bos_token_id, eos_token_id, pad_token_id; /* -1 when absent (first one when a list) */
     char hidden_act[16];                          /* must be "silu" */
 } ModelConfig;

@@ -11,7 +11,8 @@
 #      send ending, within DAM_NCCL_TIMEOUT_S, in one line naming the peer;
 #   3. the tiny toy merge with parallel.device "cuda": 1 rank, dp2, pp2 and tp2 (NCCL transport),
 #      each against the CPU backend's run with parallel.cpu_matmul "bf16" (fp32 where oneDNN has no
-#      bf16 GEMM) within tests/cuda/compare_runs.py's bf16 tolerances.
+#      bf16 GEMM) within tests/cuda/compare_runs.py's bf16 tolerances; the same toy as Qwen3
+#      (`toy --arch qwen3`: per-head q/k norms) on 1 rank and tp2.
 # One OK / NOT OK line per case, then "cuda-emu-test: N passed, N failed"; exit status 1 on a failure.
 set -u
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
@@ -58,35 +59,42 @@ for mode in no-recv no-send; do
   fi
 done
 
-# ---- 3. the toy merges, emulated CUDA against the CPU backend
-"$CPU_BIN" toy --out "$T/toy" --size tiny --models 2 --seed 3 > /dev/null 2>&1 || { bad "toy"; exit 1; }
-# 2 micro-batches of 1 row (dp=2 is then a valid layout), 6 steps; the same settings for every run
-sed -i 's/"micro_batches": 1/"micro_batches": 2/; s/"batch_size": 2/"batch_size": 1/; s/"steps": 12/"steps": 6/' \
-  "$T/toy/config.json"
+# ---- 3. the toy merges, emulated CUDA against the CPU backend: the Llama toy in every layout, the
+# Qwen3 toy (per-head q/k norms, their tp-partial gradients) on 1 rank and tp2
 matmul=bf16
 grep -q avx512_bf16 /proc/cpuinfo 2> /dev/null || matmul=fp32
-layout() { # layout NAME DEVICE DP PP TP
-  sed "s/\"seed\": 1}/\"seed\": 1}, \"parallel\": {\"dp\": $3, \"pp\": $4, \"tp\": $5, \"device\": \"$2\", \"cpu_matmul\": \"$matmul\"}/" \
-    "$T/toy/config.json" > "$T/toy/$1.json"
-}
-layout cpu cpu 1 1 1
-if ! "$CPU_BIN" --config "$T/toy/cpu.json" --out "$T/cpu" > "$T/cpu.log" 2>&1; then
-  bad "the CPU reference run: $(grep -m1 error "$T/cpu.log")"
-fi
-for l in "one 1 1 1 1" "dp2 2 2 1 1" "pp2 2 1 2 1" "tp2 2 1 1 2"; do
-  set -- $l
-  layout "$1" cuda "$3" "$4" "$5"
-  if [ "$2" = 1 ]; then cmd=(timeout 600 "$EMU/dam_dist"); else cmd=($MPI -n "$2" "$EMU/dam_dist"); fi
-  if "${cmd[@]}" --config "$T/toy/$1.json" --out "$T/$1" > "$T/$1.log" 2>&1; then
-    if grep -q "backend cuda" "$T/$1.log" && python3 tests/cuda/compare_runs.py "$T/cpu.log" "$T/$1.log" "$T/cpu" "$T/$1" > "$T/cmp.txt"; then
-      ok "toy $1 (dp=$3 pp=$4 tp=$5) on emulated CUDA = the CPU's cpu_matmul $matmul run: $(tr '\n' ' ' < "$T/cmp.txt" | sed 's/OK      //g' | cut -c1-200)"
-    else
-      bad "toy $1 against the CPU: $(tr '\n' ' ' < "$T/cmp.txt" | cut -c1-300)"
-    fi
-  else
-    bad "toy $1: $(grep -m2 -E 'error' "$T/$1.log" | tr '\n' ' ' | cut -c1-300)"
+toy_runs() { # toy_runs ARCH "NAME RANKS DP PP TP"...
+  local arch=$1 D="$T/$1"
+  shift
+  "$CPU_BIN" toy --out "$D/toy" --size tiny --models 2 --seed 3 --arch "$arch" > /dev/null 2>&1 || { bad "toy --arch $arch"; return; }
+  # 2 micro-batches of 1 row (dp=2 is then a valid layout), 6 steps; the same settings for every run
+  sed -i 's/"micro_batches": 1/"micro_batches": 2/; s/"batch_size": 2/"batch_size": 1/; s/"steps": 12/"steps": 6/' \
+    "$D/toy/config.json"
+  layout() { # layout NAME DEVICE DP PP TP
+    sed "s/\"seed\": 1}/\"seed\": 1}, \"parallel\": {\"dp\": $3, \"pp\": $4, \"tp\": $5, \"device\": \"$2\", \"cpu_matmul\": \"$matmul\"}/" \
+      "$D/toy/config.json" > "$D/toy/$1.json"
+  }
+  layout cpu cpu 1 1 1
+  if ! "$CPU_BIN" --config "$D/toy/cpu.json" --out "$D/cpu" > "$D/cpu.log" 2>&1; then
+    bad "the CPU reference run ($arch): $(grep -m1 error "$D/cpu.log")"
   fi
-done
+  for l in "$@"; do
+    set -- $l
+    layout "$1" cuda "$3" "$4" "$5"
+    if [ "$2" = 1 ]; then cmd=(timeout 600 "$EMU/dam_dist"); else cmd=($MPI -n "$2" "$EMU/dam_dist"); fi
+    if "${cmd[@]}" --config "$D/toy/$1.json" --out "$D/$1" > "$D/$1.log" 2>&1; then
+      if grep -q "backend cuda" "$D/$1.log" && python3 tests/cuda/compare_runs.py "$D/cpu.log" "$D/$1.log" "$D/cpu" "$D/$1" > "$D/cmp.txt"; then
+        ok "$arch toy $1 (dp=$3 pp=$4 tp=$5) on emulated CUDA = the CPU's cpu_matmul $matmul run: $(tr '\n' ' ' < "$D/cmp.txt" | sed 's/OK      //g' | cut -c1-200)"
+      else
+        bad "$arch toy $1 against the CPU: $(tr '\n' ' ' < "$D/cmp.txt" | cut -c1-300)"
+      fi
+    else
+      bad "$arch toy $1: $(grep -m2 -E 'error' "$D/$1.log" | tr '\n' ' ' | cut -c1-300)"
+    fi
+  done
+}
+toy_runs llama "one 1 1 1 1" "dp2 2 2 1 1" "pp2 2 1 2 1" "tp2 2 1 1 2"
+toy_runs qwen3 "one 1 1 1 1" "tp2 2 1 1 2"
 
 echo "cuda-emu-test: took $(($(date +%s) - t0)) s"
 echo "cuda-emu-test: $pass passed, $fail failed"
