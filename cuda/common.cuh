@@ -165,6 +165,19 @@ __device__ __forceinline__ void stf(void *p, int dt, size_t i, float v) {
 
 /* ---------------------------------------------------------------- launch shapes */
 
+/* CUDA's limit on gridDim.y and gridDim.z. Launches whose y extent comes from a data size (row
+ * chunks) cap it here and loop over their chunks with stride gridDim.y; the emulated build
+ * (cuda/emu/emu.mk) sets it small so that check_kernels' small inputs take the strided path. */
+#ifndef DAM_CUDA_GRID_Y_MAX
+#define DAM_CUDA_GRID_Y_MAX 65535
+#endif
+
+/* gridDim.y for `chunks` row chunks: all of them, or the cap (the kernel strides over the rest) */
+static inline unsigned grid_y_for(size_t chunks) {
+    size_t g = chunks < (size_t)DAM_CUDA_GRID_Y_MAX ? chunks : (size_t)DAM_CUDA_GRID_Y_MAX;
+    return (unsigned)(g ? g : 1);
+}
+
 static inline unsigned grid_for(size_t n, int threads) {
     size_t g = (n + threads - 1) / threads;
     if (g > 65535u * 16u) g = 65535u * 16u; /* grid-stride loops cover the rest */

@@ -107,68 +107,75 @@ enum { CG_THREADS = 256, CG_ROWS = 64 };
 __global__ void k_coef_grad(float *acc, SrcSet s, const void *g, int gdt, const int32_t *ids, size_t rows,
                             size_t cols, int scalar) {
     size_t j = (size_t)blockIdx.x * CG_THREADS + threadIdx.x;
-    size_t r0 = (size_t)blockIdx.y * CG_ROWS, r1 = r0 + CG_ROWS < rows ? r0 + CG_ROWS : rows;
-    float sum[DAM_SRC_MAX];
+    /* chunks blockIdx.y, +gridDim.y, ... (gridDim.y is capped); the count is the same for every thread
+     * of the block, as block_sum needs */
+    for (size_t r0 = (size_t)blockIdx.y * CG_ROWS; r0 < rows; r0 += (size_t)gridDim.y * CG_ROWS) {
+        size_t r1 = r0 + CG_ROWS < rows ? r0 + CG_ROWS : rows;
+        float sum[DAM_SRC_MAX];
 #pragma unroll
-    for (int i = 0; i < DAM_SRC_MAX; i++) sum[i] = 0.0f;
-    if (j < cols)
-        for (size_t r = r0; r < r1; r++) {
-            long long wr = ids ? (long long)ids[r] : (long long)r;
-            if (wr < 0) continue;
-            float gv = ldf(g, gdt, r * cols + j);
+        for (int i = 0; i < DAM_SRC_MAX; i++) sum[i] = 0.0f;
+        if (j < cols)
+            for (size_t r = r0; r < r1; r++) {
+                long long wr = ids ? (long long)ids[r] : (long long)r;
+                if (wr < 0) continue;
+                float gv = ldf(g, gdt, r * cols + j);
 #pragma unroll
-            for (int i = 0; i < DAM_SRC_MAX; i++)
-                if (i < s.n) sum[i] += gv * ldf(s.w[i], s.dt[i], (size_t)wr * s.ld[i] + j);
-        }
+                for (int i = 0; i < DAM_SRC_MAX; i++)
+                    if (i < s.n) sum[i] += gv * ldf(s.w[i], s.dt[i], (size_t)wr * s.ld[i] + j);
+            }
 #pragma unroll
-    for (int i = 0; i < DAM_SRC_MAX; i++) {
-        if (i >= s.n) break;
-        if (scalar) {
-            float b = block_sum(sum[i]);
-            if (threadIdx.x == 0) atomicAdd(&acc[i], b);
-        } else if (j < cols) {
-            atomicAdd(&acc[(size_t)i * cols + j], sum[i]);
+        for (int i = 0; i < DAM_SRC_MAX; i++) {
+            if (i >= s.n) break;
+            if (scalar) {
+                float b = block_sum(sum[i]);
+                if (threadIdx.x == 0) atomicAdd(&acc[i], b);
+            } else if (j < cols) {
+                atomicAdd(&acc[(size_t)i * cols + j], sum[i]);
+            }
         }
     }
 }
 
 /* The bandwidth path: NS bf16 sources and a bf16 G, 8 columns (16 bytes) per thread, NS known at
- * compile time so that the NS x 8 sums stay in registers. */
+ * compile time so that the NS x 8 sums stay in registers. Chunks strided as k_coef_grad's. */
 template <int NS>
 __global__ void k_coef_grad_bf16x8(float *acc, SrcSet s, const __nv_bfloat16 *g, const int32_t *ids,
                                    size_t rows, size_t cols, int scalar) {
     size_t j = ((size_t)blockIdx.x * CG_THREADS + threadIdx.x) * 8;
-    size_t r0 = (size_t)blockIdx.y * CG_ROWS, r1 = r0 + CG_ROWS < rows ? r0 + CG_ROWS : rows;
-    float sum[NS][8];
+    for (size_t r0 = (size_t)blockIdx.y * CG_ROWS; r0 < rows; r0 += (size_t)gridDim.y * CG_ROWS) {
+        size_t r1 = r0 + CG_ROWS < rows ? r0 + CG_ROWS : rows;
+        float sum[NS][8];
 #pragma unroll
-    for (int i = 0; i < NS; i++)
+        for (int i = 0; i < NS; i++)
 #pragma unroll
-        for (int k = 0; k < 8; k++) sum[i][k] = 0.0f;
-    if (j < cols)
-        for (size_t r = r0; r < r1; r++) {
-            long long wr = ids ? (long long)ids[r] : (long long)r;
-            if (wr < 0) continue;
-            uint4 graw = *(const uint4 *)(g + r * cols + j);
-            const __nv_bfloat16 *gh = (const __nv_bfloat16 *)&graw;
+            for (int k = 0; k < 8; k++) sum[i][k] = 0.0f;
+        if (j < cols)
+            for (size_t r = r0; r < r1; r++) {
+                long long wr = ids ? (long long)ids[r] : (long long)r;
+                if (wr < 0) continue;
+                uint4 graw = *(const uint4 *)(g + r * cols + j);
+                const __nv_bfloat16 *gh = (const __nv_bfloat16 *)&graw;
 #pragma unroll
-            for (int i = 0; i < NS; i++) {
-                uint4 wraw = *(const uint4 *)((const __nv_bfloat16 *)s.w[i] + (size_t)wr * s.ld[i] + j);
-                const __nv_bfloat16 *wh = (const __nv_bfloat16 *)&wraw;
+                for (int i = 0; i < NS; i++) {
+                    uint4 wraw = *(const uint4 *)((const __nv_bfloat16 *)s.w[i] + (size_t)wr * s.ld[i] + j);
+                    const __nv_bfloat16 *wh = (const __nv_bfloat16 *)&wraw;
 #pragma unroll
-                for (int k = 0; k < 8; k++) sum[i][k] += __bfloat162float(gh[k]) * __bfloat162float(wh[k]);
+                    for (int k = 0; k < 8; k++)
+                        sum[i][k] += __bfloat162float(gh[k]) * __bfloat162float(wh[k]);
+                }
             }
-        }
 #pragma unroll
-    for (int i = 0; i < NS; i++) {
-        if (scalar) {
-            float t = 0.0f;
+        for (int i = 0; i < NS; i++) {
+            if (scalar) {
+                float t = 0.0f;
 #pragma unroll
-            for (int k = 0; k < 8; k++) t += sum[i][k];
-            t = block_sum(t);
-            if (threadIdx.x == 0) atomicAdd(&acc[i], t);
-        } else if (j < cols) {
+                for (int k = 0; k < 8; k++) t += sum[i][k];
+                t = block_sum(t);
+                if (threadIdx.x == 0) atomicAdd(&acc[i], t);
+            } else if (j < cols) {
 #pragma unroll
-            for (int k = 0; k < 8; k++) atomicAdd(&acc[(size_t)i * cols + j + k], sum[i][k]);
+                for (int k = 0; k < 8; k++) atomicAdd(&acc[(size_t)i * cols + j + k], sum[i][k]);
+            }
         }
     }
 }
@@ -176,11 +183,10 @@ __global__ void k_coef_grad_bf16x8(float *acc, SrcSet s, const __nv_bfloat16 *g,
 static void coef_grad_launch(BackendCtx *ctx, DevBuf acc, SrcSet s, DevBuf g, const int32_t *ids, size_t rows,
                              size_t cols, int scalar) {
     if (rows == 0 || cols == 0) return;
-    size_t by = (rows + CG_ROWS - 1) / CG_ROWS;
-    if (by > 65535) dam_fail("cuda dam_coef_grad: %zu rows (at most %d supported)", rows, 65535 * CG_ROWS);
+    unsigned by = grid_y_for((rows + CG_ROWS - 1) / CG_ROWS); /* more chunks: the kernels stride */
     int vec = s.all_bf16 && s.n <= 4 && g.dtype == DAM_BF16 && ((uintptr_t)g.ptr & 15) == 0;
     if (vec) {
-        dim3 grid((unsigned)((cols / 8 + CG_THREADS - 1) / CG_THREADS), (unsigned)by);
+        dim3 grid((unsigned)((cols / 8 + CG_THREADS - 1) / CG_THREADS), by);
         float *a = (float *)acc.ptr;
         const __nv_bfloat16 *gp = (const __nv_bfloat16 *)g.ptr;
         switch (s.n) {
@@ -202,7 +208,7 @@ static void coef_grad_launch(BackendCtx *ctx, DevBuf acc, SrcSet s, DevBuf g, co
             break;
         }
     } else {
-        dim3 grid((unsigned)((cols + CG_THREADS - 1) / CG_THREADS), (unsigned)by);
+        dim3 grid((unsigned)((cols + CG_THREADS - 1) / CG_THREADS), by);
         LAUNCH(k_coef_grad, grid, CG_THREADS, 0, ctx->stream)
         ((float *)acc.ptr, s, g.ptr, dtcode(g.dtype), ids, rows, cols, scalar);
     }

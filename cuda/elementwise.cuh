@@ -25,15 +25,19 @@ __global__ void k_add_bias(void *y, int ydt, const void *b, int bdt, int T, int 
     GRID_STRIDE(i, n) stf(y, ydt, i, ldf(y, ydt, i) + ldf(b, bdt, i % out));
 }
 
-/* out[o] = Σ_t dy[t, o]: one thread per column, rows in chunks, one atomicAdd per chunk */
+/* out[o] = Σ_t dy[t, o]: one thread per column, rows in chunks, one atomicAdd per chunk; a block
+ * takes chunks blockIdx.y, +gridDim.y, ... (gridDim.y is capped), each summed as before */
 enum { COLSUM_ROWS = 64 };
 __global__ void k_colsum(float *out, const void *dy, int dt, int T, int cols) {
     int o = blockIdx.x * blockDim.x + threadIdx.x;
-    int t0 = blockIdx.y * COLSUM_ROWS, t1 = t0 + COLSUM_ROWS < T ? t0 + COLSUM_ROWS : T;
     if (o >= cols) return;
-    float s = 0.0f;
-    for (int t = t0; t < t1; t++) s += ldf(dy, dt, (size_t)t * cols + o);
-    atomicAdd(&out[o], s);
+    for (size_t t0 = (size_t)blockIdx.y * COLSUM_ROWS; t0 < (size_t)T;
+         t0 += (size_t)gridDim.y * COLSUM_ROWS) {
+        size_t t1 = t0 + COLSUM_ROWS < (size_t)T ? t0 + COLSUM_ROWS : (size_t)T;
+        float s = 0.0f;
+        for (size_t t = t0; t < t1; t++) s += ldf(dy, dt, t * cols + o);
+        atomicAdd(&out[o], s);
+    }
 }
 
 /* dst[dr(r), :] = src[sr(r), :] with either index list given (the other the identity) */
@@ -112,7 +116,7 @@ static void cu_colsum(BackendCtx *ctx, DevBuf out, DevBuf dy, int T, int cols) {
     if (cols <= 0) return;
     CUDA_CHECK(cudaMemsetAsync(out.ptr, 0, (size_t)cols * sizeof(float), ctx->stream));
     if (T <= 0) return;
-    dim3 grid((unsigned)((cols + 255) / 256), (unsigned)((T + COLSUM_ROWS - 1) / COLSUM_ROWS));
+    dim3 grid((unsigned)((cols + 255) / 256), grid_y_for(((size_t)T + COLSUM_ROWS - 1) / COLSUM_ROWS));
     LAUNCH(k_colsum, grid, 256, 0, ctx->stream)((float *)out.ptr, dy.ptr, dtcode(dy.dtype), T, cols);
     LAUNCH_CHECK("colsum");
 }

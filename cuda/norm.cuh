@@ -36,17 +36,22 @@ __global__ void k_rmsnorm_bwd_dx(void *dx, int dxdt, const void *dout, int gdt, 
     }
 }
 
-/* dw[j] += Σ_t dout[t,j]·x[t,j]·rstd[t]: columns per thread, rows in chunks, one atomicAdd per chunk */
+/* dw[j] += Σ_t dout[t,j]·x[t,j]·rstd[t]: columns per thread, rows in chunks of NORM_DW_ROWS, one
+ * atomicAdd per chunk. A block takes chunks blockIdx.y, +gridDim.y, ... (gridDim.y is capped, and
+ * T = tokens x heads for per-head norms can pass 65535 chunks); each chunk's sum is the same as with
+ * one block per chunk, so results below the cap are unchanged. */
 enum { NORM_DW_ROWS = 64 };
 __global__ void k_rmsnorm_bwd_dw(float *dw, const void *dout, int gdt, const void *x, int xdt,
                                  const float *rstd, int T, int d) {
     int j = blockIdx.x * blockDim.x + threadIdx.x;
-    int t0 = blockIdx.y * NORM_DW_ROWS, t1 = t0 + NORM_DW_ROWS < T ? t0 + NORM_DW_ROWS : T;
     if (j >= d) return;
-    float s = 0.0f;
-    for (int t = t0; t < t1; t++)
-        s += ldf(dout, gdt, (size_t)t * d + j) * (ldf(x, xdt, (size_t)t * d + j) * rstd[t]);
-    atomicAdd(&dw[j], s);
+    for (size_t t0 = (size_t)blockIdx.y * NORM_DW_ROWS; t0 < (size_t)T;
+         t0 += (size_t)gridDim.y * NORM_DW_ROWS) {
+        size_t t1 = t0 + NORM_DW_ROWS < (size_t)T ? t0 + NORM_DW_ROWS : (size_t)T;
+        float s = 0.0f;
+        for (size_t t = t0; t < t1; t++) s += ldf(dout, gdt, t * d + j) * (ldf(x, xdt, t * d + j) * rstd[t]);
+        atomicAdd(&dw[j], s);
+    }
 }
 
 static void cu_rmsnorm_fwd(BackendCtx *ctx, DevBuf out, DevBuf rstd, DevBuf x, DevBuf w, int T, int d,
@@ -65,7 +70,7 @@ static void cu_rmsnorm_bwd(BackendCtx *ctx, DevBuf dx, DevBuf dw, DevBuf dout, D
      w.ptr, dtcode(w.dtype), d, accumulate_dx);
     LAUNCH_CHECK("rmsnorm_bwd");
     if (devbuf_null(dw)) return;
-    dim3 grid((unsigned)((d + 255) / 256), (unsigned)((T + NORM_DW_ROWS - 1) / NORM_DW_ROWS));
+    dim3 grid((unsigned)((d + 255) / 256), grid_y_for(((size_t)T + NORM_DW_ROWS - 1) / NORM_DW_ROWS));
     LAUNCH(k_rmsnorm_bwd_dw, grid, 256, 0, ctx->stream)
     ((float *)dw.ptr, dout.ptr, dtcode(dout.dtype), x.ptr, dtcode(x.dtype), (const float *)rstd.ptr, T, d);
     LAUNCH_CHECK("rmsnorm_bwd");
