@@ -23,12 +23,16 @@ EMU_CXX      ?= mpicxx
 EMU_CXXFLAGS := -std=c++20 $(OPT) -g $(CFLAGS_EXTRA) -Wall -Wextra -Wno-unused-parameter -Wno-unknown-pragmas \
                 -Wno-sign-compare -Wno-missing-field-initializers -fno-strict-aliasing -DOMPI_SKIP_MPICXX=1 \
                 $(SRC_INC) -Impi -Icuda -Icuda/emu -Icuda/emu/include -DDAM_WITH_CUDA -DDAM_WITH_NCCL
+# A grid-y cap of 2 (CUDA's is 65535, cuda/common.cuh): every row-chunked launch past 2 x 64 rows
+# (check_kernels' norm, colsum and coefficient-gradient cases, the toys) takes the strided path.
+EMU_GRID_Y := -DDAM_CUDA_GRID_Y_MAX=2
+EMU_CXXFLAGS += $(EMU_GRID_Y)
 CFLAGS  += -DDAM_WITH_CUDA -DDAM_WITH_NCCL -Icuda/emu/include
 EMU_OBJ := $(BUILD)/cuda/backend_cuda.o $(BUILD)/cuda/emu/emu.o $(BUILD)/cuda/emu/emu_libs.o
 LIB_OBJ += $(EMU_OBJ)
 LDLIBS  += -lstdc++
 EMU_HDR := $(wildcard cuda/*.cuh cuda/*.h cuda/emu/*.h cuda/emu/include/*.h cuda/emu/include/cub/device/*.cuh) \
-           src/engine/backend.h src/engine/loss.h src/util/util.h src/engine/adam_bf16.h
+           src/engine/backend.h src/engine/loss.h src/util/util.h src/engine/adam_bf16.h cuda/emu/emu.mk # (the cap)
 
 $(BUILD)/cuda/backend_cuda.o: cuda/backend_cuda.cu $(EMU_HDR) $(BUILD)/flags.stamp
 	@mkdir -p $(dir $@)
@@ -38,7 +42,8 @@ $(BUILD)/cuda/emu/%.o: cuda/emu/%.cc $(EMU_HDR) $(BUILD)/flags.stamp
 	@mkdir -p $(dir $@)
 	$(EMU_CXX) $(EMU_CXXFLAGS) -c $< -o $@
 
+# the tests get the cap too: check_kernels sizes its case past the cap by it
 $(BUILD)/cuda/%: tests/cuda/%.c $(BUILD)/libdam.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Itests -o $@ $< $(BUILD)/libdam.a $(LDLIBS)
+	$(CC) $(CFLAGS) $(EMU_GRID_Y) -Itests -o $@ $< $(BUILD)/libdam.a $(LDLIBS)
 endif

@@ -301,7 +301,8 @@ static void sources_free(Sources *s) {
 }
 
 static void check_dam(dam_dtype sdt, dam_dtype act, size_t ld_extra) {
-    size_t rows = 150, cols = 136, ld = cols + ld_extra; /* rows > 64: several row blocks' atomics */
+    /* rows > 64: several row blocks' atomics; > 2 x 64: strided past the emulated grid-y cap */
+    size_t rows = 150, cols = 136, ld = cols + ld_extra;
     char name[96], tag[48];
     snprintf(tag, sizeof tag, "src %s out %s%s", dts(sdt), dts(act), ld_extra ? " ld>cols" : "");
     double tol = tol_for(act);
@@ -347,7 +348,7 @@ static void check_dam(dam_dtype sdt, dam_dtype act, size_t ld_extra) {
 /* ---------------------------------------------------------------- transformer ops */
 
 static void check_norm(dam_dtype act) {
-    int T = 133, d = 200; /* T > 64: dw from several row blocks */
+    int T = 133, d = 200; /* T > 64: dw from several row blocks; > 2 x 64: past the emulated grid-y cap */
     char name[64];
     double tol = tol_for(act);
     Pair x = pair_rand((size_t)T * d, act, 1), w = pair_rand((size_t)d, act, 1);
@@ -370,6 +371,47 @@ static void check_norm(dam_dtype act) {
         pair_free(&dout), pair_free(&dw), pair_free(&dx);
     }
     pair_free(&x), pair_free(&w), pair_free(&out), pair_free(&rstd);
+}
+
+/* rmsnorm's weight gradient past the grid-y cap: its launch has one y-block per 64 rows (NORM_DW_ROWS,
+ * cuda/norm.cuh), capped at DAM_CUDA_GRID_Y_MAX (CUDA's 65535; the emulated build sets it to 2), and
+ * the kernel strides over the chunks beyond. rows = (cap + 1) x 64 + 7: two chunks past the cap, the
+ * last partial. On a GPU that is 4.2M rows of d = 8 (134 MB a buffer); F32. dw is checked against
+ * double sums on the host: the CPU backend's sequential fp32 sum over 4M rows drifts by ~1e-4, while
+ * a kernel that ignored the chunks past the cap would lose 71 of 4.2M rows, ~4e-3. */
+#ifndef DAM_CUDA_GRID_Y_MAX
+#define DAM_CUDA_GRID_Y_MAX 65535
+#endif
+static void check_norm_rows_past_grid_cap(void) {
+    int d = 8, T = (DAM_CUDA_GRID_Y_MAX + 1) * 64 + 7;
+    size_t n = (size_t)T * d;
+    Pair x = pair_rand(n, DAM_F32, 1), w = pair_rand((size_t)d, DAM_F32, 1);
+    Pair out = pair_poison(n, DAM_F32), rstd = pair_poison((size_t)T, DAM_F32);
+    C_->rmsnorm_fwd(cctx, out.c, rstd.c, x.c, w.c, T, d, 1e-5f);
+    G_->rmsnorm_fwd(gctx, out.g, rstd.g, x.g, w.g, T, d, 1e-5f);
+    check_pair("rmsnorm_fwd rows past grid cap", out, 1e-5);
+    Pair dout = pair_rand(n, DAM_F32, 1), dw = pair_rand((size_t)d, DAM_F32, 1), dx = pair_poison(n, DAM_F32);
+    float *hx = dam_malloc(n * sizeof(float), "check"), *hg = dam_malloc(n * sizeof(float), "check");
+    float *hr = dam_malloc((size_t)T * sizeof(float), "check"),
+          *hw = dam_malloc((size_t)d * 2 * sizeof(float), "check");
+    C_->download(cctx, hx, DAM_F32, x.c, n);
+    C_->download(cctx, hg, DAM_F32, dout.c, n);
+    C_->download(cctx, hr, DAM_F32, rstd.c, (size_t)T);
+    C_->download(cctx, hw, DAM_F32, dw.c, (size_t)d);
+    double ref[8];
+    for (int j = 0; j < d; j++) ref[j] = hw[j];
+    for (size_t t = 0; t < (size_t)T; t++)
+        for (int j = 0; j < d; j++) ref[j] += (double)hg[t * d + j] * ((double)hx[t * d + j] * hr[t]);
+    G_->rmsnorm_bwd(gctx, dx.g, dw.g, dout.g, x.g, rstd.g, w.g, T, d, 0);
+    C_->rmsnorm_bwd(cctx, dx.c, dw.c, dout.c, x.c, rstd.c, w.c, T, d, 0);
+    check_pair("rmsnorm_bwd dx rows past grid cap", dx, 1e-5);
+    float refv[8];
+    for (int j = 0; j < d; j++) refv[j] = (float)ref[j];
+    G_->download(gctx, hw + d, DAM_F32, dw.g, (size_t)d);
+    compare_host("rmsnorm_bwd dw rows past grid cap", refv, hw + d, (size_t)d, 1e-4);
+    free(hx), free(hg), free(hr), free(hw);
+    pair_free(&x), pair_free(&w), pair_free(&out), pair_free(&rstd);
+    pair_free(&dout), pair_free(&dw), pair_free(&dx);
 }
 
 static void check_rope(dam_dtype act) {
@@ -427,7 +469,8 @@ static void check_attention(dam_dtype act, int B, int T, int H, int KV, int hd, 
 
 static void check_elementwise(dam_dtype act) {
     size_t n = 5000;
-    int T = 137, cols = 135; /* T > 64: colsum from several row blocks; prime to 5 (rows below) */
+    int T = 137, cols = 135; /* T > 64: colsum from several row blocks, > 2 x 64 past the emulated
+                                  grid-y cap; prime to 5 (rows below) */
     char name[64];
     double tol = tol_for(act);
     Pair gate = pair_rand(n, act, 2), up = pair_rand(n, act, 1), a = pair_poison(n, act);
@@ -697,6 +740,7 @@ int main(int argc, char **argv) {
         check_gemms(DAM_BF16, DAM_BF16, DAM_F32);
         check_gemms(DAM_F32, DAM_F32, DAM_BF16); /* no such cublasGemmEx: computed in bf16 */
     }
+    if (G_->device != DAM_DEVICE_CPU) check_norm_rows_past_grid_cap(); /* a CUDA limit: GPU backends only */
     check_losses(0);
     check_losses(1);
     check_optim();
