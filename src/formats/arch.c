@@ -5,9 +5,11 @@
 
 #define N_OF(a) ((int)(sizeof(a) / sizeof *(a)))
 
-/* Llama, Mistral and Qwen2 (decoder-only, SwiGLU MLP, RMSNorm): Qwen2's q/k/v biases are
- * attention_bias, which hfconfig.c sets for it. */
-static const ArchTensorDef llama_tensors[] = {
+/* Llama, Mistral, Qwen2 and Qwen3 (decoder-only, SwiGLU MLP, RMSNorm): Qwen2's q/k/v biases are
+ * attention_bias, which hfconfig.c sets for it; Qwen3's per-head RMSNorms of q and k are qk_norm,
+ * whole on every tp rank (each rank normalizes its own heads with the one [head_dim] weight); only
+ * Llama reads mlp_bias. */
+static const ArchTensorDef decoder_tensors[] = {
     /* name, place, role, kind, split, rows, cols, when */
     {"model.embed_tokens.weight", PLACE_BEFORE, ROLE_EMBED, DT_EMBED, SPLIT_ROWS, DIM_VOCAB, DIM_HIDDEN,
      WHEN_ALWAYS},
@@ -22,6 +24,10 @@ static const ArchTensorDef llama_tensors[] = {
      WHEN_ATTENTION_BIAS},
     {"self_attn.v_proj.bias", PLACE_LAYER, ROLE_V_BIAS, DT_BIAS, SPLIT_ROWS, DIM_ONE, DIM_KV,
      WHEN_ATTENTION_BIAS},
+    {"self_attn.q_norm.weight", PLACE_LAYER, ROLE_Q_NORM, DT_NORM, SPLIT_PER_HEAD, DIM_ONE, DIM_HEAD,
+     WHEN_QK_NORM},
+    {"self_attn.k_norm.weight", PLACE_LAYER, ROLE_K_NORM, DT_NORM, SPLIT_PER_HEAD, DIM_ONE, DIM_HEAD,
+     WHEN_QK_NORM},
     {"self_attn.o_proj.weight", PLACE_LAYER, ROLE_O, DT_LINEAR, SPLIT_COLS, DIM_HIDDEN, DIM_Q, WHEN_ALWAYS},
     {"self_attn.o_proj.bias", PLACE_LAYER, ROLE_O_BIAS, DT_BIAS, SPLIT_NONE, DIM_ONE, DIM_HIDDEN,
      WHEN_O_BIAS},
@@ -39,47 +45,13 @@ static const ArchTensorDef llama_tensors[] = {
     {"lm_head.weight", PLACE_AFTER, ROLE_LM_HEAD, DT_LINEAR, SPLIT_ROWS, DIM_VOCAB, DIM_HIDDEN, WHEN_UNTIED},
 };
 
-/* Qwen3: Llama's layer without the MLP biases (Qwen3MLP has none) plus the per-head RMSNorms of q and
- * k, whole on every tp rank (each rank normalizes its own heads with the one [head_dim] weight). */
-static const ArchTensorDef qwen3_tensors[] = {
-    /* name, place, role, kind, split, rows, cols, when */
-    {"model.embed_tokens.weight", PLACE_BEFORE, ROLE_EMBED, DT_EMBED, SPLIT_ROWS, DIM_VOCAB, DIM_HIDDEN,
-     WHEN_ALWAYS},
-    {"input_layernorm.weight", PLACE_LAYER, ROLE_ATTN_NORM, DT_NORM, SPLIT_NONE, DIM_ONE, DIM_HIDDEN,
-     WHEN_ALWAYS},
-    {"self_attn.q_proj.weight", PLACE_LAYER, ROLE_Q, DT_LINEAR, SPLIT_ROWS, DIM_Q, DIM_HIDDEN, WHEN_ALWAYS},
-    {"self_attn.k_proj.weight", PLACE_LAYER, ROLE_K, DT_LINEAR, SPLIT_ROWS, DIM_KV, DIM_HIDDEN, WHEN_ALWAYS},
-    {"self_attn.v_proj.weight", PLACE_LAYER, ROLE_V, DT_LINEAR, SPLIT_ROWS, DIM_KV, DIM_HIDDEN, WHEN_ALWAYS},
-    {"self_attn.q_proj.bias", PLACE_LAYER, ROLE_Q_BIAS, DT_BIAS, SPLIT_ROWS, DIM_ONE, DIM_Q,
-     WHEN_ATTENTION_BIAS},
-    {"self_attn.k_proj.bias", PLACE_LAYER, ROLE_K_BIAS, DT_BIAS, SPLIT_ROWS, DIM_ONE, DIM_KV,
-     WHEN_ATTENTION_BIAS},
-    {"self_attn.v_proj.bias", PLACE_LAYER, ROLE_V_BIAS, DT_BIAS, SPLIT_ROWS, DIM_ONE, DIM_KV,
-     WHEN_ATTENTION_BIAS},
-    {"self_attn.q_norm.weight", PLACE_LAYER, ROLE_Q_NORM, DT_NORM, SPLIT_PER_HEAD, DIM_ONE, DIM_HEAD,
-     WHEN_ALWAYS},
-    {"self_attn.k_norm.weight", PLACE_LAYER, ROLE_K_NORM, DT_NORM, SPLIT_PER_HEAD, DIM_ONE, DIM_HEAD,
-     WHEN_ALWAYS},
-    {"self_attn.o_proj.weight", PLACE_LAYER, ROLE_O, DT_LINEAR, SPLIT_COLS, DIM_HIDDEN, DIM_Q, WHEN_ALWAYS},
-    {"self_attn.o_proj.bias", PLACE_LAYER, ROLE_O_BIAS, DT_BIAS, SPLIT_NONE, DIM_ONE, DIM_HIDDEN,
-     WHEN_O_BIAS},
-    {"post_attention_layernorm.weight", PLACE_LAYER, ROLE_MLP_NORM, DT_NORM, SPLIT_NONE, DIM_ONE, DIM_HIDDEN,
-     WHEN_ALWAYS},
-    {"mlp.gate_proj.weight", PLACE_LAYER, ROLE_GATE, DT_LINEAR, SPLIT_ROWS, DIM_FFN, DIM_HIDDEN, WHEN_ALWAYS},
-    {"mlp.up_proj.weight", PLACE_LAYER, ROLE_UP, DT_LINEAR, SPLIT_ROWS, DIM_FFN, DIM_HIDDEN, WHEN_ALWAYS},
-    {"mlp.down_proj.weight", PLACE_LAYER, ROLE_DOWN, DT_LINEAR, SPLIT_COLS, DIM_HIDDEN, DIM_FFN, WHEN_ALWAYS},
-    {"model.norm.weight", PLACE_AFTER, ROLE_FINAL_NORM, DT_NORM, SPLIT_NONE, DIM_ONE, DIM_HIDDEN,
-     WHEN_ALWAYS},
-    {"lm_head.weight", PLACE_AFTER, ROLE_LM_HEAD, DT_LINEAR, SPLIT_ROWS, DIM_VOCAB, DIM_HIDDEN, WHEN_UNTIED},
-};
-
 /* The table of an architecture: a ModelArch without a case here is a -Wswitch warning. */
 static const ArchTensorDef *family_table(ModelArch arch, int *n) {
     switch (arch) {
     case ARCH_LLAMA:
     case ARCH_MISTRAL:
-    case ARCH_QWEN2: *n = N_OF(llama_tensors); return llama_tensors;
-    case ARCH_QWEN3: *n = N_OF(qwen3_tensors); return qwen3_tensors;
+    case ARCH_QWEN2:
+    case ARCH_QWEN3: *n = N_OF(decoder_tensors); return decoder_tensors;
     }
     *n = 0; /* not reached: hfconfig.c accepts only the architectures above */
     return NULL;
@@ -104,6 +76,7 @@ static int holds(const ModelConfig *c, ArchCondition when) {
     case WHEN_ATTENTION_BIAS: return c->attention_bias;
     case WHEN_O_BIAS: return c->o_bias;
     case WHEN_MLP_BIAS: return c->mlp_bias;
+    case WHEN_QK_NORM: return c->qk_norm;
     case WHEN_UNTIED: return !c->tie_word_embeddings;
     }
     return 0;

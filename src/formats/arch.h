@@ -43,7 +43,8 @@ typedef enum {
     WHEN_ATTENTION_BIAS, /* q, k, v biases */
     WHEN_O_BIAS,
     WHEN_MLP_BIAS,
-    WHEN_UNTIED /* lm_head: not with tie_word_embeddings */
+    WHEN_QK_NORM, /* Qwen3's q_norm, k_norm */
+    WHEN_UNTIED   /* lm_head: not with tie_word_embeddings */
 } ArchCondition;
 
 /* Where a tensor sits in the model: before the decoder layers (first pipeline stage), in each of
