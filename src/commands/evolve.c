@@ -144,9 +144,7 @@ static int tensor_group(const DamModel *m, const DamTensor *x) {
 static void open_model(Evolver *ev) {
     DamConfig *c = &ev->cfg;
     const char *dirs[DAM_MAX_SOURCES], *names[DAM_MAX_SOURCES];
-    int n = 0;
-    for (int i = 0; i < c->n_models; i++) dirs[n] = c->models[i].path, names[n++] = c->models[i].name;
-    if (c->include_base) dirs[n] = c->base_model, names[n++] = "base";
+    int n = config_coef_rows(c, dirs, names);
     ev->n_data = c->n_models;
     ev->be = config_backend(c->device);
     ev->ctx = config_backend_ctx(c, ev->be);

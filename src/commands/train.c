@@ -92,9 +92,7 @@ static void init_coefficients(Trainer *tr) {
 static void open_model(Trainer *tr) {
     DamConfig *c = &tr->cfg;
     const char *dirs[DAM_MAX_SOURCES], *names[DAM_MAX_SOURCES];
-    int n = 0;
-    for (int i = 0; i < c->n_models; i++) dirs[n] = c->models[i].path, names[n++] = c->models[i].name;
-    if (c->include_base) dirs[n] = c->base_model, names[n++] = "base";
+    int n = config_coef_rows(c, dirs, names);
     tr->n_data = c->n_models;
     for (int k = 0; k < c->n_models; k++) {
         tr->data_path[k] = c->models[k].dataset, tr->data_name[k] = c->models[k].name;

@@ -583,6 +583,13 @@ void config_free(DamConfig *c) {
 
 const Backend *config_backend(const char *device) { return backend_by_name(device ? device : "cpu"); }
 
+int config_coef_rows(const DamConfig *c, const char **dirs, const char **names) {
+    int n = 0;
+    for (int i = 0; i < c->n_models; i++) dirs[n] = c->models[i].path, names[n++] = c->models[i].name;
+    if (c->include_base) dirs[n] = c->base_model, names[n++] = "base";
+    return n;
+}
+
 BackendCtx *config_backend_ctx(const DamConfig *c, const Backend *be) {
     BackendCtx *ctx = be->ctx_new(config_local_rank());
     if (c->cpu_matmul_bf16) be->set_gemm_inputs(ctx, DAM_BF16);

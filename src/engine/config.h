@@ -133,6 +133,9 @@ int config_open_datasets(const DamConfig *c, const ModelConfig *mc, int n, const
 /* The run's backend: `device` ("cpu" or "cuda"; DAM_BACKEND in the environment overrides it, e.g.
  * "guard" for the tests) through backend_by_name. */
 const Backend *config_backend(const char *device);
+/* The model's coefficient rows: every source's directory and name, then the base ("base") with
+ * include_base; returns how many (dirs and names hold DAM_MAX_SOURCES). */
+int config_coef_rows(const DamConfig *c, const char **dirs, const char **names);
 /* This process's rank on its node (OMPI_COMM_WORLD_LOCAL_RANK, SLURM_LOCALID, MPI_LOCALRANKID;
  * else 0): the GPU its backend context takes (be->ctx_new). */
 int config_local_rank(void);
